@@ -1,0 +1,1 @@
+"""peft-planner: parameter counts and GPU memory of LLM fine-tuning runs."""

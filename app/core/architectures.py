@@ -1,0 +1,232 @@
+"""Read a Hugging Face ``config.json`` into the few numbers that fix a model's tensor shapes.
+
+Defaults per ``model_type`` are those of the transformers 5.24 config classes
+(``transformers/models/<family>/configuration_<family>.py``); ``tests/test_architectures.py``
+checks every one of them against ``AutoConfig.for_model(model_type)``. Shapes follow the
+modeling files (``modeling_<family>.py``) of the same release.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from app.core.errors import PlanError
+
+SUPPORTED_MODEL_TYPES: tuple[str, ...] = (
+    "llama",
+    "mistral",
+    "mixtral",
+    "qwen2",
+    "qwen3",
+    "qwen3_moe",
+    "gemma",
+    "gemma2",
+    "gemma3_text",
+    "phi3",
+    "gpt2",
+)
+
+# Bounds that keep one request's work small: no config may make the server allocate or loop without limit.
+LIMITS: dict[str, int] = {
+    "vocab_size": 4_194_304,
+    "hidden_size": 131_072,
+    "intermediate_size": 1_048_576,
+    "num_hidden_layers": 1_024,
+    "num_attention_heads": 1_024,
+    "num_key_value_heads": 1_024,
+    "head_dim": 4_096,
+    "num_experts": 1_024,
+    "max_position_embeddings": 16_777_216,
+}
+
+# transformers 5.24 config-class defaults for the keys that decide shapes.
+_DEFAULTS: dict[str, dict[str, Any]] = {
+    "llama": dict(vocab_size=32000, hidden_size=4096, intermediate_size=11008, num_hidden_layers=32,
+                  num_attention_heads=32, num_key_value_heads=None, head_dim=None, attention_bias=False,
+                  mlp_bias=False, tie_word_embeddings=False),
+    "mistral": dict(vocab_size=32000, hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
+                    num_attention_heads=32, num_key_value_heads=8, head_dim=None, tie_word_embeddings=False),
+    "mixtral": dict(vocab_size=32000, hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
+                    num_attention_heads=32, num_key_value_heads=8, head_dim=None, num_local_experts=8,
+                    num_experts_per_tok=2, tie_word_embeddings=False),
+    "qwen2": dict(vocab_size=151936, hidden_size=4096, intermediate_size=22016, num_hidden_layers=32,
+                  num_attention_heads=32, num_key_value_heads=32, head_dim=None, tie_word_embeddings=False),
+    "qwen3": dict(vocab_size=151936, hidden_size=4096, intermediate_size=22016, num_hidden_layers=32,
+                  num_attention_heads=32, num_key_value_heads=32, head_dim=128, attention_bias=False,
+                  tie_word_embeddings=False),
+    "qwen3_moe": dict(vocab_size=151936, hidden_size=2048, intermediate_size=6144, moe_intermediate_size=768,
+                      num_hidden_layers=24, num_attention_heads=32, num_key_value_heads=4, head_dim=None,
+                      attention_bias=False, num_experts=128, num_experts_per_tok=8, decoder_sparse_step=1,
+                      mlp_only_layers=[], tie_word_embeddings=False),
+    "gemma": dict(vocab_size=256000, hidden_size=3072, intermediate_size=24576, num_hidden_layers=28,
+                  num_attention_heads=16, num_key_value_heads=16, head_dim=256, attention_bias=False,
+                  tie_word_embeddings=True),
+    "gemma2": dict(vocab_size=256000, hidden_size=2304, intermediate_size=9216, num_hidden_layers=26,
+                   num_attention_heads=8, num_key_value_heads=4, head_dim=256, attention_bias=False,
+                   tie_word_embeddings=True),
+    "gemma3_text": dict(vocab_size=262208, hidden_size=2304, intermediate_size=9216, num_hidden_layers=26,
+                        num_attention_heads=8, num_key_value_heads=4, head_dim=256, attention_bias=False,
+                        tie_word_embeddings=True),
+    "phi3": dict(vocab_size=32064, hidden_size=3072, intermediate_size=8192, num_hidden_layers=32,
+                 num_attention_heads=32, num_key_value_heads=None, head_dim=None, tie_word_embeddings=False),
+    "gpt2": dict(vocab_size=50257, n_embd=768, n_layer=12, n_head=12, n_inner=None, n_positions=1024,
+                 tie_word_embeddings=True),
+}
+
+# PEFT 0.21.2 TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING (peft/utils/constants.py) for these
+# families; None means PEFT has no default and asks for target_modules.
+PEFT_DEFAULT_TARGET_MODULES: dict[str, list[str] | None] = {
+    "llama": ["q_proj", "v_proj"],
+    "mistral": ["q_proj", "v_proj"],
+    "mixtral": ["q_proj", "v_proj"],
+    "qwen2": ["q_proj", "v_proj"],
+    "qwen3": ["q_proj", "v_proj"],
+    "qwen3_moe": None,
+    "gemma": ["q_proj", "v_proj"],
+    "gemma2": ["q_proj", "v_proj"],
+    "gemma3_text": ["q_proj", "v_proj"],
+    "phi3": None,
+    "gpt2": ["c_attn"],
+}
+
+
+@dataclass(frozen=True)
+class ArchSpec:
+    """The shape-deciding numbers of one causal LM (all counts, no bytes)."""
+
+    model_type: str
+    vocab_size: int
+    hidden_size: int
+    intermediate_size: int
+    num_hidden_layers: int
+    num_attention_heads: int
+    num_key_value_heads: int
+    head_dim: int
+    tie_word_embeddings: bool
+    attention_bias: bool = False  # bias on q/k/v/o (llama-style attention_bias)
+    qkv_bias: bool = False  # bias on q/k/v only (qwen2)
+    mlp_bias: bool = False
+    num_experts: int = 0
+    num_experts_per_tok: int = 0
+    moe_intermediate_size: int = 0
+    sparse_layers: tuple[int, ...] = ()  # layer indices whose MLP is a mixture of experts
+    n_positions: int = 0  # learned absolute positions (gpt2)
+    max_position_embeddings: int = 0
+
+    @property
+    def q_dim(self) -> int:
+        return self.num_attention_heads * self.head_dim
+
+    @property
+    def kv_dim(self) -> int:
+        return self.num_key_value_heads * self.head_dim
+
+
+def _int_field(cfg: dict[str, Any], key: str, value: Any, *, minimum: int = 1) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise PlanError(("model", "config", key), f"must be an integer, got {value!r}")
+    limit = LIMITS.get(key)
+    if value < minimum or (limit is not None and value > limit):
+        bound = f"between {minimum} and {limit}" if limit is not None else f"at least {minimum}"
+        raise PlanError(("model", "config", key), f"must be {bound}, got {value}")
+    return value
+
+
+def parse_config(cfg: dict[str, Any]) -> ArchSpec:
+    """Turn a ``config.json`` dict into an :class:`ArchSpec`, filling transformers' defaults.
+
+    Raises :class:`PlanError` (→ 422) for an unsupported ``model_type`` or out-of-range sizes.
+    """
+    if not isinstance(cfg, dict):
+        raise PlanError(("model", "config"), "must be a JSON object (the model's config.json)")
+    model_type = cfg.get("model_type")
+    if model_type not in _DEFAULTS:
+        raise PlanError(
+            ("model", "config", "model_type"),
+            f"unsupported model_type {model_type!r}; supported: {', '.join(SUPPORTED_MODEL_TYPES)}",
+        )
+    merged = dict(_DEFAULTS[model_type])
+    merged.update({k: v for k, v in cfg.items() if k in merged or k in _EXTRA_KEYS})
+
+    def get_int(key: str, value: Any = None, minimum: int = 1) -> int:
+        return _int_field(cfg, key, merged[key] if value is None else value, minimum=minimum)
+
+    def get_bool(key: str) -> bool:
+        value = merged.get(key, False)
+        if not isinstance(value, bool):
+            raise PlanError(("model", "config", key), f"must be true or false, got {value!r}")
+        return value
+
+    if model_type == "gpt2":
+        hidden = get_int("hidden_size", merged["n_embd"])
+        heads = get_int("num_attention_heads", merged["n_head"])
+        inner = merged["n_inner"]
+        return ArchSpec(
+            model_type=model_type,
+            vocab_size=get_int("vocab_size"),
+            hidden_size=hidden,
+            intermediate_size=get_int("intermediate_size", inner if inner is not None else 4 * hidden),
+            num_hidden_layers=get_int("num_hidden_layers", merged["n_layer"]),
+            num_attention_heads=heads,
+            num_key_value_heads=heads,
+            head_dim=hidden // heads,
+            tie_word_embeddings=get_bool("tie_word_embeddings"),
+            attention_bias=True,
+            mlp_bias=True,
+            n_positions=get_int("max_position_embeddings", merged["n_positions"]),
+            max_position_embeddings=merged["n_positions"],
+        )
+
+    hidden = get_int("hidden_size")
+    heads = get_int("num_attention_heads")
+    kv = merged["num_key_value_heads"]
+    kv_heads = get_int("num_key_value_heads", heads if kv is None else kv)
+    head_dim_raw = merged.get("head_dim")
+    head_dim = get_int("head_dim", head_dim_raw if head_dim_raw else hidden // heads)
+    layers = get_int("num_hidden_layers")
+    num_experts = 0
+    sparse: tuple[int, ...] = ()
+    moe_inter = 0
+    top_k = 0
+    if model_type == "mixtral":
+        num_experts = get_int("num_experts", merged.get("num_experts", merged["num_local_experts"]))
+        top_k = get_int("num_experts_per_tok", merged["num_experts_per_tok"])
+        moe_inter = get_int("intermediate_size")
+        sparse = tuple(range(layers))
+    elif model_type == "qwen3_moe":
+        num_experts = get_int("num_experts", merged.get("num_experts", merged.get("num_local_experts")),
+                              minimum=0)
+        top_k = get_int("num_experts_per_tok", minimum=0)
+        moe_inter = get_int("moe_intermediate_size")
+        step = get_int("decoder_sparse_step")
+        mlp_only = merged.get("mlp_only_layers") or []
+        if not isinstance(mlp_only, list) or not all(isinstance(i, int) for i in mlp_only):
+            raise PlanError(("model", "config", "mlp_only_layers"), "must be a list of layer indices")
+        # modeling_qwen3_moe.py: Qwen3MoeDecoderLayer picks the sparse block under this condition.
+        sparse = tuple(
+            i for i in range(layers) if i not in mlp_only and num_experts > 0 and (i + 1) % step == 0
+        )
+    return ArchSpec(
+        model_type=model_type,
+        vocab_size=get_int("vocab_size"),
+        hidden_size=hidden,
+        intermediate_size=get_int("intermediate_size"),
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=kv_heads,
+        head_dim=head_dim,
+        tie_word_embeddings=get_bool("tie_word_embeddings"),
+        attention_bias=get_bool("attention_bias"),
+        qkv_bias=model_type == "qwen2",
+        mlp_bias=get_bool("mlp_bias"),
+        num_experts=num_experts,
+        num_experts_per_tok=top_k,
+        moe_intermediate_size=moe_inter,
+        sparse_layers=sparse,
+        max_position_embeddings=int(cfg.get("max_position_embeddings") or 0),
+    )
+
+
+# Keys read from a config although their family's defaults table does not list them.
+_EXTRA_KEYS = frozenset({"num_experts", "num_local_experts", "max_position_embeddings"})

@@ -1,0 +1,27 @@
+"""Build the real transformers / PEFT objects the tests compare against (meta device, no weights)."""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any
+
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM
+from transformers.utils import logging as hf_logging
+
+hf_logging.set_verbosity_error()
+
+_IGNORED_KEYS = {"architectures", "transformers_version", "auto_map", "model_type"}
+
+
+def hf_config(cfg: dict[str, Any]):
+    return AutoConfig.for_model(cfg["model_type"], **{k: v for k, v in cfg.items() if k not in _IGNORED_KEYS})
+
+
+def meta_model(cfg: dict[str, Any], dtype: torch.dtype = torch.float32) -> torch.nn.Module:
+    """``AutoModelForCausalLM.from_config`` on the meta device: real module tree, no memory."""
+    config = hf_config(cfg)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with torch.device("meta"):
+            return AutoModelForCausalLM.from_config(config, dtype=dtype)
