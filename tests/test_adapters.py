@@ -30,6 +30,7 @@ CASES: list[tuple[str, str, dict[str, Any]]] = [
     ("llama_bias", "lora", {"target_modules": ["q_proj", "up_proj"], "bias": "all"}),
     ("llama_bias", "lora", {"target_modules": ["q_proj", "up_proj"], "bias": "lora_only"}),
     ("llama_bias", "lora", {"target_modules": "all-linear", "modules_to_save": ["embed_tokens"]}),
+    ("llama_bias", "lora", {"target_modules": ["v_proj"], "modules_to_save": ["lm_head"]}),
     ("mistral", "dora", {"r": 32, "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj"]}),
     ("mixtral", "lora", {"target_modules": "all-linear"}),
     ("mixtral", "lora", {"target_modules": ["q_proj"], "target_parameters": ["experts.gate_up_proj",

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from math import prod
 
 from app.core.architectures import PEFT_DEFAULT_TARGET_MODULES
 from app.core.errors import PlanError
@@ -45,10 +46,14 @@ class TrainableTensor:
     """
 
     name: str
-    numel: int
+    shape: tuple[int, ...]
     group: str
     kind: str
     new: bool
+
+    @property
+    def numel(self) -> int:
+        return prod(self.shape)
 
 
 @dataclass
@@ -185,7 +190,7 @@ def _resolve_saved(inv: Inventory, lora: LoraSpec) -> list[Module]:
             raise PlanError(
                 ("lora", "modules_to_save"),
                 f"{name!r} matches no module; modules with parameters: "
-                f"{', '.join(sorted({m.leaf for m in inv.modules if inv.tensors_of(m.name)}))}",
+                f"{', '.join(sorted({t.module.rsplit('.', 1)[-1] for t in inv.tensors}))}",
             )
         out.extend(hits)
     return out
@@ -252,7 +257,7 @@ def plan_adapters(inv: Inventory, lora: LoraSpec, *, method: str) -> AdapterPlan
     plan = AdapterPlan()
     if method == "full":
         plan.trainable = [
-            TrainableTensor(t.name, t.numel, t.group, "base", new=False) for t in inv.unique_tensors()
+            TrainableTensor(t.name, t.shape, t.group, "base", new=False) for t in inv.unique_tensors()
         ]
         return plan
     dora = method in ("dora", "qdora")
@@ -264,30 +269,34 @@ def plan_adapters(inv: Inventory, lora: LoraSpec, *, method: str) -> AdapterPlan
     for m in plan.targets:
         if m.kind == EMBEDDING:
             # lora.Embedding: lora_embedding_A (r, num_embeddings), lora_embedding_B (embedding_dim, r)
-            plan.trainable.append(TrainableTensor(f"{m.name}.lora_embedding_A", r * m.in_features, m.group,
+            plan.trainable.append(TrainableTensor(f"{m.name}.lora_embedding_A", (r, m.in_features), m.group,
                                                   "lora", True))
-            plan.trainable.append(TrainableTensor(f"{m.name}.lora_embedding_B", m.out_features * r, m.group,
+            plan.trainable.append(TrainableTensor(f"{m.name}.lora_embedding_B", (m.out_features, r), m.group,
                                                   "lora", True))
         else:
-            plan.trainable.append(TrainableTensor(f"{m.name}.lora_A", r * m.in_features, m.group, "lora", True))
-            plan.trainable.append(TrainableTensor(f"{m.name}.lora_B", m.out_features * r, m.group, "lora", True))
+            plan.trainable.append(TrainableTensor(f"{m.name}.lora_A", (r, m.in_features), m.group, "lora", True))
+            plan.trainable.append(TrainableTensor(f"{m.name}.lora_B", (m.out_features, r), m.group, "lora", True))
         if dora:
             plan.trainable.append(
-                TrainableTensor(f"{m.name}.lora_magnitude_vector", m.out_features, m.group, "dora_magnitude", True)
+                TrainableTensor(f"{m.name}.lora_magnitude_vector", (m.out_features,), m.group, "dora_magnitude",
+                                True)
             )
     for t in plan.param_targets:
         rank = r * (fused_rank if t.name.endswith(".gate_up_proj") else 1)
         experts = t.shape[0] if len(t.shape) == 3 else 1
-        d_in, d_out = (t.shape[1], t.shape[2]) if len(t.shape) == 3 else (t.shape[1], t.shape[0])
-        plan.trainable.append(TrainableTensor(f"{t.name}.lora_A", d_in * rank * experts, t.group, "lora", True))
-        plan.trainable.append(TrainableTensor(f"{t.name}.lora_B", rank * experts * d_out, t.group, "lora", True))
+        # 3-D (E, out, in) experts: PEFT swaps in/out unless the module is marked is_transposed
+        d_in, d_out = (t.shape[2], t.shape[1]) if len(t.shape) == 3 else (t.shape[1], t.shape[0])
+        # ParamWrapper: lora_A = Linear(in, r·E), lora_B = Linear(r·E, out) → weights (r·E, in), (out, r·E)
+        plan.trainable.append(TrainableTensor(f"{t.name}.lora_A", (rank * experts, d_in), t.group, "lora", True))
+        plan.trainable.append(TrainableTensor(f"{t.name}.lora_B", (d_out, rank * experts), t.group, "lora", True))
     for m in plan.saved_modules:
-        for t in inv.tensors_of(m.name):
-            plan.trainable.append(TrainableTensor(f"{t.name}.modules_to_save", t.numel, m.group,
+        # ModulesToSaveWrapper deep-copies the module: a tied lm_head gets its own trainable weight too
+        for t in (t for t in inv.tensors if t.module == m.name):
+            plan.trainable.append(TrainableTensor(f"{t.name}.modules_to_save", t.shape, m.group,
                                                   "modules_to_save", True))
     if lora.bias != "none":
         target_names = {m.name for m in plan.targets}
         for t in inv.unique_tensors():
             if t.is_bias and (lora.bias == "all" or t.module in target_names):
-                plan.trainable.append(TrainableTensor(t.name, t.numel, t.group, "bias", new=False))
+                plan.trainable.append(TrainableTensor(t.name, t.shape, t.group, "bias", new=False))
     return plan

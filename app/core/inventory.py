@@ -87,9 +87,6 @@ class Inventory:
     def unique_tensors(self) -> Iterator[Tensor]:
         return (t for t in self.tensors if not t.tied)
 
-    def tensors_of(self, module_name: str) -> list[Tensor]:
-        return [t for t in self.tensors if t.module == module_name and not t.tied]
-
     def params_by_group(self) -> dict[str, int]:
         out: dict[str, int] = {}
         for t in self.unique_tensors():

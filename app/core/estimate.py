@@ -1,0 +1,242 @@
+"""Assemble a full estimate: parameters, static memory, phases of a step, overhead, and what fits."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+from app.core.activations import ActivationModel, activation_model
+from app.core.adapters import AdapterPlan, plan_adapters
+from app.core.architectures import ArchSpec, parse_config
+from app.core.catalog import gpu, gpus, model_config
+from app.core.errors import PlanError
+from app.core.inventory import Inventory, build_inventory
+from app.core.overhead import cublas_workspace_bytes, overhead_bytes
+from app.core.precision import Dtypes, dtypes_for
+from app.core.quantization import constants_bits_per_param, nf4_bytes
+from app.core.request import PlanRequest
+from app.core.result import (
+    BreakdownItem,
+    EstimateResult,
+    GpuFit,
+    Memory,
+    ModelSummary,
+    Parameters,
+    PeakInfo,
+    Phase,
+    QuantizationReport,
+)
+from app.core.static_memory import StaticMemory, quantized_modules, static_memory
+from app.core.units import format_bytes
+
+MODELLED_VERSIONS = {
+    "transformers": "5.24.0",
+    "peft": "0.21.2",
+    "bitsandbytes": "0.50.2",
+    "torch": "2.13.0",
+}
+PLANNER_VERSION = "0.1.0"
+
+
+@lru_cache(maxsize=256)
+def inventory_for(model_id: str) -> Inventory:
+    return build_inventory(parse_config(model_config(model_id)))
+
+
+def resolve_inventory(req: PlanRequest) -> tuple[str | None, Inventory]:
+    """Catalog inventories are cached; pasted configs are parsed per request (bounded by LIMITS)."""
+    if isinstance(req.model, str):
+        return req.model, inventory_for(req.model)
+    return None, build_inventory(parse_config(req.model.config))
+
+
+def _check_request(req: PlanRequest, arch: ArchSpec) -> None:
+    hw = req.hardware
+    if hw.sharding == "none" and hw.num_gpus > 1:
+        raise PlanError(("hardware", "sharding"), "num_gpus > 1 needs a sharding: ddp, zero1, zero2, zero3 or fsdp")
+    if arch.model_type == "gpt2" and req.training.seq_len > arch.n_positions:
+        raise PlanError(
+            ("training", "seq_len"),
+            f"gpt2 has learned positions for at most {arch.n_positions} tokens, got {req.training.seq_len}",
+        )
+
+
+def _shard(sm: StaticMemory, req: PlanRequest) -> dict[str, int]:
+    """Per-GPU static bytes under data parallel / ZeRO / FSDP (DeepSpeed & torch FSDP partitioning)."""
+    n = req.hardware.num_gpus
+    mode = req.hardware.sharding
+    weights, consts, adapters = sm.weights.total, sm.constants.total, sm.adapters.total
+    grads, states = sm.gradients.total, sm.optimizer.total
+    extra = 0
+    if mode == "ddp":
+        extra = grads  # DDP gradient buckets (gradient_as_bucket_view=False): a second copy of the grads
+    if mode in ("zero1", "zero2", "zero3", "fsdp"):
+        states = -(-states // n)
+    if mode in ("zero2", "zero3", "fsdp"):
+        grads = -(-grads // n)
+    if mode in ("zero3", "fsdp"):
+        weights, consts, adapters = -(-weights // n), -(-consts // n), -(-adapters // n)
+    return {"weights": weights, "constants": consts, "adapters": adapters, "gradients": grads,
+            "optimizer": states, "comm_buffers": extra}
+
+
+def _phases(static: dict[str, int], sm: StaticMemory, act: ActivationModel, workspace: int,
+            gathered_layer: int) -> list[Phase]:
+    resident = static["weights"] + static["constants"] + static["adapters"] + static["optimizer"] + workspace
+    resident += gathered_layer
+    fwd = resident + act.saved_total + act.layer_transient
+    loss = resident + act.saved_total + act.loss_forward
+    bwd = resident + static["comm_buffers"] + max(
+        act.saved_total + act.loss_backward,
+        static["gradients"] + act.checkpoint_inputs + act.layer_transient,
+    )
+    opt = resident + static["gradients"] + static["comm_buffers"] + sm.optimizer_step_transient
+    return [Phase(name="forward", bytes=fwd), Phase(name="loss", bytes=loss),
+            Phase(name="backward", bytes=bwd), Phase(name="optimizer", bytes=opt)]
+
+
+def _breakdown(sm: StaticMemory, act: ActivationModel, peak_phase: str, activations: int,
+               context: int, reserve: int, workspace: int) -> list[BreakdownItem]:
+    items: list[BreakdownItem] = []
+    for component, bucket in (("weights", sm.weights), ("quantization_constants", sm.constants),
+                              ("adapter", sm.adapters), ("gradients", sm.gradients),
+                              ("optimizer", sm.optimizer)):
+        for group, nbytes in bucket.by_group.items():
+            if nbytes or bucket.params[group]:
+                items.append(BreakdownItem(key=f"{component}/{group}", bytes=nbytes,
+                                           params=bucket.params[group] or None, dtype=bucket.dtype.get(group)))
+    if sm.paged_optimizer_bytes:
+        items.append(BreakdownItem(key="optimizer/paged", bytes=sm.paged_optimizer_bytes,
+                                   note="CUDA unified memory (cudaMallocManaged): outside the allocator and peak"))
+    items.append(BreakdownItem(key=f"activations/{peak_phase}", bytes=activations,
+                               note="activations and temporaries at the peak (provisional model)"))
+    items.append(BreakdownItem(key="overhead/cublas_workspace", bytes=workspace, note="inside peak"))
+    items.append(BreakdownItem(key="overhead/cuda_context", bytes=context, note="outside peak"))
+    items.append(BreakdownItem(key="overhead/allocator_reserve", bytes=reserve, note="outside peak"))
+    return items
+
+
+def _quant_report(inv: Inventory, req: PlanRequest, sm: StaticMemory) -> QuantizationReport | None:
+    if not req.quantized or req.quantization.load_in_8bit:
+        return None
+    bs = req.quantization.blocksize
+    no_dq = dq = storage = 0
+    names = set(quantized_modules(inv))
+    for t in inv.unique_tensors():
+        if t.module in names and not t.is_bias:
+            no_dq += nf4_bytes(t.numel, blocksize=bs, double_quant=False).constants
+            q = nf4_bytes(t.numel, blocksize=bs, double_quant=True)
+            dq += q.constants
+            storage += nf4_bytes(t.numel, blocksize=bs, double_quant=req.quantization.bnb_4bit_use_double_quant).total
+    return QuantizationReport(
+        quantized_params=sm.quantized_params,
+        bits_per_param_no_double_quant=constants_bits_per_param(blocksize=bs, double_quant=False),
+        bits_per_param_double_quant=round(constants_bits_per_param(blocksize=bs, double_quant=True), 6),
+        constants_bytes_no_double_quant=no_dq,
+        constants_bytes_double_quant=dq,
+        storage_bytes_4bit=storage,
+        seed_claim=(
+            "The article says double quantization cuts the constants 'from ~4GB to ~0.1GB'. The QLoRA paper's "
+            f"figures are 32/{bs} = {32 / bs:.3f} → 8/{bs} + 32/({bs}·256) = "
+            f"{constants_bits_per_param(blocksize=bs, double_quant=True):.3f} bits per parameter: for this model "
+            f"{format_bytes(no_dq)} → {format_bytes(dq)} (about 4× less, not 40×)."
+        ),
+    )
+
+
+def _assumptions(req: PlanRequest, dt: Dtypes, plan: AdapterPlan) -> list[str]:
+    out = [
+        "All memory figures are bytes per GPU; 'peak' predicts torch.cuda.max_memory_allocated() of a steady "
+        "step (step ≥ 2, optimizer states resident, zero_grad(set_to_none=True)).",
+        f"Weights loaded in {dt.weights}; compute in {dt.compute}"
+        + (" under autocast." if dt.compute != dt.weights else "."),
+        "Activation, loss and transient terms are a provisional analytic model (the trace engine checks them).",
+    ]
+    if req.uses_adapter:
+        out.append("PEFT adapters (LoRA A/B, DoRA magnitude) are fp32 (autocast_adapter_dtype=True, PEFT ≥ 0.12).")
+        out.append(f"Adapted: {len(plan.targets)} modules, {len(plan.param_targets)} parameters (target_parameters).")
+    if req.quantized:
+        q = req.quantization
+        if q.load_in_8bit:
+            out.append("LLM.int8 base: int8 weights + fp32 row scales; lm_head, embeddings and norms unquantized.")
+        else:
+            out.append(
+                f"bitsandbytes 4-bit {q.bnb_4bit_quant_type}, blocksize {q.blocksize}, double quant "
+                f"{'on' if q.bnb_4bit_use_double_quant else 'off'}; every nn.Linear/Conv1D except lm_head is "
+                "quantized; MoE experts (3-D parameters in transformers 5) and routers are not."
+            )
+        out.append(
+            "prepare_model_for_kbit_training upcasts non-quantized fp16/bf16 parameters to fp32."
+            if q.prepare_kbit else "prepare_model_for_kbit_training's fp32 upcast is off."
+        )
+    if req.training.optim.startswith("paged_"):
+        out.append("Paged optimizer states of tensors with ≥1e5 elements live in CUDA unified memory and are "
+                   "not counted in peak or total (they can page out to host RAM).")
+    if req.hardware.sharding != "none":
+        out.append(f"{req.hardware.sharding} over {req.hardware.num_gpus} GPUs: static state partitioned as "
+                   "DeepSpeed/FSDP do; activations are per GPU for the micro-batch.")
+    return out
+
+
+def estimate(req: PlanRequest) -> EstimateResult:
+    """The full answer for one run. Raises :class:`PlanError` for input the planner cannot answer."""
+    model_id, inv = resolve_inventory(req)
+    arch = inv.arch
+    _check_request(req, arch)
+    target_gpu = gpu(req.hardware.gpu)
+    plan = plan_adapters(inv, req.lora, method=req.method)
+    dt = dtypes_for(req)
+    sm = static_memory(inv, plan, req, dt)
+    act = activation_model(inv, plan, req, dt)
+    static = _shard(sm, req)
+    workspace = cublas_workspace_bytes(target_gpu.arch)
+    gathered = 0
+    if req.hardware.sharding in ("zero3", "fsdp") and req.hardware.num_gpus > 1:
+        # the unsharded working copy of the current and the prefetched layer
+        gathered = 2 * (sm.weights.total // max(arch.num_hidden_layers, 1))
+    phases = _phases(static, sm, act, workspace, gathered)
+    top = max(phases, key=lambda p: p.bytes)
+    peak = top.bytes
+    resident = sum(static[k] for k in ("weights", "constants", "adapters", "optimizer")) + workspace + gathered
+    grads_at_peak = static["gradients"] if top.name in ("optimizer",) else 0
+    activations = max(peak - resident - grads_at_peak, 0)
+    context, reserve = overhead_bytes(peak)
+    total_params = inv.total_params
+    all_params = total_params + plan.added_params
+    if req.quantized and not req.quantization.load_in_8bit:
+        # PEFT counts a Params4bit as numel·2 of its packed ((n+1)//2, 1) storage
+        names = set(quantized_modules(inv))
+        all_params += sum(1 for t in inv.unique_tensors() if t.module in names and not t.is_bias and t.numel % 2)
+    trainable = plan.trainable_params
+    fits = []
+    for g in gpus().values():
+        headroom = g.vram_bytes - (peak + context + reserve)
+        fits.append(GpuFit(gpu=g.id, name=g.name, vram_bytes=g.vram_bytes, fits=headroom >= 0, headroom_bytes=headroom))
+    return EstimateResult(
+        model=ModelSummary(id=model_id, model_type=arch.model_type, num_hidden_layers=arch.num_hidden_layers,
+                           hidden_size=arch.hidden_size, vocab_size=arch.vocab_size, num_experts=arch.num_experts),
+        parameters=Parameters(
+            total=total_params,
+            trainable=trainable,
+            trainable_percent=round(100 * trainable / all_params, 6) if all_params else 0.0,
+            all_params=all_params,
+            adapter_params=plan.added_params,
+            targeted_modules=len(plan.targets) + len(plan.param_targets),
+        ),
+        memory=Memory(
+            weights=static["weights"],
+            quantization_constants=static["constants"],
+            adapter_weights=static["adapters"],
+            gradients=static["gradients"],
+            optimizer_states=static["optimizer"],
+            activations=activations,
+            peak=peak,
+            overhead=context + reserve,
+            total=peak + context + reserve,
+        ),
+        peak=PeakInfo(phase=top.name, phases=phases, provisional=True),
+        breakdown=_breakdown(sm, act, top.name, activations, context, reserve, workspace),
+        quantization=_quant_report(inv, req, sm),
+        fits=fits,
+        assumptions=_assumptions(req, dt, plan),
+        versions={"planner": PLANNER_VERSION, **{f"models_{k}": v for k, v in MODELLED_VERSIONS.items()}},
+    )

@@ -1,0 +1,32 @@
+"""Memory outside ``max_memory_allocated``: CUDA context and the caching allocator's reserve (bytes).
+
+Model (constants to be fitted from calibrations, see the calibration issue):
+- CUDA context + kernel images: ``CUDA_CONTEXT_BYTES`` per GPU (torch 2.x with lazy module loading:
+  typically 300–600 MiB; visible to ``nvidia-smi``/``mem_get_info`` only).
+- cuBLAS workspaces are allocated through the caching allocator (``CublasHandlePool.cpp``), so they are
+  part of ``peak``: 32 MiB per handle on sm90 (Hopper), 4 MiB·2 + 16 KiB·8 elsewhere; one handle for the
+  forward thread and one for autograd's backward thread.
+- Allocator reserve: ``max_memory_reserved − max_memory_allocated``: block rounding (512 B), unsplit
+  large blocks and segment granularity. Modelled as ``ALLOCATOR_RESERVE_FRACTION`` of the peak, at
+  least ``ALLOCATOR_RESERVE_MIN_BYTES``.
+"""
+
+from __future__ import annotations
+
+from app.core.units import KiB, MiB
+
+CUDA_CONTEXT_BYTES = 512 * MiB
+ALLOCATOR_RESERVE_FRACTION = 0.06
+ALLOCATOR_RESERVE_MIN_BYTES = 128 * MiB
+
+
+def cublas_workspace_bytes(arch: str) -> int:
+    """Two cuBLAS workspaces (forward and backward threads) in torch's allocator."""
+    per_handle = 32 * MiB if arch in ("hopper", "blackwell") else 4096 * KiB * 2 + 16 * KiB * 8
+    return 2 * per_handle
+
+
+def overhead_bytes(peak_bytes: int) -> tuple[int, int]:
+    """(cuda_context, allocator_reserve) for a step whose allocated peak is ``peak_bytes``."""
+    reserve = max(int(peak_bytes * ALLOCATOR_RESERVE_FRACTION), ALLOCATOR_RESERVE_MIN_BYTES)
+    return CUDA_CONTEXT_BYTES, reserve

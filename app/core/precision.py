@@ -1,0 +1,42 @@
+"""Which dtype each tensor has under a precision setting and method (the HF recipe's rules).
+
+- ``bf16``: the model is loaded with ``torch_dtype=bfloat16``: weights, their gradients and torch
+  optimizer states are bf16 (HF Trainer ``bf16=True`` autocast is then mostly a no-op).
+- ``bf16-mixed`` / ``fp16-mixed``: fp32 weights (master copy) and autocast to bf16/fp16.
+- ``fp32``: everything fp32, no autocast.
+- PEFT adapters (LoRA A/B, DoRA magnitude) are fp32 under every setting (``autocast_adapter_dtype=True``,
+  PEFT ≥ 0.12, ``tuners_utils.cast_adapter_dtype``); ``modules_to_save`` copies keep their module's dtype.
+- QLoRA: weights are quantized from the load dtype; ``prepare_model_for_kbit_training`` (peft
+  ``utils/other.py``) casts every other fp16/bf16 parameter (embeddings, norms, lm_head, biases, MoE
+  experts) to fp32 unless turned off.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from app.core.request import PlanRequest
+from app.core.units import DTYPE_BYTES
+
+
+@dataclass(frozen=True)
+class Dtypes:
+    """Dtype names ("bf16", "fp16", "fp32") of each tensor class in one run."""
+
+    weights: str  # base weights as loaded (non-quantized modules under QLoRA: see ``unquantized``)
+    unquantized: str  # QLoRA: parameters bitsandbytes does not quantize; else == weights
+    compute: str  # matmul/activation dtype under autocast
+    adapters: str = "fp32"
+
+    def bytes_of(self, dtype: str) -> int:
+        return DTYPE_BYTES[dtype]
+
+
+def dtypes_for(req: PlanRequest) -> Dtypes:
+    precision = req.training.precision
+    weights = "bf16" if precision == "bf16" else "fp32"
+    compute = {"bf16": "bf16", "bf16-mixed": "bf16", "fp16-mixed": "fp16", "fp32": "fp32"}[precision]
+    unquantized = weights
+    if req.quantized and req.quantization.prepare_kbit:
+        unquantized = "fp32"
+    return Dtypes(weights=weights, unquantized=unquantized, compute=compute)

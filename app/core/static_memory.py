@@ -1,0 +1,115 @@
+"""Static memory of a run: weights, quantization constants, adapters, gradients, optimizer states (bytes).
+
+Every figure is exact tensor bytes (``numel · itemsize``, or bitsandbytes' storage from
+:mod:`app.core.quantization`), grouped for the breakdown as ``component/group``.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+from app.core.adapters import AdapterPlan, TrainableTensor
+from app.core.inventory import CONV1D, LINEAR, Inventory
+from app.core.optimizers import BNB_8BIT, fixed_state_bytes, state_bytes, step_transient_bytes
+from app.core.precision import Dtypes
+from app.core.quantization import int8_bytes, nf4_bytes
+from app.core.request import PlanRequest
+from app.core.units import DTYPE_BYTES
+
+
+@dataclass
+class Bucket:
+    """Bytes of one component, per breakdown group, in insertion order."""
+
+    by_group: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    params: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    dtype: dict[str, str] = field(default_factory=dict)
+
+    def add(self, group: str, nbytes: int, params: int = 0, dtype: str | None = None) -> None:
+        self.by_group[group] += nbytes
+        self.params[group] += params
+        if dtype is not None:
+            prev = self.dtype.get(group)
+            self.dtype[group] = dtype if prev in (None, dtype) else "mixed"
+
+    @property
+    def total(self) -> int:
+        return sum(self.by_group.values())
+
+
+@dataclass
+class StaticMemory:
+    weights: Bucket = field(default_factory=Bucket)
+    constants: Bucket = field(default_factory=Bucket)
+    adapters: Bucket = field(default_factory=Bucket)
+    gradients: Bucket = field(default_factory=Bucket)
+    optimizer: Bucket = field(default_factory=Bucket)
+    paged_optimizer_bytes: int = 0
+    optimizer_step_transient: int = 0
+    quantized_params: int = 0
+    largest_quantized_weight: tuple[int, int] = (0, 0)  # (out, in) of the largest 4/8-bit layer
+
+
+def quantized_modules(inv: Inventory) -> list[str]:
+    """Modules transformers' bitsandbytes integration replaces: every ``nn.Linear``/``Conv1D`` except the
+    output embedding (``quantizers/base.py: get_keys_to_not_convert`` skips lm_head and tied keys)."""
+    return [m.name for m in inv.modules if m.kind in (LINEAR, CONV1D) and m.name != "lm_head"]
+
+
+def _trainable_dtype(t: TrainableTensor, req: PlanRequest, dt: Dtypes) -> str:
+    if t.kind in ("lora", "dora_magnitude"):
+        return dt.adapters
+    if t.kind in ("modules_to_save", "bias"):
+        return dt.unquantized
+    return dt.weights
+
+
+def static_memory(inv: Inventory, plan: AdapterPlan, req: PlanRequest, dt: Dtypes) -> StaticMemory:
+    sm = StaticMemory()
+    q = req.quantization
+    quantized = set(quantized_modules(inv)) if req.quantized else set()
+    largest = 0
+    for t in inv.unique_tensors():
+        if t.module in quantized and not t.is_bias:
+            mod = inv.module_by_name[t.module]
+            if q.load_in_8bit:
+                qb = int8_bytes(mod.out_features, mod.in_features)
+                kind = "int8"
+            else:
+                qb = nf4_bytes(t.numel, blocksize=q.blocksize, double_quant=q.bnb_4bit_use_double_quant)
+                kind = q.bnb_4bit_quant_type
+            sm.weights.add(t.group, qb.data, t.numel, kind)
+            sm.constants.add(t.group, qb.constants, 0, "fp32/uint8")
+            sm.quantized_params += t.numel
+            if t.numel > largest:
+                largest = t.numel
+                sm.largest_quantized_weight = (mod.out_features, mod.in_features)
+        else:
+            dtype = dt.unquantized if req.quantized else dt.weights
+            sm.weights.add(t.group, t.numel * DTYPE_BYTES[dtype], t.numel, dtype)
+
+    force_32bit_groups = {"embedding"} if req.training.optim in BNB_8BIT and req.method == "full" else set()
+    decay: list[tuple[tuple[int, ...], int]] = []
+    no_decay: list[tuple[tuple[int, ...], int]] = []
+    for t in plan.trainable:
+        dtype = _trainable_dtype(t, req, dt)
+        size = DTYPE_BYTES[dtype]
+        nbytes = t.numel * size
+        if t.new:
+            key = {"lora": t.group, "dora_magnitude": "dora_magnitude", "modules_to_save": "modules_to_save"}
+            sm.adapters.add(key.get(t.kind, t.group), nbytes, t.numel, dtype)
+        sm.gradients.add(t.group, nbytes, t.numel, dtype)
+        st = state_bytes(
+            req.training.optim, t.shape, size, momentum=req.training.momentum,
+            force_32bit=t.group in force_32bit_groups,
+        )
+        sm.optimizer.add(t.group, st.device, t.numel)
+        sm.paged_optimizer_bytes += st.paged
+        # HF Trainer's two parameter groups: no weight decay for biases and norm weights.
+        (no_decay if t.name.endswith("bias") or t.group == "norms" else decay).append((t.shape, size))
+    fixed = fixed_state_bytes(req.training.optim)
+    if fixed and plan.trainable:
+        sm.optimizer.add("quantization_maps", fixed)
+    sm.optimizer_step_transient = step_transient_bytes(req.training.optim, [decay, no_decay])
+    return sm

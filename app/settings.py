@@ -1,0 +1,26 @@
+"""Service settings (environment variables prefixed ``PEFT_PLANNER_``), read once via :func:`get_settings`."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="PEFT_PLANNER_", extra="ignore")
+
+    host: str = "127.0.0.1"
+    port: int = 8000
+    max_body_bytes: int = Field(1_048_576, description="largest accepted request body (a pasted config.json)")
+    database_path: Path = Field(Path("var/peft-planner.sqlite3"), description="SQLite file for calibration jobs")
+    token: str | None = Field(None, description="bearer token that enables /calibrate (GPU work); unset = disabled")
+    trace_timeout_s: float = 120.0
+    trace_concurrency: int = 1
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()
