@@ -1,0 +1,143 @@
+"""Count the bytes of every live tensor storage while a real training step runs (fake or real tensors).
+
+A ``TorchDispatchMode`` sees every aten op; each output's untyped storage is counted once (tied
+weights, views and in-place ops share storage) and released through a weak reference when Python
+frees it, which is exactly when the CUDA caching allocator would get the block back. ``nbytes`` are
+the storages' sizes; ``rounded`` rounds each block up to 512 B as ``CUDACachingAllocator`` does.
+
+CUDA kernels that allocate scratch memory the CPU/fake op does not (bitsandbytes' dequantize-then-matmul
+fallback of ``gemm_4bit`` for more than 1,536 rows) are charged as a transient at that op.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
+from torch.utils.weak import WeakIdKeyDictionary, weakref
+
+BLOCK = 512
+
+
+def _round(n: int) -> int:
+    return -(-n // BLOCK) * BLOCK if n else 0
+
+
+@dataclass
+class LiveTensor:
+    nbytes: int
+    shape: tuple[int, ...]
+    dtype: str
+    op: str
+    phase: str
+    counted: bool = True
+
+
+@dataclass
+class PhaseStats:
+    peak_bytes: int = 0
+    peak_rounded: int = 0
+
+
+@dataclass
+class Snapshot:
+    """The largest live tensors when the peak was reached."""
+
+    phase: str = ""
+    largest: list[LiveTensor] = field(default_factory=list)
+
+
+TransientRule = Callable[[Any, tuple[Any, ...], dict[str, Any]], int]
+
+
+class LiveBytesCounter(TorchDispatchMode):
+    """Tracks live storage bytes, the peak, the phase of the peak and the largest tensors at the peak."""
+
+    def __init__(self, transient_rules: dict[Any, TransientRule] | None = None, top: int = 12) -> None:
+        super().__init__()
+        self.live = 0
+        self.live_rounded = 0
+        self.peak = 0
+        self.peak_rounded = 0
+        self.phase = "setup"
+        self.phases: dict[str, PhaseStats] = {}
+        self.snapshot = Snapshot()
+        self._info: WeakIdKeyDictionary = WeakIdKeyDictionary()
+        self._refs: list[weakref.ref] = []
+        self._rules = transient_rules or {}
+        self._top = top
+
+    # --- phases -------------------------------------------------------------------------------
+    def set_phase(self, name: str) -> None:
+        self.phase = name
+        self.phases.setdefault(name, PhaseStats())
+        self._observe(self.live, self.live_rounded)
+
+    def reset_peak(self) -> None:
+        """Like ``torch.cuda.reset_peak_memory_stats()``: the peak restarts from what is live now."""
+        self.peak, self.peak_rounded = self.live, self.live_rounded
+        self.phases = {}
+        self.snapshot = Snapshot(self.phase, self._largest())
+
+    # --- tracking ---------------------------------------------------------------------------------
+    def track(self, tensors: Iterable[Any], op: str = "existing") -> None:
+        for t in tensors:
+            if not isinstance(t, torch.Tensor):
+                continue
+            st = t.untyped_storage()
+            if st in self._info:
+                continue
+            info = LiveTensor(st.nbytes(), tuple(t.shape), str(t.dtype).removeprefix("torch."), op, self.phase)
+            self._info[st] = info
+            self.live += info.nbytes
+            self.live_rounded += _round(info.nbytes)
+            self._refs.append(weakref.ref(st, self._released(info)))
+        self._observe(self.live, self.live_rounded)
+
+    def exclude(self, tensors: Iterable[torch.Tensor]) -> None:
+        """Stop counting these storages (e.g. paged optimizer states, which live outside the allocator)."""
+        for t in tensors:
+            info = self._info.get(t.untyped_storage())
+            if info is not None and info.counted:
+                info.counted = False
+                self.live -= info.nbytes
+                self.live_rounded -= _round(info.nbytes)
+
+    def _released(self, info: LiveTensor) -> Callable[[weakref.ref], None]:
+        def cb(_ref: weakref.ref) -> None:
+            if info.counted:
+                self.live -= info.nbytes
+                self.live_rounded -= _round(info.nbytes)
+
+        return cb
+
+    def _observe(self, live: int, rounded: int) -> None:
+        stats = self.phases.setdefault(self.phase, PhaseStats())
+        stats.peak_bytes = max(stats.peak_bytes, live)
+        stats.peak_rounded = max(stats.peak_rounded, rounded)
+        if rounded > self.peak_rounded:
+            self.peak_rounded = rounded
+        if live > self.peak:
+            self.peak = live
+            self.snapshot = Snapshot(self.phase, self._largest())
+
+    def _largest(self) -> list[LiveTensor]:
+        live = (info for _, info in self._info.items() if info.counted)
+        return heapq.nlargest(self._top, live, key=lambda i: i.nbytes)
+
+    def __torch_dispatch__(self, func: Any, types: Any, args: tuple[Any, ...] = (), kwargs: Any = None) -> Any:
+        kwargs = kwargs or {}
+        rule = self._rules.get(func)
+        if rule is not None:
+            extra = rule(func, args, kwargs)
+            if extra:
+                self._observe(self.live + extra, self.live_rounded + _round(extra))
+        out = func(*args, **kwargs)
+        flat, _ = tree_flatten(out)
+        self.track(flat, op=str(func.overloadpacket.__name__) if hasattr(func, "overloadpacket") else str(func))
+        return out

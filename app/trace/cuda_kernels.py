@@ -1,0 +1,178 @@
+"""Stand-ins for CUDA kernels whose CPU versions allocate differently.
+
+- Attention: CPU SDPA/eager kernels materialise the s×s score matrix that GPU kernels never keep. The
+  stand-in allocates and saves what FlashAttention-2 does (``flash_attn/flash_api.cpp``: ``mha_fwd`` /
+  ``mha_bwd``): the output and an fp32 ``softmax_lse`` (b, heads, s) saved for backward; in backward
+  the gradients, an fp32 ``dq_accum`` (b, s rounded to 128, heads, head_dim rounded to 32), an fp32
+  ``softmax_d`` (b, heads, s rounded to 128), and expanded dK/dV (b, s, heads, head_dim) under GQA.
+  ``sdpa`` on CUDA picks the flash backend for fp16/bf16 and the memory-efficient one for fp32 (its
+  logsumexp is (b, heads, s rounded up to 32)); eager attention runs unchanged.
+- Dropout: CUDA uses ``native_dropout`` with a bool mask (1 B/element); CPU's composite dropout keeps a
+  mask in the input dtype. The stand-in calls ``torch.native_dropout``, as CUDA does.
+- bitsandbytes ``gemm_4bit``: for more than 1,536 rows (or K not a multiple of the blocksize) the CUDA
+  backend dequantises the weight to the input dtype (N·K) plus, with double quantization, an fp32
+  absmax (4·ceil(N·K/blocksize)) before ``F.linear`` (``backends/cuda/ops.py: _dequant_linear_fallback``).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+
+FLASH = "planner_tiled_attention"  # no "flash" in the name: transformers would import flash_attn
+MEM_EFFICIENT = "planner_memeff_attention"
+GEMM_4BIT_FUSED_MAX_ROWS = 1536
+
+
+def _round_up(x: int, m: int) -> int:
+    return -(-x // m) * m
+
+
+class _FlashAttention(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx: Any, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lse_round: int) -> torch.Tensor:
+        # q: (b, heads, s, d); k, v: (b, kv_heads, s, d). Output in flash layout (b, s, heads, d).
+        b, h, s, d = q.shape
+        out = torch.empty((b, s, h, d), dtype=q.dtype, device=q.device)
+        lse = torch.empty((b, h, _round_up(s, lse_round)), dtype=torch.float32, device=q.device)
+        ctx.save_for_backward(q, k, v, out, lse)
+        ctx.lse_round = lse_round
+        return out
+
+    @staticmethod
+    def backward(ctx: Any, grad_out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, None]:
+        q, k, v, _out, _lse = ctx.saved_tensors
+        b, h, s, d = q.shape
+        dq = torch.empty_like(q)
+        dk = torch.empty_like(k)
+        dv = torch.empty_like(v)
+        scratch = [
+            torch.empty((b, _round_up(s, 128), h, _round_up(d, 32)), dtype=torch.float32, device=q.device),
+            torch.empty((b, h, _round_up(s, 128)), dtype=torch.float32, device=q.device),
+        ]
+        if k.shape[1] != h:
+            scratch += [torch.empty((b, s, h, d), dtype=q.dtype, device=q.device) for _ in range(2)]
+        del scratch
+        return dq, dk, dv, None
+
+
+def _attention(lse_round: int, repeat_kv: bool):
+    def forward(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                attention_mask: torch.Tensor | None, **kwargs: Any) -> tuple[torch.Tensor, None]:
+        if repeat_kv and key.shape[1] != query.shape[1]:
+            n_rep = query.shape[1] // key.shape[1]
+            key = key.repeat_interleave(n_rep, dim=1)
+            value = value.repeat_interleave(n_rep, dim=1)
+        return _FlashAttention.apply(query, key, value, lse_round), None
+
+    return forward
+
+
+def register_attention() -> None:
+    """Register the stand-ins with transformers' AttentionInterface (idempotent)."""
+    from transformers import AttentionInterface
+
+    AttentionInterface.register(FLASH, _attention(lse_round=1, repeat_kv=False))
+    AttentionInterface.register(MEM_EFFICIENT, _attention(lse_round=32, repeat_kv=True))
+
+
+def attention_name(attn_implementation: str, compute_dtype: torch.dtype) -> str:
+    if attn_implementation == "eager":
+        return "eager"
+    if attn_implementation == "sdpa" and compute_dtype == torch.float32:
+        return MEM_EFFICIENT
+    return FLASH
+
+
+@contextmanager
+def cuda_dropout() -> Iterator[None]:
+    """``nn.Dropout`` with CUDA's bool mask (``torch.native_dropout``) while the trace runs."""
+    original = torch.nn.Dropout.forward
+
+    def forward(self: torch.nn.Dropout, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0.0:
+            return x
+        return torch.native_dropout(x, self.p, True)[0]
+
+    torch.nn.Dropout.forward = forward  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        torch.nn.Dropout.forward = original  # type: ignore[method-assign]
+
+
+def gemm_4bit_transient(func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> int:
+    """Scratch bytes of bitsandbytes' CUDA ``gemm_4bit`` for this call (0 when the fused kernel runs)."""
+    a, shape_b, blocksize = args[0], args[2], args[4]
+    rows = a.numel() // a.shape[-1]
+    n, k = int(shape_b[0]), int(shape_b[1])
+    if rows <= GEMM_4BIT_FUSED_MAX_ROWS and k % blocksize == 0:
+        return 0
+    extra = n * k * a.element_size()
+    if kwargs.get("absmax_8bit") is not None:
+        extra += 4 * math.ceil(n * k / blocksize)
+    return extra
+
+
+def transient_rules() -> dict[Any, Any]:
+    import bitsandbytes  # noqa: F401  (registers torch.ops.bitsandbytes)
+
+    return {torch.ops.bitsandbytes.gemm_4bit.default: gemm_4bit_transient}
+
+
+
+@contextmanager
+def fake_swap_tensors() -> Iterator[None]:
+    """Let ``nn.Module.to()`` convert FakeTensor parameters (PEFT moves adapters with ``.to(dtype)``).
+
+    ``Module._apply`` always swaps FakeTensor parameters, and ``torch.utils.swap_tensors`` refuses while
+    the fake mode holds weak references to them; assigning ``.data`` gives the same module state.
+    """
+    import torch.utils
+
+    original = torch.utils.swap_tensors
+
+    def swap(t1: torch.Tensor, t2: torch.Tensor) -> None:
+        try:
+            original(t1, t2)
+        except RuntimeError:
+            with torch.no_grad():
+                t1.data = t2.data
+
+    torch.utils.swap_tensors = swap
+    try:
+        yield
+    finally:
+        torch.utils.swap_tensors = original
+
+
+@contextmanager
+def bnb_dequantize_patch() -> Iterator[None]:
+    """PEFT's ``dequantize_module_weight`` recognises 4-bit weights by class name (``Params4bit``); the
+    trace's packed weights are plain Parameters with a ``quant_state``, so dequantize those the same way."""
+    import bitsandbytes as bnb
+    import peft.tuners.lora.dora as dora
+    import peft.tuners.lora.layer as layer
+    import peft.tuners.lora.variants as variants
+
+    original = dora.dequantize_module_weight
+
+    def dequantize(module: torch.nn.Module) -> torch.Tensor:
+        weight = getattr(module, "weight", None)
+        state = getattr(weight, "quant_state", None)
+        if state is not None and weight is not None and weight.dtype == torch.uint8:
+            return bnb.functional.dequantize_4bit(weight.data, state)
+        return original(module)
+
+    targets = (dora, layer, variants)
+    for mod in targets:
+        mod.dequantize_module_weight = dequantize  # type: ignore[attr-defined]
+    try:
+        yield
+    finally:
+        for mod in targets:
+            mod.dequantize_module_weight = original  # type: ignore[attr-defined]

@@ -1,0 +1,320 @@
+"""Run the real training step of the standard HF recipe and count its memory (fake tensors: any size).
+
+The step: transformers model from the config in the load dtype; for QLoRA/QDoRA transformers'
+``replace_with_bnb_linear`` + bitsandbytes ``Params4bit`` quantization; ``prepare_model_for_kbit_training``
+when on; PEFT ``get_peft_model``; non-reentrant gradient checkpointing when on; forward with labels
+(transformers' own loss) under autocast for mixed/bf16 precision, accelerate's fp32 copy of the logits
+(HF Trainer's ``convert_outputs_to_fp32``), backward, ``clip_grad_norm_``, optimizer step and
+``zero_grad(set_to_none=True)`` — twice. The second step's peak is reported (states resident).
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from contextlib import ExitStack, nullcontext
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from app.core.catalog import model_config
+from app.core.precision import dtypes_for
+from app.core.request import PlanRequest
+from app.trace.counter import LiveBytesCounter, LiveTensor
+from app.trace.cuda_kernels import (
+    attention_name,
+    bnb_dequantize_patch,
+    cuda_dropout,
+    fake_swap_tensors,
+    register_attention,
+    transient_rules,
+)
+
+TORCH_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+COMPUTE_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
+_CONFIG_META_KEYS = {"architectures", "transformers_version", "auto_map", "model_type", "_name_or_path"}
+
+
+@dataclass
+class TraceResult:
+    """Bytes measured over the traced step (integers), the phase of the peak and what was live then."""
+
+    peak_bytes: int
+    peak_rounded_bytes: int
+    peak_phase: str
+    phases: dict[str, int]
+    largest: list[LiveTensor]
+    setup_peak_bytes: int
+    static: dict[str, int] = field(default_factory=dict)
+    trainable_params: int = 0
+    all_params: int = 0
+    seconds: float = 0.0
+    fake: bool = True
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "peak_bytes": self.peak_bytes,
+            "peak_rounded_bytes": self.peak_rounded_bytes,
+            "peak_phase": self.peak_phase,
+            "phases": self.phases,
+            "largest": [vars(t) for t in self.largest],
+            "setup_peak_bytes": self.setup_peak_bytes,
+            "static": self.static,
+            "trainable_params": self.trainable_params,
+            "all_params": self.all_params,
+            "seconds": round(self.seconds, 3),
+            "fake": self.fake,
+        }
+
+
+def _hf_config(req: PlanRequest, compute: torch.dtype) -> Any:
+    from transformers import AutoConfig
+
+    cfg = model_config(req.model) if isinstance(req.model, str) else req.model.config
+    config = AutoConfig.for_model(cfg["model_type"], **{k: v for k, v in cfg.items() if k not in _CONFIG_META_KEYS})
+    config.use_cache = False
+    config._attn_implementation = attention_name(req.training.attn_implementation, compute)
+    return config
+
+
+def _meta_model(req: PlanRequest, config: Any, torch_dtype: torch.dtype) -> torch.nn.Module:
+    """The transformers model on the meta device; for QLoRA with transformers' own ``replace_with_bnb_linear``."""
+    from transformers import AutoModelForCausalLM
+
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config, dtype=torch_dtype)
+    if req.quantized:
+        from transformers import BitsAndBytesConfig
+        from transformers.integrations.bitsandbytes import replace_with_bnb_linear
+        from transformers.quantizers.base import get_keys_to_not_convert
+
+        q = req.quantization
+        if q.load_in_8bit:
+            raise NotImplementedError("the trace engine runs 4-bit bases; LLM.int8 is estimated analytically")
+        bnb_config = BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type=q.bnb_4bit_quant_type,
+            bnb_4bit_use_double_quant=q.bnb_4bit_use_double_quant,
+            bnb_4bit_compute_dtype=COMPUTE_DTYPES[q.bnb_4bit_compute_dtype],
+        )
+        replace_with_bnb_linear(model, modules_to_not_convert=get_keys_to_not_convert(model),
+                                quantization_config=bnb_config)
+        model.is_loaded_in_4bit = True
+    return model
+
+
+def _materialize(model: torch.nn.Module, req: PlanRequest, torch_dtype: torch.dtype, fake: bool) -> None:
+    """Give every meta parameter and buffer real storage (fake or real CPU), quantizing 4-bit layers.
+
+    A bitsandbytes ``Params4bit`` cannot wrap a FakeTensor, so a quantized weight becomes a plain frozen
+    Parameter holding the packed data, with the ``quant_state`` bitsandbytes computed (what
+    ``Linear4bit.forward`` and ``MatMul4Bit`` read); :func:`bnb_dequantize_patch` lets PEFT's DoRA
+    dequantize it. Tied parameters stay tied.
+    """
+    import bitsandbytes as bnb
+
+    q = req.quantization
+    done: dict[int, torch.nn.Parameter] = {}
+    for module in model.modules():
+        for name, param in list(module._parameters.items()):
+            if param is None:
+                continue
+            if id(param) in done:
+                module._parameters[name] = done[id(param)]
+                continue
+            if isinstance(module, bnb.nn.Linear4bit) and name == "weight":
+                w = torch.empty((module.out_features, module.in_features), dtype=torch_dtype)
+                if not fake:
+                    w.normal_(0, 0.02)
+                packed, state = bnb.functional.quantize_4bit(
+                    w, blocksize=q.blocksize, compress_statistics=q.bnb_4bit_use_double_quant,
+                    quant_type=q.bnb_4bit_quant_type, quant_storage=torch.uint8,
+                )
+                del w
+                new = torch.nn.Parameter(packed, requires_grad=False)
+                # the attributes of Params4bit that Linear4bit and PEFT read
+                new.quant_state, new.blocksize, new.quant_type = state, q.blocksize, q.bnb_4bit_quant_type
+                new.compress_statistics, new.quant_storage = q.bnb_4bit_use_double_quant, torch.uint8
+                new.bnb_quantized, new.module = True, module
+            else:
+                data = torch.empty(param.shape, dtype=param.dtype)
+                if not fake and data.is_floating_point():
+                    data.normal_(0, 0.02)
+                new = torch.nn.Parameter(data, requires_grad=param.requires_grad)
+            done[id(param)] = new
+            module._parameters[name] = new
+        for name, buf in list(module._buffers.items()):
+            if buf is not None and buf.is_meta:
+                module._buffers[name] = torch.zeros(buf.shape, dtype=buf.dtype)
+
+
+def _optimizer(req: PlanRequest, model: torch.nn.Module) -> torch.optim.Optimizer:
+    """Built as HF Trainer builds it on CUDA (foreach for adamw_torch, two weight-decay groups)."""
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    no_decay = [p for n, p in named if "bias" in n or "norm" in n.lower()]
+    decay = [p for n, p in named if not ("bias" in n or "norm" in n.lower())]
+    groups = [g for g in ({"params": decay, "weight_decay": 0.0}, {"params": no_decay, "weight_decay": 0.0})
+              if g["params"]]
+    optim = req.training.optim
+    lr = 1e-5
+    if optim == "adamw_torch":
+        return torch.optim.AdamW(groups, lr=lr, foreach=True)
+    if optim == "adamw_torch_fused":
+        return torch.optim.AdamW(groups, lr=lr, fused=True)
+    if optim == "sgd":
+        return torch.optim.SGD(groups, lr=lr, momentum=req.training.momentum, foreach=True)
+    if optim == "adafactor":
+        from transformers.optimization import Adafactor
+
+        return Adafactor(groups, lr=lr, scale_parameter=False, relative_step=False)
+    import bitsandbytes as bnb
+
+    if optim in ("adamw_bnb_8bit", "paged_adamw_8bit", "paged_adamw_32bit"):
+        bits = 32 if optim == "paged_adamw_32bit" else 8
+        return bnb.optim.AdamW(groups, lr=lr, optim_bits=bits, is_paged=optim.startswith("paged_"))
+    return bnb.optim.Lion(groups, lr=lr, optim_bits=8 if optim == "lion_8bit" else 32)
+
+
+def _real_tables(optimizer: torch.optim.Optimizer | None) -> None:
+    """Build bitsandbytes' dynamic 8-bit maps with real tensors (their construction reads values)."""
+    import bitsandbytes.functional as bnbf
+    from torch._subclasses.fake_tensor import unset_fake_temporarily
+
+    with unset_fake_temporarily():
+        if optimizer is None:
+            if "dynamic" not in bnbf.name2qmap:
+                bnbf.name2qmap["dynamic"] = bnbf.create_dynamic_map()
+        elif hasattr(optimizer, "fill_qmap") and not getattr(optimizer, "name2qmap", None):
+            optimizer.fill_qmap()
+
+
+def _paged_states(optimizer: torch.optim.Optimizer) -> list[torch.Tensor]:
+    """States bitsandbytes would place in CUDA unified memory (tensors with ≥1e5 elements)."""
+    out = []
+    for state in optimizer.state.values():
+        for key in ("state1", "state2"):
+            t = state.get(key)
+            if isinstance(t, torch.Tensor) and t.numel() >= 100_000:
+                out.append(t)
+    return out
+
+
+def _static(model: torch.nn.Module, optimizer: torch.optim.Optimizer, full: bool) -> dict[str, int]:
+    seen: dict[int, torch.UntypedStorage] = {}  # by identity: meta storages all have data_ptr 0
+    out = {"weights": 0, "quantization_constants": 0, "adapter_weights": 0, "optimizer_states": 0}
+
+    def add(key: str, t: Any) -> None:
+        if isinstance(t, torch.Tensor) and id(st := t.untyped_storage()) not in seen:
+            seen[id(st)] = st
+            out[key] += st.nbytes()
+
+    for p in model.parameters():
+        add("adapter_weights" if p.requires_grad and not full else "weights", p)
+        qs = getattr(p, "quant_state", None)
+        if qs is not None:
+            for t in (qs.absmax, qs.code, qs.offset, *(
+                    (qs.state2.absmax, qs.state2.code) if qs.nested else ())):
+                add("quantization_constants", t)
+    for state in optimizer.state.values():
+        for v in state.values():
+            add("optimizer_states", v)
+    return out
+
+
+def run_trace(req: PlanRequest, *, fake: bool = True, steps: int = 2, seed: int = 0) -> TraceResult:
+    """Trace ``steps`` training steps of ``req`` and return the last one's memory (bytes)."""
+    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    started = time.perf_counter()
+    register_attention()
+    dt = dtypes_for(req)
+    torch_dtype, compute = TORCH_DTYPES[dt.weights], TORCH_DTYPES[dt.compute]
+    config = _hf_config(req, compute)
+    torch.manual_seed(seed)
+    counter = LiveBytesCounter(transient_rules() if req.quantized else None)
+    tr = req.training
+    with ExitStack() as stack:
+        stack.enter_context(warnings.catch_warnings())
+        warnings.simplefilter("ignore")
+        model = _meta_model(req, config, torch_dtype)
+        if fake:
+            # Fake CPU tensors: shapes, dtypes and storages without data; CPU autocast applies to them.
+            stack.enter_context(fake_swap_tensors())
+            # bitsandbytes builds its 8-bit code tables with data-dependent ops (.tolist()): those few
+            # real tables are made outside the fake mode (_real_tables) and may meet fake tensors.
+            stack.enter_context(FakeTensorMode(allow_non_fake_inputs=True))
+        stack.enter_context(counter)
+        stack.enter_context(cuda_dropout())
+        stack.enter_context(bnb_dequantize_patch())
+        _real_tables(None)
+        _materialize(model, req, torch_dtype, fake)
+        if req.quantized:
+            if req.quantization.prepare_kbit:
+                model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+        if req.method == "full":
+            model.requires_grad_(True)
+        else:
+            lora = req.lora
+            model = get_peft_model(model, LoraConfig(
+                r=lora.r, lora_alpha=lora.lora_alpha, lora_dropout=lora.lora_dropout,
+                target_modules=lora.target_modules, target_parameters=lora.target_parameters,
+                layers_to_transform=lora.layers_to_transform, bias=lora.bias,
+                modules_to_save=lora.modules_to_save, use_rslora=lora.use_rslora, use_dora=req.uses_dora,
+            ))
+        base = model.get_base_model() if hasattr(model, "get_base_model") else model
+        if tr.gradient_checkpointing:
+            base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.train()
+        head = base.get_output_embeddings()
+        head.register_forward_hook(lambda *_: counter.set_phase("loss"))
+        optimizer = _optimizer(req, model)
+        _real_tables(optimizer)
+        params = [p for p in model.parameters() if p.requires_grad]
+        trainable = sum(p.numel() for p in params)
+        all_params = sum(p.numel() for p in model.parameters())
+        # HF Trainer bf16=True / fp16=True always runs the forward under autocast (accelerate native_amp)
+        autocast = torch.autocast("cpu", dtype=compute) if dt.compute != "fp32" else nullcontext()
+        setup_peak = counter.peak
+        excluded: list[torch.Tensor] = []
+        for step in range(steps):
+            if step == steps - 1:
+                counter.reset_peak()
+            input_ids = torch.randint(0, config.vocab_size, (tr.micro_batch_size, tr.seq_len))
+            counter.set_phase("forward")
+            with autocast:
+                out = model(input_ids=input_ids, labels=input_ids)
+            if dt.compute != "fp32":
+                logits32 = out.logits.float()  # accelerate convert_outputs_to_fp32 under HF Trainer
+                del logits32
+            loss = out.loss
+            del out
+            counter.set_phase("backward")
+            loss.backward()
+            del loss
+            counter.set_phase("optimizer")
+            torch.nn.utils.clip_grad_norm_(params, 1.0)  # per-tensor norms: scalars only
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            if step == 0 and req.training.optim.startswith("paged_"):
+                excluded = _paged_states(optimizer)
+                counter.exclude(excluded)
+            del input_ids
+        static = _static(model, optimizer, req.method == "full")
+        static["optimizer_states"] -= sum(t.untyped_storage().nbytes() for t in excluded)
+    return TraceResult(
+        peak_bytes=counter.peak,
+        peak_rounded_bytes=counter.peak_rounded,
+        peak_phase=counter.snapshot.phase,
+        phases={name: s.peak_bytes for name, s in counter.phases.items()},
+        largest=counter.snapshot.largest,
+        setup_peak_bytes=setup_peak,
+        static=static,
+        trainable_params=trainable,
+        all_params=all_params,
+        seconds=time.perf_counter() - started,
+        fake=fake,
+    )
