@@ -83,7 +83,7 @@ def activation_model(inv: Inventory, plan: AdapterPlan, req: PlanRequest, dt: Dt
     transient = recompute
     if req.quantized:
         out_f, in_f = _largest_linear(inv)
-        transient = max(transient, out_f * in_f * DTYPE_BYTES[_bnb_compute(req)])
+        transient = max(transient, out_f * in_f * DTYPE_BYTES[dt.bnb_compute])
     if req.uses_dora:
         out_f, in_f = _largest_linear(inv)
         transient = max(transient, 4 * in_f * in_f + 3 * 4 * out_f * in_f)
@@ -96,10 +96,6 @@ def activation_model(inv: Inventory, plan: AdapterPlan, req: PlanRequest, dt: Dt
         loss_backward=(c + 12) * t * v,
         layer_transient=transient,
     )
-
-
-def _bnb_compute(req: PlanRequest) -> str:
-    return {"bfloat16": "bf16", "float16": "fp16", "float32": "fp32"}[req.quantization.bnb_4bit_compute_dtype]
 
 
 def _largest_linear(inv: Inventory) -> tuple[int, int]:

@@ -26,6 +26,7 @@ class Dtypes:
     weights: str  # base weights as loaded (non-quantized modules under QLoRA: see ``unquantized``)
     unquantized: str  # QLoRA: parameters bitsandbytes does not quantize; else == weights
     compute: str  # matmul/activation dtype under autocast
+    bnb_compute: str = "bf16"  # bitsandbytes Linear4bit compute dtype (QLoRA)
     adapters: str = "fp32"
 
     def bytes_of(self, dtype: str) -> int:
@@ -39,4 +40,5 @@ def dtypes_for(req: PlanRequest) -> Dtypes:
     unquantized = weights
     if req.quantized and req.quantization.prepare_kbit:
         unquantized = "fp32"
-    return Dtypes(weights=weights, unquantized=unquantized, compute=compute)
+    bnb_compute = {"bfloat16": "bf16", "float16": "fp16", "float32": "fp32"}[req.quantization.bnb_4bit_compute_dtype]
+    return Dtypes(weights=weights, unquantized=unquantized, compute=compute, bnb_compute=bnb_compute)

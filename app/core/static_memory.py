@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 from app.core.adapters import AdapterPlan, TrainableTensor
 from app.core.inventory import CONV1D, LINEAR, Inventory
-from app.core.optimizers import BNB_8BIT, fixed_state_bytes, state_bytes, step_transient_bytes
+from app.core.optimizers import BNB_8BIT, BNB_MIN_8BIT_SIZE, fixed_state_bytes, state_bytes, step_transient_bytes
 from app.core.precision import Dtypes
 from app.core.quantization import int8_bytes, nf4_bytes
 from app.core.request import PlanRequest
@@ -57,9 +57,11 @@ def quantized_modules(inv: Inventory) -> list[str]:
     return [m.name for m in inv.modules if m.kind in (LINEAR, CONV1D) and m.name != "lm_head"]
 
 
-def _trainable_dtype(t: TrainableTensor, req: PlanRequest, dt: Dtypes) -> str:
+def _trainable_dtype(t: TrainableTensor, dt: Dtypes, four_bit: set[str]) -> str:
     if t.kind in ("lora", "dora_magnitude"):
         return dt.adapters
+    if t.kind == "bias" and t.name.rsplit(".", 1)[0] in four_bit:
+        return dt.bnb_compute
     if t.kind in ("modules_to_save", "bias"):
         return dt.unquantized
     return dt.weights
@@ -71,7 +73,11 @@ def static_memory(inv: Inventory, plan: AdapterPlan, req: PlanRequest, dt: Dtype
     quantized = set(quantized_modules(inv)) if req.quantized else set()
     largest = 0
     for t in inv.unique_tensors():
-        if t.module in quantized and not t.is_bias:
+        if t.module in quantized and t.is_bias and not q.load_in_8bit:
+            # Linear4bit.forward: `bias.data = bias.data.to(x.dtype)` after x is cast to the compute dtype,
+            # so from the first step on the bias is stored in bnb_4bit_compute_dtype.
+            sm.weights.add(t.group, t.numel * DTYPE_BYTES[dt.bnb_compute], t.numel, dt.bnb_compute)
+        elif t.module in quantized and not t.is_bias:
             mod = inv.module_by_name[t.module]
             if q.load_in_8bit:
                 qb = int8_bytes(mod.out_features, mod.in_features)
@@ -93,7 +99,7 @@ def static_memory(inv: Inventory, plan: AdapterPlan, req: PlanRequest, dt: Dtype
     decay: list[tuple[tuple[int, ...], int]] = []
     no_decay: list[tuple[tuple[int, ...], int]] = []
     for t in plan.trainable:
-        dtype = _trainable_dtype(t, req, dt)
+        dtype = _trainable_dtype(t, dt, set() if q.load_in_8bit else quantized)
         size = DTYPE_BYTES[dtype]
         nbytes = t.numel * size
         if t.new:
@@ -108,8 +114,9 @@ def static_memory(inv: Inventory, plan: AdapterPlan, req: PlanRequest, dt: Dtype
         sm.paged_optimizer_bytes += st.paged
         # HF Trainer's two parameter groups: no weight decay for biases and norm weights.
         (no_decay if t.name.endswith("bias") or t.group == "norms" else decay).append((t.shape, size))
+    # bitsandbytes moves its 8-bit maps to the GPU only when some tensor gets 8-bit state (init_state).
     fixed = fixed_state_bytes(req.training.optim)
-    if fixed and plan.trainable:
+    if fixed and any(t.numel >= BNB_MIN_8BIT_SIZE and t.group not in force_32bit_groups for t in plan.trainable):
         sm.optimizer.add("quantization_maps", fixed)
     sm.optimizer_step_transient = step_transient_bytes(req.training.optim, [decay, no_decay])
     return sm

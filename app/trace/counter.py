@@ -138,6 +138,10 @@ class LiveBytesCounter(TorchDispatchMode):
             if extra:
                 self._observe(self.live + extra, self.live_rounded + _round(extra))
         out = func(*args, **kwargs)
+        if getattr(func, "is_view", False):
+            # a view aliases its input's storage (fake mode can hand out a fresh storage object for the
+            # detach of a deep-copied parameter; it allocates nothing)
+            return out
         flat, _ = tree_flatten(out)
         self.track(flat, op=str(func.overloadpacket.__name__) if hasattr(func, "overloadpacket") else str(func))
         return out

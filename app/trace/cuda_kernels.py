@@ -163,7 +163,7 @@ def bnb_dequantize_patch() -> Iterator[None]:
 
     def dequantize(module: torch.nn.Module) -> torch.Tensor:
         weight = getattr(module, "weight", None)
-        state = getattr(weight, "quant_state", None)
+        state = getattr(weight, "quant_state", None) or getattr(module, "quant_state", None)
         if state is not None and weight is not None and weight.dtype == torch.uint8:
             return bnb.functional.dequantize_4bit(weight.data, state)
         return original(module)
@@ -176,3 +176,21 @@ def bnb_dequantize_patch() -> Iterator[None]:
     finally:
         for mod in targets:
             mod.dequantize_module_weight = original  # type: ignore[attr-defined]
+
+
+@contextmanager
+def grouped_mm_for_any_dtype() -> Iterator[None]:
+    """transformers' MoE experts call ``grouped_mm`` (bf16-only kernel) whenever it exists; for other dtypes
+    route them to transformers' own ``grouped_mm_fallback`` op, which allocates the same output."""
+    import transformers.integrations.moe as moe
+
+    original = moe._can_use_grouped_mm
+
+    def can_use(input: torch.Tensor, weight: torch.Tensor, offs: torch.Tensor) -> bool:
+        return weight.dtype == torch.bfloat16 and original(input, weight, offs)
+
+    moe._can_use_grouped_mm = can_use
+    try:
+        yield
+    finally:
+        moe._can_use_grouped_mm = original

@@ -10,6 +10,7 @@ when on; PEFT ``get_peft_model``; non-reentrant gradient checkpointing when on; 
 
 from __future__ import annotations
 
+import gc
 import time
 import warnings
 from contextlib import ExitStack, nullcontext
@@ -27,6 +28,7 @@ from app.trace.cuda_kernels import (
     bnb_dequantize_patch,
     cuda_dropout,
     fake_swap_tensors,
+    grouped_mm_for_any_dtype,
     register_attention,
     transient_rules,
 )
@@ -137,6 +139,7 @@ def _materialize(model: torch.nn.Module, req: PlanRequest, torch_dtype: torch.dt
                 new.quant_state, new.blocksize, new.quant_type = state, q.blocksize, q.bnb_4bit_quant_type
                 new.compress_statistics, new.quant_storage = q.bnb_4bit_use_double_quant, torch.uint8
                 new.bnb_quantized, new.module = True, module
+                module.quant_state = state  # Linear4bit's own copy (survives deepcopy, as in DoRA's init)
             else:
                 data = torch.empty(param.shape, dtype=param.dtype)
                 if not fake and data.is_floating_point():
@@ -176,26 +179,42 @@ def _optimizer(req: PlanRequest, model: torch.nn.Module) -> torch.optim.Optimize
     return bnb.optim.Lion(groups, lr=lr, optim_bits=8 if optim == "lion_8bit" else 32)
 
 
-def _real_tables(optimizer: torch.optim.Optimizer | None) -> None:
-    """Build bitsandbytes' dynamic 8-bit maps with real tensors (their construction reads values)."""
+def _own_storage_for_copies(model: torch.nn.Module) -> None:
+    """``copy.deepcopy`` of a FakeTensor parameter shares the fake storage; PEFT's ``modules_to_save`` copy is
+    a real allocation on a GPU, so give each copied parameter storage of its own."""
+    for wrapper in model.modules():
+        if type(wrapper).__name__ != "ModulesToSaveWrapper":
+            continue
+        for copy in wrapper.modules_to_save.values():
+            for name, p in list(copy._parameters.items()):
+                if p is not None:
+                    copy._parameters[name] = torch.nn.Parameter(torch.empty(p.shape, dtype=p.dtype),
+                                                                requires_grad=p.requires_grad)
+
+
+def _real_tables(counter: LiveBytesCounter) -> None:
+    """Build bitsandbytes' global dynamic 8-bit map with real tensors (its construction reads values)
+    and count it in every trace (it is cached for the life of the process)."""
     import bitsandbytes.functional as bnbf
     from torch._subclasses.fake_tensor import unset_fake_temporarily
 
     with unset_fake_temporarily():
-        if optimizer is None:
-            if "dynamic" not in bnbf.name2qmap:
-                bnbf.name2qmap["dynamic"] = bnbf.create_dynamic_map()
-        elif hasattr(optimizer, "fill_qmap") and not getattr(optimizer, "name2qmap", None):
-            optimizer.fill_qmap()
+        if "dynamic" not in bnbf.name2qmap:
+            bnbf.name2qmap["dynamic"] = bnbf.create_dynamic_map()
+    counter.track([bnbf.name2qmap["dynamic"]])
 
 
-def _paged_states(optimizer: torch.optim.Optimizer) -> list[torch.Tensor]:
-    """States bitsandbytes would place in CUDA unified memory (tensors with ≥1e5 elements)."""
+def _off_device_states(optimizer: torch.optim.Optimizer, optim: str) -> list[torch.Tensor]:
+    """Optimizer state that is not in the CUDA allocator on a GPU: bitsandbytes' paged states (tensors with
+    ≥1e5 elements, CUDA unified memory) and non-fused AdamW's ``step`` (a host tensor)."""
     out = []
     for state in optimizer.state.values():
-        for key in ("state1", "state2"):
-            t = state.get(key)
-            if isinstance(t, torch.Tensor) and t.numel() >= 100_000:
+        for key, t in state.items():
+            if not isinstance(t, torch.Tensor):
+                continue
+            paged = optim.startswith("paged_") and key in ("state1", "state2") and t.numel() >= 100_000
+            host_step = optim == "adamw_torch" and key == "step"
+            if paged or host_step:
                 out.append(t)
     return out
 
@@ -209,8 +228,9 @@ def _static(model: torch.nn.Module, optimizer: torch.optim.Optimizer, full: bool
             seen[id(st)] = st
             out[key] += st.nbytes()
 
-    for p in model.parameters():
-        add("adapter_weights" if p.requires_grad and not full else "weights", p)
+    for name, p in model.named_parameters():
+        added = not full and ("lora_" in name or "modules_to_save" in name)
+        add("adapter_weights" if added else "weights", p)
         qs = getattr(p, "quant_state", None)
         if qs is not None:
             for t in (qs.absmax, qs.code, qs.offset, *(
@@ -225,7 +245,7 @@ def _static(model: torch.nn.Module, optimizer: torch.optim.Optimizer, full: bool
 def run_trace(req: PlanRequest, *, fake: bool = True, steps: int = 2, seed: int = 0) -> TraceResult:
     """Trace ``steps`` training steps of ``req`` and return the last one's memory (bytes)."""
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
-    from torch._subclasses.fake_tensor import FakeTensorMode
+    from torch._subclasses.fake_tensor import FakeTensorMode, unset_fake_temporarily
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()
@@ -250,11 +270,11 @@ def run_trace(req: PlanRequest, *, fake: bool = True, steps: int = 2, seed: int 
         stack.enter_context(counter)
         stack.enter_context(cuda_dropout())
         stack.enter_context(bnb_dequantize_patch())
-        _real_tables(None)
+        stack.enter_context(grouped_mm_for_any_dtype())
+        _real_tables(counter)
         _materialize(model, req, torch_dtype, fake)
-        if req.quantized:
-            if req.quantization.prepare_kbit:
-                model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+        if req.quantized and req.quantization.prepare_kbit:
+            model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
         if req.method == "full":
             model.requires_grad_(True)
         else:
@@ -265,14 +285,16 @@ def run_trace(req: PlanRequest, *, fake: bool = True, steps: int = 2, seed: int 
                 layers_to_transform=lora.layers_to_transform, bias=lora.bias,
                 modules_to_save=lora.modules_to_save, use_rslora=lora.use_rslora, use_dora=req.uses_dora,
             ))
+        if fake:
+            _own_storage_for_copies(model)
         base = model.get_base_model() if hasattr(model, "get_base_model") else model
         if tr.gradient_checkpointing:
             base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.train()
         head = base.get_output_embeddings()
         head.register_forward_hook(lambda *_: counter.set_phase("loss"))
-        optimizer = _optimizer(req, model)
-        _real_tables(optimizer)
+        with unset_fake_temporarily():  # bitsandbytes fills its 8-bit maps (data-dependent) in __init__
+            optimizer = _optimizer(req, model)
         params = [p for p in model.parameters() if p.requires_grad]
         trainable = sum(p.numel() for p in params)
         all_params = sum(p.numel() for p in model.parameters())
@@ -281,6 +303,9 @@ def run_trace(req: PlanRequest, *, fake: bool = True, steps: int = 2, seed: int 
         setup_peak = counter.peak
         excluded: list[torch.Tensor] = []
         for step in range(steps):
+            # Setup leaves reference cycles (bitsandbytes weights point at their module; DoRA deep-copies
+            # layers); collect them so that the measured step does not depend on when Python's GC runs.
+            gc.collect()
             if step == steps - 1:
                 counter.reset_peak()
             input_ids = torch.randint(0, config.vocab_size, (tr.micro_batch_size, tr.seq_len))
@@ -299,8 +324,8 @@ def run_trace(req: PlanRequest, *, fake: bool = True, steps: int = 2, seed: int 
             torch.nn.utils.clip_grad_norm_(params, 1.0)  # per-tensor norms: scalars only
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
-            if step == 0 and req.training.optim.startswith("paged_"):
-                excluded = _paged_states(optimizer)
+            if step == 0:
+                excluded = _off_device_states(optimizer, req.training.optim)
                 counter.exclude(excluded)
             del input_ids
         static = _static(model, optimizer, req.method == "full")

@@ -75,6 +75,7 @@ def storage_bytes(model: torch.nn.Module) -> dict[str, int]:
                 add("constants", qs.offset)
                 add("constants", qs.state2.absmax)
                 add("constants", qs.state2.code)
-        scb = getattr(p, "SCB", None)
-        add("constants", scb)
+        add("constants", getattr(p, "SCB", None))
+    for module in model.modules():  # Linear8bitLt keeps the row scales in its MatmulLtState after a forward
+        add("constants", getattr(getattr(module, "state", None), "SCB", None))
     return out
