@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: run test lint bench venv clean
+.PHONY: run test lint bench venv clean browser
 
 venv: $(STAMP)
 
@@ -26,7 +26,11 @@ run: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check app tests bench
 
-test: $(STAMP) lint
+# Debian's chromium for tests/browser (Playwright drives it; no `playwright install`). CI runs as root here.
+browser:
+	command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium)
+
+test: $(STAMP) lint browser
 	$(BIN)/python -m pytest
 
 bench: $(STAMP)

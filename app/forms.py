@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 from pydantic import ValidationError
 
 from app.core.request import PlanRequest
+from app.core.throughput import DEFAULT_MFU, DEFAULT_TOKENS
 
 DEFAULT_MODEL = "meta-llama/Llama-3.1-8B"
 DEFAULT_TARGETS = "all-linear"  # the page's default; the API's is PEFT's per-architecture default
@@ -61,3 +63,90 @@ def parse_form(form: Mapping[str, str], config_text: str | None = None) -> tuple
         return PlanRequest.model_validate(body), []
     except ValidationError as exc:
         return None, [f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()]
+
+
+# ------------------------------------------------------------------------------ time and cost inputs
+
+TOKEN_SUFFIXES = {"k": 10**3, "m": 10**6, "b": 10**9, "g": 10**9, "t": 10**12}
+METHODS = ("full", "lora", "qlora", "dora", "qdora")
+
+
+@dataclass(frozen=True)
+class CostOptions:
+    """The page's time/cost inputs (query parameters ``tokens``, ``mfu``, ``price`` (the form's GPU),
+    ``price_<gpu id>`` (any catalog GPU), ``qlora_slowdown``, ``dora_slowdown``); empty or absent fields
+    take the throughput module's defaults."""
+
+    tokens: int = DEFAULT_TOKENS
+    mfu: float = DEFAULT_MFU
+    price: float | None = None  # USD per GPU-hour for the form's GPU, instead of the catalog's
+    qlora_slowdown: float | None = None
+    dora_slowdown: float | None = None
+    prices: dict[str, float] = field(default_factory=dict)  # price_<gpu id>=USD per GPU-hour, any catalog GPU
+
+    @property
+    def slowdown(self) -> dict[str, float]:
+        out: dict[str, float] = {}
+        if self.qlora_slowdown is not None:
+            out["qlora"] = self.qlora_slowdown
+        if self.dora_slowdown is not None:
+            out["dora"] = self.dora_slowdown
+        return out
+
+
+def parse_tokens(text: str) -> int:
+    """'100M', '1.5B', '2e8', '100,000,000' or '250k' → a positive token count."""
+    s = text.strip().lower().replace(",", "").replace("_", "").replace(" ", "")
+    factor = 1
+    if s and s[-1] in TOKEN_SUFFIXES:
+        factor, s = TOKEN_SUFFIXES[s[-1]], s[:-1]
+    try:
+        value = float(s) * factor
+    except ValueError:
+        raise ValueError(f"cannot read {text!r} as a token count; use e.g. 100M, 1.5B or 200000000") from None
+    if not 1 <= value <= 1e16 or value != value:
+        raise ValueError("must be between 1 and 10^16 tokens")
+    return round(value)
+
+
+def parse_cost_options(form: Mapping[str, str]) -> tuple[CostOptions, list[str]]:
+    """Time/cost inputs from the page's flat form, and readable errors naming each field."""
+    errors: list[str] = []
+    values: dict[str, Any] = {}
+
+    def number(key: str, low: float, high: float, *, low_open: bool = False) -> None:
+        text = form.get(key, "").strip()
+        if not text:
+            return
+        try:
+            v = float(text)
+        except ValueError:
+            errors.append(f"{key}: not a number: {text!r}")
+            return
+        if not (low < v if low_open else low <= v) or v > high:
+            errors.append(f"{key}: must be {'above' if low_open else 'at least'} {low:g} and at most {high:g}")
+            return
+        values[key] = v
+
+    if form.get("tokens", "").strip():
+        try:
+            values["tokens"] = parse_tokens(form["tokens"])
+        except ValueError as exc:
+            errors.append(f"tokens: {exc}")
+    number("mfu", 0.0, 1.0, low_open=True)
+    number("price", 0.0, 10_000.0)
+    number("qlora_slowdown", 0.1, 100.0)
+    number("dora_slowdown", 0.1, 100.0)
+    prices: dict[str, float] = {}
+    for key in form:
+        if key.startswith("price_") and form[key].strip():
+            number(key, 0.0, 10_000.0)
+            if key in values:
+                prices[key.removeprefix("price_")] = values.pop(key)
+    return CostOptions(**values, prices=prices), errors
+
+
+def selected_method(form: Mapping[str, str]) -> str:
+    """The method whose details the page shows (its tab); 'lora' when absent or unknown."""
+    m = form.get("method", "")
+    return m if m in METHODS else "lora"

@@ -11,7 +11,7 @@ from fastapi.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.core.errors import PlanError
-from app.routers import api_v1, pages
+from app.routers import api_v1, pages, trace
 from app.settings import get_settings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -90,6 +90,7 @@ def create_app() -> FastAPI:
         return {"status": "ok"}
 
     app.include_router(api_v1.router)
+    app.include_router(trace.router)
     app.include_router(pages.router)
     app.mount("/static", StaticFiles(directory=ROOT / "static"), name="static")
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes)

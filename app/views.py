@@ -1,11 +1,22 @@
-"""Display helpers for the Jinja pages: byte formatting, stacked-bar geometry (no arithmetic of the plan)."""
+"""Display helpers for the Jinja pages: byte formatting, stacked-bar geometry, the compare view's cells and
+the copyable snippets. No arithmetic of the plan: every number comes from ``estimate`` or ``throughput``."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import json
+import math
+import shlex
+from dataclasses import dataclass, field
+from typing import Any
 
-from app.core.result import EstimateResult
-from app.core.units import format_bytes
+from app.core.catalog import Gpu, gpus
+from app.core.errors import PlanError
+from app.core.estimate import estimate
+from app.core.request import Method, PlanRequest
+from app.core.result import EstimateResult, GpuFit
+from app.core.throughput import DEFAULT_SLOWDOWN, GpuCost, ThroughputReport, throughput
+from app.core.units import GiB, MiB, format_bytes
+from app.forms import CostOptions
 
 # (memory field, label, colour): the order of the stacked bar and the legend.
 SEGMENTS: tuple[tuple[str, str, str], ...] = (
@@ -17,6 +28,16 @@ SEGMENTS: tuple[tuple[str, str, str], ...] = (
     ("activations", "Activations", "#54a24b"),
     ("overhead", "CUDA context + allocator", "#bab0ac"),
 )
+
+# (method, short label, long label): the compare view's columns, in the order of the article.
+METHODS: tuple[tuple[Method, str, str], ...] = (
+    ("full", "Full FT", "Full fine-tuning"),
+    ("lora", "LoRA", "LoRA"),
+    ("qlora", "QLoRA", "QLoRA (4-bit NF4 base)"),
+    ("dora", "DoRA", "DoRA"),
+    ("qdora", "QDoRA", "QDoRA (DoRA on 4-bit)"),
+)
+METHOD_LABELS: dict[str, str] = {m: short for m, short, _ in METHODS}
 
 
 @dataclass(frozen=True)
@@ -44,3 +65,443 @@ def bar_segments(result: EstimateResult, scale_bytes: int, width: float = 100.0)
         out.append(Segment(key, label, colour, nbytes, x, w))
         x += w
     return out
+
+
+# ------------------------------------------------------------------------------------------- formatting
+
+
+def format_hours(h: float) -> str:
+    """'45 min', '3.2 h', '41 h', '3.5 d' (1 d = 24 h)."""
+    if h < 1:
+        return f"{max(h * 60, 0.1):.0f} min" if h * 60 >= 1 else f"{h * 3600:.0f} s"
+    if h < 10:
+        return f"{h:.1f} h"
+    if h < 72:
+        return f"{h:.0f} h"
+    return f"{h / 24:.1f} d" if h < 240 else f"{h / 24:.0f} d"
+
+
+def format_gib(n: int) -> str:
+    """A compact size for dense tables: '61 GiB', '5.3 GiB', '412 MiB'."""
+    if n >= 10 * GiB:
+        return f"{n / GiB:.0f} GiB"
+    if n >= GiB:
+        return f"{n / GiB:.1f} GiB"
+    return f"{n / MiB:.0f} MiB"
+
+
+def format_usd(x: float | None) -> str:
+    if x is None:
+        return "no price"
+    if x < 10:
+        return f"${x:,.2f}"
+    return f"${x:,.0f}"
+
+
+def format_flops(x: float) -> str:
+    """FLOPs with an SI prefix: '61.1 GFLOP'."""
+    for unit, f in (("PFLOP", 1e15), ("TFLOP", 1e12), ("GFLOP", 1e9), ("MFLOP", 1e6)):
+        if x >= f:
+            return f"{x / f:.1f} {unit}"
+    return f"{x:.0f} FLOP"
+
+
+def format_tokens(n: int) -> str:
+    for unit, f in (("T", 10**12), ("B", 10**9), ("M", 10**6), ("k", 10**3)):
+        if n >= f:
+            v = n / f
+            return f"{v:.0f}{unit}" if v == int(v) else f"{v:.3g}{unit}"
+    return str(n)
+
+
+def short_gpu(name: str) -> str:
+    return name.replace("NVIDIA GeForce ", "").replace("NVIDIA ", "")
+
+
+# ---------------------------------------------------------------------------------------- compare view
+
+
+@dataclass
+class MethodColumn:
+    """One method of the compare view: its request, its estimate (or the planner's refusal) and costs."""
+
+    method: Method
+    label: str
+    long_label: str
+    request: PlanRequest
+    result: EstimateResult | None = None
+    error: str | None = None
+    costs: ThroughputReport | None = None
+    segments: list[Segment] = field(default_factory=list)
+    cells: dict[str, str] = field(default_factory=dict)
+    titles: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return self.result is not None
+
+    def fit_on(self, gpu_id: str) -> GpuFit | None:
+        if self.result is None:
+            return None
+        return next((f for f in self.result.fits if f.gpu == gpu_id), None)
+
+    def cost_on(self, gpu_id: str) -> GpuCost | None:
+        if self.costs is None:
+            return None
+        return next((c for c in self.costs.gpus if c.gpu == gpu_id), None)
+
+
+@dataclass
+class Tick:
+    x: float
+    label: str
+
+
+@dataclass
+class CompareView:
+    columns: list[MethodColumn]
+    selected: Method
+    gpu: Gpu
+    num_gpus: int
+    options: CostOptions
+    scale_bytes: int
+    ticks: list[Tick]
+    vram_x: float | None
+
+    @property
+    def column(self) -> MethodColumn:
+        return next(c for c in self.columns if c.method == self.selected)
+
+    @property
+    def by_method(self) -> dict[str, MethodColumn]:
+        return {c.method: c for c in self.columns}
+
+    @property
+    def gpu_label(self) -> str:
+        return f"{short_gpu(self.gpu.name)}" + (f" ×{self.num_gpus}" if self.num_gpus > 1 else "")
+
+
+def _nice_scale(max_bytes: int) -> tuple[int, list[Tick]]:
+    """A round axis end ≥ max_bytes and 3–6 ticks, in GiB (MiB under 1 GiB)."""
+    unit, name = (GiB, "GiB") if max_bytes >= GiB else (MiB, "MiB")
+    top = max(max_bytes / unit, 1e-9)
+    raw = top / 4
+    mag = 10 ** math.floor(math.log10(raw))
+    step = next(m * mag for m in (1, 2, 2.5, 5, 10) if m * mag >= raw)
+    n = max(1, math.ceil(top / step - 1e-9))
+    scale = n * step * unit
+    ticks = [Tick(100.0 * i / n, f"{i * step:g}" + (f" {name}" if i == n else "")) for i in range(n + 1)]
+    return round(scale), ticks
+
+
+def _cells(col: MethodColumn, view_gpu: Gpu) -> None:
+    r = col.result
+    if r is None:
+        return
+    m, p = r.memory, r.parameters
+    c: dict[str, str] = {
+        "trainable": f"{p.trainable:,}",
+        "percent": f"{p.trainable_percent:.4f} %",
+        "total": format_bytes(m.total),
+        "peak": format_bytes(m.peak),
+        "phase": r.peak.phase,
+    }
+    for key, _, _ in SEGMENTS:
+        c[key] = format_bytes(getattr(m, key))
+    fit = col.fit_on(view_gpu.id)
+    if fit is not None:
+        c["fits_selected"] = "fits" if fit.fits else "no"
+        c["fits_note"] = (f"{format_bytes(fit.headroom_bytes)} spare" if fit.fits
+                          else f"short {format_bytes(-fit.headroom_bytes)}")
+    fitting = [f for f in r.fits if f.fits]
+    c["fits_count"] = f"{len(fitting)} of {len(r.fits)}"
+    c["fits_smallest"] = f"from {short_gpu(fitting[0].name)}" if fitting else "none"
+    cost = col.cost_on(view_gpu.id)
+    fl = col.costs.flops_per_token if col.costs else None
+    if cost is not None and fl is not None and col.costs is not None:
+        c["time_selected"] = format_hours(cost.hours)
+        col.titles["time_selected"] = (
+            f"{format_flops(fl.total)}/token (forward {format_flops(fl.forward)} + backward "
+            f"{format_flops(fl.backward)} + recompute {format_flops(fl.recompute)}) × {format_tokens(col.costs.tokens)}"
+            f" tokens ÷ ({cost.num_gpus} × {cost.bf16_tflops:g} TFLOP/s × MFU {col.costs.mfu:.2f}) × slowdown "
+            f"{col.costs.slowdown:g} = {cost.hours:.2f} h")
+        if cost.cost_usd is not None:
+            col.titles["cost_selected"] = (f"{cost.hours:.2f} h × {cost.num_gpus} × ${cost.price_usd_per_hour:g}/GPU-h"
+                                           f" ({cost.price_source}{', ' + cost.price_date if cost.price_date else ''})")
+        c["cost_selected"] = format_usd(cost.cost_usd)
+    else:
+        c["time_selected"] = "does not fit"
+        c["cost_selected"] = "—"
+    priced = [g for g in (col.costs.gpus if col.costs else []) if g.cost_usd is not None]
+    if priced:
+        best = min(priced, key=lambda g: (g.cost_usd, g.hours))
+        c["cheapest"] = f"{format_usd(best.cost_usd)} · {format_hours(best.hours)}"
+        c["cheapest_gpu"] = short_gpu(best.name) + (f" ×{best.num_gpus}" if best.num_gpus > 1 else "")
+    else:
+        c["cheapest"] = "no priced GPU fits"
+        c["cheapest_gpu"] = ""
+    col.cells = c
+    col.titles |= {"trainable": f"{p.trainable:,} of {p.all_params:,} parameters (base + adapters)",
+                  "peak": f"{m.peak:,} bytes at the {r.peak.phase} phase",
+                  "total": f"{m.total:,} bytes = peak {m.peak:,} + overhead {m.overhead:,}"}
+
+
+def build_compare(req: PlanRequest, options: CostOptions) -> CompareView:
+    """Estimate (and time/cost) of ``req`` under each of the five methods, on one common bar scale.
+
+    The scale is the largest ``memory.total`` (or sum of the bar's components, if larger) among the methods
+    the planner accepts, or the selected GPU's VRAM when that is within 1.6× of it (so the dashed VRAM line
+    is on the chart), rounded up to a tick.
+    """
+    view_gpu = gpus().get(req.hardware.gpu) or next(iter(gpus().values()))
+    prices = {**options.prices, **({view_gpu.id: options.price} if options.price is not None else {})}
+    columns: list[MethodColumn] = []
+    for method, short, long in METHODS:
+        mreq = req.model_copy(update={"method": method})
+        col = MethodColumn(method=method, label=short, long_label=long, request=mreq)
+        try:
+            col.result = estimate(mreq)
+            col.costs = throughput(mreq, [f.gpu for f in col.result.fits if f.fits], tokens=options.tokens,
+                                   mfu=options.mfu, slowdown=options.slowdown, prices=prices)
+        except PlanError as exc:
+            col.result = None
+            col.error = f"{'.'.join(str(p) for p in exc.loc)}: {exc.message}"
+        columns.append(col)
+    # the scale covers each bar (the sum of its components) and each total, so no bar runs off the chart
+    parts = [k for k, _, _ in SEGMENTS]
+    totals = [max(c.result.memory.total, sum(getattr(c.result.memory, k) for k in parts))
+              for c in columns if c.result is not None]
+    top = max(totals) if totals else GiB
+    if view_gpu.vram_bytes <= 1.6 * top:
+        top = max(top, view_gpu.vram_bytes)
+    scale, ticks = _nice_scale(top)
+    for c in columns:
+        if c.result is not None:
+            c.segments = bar_segments(c.result, scale)
+        _cells(c, view_gpu)
+    vram_x = 100.0 * view_gpu.vram_bytes / scale if view_gpu.vram_bytes <= scale else None
+    return CompareView(columns=columns, selected=req.method, gpu=view_gpu, num_gpus=req.hardware.num_gpus,
+                       options=options, scale_bytes=scale, ticks=ticks, vram_x=vram_x)
+
+
+def view_globals(view: CompareView) -> dict[str, str]:
+    """Values of the whole view that the page shows in several places (``data-g`` in the templates)."""
+    lora = view.by_method["lora"]
+    req = lora.request
+    ok = next((c.result for c in view.columns if c.result is not None), None)
+    if isinstance(req.model, str):
+        model = req.model
+    else:
+        model = f"pasted {ok.model.model_type} config" if ok else "pasted config"
+    qres = view.by_method["qlora"].result
+    q = qres.quantization if qres else None
+    if q:
+        quant = (f"For this model's {q.quantized_params:,} quantized parameters: "
+                 f"{format_bytes(q.constants_bytes_no_double_quant)} without double quantization → "
+                 f"{format_bytes(q.constants_bytes_double_quant)} with it ({q.bits_per_param_double_quant:.3f} "
+                 "bit/param). The article's “~4 GB → ~0.1 GB” overstates the saving: it is about 4×.")
+    else:
+        quant = "This plan quantizes no layer in 4 bits."
+    opts = view.options
+    price = (f"${opts.price:g}/GPU-h entered for {short_gpu(view.gpu.name)}" if opts.price is not None
+             else (f"catalog price ${view.gpu.price_usd_per_hour:g}/GPU-h for {short_gpu(view.gpu.name)}, "
+                   f"read {view.gpu.price_date}" if view.gpu.price_usd_per_hour is not None
+                   else f"the catalog has no price for {short_gpu(view.gpu.name)}"))
+    slow = {**DEFAULT_SLOWDOWN, **opts.slowdown}
+    return {
+        "model": model,
+        "r": str(req.lora.r),
+        "scaling": f"{req.lora.lora_alpha / req.lora.r:g}",
+        "targeted": f"{lora.result.parameters.targeted_modules:,}" if lora.result else "—",
+        "mbs": str(req.training.micro_batch_size),
+        "seq_len": str(req.training.seq_len),
+        "ckpt": "on" if req.training.gradient_checkpointing else "off",
+        "optim": req.training.optim,
+        "precision": req.training.precision,
+        "gpu": view.gpu_label,
+        "tokens": format_tokens(opts.tokens),
+        "mfu": f"{opts.mfu:.2f}",
+        "qlora_factor": f"{slow['qlora']:g}",
+        "dora_factor": f"{slow['dora']:g}",
+        "qdora_factor": f"{slow['qlora'] * slow['dora']:.3g}",
+        "price_note": price,
+        "quant_text": quant,
+        "vram_label": vram_label(view),
+        "chart_desc": chart_desc(view),
+    }
+
+
+def compare_data(view: CompareView) -> dict[str, Any]:
+    """The compare view as JSON for static/planner.js: display strings, bar geometry and the raw results."""
+    methods: dict[str, Any] = {}
+    for c in view.columns:
+        methods[c.method] = {
+            "ok": c.ok,
+            "error": c.error,
+            "label": c.label,
+            "cells": c.cells,
+            "titles": c.titles,
+            "bar_label": bar_label(c),
+            "segments": [{"key": s.key, "x": round(s.x, 4), "width": round(s.width, 4),
+                          "title": f"{s.label}: {s.text}", "bytes": s.nbytes} for s in c.segments],
+            "estimate": c.result.model_dump(mode="json") if c.result else None,
+            "throughput": c.costs.model_dump(mode="json") if c.costs else None,
+        }
+    return {
+        "selected": view.selected,
+        "gpu": view.gpu.id,
+        "scale_bytes": view.scale_bytes,
+        "ticks": [{"x": round(t.x, 4), "label": t.label} for t in view.ticks],
+        "vram_x": None if view.vram_x is None else round(view.vram_x, 4),
+        "globals": view_globals(view),
+        "methods": methods,
+    }
+
+
+def bar_label(c: MethodColumn) -> str:
+    if c.result is None:
+        return f"{c.label}: refused by the planner (see the table)"
+    return f"{c.label} · {format_bytes(c.result.memory.total)}"
+
+
+def vram_label(view: CompareView) -> str:
+    where = "dashed line" if view.vram_x is not None else "off this scale"
+    return f"{short_gpu(view.gpu.name)}: {format_bytes(view.gpu.vram_bytes)} ({where})"
+
+
+def chart_desc(view: CompareView) -> str:
+    parts = [f"{c.label} {format_bytes(c.result.memory.total)}" if c.result else f"{c.label} refused"
+             for c in view.columns]
+    return "Memory per GPU the card must hold: " + "; ".join(parts) + "."
+
+
+# -------------------------------------------------------------------------------------------- snippets
+
+
+def request_json(req: PlanRequest) -> dict[str, Any]:
+    """The request as POST /api/v1/estimate's JSON body (nulls left out: they are the defaults)."""
+    return req.model_dump(mode="json", exclude_none=True)
+
+
+def curl_snippet(req: PlanRequest, base_url: str) -> str:
+    body = json.dumps(request_json(req), indent=2)
+    return (f"curl -s -X POST {shlex.quote(base_url.rstrip('/') + '/api/v1/estimate')} \\\n"
+            f"  -H 'Content-Type: application/json' \\\n  -d {shlex.quote(body)}")
+
+
+_TORCH_DTYPE = {"bfloat16": "torch.bfloat16", "float16": "torch.float16", "float32": "torch.float32"}
+
+
+def python_snippet(req: PlanRequest) -> str:
+    """PEFT LoraConfig + transformers BitsAndBytesConfig + TrainingArguments that match the plan."""
+    t, q, lo, hw = req.training, req.quantization, req.lora, req.hardware
+    lines = ["import torch",
+             "from transformers import AutoModelForCausalLM, TrainingArguments"]
+    if req.quantized:
+        lines[-1] = "from transformers import AutoModelForCausalLM, BitsAndBytesConfig, TrainingArguments"
+    if req.uses_adapter:
+        imports = "LoraConfig, get_peft_model" + (", prepare_model_for_kbit_training" if req.quantized else "")
+        lines.append(f"from peft import {imports}")
+    lines.append("")
+    load_dtype = "torch.bfloat16" if t.precision == "bf16" else "torch.float32"
+    kwargs = [f"    {req.model!r}," if isinstance(req.model, str)
+              else "    'path/to/your-model',  # the model of the pasted config.json"]
+    if req.quantized:
+        if q.load_in_8bit:
+            lines += ["bnb_config = BitsAndBytesConfig(load_in_8bit=True)"]
+        else:
+            lines += ["bnb_config = BitsAndBytesConfig(",
+                      "    load_in_4bit=True,",
+                      f"    bnb_4bit_quant_type={q.bnb_4bit_quant_type!r},",
+                      f"    bnb_4bit_use_double_quant={q.bnb_4bit_use_double_quant},",
+                      f"    bnb_4bit_compute_dtype={_TORCH_DTYPE[q.bnb_4bit_compute_dtype]},",
+                      ")"]
+        kwargs.append("    quantization_config=bnb_config,")
+    kwargs.append(f"    dtype={load_dtype},")
+    if t.attn_implementation:
+        kwargs.append(f"    attn_implementation={t.attn_implementation!r},")
+    lines += ["model = AutoModelForCausalLM.from_pretrained(", *kwargs, ")"]
+    if req.quantized and q.prepare_kbit:
+        lines.append(f"model = prepare_model_for_kbit_training(model, use_gradient_checkpointing="
+                     f"{t.gradient_checkpointing})")
+    if req.uses_adapter:
+        cfg = [f"    r={lo.r},", f"    lora_alpha={lo.lora_alpha:g},", f"    lora_dropout={lo.lora_dropout:g},",
+               f"    target_modules={lo.target_modules!r},"]
+        if lo.target_parameters:
+            cfg.append(f"    target_parameters={lo.target_parameters!r},")
+        if lo.layers_to_transform:
+            cfg.append(f"    layers_to_transform={lo.layers_to_transform!r},")
+        cfg.append(f"    bias={lo.bias!r},")
+        if lo.modules_to_save:
+            cfg.append(f"    modules_to_save={lo.modules_to_save!r},")
+        if lo.use_rslora:
+            cfg.append("    use_rslora=True,")
+        cfg += [f"    use_dora={req.uses_dora},", "    task_type='CAUSAL_LM',"]
+        lines += ["lora_config = LoraConfig(", *cfg, ")",
+                  "model = get_peft_model(model, lora_config)",
+                  "model.print_trainable_parameters()"]
+    args = ["    output_dir='out',", f"    per_device_train_batch_size={t.micro_batch_size},",
+            f"    gradient_checkpointing={t.gradient_checkpointing},", f"    optim={t.optim!r},"]
+    if t.precision in ("bf16", "bf16-mixed"):
+        args.append("    bf16=True,")
+    elif t.precision == "fp16-mixed":
+        args.append("    fp16=True,")
+    if hw.sharding == "fsdp":
+        args.append("    fsdp='full_shard',")
+    elif hw.sharding.startswith("zero"):
+        args.append(f"    deepspeed='ds_{hw.sharding}.json',  # a DeepSpeed ZeRO stage-{hw.sharding[-1]} config")
+    lines += ["", f"# sequences of {t.seq_len} tokens: tokenize/pack to this length (e.g. TRL SFTConfig(max_length="
+                  f"{t.seq_len}))", "args = TrainingArguments(", *args, ")"]
+    if hw.num_gpus > 1:
+        lines.append(f"# launch on {hw.num_gpus} GPUs: torchrun --nproc_per_node {hw.num_gpus} train.py")
+    return "\n".join(lines) + "\n"
+
+
+@dataclass(frozen=True)
+class CostCell:
+    text: str
+    cls: str  # "fits", "no" or "refused"
+    title: str = ""
+
+
+@dataclass(frozen=True)
+class GpuRow:
+    gpu: Gpu
+    price: str
+    selected: bool
+    cells: list[CostCell]
+
+
+def price_dates() -> str:
+    """The months the catalog's prices were read, e.g. '2026-11'."""
+    return ", ".join(sorted({g.price_date for g in gpus().values() if g.price_usd_per_hour is not None}))
+
+
+def gpu_rows(view: CompareView) -> list[GpuRow]:
+    """Every catalog GPU × method: time and cost where the run fits, the shortfall where it does not."""
+    rows: list[GpuRow] = []
+    overrides = {**view.options.prices,
+                 **({view.gpu.id: view.options.price} if view.options.price is not None else {})}
+    for g in gpus().values():
+        cells: list[CostCell] = []
+        for c in view.columns:
+            fit, cost = c.fit_on(g.id), c.cost_on(g.id)
+            if fit is None:
+                cells.append(CostCell("—", "refused", c.error or ""))
+            elif not fit.fits or cost is None:
+                cells.append(CostCell(f"short {format_gib(-fit.headroom_bytes)}", "no",
+                                      f"needs {format_bytes(fit.vram_bytes - fit.headroom_bytes)} per GPU, "
+                                      f"{format_bytes(-fit.headroom_bytes)} more than the card has"))
+            else:
+                text = format_hours(cost.hours) + (f" · {format_usd(cost.cost_usd)}" if cost.cost_usd is not None
+                                                   else "")
+                cells.append(CostCell(text, "fits", f"{format_bytes(fit.headroom_bytes)} spare; "
+                                      f"{cost.tokens_per_second:,.0f} tokens/s"))
+        if g.id in overrides:
+            price = f"${overrides[g.id]:g} (yours)"
+        elif g.price_usd_per_hour is not None:
+            price = f"${g.price_usd_per_hour:g}"
+        else:
+            price = "—"
+        rows.append(GpuRow(g, price, g.id == view.gpu.id, cells))
+    return rows

@@ -1,9 +1,11 @@
-"""Activation memory of one training step (bytes), by phase.
+"""Activation memory of one training step (bytes), by phase, without torch.
 
-Rules are from ``shared/docs/memory-internals.md`` (§3 LoRA, §4 DoRA, §5 checkpointing, loss,
-attention) for transformers 5.24, PEFT 0.21.2, bitsandbytes 0.50.2, torch 2.13. Notation: ``T`` tokens
-per micro-batch (b·s), ``h`` hidden size, ``V`` vocabulary, ``c`` compute-dtype bytes, ``a`` residual
-stream bytes (fp32 when weights are fp32 or after ``prepare_model_for_kbit_training``).
+Each term is a tensor the real step keeps (found in the trace engine's live-storage listings of
+transformers 5.24 / PEFT 0.21.2 / bitsandbytes 0.50.2 steps and in ``shared/docs/memory-internals.md``).
+Notation: ``T`` tokens per micro-batch (b·s), ``h`` hidden size, ``I`` MLP width, ``V`` vocabulary,
+``c`` bytes of the autocast compute dtype (4 without autocast), ``a`` bytes of the residual stream
+(fp32 when the weights are fp32, or for QLoRA after ``prepare_model_for_kbit_training``), ``lo`` bytes of
+a projection's output (``c``; for a bitsandbytes 4-bit layer the dtype of its input, ``a``).
 """
 
 from __future__ import annotations
@@ -11,97 +13,251 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from app.core.adapters import AdapterPlan
-from app.core.architectures import ArchSpec
-from app.core.inventory import EMBEDDING, Inventory
+from app.core.architectures import ArchSpec, attention_for
+from app.core.inventory import CONV1D, EMBEDDING, LINEAR, Inventory, Module, Tensor
 from app.core.precision import Dtypes
 from app.core.request import PlanRequest
 from app.core.units import DTYPE_BYTES
 
+GEMMA_NORMS = ("gemma", "gemma2", "gemma3_text")
+QK_NORM = ("qwen3", "qwen3_moe", "gemma3_text")
+BNB_FUSED_MAX_ROWS = 1536
+
 
 @dataclass(frozen=True)
 class ActivationModel:
-    """Bytes of each activation term; phases combine them (see :func:`app.core.estimate.estimate`)."""
+    """Bytes of each activation term; :func:`app.core.estimate._phases` combines them into phases."""
 
-    saved_per_layer: int  # saved for backward by one decoder layer without checkpointing
-    layers: int
-    checkpoint_inputs: int  # checkpointing: the layer inputs kept for all layers
-    saved_total: int  # everything saved for backward at the end of forward (layers + head)
-    loss_forward: int  # logits and loss buffers at the loss (beyond saved_total)
-    loss_backward: int  # gradient buffers at the start of backward
-    layer_transient: int  # largest per-layer temporary (dequantized weight, DoRA norm, recompute)
-
-
-def _adapted_inputs(inv: Inventory, plan: AdapterPlan) -> tuple[int, int, int, int]:
-    """(Σ in_features, Σ out_features, count, Σ N·K) over adapted linears of one average decoder layer."""
-    layers = max(inv.arch.num_hidden_layers, 1)
-    ins = sum(m.in_features for m in plan.targets if m.kind != EMBEDDING)
-    outs = sum(m.out_features for m in plan.targets if m.kind != EMBEDDING)
-    nk = max((m.in_features * m.out_features for m in plan.targets if m.kind != EMBEDDING), default=0)
-    return ins // layers, outs // layers, len(plan.targets) // layers, nk
+    saved_layers: int  # saved for backward by all decoder layers at the end of forward
+    saved_head: int  # final norm + lm_head inputs + shared rotary tables, masks
+    loss_forward: int  # logits and loss buffers at the loss, beyond the saved tensors
+    loss_backward: int  # gradient buffers at the start of backward, beyond the saved tensors
+    forward_transient: int  # largest temporary inside one layer's forward
+    backward_transient: int  # largest temporary of one layer's backward (bitsandbytes' dequantized weight)
+    backward_layer: int  # live bytes of one layer's backward beyond what stays saved (recompute + grads)
+    tied_embedding_grad: int  # full fine-tuning of tied embeddings: the embedding's gradient and its sum
+    checkpointed: bool
 
 
-def activation_model(inv: Inventory, plan: AdapterPlan, req: PlanRequest, dt: Dtypes) -> ActivationModel:
-    arch: ArchSpec = inv.arch
+@dataclass(frozen=True)
+class _Ctx:
+    t: int
+    b: int
+    s: int
+    c: int  # autocast compute bytes (4 when no autocast)
+    a: int  # residual stream bytes
+    lo: int  # projection output bytes
+    autocast: bool
+    quantized: bool
+    full: bool
+    dropout: bool
+    dora: bool
+    r: int
+
+
+def _ctx(req: PlanRequest, dt: Dtypes) -> _Ctx:
     tr = req.training
-    b, s = tr.micro_batch_size, tr.seq_len
-    t = b * s
-    h, v = arch.hidden_size, arch.vocab_size
+    autocast = dt.compute != "fp32"
     c = DTYPE_BYTES[dt.compute]
     a = DTYPE_BYTES[dt.unquantized if req.quantized else dt.weights]
-    inter = (
-        arch.num_experts_per_tok * arch.moe_intermediate_size if arch.sparse_layers else arch.intermediate_size
-    )
-    # One decoder layer: two norms (fp32 input copy + rsqrt + normalised output), q/k/v and attention
-    # output saved by the attention kernel (+ fp32 logsumexp), two residual sums, gated MLP (gate, act,
-    # up, product).
-    per_layer = 2 * (4 * t * h + 4 * t + c * t * h) + 2 * a * t * h
-    per_layer += c * t * (arch.q_dim + 2 * arch.kv_dim) + c * t * arch.q_dim + 4 * t * arch.num_attention_heads
-    per_layer += 4 * c * t * inter
-    if tr.attn_implementation == "eager":
-        per_layer += 6 * b * arch.num_attention_heads * s * s
-    ins, outs, _count, largest_nk = _adapted_inputs(inv, plan)
-    adapter_c = c if dt.compute != "fp32" else 4
-    if req.uses_adapter:
-        r = req.lora.r
-        per_layer += adapter_c * t * ins + adapter_c * t * r * max(_count, 0)
-        if req.lora.lora_dropout > 0:
-            per_layer += t * ins * (1 + adapter_c)
-        if req.uses_dora:
-            per_layer += t * outs * (c + adapter_c)
-            if req.lora.lora_dropout > 0:
-                per_layer += largest_nk * c
-    layers = arch.num_hidden_layers
-    head = 4 * t * h + c * t * h
-    if tr.gradient_checkpointing:
-        checkpoint_inputs = layers * a * t * h
-        saved_total = checkpoint_inputs + head
-        recompute = per_layer
+    if req.method == "full" or not req.quantized:
+        a = DTYPE_BYTES[dt.weights]
+    lo = a if req.quantized else (c if autocast else DTYPE_BYTES[dt.weights])
+    return _Ctx(t=tr.micro_batch_size * tr.seq_len, b=tr.micro_batch_size, s=tr.seq_len, c=c, a=a, lo=lo,
+                autocast=autocast, quantized=req.quantized, full=req.method == "full",
+                dropout=req.uses_adapter and req.lora.lora_dropout > 0, dora=req.uses_dora, r=req.lora.r)
+
+
+def _adapter_saved(x: _Ctx, targets: list[Module], shared_inputs: int) -> int:
+    """LoRA/DoRA tensors saved per layer: input copies, A·x, cached weight casts, dropout masks, DoRA results.
+
+    ``shared_inputs`` is the number of distinct inputs the adapted linears read (q/k/v share one).
+    """
+    total = 0
+    lora_c = x.c if x.autocast else 4
+    copies_per_linear = x.autocast and (not x.quantized or x.a != x.c)
+    for m in targets:
+        k, n = m.in_features, m.out_features
+        if copies_per_linear:
+            total += lora_c * x.t * k  # autocast's cast of x for lora_A (a new tensor per adapter)
+        elif x.dropout:
+            total += lora_c * x.t * k  # the dropout output lora_A saves
+        if x.dropout:
+            total += x.t * k  # CUDA native_dropout keeps a bool mask
+        total += lora_c * x.t * x.r  # lora_A output, saved by lora_B
+        if x.autocast:
+            total += x.c * x.r * (k + n)  # autocast's cached bf16 copies of lora_A / lora_B weights
+        if x.dora:
+            total += x.t * n * (x.lo + lora_c)  # DoRA keeps base_result and lora_result
+            if x.dropout:
+                # dropout > 0: DoRA recomputes F.linear(x, W) and saves W
+                total += n * k * (x.a if x.quantized else lora_c)
+    if not copies_per_linear and not x.dropout:
+        total += shared_inputs  # lora_A saves its input itself, shared by adapters reading the same tensor
+    return total
+
+
+_INPUT_GROUPS = {"q_proj": "qkv", "k_proj": "qkv", "v_proj": "qkv", "qkv_proj": "qkv", "c_attn": "qkv",
+                 "gate_proj": "mlp_in", "up_proj": "mlp_in", "gate_up_proj": "mlp_in", "c_fc": "mlp_in"}
+
+
+def _shared_inputs(targets: list[Module], bytes_per_feature: int) -> int:
+    """Bytes of the distinct inputs adapted linears read when lora_A saves its input without copying it.
+
+    q/k/v read one tensor, gate/up another; o_proj reads the attention output, which attention already keeps.
+    """
+    groups = {_INPUT_GROUPS.get(m.leaf, m.leaf): m.in_features for m in targets}
+    return sum(bytes_per_feature * k for g, k in groups.items() if g != "o_proj")
+
+
+def _param_wrapper_saved(arch: ArchSpec, targets: list[Tensor], x: _Ctx, layer: int) -> int:
+    """PEFT ``ParamWrapper`` (target_parameters) merges W + B·A into a dense weight every forward; the merged
+    weight is saved, and the grouped matmul then also keeps its input (the weight now needs a gradient)."""
+    prefix = f"model.layers.{layer}."
+    total = 0
+    pairs = x.t * arch.num_experts_per_tok
+    for t in targets:
+        if not t.name.startswith(prefix):
+            continue
+        total += x.c * t.numel
+        if t.name.endswith("experts.gate_up_proj"):
+            total += x.c * pairs * arch.hidden_size
+        elif t.name.endswith("experts.down_proj"):
+            total += x.c * pairs * arch.moe_intermediate_size
+        else:  # the router's weight: its input is kept
+            total += x.c * x.t * arch.hidden_size
+    return total
+
+
+def _layer_saved(inv: Inventory, plan_targets: list[Module], param_targets: list[Tensor], x: _Ctx,
+                 req: PlanRequest, dt: Dtypes, layer: int) -> int:
+    arch = inv.arch
+    t, h, a, c, lo = x.t, arch.hidden_size, x.a, x.c, x.lo
+    q, kv, nh = arch.q_dim, arch.kv_dim, arch.num_attention_heads
+    mt = arch.model_type
+    total = 0
+    # RMSNorm: fp32 copy of the input + rsqrt; with a trainable weight also the normalised input.
+    norms = 4 if mt in ("gemma2", "gemma3_text") else 2
+    normed = (4 if mt in GEMMA_NORMS else a) * t * h if x.full else 0
+    total += norms * (4 * t * h + 4 * t + normed)
+    if mt in QK_NORM:
+        total += 4 * t * (q + kv) + 4 * t * (nh + arch.num_key_value_heads)
+        if x.full:
+            total += (4 if mt in GEMMA_NORMS else lo) * t * (q + kv)
+    # Attention: q, k after rotary (promoted to the residual dtype by cos/sin), v as its projection made it
+    # (for Phi-3's fused qkv_proj a view that keeps the whole fused output alive), the output, fp32 LSE.
+    q_rot = max(lo, a)
+    gqa = kv != q
+    v_store = q + 2 * kv if mt == "phi3" else kv
+    impl = attention_for(arch.model_type, req.training.attn_implementation)
+    if impl == "eager":
+        kv_saved = q_rot * t * q + (lo if not gqa else q_rot) * t * (q if gqa else v_store)  # repeat_kv copies
+        total += q_rot * t * q + kv_saved + lo * t * q  # q, K and V (expanded under GQA), output copy
+        total += (4 + q_rot) * x.b * nh * x.s * x.s  # fp32 softmax probabilities + their cast
+        if arch.attn_logit_softcapping:
+            total += q_rot * x.b * nh * x.s * x.s  # tanh(scores / cap), saved
+    elif q_rot == 4 and impl == "sdpa":  # memory-efficient kernel in fp32; K/V expanded under GQA
+        total += 4 * t * (q + (q if gqa else kv) + (q if gqa else v_store) + q)
+        total += 4 * x.b * nh * (-(-x.s // 32) * 32)
+    elif q_rot == 4:  # flash-attn 2 gets q, k, v cast to the autocast dtype
+        total += c * t * (2 * q + 2 * kv) + 4 * t * nh
     else:
-        checkpoint_inputs = 0
-        saved_total = layers * per_layer + head
-        recompute = 0
-    transient = recompute
-    if req.quantized:
-        out_f, in_f = _largest_linear(inv)
-        transient = max(transient, out_f * in_f * DTYPE_BYTES[dt.bnb_compute])
-    if req.uses_dora:
-        out_f, in_f = _largest_linear(inv)
-        transient = max(transient, 4 * in_f * in_f + 3 * 4 * out_f * in_f)
-    return ActivationModel(
-        saved_per_layer=per_layer,
-        layers=layers,
-        checkpoint_inputs=checkpoint_inputs,
-        saved_total=saved_total,
-        loss_forward=(c + 8) * t * v,
-        loss_backward=(c + 12) * t * v,
-        layer_transient=transient,
-    )
+        total += q_rot * t * (q + kv) + lo * t * v_store + lo * t * q + 4 * t * nh
+    # MLP or experts.
+    if layer in arch.sparse_layers:
+        k_top, e, inter = arch.num_experts_per_tok, arch.num_experts, arch.moe_intermediate_size
+        pairs = t * k_top
+        total += c * pairs * (3 * inter + h) + c * t * h
+        total += 4 * t * e + 12 * t * k_top + 28 * pairs + 4 * t
+    else:
+        inter = arch.intermediate_size
+        total += 3 * lo * t * inter  # gate output, activation output, up output
+    if x.full:
+        total += lo * t * (2 * h + (0 if layer in arch.sparse_layers else arch.intermediate_size))
+        if dt.weights == "fp32" and x.autocast:
+            total += 2 * sum(m.in_features * m.out_features for m in inv.modules
+                             if m.layer == layer and m.kind in (LINEAR, CONV1D))
+    elif x.autocast and dt.weights == "fp32" and not x.quantized:
+        # frozen fp32 weights are re-cast to bf16 at each use, and the cast is saved for the input's grad
+        total += 2 * sum(m.in_features * m.out_features for m in inv.modules
+                         if m.layer == layer and m.kind in (LINEAR, CONV1D))
+    layer_targets = [m for m in plan_targets if m.layer == layer and m.kind != EMBEDDING]
+    total += _adapter_saved(x, layer_targets, _shared_inputs(layer_targets, a * t))
+    total += _param_wrapper_saved(arch, param_targets, x, layer)
+    return total
+
+
+def _gpt2_layer_saved(inv: Inventory, plan_targets: list[Module], x: _Ctx, layer: int) -> int:
+    """GPT-2: LayerNorm (input, mean, rstd), fused c_attn output, attention, gelu_new's four saved tensors,
+    the dropout masks of the attention and MLP residual branches (resid_pdrop 0.1 by default)."""
+    arch = inv.arch
+    t, h, lo, a = x.t, arch.hidden_size, x.lo, x.a
+    total = 2 * (a * t * h + 2 * a * t)  # ln_1, ln_2: input (the residual stream) + mean + rstd
+    total += lo * t * 3 * h + lo * t * h + 4 * t * arch.num_attention_heads  # c_attn output, attention out, LSE
+    total += 4 * lo * t * arch.intermediate_size  # c_fc output, gelu_new: pow input, tanh, sum
+    total += 2 * t * h  # two residual dropout masks (bool)
+    if x.full:
+        total += 2 * lo * t * h + lo * t * arch.intermediate_size
+    layer_targets = [m for m in plan_targets if m.layer == layer]
+    total += _adapter_saved(x, layer_targets, _shared_inputs(layer_targets, a * t))
+    return total
 
 
 def _largest_linear(inv: Inventory) -> tuple[int, int]:
     best = (0, 0)
     for m in inv.modules:
-        bigger = m.in_features * m.out_features > best[0] * best[1]
-        if m.kind in ("linear", "conv1d") and m.name != "lm_head" and bigger:
+        if m.kind in (LINEAR, CONV1D) and m.name != "lm_head" and m.in_features * m.out_features > best[0] * best[1]:
             best = (m.out_features, m.in_features)
     return best
+
+
+def activation_model(inv: Inventory, plan: AdapterPlan, req: PlanRequest, dt: Dtypes) -> ActivationModel:
+    arch = inv.arch
+    x = _ctx(req, dt)
+    t, h, v = x.t, arch.hidden_size, arch.vocab_size
+    per_layer = [
+        _gpt2_layer_saved(inv, plan.targets, x, i) if arch.model_type == "gpt2"
+        else _layer_saved(inv, plan.targets, plan.param_targets, x, req, dt, i)
+        for i in range(arch.num_hidden_layers)
+    ]
+    largest_layer = max(per_layer, default=0)
+    # Shared across layers: rotary cos/sin in the residual dtype (b, s, head_dim), the final norm, and
+    # (full fine-tuning) lm_head's input.
+    head = 2 * x.a * t * arch.head_dim if arch.model_type != "gpt2" else 0
+    head += 4 * t * h + 4 * t
+    head_dtype = dt.unquantized if req.quantized else dt.weights
+    if x.autocast and head_dtype == "fp32":
+        head += 2 * v * h  # lm_head's fp32 weight cast to bf16 by autocast, saved (or cached) for backward
+    if x.full:
+        head += x.a * t * h + (x.c if x.autocast else x.a) * t * h
+    if req.training.gradient_checkpointing:
+        saved_layers = arch.num_hidden_layers * x.a * t * h  # only each layer's input is kept
+        backward_layer = largest_layer
+    else:
+        saved_layers = sum(per_layer)
+        backward_layer = 0
+    logits = x.c if x.autocast else DTYPE_BYTES[dt.weights]
+    loss_forward = (logits + 4 + 4) * t * v if logits != 4 else 8 * t * v
+    softcap = logits * t * v if arch.final_logit_softcapping else 0  # tanh output, saved until its backward
+    loss_forward += softcap
+    transient = 0
+    out_f, in_f = _largest_linear(inv)
+    if req.quantized and t > BNB_FUSED_MAX_ROWS:
+        transient = out_f * in_f * DTYPE_BYTES[dt.bnb_compute]  # bitsandbytes dequantize-then-matmul fallback
+    dequant_backward = out_f * in_f * DTYPE_BYTES[dt.weights] if req.quantized else 0  # MatMul4Bit.backward
+    if req.uses_dora:
+        # DoRA's weight norm (dora.py get_weight_norm): an fp32 identity K×K pushed through lora_A (autocast
+        # casts it), B·A as K×N, and W, scaling·B·A and their sum as fp32 N×K, alive together in one layer.
+        eye = 4 * in_f * in_f + (x.c * in_f * in_f if x.autocast else 0)
+        transient = max(transient, eye + x.c * in_f * out_f + 3 * 4 * out_f * in_f)
+    return ActivationModel(
+        saved_layers=saved_layers,
+        saved_head=head,
+        loss_forward=loss_forward,
+        loss_backward=12 * t * v + softcap,
+        forward_transient=transient,
+        backward_transient=dequant_backward,
+        backward_layer=backward_layer + x.a * t * max(h, arch.intermediate_size),  # + one activation gradient
+        tied_embedding_grad=2 * v * h * DTYPE_BYTES[dt.weights] if x.full and arch.tie_word_embeddings else 0,
+        checkpointed=req.training.gradient_checkpointing,
+    )

@@ -64,10 +64,10 @@ _DEFAULTS: dict[str, dict[str, Any]] = {
                   tie_word_embeddings=True),
     "gemma2": dict(vocab_size=256000, hidden_size=2304, intermediate_size=9216, num_hidden_layers=26,
                    num_attention_heads=8, num_key_value_heads=4, head_dim=256, attention_bias=False,
-                   tie_word_embeddings=True),
+                   tie_word_embeddings=True, final_logit_softcapping=30.0, attn_logit_softcapping=50.0),
     "gemma3_text": dict(vocab_size=262208, hidden_size=2304, intermediate_size=9216, num_hidden_layers=26,
                         num_attention_heads=8, num_key_value_heads=4, head_dim=256, attention_bias=False,
-                        tie_word_embeddings=True),
+                        tie_word_embeddings=True, final_logit_softcapping=None, attn_logit_softcapping=None),
     "phi3": dict(vocab_size=32064, hidden_size=3072, intermediate_size=8192, num_hidden_layers=32,
                  num_attention_heads=32, num_key_value_heads=None, head_dim=None, tie_word_embeddings=False),
     "gpt2": dict(vocab_size=50257, n_embd=768, n_layer=12, n_head=12, n_inner=None, n_positions=1024,
@@ -89,6 +89,24 @@ PEFT_DEFAULT_TARGET_MODULES: dict[str, list[str] | None] = {
     "phi3": None,
     "gpt2": ["c_attn"],
 }
+
+
+# transformers 5.24 model classes with ``_supports_sdpa = False`` (Gemma2: softcapping); their default is eager.
+NO_SDPA: frozenset[str] = frozenset({"gemma2"})
+
+
+def attention_for(model_type: str, requested: str | None) -> str:
+    """The attention implementation a run uses: the requested one, or transformers' default for the model.
+
+    Raises :class:`PlanError` when transformers refuses the combination.
+    """
+    if requested is None:
+        return "eager" if model_type in NO_SDPA else "sdpa"
+    if requested == "sdpa" and model_type in NO_SDPA:
+        raise PlanError(("training", "attn_implementation"),
+                        f"transformers' {model_type} does not support sdpa (attention softcapping); "
+                        "use eager or flash_attention_2")
+    return requested
 
 
 @dataclass(frozen=True)
@@ -113,6 +131,8 @@ class ArchSpec:
     sparse_layers: tuple[int, ...] = ()  # layer indices whose MLP is a mixture of experts
     n_positions: int = 0  # learned absolute positions (gpt2)
     max_position_embeddings: int = 0
+    final_logit_softcapping: bool = False  # gemma2: logits = tanh(logits / cap) · cap (tanh output saved)
+    attn_logit_softcapping: bool = False  # gemma2 eager attention: the same on the scores
 
     @property
     def q_dim(self) -> int:
@@ -225,6 +245,8 @@ def parse_config(cfg: dict[str, Any]) -> ArchSpec:
         moe_intermediate_size=moe_inter,
         sparse_layers=sparse,
         max_position_embeddings=int(cfg.get("max_position_embeddings") or 0),
+        final_logit_softcapping=bool(merged.get("final_logit_softcapping")),
+        attn_logit_softcapping=bool(merged.get("attn_logit_softcapping")),
     )
 
 

@@ -7,8 +7,11 @@ plus CUDA context and allocator reserve): the same number ``estimate`` compares 
 - :func:`gpu_plan`: for every catalog GPU, the run on one card, and else the smallest ZeRO-3 group
   (2, 4, …, 64 cards of that GPU) whose per-GPU total fits.
 - :func:`max_micro_batch_size`, :func:`max_seq_len`, :func:`max_lora_r`: the largest value of one
-  knob that fits a budget, by exponential then binary search. Both rely on ``memory.total`` being
-  monotone non-decreasing in the knob (tests/test_fit.py checks that property).
+  knob that fits a budget, by exponential then binary search. The answer always fits and value + 1
+  never does; it is *the* largest only where ``memory.total`` is monotone non-decreasing in the knob
+  (tests/test_fit.py checks that property for the torch optimizers). bitsandbytes optimizers break it
+  for ``lora.r`` by a few MiB: 8-bit states start at 4,096 elements per tensor and paged states leave
+  the allocator at 100,000, so a larger r can be cheaper than r - 1 when a LoRA tensor crosses a threshold.
 - :func:`cheapest_method`: the highest-fidelity method that fits (full > dora > lora > qdora > qlora).
 - :func:`fit`: all of the above for one request (``POST``/``GET /api/v1/fit``).
 
@@ -266,10 +269,11 @@ def default_budget(req: PlanRequest) -> int:
 def _search(req: PlanRequest, knob: Knob, budget_bytes: int, ev: _Evaluator) -> SearchResult:
     """Largest value of ``knob`` in its range with ``memory.total <= budget_bytes``.
 
-    Exponential probing (low, 2, 4, 8, …, capped at high) brackets the answer between the last
-    value that fits and the first that does not; binary search then closes the bracket. A PlanError
-    located at the knob's own field (gpt2's learned positions for seq_len) counts as "does not fit";
-    any other PlanError is the request's and is raised.
+    Exponential probing from the request's own value v (clamped to [low, high]; doubling while it fits)
+    brackets the answer between a value that fits and one known not to; when v does not fit, the bracket
+    is [low, v] (and nothing fits when low does not). Binary search then closes the bracket. A PlanError
+    located at the knob's own field (gpt2's learned positions for seq_len) counts as "does not fit"; any
+    other PlanError is the request's and is raised.
     """
     loc, low, high = _KNOBS[knob]
     section, name = loc
@@ -290,21 +294,31 @@ def _search(req: PlanRequest, knob: Knob, budget_bytes: int, ev: _Evaluator) -> 
                             limited_by="not_applicable", message="lora.r applies to adapter methods only",
                             evaluations=0)
 
-    first = probe(low)
-    if not fits(first):
-        return _result(field, low, high, None, None, first, ev.calls - before)
-    good, good_total = low, first
+    good: int | None = None  # largest value known to fit
+    good_total: int | PlanError | None = None
     bad: int | None = None  # smallest value known not to fit
     bad_total: int | PlanError | None = None
-    v = low
-    while v < high:  # exponential: double until something does not fit or the range ends
-        v = min(v * 2, high)
-        t = probe(v)
-        if fits(t):
+    v = min(max(getattr(getattr(req, section), name), low), high)
+    t = probe(v)
+    if fits(t):
+        good, good_total = v, t
+        while v < high:  # double until something does not fit or the range ends
+            v = min(v * 2, high)
+            t = probe(v)
+            if not fits(t):
+                bad, bad_total = v, t
+                break
             good, good_total = v, t
-        else:
-            bad, bad_total = v, t
-            break
+    else:
+        bad, bad_total = v, t
+        if v > low:  # the smallest value decides at once whether anything fits
+            t = probe(low)
+            if fits(t):
+                good, good_total = low, t
+            else:
+                bad, bad_total = low, t
+    if good is None:
+        return _result(field, low, high, None, None, bad_total, ev.calls - before)
     if bad is not None:  # binary: good fits, bad does not
         while bad - good > 1:
             mid = (good + bad) // 2

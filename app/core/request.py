@@ -109,7 +109,9 @@ class TrainingSpec(_Strict):
     micro_batch_size: int = Field(1, ge=1, le=4096)
     seq_len: int = Field(2048, ge=1, le=1_048_576)
     gradient_checkpointing: bool = True
-    attn_implementation: AttnImpl = "sdpa"
+    attn_implementation: AttnImpl | None = Field(
+        None, description="null: transformers' default for the model (sdpa; eager for gemma2)"
+    )
 
 
 class HardwareSpec(_Strict):

@@ -42,7 +42,7 @@ class Phase(BaseModel):
 class PeakInfo(BaseModel):
     phase: str
     phases: list[Phase]
-    provisional: bool = Field(description="True while the activation model is not yet checked against traces")
+    provisional: bool = Field(description="True for terms not yet checked against the trace engine")
 
 
 class QuantizationReport(BaseModel):

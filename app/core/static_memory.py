@@ -46,6 +46,8 @@ class StaticMemory:
     gradients: Bucket = field(default_factory=Bucket)
     optimizer: Bucket = field(default_factory=Bucket)
     paged_optimizer_bytes: int = 0
+    optimizer_fp32_master_bytes: int = 0  # state bytes if every trainable tensor were fp32 (DeepSpeed master)
+    trainable_base_bytes: int = 0  # bytes of base weights that are trained (full fine-tuning, bias)
     optimizer_step_transient: int = 0
     quantized_params: int = 0
     largest_quantized_weight: tuple[int, int] = (0, 0)  # (out, in) of the largest 4/8-bit layer
@@ -95,7 +97,9 @@ def static_memory(inv: Inventory, plan: AdapterPlan, req: PlanRequest, dt: Dtype
             dtype = dt.unquantized if req.quantized else dt.weights
             sm.weights.add(t.group, t.numel * DTYPE_BYTES[dtype], t.numel, dtype)
 
-    force_32bit_groups = {"embedding"} if req.training.optim in BNB_8BIT and req.method == "full" else set()
+    # HF Trainer.create_optimizer: with an 8-bit bitsandbytes optimizer every nn.Embedding weight (and a
+    # modules_to_save copy of one) keeps 32-bit state (GlobalOptimManager.register_module_override).
+    eight_bit = req.training.optim in BNB_8BIT
     decay: list[tuple[tuple[int, ...], int]] = []
     no_decay: list[tuple[tuple[int, ...], int]] = []
     for t in plan.trainable:
@@ -106,17 +110,20 @@ def static_memory(inv: Inventory, plan: AdapterPlan, req: PlanRequest, dt: Dtype
             key = {"lora": t.group, "dora_magnitude": "dora_magnitude", "modules_to_save": "modules_to_save"}
             sm.adapters.add(key.get(t.kind, t.group), nbytes, t.numel, dtype)
         sm.gradients.add(t.group, nbytes, t.numel, dtype)
-        st = state_bytes(
-            req.training.optim, t.shape, size, momentum=req.training.momentum,
-            force_32bit=t.group in force_32bit_groups,
-        )
+        force_32bit = eight_bit and t.group == "embedding" and t.kind in ("base", "modules_to_save")
+        st = state_bytes(req.training.optim, t.shape, size, momentum=req.training.momentum, force_32bit=force_32bit)
         sm.optimizer.add(t.group, st.device, t.numel)
         sm.paged_optimizer_bytes += st.paged
+        master = state_bytes(req.training.optim, t.shape, 4, momentum=req.training.momentum, force_32bit=force_32bit)
+        sm.optimizer_fp32_master_bytes += master.device + master.paged
+        if not t.new:
+            sm.trainable_base_bytes += nbytes
         # HF Trainer's two parameter groups: no weight decay for biases and norm weights.
         (no_decay if t.name.endswith("bias") or t.group == "norms" else decay).append((t.shape, size))
     # bitsandbytes moves its 8-bit maps to the GPU only when some tensor gets 8-bit state (init_state).
     fixed = fixed_state_bytes(req.training.optim)
-    if fixed and any(t.numel >= BNB_MIN_8BIT_SIZE and t.group not in force_32bit_groups for t in plan.trainable):
+    if fixed and any(t.numel >= BNB_MIN_8BIT_SIZE and not (t.group == "embedding" and t.kind != "lora")
+                     for t in plan.trainable):
         sm.optimizer.add("quantization_maps", fixed)
     sm.optimizer_step_transient = step_transient_bytes(req.training.optim, [decay, no_decay])
     return sm

@@ -40,11 +40,11 @@ def parse_bytes(text: str) -> int:
             number = s[: -len(suffix)]
             try:
                 return int(float(number) * factor)
-            except ValueError:
+            except (ValueError, OverflowError):
                 break
     try:
         return int(s)
-    except ValueError:
+    except (ValueError, OverflowError):
         raise ValueError(f"cannot read {text!r} as a size; use e.g. 24GiB, 512MiB or a number of bytes") from None
 
 

@@ -1,39 +1,88 @@
-"""Server-rendered pages: the planner at /. Works without JavaScript; the URL carries the inputs."""
+"""Server-rendered pages: the planner at /. Works without JavaScript; the URL carries the inputs.
+
+- ``GET /``: the compare view (full, LoRA, QLoRA, DoRA, QDoRA side by side) and the selected method's details;
+- ``POST /``: the same page for a pasted or uploaded config.json;
+- ``GET /compare.json``: the same view as JSON for static/planner.js (numbers, bar geometry, HTML fragments);
+- ``GET /estimate.json``: POST /api/v1/estimate's response for the page's plan, as a download.
+"""
 
 from __future__ import annotations
 
+import json
+import re
 from pathlib import Path
+from typing import Any
+from urllib.parse import urlencode
 
 from fastapi import APIRouter, Request, UploadFile
-from fastapi.responses import HTMLResponse
+from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi.templating import Jinja2Templates
 
 from app.core import PlanError, estimate, format_bytes
 from app.core.catalog import gpus, model_configs
 from app.core.request import LoraSpec, QuantizationSpec, TrainingSpec
-from app.forms import DEFAULT_MODEL, form_to_body, parse_form
-from app.views import SEGMENTS, bar_segments
+from app.core.throughput import DEFAULT_MFU, DEFAULT_SLOWDOWN, DEFAULT_TOKENS
+from app.forms import DEFAULT_MODEL, form_to_body, parse_cost_options, parse_form
+from app.views import (
+    METHODS,
+    SEGMENTS,
+    bar_label,
+    bar_segments,
+    build_compare,
+    compare_data,
+    curl_snippet,
+    format_flops,
+    format_hours,
+    format_tokens,
+    format_usd,
+    gpu_rows,
+    price_dates,
+    python_snippet,
+    short_gpu,
+    view_globals,
+)
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 templates = Jinja2Templates(directory=ROOT / "templates")
 templates.env.filters["bytes"] = format_bytes
 templates.env.filters["thousands"] = lambda n: f"{n:,}"
+templates.env.filters["hours"] = format_hours
+templates.env.filters["usd"] = format_usd
+templates.env.filters["flops"] = format_flops
+templates.env.filters["tokens"] = format_tokens
+templates.env.filters["short_gpu"] = short_gpu
+templates.env.globals.update(view_globals=view_globals, bar_label=bar_label, gpu_rows=gpu_rows,
+                             price_dates=price_dates)
 
 MAX_UPLOAD_BYTES = 256 * 1024
+NOT_IN_URL = ("config", "config_file")
 
 router = APIRouter(include_in_schema=False)
 
 
-def _render(request: Request, form: dict[str, str], config_text: str | None) -> HTMLResponse:
+def _query(form: dict[str, str], **changes: str) -> str:
+    """The page's query string for ``form`` (a pasted config is not part of it)."""
+    merged = {k: v for k, v in {**form, **changes}.items() if k not in NOT_IN_URL}
+    return urlencode(merged)
+
+
+def _context(request: Request, form: dict[str, str], config_text: str | None) -> dict[str, Any]:
     req, errors = parse_form(form, config_text)
+    options, option_errors = parse_cost_options(form)
+    errors = errors + option_errors
+    view = None
     result = None
-    if req is not None:
-        try:
-            result = estimate(req)
-        except PlanError as exc:
-            errors = [f"{'.'.join(str(p) for p in exc.loc)}: {exc.message}"]
+    if req is not None and not option_errors:
+        view = build_compare(req, options)
+        col = view.column
+        result = col.result
+        if col.error:
+            errors = [col.error]
+        if not any(c.ok for c in view.columns):
+            view = None  # the plan itself is refused (e.g. an unknown GPU): the error says why
     body = form_to_body(form, config_text)
-    context = {
+    base_url = str(request.base_url)
+    return {
         "request": request,
         "form": form,
         "body": body,
@@ -41,13 +90,25 @@ def _render(request: Request, form: dict[str, str], config_text: str | None) -> 
         "models": list(model_configs()),
         "gpus": list(gpus().values()),
         "result": result,
+        "view": view,
         "errors": errors,
         "segments": bar_segments(result, result.memory.total) if result else [],
         "legend": SEGMENTS,
-        "defaults": {"lora": LoraSpec(), "quant": QuantizationSpec(), "training": TrainingSpec()},
+        "methods": METHODS,
+        "defaults": {"lora": LoraSpec(), "quant": QuantizationSpec(), "training": TrainingSpec(),
+                     "tokens": format_tokens(DEFAULT_TOKENS), "mfu": DEFAULT_MFU, "slowdown": DEFAULT_SLOWDOWN},
         "default_model": DEFAULT_MODEL,
+        "query": _query(form),
+        "tab_query": {m: _query(form, method=m) for m, _, _ in METHODS},
+        "curl": curl_snippet(req, base_url) if req is not None else "",
+        "python": python_snippet(req) if req is not None else "",
+        "estimate_json": json.dumps(result.model_dump(mode="json"), indent=2) if result else "",
     }
-    return templates.TemplateResponse(request, "index.html", context, status_code=422 if errors else 200)
+
+
+def _render(request: Request, form: dict[str, str], config_text: str | None) -> HTMLResponse:
+    context = _context(request, form, config_text)
+    return templates.TemplateResponse(request, "index.html", context, status_code=422 if context["errors"] else 200)
 
 
 @router.get("/", response_class=HTMLResponse)
@@ -67,3 +128,43 @@ async def planner_with_config(request: Request) -> HTMLResponse:
         config_text = raw[:MAX_UPLOAD_BYTES].decode("utf-8", errors="replace") if len(raw) <= MAX_UPLOAD_BYTES \
             else '"config_file over 256 KiB"'
     return _render(request, form, config_text)
+
+
+@router.get("/compare.json")
+def compare_json(request: Request) -> JSONResponse:
+    """The compare view for the page's query parameters: per method the display strings, bar segments (percent
+    of one common scale), the raw estimate and the time/cost report; plus the page's HTML fragments."""
+    form = dict(request.query_params)
+    ctx = _context(request, form, None)
+    view = ctx["view"]
+    fragments = {}
+    for name in ("costs", "details", "snippets"):
+        fragments[name] = templates.get_template(f"_{name}.html").render(ctx) if view else ""
+    content = {
+        "query": ctx["query"],
+        "errors": ctx["errors"],
+        **(compare_data(view) if view else {"methods": {}}),
+        "fragments": fragments,
+        "snippets": {"curl": ctx["curl"], "python": ctx["python"]},
+        "download": f"/estimate.json?{ctx['query']}",
+    }
+    return JSONResponse(content, status_code=422 if view is None else 200)
+
+
+@router.get("/estimate.json")
+def estimate_json(request: Request) -> Response:
+    """POST /api/v1/estimate's response for the page's plan (query parameters), as a file download."""
+    form = dict(request.query_params)
+    req, errors = parse_form(form)
+    if req is None:
+        return JSONResponse({"detail": [{"loc": ["query"], "msg": e, "type": "value_error"} for e in errors]},
+                            status_code=422)
+    try:
+        result = estimate(req)
+    except PlanError as exc:
+        return JSONResponse({"detail": [{"loc": ["query", *exc.loc], "msg": exc.message, "type": "plan_error"}]},
+                            status_code=422)
+    model = req.model if isinstance(req.model, str) else "pasted-config"
+    name = re.sub(r"[^A-Za-z0-9._-]+", "-", f"peft-plan-{model}-{req.method}") + ".json"
+    return Response(json.dumps(result.model_dump(mode="json"), indent=2), media_type="application/json",
+                    headers={"Content-Disposition": f'attachment; filename="{name}"'})

@@ -23,8 +23,8 @@ from typing import Any
 
 import torch
 
-FLASH = "planner_tiled_attention"  # no "flash" in the name: transformers would import flash_attn
-MEM_EFFICIENT = "planner_memeff_attention"
+FLASH = "planner_fa2_attention"  # no "flash" in the name: transformers would import flash_attn
+SDPA = "planner_scaled_dot_product"  # nor "sdpa": transformers would check the model's sdpa support
 GEMM_4BIT_FUSED_MAX_ROWS = 1536
 
 
@@ -60,32 +60,40 @@ class _FlashAttention(torch.autograd.Function):
         return dq, dk, dv, None
 
 
-def _attention(lse_round: int, repeat_kv: bool):
-    def forward(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
-                attention_mask: torch.Tensor | None, **kwargs: Any) -> tuple[torch.Tensor, None]:
-        if repeat_kv and key.shape[1] != query.shape[1]:
-            n_rep = query.shape[1] // key.shape[1]
-            key = key.repeat_interleave(n_rep, dim=1)
-            value = value.repeat_interleave(n_rep, dim=1)
-        return _FlashAttention.apply(query, key, value, lse_round), None
+def _flash_attention_2(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                       attention_mask: torch.Tensor | None, **kwargs: Any) -> tuple[torch.Tensor, None]:
+    """transformers' flash_attention_2 path: fp32 inputs (fp32 norms under QLoRA) are cast to the autocast
+    dtype first (``integrations/flash_attention.py: get_target_dtype``); GQA is native."""
+    if query.dtype == torch.float32:
+        target = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else torch.bfloat16
+        query, key, value = query.to(target), key.to(target), value.to(target)
+    return _FlashAttention.apply(query, key, value, 1), None
 
-    return forward
+
+def _sdpa_on_cuda(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                  attention_mask: torch.Tensor | None, **kwargs: Any) -> tuple[torch.Tensor, None]:
+    """``F.scaled_dot_product_attention`` on CUDA without a mask: the flash backend for fp16/bf16; for fp32
+    the memory-efficient backend (logsumexp rounded up to 32 rows; K/V expanded to all heads)."""
+    if query.dtype in (torch.float16, torch.bfloat16):
+        return _FlashAttention.apply(query, key, value, 1), None
+    if key.shape[1] != query.shape[1]:
+        n_rep = query.shape[1] // key.shape[1]
+        key = key.repeat_interleave(n_rep, dim=1)
+        value = value.repeat_interleave(n_rep, dim=1)
+    return _FlashAttention.apply(query, key, value, 32), None
 
 
 def register_attention() -> None:
     """Register the stand-ins with transformers' AttentionInterface (idempotent)."""
     from transformers import AttentionInterface
 
-    AttentionInterface.register(FLASH, _attention(lse_round=1, repeat_kv=False))
-    AttentionInterface.register(MEM_EFFICIENT, _attention(lse_round=32, repeat_kv=True))
+    AttentionInterface.register(FLASH, _flash_attention_2)
+    AttentionInterface.register(SDPA, _sdpa_on_cuda)
 
 
-def attention_name(attn_implementation: str, compute_dtype: torch.dtype) -> str:
-    if attn_implementation == "eager":
-        return "eager"
-    if attn_implementation == "sdpa" and compute_dtype == torch.float32:
-        return MEM_EFFICIENT
-    return FLASH
+def attention_name(attn_implementation: str) -> str:
+    """The registered stand-in for an attention implementation resolved by ``attention_for``."""
+    return {"eager": "eager", "sdpa": SDPA, "flash_attention_2": FLASH}[attn_implementation]
 
 
 @contextmanager

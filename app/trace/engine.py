@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 
+from app.core.architectures import attention_for
 from app.core.catalog import model_config
 from app.core.precision import dtypes_for
 from app.core.request import PlanRequest
@@ -70,13 +71,13 @@ class TraceResult:
         }
 
 
-def _hf_config(req: PlanRequest, compute: torch.dtype) -> Any:
+def _hf_config(req: PlanRequest) -> Any:
     from transformers import AutoConfig
 
     cfg = model_config(req.model) if isinstance(req.model, str) else req.model.config
     config = AutoConfig.for_model(cfg["model_type"], **{k: v for k, v in cfg.items() if k not in _CONFIG_META_KEYS})
     config.use_cache = False
-    config._attn_implementation = attention_name(req.training.attn_implementation, compute)
+    config._attn_implementation = attention_name(attention_for(cfg["model_type"], req.training.attn_implementation))
     return config
 
 
@@ -173,10 +174,18 @@ def _optimizer(req: PlanRequest, model: torch.nn.Module) -> torch.optim.Optimize
         return Adafactor(groups, lr=lr, scale_parameter=False, relative_step=False)
     import bitsandbytes as bnb
 
-    if optim in ("adamw_bnb_8bit", "paged_adamw_8bit", "paged_adamw_32bit"):
-        bits = 32 if optim == "paged_adamw_32bit" else 8
-        return bnb.optim.AdamW(groups, lr=lr, optim_bits=bits, is_paged=optim.startswith("paged_"))
-    return bnb.optim.Lion(groups, lr=lr, optim_bits=8 if optim == "lion_8bit" else 32)
+    bits = 8 if optim in ("adamw_bnb_8bit", "paged_adamw_8bit", "lion_8bit") else 32
+    if optim.startswith("lion"):
+        optimizer = bnb.optim.Lion(groups, lr=lr, optim_bits=bits)
+    else:
+        optimizer = bnb.optim.AdamW(groups, lr=lr, optim_bits=bits, is_paged=optim.startswith("paged_"))
+    manager = bnb.optim.GlobalOptimManager.get_instance()
+    manager.initialize()  # a process-wide singleton: forget overrides of earlier traces
+    if bits == 8:  # Trainer.create_optimizer keeps embeddings in 32-bit state
+        for module in model.modules():
+            if isinstance(module, torch.nn.Embedding):
+                manager.register_module_override(module, "weight", {"optim_bits": 32})
+    return optimizer
 
 
 def _own_storage_for_copies(model: torch.nn.Module) -> None:
@@ -253,7 +262,7 @@ def run_trace(req: PlanRequest, *, fake: bool = True, steps: int = 2, seed: int 
     register_attention()
     dt = dtypes_for(req)
     torch_dtype, compute = TORCH_DTYPES[dt.weights], TORCH_DTYPES[dt.compute]
-    config = _hf_config(req, compute)
+    config = _hf_config(req)
     torch.manual_seed(seed)
     counter = LiveBytesCounter(transient_rules() if req.quantized else None)
     tr = req.training

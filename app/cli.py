@@ -1,0 +1,509 @@
+"""``peft-planner``: parameters and per-GPU memory of a fine-tuning run from the command line or CI.
+
+Commands (inputs: config FILEs and/or flags; flags override files)::
+
+    peft-planner estimate [FILE ...] [flags] [--json]      parameters, memory breakdown, peak phase
+    peft-planner fit      [FILE ...] [flags] [--budget 24GiB]  largest micro-batch / seq_len / r that fit, GPU plan
+    peft-planner check    [FILE ...] [flags] [--budget 24GiB]  exit 0 if memory.total <= budget, else 1
+
+FILEs are PlanRequest bodies, PEFT adapter_config.json (or the adapter directory), BitsAndBytesConfig
+dicts, axolotl YAMLs or model config.json files, merged in order (see :mod:`app.importers`). Keys the
+importers cannot map are reported on stderr.
+
+Runs the planner in-process by default; ``--url http://127.0.0.1:8000`` asks a running server's JSON API
+(``POST /api/v1/estimate``, ``POST /api/v1/fit``) instead, with the same output.
+
+Exit codes: 0 done (check: fits); 1 check: does not fit; 2 bad input (the message names the field);
+3 the server (``--url``) cannot be reached or failed.
+
+``--help`` imports nothing beyond the standard library; the core (pydantic, no torch, no FastAPI) is
+imported when a command runs, httpx only with ``--url``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+EXIT_OK, EXIT_NO_FIT, EXIT_BAD_INPUT, EXIT_SERVER = 0, 1, 2, 3
+EXIT_SIGPIPE = 141  # stdout closed early (128 + SIGPIPE)
+
+# The request's choices, spelled here so that --help needs no import (tests/test_cli.py checks them
+# against app.core.request's Literals).
+METHODS = ("full", "lora", "qlora", "dora", "qdora")
+PRECISIONS = ("bf16", "bf16-mixed", "fp16-mixed", "fp32")
+OPTIMS = ("adamw_torch", "adamw_torch_fused", "adamw_bnb_8bit", "paged_adamw_8bit", "paged_adamw_32bit",
+          "adafactor", "sgd", "lion_32bit", "lion_8bit")
+SHARDINGS = ("none", "ddp", "zero1", "zero2", "zero3", "fsdp")
+ATTN_IMPLS = ("flash_attention_2", "sdpa", "eager")
+MODEL_KEYS = frozenset({"base_model", "base_model_config", "base_model_name_or_path"})
+
+
+class CliError(Exception):
+    """Ends the command with ``code`` after printing ``lines`` to stderr."""
+
+    def __init__(self, code: int, lines: Sequence[str]) -> None:
+        super().__init__("; ".join(lines))
+        self.code, self.lines = code, list(lines)
+
+
+def _bad(*lines: str) -> CliError:
+    return CliError(EXIT_BAD_INPUT, lines)
+
+
+# ------------------------------------------------------------------------------------------- parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    inputs = argparse.ArgumentParser(add_help=False)
+    files = inputs.add_argument_group("inputs (files are merged in order; flags override them)")
+    files.add_argument("files", nargs="*", metavar="FILE",
+                       help="PlanRequest JSON/YAML, PEFT adapter_config.json or adapter dir, BitsAndBytesConfig, "
+                            "axolotl YAML, or a model config.json; '-' reads stdin")
+    files.add_argument("--model", help="catalog hub id (e.g. meta-llama/Llama-3.1-8B) or a config.json path/dir")
+    files.add_argument("--method", choices=METHODS)
+    lora = inputs.add_argument_group("LoRA (PEFT LoraConfig)")
+    lora.add_argument("--r", type=int, help="LoRA rank")
+    lora.add_argument("--lora-alpha", type=float)
+    lora.add_argument("--lora-dropout", type=float)
+    lora.add_argument("--target-modules", help="'all-linear', a regex, or comma-separated names (q_proj,v_proj)")
+    training = inputs.add_argument_group("training")
+    training.add_argument("--seq-len", type=int)
+    training.add_argument("--micro-batch-size", type=int)
+    training.add_argument("--optim", choices=OPTIMS, help="HF TrainingArguments.optim")
+    training.add_argument("--precision", choices=PRECISIONS)
+    training.add_argument("--attn", choices=ATTN_IMPLS, dest="attn_implementation", help="attn_implementation")
+    training.add_argument("--gradient-checkpointing", action=argparse.BooleanOptionalAction, default=None,
+                          help="default: on (or as the files say)")
+    hardware = inputs.add_argument_group("hardware")
+    hardware.add_argument("--gpu", help="catalog GPU id (GET /api/v1/gpus), e.g. nvidia-rtx-4090")
+    hardware.add_argument("--num-gpus", type=int)
+    hardware.add_argument("--sharding", choices=SHARDINGS)
+    other = inputs.add_argument_group("output and server")
+    other.add_argument("--set", action="append", default=[], metavar="PATH=VALUE",
+                       help="any request field, e.g. --set quantization.load_in_8bit=true (VALUE is JSON or text)")
+    other.add_argument("--json", action="store_true", help="print the API's JSON response instead of a table")
+    other.add_argument("--url", help="ask a running server (e.g. http://127.0.0.1:8000) instead of computing here")
+    other.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for --url (default 120)")
+    other.add_argument("-q", "--quiet", action="store_true",
+                       help="on stderr, only warnings (unknown/unsupported keys), not notes and ignored keys")
+
+    parser = argparse.ArgumentParser(
+        prog="peft-planner",
+        description="Parameters and per-GPU memory of LoRA/QLoRA/DoRA/full fine-tuning runs, before you rent GPUs.",
+        epilog="Exit codes: 0 ok (check: fits), 1 check: does not fit, 2 bad input, 3 server unreachable (--url).",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    p = sub.add_parser("estimate", parents=[inputs], help="parameters, memory breakdown and peak phase",
+                       description="Parameters and per-GPU memory of one run (POST /api/v1/estimate).")
+    p.set_defaults(func=cmd_estimate)
+    p = sub.add_parser("fit", parents=[inputs], help="largest micro-batch, seq_len and r that fit; GPU plan",
+                       description="What fits a per-GPU budget (POST /api/v1/fit).")
+    p.add_argument("--budget", help="per-GPU budget: 24GiB, 80 GiB, 512MiB, 24GB (decimal) or bytes; "
+                                    "default: the --gpu's VRAM")
+    p.set_defaults(func=cmd_fit)
+    p = sub.add_parser("check", parents=[inputs], help="exit 0 if memory.total fits the budget, 1 if not",
+                       description="Exit 0 when memory.total <= budget, 1 when it does not (printing by how much), "
+                                   "2 on bad input, 3 when --url cannot be reached.")
+    p.add_argument("--budget", help="per-GPU budget: 24GiB, 80 GiB, 512MiB, 24GB (decimal) or bytes; "
+                                    "default: the --gpu's VRAM")
+    p.set_defaults(func=cmd_check)
+    return parser
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("peft-planner")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+# --------------------------------------------------------------------------------------- the request
+
+
+def _targets(text: str) -> list[str] | str | None:
+    text = text.strip()
+    if not text:
+        return None
+    if text.lower() == "all-linear" or any(ch in text for ch in "*()[]\\|^$+?"):
+        return text
+    return [t.strip() for t in text.split(",") if t.strip()]
+
+
+def build_body(args: argparse.Namespace) -> tuple[dict[str, Any], list[Any]]:
+    """The PlanRequest body from the FILEs (merged) and the flags, and the importers' notes."""
+    from app.importers import ConfigImportError, load_plan_files, resolve_model
+
+    try:
+        body, notes = load_plan_files(args.files) if args.files else ({}, [])
+        if args.model is not None:
+            model, _ = resolve_model(args.model, "--model", "model")
+            body["model"] = model if model is not None else args.model  # unknown ids: the planner says so
+            # a file's base model that is not in the catalog no longer matters once --model is given
+            notes = [n for n in notes if not (n.kind == "unsupported" and n.key in MODEL_KEYS)]
+    except ConfigImportError as exc:
+        raise _bad(f"{exc.source}: {exc.key}: {exc.message}" if exc.key else f"{exc.source}: {exc.message}") from None
+
+    def put(section: str, field: str, value: Any) -> None:
+        if value is not None:
+            if not isinstance(body.get(section), dict):
+                body[section] = {}
+            body[section][field] = value
+
+    if args.method is not None:
+        body["method"] = args.method
+    put("lora", "r", args.r)
+    put("lora", "lora_alpha", args.lora_alpha)
+    put("lora", "lora_dropout", args.lora_dropout)
+    if args.target_modules is not None:
+        put("lora", "target_modules", _targets(args.target_modules))
+    put("training", "seq_len", args.seq_len)
+    put("training", "micro_batch_size", args.micro_batch_size)
+    put("training", "optim", args.optim)
+    put("training", "precision", args.precision)
+    put("training", "attn_implementation", args.attn_implementation)
+    put("training", "gradient_checkpointing", args.gradient_checkpointing)
+    put("hardware", "gpu", args.gpu)
+    put("hardware", "num_gpus", args.num_gpus)
+    put("hardware", "sharding", args.sharding)
+    for item in args.set:
+        path, sep, raw = item.partition("=")
+        if not sep or not path.strip():
+            raise _bad(f"--set: expected PATH=VALUE (e.g. training.seq_len=4096), got {item!r}")
+        try:
+            value = json.loads(raw)
+        except ValueError:
+            value = raw
+        *parents, last = path.strip().split(".")
+        node = body
+        for part in parents:
+            if not isinstance(node.get(part), dict):
+                node[part] = {}
+            node = node[part]
+        node[last] = value
+    return body, notes
+
+
+def print_notes(notes: Sequence[Any], quiet: bool) -> None:
+    """Importer notes on stderr: each unknown/unsupported key on its own line; ignored keys grouped."""
+    grouped: dict[tuple[str, str], list[str]] = {}
+    for n in notes:
+        if n.kind in ("unknown", "unsupported"):
+            print(f"warning: {n.source}: {n.key}: {n.kind}: {n.message}", file=sys.stderr)
+        elif quiet:
+            continue
+        elif n.kind == "ignored":
+            grouped.setdefault((n.source, n.message), []).append(n.key)
+        else:
+            print(f"note: {n.source}: {n.key}: {n.message}", file=sys.stderr)
+    for (source, message), keys in grouped.items():
+        print(f"note: {source}: ignored ({message}): {', '.join(keys)}", file=sys.stderr)
+
+
+def _loc(loc: Sequence[Any], strip: Sequence[str] = ()) -> str:
+    parts = [str(p) for p in loc]
+    for prefix in strip:
+        if parts and parts[0] == prefix:
+            parts = parts[1:]
+    return ".".join(parts) or "body"
+
+
+def _validation_lines(exc: Any, strip: Sequence[str] = ()) -> list[str]:
+    return [f"{_loc(e.get('loc', ()), strip)}: {e.get('msg', '')}" for e in exc.errors()]
+
+
+# ------------------------------------------------------------------------------------------ running
+
+
+def _validate(body: dict[str, Any]) -> Any:
+    from pydantic import ValidationError
+
+    from app.core import PlanRequest
+
+    try:
+        return PlanRequest.model_validate(body)
+    except ValidationError as exc:
+        raise _bad(*_validation_lines(exc)) from None
+
+
+def _post(args: argparse.Namespace, path: str, payload: dict[str, Any], strip: Sequence[str]) -> dict[str, Any]:
+    """POST to the server; 422/413 → exit 2 with the named fields; unreachable or failing → exit 3."""
+    import httpx
+
+    url = args.url.rstrip("/") + path
+    try:
+        response = httpx.post(url, json=payload, timeout=args.timeout)
+    except httpx.InvalidURL as exc:
+        raise _bad(f"--url: invalid URL {args.url!r}: {exc}") from None
+    except httpx.TimeoutException:
+        raise CliError(EXIT_SERVER, [f"no answer from {url} within {args.timeout:g} s (--timeout)"]) from None
+    except httpx.TransportError as exc:
+        raise CliError(EXIT_SERVER, [f"cannot reach {url}: {exc or type(exc).__name__}",
+                                     "is the server running? start it with `make run`, or drop --url "
+                                     "to compute here"]) from None
+    if response.status_code in (413, 422):
+        try:
+            detail = response.json()["detail"]
+            lines = [f"{_loc(d.get('loc', ()), strip)}: {d.get('msg', '')}" for d in detail]
+        except (ValueError, KeyError, TypeError, AttributeError):
+            lines = [f"{url} answered {response.status_code}: {response.text[:500]}"]
+        raise _bad(*lines)
+    if response.status_code != 200:
+        raise CliError(EXIT_SERVER, [f"{url} answered {response.status_code}: {response.text[:500]}"])
+    try:
+        return response.json()
+    except ValueError:
+        raise CliError(EXIT_SERVER, [f"{url} answered 200 with something that is not JSON"]) from None
+
+
+def run_estimate(args: argparse.Namespace, body: dict[str, Any]) -> dict[str, Any]:
+    """EstimateResult as JSON data, in-process or from ``--url``."""
+    if args.url:
+        return _post(args, "/api/v1/estimate", body, strip=("body",))
+    from app.core import PlanError, estimate
+
+    req = _validate(body)
+    try:
+        return estimate(req).model_dump(mode="json")
+    except PlanError as exc:
+        raise _bad(f"{_loc(exc.loc)}: {exc.message}") from None
+
+
+def _budget(args: argparse.Namespace) -> int | None:
+    if not args.budget:
+        return None
+    from app.core.fit import parse_budget
+
+    try:
+        return parse_budget(args.budget)
+    except ValueError as exc:
+        raise _bad(f"--budget: {exc}") from None
+
+
+def run_fit(args: argparse.Namespace, body: dict[str, Any]) -> dict[str, Any]:
+    """FitResult as JSON data, in-process or from ``--url`` (budget: --budget, else the GPU's VRAM)."""
+    budget = _budget(args)
+    if args.url:
+        payload: dict[str, Any] = {"request": body}
+        if args.budget:
+            payload["budget"] = args.budget
+        return _post(args, "/api/v1/fit", payload, strip=("body", "request"))
+    from app.core import PlanError
+    from app.core.fit import fit
+
+    req = _validate(body)
+    try:
+        return fit(req, budget, "budget" if budget is not None else None).model_dump(mode="json")
+    except PlanError as exc:
+        raise _bad(f"{_loc(exc.loc)}: {exc.message}") from None
+
+
+def _echo(body: dict[str, Any]) -> dict[str, Any]:
+    """The request with the planner's defaults filled in (for headings); the body itself if it does not validate."""
+    from pydantic import ValidationError
+
+    from app.core import PlanRequest
+
+    try:
+        return PlanRequest.model_validate(body).model_dump(mode="json")
+    except ValidationError:
+        return body
+
+
+# ------------------------------------------------------------------------------------------ output
+
+
+def _gib(n: int | None) -> str:
+    from app.core.units import format_bytes
+
+    return "-" if n is None else format_bytes(n)
+
+
+def _header(req: dict[str, Any], res: dict[str, Any] | None = None) -> list[str]:
+    model = req.get("model")
+    name = model if isinstance(model, str) else "config.json"
+    if res is not None:
+        m = res["model"]
+        name = f"{m.get('id') or name} ({m['model_type']}, {m['num_hidden_layers']} layers)"
+    method = req.get("method", "lora")
+    lora, tr, hw = req.get("lora", {}), req.get("training", {}), req.get("hardware", {})
+    parts = [name, method]
+    if method != "full":
+        targets = lora.get("target_modules")
+        if targets is None:
+            shown = "PEFT's default targets"
+        else:
+            shown = targets if isinstance(targets, str) else ",".join(map(str, targets))
+        alpha = lora.get("lora_alpha")
+        alpha = f"{alpha:g}" if isinstance(alpha, (int, float)) else alpha
+        parts.append(f"r={lora.get('r')} alpha={alpha} on {shown}")
+    parts.append(f"{tr.get('precision')} {tr.get('optim')}")
+    line2 = (f"micro_batch_size {tr.get('micro_batch_size')} x seq_len {tr.get('seq_len')}, gradient checkpointing "
+             f"{'on' if tr.get('gradient_checkpointing') else 'off'}, {hw.get('num_gpus')} x {hw.get('gpu')} "
+             f"(sharding {hw.get('sharding')})")
+    return [" | ".join(parts), line2]
+
+
+def render_estimate(req: dict[str, Any], res: dict[str, Any]) -> str:
+    p, m, peak = res["parameters"], res["memory"], res["peak"]
+    lines = [*_header(req, res), "", "Parameters"]
+    lines.append(f"  {'total (base model)':<26}{p['total']:>17,}")
+    lines.append(f"  {'trainable':<26}{p['trainable']:>17,}   {p['trainable_percent']:.4f} % of {p['all_params']:,}")
+    lines.append(f"  {'added by the adapter':<26}{p['adapter_params']:>17,}   on {p['targeted_modules']} modules")
+    lines += ["", f"Memory per GPU{'bytes':>46}"]
+    rows = [("weights", "weights"), ("quantization constants", "quantization_constants"),
+            ("adapter weights", "adapter_weights"), ("gradients", "gradients"),
+            ("optimizer states", "optimizer_states"), ("activations", "activations"),
+            (f"peak ({peak['phase']})", "peak"), ("overhead", "overhead"), ("total", "total")]
+    for label, key in rows:
+        lines.append(f"  {label:<26}{_gib(m[key]):>13}{m[key]:>19,}")
+    provisional = " (provisional: activation model not yet checked against traces)" if peak.get("provisional") else ""
+    lines += ["", f"Peak by phase{provisional}"]
+    for phase in peak["phases"]:
+        mark = "  <- peak" if phase["name"] == peak["phase"] else ""
+        lines.append(f"  {phase['name']:<26}{_gib(phase['bytes']):>13}{phase['bytes']:>19,}{mark}")
+    gpu = req.get("hardware", {}).get("gpu")
+    row = next((f for f in res.get("fits", []) if f["gpu"] == gpu), None)
+    if row is not None:
+        verdict = (f"fits, {_gib(row['headroom_bytes'])} to spare" if row["fits"]
+                   else f"does not fit, short by {_gib(-row['headroom_bytes'])}")
+        lines += ["", f"{row['gpu']} ({row['name']}, {_gib(row['vram_bytes'])}): {verdict}"]
+    return "\n".join(lines)
+
+
+def _search_line(s: dict[str, Any]) -> str:
+    label = f"  {s['field']:<28}"
+    if s["limited_by"] == "not_applicable":
+        return f"{label}{'-':>9}   {s.get('message') or 'not applicable'}"
+    if s["value"] is None:
+        return f"{label}{'none':>9}   even {s['low']} needs {_gib(s['next_total_bytes'])}"
+    here, nxt = s["total_bytes"], s["next_total_bytes"]
+    text = f"{label}{s['value']:>9}   total {_gib(here)}"
+    if s["limited_by"] == "budget":
+        a, b = _gib(here), _gib(nxt)
+        if a == b:
+            a, b = f"{here:,} B", f"{nxt:,} B"
+            text = f"{label}{s['value']:>9}   total {a}"
+        text += f"; {s['value'] + 1} needs {b}"
+    elif s["limited_by"] == "range":
+        text += " (the largest allowed value)"
+    elif s["limited_by"] == "model":
+        text += f"; {s['value'] + 1} is refused: {s.get('message')}"
+    return text
+
+
+def render_fit(req: dict[str, Any], res: dict[str, Any]) -> str:
+    budget = res["budget_bytes"]
+    source = {"budget": "--budget", "budget_bytes": "budget_bytes",
+              "hardware.gpu": f"VRAM of {req.get('hardware', {}).get('gpu')}"}[res["budget_source"]]
+    current = res["current_total_bytes"]
+    verdict = (f"fits, {_gib(budget - current)} to spare" if res["current_fits"]
+               else f"does not fit, short by {_gib(current - budget)}")
+    lines = [*_header(req), "", f"Budget per GPU: {_gib(budget)} ({budget:,} bytes; {source})",
+             f"As given: memory.total {_gib(current)}: {verdict}", "",
+             "Largest value that fits (everything else as given)"]
+    for key in ("micro_batch_size", "seq_len", "r"):
+        lines.append(_search_line(res["searches"][key]))
+    methods = res["methods"]
+    lines += ["", f"Methods, most capable first; best that fits: {methods['best'] or 'none'}"]
+    for row in methods["methods"]:
+        if row["total_bytes"] is None:
+            lines.append(f"  {row['method']:<8}{'refused':>13}   {row.get('error')}")
+        else:
+            fits = "fits" if row["fits"] else "no"
+            lines.append(f"  {row['method']:<8}{_gib(row['total_bytes']):>13}   {fits:<5}"
+                         f"{row['trainable_params']:>15,} trainable")
+    width = max([len(g["gpu"]) for g in res["gpu_plan"]] + [3]) + 2
+    lines += ["", "GPU plan: one card, else the smallest ZeRO-3 group whose per-GPU total fits",
+              f"  {'gpu':<{width}}{'VRAM':>11}{'one card':>13}   plan"]
+    for g in res["gpu_plan"]:
+        if g["num_gpus"] is None:
+            plan = f"does not fit even 64 cards (smallest per-GPU total {_gib(g['smallest_total_bytes'])})"
+        elif g["num_gpus"] == 1:
+            plan = f"1 card, {_gib(g['headroom_bytes'])} to spare"
+        else:
+            plan = f"{g['num_gpus']} x zero3, {_gib(g['total_bytes'])} per GPU, {_gib(g['headroom_bytes'])} to spare"
+        lines.append(f"  {g['gpu']:<{width}}{_gib(g['vram_bytes']):>11}{_gib(g['single_total_bytes']):>13}   {plan}")
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------------------- commands
+
+
+def _prepare(args: argparse.Namespace) -> dict[str, Any]:
+    body, notes = build_body(args)
+    print_notes(notes, args.quiet)
+    return body
+
+
+def cmd_estimate(args: argparse.Namespace) -> int:
+    body = _prepare(args)
+    res = run_estimate(args, body)
+    print(json.dumps(res, indent=2) if args.json else render_estimate(_echo(body), res))
+    return EXIT_OK
+
+
+def cmd_fit(args: argparse.Namespace) -> int:
+    body = _prepare(args)
+    res = run_fit(args, body)
+    print(json.dumps(res, indent=2) if args.json else render_fit(_echo(body), res))
+    return EXIT_OK
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    body = _prepare(args)
+    budget = _budget(args)
+    res = run_estimate(args, body)
+    req = _echo(body)
+    total = res["memory"]["total"]
+    if budget is None:
+        gpu = req.get("hardware", {}).get("gpu")
+        row = next((f for f in res.get("fits", []) if f["gpu"] == gpu), None)
+        if row is None:
+            raise _bad(f"hardware.gpu: {gpu!r} is not in the answer's GPU list; give --budget")
+        budget, source = row["vram_bytes"], f"VRAM of {gpu}"
+    else:
+        source = f"--budget {args.budget}"
+    fits = total <= budget
+    if args.json:
+        print(json.dumps({"fits": fits, "total_bytes": total, "budget_bytes": budget,
+                          "headroom_bytes": budget - total, "peak_bytes": res["memory"]["peak"],
+                          "peak_phase": res["peak"]["phase"]}, indent=2))
+    else:
+        head = f"memory.total {_gib(total)} ({total:,} bytes) {'<=' if fits else '>'} budget {_gib(budget)} " \
+               f"({budget:,} bytes, {source})"
+        if fits:
+            print(f"fits: {head}; {_gib(budget - total)} to spare")
+        else:
+            print(f"does not fit: {head}; short by {_gib(total - budget)} ({total - budget:,} bytes)")
+        print(f"peak {_gib(res['memory']['peak'])} in the {res['peak']['phase']} phase")
+    return EXIT_OK if fits else EXIT_NO_FIT
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help(sys.stderr)
+        return EXIT_BAD_INPUT
+    try:
+        return args.func(args)
+    except CliError as exc:
+        for line in exc.lines:
+            print(f"error: {line}", file=sys.stderr)
+        return exc.code
+    except BrokenPipeError:  # `peft-planner ... | head`: stop quietly, as the shell's SIGPIPE convention says
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_SIGPIPE
+
+
+if __name__ == "__main__":
+    sys.exit(main())

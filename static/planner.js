@@ -1,0 +1,267 @@
+/* peft-planner: progressive enhancement of the planner page (no framework, no CDN).
+   Without this file the page is a plain GET form whose URL carries the plan. With it, changing an input asks
+   GET /compare.json (the same view as JSON), updates the compare view's numbers and bars in place, swaps the
+   server-rendered fragments below it, and keeps the URL shareable with history.replaceState. */
+(function () {
+  "use strict";
+  var form = document.getElementById("plan");
+  var results = document.getElementById("results");
+  if (!form || !results || !window.fetch || !window.URLSearchParams) return;
+  var status = document.getElementById("status");
+  var errorsBox = document.getElementById("errors");
+  var SKIP = { config: 1, config_file: 1 };
+  var timer = null;
+  var seq = 0;
+
+  Array.prototype.forEach.call(document.querySelectorAll(".js-only"), function (el) { el.hidden = false; });
+
+  function query() {
+    var params = new URLSearchParams();
+    new FormData(form).forEach(function (value, key) {
+      if (!SKIP[key] && typeof value === "string") params.append(key, value);
+    });
+    return params.toString();
+  }
+
+  function pastedConfig() {
+    var ta = document.getElementById("config");
+    return ta && ta.value.trim() !== "";
+  }
+
+  function setText(el, text) {
+    if (el.textContent !== text) el.textContent = text;
+  }
+
+  function showErrors(list) {
+    errorsBox.textContent = "";
+    if (!list || !list.length) return;
+    var box = document.createElement("div");
+    box.className = "errors";
+    box.setAttribute("role", "alert");
+    var h = document.createElement("h2");
+    h.textContent = "Cannot estimate this plan";
+    var ul = document.createElement("ul");
+    list.forEach(function (e) {
+      var li = document.createElement("li");
+      li.textContent = e;
+      ul.appendChild(li);
+    });
+    box.appendChild(h);
+    box.appendChild(ul);
+    errorsBox.appendChild(box);
+  }
+
+  function updateCompare(data) {
+    var compare = document.getElementById("compare");
+    // view-wide values
+    Object.keys(data.globals).forEach(function (key) {
+      Array.prototype.forEach.call(compare.querySelectorAll('[data-g="' + key + '"]'), function (el) {
+        setText(el, data.globals[key]);
+      });
+    });
+    // per-method cells: text, refused state, tooltips
+    Object.keys(data.methods).forEach(function (m) {
+      var d = data.methods[m];
+      Array.prototype.forEach.call(compare.querySelectorAll('td[data-m="' + m + '"]'), function (td) {
+        td.classList.toggle("refused", !d.ok);
+        td.classList.toggle("sel", m === data.selected);
+        var keyed = td.querySelector(".v [data-k], .v[data-k]");
+        var key = keyed ? keyed.getAttribute("data-k") : null;
+        if (key && d.titles[key]) td.title = d.titles[key]; else td.removeAttribute("title");
+      });
+      Array.prototype.forEach.call(compare.querySelectorAll('[data-m="' + m + '"][data-k]'), function (el) {
+        var key = el.getAttribute("data-k");
+        if (key === "error") setText(el, d.error || "");
+        else if (key === "bar_label") {
+          setText(el, d.bar_label);
+          el.classList.toggle("bad", !d.ok);
+        } else {
+          setText(el, d.ok ? (d.cells[key] || "") : "—");
+          if (key === "fits_selected") el.className = d.ok ? "fit-" + d.cells[key] : "";
+        }
+      });
+      // stacked bar: one rect per component, x and width in percent of the common scale
+      var row = compare.querySelector('g.row[data-m="' + m + '"]');
+      if (row) {
+        var byKey = {};
+        d.segments.forEach(function (s) { byKey[s.key] = s; });
+        Array.prototype.forEach.call(row.querySelectorAll("rect[data-component]"), function (rect) {
+          var s = byKey[rect.getAttribute("data-component")];
+          rect.setAttribute("x", (s ? s.x : 0) + "%");
+          rect.setAttribute("width", (s ? s.width : 0) + "%");
+          var t = rect.querySelector("title");
+          if (t) t.textContent = s ? s.title : "";
+        });
+      }
+    });
+    compare.querySelectorAll("thead th").forEach(function (th, i) {
+      if (i > 0) th.classList.toggle("sel", th.querySelector("[data-tab]").getAttribute("data-tab") === data.selected);
+    });
+    // axis ticks (their number varies with the scale: clone the first gridline and label as needed)
+    ["g.grid line", "g.ticks text"].forEach(function (sel) {
+      var nodes = compare.querySelectorAll(sel);
+      var first = nodes[0];
+      if (!first) return;
+      for (var i = nodes.length - 1; i >= 1; i--) nodes[i].parentNode.removeChild(nodes[i]);
+      data.ticks.forEach(function (t, j) {
+        var el = j === 0 ? first : first.parentNode.appendChild(first.cloneNode(false));
+        if (el.tagName.toLowerCase() === "line") {
+          el.setAttribute("x1", t.x + "%");
+          el.setAttribute("x2", t.x + "%");
+        } else {
+          el.setAttribute("x", t.x + "%");
+          el.setAttribute("text-anchor", j === 0 ? "start" : (j === data.ticks.length - 1 ? "end" : "middle"));
+          el.textContent = t.label;
+        }
+      });
+    });
+    var vram = document.getElementById("vram-line");
+    if (vram) {
+      if (data.vram_x === null) vram.setAttribute("visibility", "hidden");
+      else {
+        vram.removeAttribute("visibility");
+        vram.setAttribute("x1", data.vram_x + "%");
+        vram.setAttribute("x2", data.vram_x + "%");
+      }
+    }
+    compare.querySelectorAll("a[data-tab]").forEach(function (a) {
+      a.href = "/?" + withMethod(data.query, a.getAttribute("data-tab")) + "#details";
+    });
+  }
+
+  function withMethod(q, m) {
+    var p = new URLSearchParams(q);
+    p.set("method", m);
+    return p.toString();
+  }
+
+  function swap(id, html) {
+    var el = document.getElementById(id);
+    if (el && typeof html === "string") {
+      var open = [];  // keep open <details> open across the swap
+      el.querySelectorAll("details[open] > summary").forEach(function (s) { open.push(s.textContent); });
+      el.innerHTML = html;
+      el.querySelectorAll("details > summary").forEach(function (s) {
+        if (open.indexOf(s.textContent) >= 0) s.parentNode.open = true;
+      });
+    }
+  }
+
+  function apply(data) {
+    showErrors(data.errors);
+    if (!document.getElementById("compare")) {
+      // the page was first rendered without results (e.g. an invalid input): reload it for this plan
+      window.location.assign("/?" + data.query);
+      return;
+    }
+    updateCompare(data);
+    swap("costs", data.fragments.costs);
+    swap("details", data.fragments.details);
+    swap("snippets", data.fragments.snippets);
+    enhanceSnippets();
+    var sel = data.methods[data.selected];
+    status.textContent = "Updated. " + (sel && sel.ok ? sel.label + ": " + sel.cells.total + " per GPU." : "");
+  }
+
+  function refresh(after) {
+    if (pastedConfig()) {
+      status.textContent = "A pasted config.json needs the “Estimate with pasted config” button.";
+      return;
+    }
+    var q = query();
+    var mine = ++seq;
+    results.setAttribute("aria-busy", "true");
+    fetch("/compare.json?" + q, { headers: { Accept: "application/json" } })
+      .then(function (r) { return r.json().then(function (body) { return { ok: r.ok, body: body }; }); })
+      .then(function (res) {
+        if (mine !== seq) return;  // a newer request is on its way
+        history.replaceState(null, "", "/?" + q + window.location.hash);
+        if (res.ok) {
+          apply(res.body);
+          if (after) after();
+        }
+        else {
+          showErrors(res.body.errors || ["The planner refused this plan."]);
+          status.textContent = "Not updated: see the error above.";
+        }
+      })
+      .catch(function () {
+        if (mine === seq) status.textContent = "Could not reach the planner; press Estimate to reload.";
+      })
+      .then(function () { if (mine === seq) results.removeAttribute("aria-busy"); });
+  }
+
+  function schedule(delay) {
+    clearTimeout(timer);
+    timer = setTimeout(refresh, delay);
+  }
+
+  form.addEventListener("input", function (e) {
+    if (e.target && SKIP[e.target.name]) return;
+    schedule(300);
+  });
+  form.addEventListener("change", function (e) {
+    if (e.target && SKIP[e.target.name]) return;
+    schedule(50);
+  });
+
+  // method tabs and column links: switch the details without a page load
+  results.addEventListener("click", function (e) {
+    var a = e.target.closest ? e.target.closest("a[data-tab]") : null;
+    if (!a || e.ctrlKey || e.metaKey || e.shiftKey || e.button || pastedConfig()) return;
+    e.preventDefault();
+    var fromTabs = !!a.closest("nav.tabs");
+    form.elements.method.value = a.getAttribute("data-tab");
+    refresh(function () {
+      var current = document.querySelector("nav.tabs a[aria-current=page]");
+      if (fromTabs && current) current.focus();  // the tabs were re-rendered: keep the keyboard focus there
+      var details = document.getElementById("details");
+      if (!fromTabs && details) details.scrollIntoView({ behavior: "smooth", block: "start" });
+    });
+  });
+
+  // copy buttons (the <pre> blocks stay for reading and manual copying)
+  function enhanceSnippets() {
+    document.querySelectorAll(".export-buttons").forEach(function (el) { el.hidden = false; });
+  }
+  enhanceSnippets();
+  results.addEventListener("click", function (e) {
+    var b = e.target.closest ? e.target.closest("button[data-copy]") : null;
+    if (!b) return;
+    var pre = document.getElementById(b.getAttribute("data-copy"));
+    if (!pre) return;
+    var text = pre.textContent;
+    var done = function () { status.textContent = "Copied " + b.textContent.replace("Copy as ", "") + " to the clipboard."; };
+    var fallback = function () {
+      pre.parentNode.open = true;
+      var range = document.createRange();
+      range.selectNodeContents(pre);
+      var s = window.getSelection();
+      s.removeAllRanges();
+      s.addRange(range);
+      var ok = false;
+      try { ok = document.execCommand("copy"); } catch (err) { ok = false; }
+      status.textContent = ok ? "Copied." : "Selected: press Ctrl+C (⌘C) to copy.";
+    };
+    if (navigator.clipboard && navigator.clipboard.writeText) navigator.clipboard.writeText(text).then(done, fallback);
+    else fallback();
+  });
+
+  // explanations: one open at a time, Escape closes
+  document.addEventListener("toggle", function (e) {
+    var d = e.target;
+    if (!d.classList || !d.classList.contains("why") || !d.open) return;
+    document.querySelectorAll("details.why[open]").forEach(function (o) { if (o !== d) o.open = false; });
+  }, true);
+  document.addEventListener("keydown", function (e) {
+    if (e.key !== "Escape") return;
+    document.querySelectorAll("details.why[open]").forEach(function (o) {
+      o.open = false;
+      o.querySelector("summary").focus();
+    });
+  });
+  document.addEventListener("click", function (e) {
+    if (e.target.closest && e.target.closest("details.why")) return;
+    document.querySelectorAll("details.why[open]").forEach(function (o) { o.open = false; });
+  });
+})();
