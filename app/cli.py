@@ -128,17 +128,9 @@ def _version() -> str:
 # --------------------------------------------------------------------------------------- the request
 
 
-def _targets(text: str) -> list[str] | str | None:
-    text = text.strip()
-    if not text:
-        return None
-    if text.lower() == "all-linear" or any(ch in text for ch in "*()[]\\|^$+?"):
-        return text
-    return [t.strip() for t in text.split(",") if t.strip()]
-
-
 def build_body(args: argparse.Namespace) -> tuple[dict[str, Any], list[Any]]:
     """The PlanRequest body from the FILEs (merged) and the flags, and the importers' notes."""
+    from app.core.request import parse_target_modules
     from app.importers import ConfigImportError, load_plan_files, resolve_model
 
     try:
@@ -163,7 +155,7 @@ def build_body(args: argparse.Namespace) -> tuple[dict[str, Any], list[Any]]:
     put("lora", "lora_alpha", args.lora_alpha)
     put("lora", "lora_dropout", args.lora_dropout)
     if args.target_modules is not None:
-        put("lora", "target_modules", _targets(args.target_modules))
+        put("lora", "target_modules", parse_target_modules(args.target_modules))
     put("training", "seq_len", args.seq_len)
     put("training", "micro_batch_size", args.micro_batch_size)
     put("training", "optim", args.optim)

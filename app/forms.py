@@ -9,21 +9,12 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from app.core.request import PlanRequest
+from app.core.request import PlanRequest, parse_target_modules
 from app.core.throughput import DEFAULT_MFU, DEFAULT_TOKENS
 
 DEFAULT_MODEL = "meta-llama/Llama-3.1-8B"
 DEFAULT_TARGETS = "all-linear"  # the page's default; the API's is PEFT's per-architecture default
 _BOOL = {"on": True, "true": True, "1": True, "yes": True, "off": False, "false": False, "0": False, "no": False}
-
-
-def _targets(text: str) -> list[str] | str | None:
-    text = text.strip()
-    if not text:
-        return None
-    if text.lower() == "all-linear" or any(ch in text for ch in "*()[]\\|^$+?"):
-        return text
-    return [t.strip() for t in text.split(",") if t.strip()]
 
 
 def form_to_body(form: Mapping[str, str], config_text: str | None = None) -> dict[str, Any]:
@@ -35,7 +26,7 @@ def form_to_body(form: Mapping[str, str], config_text: str | None = None) -> dic
         return {k: _BOOL.get(form[k].lower(), form[k]) for k in keys if form.get(k, "") != ""}
 
     lora: dict[str, Any] = pick("r", "lora_alpha", "lora_dropout", "bias")
-    lora["target_modules"] = _targets(form.get("target_modules", DEFAULT_TARGETS))
+    lora["target_modules"] = parse_target_modules(form.get("target_modules", DEFAULT_TARGETS))
     if form.get("modules_to_save", "").strip():
         lora["modules_to_save"] = [m.strip() for m in form["modules_to_save"].split(",") if m.strip()]
     body: dict[str, Any] = {

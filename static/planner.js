@@ -10,6 +10,9 @@
   var status = document.getElementById("status");
   var errorsBox = document.getElementById("errors");
   var SKIP = { config: 1, config_file: 1 };
+  // empty means "default" for these, so the shared URL can leave them out (not target_modules: empty = PEFT's default)
+  var DROP_EMPTY = { tokens: 1, mfu: 1, price: 1, qlora_slowdown: 1, dora_slowdown: 1, modules_to_save: 1,
+    attn_implementation: 1 };
   var timer = null;
   var seq = 0;
 
@@ -18,7 +21,8 @@
   function query() {
     var params = new URLSearchParams();
     new FormData(form).forEach(function (value, key) {
-      if (!SKIP[key] && typeof value === "string") params.append(key, value);
+      if (SKIP[key] || typeof value !== "string" || (value === "" && DROP_EMPTY[key])) return;
+      params.append(key, value);
     });
     return params.toString();
   }

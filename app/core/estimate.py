@@ -13,7 +13,7 @@ from app.core.inventory import Inventory, build_inventory
 from app.core.overhead import cublas_workspace_bytes, overhead_bytes
 from app.core.precision import Dtypes, dtypes_for
 from app.core.quantization import constants_bits_per_param, nf4_bytes
-from app.core.request import PlanRequest
+from app.core.request import HardwareSpec, PlanRequest
 from app.core.result import (
     BreakdownItem,
     EstimateResult,
@@ -210,15 +210,30 @@ def _assumptions(req: PlanRequest, dt: Dtypes, plan: AdapterPlan) -> list[str]:
     return out
 
 
+def _static_key(req: PlanRequest) -> str:
+    """The request without the fields static memory does not depend on (batch, length, attention, GPUs)."""
+    training = req.training.model_copy(update={"micro_batch_size": 1, "seq_len": 1, "gradient_checkpointing": True,
+                                               "attn_implementation": None})
+    return req.model_copy(update={"training": training, "hardware": HardwareSpec()}).model_dump_json()
+
+
+@lru_cache(maxsize=1024)
+def _static_parts(key: str) -> tuple[str | None, Inventory, AdapterPlan, StaticMemory]:
+    """Inventory, adapter plan and static bytes, shared by requests that differ only in activation settings
+    (the fit search varies micro_batch_size and seq_len). Cached values are never mutated."""
+    req = PlanRequest.model_validate_json(key)
+    model_id, inv = resolve_inventory(req)
+    plan = plan_adapters(inv, req.lora, method=req.method)
+    return model_id, inv, plan, static_memory(inv, plan, req, dtypes_for(req))
+
+
 def estimate(req: PlanRequest) -> EstimateResult:
     """The full answer for one run. Raises :class:`PlanError` for input the planner cannot answer."""
-    model_id, inv = resolve_inventory(req)
+    model_id, inv, plan, sm = _static_parts(_static_key(req))
     arch = inv.arch
     _check_request(req, arch)
     target_gpu = gpu(req.hardware.gpu)
-    plan = plan_adapters(inv, req.lora, method=req.method)
     dt = dtypes_for(req)
-    sm = static_memory(inv, plan, req, dt)
     act = activation_model(inv, plan, req, dt)
     static = _shard(sm, req, plan.trainable_params, arch.hidden_size)
     workspace = cublas_workspace_bytes(target_gpu.arch)

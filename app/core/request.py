@@ -31,6 +31,17 @@ AttnImpl = Literal["flash_attention_2", "sdpa", "eager"]
 MAX_CONFIG_KEYS = 512
 
 
+def parse_target_modules(text: str) -> list[str] | str | None:
+    """A typed ``target_modules`` value: '' → None (PEFT's default), 'all-linear' or a regex → str,
+    comma-separated names → list."""
+    text = text.strip()
+    if not text:
+        return None
+    if text.lower() == "all-linear" or any(ch in text for ch in "*()[]\\|^$+?"):
+        return text
+    return [t.strip() for t in text.split(",") if t.strip()]
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 

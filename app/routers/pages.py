@@ -56,13 +56,16 @@ templates.env.globals.update(view_globals=view_globals, bar_label=bar_label, gpu
 
 MAX_UPLOAD_BYTES = 256 * 1024
 NOT_IN_URL = ("config", "config_file")
+# empty means "default" for these, so links leave them out (not target_modules: empty there = PEFT's default)
+DROP_EMPTY = ("tokens", "mfu", "price", "qlora_slowdown", "dora_slowdown", "modules_to_save", "attn_implementation")
 
 router = APIRouter(include_in_schema=False)
 
 
 def _query(form: dict[str, str], **changes: str) -> str:
     """The page's query string for ``form`` (a pasted config is not part of it)."""
-    merged = {k: v for k, v in {**form, **changes}.items() if k not in NOT_IN_URL}
+    merged = {k: v for k, v in {**form, **changes}.items()
+              if k not in NOT_IN_URL and not (v == "" and k in DROP_EMPTY)}
     return urlencode(merged)
 
 

@@ -126,6 +126,7 @@ def _chart_width(page: Any) -> float:
 
 
 def _check_bars(page: Any, form: dict[str, str]) -> None:
+    page.wait_for_function("() => document.getAnimations().length === 0")  # the bars' CSS transitions
     data = page.evaluate("async (q) => (await fetch('/compare.json?' + q)).json()",
                          urlsplit(page.url).query)
     scale = data["scale_bytes"]
@@ -172,7 +173,6 @@ def test_js_updates_numbers_and_bars_in_place(browser: Any, server: str) -> None
     want = format_bytes(_expected(form, "qlora").memory.total)
     page.wait_for_function("(t) => document.querySelector('[data-m=qlora][data-k=total]').textContent === t",
                            arg=want)
-    page.wait_for_timeout(500)  # the bars' CSS transition
     for m in ("full", "lora", "qlora", "dora", "qdora"):
         res = _expected(form, m)
         assert _cell(page, m, "activations") == format_bytes(res.memory.activations)
