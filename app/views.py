@@ -55,8 +55,14 @@ class Segment:
 
 
 def bar_segments(result: EstimateResult, scale_bytes: int, width: float = 100.0) -> list[Segment]:
-    """Segments of the stacked bar, in percent of ``scale_bytes`` (a common scale for side-by-side bars)."""
+    """Segments of the stacked bar, in percent of ``scale_bytes`` (a common scale for side-by-side bars).
+
+    The bar shows the peak moment, so its gradient segment is the gradients alive then (all of them at the
+    optimizer step, only lm_head's at the start of backward): the segments add up to ``memory.total``.
+    """
     mem = result.memory.model_dump()
+    peak_phase = next(p for p in result.peak.phases if p.name == result.peak.phase)
+    mem["gradients"] = peak_phase.gradient_bytes
     out: list[Segment] = []
     x = 0.0
     for key, label, colour in SEGMENTS:

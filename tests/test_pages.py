@@ -148,7 +148,10 @@ def test_bars_share_one_scale(client: TestClient) -> None:
     page = Page(client.get("/", params=PLAN).text)
     data = client.get("/compare.json", params=PLAN).json()
     scale = data["scale_bytes"]
-    mem = {m: data["methods"][m]["estimate"]["memory"] for m in METHODS}
+    mem = {m: dict(data["methods"][m]["estimate"]["memory"]) for m in METHODS}
+    for m in METHODS:  # the bar shows the peak moment: only the gradients alive then
+        peak = data["methods"][m]["estimate"]["peak"]
+        mem[m]["gradients"] = next(p["gradient_bytes"] for p in peak["phases"] if p["name"] == peak["phase"])
     components = ("weights", "quantization_constants", "adapter_weights", "gradients", "optimizer_states",
                   "activations", "overhead")
     assert scale >= max(m["total"] for m in mem.values())
@@ -160,6 +163,7 @@ def test_bars_share_one_scale(client: TestClient) -> None:
             assert float(a["width"].rstrip("%")) == pytest.approx(100 * mem[m][key] / scale, abs=1e-3)
         widths = [float(a["width"].rstrip("%")) for a in rects]
         assert sum(widths) <= 100.0 + 1e-6  # no bar runs off the chart
+        assert sum(widths) == pytest.approx(100 * mem[m]["total"] / scale, abs=1e-2)  # the segments add up
         xs = [float(a["x"].rstrip("%")) for a in rects]
         assert xs[0] == 0 and all(xs[i + 1] == pytest.approx(xs[i] + widths[i], abs=1e-3) for i in range(6))
     # one scale: bars are in the ratio of their bytes (full fine-tuning far longer than QLoRA)

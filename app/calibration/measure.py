@@ -438,10 +438,9 @@ def calibrate(req: PlanRequest, device: str, warmup_steps: int, measure_steps: i
     ``{"status": "done", ...}`` or ``{"status": "oom", "does_not_fit_at": "<phase>", ...}``.
     """
     import torch
+    from transformers.utils import logging as hf_logging
 
     from app.trace.engine import TORCH_DTYPES  # noqa: F401  (fails early when the step libraries are missing)
-
-    from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()

@@ -121,8 +121,10 @@ def _phases(static: dict[str, int], sm: StaticMemory, act: ActivationModel, work
     end = static["gradients"] + max(act.backward_layer + act.backward_transient, act.tied_embedding_grad)
     bwd = resident + static["comm_buffers"] + max(start, end)
     opt = resident + static["gradients"] + static["comm_buffers"] + sm.optimizer_step_transient
-    return [Phase(name="forward", bytes=fwd), Phase(name="loss", bytes=loss),
-            Phase(name="backward", bytes=bwd), Phase(name="optimizer", bytes=opt)]
+    bwd_grads = static["gradients"] if end > start else head_grads
+    return [Phase(name="forward", bytes=fwd, gradient_bytes=0), Phase(name="loss", bytes=loss, gradient_bytes=0),
+            Phase(name="backward", bytes=bwd, gradient_bytes=bwd_grads),
+            Phase(name="optimizer", bytes=opt, gradient_bytes=static["gradients"])]
 
 
 def _breakdown(sm: StaticMemory, act: ActivationModel, peak_phase: str, activations: int,
@@ -244,9 +246,10 @@ def estimate(req: PlanRequest) -> EstimateResult:
     phases = _phases(static, sm, act, workspace, gathered)
     top = max(phases, key=lambda p: p.bytes)
     peak = top.bytes
-    resident = sum(static[k] for k in ("weights", "constants", "adapters", "optimizer")) + workspace + gathered
-    grads_at_peak = static["gradients"] if top.name in ("optimizer",) else 0
-    activations = max(peak - resident - grads_at_peak, 0)
+    resident = sum(static[k] for k in ("weights", "constants", "adapters", "optimizer"))
+    # everything else alive at the peak: activations, temporaries, cuBLAS workspaces, gathered ZeRO-3/FSDP
+    # layers and communication buckets, so that the memory fields at the peak add up to peak and total
+    activations = max(peak - resident - top.gradient_bytes, 0)
     context, reserve = overhead_bytes(peak, req.hardware.num_gpus)
     total_params = inv.total_params
     all_params = total_params + plan.added_params
@@ -284,7 +287,7 @@ def estimate(req: PlanRequest) -> EstimateResult:
             total=peak + context + reserve,
         ),
         peak=PeakInfo(phase=top.name, phases=phases, provisional=False),
-        breakdown=_breakdown(sm, act, top.name, activations, context, reserve, workspace),
+        breakdown=_breakdown(sm, act, top.name, activations - workspace - gathered, context, reserve, workspace),
         quantization=_quant_report(inv, req, sm),
         fits=fits,
         assumptions=_assumptions(req, dt, plan),

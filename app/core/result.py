@@ -20,7 +20,9 @@ class Memory(BaseModel):
     adapter_weights: int = Field(description="LoRA A/B, DoRA magnitudes (fp32) and modules_to_save copies")
     gradients: int = Field(description="gradients of trainable parameters (their dtype)")
     optimizer_states: int = Field(description="optimizer state in torch's allocator (paged states excluded)")
-    activations: int = Field(description="activations and temporaries alive at the peak moment")
+    activations: int = Field(description="everything else alive at the peak: activations, temporaries, cuBLAS "
+                             "workspaces (peak minus weights, constants, adapters, optimizer states and the "
+                             "gradients alive then)")
     peak: int = Field(description="predicted torch.cuda.max_memory_allocated() of a steady training step")
     overhead: int = Field(description="CUDA context + allocator reserve beyond allocated bytes")
     total: int = Field(description="what the card must hold: peak + overhead")
@@ -37,6 +39,7 @@ class BreakdownItem(BaseModel):
 class Phase(BaseModel):
     name: str = Field(description="forward | loss | backward | optimizer")
     bytes: int = Field(description="allocated bytes at this phase's high-water mark")
+    gradient_bytes: int = Field(0, description="gradient bytes alive at that moment (part of bytes)")
 
 
 class PeakInfo(BaseModel):
