@@ -6,6 +6,7 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
+from app.calibration.service import CalibrationService, service_for
 from app.settings import Settings, get_settings
 from app.trace.service import TraceService
 
@@ -22,3 +23,11 @@ def get_trace_service(request: Request, settings: SettingsDep) -> TraceService:
 
 
 TraceServiceDep = Annotated[TraceService, Depends(get_trace_service)]
+
+
+def get_calibration_service(request: Request) -> CalibrationService:
+    """The app's calibration job store + workers, created on first use (see app/calibration/service.py)."""
+    return service_for(request.app)
+
+
+CalibrationServiceDep = Annotated[CalibrationService, Depends(get_calibration_service)]

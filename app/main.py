@@ -10,8 +10,9 @@ from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from app.calibration.service import calibration_lifespan
 from app.core.errors import PlanError
-from app.routers import api_v1, pages, trace
+from app.routers import api_v1, calibrate, pages, trace
 from app.settings import get_settings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -71,6 +72,7 @@ def create_app() -> FastAPI:
         title="peft-planner",
         version="0.1.0",
         summary="Parameters and GPU memory of FFT, LoRA, QLoRA and DoRA fine-tuning runs, before you buy GPUs.",
+        lifespan=calibration_lifespan,
     )
 
     @app.exception_handler(PlanError)
@@ -91,6 +93,7 @@ def create_app() -> FastAPI:
 
     app.include_router(api_v1.router)
     app.include_router(trace.router)
+    app.include_router(calibrate.router)
     app.include_router(pages.router)
     app.mount("/static", StaticFiles(directory=ROOT / "static"), name="static")
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes)

@@ -284,12 +284,14 @@ def _run_steps(req: PlanRequest, device: str, warmup_steps: int, measure_steps: 
                 prev = phase.where.rsplit(", ", 1)[-1]
                 if prev in ("forward", "backward", "optimizer") and measuring:
                     phase_peaks[prev] = max(phase_peaks.get(prev, 0), torch.cuda.max_memory_allocated())
+                    reserved_peak[0] = max(reserved_peak[0], torch.cuda.max_memory_reserved())
                 torch.cuda.reset_peak_memory_stats()
             elif counter is not None:
                 counter.set_phase(name)
             phase.where = f"{label}, {name}"
 
         measuring = False
+        reserved_peak = [0]  # max_memory_reserved over the measured steps (peak stats are reset per phase)
         for step in range(total):
             measuring = step >= warmup_steps
             label = f"warm-up step {step + 1}" if not measuring else f"measured step {step - warmup_steps + 1}"
@@ -327,6 +329,7 @@ def _run_steps(req: PlanRequest, device: str, warmup_steps: int, measure_steps: 
                 phase_peaks_now = torch.cuda.max_memory_allocated()
                 if measuring:
                     phase_peaks["optimizer"] = max(phase_peaks.get("optimizer", 0), phase_peaks_now)
+                    reserved_peak[0] = max(reserved_peak[0], torch.cuda.max_memory_reserved())
                 torch.cuda.reset_peak_memory_stats()
                 elapsed = start_evt.elapsed_time(end_evt) / 1000
             else:
@@ -356,7 +359,7 @@ def _run_steps(req: PlanRequest, device: str, warmup_steps: int, measure_steps: 
             peak = max(phase_peaks.values()) if phase_peaks else 0
             out_d.update(
                 peak_allocated_bytes=peak,
-                peak_reserved_bytes=torch.cuda.max_memory_reserved(),
+                peak_reserved_bytes=reserved_peak[0],
                 device_used_bytes=total_mem - free,
                 device_total_bytes=total_mem,
                 peak_phase=max(phase_peaks, key=phase_peaks.get) if phase_peaks else None,

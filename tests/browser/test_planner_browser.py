@@ -136,9 +136,8 @@ def _check_bars(page: Any, form: dict[str, str]) -> None:
         if not data["methods"][m]["ok"]:
             assert widths[m] == 0, m  # a refused method has no bar
             continue
-        mem = _expected(form, m).memory
-        parts = sum(getattr(mem, k) for k in ("weights", "quantization_constants", "adapter_weights", "gradients",
-                                              "optimizer_states", "activations", "overhead"))
+        # the bar is the peak moment: its segments add up to memory.total (gradients as alive at the peak)
+        parts = _expected(form, m).memory.total
         assert widths[m] == pytest.approx(chart * parts / scale, abs=2.0), m
         assert widths[m] <= chart + 0.5
     assert widths["full"] > 2 * widths["qlora"]

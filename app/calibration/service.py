@@ -1,0 +1,173 @@
+"""The calibration service of one app: settings, limits, job creation, the predicted-vs-measured comparison.
+
+Settings specific to calibration are read from ``PEFT_PLANNER_CALIBRATION_*`` environment variables (the
+token and the database path come from :class:`app.settings.Settings`).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from app.calibration.store import JobStore
+from app.calibration.worker import CalibrationWorkers
+from app.core import PlanRequest, estimate
+from app.core.catalog import gpu
+from app.core.errors import PlanError
+from app.core.overhead import cublas_workspace_bytes
+from app.settings import Settings, get_settings
+
+DEVICE_RE = re.compile(r"^(cpu|cuda:\d{1,2})$")
+
+
+class CalibrationSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="PEFT_PLANNER_CALIBRATION_", extra="ignore")
+
+    timeout_s: float = Field(1800.0, gt=0, description="per-job wall-clock limit; the worker process is killed")
+    cpu_max_params: int = Field(50_000_000, description="largest model (base parameters) calibrated on cpu")
+    cpu_max_tokens: int = Field(4096, description="largest micro_batch_size·seq_len on cpu")
+    cuda_max_tokens: int = Field(1_048_576, description="largest micro_batch_size·seq_len on a GPU")
+
+
+@lru_cache
+def get_calibration_settings() -> CalibrationSettings:
+    return CalibrationSettings()
+
+
+def _cuda_devices() -> int:
+    """Number of visible CUDA devices (imports torch: only called for a cuda device request)."""
+    try:
+        import torch
+    except ImportError:
+        return 0
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+class CalibrationService:
+    def __init__(self, settings: Settings, calib: CalibrationSettings) -> None:
+        self.settings, self.calib = settings, calib
+        self.store = JobStore(settings.database_path)
+        self.workers = CalibrationWorkers(self.store, calib.timeout_s)
+        self.workers.start()
+
+    # --- validation -----------------------------------------------------------------------------
+    def check(self, req: PlanRequest, device: str, model_dir: str | None) -> dict[str, Any]:
+        """Validate a calibration request; returns the planner's estimate for it. Raises PlanError (422)."""
+        if not DEVICE_RE.match(device):
+            raise PlanError(("device",), "device must be 'cpu' or 'cuda:N'")
+        result = estimate(req)  # PlanError for anything the planner refuses
+        tokens = req.training.micro_batch_size * req.training.seq_len
+        if device == "cpu":
+            if result.parameters.total > self.calib.cpu_max_params:
+                raise PlanError(("model",), f"the model has {result.parameters.total:,} parameters; calibration on "
+                                f"cpu is limited to {self.calib.cpu_max_params:,} (use a cuda device)")
+            if tokens > self.calib.cpu_max_tokens:
+                raise PlanError(("training", "seq_len"), f"micro_batch_size·seq_len = {tokens:,} tokens; on cpu at "
+                                f"most {self.calib.cpu_max_tokens:,}")
+        else:
+            count = _cuda_devices()
+            index = int(device.split(":")[1])
+            if count == 0:
+                raise PlanError(("device",), f"{device}: no CUDA device here (torch.cuda.is_available() is false)")
+            if index >= count:
+                raise PlanError(("device",), f"{device}: only {count} CUDA device(s) visible")
+            if tokens > self.calib.cuda_max_tokens:
+                raise PlanError(("training", "seq_len"), f"micro_batch_size·seq_len = {tokens:,} tokens; at most "
+                                f"{self.calib.cuda_max_tokens:,}")
+        if req.quantized and req.quantization.load_in_8bit:
+            raise PlanError(("quantization", "load_in_8bit"), "calibration runs 4-bit bases (qlora/qdora); "
+                            "LLM.int8 is not calibrated")
+        if model_dir is not None and not Path(model_dir).is_dir():
+            raise PlanError(("model_dir",), f"{model_dir}: not a directory on the server")
+        return result.model_dump(mode="json")
+
+    def submit(self, req: PlanRequest, device: str, warmup_steps: int, measure_steps: int,
+               model_dir: str | None) -> str:
+        est = self.check(req, device, model_dir)
+        job_id = self.store.create(req.model_dump(mode="json"), device, warmup_steps, measure_steps, est,
+                                   model_dir=model_dir)
+        self.workers.wake(device)
+        return job_id
+
+    def close(self) -> None:
+        self.workers.close()
+
+
+def comparison(job: dict[str, Any]) -> dict[str, Any] | None:
+    """Predicted (the stored estimate) vs measured peak and total, with error % = 100·(predicted − measured)/measured.
+
+    On cpu the live-storage counter does not see cuBLAS workspaces, so the predicted peak is compared without
+    them (as POST /api/v1/trace does); on a GPU ``max_memory_allocated`` includes them.
+    """
+    result, est = job.get("result"), job.get("estimate")
+    if not result or not est or result.get("status") != "done":
+        return None
+    memory = est["memory"]
+    predicted_peak = memory["peak"]
+    workspace = 0
+    if result.get("kind") == "cpu":
+        try:
+            workspace = cublas_workspace_bytes(gpu(job["request"]["hardware"]["gpu"]).arch)
+        except PlanError:
+            workspace = 0
+        predicted_peak -= workspace
+
+    def err(predicted: int | None, measured: int | None) -> float | None:
+        if not predicted or not measured:
+            return None
+        return round(100 * (predicted - measured) / measured, 3)
+
+    measured_peak = result.get("peak_allocated_bytes")
+    measured_total = result.get("device_used_bytes")
+    return {
+        "predicted_peak_bytes": predicted_peak,
+        "predicted_peak_excludes_cublas_workspace_bytes": workspace,
+        "measured_peak_bytes": measured_peak,
+        "peak_error_percent": err(predicted_peak, measured_peak),
+        "predicted_total_bytes": memory["total"],
+        "measured_reserved_bytes": result.get("peak_reserved_bytes"),
+        "measured_total_bytes": measured_total,
+        "total_error_percent": err(memory["total"], measured_total),
+        "predicted_phase": est["peak"]["phase"],
+        "measured_phase": result.get("peak_phase"),
+        "otf_dequant_slowdown": result.get("otf_dequant_slowdown"),
+    }
+
+
+def _resolve(app: FastAPI) -> tuple[Settings, CalibrationSettings]:
+    settings = app.dependency_overrides.get(get_settings, get_settings)()
+    calib = app.dependency_overrides.get(get_calibration_settings, get_calibration_settings)()
+    return settings, calib
+
+
+def service_for(app: FastAPI) -> CalibrationService:
+    """The app's calibration service, created on first use (opens the database, starts recovery)."""
+    service = getattr(app.state, "calibration_service", None)
+    if service is None:
+        service = CalibrationService(*_resolve(app))
+        app.state.calibration_service = service
+    return service
+
+
+@asynccontextmanager
+async def calibration_lifespan(app: FastAPI) -> AsyncIterator[None]:
+    """Startup: when the database exists, reopen it (running → interrupted, queued jobs run again).
+    Shutdown: stop the workers (a running job's process is killed and the job marked interrupted)."""
+    settings, _ = _resolve(app)
+    if Path(settings.database_path).exists():
+        service_for(app)
+    try:
+        yield
+    finally:
+        service = getattr(app.state, "calibration_service", None)
+        if service is not None:
+            service.close()
+            app.state.calibration_service = None
