@@ -19,6 +19,10 @@ class Settings(BaseSettings):
     token: str | None = Field(None, description="bearer token that enables /calibrate (GPU work); unset = disabled")
     trace_timeout_s: float = 120.0
     trace_concurrency: int = 1
+    calibration_timeout_s: float = Field(1800.0, gt=0, description="per-job wall-clock limit; the worker is killed")
+    calibration_cpu_max_params: int = Field(50_000_000, description="largest model (base parameters) on cpu")
+    calibration_cpu_max_tokens: int = Field(4096, description="largest micro_batch_size·seq_len on cpu")
+    calibration_cuda_max_tokens: int = Field(1_048_576, description="largest micro_batch_size·seq_len on a GPU")
 
 
 @lru_cache

@@ -10,7 +10,6 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from app.calibration.service import CalibrationSettings, get_calibration_settings
 from app.calibration.store import JobStore
 from app.core import PlanRequest, estimate
 from app.main import create_app
@@ -30,8 +29,8 @@ LORA_BODY: dict[str, Any] = {"model": {"config": TINY_CONFIGS["llama"]}, "method
 
 def _client(db: Path, token: str | None = "t", timeout_s: float = 300) -> TestClient:
     app = create_app()
-    app.dependency_overrides[get_settings] = lambda: Settings(token=token, database_path=db)
-    app.dependency_overrides[get_calibration_settings] = lambda: CalibrationSettings(timeout_s=timeout_s)
+    app.dependency_overrides[get_settings] = lambda: Settings(token=token, database_path=db,
+                                                              calibration_timeout_s=timeout_s)
     return TestClient(app)
 
 
@@ -231,3 +230,22 @@ def test_cuda_calibration_measures_the_allocator(tmp_path: Path) -> None:
     assert 0 < result["peak_allocated_bytes"] <= result["peak_reserved_bytes"] <= result["device_used_bytes"]
     assert result["environment"]["gpu_name"]
     assert result["matmul_microbench"][0]["device"] == "CUDA"
+
+
+def test_measured_slowdown_feeds_the_planner(tmp_path: Path) -> None:
+    """A finished GPU calibration's QLoRA-vs-LoRA step-time ratio replaces the page's default factor (1.4)."""
+    db = tmp_path / "db.sqlite3"
+    store = JobStore(db)
+    model = "meta-llama/Llama-3.2-1B"
+    for ratio in (1.6, 1.8, 2.0):
+        job = store.create({"model": model, "method": "qlora"}, "cuda:0", 1, 2, None)
+        store.finish(job, "done", result={"otf_dequant_slowdown": ratio})
+    cpu_job = store.create({"model": model, "method": "qlora"}, "cpu", 1, 2, None)
+    store.finish(cpu_job, "done", result={"otf_dequant_slowdown": 9.0})  # CPU timings are not GPU evidence
+    with _client(db) as client:
+        data = client.get("/compare.json", params={"model": model}).json()
+        assert data["methods"]["qlora"]["throughput"]["slowdown"] == pytest.approx(1.8)  # median of the GPU runs
+        mine = client.get("/compare.json", params={"model": model, "qlora_slowdown": "1.3"}).json()
+        assert mine["methods"]["qlora"]["throughput"]["slowdown"] == pytest.approx(1.3)  # the user's value wins
+        other = client.get("/compare.json", params={"model": "Qwen/Qwen2.5-0.5B"}).json()
+        assert other["methods"]["qlora"]["throughput"]["slowdown"] == pytest.approx(1.4)

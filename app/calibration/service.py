@@ -9,13 +9,10 @@ from __future__ import annotations
 import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI
-from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from app.calibration.store import JobStore
 from app.calibration.worker import CalibrationWorkers
@@ -28,20 +25,6 @@ from app.settings import Settings, get_settings
 DEVICE_RE = re.compile(r"^(cpu|cuda:\d{1,2})$")
 
 
-class CalibrationSettings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="PEFT_PLANNER_CALIBRATION_", extra="ignore")
-
-    timeout_s: float = Field(1800.0, gt=0, description="per-job wall-clock limit; the worker process is killed")
-    cpu_max_params: int = Field(50_000_000, description="largest model (base parameters) calibrated on cpu")
-    cpu_max_tokens: int = Field(4096, description="largest micro_batch_size·seq_len on cpu")
-    cuda_max_tokens: int = Field(1_048_576, description="largest micro_batch_size·seq_len on a GPU")
-
-
-@lru_cache
-def get_calibration_settings() -> CalibrationSettings:
-    return CalibrationSettings()
-
-
 def _cuda_devices() -> int:
     """Number of visible CUDA devices (imports torch: only called for a cuda device request)."""
     try:
@@ -52,10 +35,10 @@ def _cuda_devices() -> int:
 
 
 class CalibrationService:
-    def __init__(self, settings: Settings, calib: CalibrationSettings) -> None:
-        self.settings, self.calib = settings, calib
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
         self.store = JobStore(settings.database_path)
-        self.workers = CalibrationWorkers(self.store, calib.timeout_s)
+        self.workers = CalibrationWorkers(self.store, settings.calibration_timeout_s)
         self.workers.start()
 
     # --- validation -----------------------------------------------------------------------------
@@ -66,12 +49,12 @@ class CalibrationService:
         result = estimate(req)  # PlanError for anything the planner refuses
         tokens = req.training.micro_batch_size * req.training.seq_len
         if device == "cpu":
-            if result.parameters.total > self.calib.cpu_max_params:
+            if result.parameters.total > self.settings.calibration_cpu_max_params:
                 raise PlanError(("model",), f"the model has {result.parameters.total:,} parameters; calibration on "
-                                f"cpu is limited to {self.calib.cpu_max_params:,} (use a cuda device)")
-            if tokens > self.calib.cpu_max_tokens:
+                                f"cpu is limited to {self.settings.calibration_cpu_max_params:,} (use a cuda device)")
+            if tokens > self.settings.calibration_cpu_max_tokens:
                 raise PlanError(("training", "seq_len"), f"micro_batch_size·seq_len = {tokens:,} tokens; on cpu at "
-                                f"most {self.calib.cpu_max_tokens:,}")
+                                f"most {self.settings.calibration_cpu_max_tokens:,}")
         else:
             count = _cuda_devices()
             index = int(device.split(":")[1])
@@ -79,9 +62,9 @@ class CalibrationService:
                 raise PlanError(("device",), f"{device}: no CUDA device here (torch.cuda.is_available() is false)")
             if index >= count:
                 raise PlanError(("device",), f"{device}: only {count} CUDA device(s) visible")
-            if tokens > self.calib.cuda_max_tokens:
+            if tokens > self.settings.calibration_cuda_max_tokens:
                 raise PlanError(("training", "seq_len"), f"micro_batch_size·seq_len = {tokens:,} tokens; at most "
-                                f"{self.calib.cuda_max_tokens:,}")
+                                f"{self.settings.calibration_cuda_max_tokens:,}")
         if req.quantized and req.quantization.load_in_8bit:
             raise PlanError(("quantization", "load_in_8bit"), "calibration runs 4-bit bases (qlora/qdora); "
                             "LLM.int8 is not calibrated")
@@ -142,17 +125,15 @@ def comparison(job: dict[str, Any]) -> dict[str, Any] | None:
     }
 
 
-def _resolve(app: FastAPI) -> tuple[Settings, CalibrationSettings]:
-    settings = app.dependency_overrides.get(get_settings, get_settings)()
-    calib = app.dependency_overrides.get(get_calibration_settings, get_calibration_settings)()
-    return settings, calib
+def _resolve(app: FastAPI) -> Settings:
+    return app.dependency_overrides.get(get_settings, get_settings)()
 
 
 def service_for(app: FastAPI) -> CalibrationService:
     """The app's calibration service, created on first use (opens the database, starts recovery)."""
     service = getattr(app.state, "calibration_service", None)
     if service is None:
-        service = CalibrationService(*_resolve(app))
+        service = CalibrationService(_resolve(app))
         app.state.calibration_service = service
     return service
 
@@ -161,7 +142,7 @@ def service_for(app: FastAPI) -> CalibrationService:
 async def calibration_lifespan(app: FastAPI) -> AsyncIterator[None]:
     """Startup: when the database exists, reopen it (running → interrupted, queued jobs run again).
     Shutdown: stop the workers (a running job's process is killed and the job marked interrupted)."""
-    settings, _ = _resolve(app)
+    settings = _resolve(app)
     if Path(settings.database_path).exists():
         service_for(app)
     try:

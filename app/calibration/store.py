@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import statistics
 import threading
 import uuid
 from datetime import UTC, datetime
@@ -177,3 +178,17 @@ class JobStore:
         finally:
             db.close()
         return [r[0] for r in rows]
+
+
+def measured_slowdowns(path: Path | str, model: str, limit: int = 500) -> dict[str, float]:
+    """Median measured 4-bit-vs-16-bit step-time ratio of finished GPU calibrations of ``model``, keyed like
+    the planner's slowdown factors ("qlora"); empty when there is no database or no such job."""
+    if not Path(path).exists():
+        return {}
+    ratios = [
+        job["result"]["otf_dequant_slowdown"]
+        for job in JobStore(path).list(limit=limit)
+        if job["status"] == "done" and str(job["device"]).startswith("cuda")
+        and job["request"].get("model") == model and (job.get("result") or {}).get("otf_dequant_slowdown")
+    ]
+    return {"qlora": statistics.median(ratios)} if ratios else {}

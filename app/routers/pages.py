@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import re
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
@@ -18,11 +19,14 @@ from fastapi import APIRouter, Request, UploadFile
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi.templating import Jinja2Templates
 
+from app.calibration.store import measured_slowdowns
 from app.core import PlanError, estimate, format_bytes
 from app.core.catalog import gpus, model_configs
 from app.core.request import LoraSpec, QuantizationSpec, TrainingSpec
 from app.core.throughput import DEFAULT_MFU, DEFAULT_SLOWDOWN, DEFAULT_TOKENS
+from app.deps import SettingsDep
 from app.forms import DEFAULT_MODEL, form_to_body, parse_cost_options, parse_form
+from app.settings import Settings
 from app.views import (
     METHODS,
     SEGMENTS,
@@ -69,10 +73,16 @@ def _query(form: dict[str, str], **changes: str) -> str:
     return urlencode(merged)
 
 
-def _context(request: Request, form: dict[str, str], config_text: str | None) -> dict[str, Any]:
+def _context(request: Request, form: dict[str, str], config_text: str | None,
+             settings: Settings) -> dict[str, Any]:
     req, errors = parse_form(form, config_text)
     options, option_errors = parse_cost_options(form)
     errors = errors + option_errors
+    if req is not None and isinstance(req.model, str):
+        # measured QLoRA slowdowns from this server's GPU calibrations replace the default (not the user's)
+        measured = measured_slowdowns(settings.database_path, req.model)
+        if "qlora" in measured and options.qlora_slowdown is None:
+            options = replace(options, qlora_slowdown=measured["qlora"])
     view = None
     result = None
     if req is not None and not option_errors:
@@ -109,18 +119,18 @@ def _context(request: Request, form: dict[str, str], config_text: str | None) ->
     }
 
 
-def _render(request: Request, form: dict[str, str], config_text: str | None) -> HTMLResponse:
-    context = _context(request, form, config_text)
+def _render(request: Request, form: dict[str, str], config_text: str | None, settings: Settings) -> HTMLResponse:
+    context = _context(request, form, config_text, settings)
     return templates.TemplateResponse(request, "index.html", context, status_code=422 if context["errors"] else 200)
 
 
 @router.get("/", response_class=HTMLResponse)
-def planner(request: Request) -> HTMLResponse:
-    return _render(request, dict(request.query_params), None)
+def planner(request: Request, settings: SettingsDep) -> HTMLResponse:
+    return _render(request, dict(request.query_params), None, settings)
 
 
 @router.post("/", response_class=HTMLResponse)
-async def planner_with_config(request: Request) -> HTMLResponse:
+async def planner_with_config(request: Request, settings: SettingsDep) -> HTMLResponse:
     """Same page for a pasted or uploaded config.json (multipart or urlencoded form)."""
     data = await request.form()
     form = {k: v for k, v in data.items() if isinstance(v, str)}
@@ -130,15 +140,15 @@ async def planner_with_config(request: Request) -> HTMLResponse:
         raw = await upload.read(MAX_UPLOAD_BYTES + 1)
         config_text = raw[:MAX_UPLOAD_BYTES].decode("utf-8", errors="replace") if len(raw) <= MAX_UPLOAD_BYTES \
             else '"config_file over 256 KiB"'
-    return _render(request, form, config_text)
+    return _render(request, form, config_text, settings)
 
 
 @router.get("/compare.json")
-def compare_json(request: Request) -> JSONResponse:
+def compare_json(request: Request, settings: SettingsDep) -> JSONResponse:
     """The compare view for the page's query parameters: per method the display strings, bar segments (percent
     of one common scale), the raw estimate and the time/cost report; plus the page's HTML fragments."""
     form = dict(request.query_params)
-    ctx = _context(request, form, None)
+    ctx = _context(request, form, None, settings)
     view = ctx["view"]
     fragments = {}
     for name in ("costs", "details", "snippets"):
