@@ -5,20 +5,19 @@ from __future__ import annotations
 import json
 import os
 import re
-import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, get_args
 
-import httpx
 import pytest
 
 from app import cli
 from app.core import PlanRequest, estimate
 from app.core import request as core_request
+
+from .serving import free_port, running_server
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = Path(sys.executable).with_name("peft-planner")  # .venv/bin/peft-planner once `pip install -e .` ran
@@ -33,12 +32,6 @@ if SCRIPT.exists():
 def run(*args: str, launcher: list[str] | None = None, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run([*(launcher or [sys.executable, "-m", "app.cli"]), *args], cwd=ROOT, env=ENV,
                           capture_output=True, text=True, timeout=120, input=stdin)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 # --------------------------------------------------------------------------------------------- check
@@ -210,34 +203,8 @@ def test_help_is_light_and_estimate_never_loads_torch() -> None:
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """uvicorn serving app.main:app on a free 127.0.0.1 port; killed afterwards."""
-    tmp = tmp_path_factory.mktemp("server")
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    env = {**ENV, "PEFT_PLANNER_DATABASE_PATH": str(tmp / "planner.sqlite3")}
-    with open(tmp / "uvicorn.log", "w") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "uvicorn", "app.main:app", "--host", "127.0.0.1",
-                                 "--port", str(port)], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-        try:
-            deadline = time.monotonic() + 60
-            while True:
-                if proc.poll() is not None:
-                    pytest.fail(f"uvicorn exited with {proc.returncode}: {(tmp / 'uvicorn.log').read_text()}")
-                try:
-                    if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
-                if time.monotonic() > deadline:
-                    pytest.fail(f"uvicorn did not answer /healthz in 60 s: {(tmp / 'uvicorn.log').read_text()}")
-                time.sleep(0.2)
-            yield url
-        finally:
-            proc.terminate()
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=10)
+    with running_server(tmp_path_factory.mktemp("server"), env=ENV) as url:
+        yield url
 
 
 def _json(*args: str) -> Any:

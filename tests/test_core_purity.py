@@ -11,7 +11,10 @@ def test_core_imports_neither_torch_nor_fastapi() -> None:
     code = (
         "import sys, json\n"
         "from app.core import PlanRequest, estimate\n"
-        "estimate(PlanRequest(model='meta-llama/Llama-3.1-8B', method='qlora'))\n"
+        "from app.core.throughput import throughput\n"
+        "from app.core.fit import fit\n"
+        "req = PlanRequest(model='meta-llama/Llama-3.1-8B', method='qlora')\n"
+        "estimate(req); throughput(req); fit(req)\n"
         "print(json.dumps(sorted(m for m in ('torch', 'fastapi', 'transformers', 'peft', 'bitsandbytes', 'starlette')"
         " if m in sys.modules)))\n"
     )
