@@ -249,3 +249,42 @@ def test_measured_slowdown_feeds_the_planner(tmp_path: Path) -> None:
         assert mine["methods"]["qlora"]["throughput"]["slowdown"] == pytest.approx(1.3)  # the user's value wins
         other = client.get("/compare.json", params={"model": "Qwen/Qwen2.5-0.5B"}).json()
         assert other["methods"]["qlora"]["throughput"]["slowdown"] == pytest.approx(1.4)
+
+
+def test_estimates_learn_from_gpu_calibrations(tmp_path: Path) -> None:
+    """Finished GPU calibrations of the requested GPU fit the overhead and give error bars (hand-derived)."""
+    db = tmp_path / "db.sqlite3"
+    store = JobStore(db)
+    # (predicted peak, measured allocated, reserved, device used): contexts 0.6/0.7/0.6 GB → median 0.6 GB;
+    # reserves 10%/10%/8% → median 10%; peak gaps +5%/−5%/+2% → error bars −5%..+5%.
+    rows = [(10_000_000_000, 10_500_000_000, 11_550_000_000, 12_150_000_000),
+            (20_000_000_000, 19_000_000_000, 20_900_000_000, 21_600_000_000),
+            (15_000_000_000, 15_300_000_000, 16_524_000_000, 17_124_000_000)]
+    ids = []
+    for predicted, allocated, reserved, used in rows:
+        job = store.create({"model": "meta-llama/Llama-3.2-1B", "hardware": {"gpu": "nvidia-h100-sxm-80gb"}},
+                           "cuda:0", 1, 2, {"memory": {"peak": predicted}})
+        store.finish(job, "done", result={"peak_allocated_bytes": allocated, "peak_reserved_bytes": reserved,
+                                          "device_used_bytes": used})
+        ids.append(job)
+    other = store.create({"model": "meta-llama/Llama-3.2-1B", "hardware": {"gpu": "nvidia-a100-80gb"}},
+                         "cuda:0", 1, 2, {"memory": {"peak": 1}})
+    store.finish(other, "done", result={"peak_allocated_bytes": 9, "peak_reserved_bytes": 9,
+                                        "device_used_bytes": 9})
+    body = {"model": "meta-llama/Llama-3.1-8B", "method": "qlora", "hardware": {"gpu": "nvidia-h100-sxm-80gb"}}
+    with _client(db) as client:
+        data = client.post("/api/v1/estimate", json=body).json()
+        plain = estimate(PlanRequest.model_validate(body))
+        peak = plain.memory.peak
+        assert data["memory"]["peak"] == peak
+        assert data["memory"]["overhead"] == 600_000_000 + int(0.1 * peak)
+        assert data["memory"]["total"] == peak + 600_000_000 + int(0.1 * peak)
+        cal = data["calibration"]
+        assert sorted(cal["used"]) == sorted(ids)
+        assert (cal["peak_error_low_percent"], cal["peak_error_high_percent"]) == (-5.0, 5.0)
+        assert cal["peak_low_bytes"] == int(peak * 0.95) and cal["peak_high_bytes"] == int(peak * 1.05)
+        h100 = next(f for f in data["fits"] if f["gpu"] == "nvidia-h100-sxm-80gb")
+        assert h100["headroom_bytes"] == h100["vram_bytes"] - data["memory"]["total"]
+        # another GPU's calibrations are not used
+        a100 = client.post("/api/v1/estimate", json={**body, "hardware": {"gpu": "nvidia-l4"}}).json()
+        assert a100["calibration"] is None

@@ -16,6 +16,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from app.core.calibrated import CalibrationSample
+
 STATUSES = ("queued", "running", "done", "failed", "oom", "cancelled", "interrupted")
 FINAL = ("done", "failed", "oom", "cancelled", "interrupted")
 
@@ -192,3 +194,22 @@ def measured_slowdowns(path: Path | str, model: str, limit: int = 500) -> dict[s
         and job["request"].get("model") == model and (job.get("result") or {}).get("otf_dequant_slowdown")
     ]
     return {"qlora": statistics.median(ratios)} if ratios else {}
+
+
+def calibration_samples(path: Path | str, gpu_id: str, limit: int = 500) -> list[CalibrationSample]:
+    """Finished GPU calibrations run for ``gpu_id`` (the request's hardware.gpu), as fitting samples."""
+    if not Path(path).exists():
+        return []
+    out = []
+    for job in JobStore(path).list(limit=limit):
+        result, est = job.get("result") or {}, job.get("estimate") or {}
+        if job["status"] != "done" or not str(job["device"]).startswith("cuda") or not est:
+            continue
+        if (job["request"].get("hardware") or {}).get("gpu", "nvidia-a100-80gb") != gpu_id:
+            continue
+        try:
+            out.append(CalibrationSample(job["id"], int(est["memory"]["peak"]), int(result["peak_allocated_bytes"]),
+                                         int(result["peak_reserved_bytes"]), int(result["device_used_bytes"])))
+        except (KeyError, TypeError, ValueError):
+            continue
+    return out

@@ -77,6 +77,19 @@ class ModelSummary(BaseModel):
     num_experts: int
 
 
+class CalibrationRef(BaseModel):
+    """Which stored GPU calibrations shaped this answer (see app/core/calibrated.py)."""
+
+    gpu: str
+    used: list[str]
+    context_bytes: int
+    reserve_fraction: float
+    peak_error_low_percent: float
+    peak_error_high_percent: float
+    peak_low_bytes: int
+    peak_high_bytes: int
+
+
 class EstimateResult(BaseModel):
     model: ModelSummary
     parameters: Parameters
@@ -87,3 +100,5 @@ class EstimateResult(BaseModel):
     fits: list[GpuFit]
     assumptions: list[str]
     versions: dict[str, str]
+    calibration: CalibrationRef | None = Field(
+        None, description="set when finished GPU calibrations of this GPU fitted the overhead and error bars")

@@ -7,10 +7,13 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
+from app.calibration.store import calibration_samples
 from app.core import PlanError, PlanRequest, estimate
+from app.core.calibrated import apply_calibrations
 from app.core.catalog import gpus, model_config, model_configs
 from app.core.fit import FitRequest, FitResult, fit, parse_budget
 from app.core.result import EstimateResult
+from app.deps import SettingsDep
 from app.forms import parse_form
 from app.model_info import model_detail, model_row
 
@@ -18,9 +21,11 @@ router = APIRouter(prefix="/api/v1", tags=["v1"])
 
 
 @router.post("/estimate", response_model=EstimateResult)
-def post_estimate(req: PlanRequest) -> EstimateResult:
-    """Parameters and per-GPU memory (bytes) of one fine-tuning run."""
-    return estimate(req)
+def post_estimate(req: PlanRequest, settings: SettingsDep) -> EstimateResult:
+    """Parameters and per-GPU memory (bytes) of one fine-tuning run; with finished GPU calibrations of the
+    requested GPU on this server, the overhead is fitted from them and ``calibration`` names them."""
+    samples = calibration_samples(settings.database_path, req.hardware.gpu)
+    return apply_calibrations(estimate(req), req.hardware.gpu, samples)
 
 
 @router.get("/models")
