@@ -39,6 +39,10 @@ COMPUTE_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32
 _CONFIG_META_KEYS = {"architectures", "transformers_version", "auto_map", "model_type", "_name_or_path"}
 
 
+class UnsupportedStep(ValueError):
+    """A request the real-step recipes here do not run (the message says which part and why)."""
+
+
 @dataclass
 class TraceResult:
     """Bytes measured over the traced step (integers), the phase of the peak and what was live then."""
@@ -94,7 +98,7 @@ def _meta_model(req: PlanRequest, config: Any, torch_dtype: torch.dtype) -> torc
 
         q = req.quantization
         if q.load_in_8bit:
-            raise NotImplementedError("the trace engine runs 4-bit bases; LLM.int8 is estimated analytically")
+            raise UnsupportedStep("the trace engine runs 4-bit bases; LLM.int8 is estimated analytically")
         bnb_config = BitsAndBytesConfig(
             load_in_4bit=True,
             bnb_4bit_quant_type=q.bnb_4bit_quant_type,

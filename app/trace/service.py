@@ -33,11 +33,11 @@ class TraceUnsupported(Exception):
 
 def _run(request_json: str) -> dict[str, Any]:
     """Worker-process entry point: run one trace and return plain data."""
-    from app.trace.engine import run_trace
+    from app.trace.engine import UnsupportedStep, run_trace
 
     try:
         result = run_trace(PlanRequest.model_validate_json(request_json))
-    except NotImplementedError as exc:
+    except UnsupportedStep as exc:
         return {"unsupported": str(exc)}
     return result.as_dict()
 
