@@ -219,19 +219,27 @@ def _static_key(req: PlanRequest) -> str:
     return req.model_copy(update={"training": training, "hardware": HardwareSpec()}).model_dump_json()
 
 
-@lru_cache(maxsize=1024)
-def _static_parts(key: str) -> tuple[str | None, Inventory, AdapterPlan, StaticMemory]:
-    """Inventory, adapter plan and static bytes, shared by requests that differ only in activation settings
-    (the fit search varies micro_batch_size and seq_len). Cached values are never mutated."""
-    req = PlanRequest.model_validate_json(key)
+def _static_parts_uncached(req: PlanRequest) -> tuple[str | None, Inventory, AdapterPlan, StaticMemory]:
     model_id, inv = resolve_inventory(req)
     plan = plan_adapters(inv, req.lora, method=req.method)
     return model_id, inv, plan, static_memory(inv, plan, req, dtypes_for(req))
 
 
+@lru_cache(maxsize=1024)
+def _static_parts_cached(key: str) -> tuple[str | None, Inventory, AdapterPlan, StaticMemory]:
+    """Inventory, adapter plan and static bytes, shared by catalog requests that differ only in activation
+    settings (the fit search varies micro_batch_size and seq_len). Cached values are never mutated."""
+    return _static_parts_uncached(PlanRequest.model_validate_json(key))
+
+
+def _static_parts(req: PlanRequest) -> tuple[str | None, Inventory, AdapterPlan, StaticMemory]:
+    # pasted configs are not cached: their keys could be up to a request body (1 MiB) each
+    return _static_parts_cached(_static_key(req)) if isinstance(req.model, str) else _static_parts_uncached(req)
+
+
 def estimate(req: PlanRequest) -> EstimateResult:
     """The full answer for one run. Raises :class:`PlanError` for input the planner cannot answer."""
-    model_id, inv, plan, sm = _static_parts(_static_key(req))
+    model_id, inv, plan, sm = _static_parts(req)
     arch = inv.arch
     _check_request(req, arch)
     target_gpu = gpu(req.hardware.gpu)
