@@ -45,3 +45,10 @@ def test_family_defaults_match_transformers(model_type: str) -> None:
     cfg = {"model_type": model_type}
     model = meta_model(cfg)
     assert build_inventory(parse_config(cfg)).total_params == model.num_parameters()
+
+
+def test_gpt2_generic_config_names() -> None:
+    """GPT2Config.attribute_map: hidden_size/num_hidden_layers/... set n_embd/n_layer/... as transformers does."""
+    cfg = {"model_type": "gpt2", "hidden_size": 128, "num_hidden_layers": 3, "num_attention_heads": 4,
+           "max_position_embeddings": 256, "vocab_size": 500}
+    assert build_inventory(parse_config(cfg)).total_params == meta_model(cfg).num_parameters()

@@ -39,6 +39,9 @@ LIMITS: dict[str, int] = {
     "num_experts": 1_024,
     "max_position_embeddings": 16_777_216,
 }
+# GPT-2's config names for the same sizes
+LIMITS.update(n_embd=LIMITS["hidden_size"], n_layer=LIMITS["num_hidden_layers"], n_head=LIMITS["num_attention_heads"],
+              n_positions=LIMITS["max_position_embeddings"], n_inner=LIMITS["intermediate_size"])
 
 # transformers 5.24 config-class defaults for the keys that decide shapes.
 _DEFAULTS: dict[str, dict[str, Any]] = {
@@ -169,8 +172,8 @@ def parse_config(cfg: dict[str, Any]) -> ArchSpec:
     merged = dict(_DEFAULTS[model_type])
     merged.update({k: v for k, v in cfg.items() if k in merged or k in _EXTRA_KEYS})
 
-    def get_int(key: str, value: Any = None, minimum: int = 1) -> int:
-        return _int_field(cfg, key, merged[key] if value is None else value, minimum=minimum)
+    def get_int(key: str, value: Any = _UNSET, minimum: int = 1) -> int:
+        return _int_field(cfg, key, merged.get(key) if value is _UNSET else value, minimum=minimum)
 
     def get_bool(key: str) -> bool:
         value = merged.get(key, False)
@@ -179,22 +182,27 @@ def parse_config(cfg: dict[str, Any]) -> ArchSpec:
         return value
 
     if model_type == "gpt2":
-        hidden = get_int("hidden_size", merged["n_embd"])
-        heads = get_int("num_attention_heads", merged["n_head"])
+        # GPT2Config.attribute_map: the generic names set the GPT-2 fields
+        for alias, key in (("hidden_size", "n_embd"), ("num_hidden_layers", "n_layer"),
+                           ("num_attention_heads", "n_head"), ("max_position_embeddings", "n_positions")):
+            if alias in cfg and key not in cfg:
+                merged[key] = cfg[alias]
+        hidden = get_int("n_embd")
+        heads = get_int("n_head")
         inner = merged["n_inner"]
         return ArchSpec(
             model_type=model_type,
             vocab_size=get_int("vocab_size"),
             hidden_size=hidden,
-            intermediate_size=get_int("intermediate_size", inner if inner is not None else 4 * hidden),
-            num_hidden_layers=get_int("num_hidden_layers", merged["n_layer"]),
+            intermediate_size=get_int("n_inner", inner if inner is not None else 4 * hidden),
+            num_hidden_layers=get_int("n_layer"),
             num_attention_heads=heads,
             num_key_value_heads=heads,
             head_dim=hidden // heads,
             tie_word_embeddings=get_bool("tie_word_embeddings"),
             attention_bias=True,
             mlp_bias=True,
-            n_positions=get_int("max_position_embeddings", merged["n_positions"]),
+            n_positions=get_int("n_positions"),
             max_position_embeddings=merged["n_positions"],
         )
 
@@ -249,6 +257,8 @@ def parse_config(cfg: dict[str, Any]) -> ArchSpec:
         attn_logit_softcapping=bool(merged.get("attn_logit_softcapping")),
     )
 
+
+_UNSET = object()
 
 # Keys read from a config although their family's defaults table does not list them.
 _EXTRA_KEYS = frozenset({"num_experts", "num_local_experts", "max_position_embeddings"})
