@@ -107,7 +107,7 @@ def test_limits_are_422_naming_the_field(tmp_path: Path, extra: dict[str, Any], 
     import torch
 
     if extra.get("device") == "cuda:0" and torch.cuda.is_available():
-        pytest.skip("a CUDA device is present")
+        pytest.skip("checks the refusal of cuda:0 on a machine without CUDA; this one has a CUDA device")
     with _client(tmp_path / "db.sqlite3") as client:
         r = client.post("/api/v1/calibrations", json=_body(LORA_BODY, **extra), headers=AUTH)
         assert r.status_code == 422, r.text

@@ -60,34 +60,21 @@ SEARCH_CASES = [
 ]
 
 
+SEARCHES = [(max_micro_batch_size, "training", "micro_batch_size"), (max_seq_len, "training", "seq_len"),
+            (max_lora_r, "lora", "r")]
+
+
+@pytest.mark.parametrize(("search", "section", "field"), SEARCHES, ids=[f for _, _, f in SEARCHES])
 @pytest.mark.parametrize(("req", "budget"), SEARCH_CASES)
-def test_max_micro_batch_size_is_the_boundary(req: PlanRequest, budget: int | None) -> None:
+def test_search_finds_the_boundary(req: PlanRequest, budget: int | None, search: Any, section: str,
+                                   field: str) -> None:
+    """The value found fits the budget and value + 1 does not (each checked with estimate())."""
     limit = budget or gpus()[req.hardware.gpu].vram_bytes
-    res = max_micro_batch_size(req, budget)
-    assert res.field == "training.micro_batch_size" and res.limited_by == "budget"
-    assert res.value is not None and 1 <= res.value < 4096
-    at = total(with_(req, "training", micro_batch_size=res.value))
-    above = total(with_(req, "training", micro_batch_size=res.value + 1))
-    assert at == res.total_bytes <= limit < above == res.next_total_bytes
-
-
-@pytest.mark.parametrize(("req", "budget"), SEARCH_CASES)
-def test_max_seq_len_is_the_boundary(req: PlanRequest, budget: int | None) -> None:
-    limit = budget or gpus()[req.hardware.gpu].vram_bytes
-    res = max_seq_len(req, budget)
-    assert res.value is not None and res.limited_by == "budget"
-    at = total(with_(req, "training", seq_len=res.value))
-    above = total(with_(req, "training", seq_len=res.value + 1))
-    assert at == res.total_bytes <= limit < above == res.next_total_bytes
-
-
-@pytest.mark.parametrize(("req", "budget"), SEARCH_CASES)
-def test_max_lora_r_is_the_boundary(req: PlanRequest, budget: int | None) -> None:
-    limit = budget or gpus()[req.hardware.gpu].vram_bytes
-    res = max_lora_r(req, budget)
-    assert res.field == "lora.r" and res.value is not None and res.limited_by == "budget"
-    at = total(with_(req, "lora", r=res.value))
-    above = total(with_(req, "lora", r=res.value + 1))
+    res = search(req, budget)
+    assert res.field == f"{section}.{field}" and res.limited_by == "budget"
+    assert res.value is not None and res.value >= 1
+    at = total(with_(req, section, **{field: res.value}))
+    above = total(with_(req, section, **{field: res.value + 1}))
     assert at == res.total_bytes <= limit < above == res.next_total_bytes
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from functools import lru_cache
+from typing import NamedTuple
 
 from app.core.activations import ActivationModel, activation_model
 from app.core.adapters import AdapterPlan, plan_adapters
@@ -153,14 +154,15 @@ def _quant_report(inv: Inventory, req: PlanRequest, sm: StaticMemory) -> Quantiz
     if not req.quantized or req.quantization.load_in_8bit:
         return None
     bs = req.quantization.blocksize
-    no_dq = dq = storage = 0
+    no_dq = dq = data = 0
     names = set(quantized_modules(inv))
     for t in inv.unique_tensors():
         if t.module in names and not t.is_bias:
             no_dq += nf4_bytes(t.numel, blocksize=bs, double_quant=False).constants
             q = nf4_bytes(t.numel, blocksize=bs, double_quant=True)
             dq += q.constants
-            storage += nf4_bytes(t.numel, blocksize=bs, double_quant=req.quantization.bnb_4bit_use_double_quant).total
+            data += q.data
+    storage = data + (dq if req.quantization.bnb_4bit_use_double_quant else no_dq)
     return QuantizationReport(
         quantized_params=sm.quantized_params,
         bits_per_param_no_double_quant=constants_bits_per_param(blocksize=bs, double_quant=False),
@@ -219,27 +221,38 @@ def _static_key(req: PlanRequest) -> str:
     return req.model_copy(update={"training": training, "hardware": HardwareSpec()}).model_dump_json()
 
 
-def _static_parts_uncached(req: PlanRequest) -> tuple[str | None, Inventory, AdapterPlan, StaticMemory]:
+class _Static(NamedTuple):
+    """What an estimate needs that does not depend on batch, length, attention or GPUs."""
+
+    model_id: str | None
+    inv: Inventory
+    plan: AdapterPlan
+    sm: StaticMemory
+    quant_report: QuantizationReport | None
+
+
+def _static_parts_uncached(req: PlanRequest) -> _Static:
     model_id, inv = resolve_inventory(req)
     plan = plan_adapters(inv, req.lora, method=req.method)
-    return model_id, inv, plan, static_memory(inv, plan, req, dtypes_for(req))
+    sm = static_memory(inv, plan, req, dtypes_for(req))
+    return _Static(model_id, inv, plan, sm, _quant_report(inv, req, sm))
 
 
 @lru_cache(maxsize=1024)
-def _static_parts_cached(key: str) -> tuple[str | None, Inventory, AdapterPlan, StaticMemory]:
+def _static_parts_cached(key: str) -> _Static:
     """Inventory, adapter plan and static bytes, shared by catalog requests that differ only in activation
     settings (the fit search varies micro_batch_size and seq_len). Cached values are never mutated."""
     return _static_parts_uncached(PlanRequest.model_validate_json(key))
 
 
-def _static_parts(req: PlanRequest) -> tuple[str | None, Inventory, AdapterPlan, StaticMemory]:
+def _static_parts(req: PlanRequest) -> _Static:
     # pasted configs are not cached: their keys could be up to a request body (1 MiB) each
     return _static_parts_cached(_static_key(req)) if isinstance(req.model, str) else _static_parts_uncached(req)
 
 
 def estimate(req: PlanRequest) -> EstimateResult:
     """The full answer for one run. Raises :class:`PlanError` for input the planner cannot answer."""
-    model_id, inv, plan, sm = _static_parts(req)
+    model_id, inv, plan, sm, quant_report = _static_parts(req)
     arch = inv.arch
     _check_request(req, arch)
     target_gpu = gpu(req.hardware.gpu)
@@ -296,7 +309,7 @@ def estimate(req: PlanRequest) -> EstimateResult:
         ),
         peak=PeakInfo(phase=top.name, phases=phases, provisional=False),
         breakdown=_breakdown(sm, act, top.name, activations - workspace - gathered, context, reserve, workspace),
-        quantization=_quant_report(inv, req, sm),
+        quantization=quant_report,
         fits=fits,
         assumptions=_assumptions(req, dt, plan),
         versions={"planner": PLANNER_VERSION, **{f"models_{k}": v for k, v in MODELLED_VERSIONS.items()}},
