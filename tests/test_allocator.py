@@ -159,13 +159,16 @@ def test_garbage_collection_threshold() -> None:
 
 
 def test_phases_and_reset_peak() -> None:
-    # setup: 12 MiB; forward (event 1): 30 MiB more; after reset_peak_at event 3 the peak restarts from
-    # the 42 MiB reserved then (cached segments stay reserved), and 20 MiB more is served from the cached
-    # 30 MiB segment (split, 10 MiB left)
+    # setup: 12 MiB; forward (event 1): 30 MiB more; after reset_peak_at event 3 the peaks restart from
+    # the 42 MiB reserved and 12 MiB allocated then (cached segments stay reserved), and 20 MiB more is
+    # served from the cached 30 MiB segment (split, 10 MiB left): allocated peaks at 32 MiB in backward
+    # with 42 MiB reserved, the largest free block the 10 MiB tail; the reserved peak restarts at the reset,
+    # in the phase that starts there
     events = [(1, 12 * MiB), (2, 30 * MiB), (2, FREE), (3, 20 * MiB)]
     s = replay(events, marks={0: "setup", 1: "forward", 3: "backward"}, reset_peak_at=3)
     assert (s.max_reserved, s.max_allocated, s.peak_phase) == (42 * MiB, 32 * MiB, "backward")
-    assert s.allocated_at_peak == 12 * MiB and round(s.fragmentation_at_peak, 6) == round(1 - 12 / 42, 6)
+    assert (s.reserved_at_peak, s.largest_free_block_at_peak, s.reserved_peak_phase) == (42 * MiB, 10 * MiB, "backward")
+    assert round(s.fragmentation_at_peak, 6) == round(1 - 32 / 42, 6)
 
 
 @pytest.mark.parametrize(("text", "message"), [

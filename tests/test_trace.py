@@ -8,12 +8,16 @@ from typing import Any
 import pytest
 
 from app.core.adapters import plan_adapters
+from app.core.allocator import FREE
 from app.core.architectures import parse_config
+from app.core.catalog import gpu
 from app.core.inventory import build_inventory
+from app.core.overhead import cublas_workspace_bytes, outside_allocator_bytes
 from app.core.precision import dtypes_for
 from app.core.request import PlanRequest
 from app.core.static_memory import static_memory
-from app.trace.engine import run_trace
+from app.trace.counter import LiveBytesCounter
+from app.trace.engine import _replay_stream, run_trace
 
 from .conftest import TINY_CONFIGS
 
@@ -57,6 +61,9 @@ def test_fake_step_equals_real_cpu_step(family: str, method: str, lora: dict[str
     assert fake.phases == real.phases
     assert fake.static == real.static
     assert fake.peak_phase == real.peak_phase
+    # the same allocator figures (real CPU ops make a few more scalar storages: the event counts differ)
+    assert {k: v for k, v in fake.allocator.items() if k != "events"} == \
+        {k: v for k, v in real.allocator.items() if k != "events"}
 
 
 @pytest.mark.parametrize(("family", "method", "lora", "training", "quant"), CASES)
@@ -72,3 +79,43 @@ def test_trace_static_bytes_equal_core(family: str, method: str, lora: dict[str,
     assert traced.static["quantization_constants"] == sm.constants.total
     assert traced.static["adapter_weights"] == sm.adapters.total
     assert traced.static["optimizer_states"] == sm.optimizer.total
+
+
+@pytest.mark.parametrize(("family", "method", "lora", "training", "quant"), [CASES[1], CASES[6]])
+def test_recorded_stream_is_the_counted_step(family: str, method: str, lora: dict[str, Any],
+                                             training: dict[str, Any], quant: dict[str, Any],
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """The recorded allocation stream holds every counted storage: its running sum of 512-byte-rounded
+    sizes after the peak reset peaks at the counter's rounded peak plus the two cuBLAS workspaces the
+    stream adds (paged optimizer states, CASES[6], are left out of both). The replay allocates at least
+    that (blocks the allocator does not split carry their remainder) and reserves at least what it
+    allocates; nvidia-smi adds the memory outside the allocator."""
+    req = _request(family, method, lora, training, quant)
+    seen: list[LiveBytesCounter] = []
+    original = _replay_stream
+
+    def keep(counter: LiveBytesCounter, r: PlanRequest) -> dict[str, Any]:
+        seen.append(counter)
+        return original(counter, r)
+
+    monkeypatch.setattr("app.trace.engine._replay_stream", keep)
+    traced = run_trace(req, fake=True)
+    stream = seen[0].stream
+    index = stream.index_map()
+    start = index[stream.reset_at]
+    sizes: dict[int, int] = {}
+    live = peak = 0
+    for n, (ident, nbytes) in enumerate(stream.events()):
+        if nbytes == FREE:
+            live -= sizes.pop(ident, 0)
+        else:
+            sizes[ident] = max(-(-nbytes // 512) * 512, 512) if nbytes else 0
+            live += sizes[ident]
+        if n >= start:
+            peak = max(peak, live)
+    workspace = cublas_workspace_bytes(gpu(req.hardware.gpu).arch)
+    assert peak == traced.peak_rounded_bytes + workspace
+    alloc = traced.allocator
+    assert peak <= alloc["max_allocated_bytes"] <= alloc["max_reserved_bytes"]
+    assert alloc["nvidia_smi_bytes"] == alloc["max_reserved_bytes"] + outside_allocator_bytes(1)
+    assert alloc["failed_requests"] == 0

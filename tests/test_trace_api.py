@@ -34,6 +34,8 @@ def test_trace_endpoint_runs_the_real_step_and_caches() -> None:
         direct = run_trace(PlanRequest.model_validate(copy.deepcopy(BODY)))
         assert data["trace"]["peak_bytes"] == direct.peak_bytes
         assert data["trace"]["peak_phase"] == direct.peak_phase
+        assert data["trace"]["allocator"] == direct.allocator  # max_memory_reserved, nvidia-smi, ...
+        assert data["trace"]["allocator"]["max_reserved_bytes"] >= data["trace"]["peak_rounded_bytes"]
         assert data["cached"] is False
         again = client.post("/api/v1/trace", json=copy.deepcopy(BODY))
         assert again.json()["cached"] is True

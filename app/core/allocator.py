@@ -151,9 +151,10 @@ class AllocatorStats:
 
     max_allocated: int = 0
     max_reserved: int = 0
-    allocated_at_peak: int = 0
-    largest_free_block_at_peak: int = 0
-    peak_phase: str = ""
+    reserved_at_peak: int = 0  # reserved when allocated bytes peaked
+    largest_free_block_at_peak: int = 0  # the largest cached free block then
+    peak_phase: str = ""  # phase of the allocated peak
+    reserved_peak_phase: str = ""  # phase where reserved bytes reached their maximum
     reserved_end: int = 0
     cuda_malloc_calls: int = 0
     cuda_free_calls: int = 0
@@ -165,8 +166,8 @@ class AllocatorStats:
 
     @property
     def fragmentation_at_peak(self) -> float:
-        """Share of reserved bytes not allocated when reserved memory peaked: 1 − allocated / reserved."""
-        return 1 - self.allocated_at_peak / self.max_reserved if self.max_reserved else 0.0
+        """Share of reserved bytes cached but not allocated at the allocated peak: 1 − allocated / reserved."""
+        return 1 - self.max_allocated / self.reserved_at_peak if self.reserved_at_peak else 0.0
 
     def as_dict(self) -> dict[str, object]:
         out = {k: v for k, v in vars(self).items() if k != "first_oom"}
@@ -233,10 +234,9 @@ class CachingAllocator:
     def reset_peak(self) -> None:
         """``torch.cuda.reset_peak_memory_stats()``: peaks restart from the current values."""
         s = self.stats
-        s.max_allocated, s.max_reserved, s.allocated_at_peak = self.allocated, self.reserved, self.allocated
-        s.largest_free_block_at_peak = max(self.small.largest(), self.large.largest())
-        s.peak_phase = self.phase
+        s.max_allocated = s.max_reserved = -1
         s.phases = {}
+        self._observe()
 
     def set_phase(self, name: str) -> None:
         self.phase = name
@@ -321,10 +321,11 @@ class CachingAllocator:
 
     def _observe(self) -> None:
         s = self.stats
-        s.max_allocated = max(s.max_allocated, self.allocated)
-        if self.reserved > s.max_reserved:
-            s.max_reserved, s.allocated_at_peak, s.peak_phase = self.reserved, self.allocated, self.phase
+        if self.allocated > s.max_allocated:
+            s.max_allocated, s.reserved_at_peak, s.peak_phase = self.allocated, self.reserved, self.phase
             s.largest_free_block_at_peak = max(self.small.largest(), self.large.largest())
+        if self.reserved > s.max_reserved:
+            s.max_reserved, s.reserved_peak_phase = self.reserved, self.phase
         if self.reserved > s.phases.get(self.phase, 0):
             s.phases[self.phase] = self.reserved
 

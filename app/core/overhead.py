@@ -34,6 +34,11 @@ def cublas_workspace_bytes(arch: str) -> int:
     return 2 * per_handle
 
 
+def outside_allocator_bytes(num_gpus: int = 1) -> int:
+    """Device memory outside torch's caching allocator: the CUDA context, plus NCCL when ``num_gpus > 1``."""
+    return CUDA_CONTEXT_BYTES + (NCCL_BYTES if num_gpus > 1 else 0)
+
+
 def overhead_bytes(peak_bytes: int, num_gpus: int = 1) -> tuple[int, int]:
     """(outside-allocator bytes: CUDA context + NCCL, allocator_reserve) for a step peaking at ``peak_bytes``."""
     reserve = max(int(peak_bytes * ALLOCATOR_RESERVE_FRACTION), ALLOCATOR_RESERVE_MIN_BYTES)

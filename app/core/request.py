@@ -12,6 +12,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from app.core.alloc_conf import MAX_CONF_CHARS, AllocConfError, parse_alloc_conf
+
 Method = Literal["full", "lora", "qlora", "dora", "qdora"]
 Precision = Literal["bf16", "bf16-mixed", "fp16-mixed", "fp32"]
 Optim = Literal[
@@ -129,6 +131,22 @@ class HardwareSpec(_Strict):
     gpu: str = Field("nvidia-a100-80gb", description="id from GET /api/v1/gpus")
     num_gpus: int = Field(1, ge=1, le=4096)
     sharding: Sharding = "none"
+    pytorch_cuda_alloc_conf: str | None = Field(
+        None, max_length=MAX_CONF_CHARS,
+        description="PYTORCH_CUDA_ALLOC_CONF of the run, e.g. 'expandable_segments:True' or "
+        "'max_split_size_mb:128'; null: torch's default caching allocator",
+    )
+
+    @field_validator("pytorch_cuda_alloc_conf")
+    @classmethod
+    def _valid_alloc_conf(cls, v: str | None) -> str | None:
+        if v is not None:
+            try:
+                parse_alloc_conf(v)
+            except AllocConfError as exc:
+                raise ValueError(str(exc)) from None
+            return v.strip() or None
+        return v
 
 
 class PlanRequest(_Strict):

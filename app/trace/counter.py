@@ -7,11 +7,16 @@ the storages' sizes; ``rounded`` rounds each block up to 512 B as ``CUDACachingA
 
 CUDA kernels that allocate scratch memory the CPU/fake op does not (bitsandbytes' dequantize-then-matmul
 fallback of ``gemm_4bit`` for more than 1,536 rows) are charged as a transient at that op.
+
+The counter also records the allocation stream in order (:class:`AllocationStream`): every storage's
+allocation and release and each transient as an allocation freed at once, with the event index where
+each phase starts, so that :mod:`app.core.allocator` can replay it through the caching allocator.
 """
 
 from __future__ import annotations
 
 import heapq
+from array import array
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -20,6 +25,8 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 from torch.utils.weak import WeakIdKeyDictionary, weakref
+
+from app.core.allocator import FREE
 
 BLOCK = 512
 
@@ -36,6 +43,7 @@ class LiveTensor:
     op: str
     phase: str
     counted: bool = True
+    ident: int = 0
 
 
 @dataclass
@@ -50,6 +58,38 @@ class Snapshot:
 
     phase: str = ""
     largest: list[LiveTensor] = field(default_factory=list)
+
+
+@dataclass
+class AllocationStream:
+    """Allocations ``(id, nbytes)`` and releases ``(id, FREE)`` in order, stored flat as 64-bit pairs."""
+
+    flat: array = field(default_factory=lambda: array("q"))
+    marks: dict[int, str] = field(default_factory=dict)  # event index → the phase starting there
+    reset_at: int | None = None  # event index of reset_peak (torch.cuda.reset_peak_memory_stats)
+    excluded: set[int] = field(default_factory=set)  # ids outside the caching allocator (paged states)
+
+    def __len__(self) -> int:
+        return len(self.flat) // 2
+
+    def add(self, ident: int, nbytes: int) -> None:
+        self.flat.append(ident)
+        self.flat.append(nbytes)
+
+    def events(self) -> list[tuple[int, int]]:
+        """The events without the excluded storages."""
+        f, skip = self.flat, self.excluded
+        return [(f[i], f[i + 1]) for i in range(0, len(f), 2) if f[i] not in skip]
+
+    def index_map(self) -> list[int]:
+        """For each event index of the full stream, its index in :meth:`events` (marks move with it)."""
+        out, kept = [], 0
+        f, skip = self.flat, self.excluded
+        for i in range(0, len(f), 2):
+            out.append(kept)
+            kept += f[i] not in skip
+        out.append(kept)
+        return out
 
 
 TransientRule = Callable[[Any, tuple[Any, ...], dict[str, Any]], int]
@@ -71,16 +111,20 @@ class LiveBytesCounter(TorchDispatchMode):
         self._refs: list[weakref.ref] = []
         self._rules = transient_rules or {}
         self._top = top
+        self.stream = AllocationStream()
+        self._next_id = 0
 
     # --- phases -------------------------------------------------------------------------------
     def set_phase(self, name: str) -> None:
         self.phase = name
+        self.stream.marks[len(self.stream)] = name
         self.phases.setdefault(name, PhaseStats())
         self._observe(self.live, self.live_rounded)
 
     def reset_peak(self) -> None:
         """Like ``torch.cuda.reset_peak_memory_stats()``: the peak restarts from what is live now."""
         self.peak, self.peak_rounded = self.live, self.live_rounded
+        self.stream.reset_at = len(self.stream)
         self.phases = {}
         self.snapshot = Snapshot(self.phase, self._largest())
 
@@ -92,7 +136,9 @@ class LiveBytesCounter(TorchDispatchMode):
             st = t.untyped_storage()
             if st in self._info:
                 continue
-            info = LiveTensor(st.nbytes(), tuple(t.shape), str(t.dtype).removeprefix("torch."), op, self.phase)
+            info = LiveTensor(st.nbytes(), tuple(t.shape), str(t.dtype).removeprefix("torch."), op, self.phase,
+                              ident=self._new_id())
+            self.stream.add(info.ident, info.nbytes)
             self._info[st] = info
             self.live += info.nbytes
             self.live_rounded += _round(info.nbytes)
@@ -105,11 +151,22 @@ class LiveBytesCounter(TorchDispatchMode):
             info = self._info.get(t.untyped_storage())
             if info is not None and info.counted:
                 info.counted = False
+                self.stream.excluded.add(info.ident)
                 self.live -= info.nbytes
                 self.live_rounded -= _round(info.nbytes)
 
+    def _new_id(self) -> int:
+        self._next_id += 1
+        return self._next_id
+
+    def inject(self, nbytes: int) -> None:
+        """An allocation the CPU step does not make but the CUDA one keeps for the process (cuBLAS
+        workspaces): recorded in the stream only, not in the live counts."""
+        self.stream.add(self._new_id(), nbytes)
+
     def _released(self, info: LiveTensor) -> Callable[[weakref.ref], None]:
         def cb(_ref: weakref.ref) -> None:
+            self.stream.add(info.ident, FREE)
             if info.counted:
                 self.live -= info.nbytes
                 self.live_rounded -= _round(info.nbytes)
@@ -137,6 +194,9 @@ class LiveBytesCounter(TorchDispatchMode):
             extra = rule(func, args, kwargs)
             if extra:
                 self._observe(self.live + extra, self.live_rounded + _round(extra))
+                ident = self._new_id()
+                self.stream.add(ident, extra)
+                self.stream.add(ident, FREE)
         out = func(*args, **kwargs)
         if getattr(func, "is_view", False):
             # a view aliases its input's storage (fake mode can hand out a fresh storage object for the

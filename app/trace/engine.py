@@ -20,9 +20,11 @@ from typing import Any
 import torch
 
 from app.core.architectures import attention_for
-from app.core.catalog import model_config
+from app.core.catalog import gpu, model_config
+from app.core.overhead import cublas_workspace_bytes
 from app.core.precision import dtypes_for
 from app.core.request import PlanRequest
+from app.core.reserved import trace_report
 from app.trace.counter import LiveBytesCounter, LiveTensor
 from app.trace.cuda_kernels import (
     attention_name,
@@ -58,6 +60,7 @@ class TraceResult:
     all_params: int = 0
     seconds: float = 0.0
     fake: bool = True
+    allocator: dict[str, Any] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -72,6 +75,7 @@ class TraceResult:
             "all_params": self.all_params,
             "seconds": round(self.seconds, 3),
             "fake": self.fake,
+            "allocator": self.allocator,
         }
 
 
@@ -323,6 +327,11 @@ def run_trace(req: PlanRequest, *, fake: bool = True, steps: int = 2, seed: int 
                 counter.reset_peak()
             input_ids = torch.randint(0, config.vocab_size, (tr.micro_batch_size, tr.seq_len))
             counter.set_phase("forward")
+            if step == 0:
+                # the first matmul makes cuBLAS allocate one workspace per handle (forward and backward
+                # threads) through the caching allocator, kept for the process (CublasHandlePool.cpp)
+                for _ in range(2):
+                    counter.inject(cublas_workspace_bytes(gpu(req.hardware.gpu).arch) // 2)
             with autocast:
                 out = model(input_ids=input_ids, labels=input_ids)
             if dt.compute != "fp32":
@@ -343,6 +352,7 @@ def run_trace(req: PlanRequest, *, fake: bool = True, steps: int = 2, seed: int 
             del input_ids
         static = _static(model, optimizer, req.method == "full")
         static["optimizer_states"] -= sum(t.untyped_storage().nbytes() for t in excluded)
+    allocator = _replay_stream(counter, req)
     return TraceResult(
         peak_bytes=counter.peak,
         peak_rounded_bytes=counter.peak_rounded,
@@ -355,4 +365,14 @@ def run_trace(req: PlanRequest, *, fake: bool = True, steps: int = 2, seed: int 
         all_params=all_params,
         seconds=time.perf_counter() - started,
         fake=fake,
+        allocator=allocator,
     )
+
+
+def _replay_stream(counter: LiveBytesCounter, req: PlanRequest) -> dict[str, Any]:
+    """The recorded allocation stream (paged optimizer states left out) replayed through the allocator."""
+    stream = counter.stream
+    index = stream.index_map()
+    marks = {index[i]: name for i, name in sorted(stream.marks.items())}
+    reset_at = index[stream.reset_at] if stream.reset_at is not None else None
+    return trace_report(stream.events(), marks, reset_at, req)
