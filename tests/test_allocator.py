@@ -9,12 +9,14 @@ Every expected number is worked out by hand in a comment from the rules in
 
 from __future__ import annotations
 
+import random
+
 import pytest
 
 from app.core.alloc_conf import AllocConfError, parse_alloc_conf
 from app.core.alloc_snapshot import SnapshotError, load_snapshot
-from app.core.allocator import FREE, replay, round_size
-from app.core.units import KiB, MiB
+from app.core.allocator import FREE, CachingAllocator, replay, round_size
+from app.core.units import GiB, KiB, MiB
 
 DEFAULT = parse_alloc_conf(None)
 EXPANDABLE = parse_alloc_conf("expandable_segments:True")
@@ -245,3 +247,47 @@ def test_snapshot_that_does_not_start_empty_is_refused() -> None:
         load_snapshot(snap)
     with pytest.raises(SnapshotError, match="no device_traces"):
         load_snapshot({"segments": []})
+
+
+def _check_invariants(alloc: CachingAllocator, live: dict[int, object]) -> None:
+    """Segments are tiled by their blocks without gaps; free neighbours in the same mapped state are merged;
+    the pools hold exactly the free mapped blocks; reserved = mapped bytes; allocated = live block bytes."""
+    blocks = [*live.values()]
+    for pool in (alloc.small, alloc.large):
+        assert sorted(pool.keys) == pool.keys and len(pool.keys) == len(pool.blocks)
+        blocks += [*pool.blocks.values(), *pool.unmapped.values()]
+    heads = {id(b): b for b in blocks if b.prev is None}
+    seen, mapped = 0, 0
+    for head in heads.values():
+        b = head
+        while b is not None:
+            seen += 1
+            if b.next is not None:
+                assert b.addr + b.size == b.next.addr and b.next.prev is b
+                assert b.allocated or b.next.allocated or b.mapped != b.next.mapped, "unmerged free neighbours"
+            pool = alloc.small if b.small else alloc.large
+            if not b.allocated:
+                assert (pool.blocks.get(b.addr) is b) == b.mapped and (pool.unmapped.get(b.addr) is b) != b.mapped
+            mapped += b.size if b.mapped else 0
+            b = b.next
+    assert seen == len(blocks)
+    assert mapped == alloc.reserved
+    assert alloc.allocated == sum(b.size for b in live.values())
+
+
+@pytest.mark.parametrize("conf", ["", "expandable_segments:True", "max_split_size_mb:64",
+                                  "garbage_collection_threshold:0.5"])
+def test_random_sequences_keep_the_allocator_consistent(conf: str) -> None:
+    """Random requests from 1 B to 96 MiB on a 1 GiB device (so releases, retries and OOMs happen)."""
+    rng = random.Random(7)
+    alloc = CachingAllocator(parse_alloc_conf(conf), capacity=GiB, memory_fraction=0.9 if "garbage" in conf else None)
+    live: dict[int, object] = {}
+    for i in range(2000):
+        if live and rng.random() < 0.45:
+            alloc.free(live.pop(rng.choice(list(live))))
+        else:
+            size = rng.choice([rng.randint(1, 4096), rng.randint(1, MiB), rng.randint(MiB, 12 * MiB),
+                               rng.randint(12 * MiB, 96 * MiB)])
+            live[i] = alloc.malloc(size, i)
+        _check_invariants(alloc, live)
+    assert alloc.stats.cuda_free_calls > 0  # the device filled up: cached memory was released

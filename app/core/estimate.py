@@ -7,15 +7,18 @@ from typing import NamedTuple
 
 from app.core.activations import ActivationModel, activation_model
 from app.core.adapters import AdapterPlan, plan_adapters
+from app.core.alloc_conf import parse_alloc_conf
 from app.core.architectures import ArchSpec, attention_for, parse_config
 from app.core.catalog import gpu, gpus, model_config
 from app.core.errors import PlanError
 from app.core.inventory import Inventory, build_inventory
-from app.core.overhead import cublas_workspace_bytes, overhead_bytes
+from app.core.overhead import cublas_workspace_bytes, outside_allocator_bytes
 from app.core.precision import Dtypes, dtypes_for
 from app.core.quantization import constants_bits_per_param, nf4_bytes
 from app.core.request import HardwareSpec, PlanRequest
+from app.core.reserved import allocator_reserve, expandable_variant, reserve_features
 from app.core.result import (
+    AllocatorInfo,
     BreakdownItem,
     EstimateResult,
     GpuFit,
@@ -129,7 +132,7 @@ def _phases(static: dict[str, int], sm: StaticMemory, act: ActivationModel, work
 
 
 def _breakdown(sm: StaticMemory, act: ActivationModel, peak_phase: str, activations: int,
-               context: int, reserve: int, workspace: int) -> list[BreakdownItem]:
+               context: int, reserve: AllocatorInfo, workspace: int) -> list[BreakdownItem]:
     items: list[BreakdownItem] = []
     for component, bucket in (("weights", sm.weights), ("quantization_constants", sm.constants),
                               ("adapter", sm.adapters), ("gradients", sm.gradients),
@@ -146,7 +149,8 @@ def _breakdown(sm: StaticMemory, act: ActivationModel, peak_phase: str, activati
     items.append(BreakdownItem(key="overhead/cublas_workspace", bytes=workspace, note="inside peak"))
     items.append(BreakdownItem(key="overhead/cuda_context", bytes=context,
                                note="outside peak (CUDA context; NCCL buffers when num_gpus > 1)"))
-    items.append(BreakdownItem(key="overhead/allocator_reserve", bytes=reserve, note="outside peak"))
+    items.append(BreakdownItem(key="overhead/allocator_reserve", bytes=reserve.reserve_bytes,
+                               note=f"outside peak, inside reserved: {reserve.rule}"))
     return items
 
 
@@ -250,6 +254,22 @@ def _static_parts(req: PlanRequest) -> _Static:
     return _static_parts_cached(_static_key(req)) if isinstance(req.model, str) else _static_parts_uncached(req)
 
 
+def _allocator_info(req: PlanRequest, vocab_size: int, act: ActivationModel, peak: int,
+                    context: int) -> AllocatorInfo:
+    """The caching allocator's reserve by the fitted rule (app/core/reserved.py), and with expandable segments."""
+    config = parse_alloc_conf(req.hardware.pytorch_cuda_alloc_conf)
+    features = reserve_features(req, vocab_size, act, peak)
+    checkpointed = req.training.gradient_checkpointing
+    reserve = allocator_reserve(features, config, checkpointed)
+    variant = expandable_variant(config)
+    expandable = allocator_reserve(features, variant, checkpointed) if variant else reserve
+    return AllocatorInfo(
+        pytorch_cuda_alloc_conf=req.hardware.pytorch_cuda_alloc_conf, reserve_bytes=reserve.bytes,
+        rule=reserve.rule, outside_allocator_bytes=context, expandable_segments_reserve_bytes=expandable.bytes,
+        expandable_segments_saves_bytes=reserve.bytes - expandable.bytes,
+    )
+
+
 def estimate(req: PlanRequest) -> EstimateResult:
     """The full answer for one run. Raises :class:`PlanError` for input the planner cannot answer."""
     model_id, inv, plan, sm, quant_report = _static_parts(req)
@@ -271,7 +291,9 @@ def estimate(req: PlanRequest) -> EstimateResult:
     # everything else alive at the peak: activations, temporaries, cuBLAS workspaces, gathered ZeRO-3/FSDP
     # layers and communication buckets, so that the memory fields at the peak add up to peak and total
     activations = max(peak - resident - top.gradient_bytes, 0)
-    context, reserve = overhead_bytes(peak, req.hardware.num_gpus)
+    context = outside_allocator_bytes(req.hardware.num_gpus)
+    allocator = _allocator_info(req, arch.vocab_size, act, peak, context)
+    reserve = allocator.reserve_bytes
     total_params = inv.total_params
     all_params = total_params + plan.added_params
     if req.quantized and not req.quantization.load_in_8bit:
@@ -304,13 +326,15 @@ def estimate(req: PlanRequest) -> EstimateResult:
             optimizer_states=static["optimizer"],
             activations=activations,
             peak=peak,
+            reserved=peak + reserve,
             overhead=context + reserve,
             total=peak + context + reserve,
         ),
         peak=PeakInfo(phase=top.name, phases=phases, provisional=False),
-        breakdown=_breakdown(sm, act, top.name, activations - workspace - gathered, context, reserve, workspace),
+        breakdown=_breakdown(sm, act, top.name, activations - workspace - gathered, context, allocator, workspace),
         quantization=quant_report,
         fits=fits,
+        allocator=allocator,
         assumptions=_assumptions(req, dt, plan),
         versions={"planner": PLANNER_VERSION, **{f"models_{k}": v for k, v in MODELLED_VERSIONS.items()}},
     )

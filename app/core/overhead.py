@@ -1,4 +1,4 @@
-"""Memory outside ``max_memory_allocated``: CUDA context and the caching allocator's reserve (bytes).
+"""Memory beside the step's tensors: CUDA context, NCCL buffers and cuBLAS workspaces (bytes).
 
 Model (constants to be fitted from calibrations, see the calibration issue):
 - CUDA context + kernel images: ``CUDA_CONTEXT_BYTES`` per GPU (torch 2.x with lazy module loading:
@@ -6,15 +6,14 @@ Model (constants to be fitted from calibrations, see the calibration issue):
 - cuBLAS workspaces are allocated through the caching allocator (``CublasHandlePool.cpp``), so they are
   part of ``peak``: 32 MiB per handle on sm90 (Hopper), 4 MiB·2 + 16 KiB·8 elsewhere; one handle for the
   forward thread and one for autograd's backward thread.
-- Allocator reserve: ``max_memory_reserved − max_memory_allocated``: block rounding (512 B), unsplit
-  large blocks and segment granularity. Modelled as ``ALLOCATOR_RESERVE_FRACTION`` of the peak, at
-  least ``ALLOCATOR_RESERVE_MIN_BYTES``.
+- Allocator reserve (``max_memory_reserved − max_memory_allocated``): not here; fitted rules on simulated
+  traces of the caching allocator (:mod:`app.core.reserved`, :mod:`app.core.allocator`).
 - Multi-GPU: NCCL communicator buffers (``NCCL_BUFFSIZE`` 4 MiB per channel and peer, plus its
   internal allocations) live outside the allocator: ``NCCL_BYTES`` per GPU when ``num_gpus > 1``.
 
 The constants are starting values checked against ``shared/data/published_peak_memory.csv``
-(``bench/published_check.py``: reserved-memory rows of the PEFT benchmark came out 4.5% above our
-peak + reserve at 6%, the 70B multi-GPU nvidia-smi rows 20–25% above our total without NCCL);
+(``bench/published_check.py``: the 70B multi-GPU nvidia-smi rows came out 20–25% above our total
+without NCCL);
 the calibration issue fits them per GPU from measurements.
 """
 
@@ -23,8 +22,6 @@ from __future__ import annotations
 from app.core.units import KiB, MiB
 
 CUDA_CONTEXT_BYTES = 512 * MiB
-ALLOCATOR_RESERVE_FRACTION = 0.10
-ALLOCATOR_RESERVE_MIN_BYTES = 128 * MiB
 NCCL_BYTES = 1024 * MiB
 
 
@@ -37,9 +34,3 @@ def cublas_workspace_bytes(arch: str) -> int:
 def outside_allocator_bytes(num_gpus: int = 1) -> int:
     """Device memory outside torch's caching allocator: the CUDA context, plus NCCL when ``num_gpus > 1``."""
     return CUDA_CONTEXT_BYTES + (NCCL_BYTES if num_gpus > 1 else 0)
-
-
-def overhead_bytes(peak_bytes: int, num_gpus: int = 1) -> tuple[int, int]:
-    """(outside-allocator bytes: CUDA context + NCCL, allocator_reserve) for a step peaking at ``peak_bytes``."""
-    reserve = max(int(peak_bytes * ALLOCATOR_RESERVE_FRACTION), ALLOCATOR_RESERVE_MIN_BYTES)
-    return CUDA_CONTEXT_BYTES + (NCCL_BYTES if num_gpus > 1 else 0), reserve

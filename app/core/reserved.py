@@ -1,5 +1,20 @@
 """What the card holds beyond allocated bytes: the caching allocator's reserve and memory outside it.
 
+:func:`allocator_reserve` is the analytic path's reserve (``max_memory_reserved − max_memory_allocated``):
+a rule per allocator setting (default / ``expandable_segments:True``) and gradient checkpointing (on /
+off), linear in the step's block-size pattern:
+
+- ``logits``: the fp32 logits, micro_batch·seq_len·vocab·4 bytes, the largest transient blocks of the
+  step (bf16 logits, their fp32 copy, log-softmax and their gradients are of this size or half of it);
+  once freed, their segments are split by smaller requests and a later logits-size block needs a new one;
+- ``layer``: one decoder layer's backward (recomputed activations with checkpointing, gradients,
+  bitsandbytes' dequantized weights), the repeating mid-size blocks;
+- ``peak``: the allocated peak (block rounding and 20 MiB segments of 1–10 MiB requests).
+
+The coefficients (``data/allocator_reserve.json``) are fitted by ``bench/allocator_grid.py --fit`` on the
+simulated reserve of traced steps (the trace grid's recorded allocation streams replayed through
+:mod:`app.core.allocator` on an A100 80GB) and checked against them by tests/test_reserved.py.
+
 :func:`trace_report` replays a traced step's allocation stream (``app/trace/counter.py``) through the
 simulator (:mod:`app.core.allocator`) on the card's capacity and reports ``max_memory_reserved``, the
 fragmentation at the peak, the OOMs, what ``expandable_segments:True`` would change and what
@@ -8,14 +23,64 @@ fragmentation at the peak, the OOMs, what ``expandable_segments:True`` would cha
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
-from typing import Any
+from functools import cache
+from typing import Any, NamedTuple
 
+from app.core.activations import ActivationModel
 from app.core.alloc_conf import AllocatorConfig, parse_alloc_conf
 from app.core.allocator import AllocatorStats, replay
-from app.core.catalog import gpu
+from app.core.catalog import DATA_DIR, gpu
 from app.core.overhead import outside_allocator_bytes
 from app.core.request import PlanRequest
+from app.core.units import format_bytes
+
+RULES_FILE = DATA_DIR / "allocator_reserve.json"
+FEATURES = ("logits", "layer", "peak")
+
+
+class Reserve(NamedTuple):
+    """The allocator reserve in bytes and the rule that gave it (readable, with its figures)."""
+
+    bytes: int
+    rule: str
+
+
+@cache
+def _rules() -> dict[str, Any]:
+    return json.loads(RULES_FILE.read_text())
+
+
+def reserve_features(req: PlanRequest, vocab_size: int, act: ActivationModel, peak: int) -> dict[str, int]:
+    """The block-size pattern the rule reads (bytes): see the module docstring."""
+    t = req.training
+    return {"logits": t.micro_batch_size * t.seq_len * vocab_size * 4,
+            "layer": act.backward_layer + act.backward_transient, "peak": peak}
+
+
+def rule_group(config: AllocatorConfig, checkpointed: bool) -> str:
+    return (f"{'expandable_segments' if config.expandable_segments else 'default'}/"
+            f"{'checkpointed' if checkpointed else 'not_checkpointed'}")
+
+
+def allocator_reserve(features: dict[str, int], config: AllocatorConfig, checkpointed: bool) -> Reserve:
+    """The fitted rule of the request's group applied to its features (bytes), at least the group's minimum."""
+    data = _rules()
+    group = rule_group(config, checkpointed)
+    rule = data["rules"][group]
+    coef = rule["coefficients"]
+    value = max(int(sum(coef[k] * features[k] for k in FEATURES)), rule["min_bytes"])
+    terms = " + ".join(f"{coef[k]:.3g}·{k} ({format_bytes(features[k])})" for k in FEATURES if coef[k])
+    text = (f"{group}: max({terms or '0'}, {format_bytes(rule['min_bytes'])}); "
+            f"fitted on {rule['cases']} simulated traces")
+    unmodelled = [name for name, on in (("max_split_size_mb", config.max_split_size is not None),
+                                        ("roundup_power2_divisions", any(config.roundup_power2_divisions)),
+                                        ("garbage_collection_threshold", config.garbage_collection_threshold > 0))
+                  if on]
+    if unmodelled:
+        text += f" ({', '.join(unmodelled)}: not in the analytic rule; POST /api/v1/trace replays them)"
+    return Reserve(value, text)
 
 
 def expandable_variant(config: AllocatorConfig) -> AllocatorConfig | None:

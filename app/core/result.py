@@ -24,8 +24,11 @@ class Memory(BaseModel):
                              "workspaces (peak minus weights, constants, adapters, optimizer states and the "
                              "gradients alive then)")
     peak: int = Field(description="predicted torch.cuda.max_memory_allocated() of a steady training step")
-    overhead: int = Field(description="CUDA context + allocator reserve beyond allocated bytes")
-    total: int = Field(description="what the card must hold: peak + overhead")
+    reserved: int = Field(description="predicted torch.cuda.max_memory_reserved(): peak + the caching "
+                          "allocator's reserve (see `allocator`)")
+    overhead: int = Field(description="CUDA context (+ NCCL buffers) + allocator reserve beyond allocated bytes")
+    total: int = Field(description="what the card must hold, as nvidia-smi shows it: reserved + CUDA context "
+                       "(+ NCCL buffers when num_gpus > 1) = peak + overhead")
 
 
 class BreakdownItem(BaseModel):
@@ -58,6 +61,20 @@ class QuantizationReport(BaseModel):
     constants_bytes_double_quant: int
     storage_bytes_4bit: int = Field(description="packed data + constants of every quantized layer")
     seed_claim: str
+
+
+class AllocatorInfo(BaseModel):
+    """The caching allocator's reserve (reserved − allocated) and which rule gave it (app/core/reserved.py)."""
+
+    pytorch_cuda_alloc_conf: str | None = Field(description="the request's PYTORCH_CUDA_ALLOC_CONF (null: default)")
+    reserve_bytes: int = Field(description="predicted max_memory_reserved − max_memory_allocated")
+    rule: str = Field(description="the rule that applied, with its inputs")
+    outside_allocator_bytes: int = Field(description="CUDA context (+ NCCL buffers): in nvidia-smi, not in reserved")
+    expandable_segments_reserve_bytes: int = Field(
+        description="the reserve with expandable_segments:True added to the request's settings")
+    expandable_segments_saves_bytes: int = Field(
+        description="reserve_bytes − expandable_segments_reserve_bytes: what expandable_segments:True would save "
+        "(0 when the request already sets it)")
 
 
 class GpuFit(BaseModel):
@@ -98,6 +115,7 @@ class EstimateResult(BaseModel):
     breakdown: list[BreakdownItem]
     quantization: QuantizationReport | None
     fits: list[GpuFit]
+    allocator: AllocatorInfo
     assumptions: list[str]
     versions: dict[str, str]
     calibration: CalibrationRef | None = Field(
