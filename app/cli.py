@@ -83,6 +83,8 @@ def build_parser() -> argparse.ArgumentParser:
     hardware.add_argument("--gpu", help="catalog GPU id (GET /api/v1/gpus), e.g. nvidia-rtx-4090")
     hardware.add_argument("--num-gpus", type=int)
     hardware.add_argument("--sharding", choices=SHARDINGS)
+    hardware.add_argument("--alloc-conf", metavar="PYTORCH_CUDA_ALLOC_CONF",
+                          help="the run's PYTORCH_CUDA_ALLOC_CONF, e.g. expandable_segments:True (default: torch's)")
     other = inputs.add_argument_group("output and server")
     other.add_argument("--set", action="append", default=[], metavar="PATH=VALUE",
                        help="any request field, e.g. --set quantization.load_in_8bit=true (VALUE is JSON or text)")
@@ -165,6 +167,7 @@ def build_body(args: argparse.Namespace) -> tuple[dict[str, Any], list[Any]]:
     put("hardware", "gpu", args.gpu)
     put("hardware", "num_gpus", args.num_gpus)
     put("hardware", "sharding", args.sharding)
+    put("hardware", "pytorch_cuda_alloc_conf", args.alloc_conf)
     for item in args.set:
         path, sep, raw = item.partition("=")
         if not sep or not path.strip():
@@ -353,9 +356,16 @@ def render_estimate(req: dict[str, Any], res: dict[str, Any]) -> str:
     rows = [("weights", "weights"), ("quantization constants", "quantization_constants"),
             ("adapter weights", "adapter_weights"), ("gradients", "gradients"),
             ("optimizer states", "optimizer_states"), ("activations", "activations"),
-            (f"peak ({peak['phase']})", "peak"), ("overhead", "overhead"), ("total", "total")]
+            (f"peak ({peak['phase']})", "peak"), ("reserved", "reserved"), ("overhead", "overhead"),
+            ("total", "total")]
     for label, key in rows:
         lines.append(f"  {label:<26}{_gib(m[key]):>13}{m[key]:>19,}")
+    alloc = res.get("allocator")
+    if alloc:
+        lines.append(f"  allocator reserve: {alloc['rule']}")
+        if alloc["expandable_segments_saves_bytes"]:
+            lines.append(f"  expandable_segments:True would change the reserve by "
+                         f"{_gib(-alloc['expandable_segments_saves_bytes'])}")
     provisional = " (provisional: activation model not yet checked against traces)" if peak.get("provisional") else ""
     lines += ["", f"Peak by phase{provisional}"]
     for phase in peak["phases"]:

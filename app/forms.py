@@ -37,7 +37,7 @@ def form_to_body(form: Mapping[str, str], config_text: str | None = None) -> dic
                          **flags("bnb_4bit_use_double_quant", "prepare_kbit", "load_in_8bit")},
         "training": {**pick("precision", "optim", "micro_batch_size", "seq_len", "attn_implementation"),
                      **flags("gradient_checkpointing")},
-        "hardware": pick("gpu", "num_gpus", "sharding"),
+        "hardware": pick("gpu", "num_gpus", "sharding", "pytorch_cuda_alloc_conf"),
     }
     if config_text and config_text.strip():
         try:

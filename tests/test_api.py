@@ -34,7 +34,7 @@ def test_estimate_contract(client: TestClient) -> None:
     data = r.json()
     assert set(data["parameters"]) >= {"total", "trainable", "trainable_percent"}
     assert set(data["memory"]) == {"weights", "quantization_constants", "adapter_weights", "gradients",
-                                   "optimizer_states", "activations", "peak", "overhead", "total"}
+                                   "optimizer_states", "activations", "peak", "reserved", "overhead", "total"}
     assert all(isinstance(v, int) for v in data["memory"].values())
     assert data["parameters"]["total"] == 8_030_261_248  # Llama-3.1-8B, transformers num_parameters()
     # r=16 on every q,k,v,o,gate,up,down of 32 layers: 16·Σ(in+out) = 16·32·(4096+4096 + 4096+1024 ·2
@@ -45,6 +45,10 @@ def test_estimate_contract(client: TestClient) -> None:
     assert data["memory"]["optimizer_states"] == 8 * 41_943_040  # AdamW m, v in fp32
     assert data["breakdown"] and all("/" in item["key"] for item in data["breakdown"])
     assert data["memory"]["total"] == data["memory"]["peak"] + data["memory"]["overhead"]
+    # reserved = peak + the allocator reserve; total = reserved + what lives outside the allocator
+    alloc = data["allocator"]
+    assert data["memory"]["reserved"] == data["memory"]["peak"] + alloc["reserve_bytes"]
+    assert data["memory"]["total"] == data["memory"]["reserved"] + alloc["outside_allocator_bytes"]
     assert data["versions"]["models_peft"] == "0.21.2"
 
 
@@ -69,6 +73,10 @@ def test_pasted_config(client: TestClient) -> None:
          "paged_adamw_8bit"),
         ({"model": "meta-llama/Llama-3.1-8B", "hardware": {"gpu": "tpu"}}, ["body", "hardware", "gpu"],
          "nvidia-h100-sxm-80gb"),
+        ({"model": "meta-llama/Llama-3.1-8B", "hardware": {"pytorch_cuda_alloc_conf": "expandable_segment:True"}},
+         ["body", "hardware", "pytorch_cuda_alloc_conf"], "expandable_segments"),
+        ({"model": "meta-llama/Llama-3.1-8B", "hardware": {"pytorch_cuda_alloc_conf": "max_split_size_mb:4"}},
+         ["body", "hardware", "pytorch_cuda_alloc_conf"], "must be >= 20"),
         ({"model": "meta-llama/Llama-3.1-8B", "hardware": {"num_gpus": 2}}, ["body", "hardware", "sharding"],
          "zero3"),
         ({"model": "openai-community/gpt2", "training": {"seq_len": 4096}}, ["body", "training", "seq_len"], "1024"),

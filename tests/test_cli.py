@@ -69,6 +69,7 @@ def test_check_defaults_to_the_gpu_vram_and_json() -> None:
     (["--budget", "24XB"], "error: --budget: cannot read '24XB'"),
     (["--set", "lora.surprise=1"], "error: lora.surprise: Extra inputs are not permitted"),
     (["missing.yaml"], "error: missing.yaml: no such file"),
+    (["--alloc-conf", "max_split_size_mb:1"], "error: hardware.pytorch_cuda_alloc_conf:"),
 ])
 def test_bad_input_exits_2_naming_the_field(args: list[str], field: str) -> None:
     out = run("check", *LLAMA_QLORA, *args)
@@ -98,6 +99,16 @@ def test_estimate_json_is_the_api_response() -> None:
                                     lora={"r": 16, "lora_alpha": 32, "target_modules": "all-linear"},
                                     training={"optim": "paged_adamw_8bit"}, hardware={"gpu": "nvidia-rtx-4090"}))
     assert data == expected.model_dump(mode="json")
+
+
+def test_alloc_conf_flag() -> None:
+    out = run("estimate", *LLAMA_QLORA, "--alloc-conf", "expandable_segments:True", "--json")
+    assert out.returncode == 0, out.stderr
+    expected = estimate(PlanRequest(model="meta-llama/Llama-3.1-8B", method="qlora",
+                                    hardware={"pytorch_cuda_alloc_conf": "expandable_segments:True"}))
+    assert json.loads(out.stdout) == expected.model_dump(mode="json")
+    assert expected.allocator.rule.startswith("expandable_segments/checkpointed")
+    assert expected.allocator.expandable_segments_saves_bytes == 0  # already on
 
 
 def test_estimate_table() -> None:

@@ -209,6 +209,24 @@ def test_url_round_trip(client: TestClient) -> None:
     assert off.cell("lora", "activations") != page.cell("lora", "activations")
 
 
+def test_alloc_conf_input_and_expandable_saving(client: TestClient) -> None:
+    """The form carries PYTORCH_CUDA_ALLOC_CONF; the details say what expandable_segments:True would save."""
+    req = PlanRequest(model=PLAN["model"], method="qlora", lora={"r": 32, "lora_alpha": 64,
+                                                                  "target_modules": "all-linear"},
+                      training={"seq_len": 4096, "micro_batch_size": 2}, hardware={"gpu": "nvidia-l40s"})
+    result = estimate(req)
+    page = client.get("/", params=PLAN).text
+    assert 'name="pytorch_cuda_alloc_conf"' in page
+    assert format_bytes(result.memory.reserved) in page
+    saves = result.allocator.expandable_segments_saves_bytes
+    assert saves > 0 and f"would reserve about {format_bytes(saves)} less" in page
+    expandable = client.get("/", params={**PLAN, "pytorch_cuda_alloc_conf": "expandable_segments:True"}).text
+    assert Page(expandable).fields["pytorch_cuda_alloc_conf"] == "expandable_segments:True"
+    assert "expandable_segments/checkpointed" in expandable
+    bad = client.get("/", params={**PLAN, "pytorch_cuda_alloc_conf": "nope:1"})
+    assert bad.status_code in (200, 422) and "hardware.pytorch_cuda_alloc_conf" in bad.text
+
+
 def test_compare_json_matches_the_page(client: TestClient) -> None:
     page = Page(client.get("/", params=PLAN).text)
     data = client.get("/compare.json", params=PLAN).json()

@@ -37,8 +37,9 @@ def apply_calibrations(result: EstimateResult, gpu_id: str, samples: list[Calibr
     fraction = statistics.median((s.measured_reserved - s.measured_peak) / s.measured_peak for s in usable)
     gaps = [(s.measured_peak - s.predicted_peak) / s.predicted_peak for s in usable]
     mem = result.memory
-    overhead = context + int(fraction * mem.peak)
-    memory = mem.model_copy(update={"overhead": overhead, "total": mem.peak + overhead})
+    reserve = int(fraction * mem.peak)
+    memory = mem.model_copy(update={"reserved": mem.peak + reserve, "overhead": context + reserve,
+                                    "total": mem.peak + context + reserve})
     fits = [f.model_copy(update={"headroom_bytes": f.vram_bytes - memory.total,
                                  "fits": memory.total <= f.vram_bytes}) if f.gpu == gpu_id else f
             for f in result.fits]
