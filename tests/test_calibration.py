@@ -135,6 +135,10 @@ def test_cpu_calibration_matches_trace_and_estimate(tmp_path: Path) -> None:
         assert result["peak_phase"] == traced.peak_phase
         assert result["setup_peak_bytes"] == traced.setup_peak_bytes
         assert result["trainable_params"] == traced.trainable_params
+        # CPU twin of the GPU snapshot replay: the counted stream through the allocator simulator
+        replay = result["allocator_replay"]
+        assert replay["recorded_max_reserved_bytes"] is None
+        assert replay["simulated_max_reserved_bytes"] >= result["peak_rounded_bytes"]
         assert job["estimate"] == estimate(req).model_dump(mode="json")
         # the estimate is the analytic model of those tensors: 1.1 % off on this config. A few percent, not
         # byte-exact: on a tiny model the fixed terms (code tables, loss temporaries) weigh most.
@@ -230,6 +234,10 @@ def test_cuda_calibration_measures_the_allocator(tmp_path: Path) -> None:
     assert 0 < result["peak_allocated_bytes"] <= result["peak_reserved_bytes"] <= result["device_used_bytes"]
     assert result["environment"]["gpu_name"]
     assert result["matmul_microbench"][0]["device"] == "CUDA"
+    # the recorded allocator history replayed through the simulator gives the recorded reserved bytes exactly
+    replay = result["allocator_replay"]
+    assert "error" not in replay, replay
+    assert replay["simulated_max_reserved_bytes"] == replay["recorded_max_reserved_bytes"] > 0, replay
 
 
 def test_measured_slowdown_feeds_the_planner(tmp_path: Path) -> None:

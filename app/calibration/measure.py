@@ -215,6 +215,41 @@ def _linear_shapes(model: Any, top: int = 3) -> list[tuple[int, int]]:
     return sorted(shapes, key=lambda s: s[0] * s[1], reverse=True)[:top]
 
 
+def replay_snapshot(snapshot: dict[str, Any], device_index: int) -> dict[str, Any]:
+    """A CUDA run's recorded allocator history replayed through the simulator with the process's
+    PYTORCH_CUDA_ALLOC_CONF: the recorded and the simulated max_memory_reserved (bytes) of the whole run."""
+    import os
+
+    from app.core.alloc_conf import AllocConfError, parse_alloc_conf
+    from app.core.alloc_snapshot import SnapshotError, load_snapshot
+    from app.core.allocator import replay
+
+    conf = os.environ.get("PYTORCH_CUDA_ALLOC_CONF")
+    try:
+        recorded = load_snapshot(snapshot, device_index)
+        stats = replay(recorded.events, parse_alloc_conf(conf))
+    except (SnapshotError, AllocConfError) as exc:
+        return {"error": str(exc), "pytorch_cuda_alloc_conf": conf}
+    return {"pytorch_cuda_alloc_conf": conf, "events": len(recorded.events),
+            "recorded_max_reserved_bytes": recorded.max_reserved,
+            "simulated_max_reserved_bytes": stats.max_reserved,
+            "recorded_segment_actions": recorded.segment_actions,
+            "simulated_cuda_malloc_calls": stats.cuda_malloc_calls,
+            "exact": recorded.max_reserved == stats.max_reserved}
+
+
+def replay_stream(counter: Any) -> dict[str, Any]:
+    """The CPU twin of :func:`replay_snapshot`: the counted storages' stream replayed through the simulator
+    (simulated max_memory_reserved of the whole run, bytes; nothing recorded to compare with on CPU)."""
+    from app.core.allocator import replay
+
+    stream = counter.stream
+    stats = replay(stream.events())
+    return {"pytorch_cuda_alloc_conf": None, "events": len(stream), "recorded_max_reserved_bytes": None,
+            "simulated_max_reserved_bytes": stats.max_reserved, "simulated_cuda_malloc_calls": stats.cuda_malloc_calls,
+            "exact": None}
+
+
 def _run_steps(req: PlanRequest, device: str, warmup_steps: int, measure_steps: int, model_dir: str | None,
                progress: Progress, phase: _Phase, span: tuple[float, float]) -> dict[str, Any]:
     """Build, set up and step one configuration; the bytes and times of its measured steps."""
@@ -240,6 +275,11 @@ def _run_steps(req: PlanRequest, device: str, warmup_steps: int, measure_steps: 
         warnings.simplefilter("ignore")
         if cuda:
             torch.cuda.set_device(torch.device(device))
+            # an empty allocator, then its history from the first allocation on, so that the snapshot can be
+            # replayed through the allocator simulator (app/core/alloc_snapshot.py)
+            torch.cuda.empty_cache()
+            torch.cuda.memory._record_memory_history(enabled="all", context=None, stacks="python",
+                                                     clear_history=True)
             torch.cuda.reset_peak_memory_stats()
         model = _build_model(req, config, device, torch_dtype, model_dir)
         if counter is not None:
@@ -355,6 +395,9 @@ def _run_steps(req: PlanRequest, device: str, warmup_steps: int, measure_steps: 
             "notes": notes,
         }
         if cuda:
+            snapshot = torch.cuda.memory._snapshot()
+            torch.cuda.memory._record_memory_history(enabled=None)
+            out_d["allocator_replay"] = replay_snapshot(snapshot, torch.cuda.current_device())
             free, total_mem = torch.cuda.mem_get_info()
             peak = max(phase_peaks.values()) if phase_peaks else 0
             out_d.update(
@@ -375,6 +418,7 @@ def _run_steps(req: PlanRequest, device: str, warmup_steps: int, measure_steps: 
                 peak_phase=counter.snapshot.phase,
                 phases={name: s.peak_bytes for name, s in counter.phases.items()},
                 largest=[vars(t) for t in counter.snapshot.largest[:8]],
+                allocator_replay=replay_stream(counter),
                 counter="app.trace.counter.LiveBytesCounter (CPU, CUDA kernel stand-ins)",
             )
         del model, optimizer, params, base, head
