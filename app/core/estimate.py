@@ -7,10 +7,11 @@ from typing import NamedTuple
 
 from app.core.activations import ActivationModel, activation_model
 from app.core.adapters import AdapterPlan, plan_adapters
-from app.core.architectures import ArchSpec, attention_for, parse_config
-from app.core.catalog import gpu, gpus, model_config
+from app.core.architectures import ArchSpec, attention_for
+from app.core.catalog import gpu, gpus
 from app.core.errors import PlanError
-from app.core.inventory import Inventory, build_inventory
+from app.core.generic import model_inventory
+from app.core.inventory import Inventory
 from app.core.overhead import cublas_workspace_bytes, overhead_bytes
 from app.core.precision import Dtypes, dtypes_for
 from app.core.quantization import constants_bits_per_param, nf4_bytes
@@ -28,26 +29,15 @@ from app.core.result import (
 )
 from app.core.static_memory import StaticMemory, quantized_modules, static_memory
 from app.core.units import format_bytes
+from app.core.versions import MODELLED_VERSIONS
 
-MODELLED_VERSIONS = {
-    "transformers": "5.24.0",
-    "peft": "0.21.2",
-    "bitsandbytes": "0.50.2",
-    "torch": "2.13.0",
-}
 PLANNER_VERSION = "0.1.0"
 
 
-@lru_cache(maxsize=256)
-def inventory_for(model_id: str) -> Inventory:
-    return build_inventory(parse_config(model_config(model_id)))
-
-
 def resolve_inventory(req: PlanRequest) -> tuple[str | None, Inventory]:
-    """Catalog inventories are cached; pasted configs are parsed per request (bounded by LIMITS)."""
-    if isinstance(req.model, str):
-        return req.model, inventory_for(req.model)
-    return None, build_inventory(parse_config(req.model.config))
+    """The hand-written rules' inventory (catalog ones cached), or the registered one built from the real
+    model for other model types (:mod:`app.core.generic`)."""
+    return model_inventory(req.model)
 
 
 def _check_request(req: PlanRequest, arch: ArchSpec) -> None:
@@ -307,7 +297,7 @@ def estimate(req: PlanRequest) -> EstimateResult:
             overhead=context + reserve,
             total=peak + context + reserve,
         ),
-        peak=PeakInfo(phase=top.name, phases=phases, provisional=False),
+        peak=PeakInfo(phase=top.name, phases=phases, provisional=inv.generic_key is not None),
         breakdown=_breakdown(sm, act, top.name, activations - workspace - gathered, context, reserve, workspace),
         quantization=quant_report,
         fits=fits,
