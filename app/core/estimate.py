@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from functools import lru_cache
 from typing import NamedTuple
 
@@ -10,7 +11,7 @@ from app.core.adapters import AdapterPlan, plan_adapters
 from app.core.architectures import ArchSpec, attention_for
 from app.core.catalog import gpu, gpus
 from app.core.errors import PlanError
-from app.core.generic import model_inventory
+from app.core.generic import generic_key, model_inventory
 from app.core.inventory import Inventory
 from app.core.overhead import cublas_workspace_bytes, overhead_bytes
 from app.core.precision import Dtypes, dtypes_for
@@ -235,9 +236,22 @@ def _static_parts_cached(key: str) -> _Static:
     return _static_parts_uncached(PlanRequest.model_validate_json(key))
 
 
+_GENERIC_STATIC: OrderedDict[tuple[str, str], _Static] = OrderedDict()
+
+
 def _static_parts(req: PlanRequest) -> _Static:
-    # pasted configs are not cached: their keys could be up to a request body (1 MiB) each
-    return _static_parts_cached(_static_key(req)) if isinstance(req.model, str) else _static_parts_uncached(req)
+    if isinstance(req.model, str):
+        return _static_parts_cached(_static_key(req))
+    key = generic_key(req.model.config)
+    if key is None:  # pasted configs of the rules are not cached: their keys could be a 1 MiB body each
+        return _static_parts_uncached(req)
+    # a generic model is cached under its config hash, like a catalog model under its id
+    skey = (key, _static_key(req.model_copy(update={"model": "generic"})))
+    if skey not in _GENERIC_STATIC:
+        _GENERIC_STATIC[skey] = _static_parts_uncached(req)
+        while len(_GENERIC_STATIC) > 1024:
+            _GENERIC_STATIC.popitem(last=False)
+    return _GENERIC_STATIC[skey]
 
 
 def estimate(req: PlanRequest) -> EstimateResult:

@@ -128,6 +128,14 @@ def registered_resolution(key: str, tkey: str) -> Resolution | None:
     return _RESOLUTIONS.get(key, {}).get(tkey)
 
 
+def generic_key(cfg: dict[str, Any]) -> str | None:
+    """The registry key of a config the rules do not cover and whose inventory is registered, else None."""
+    if not isinstance(cfg, dict) or uses_rules(cfg) or "model_type" not in cfg:
+        return None
+    key = config_key(cfg)
+    return key if key in _INVENTORIES else None
+
+
 @lru_cache(maxsize=256)
 def _rules_inventory(model_id: str) -> Inventory:
     return build_inventory(parse_config(model_config(model_id)))
