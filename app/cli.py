@@ -263,9 +263,11 @@ def run_estimate(args: argparse.Namespace, body: dict[str, Any]) -> dict[str, An
     if args.url:
         return _post(args, "/api/v1/estimate", body, strip=("body",))
     from app.core import PlanError, estimate
+    from app.models.generic import ensure_generic
 
     req = _validate(body)
     try:
+        ensure_generic(req)
         return estimate(req).model_dump(mode="json")
     except PlanError as exc:
         raise _bad(f"{_loc(exc.loc)}: {exc.message}") from None
@@ -292,9 +294,11 @@ def run_fit(args: argparse.Namespace, body: dict[str, Any]) -> dict[str, Any]:
         return _post(args, "/api/v1/fit", payload, strip=("body", "request"))
     from app.core import PlanError
     from app.core.fit import fit
+    from app.models.generic import ensure_generic
 
     req = _validate(body)
     try:
+        ensure_generic(req)
         return fit(req, budget, "budget" if budget is not None else None).model_dump(mode="json")
     except PlanError as exc:
         raise _bad(f"{_loc(exc.loc)}: {exc.message}") from None

@@ -7,11 +7,11 @@ from typing import Any
 from app.core.adapters import adaptable_names
 from app.core.architectures import PEFT_DEFAULT_TARGET_MODULES
 from app.core.catalog import model_config
-from app.core.estimate import inventory_for
+from app.core.generic import model_inventory
 
 
 def model_row(model_id: str) -> dict[str, Any]:
-    inv = inventory_for(model_id)
+    inv = model_inventory(model_id)[1]
     a = inv.arch
     return {
         "id": model_id,
@@ -30,12 +30,12 @@ def model_row(model_id: str) -> dict[str, Any]:
 
 
 def model_detail(model_id: str) -> dict[str, Any]:
-    inv = inventory_for(model_id)
+    inv = model_inventory(model_id)[1]
     return {
         **model_row(model_id),
         "config": model_config(model_id),
         "params_by_group": inv.params_by_group(),
         "adaptable_modules": adaptable_names(inv),
-        "peft_default_target_modules": PEFT_DEFAULT_TARGET_MODULES[inv.arch.model_type],
+        "peft_default_target_modules": PEFT_DEFAULT_TARGET_MODULES.get(inv.arch.model_type),
         "linear_modules": sum(1 for m in inv.modules if m.kind in ("linear", "conv1d")),
     }

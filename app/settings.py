@@ -17,6 +17,10 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(1_048_576, description="largest accepted request body (a pasted config.json)")
     database_path: Path = Field(Path("var/peft-planner.sqlite3"), description="SQLite file for calibration jobs")
     token: str | None = Field(None, description="bearer token that enables /calibrate (GPU work); unset = disabled")
+    generic_cache_path: Path = Field(Path("var/generic-models.sqlite3"),
+                                     description="SQLite store of inventories built from the real libraries")
+    generic_timeout_s: float = Field(300.0, gt=0, description="per-build wall-clock limit; the worker is killed")
+    generic_max_modules: int = Field(200_000, description="largest model (named_modules) the generic path builds")
     trace_timeout_s: float = 120.0
     trace_concurrency: int = 1
     calibration_timeout_s: float = Field(1800.0, gt=0, description="per-job wall-clock limit; the worker is killed")

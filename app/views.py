@@ -17,6 +17,7 @@ from app.core.result import EstimateResult, GpuFit
 from app.core.throughput import DEFAULT_SLOWDOWN, GpuCost, ThroughputReport, throughput
 from app.core.units import GiB, MiB, format_bytes
 from app.forms import CostOptions
+from app.models.generic import ensure_generic
 
 # (memory field, label, colour): the order of the stacked bar and the legend.
 SEGMENTS: tuple[tuple[str, str, str], ...] = (
@@ -262,10 +263,17 @@ def build_compare(req: PlanRequest, options: CostOptions) -> CompareView:
     view_gpu = gpus().get(req.hardware.gpu) or next(iter(gpus().values()))
     prices = {**options.prices, **({view_gpu.id: options.price} if options.price is not None else {})}
     columns: list[MethodColumn] = []
+    try:
+        ensure_generic(req)  # every method's target resolution at once (LoRA and DoRA)
+        refusal = None
+    except PlanError as exc:
+        refusal = exc
     for method, short, long in METHODS:
         mreq = req.model_copy(update={"method": method})
         col = MethodColumn(method=method, label=short, long_label=long, request=mreq)
         try:
+            if refusal is not None:
+                raise refusal
             col.result = estimate(mreq)
             col.costs = throughput(mreq, [f.gpu for f in col.result.fits if f.fits], tokens=options.tokens,
                                    mfu=options.mfu, slowdown=options.slowdown, prices=prices)

@@ -3,9 +3,15 @@
 from __future__ import annotations
 
 import copy
+import os
+import tempfile
 from typing import Any
 
 import pytest
+
+# Models built by the generic path go to a store of this test session, never the checkout's var/.
+os.environ.setdefault("PEFT_PLANNER_GENERIC_CACHE_PATH",
+                      os.path.join(tempfile.mkdtemp(prefix="peft-planner-generic-"), "generic.sqlite3"))
 
 # One small config per supported family, shaped like the real ones (GQA, biases, MoE, fused projections).
 TINY_CONFIGS: dict[str, dict[str, Any]] = {

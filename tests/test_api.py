@@ -63,7 +63,8 @@ def test_pasted_config(client: TestClient) -> None:
     ("body", "loc", "needle"),
     [
         ({"model": "no/such-model"}, ["body", "model"], "unknown model"),
-        ({"model": {"config": {"model_type": "bert"}}}, ["body", "model", "config", "model_type"], "llama"),
+        ({"model": {"config": {"model_type": "no_such_arch"}}}, ["body", "model", "config", "model_type"],
+         "transformers 5.24 has no model_type"),
         ({"model": {"config": {"model_type": "llama", "num_hidden_layers": 10**9}}},
          ["body", "model", "config", "num_hidden_layers"], "between"),
         ({"model": "meta-llama/Llama-3.1-8B", "lora": {"target_modules": ["q_proj", "qkv"]}},

@@ -44,7 +44,8 @@ hardware = st.fixed_dictionaries({}, optional={
     "gpu": st.sampled_from([*list(gpus())[::6], "tpu"]), "num_gpus": NUM,
     "sharding": st.sampled_from(["none", "ddp", "zero1", "zero2", "zero3", "fsdp", "x"]),
 })
-config = st.fixed_dictionaries({"model_type": st.sampled_from(["llama", "qwen3_moe", "gpt2", "phi3", "bert", 3])},
+model_types = st.sampled_from(["llama", "qwen3_moe", "gpt2", "phi3", "no_such_arch", 3])
+config = st.fixed_dictionaries({"model_type": model_types},
                                optional={"hidden_size": NUM, "num_hidden_layers": NUM, "num_attention_heads": NUM,
                                          "num_key_value_heads": NUM, "vocab_size": NUM, "head_dim": NUM,
                                          "intermediate_size": NUM, "num_experts": NUM, "n_embd": NUM,

@@ -53,7 +53,7 @@ def test_trace_timeout_is_a_504_and_the_service_recovers() -> None:
 
 def test_trace_validates_before_working() -> None:
     with _client() as client:
-        r = client.post("/api/v1/trace", json={"model": {"config": {"model_type": "bert"}}})
+        r = client.post("/api/v1/trace", json={"model": {"config": {"model_type": "no_such_arch"}}})
         assert r.status_code == 422
         r = client.post("/api/v1/trace", json={**copy.deepcopy(BODY), "quantization": {"load_in_8bit": True}})
         assert r.status_code == 422 and "4-bit" in r.json()["detail"][0]["msg"]

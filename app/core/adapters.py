@@ -19,6 +19,7 @@ from math import prod
 
 from app.core.architectures import PEFT_DEFAULT_TARGET_MODULES
 from app.core.errors import PlanError
+from app.core.generic import resolved_targets
 from app.core.inventory import CONV1D, EMBEDDING, LINEAR, Inventory, Module, Tensor
 from app.core.request import LoraSpec
 
@@ -261,10 +262,14 @@ def plan_adapters(inv: Inventory, lora: LoraSpec, *, method: str) -> AdapterPlan
         ]
         return plan
     dora = method in ("dora", "qdora")
-    lora, fused_rank = _convert_moe_targets(inv, lora)
-    plan.targets = _resolve_module_targets(inv, lora)
-    plan.param_targets = _resolve_param_targets(inv, lora, dora)
-    plan.saved_modules = _resolve_saved(inv, lora)
+    if inv.generic_key is not None:  # built from the real model: PEFT itself resolved the targets
+        plan.targets, plan.param_targets, plan.saved_modules, multipliers = resolved_targets(inv, lora, dora=dora)
+    else:
+        lora, fused_rank = _convert_moe_targets(inv, lora)
+        plan.targets = _resolve_module_targets(inv, lora)
+        plan.param_targets = _resolve_param_targets(inv, lora, dora)
+        plan.saved_modules = _resolve_saved(inv, lora)
+        multipliers = {t.name: fused_rank for t in plan.param_targets if t.name.endswith(".gate_up_proj")}
     r = lora.r
     for m in plan.targets:
         if m.kind == EMBEDDING:
@@ -282,7 +287,7 @@ def plan_adapters(inv: Inventory, lora: LoraSpec, *, method: str) -> AdapterPlan
                                 True)
             )
     for t in plan.param_targets:
-        rank = r * (fused_rank if t.name.endswith(".gate_up_proj") else 1)
+        rank = r * multipliers.get(t.name, 1)
         experts = t.shape[0] if len(t.shape) == 3 else 1
         # 3-D (E, out, in) experts: PEFT swaps in/out unless the module is marked is_transposed
         d_in, d_out = (t.shape[2], t.shape[1]) if len(t.shape) == 3 else (t.shape[1], t.shape[0])
@@ -291,7 +296,7 @@ def plan_adapters(inv: Inventory, lora: LoraSpec, *, method: str) -> AdapterPlan
         plan.trainable.append(TrainableTensor(f"{t.name}.lora_B", (d_out, rank * experts), t.group, "lora", True))
     for m in plan.saved_modules:
         # ModulesToSaveWrapper deep-copies the module: a tied lm_head gets its own trainable weight too
-        for t in (t for t in inv.tensors if t.module == m.name):
+        for t in (t for t in inv.tensors if t.module == m.name or t.module.startswith(m.name + ".")):
             plan.trainable.append(TrainableTensor(f"{t.name}.modules_to_save", t.shape, m.group,
                                                   "modules_to_save", True))
     if lora.bias != "none":

@@ -8,10 +8,15 @@ modeling files (``modeling_<family>.py``) of the same release.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
 from typing import Any
 
 from app.core.errors import PlanError
+
+ALIASES_PATH = Path(__file__).with_name("data") / "config_aliases.json"
 
 SUPPORTED_MODEL_TYPES: tuple[str, ...] = (
     "llama",
@@ -37,6 +42,7 @@ LIMITS: dict[str, int] = {
     "num_key_value_heads": 1_024,
     "head_dim": 4_096,
     "num_experts": 1_024,
+    "num_local_experts": 1_024,
     "max_position_embeddings": 16_777_216,
 }
 # GPT-2's config names for the same sizes
@@ -60,7 +66,7 @@ _DEFAULTS: dict[str, dict[str, Any]] = {
                   tie_word_embeddings=False),
     "qwen3_moe": dict(vocab_size=151936, hidden_size=2048, intermediate_size=6144, moe_intermediate_size=768,
                       num_hidden_layers=24, num_attention_heads=32, num_key_value_heads=4, head_dim=None,
-                      attention_bias=False, num_experts=128, num_experts_per_tok=8, decoder_sparse_step=1,
+                      attention_bias=False, num_local_experts=128, num_experts_per_tok=8, decoder_sparse_step=1,
                       mlp_only_layers=[], tie_word_embeddings=False),
     "gemma": dict(vocab_size=256000, hidden_size=3072, intermediate_size=24576, num_hidden_layers=28,
                   num_attention_heads=16, num_key_value_heads=16, head_dim=256, attention_bias=False,
@@ -156,6 +162,26 @@ def _int_field(cfg: dict[str, Any], key: str, value: Any, *, minimum: int = 1) -
     return value
 
 
+@cache
+def config_aliases() -> dict[str, dict[str, dict[str, Any]]]:
+    """transformers 5.24's ``attribute_map`` of each supported config class: ``{model_type: {alias: {"key":
+    attribute, "alias_wins": bool}}}`` (read from the classes by ``app/models/aliases.py``)."""
+    return json.loads(ALIASES_PATH.read_text())
+
+
+def resolve_aliases(model_type: str, cfg: dict[str, Any]) -> tuple[dict[str, Any], dict[str, str]]:
+    """``cfg`` with every alias the config class accepts written under its attribute, as transformers sets it
+    (where both names are given, the one the class lets win); and attribute → the key the config used."""
+    out = dict(cfg)
+    given: dict[str, str] = {}
+    for alias, rule in config_aliases().get(model_type, {}).items():
+        key = rule["key"]
+        if alias in cfg and (key not in cfg or rule["alias_wins"]):
+            out[key] = cfg[alias]
+            given[key] = alias
+    return out, given
+
+
 def parse_config(cfg: dict[str, Any]) -> ArchSpec:
     """Turn a ``config.json`` dict into an :class:`ArchSpec`, filling transformers' defaults.
 
@@ -169,11 +195,16 @@ def parse_config(cfg: dict[str, Any]) -> ArchSpec:
             ("model", "config", "model_type"),
             f"unsupported model_type {model_type!r}; supported: {', '.join(SUPPORTED_MODEL_TYPES)}",
         )
+    cfg, given = resolve_aliases(model_type, cfg)
     merged = dict(_DEFAULTS[model_type])
     merged.update({k: v for k, v in cfg.items() if k in merged or k in _EXTRA_KEYS})
 
     def get_int(key: str, value: Any = _UNSET, minimum: int = 1) -> int:
-        return _int_field(cfg, key, merged.get(key) if value is _UNSET else value, minimum=minimum)
+        value = merged.get(key) if value is _UNSET else value
+        try:
+            return _int_field(cfg, key, value, minimum=minimum)
+        except PlanError as exc:  # name the key the config used (an alias of the attribute)
+            raise PlanError(("model", "config", given.get(key, key)), exc.message) from None
 
     def get_bool(key: str) -> bool:
         value = merged.get(key, False)
@@ -182,11 +213,6 @@ def parse_config(cfg: dict[str, Any]) -> ArchSpec:
         return value
 
     if model_type == "gpt2":
-        # GPT2Config.attribute_map: the generic names set the GPT-2 fields
-        for alias, key in (("hidden_size", "n_embd"), ("num_hidden_layers", "n_layer"),
-                           ("num_attention_heads", "n_head"), ("max_position_embeddings", "n_positions")):
-            if alias in cfg and key not in cfg:
-                merged[key] = cfg[alias]
         hidden = get_int("n_embd")
         heads = get_int("n_head")
         inner = merged["n_inner"]
@@ -218,13 +244,12 @@ def parse_config(cfg: dict[str, Any]) -> ArchSpec:
     moe_inter = 0
     top_k = 0
     if model_type == "mixtral":
-        num_experts = get_int("num_experts", merged.get("num_experts", merged["num_local_experts"]))
+        num_experts = get_int("num_local_experts")
         top_k = get_int("num_experts_per_tok", merged["num_experts_per_tok"])
         moe_inter = get_int("intermediate_size")
         sparse = tuple(range(layers))
     elif model_type == "qwen3_moe":
-        num_experts = get_int("num_experts", merged.get("num_experts", merged.get("num_local_experts")),
-                              minimum=0)
+        num_experts = get_int("num_local_experts", minimum=0)
         top_k = get_int("num_experts_per_tok", minimum=0)
         moe_inter = get_int("moe_intermediate_size")
         step = get_int("decoder_sparse_step")
@@ -261,4 +286,4 @@ def parse_config(cfg: dict[str, Any]) -> ArchSpec:
 _UNSET = object()
 
 # Keys read from a config although their family's defaults table does not list them.
-_EXTRA_KEYS = frozenset({"num_experts", "num_local_experts", "max_position_embeddings"})
+_EXTRA_KEYS = frozenset({"max_position_embeddings"})

@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from functools import lru_cache
 from typing import NamedTuple
 
 from app.core.activations import ActivationModel, activation_model
 from app.core.adapters import AdapterPlan, plan_adapters
 from app.core.alloc_conf import parse_alloc_conf
-from app.core.architectures import ArchSpec, attention_for, parse_config
-from app.core.catalog import gpu, gpus, model_config
+from app.core.architectures import ArchSpec, attention_for
+from app.core.catalog import gpu, gpus
 from app.core.errors import PlanError
-from app.core.inventory import Inventory, build_inventory
+from app.core.generic import generic_key, model_inventory
+from app.core.inventory import Inventory
 from app.core.overhead import cublas_workspace_bytes, outside_allocator_bytes
 from app.core.precision import Dtypes, dtypes_for
 from app.core.quantization import constants_bits_per_param, nf4_bytes
@@ -31,26 +33,15 @@ from app.core.result import (
 )
 from app.core.static_memory import StaticMemory, quantized_modules, static_memory
 from app.core.units import format_bytes
+from app.core.versions import MODELLED_VERSIONS
 
-MODELLED_VERSIONS = {
-    "transformers": "5.24.0",
-    "peft": "0.21.2",
-    "bitsandbytes": "0.50.2",
-    "torch": "2.13.0",
-}
 PLANNER_VERSION = "0.1.0"
 
 
-@lru_cache(maxsize=256)
-def inventory_for(model_id: str) -> Inventory:
-    return build_inventory(parse_config(model_config(model_id)))
-
-
 def resolve_inventory(req: PlanRequest) -> tuple[str | None, Inventory]:
-    """Catalog inventories are cached; pasted configs are parsed per request (bounded by LIMITS)."""
-    if isinstance(req.model, str):
-        return req.model, inventory_for(req.model)
-    return None, build_inventory(parse_config(req.model.config))
+    """The hand-written rules' inventory (catalog ones cached), or the registered one built from the real
+    model for other model types (:mod:`app.core.generic`)."""
+    return model_inventory(req.model)
 
 
 def _check_request(req: PlanRequest, arch: ArchSpec) -> None:
@@ -249,9 +240,22 @@ def _static_parts_cached(key: str) -> _Static:
     return _static_parts_uncached(PlanRequest.model_validate_json(key))
 
 
+_GENERIC_STATIC: OrderedDict[tuple[str, str], _Static] = OrderedDict()
+
+
 def _static_parts(req: PlanRequest) -> _Static:
-    # pasted configs are not cached: their keys could be up to a request body (1 MiB) each
-    return _static_parts_cached(_static_key(req)) if isinstance(req.model, str) else _static_parts_uncached(req)
+    if isinstance(req.model, str):
+        return _static_parts_cached(_static_key(req))
+    key = generic_key(req.model.config)
+    if key is None:  # pasted configs of the rules are not cached: their keys could be a 1 MiB body each
+        return _static_parts_uncached(req)
+    # a generic model is cached under its config hash, like a catalog model under its id
+    skey = (key, _static_key(req.model_copy(update={"model": "generic"})))
+    if skey not in _GENERIC_STATIC:
+        _GENERIC_STATIC[skey] = _static_parts_uncached(req)
+        while len(_GENERIC_STATIC) > 1024:
+            _GENERIC_STATIC.popitem(last=False)
+    return _GENERIC_STATIC[skey]
 
 
 def _allocator_info(req: PlanRequest, vocab_size: int, act: ActivationModel, peak: int,
@@ -330,7 +334,7 @@ def estimate(req: PlanRequest) -> EstimateResult:
             overhead=context + reserve,
             total=peak + context + reserve,
         ),
-        peak=PeakInfo(phase=top.name, phases=phases, provisional=False),
+        peak=PeakInfo(phase=top.name, phases=phases, provisional=inv.generic_key is not None),
         breakdown=_breakdown(sm, act, top.name, activations - workspace - gathered, context, allocator, workspace),
         quantization=quant_report,
         fits=fits,

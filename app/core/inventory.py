@@ -74,6 +74,11 @@ class Inventory:
     arch: ArchSpec
     modules: list[Module] = field(default_factory=list)
     tensors: list[Tensor] = field(default_factory=list)
+    # Built from the real model (app/models/generic.py) rather than the rules: the modules transformers'
+    # replace_with_bnb_linear converts, the registry key of PEFT's target resolutions, the loaded class.
+    quantizable: tuple[str, ...] | None = None
+    generic_key: str | None = None
+    model_class: str | None = None
 
     @cached_property
     def module_by_name(self) -> dict[str, Module]:

@@ -55,7 +55,10 @@ class StaticMemory:
 
 def quantized_modules(inv: Inventory) -> list[str]:
     """Modules transformers' bitsandbytes integration replaces: every ``nn.Linear``/``Conv1D`` except the
-    output embedding (``quantizers/base.py: get_keys_to_not_convert`` skips lm_head and tied keys)."""
+    output embedding (``quantizers/base.py: get_keys_to_not_convert`` skips lm_head and tied keys); for an
+    inventory built from the real model, the modules ``replace_with_bnb_linear`` converted there."""
+    if inv.quantizable is not None:
+        return list(inv.quantizable)
     return [m.name for m in inv.modules if m.kind in (LINEAR, CONV1D) and m.name != "lm_head"]
 
 

@@ -55,14 +55,13 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from functools import lru_cache
 
 from pydantic import BaseModel, Field
 
 from app.core.adapters import AdapterPlan, plan_adapters
-from app.core.architectures import parse_config
-from app.core.catalog import Gpu, gpus, model_config
-from app.core.inventory import Inventory, build_inventory
+from app.core.catalog import Gpu, gpus
+from app.core.generic import model_inventory
+from app.core.inventory import Inventory
 from app.core.request import Method, PlanRequest
 
 DEFAULT_TOKENS = 100_000_000
@@ -138,16 +137,9 @@ def flops_per_token(counts: FlopCounts, *, gradient_checkpointing: bool) -> Flop
                          total=forward + backward + recompute)
 
 
-@lru_cache(maxsize=128)
-def _catalog_inventory(model_id: str) -> Inventory:
-    return build_inventory(parse_config(model_config(model_id)))
-
-
 def inventory_of(req: PlanRequest) -> Inventory:
-    """The request's model inventory (catalog models cached; a pasted config parsed each time)."""
-    if isinstance(req.model, str):
-        return _catalog_inventory(req.model)
-    return build_inventory(parse_config(req.model.config))
+    """The request's model inventory (:func:`app.core.generic.model_inventory`)."""
+    return model_inventory(req.model)[1]
 
 
 def _expert_share(inv: Inventory) -> float:

@@ -16,6 +16,7 @@ from app.core.result import EstimateResult
 from app.deps import SettingsDep
 from app.forms import parse_form
 from app.model_info import model_detail, model_row
+from app.models.generic import ensure_generic
 
 router = APIRouter(prefix="/api/v1", tags=["v1"])
 
@@ -24,6 +25,7 @@ router = APIRouter(prefix="/api/v1", tags=["v1"])
 def post_estimate(req: PlanRequest, settings: SettingsDep) -> EstimateResult:
     """Parameters and per-GPU memory (bytes) of one fine-tuning run; with finished GPU calibrations of the
     requested GPU on this server, the overhead is fitted from them and ``calibration`` names them."""
+    ensure_generic(req)  # a model_type outside the hand-written rules: built once from the real libraries
     samples = calibration_samples(settings.database_path, req.hardware.gpu)
     return apply_calibrations(estimate(req), req.hardware.gpu, samples)
 
@@ -53,6 +55,7 @@ def post_fit(body: FitRequest) -> FitResult:
     and lora.r, the highest-fidelity method, and for every catalog GPU one card or the smallest ZeRO-3 group."""
     budget, source = body.resolved_budget()
     try:
+        ensure_generic(body.request)
         return fit(body.request, budget, source)
     except PlanError as exc:  # the plan sits under "request" in this body
         raise PlanError(("request", *exc.loc), exc.message) from exc
@@ -74,6 +77,7 @@ def get_fit(request: Request, budget: str | None = None) -> FitResult | JSONResp
     if req is None or detail:
         return JSONResponse(status_code=422, content={"detail": detail})
     try:
+        ensure_generic(req)
         return fit(req, budget_bytes, "hardware.gpu" if budget_bytes is None else "budget")
     except PlanError as exc:
         return JSONResponse(status_code=422, content={"detail": [

@@ -16,6 +16,7 @@ from typing import Any
 from urllib.parse import urlencode
 
 from fastapi import APIRouter, Request, UploadFile
+from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi.templating import Jinja2Templates
 
@@ -26,6 +27,7 @@ from app.core.request import LoraSpec, QuantizationSpec, TrainingSpec
 from app.core.throughput import DEFAULT_MFU, DEFAULT_SLOWDOWN, DEFAULT_TOKENS
 from app.deps import SettingsDep
 from app.forms import DEFAULT_MODEL, form_to_body, parse_cost_options, parse_form
+from app.models.generic import ensure_generic
 from app.settings import Settings
 from app.views import (
     METHODS,
@@ -140,7 +142,8 @@ async def planner_with_config(request: Request, settings: SettingsDep) -> HTMLRe
         raw = await upload.read(MAX_UPLOAD_BYTES + 1)
         config_text = raw[:MAX_UPLOAD_BYTES].decode("utf-8", errors="replace") if len(raw) <= MAX_UPLOAD_BYTES \
             else '"config_file over 256 KiB"'
-    return _render(request, form, config_text, settings)
+    # a pasted model_type outside the hand-written rules is built in a worker: keep the event loop free
+    return await run_in_threadpool(_render, request, form, config_text, settings)
 
 
 @router.get("/compare.json")
@@ -173,6 +176,7 @@ def estimate_json(request: Request) -> Response:
         return JSONResponse({"detail": [{"loc": ["query"], "msg": e, "type": "value_error"} for e in errors]},
                             status_code=422)
     try:
+        ensure_generic(req)
         result = estimate(req)
     except PlanError as exc:
         return JSONResponse({"detail": [{"loc": ["query", *exc.loc], "msg": exc.message, "type": "plan_error"}]},

@@ -5,11 +5,13 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter, HTTPException
+from fastapi.concurrency import run_in_threadpool
 
 from app.core import PlanRequest, estimate
 from app.core.catalog import gpu
 from app.core.overhead import cublas_workspace_bytes
 from app.deps import TraceServiceDep
+from app.models.generic import ensure_generic
 from app.trace.service import TraceBusy, TraceTimeout, TraceUnsupported
 
 router = APIRouter(prefix="/api/v1", tags=["v1"])
@@ -20,6 +22,7 @@ async def post_trace(req: PlanRequest, service: TraceServiceDep) -> dict[str, An
     """Trace two real steps (transformers + PEFT + bitsandbytes on fake tensors) and return the second one's
     peak in bytes, its phase, per-phase peaks, the largest live tensors at the peak, and the analytic
     estimate of the same tensors for comparison. Bounded: one worker, a timeout, a cache."""
+    await run_in_threadpool(ensure_generic, req)
     result_estimate = estimate(req)  # validates the request (422) before any heavy work
     try:
         traced, cached = await service.trace(req)

@@ -1,0 +1,94 @@
+"""Benchmark (not a test): the generic path's latency for the real config.json files in tests/data/configs.
+
+For every config (or those named with ``--only``), with a fresh store (a temporary SQLite file):
+
+- ``first_s``: the first request for that architecture, ``ensure_generic`` + ``estimate`` of a LoRA r=16
+  all-linear request: one worker build (the transformers model on the meta device, PEFT's
+  ``get_peft_model`` for the LoRA and the DoRA resolution, transformers' bitsandbytes module selection).
+  The worker process is spawned once for the whole run, so its start (importing torch, ~5-10 s) is in the
+  first row only (reported separately as ``worker_start_s``).
+- ``store_ms``: the same request in a process that has not seen the model (memory registry cleared), read
+  back from the store: what a request costs after a restart.
+- ``later_ms``: median of ``--repeat`` later requests (``ensure_generic`` + ``estimate``), each with another
+  ``r`` and method (lora, qlora, dora, qdora): what every request after the first costs.
+
+    .venv/bin/python bench/generic_models.py [--only openai--gpt-oss-20b ...] [--repeat 20]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+CONFIGS = ROOT / "tests" / "data" / "configs"
+
+
+def _request(cfg: dict, method: str, r: int):  # -> PlanRequest (app imported after the env is set)
+    from app.core import PlanRequest
+
+    return PlanRequest.model_validate({"model": {"config": cfg}, "method": method,
+                                       "lora": {"r": r, "lora_alpha": 2 * r, "target_modules": "all-linear"},
+                                       "training": {"seq_len": 1024}})
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--only", nargs="*", default=None, help="config file stems")
+    parser.add_argument("--repeat", type=int, default=20)
+    args = parser.parse_args()
+    os.environ["PEFT_PLANNER_GENERIC_CACHE_PATH"] = str(Path(tempfile.mkdtemp()) / "generic.sqlite3")
+    from app.core import PlanError, estimate
+    from app.core import generic as registry
+    from app.models.generic import _pool, ensure_generic
+
+    started = time.perf_counter()
+    _pool().submit(int).result()  # spawn the worker once
+    print(f"worker_start_s {time.perf_counter() - started:.1f}")
+    print(f"{'config':48} {'modules':>8} {'first_s':>8} {'store_ms':>9} {'later_ms':>9}")
+    paths = sorted(CONFIGS.glob("*.json"))
+    for path in paths:
+        if args.only and path.stem not in args.only:
+            continue
+        cfg = json.loads(path.read_text())
+        req = _request(cfg, "lora", 16)
+        t0 = time.perf_counter()
+        try:
+            ensure_generic(req)
+            estimate(req)
+        except PlanError as exc:
+            print(f"{path.stem:48} refused: {exc.message[:80]}")
+            continue
+        first = time.perf_counter() - t0
+        key = registry.config_key(cfg)
+        modules = len(registry.registered(key).modules)
+        registry._INVENTORIES.clear()
+        registry._RESOLUTIONS.clear()
+        t0 = time.perf_counter()
+        ensure_generic(req)
+        estimate(req)
+        store = time.perf_counter() - t0
+        later = []
+        for i in range(args.repeat):
+            method = ("lora", "qlora", "dora", "qdora")[i % 4]
+            req_i = _request(cfg, method, 8 + i)
+            t0 = time.perf_counter()
+            ensure_generic(req_i)
+            estimate(req_i)
+            later.append(time.perf_counter() - t0)
+        print(f"{path.stem:48} {modules:>8} {first:>8.1f} {1000 * store:>9.1f} "
+              f"{1000 * statistics.median(later):>9.2f}")
+    _pool().shutdown()
+
+
+if __name__ == "__main__":
+    main()
