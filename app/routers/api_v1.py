@@ -16,6 +16,7 @@ from app.core.result import EstimateResult
 from app.deps import SettingsDep
 from app.forms import parse_form
 from app.model_info import model_detail, model_row
+from app.models.resolve import resolve_request, with_source
 
 router = APIRouter(prefix="/api/v1", tags=["v1"])
 
@@ -23,9 +24,11 @@ router = APIRouter(prefix="/api/v1", tags=["v1"])
 @router.post("/estimate", response_model=EstimateResult)
 def post_estimate(req: PlanRequest, settings: SettingsDep) -> EstimateResult:
     """Parameters and per-GPU memory (bytes) of one fine-tuning run; with finished GPU calibrations of the
-    requested GPU on this server, the overhead is fitted from them and ``calibration`` names them."""
+    requested GPU on this server, the overhead is fitted from them and ``calibration`` names them. ``model`` may
+    be a Hub id outside the catalog (its config.json is fetched; ``source`` says from where)."""
+    req, source = resolve_request(req)
     samples = calibration_samples(settings.database_path, req.hardware.gpu)
-    return apply_calibrations(estimate(req), req.hardware.gpu, samples)
+    return apply_calibrations(with_source(estimate(req), source), req.hardware.gpu, samples)
 
 
 @router.get("/models")
@@ -53,7 +56,7 @@ def post_fit(body: FitRequest) -> FitResult:
     and lora.r, the highest-fidelity method, and for every catalog GPU one card or the smallest ZeRO-3 group."""
     budget, source = body.resolved_budget()
     try:
-        return fit(body.request, budget, source)
+        return fit(resolve_request(body.request)[0], budget, source)
     except PlanError as exc:  # the plan sits under "request" in this body
         raise PlanError(("request", *exc.loc), exc.message) from exc
 
@@ -74,7 +77,7 @@ def get_fit(request: Request, budget: str | None = None) -> FitResult | JSONResp
     if req is None or detail:
         return JSONResponse(status_code=422, content={"detail": detail})
     try:
-        return fit(req, budget_bytes, "hardware.gpu" if budget_bytes is None else "budget")
+        return fit(resolve_request(req)[0], budget_bytes, "hardware.gpu" if budget_bytes is None else "budget")
     except PlanError as exc:
         return JSONResponse(status_code=422, content={"detail": [
             {"loc": ["query", *exc.loc], "msg": exc.message, "type": "plan_error"}]})
