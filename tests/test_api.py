@@ -58,7 +58,8 @@ def test_pasted_config(client: TestClient) -> None:
 @pytest.mark.parametrize(
     ("body", "loc", "needle"),
     [
-        ({"model": "no/such-model"}, ["body", "model"], "unknown model"),
+        ({"model": "no/such-model"}, ["body", "model"], "not a catalog model"),  # offline in tests: see conftest
+        ({"model": "no-such-model"}, ["body", "model"], "unknown model"),
         ({"model": {"config": {"model_type": "bert"}}}, ["body", "model", "config", "model_type"], "llama"),
         ({"model": {"config": {"model_type": "llama", "num_hidden_layers": 10**9}}},
          ["body", "model", "config", "num_hidden_layers"], "between"),

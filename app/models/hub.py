@@ -54,8 +54,8 @@ class HubConfig:
     origin: str  # the URL it was read from, or the cache path and why the cache was used
 
 
-def _error(repo_id: str, message: str) -> PlanError:
-    return PlanError(("model",), f"{repo_id}: {message}")
+def hub_error(repo_id: str, message: str) -> PlanError:
+    return PlanError(("model",), f"{repo_id!r} is not a catalog model; from the Hub: {message}")
 
 
 def _token_set() -> bool:
@@ -77,22 +77,22 @@ def _http_refusal(exc: Exception, repo_id: str, revision: str) -> PlanError | No
     status = getattr(getattr(exc, "response", None), "status_code", None)
     token = "HF_TOKEN is set but its account has no access" if _token_set() else "HF_TOKEN is not set"
     if isinstance(exc, GatedRepoError):
-        return _error(repo_id, f"a gated repository ({token}): accept its terms on the Hub and set HF_TOKEN to a "
+        return hub_error(repo_id, f"a gated repository ({token}): accept its terms on the Hub and set HF_TOKEN to a "
                                f"token with access, {PASTE}")
     if isinstance(exc, RepositoryNotFoundError):
         if status == 401:
-            return _error(repo_id, f"no such model on the Hub, or a private/gated one ({token}): check the id; if it "
-                                   f"is private, set HF_TOKEN, {PASTE}")
-        return _error(repo_id, f"no such model on the Hub: check the id (GET /api/v1/models lists the catalog), "
+            return hub_error(repo_id, f"no such model on the Hub, or a private/gated one ({token}): check the id; "
+                                      f"if it is private, set HF_TOKEN, {PASTE}")
+        return hub_error(repo_id, f"no such model on the Hub: check the id (GET /api/v1/models lists the catalog), "
                                f"{PASTE}")
     if isinstance(exc, RevisionNotFoundError):
-        return _error(repo_id, f"the Hub has no revision {revision!r} of this model: use a branch, tag or commit "
+        return hub_error(repo_id, f"the Hub has no revision {revision!r} of this model: use a branch, tag or commit "
                                "it has (or no '@revision' for main)")
     if isinstance(exc, RemoteEntryNotFoundError):
-        return _error(repo_id, f"this repository has no config.json at {revision!r} (not a transformers model?): "
+        return hub_error(repo_id, f"this repository has no config.json at {revision!r} (not a transformers model?): "
                                f"{PASTE}")
     if isinstance(exc, HfHubHTTPError) and status in (401, 403):
-        return _error(repo_id, f"the Hub refused access (HTTP {status}; {token}): set HF_TOKEN to a token with "
+        return hub_error(repo_id, f"the Hub refused access (HTTP {status}; {token}): set HF_TOKEN to a token with "
                                f"access, {PASTE}")
     return None
 
@@ -101,14 +101,14 @@ def _read(path: str, repo_id: str, max_bytes: int) -> dict[str, Any]:
     file = Path(path)
     size = file.stat().st_size
     if size > max_bytes:
-        raise _error(repo_id, f"its config.json is {size} bytes, over the {max_bytes}-byte limit "
+        raise hub_error(repo_id, f"its config.json is {size} bytes, over the {max_bytes}-byte limit "
                               f"(PEFT_PLANNER_HUB_MAX_CONFIG_BYTES): {PASTE}")
     try:
         data = json.loads(file.read_bytes())
     except (ValueError, UnicodeDecodeError) as exc:
-        raise _error(repo_id, f"its config.json is not valid JSON ({exc}): {PASTE}") from None
+        raise hub_error(repo_id, f"its config.json is not valid JSON ({exc}): {PASTE}") from None
     if not isinstance(data, dict):
-        raise _error(repo_id, f"its config.json is not a JSON object: {PASTE}")
+        raise hub_error(repo_id, f"its config.json is not a JSON object: {PASTE}")
     return data
 
 
@@ -131,7 +131,7 @@ def fetch_config(repo_id: str, revision: str | None, timeout_s: float, max_bytes
         try:
             path = hf_hub_download(repo_id, "config.json", revision=rev, local_files_only=True)
         except LocalEntryNotFoundError:
-            raise _error(repo_id, f"cannot fetch its config.json ({why}) and huggingface_hub's cache (HF_HOME) has "
+            raise hub_error(repo_id, f"cannot fetch its config.json ({why}) and huggingface_hub's cache (HF_HOME) has "
                                   f"no copy: retry when {constants.ENDPOINT} is reachable, {PASTE}") from None
         return HubConfig(repo_id, rev, _snapshot_commit(path), _read(path, repo_id, max_bytes),
                          f"huggingface_hub cache {path} ({why})")
@@ -141,7 +141,7 @@ def fetch_config(repo_id: str, revision: str | None, timeout_s: float, max_bytes
     try:
         meta = get_hf_file_metadata(url, timeout=timeout_s, retry_on_errors=False)
         if meta.size is not None and meta.size > max_bytes:
-            raise _error(repo_id, f"its config.json is {meta.size} bytes, over the {max_bytes}-byte limit "
+            raise hub_error(repo_id, f"its config.json is {meta.size} bytes, over the {max_bytes}-byte limit "
                                   f"(PEFT_PLANNER_HUB_MAX_CONFIG_BYTES): {PASTE}")
         path = hf_hub_download(repo_id, "config.json", revision=rev, etag_timeout=timeout_s)
     except (httpx2.HTTPError, OSError) as exc:

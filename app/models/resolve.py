@@ -21,7 +21,7 @@ from app.core.errors import PlanError
 from app.core.model_types import checkpoint_quantization_note, remote_code_reason
 from app.core.request import ModelConfig, PlanRequest
 from app.core.result import EstimateResult, ModelSource
-from app.models.hub import PASTE, hub_config, parse_hub_id
+from app.models.hub import hub_config, hub_error, parse_hub_id
 
 
 def _catalog_id(text: str) -> str | None:
@@ -56,11 +56,11 @@ def resolve_request(req: PlanRequest) -> tuple[PlanRequest, ModelSource]:
     fetched = hub_config(repo_id, revision)
     reason = remote_code_reason(fetched.config)
     if reason is not None:
-        raise PlanError(("model",), f"{repo_id}: {reason}; {PASTE.removeprefix('or ')} of a model transformers knows")
+        raise hub_error(repo_id, f"{reason}; paste the config.json of an equivalent model transformers knows")
     try:
         pasted = ModelConfig.model_validate({"config": copy.deepcopy(fetched.config)})
     except ValidationError as exc:
-        raise PlanError(("model",), f"{repo_id}: its config.json: {exc.errors()[0]['msg']}") from None
+        raise hub_error(repo_id, f"its config.json: {exc.errors()[0]['msg']}") from None
     note = checkpoint_quantization_note(fetched.config)
     source = ModelSource(kind="hub", hub_id=repo_id, revision=fetched.revision, commit_sha=fetched.commit_sha,
                          origin=fetched.origin, notes=[note] if note else [])
