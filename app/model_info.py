@@ -6,15 +6,24 @@ from typing import Any
 
 from app.core.adapters import adaptable_names
 from app.core.architectures import PEFT_DEFAULT_TARGET_MODULES
-from app.core.catalog import model_config
+from app.core.catalog import model_config, model_source
+from app.core.errors import PlanError
 from app.core.estimate import inventory_for
 
 
 def model_row(model_id: str) -> dict[str, Any]:
-    inv = inventory_for(model_id)
+    """The catalog row of a model; for an architecture the hand-written rules do not cover (the generic path
+    estimates those), only its id, ``model_type``, source and the refusal."""
+    try:
+        inv = inventory_for(model_id)
+    except PlanError as exc:
+        cfg = model_config(model_id)
+        return {"id": model_id, "model_type": cfg.get("model_type"), "total_params": None,
+                "source": model_source(model_id), "unsupported": exc.message}
     a = inv.arch
     return {
         "id": model_id,
+        "source": model_source(model_id),
         "model_type": a.model_type,
         "total_params": inv.total_params,
         "num_hidden_layers": a.num_hidden_layers,
