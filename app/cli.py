@@ -64,7 +64,9 @@ def build_parser() -> argparse.ArgumentParser:
     files.add_argument("files", nargs="*", metavar="FILE",
                        help="PlanRequest JSON/YAML, PEFT adapter_config.json or adapter dir, BitsAndBytesConfig, "
                             "axolotl YAML, or a model config.json; '-' reads stdin")
-    files.add_argument("--model", help="catalog hub id (e.g. meta-llama/Llama-3.1-8B) or a config.json path/dir")
+    files.add_argument("--model", help="catalog id (e.g. meta-llama/Llama-3.1-8B), any Hub id org/name[@revision] "
+                                        "(its config.json is fetched; HF_TOKEN, HF_ENDPOINT, HF_HUB_OFFLINE apply), "
+                                        "or a config.json path/dir")
     files.add_argument("--method", choices=METHODS)
     lora = inputs.add_argument_group("LoRA (PEFT LoraConfig)")
     lora.add_argument("--r", type=int, help="LoRA rank")
@@ -263,12 +265,11 @@ def run_estimate(args: argparse.Namespace, body: dict[str, Any]) -> dict[str, An
     if args.url:
         return _post(args, "/api/v1/estimate", body, strip=("body",))
     from app.core import PlanError, estimate
-    from app.models.generic import ensure_generic
+    from app.models.resolve import resolve_request, with_source
 
-    req = _validate(body)
     try:
-        ensure_generic(req)
-        return estimate(req).model_dump(mode="json")
+        req, source = resolve_request(_validate(body))  # a Hub id: its config.json (HF_ENDPOINT, HF_TOKEN, cache)
+        return with_source(estimate(req), source).model_dump(mode="json")
     except PlanError as exc:
         raise _bad(f"{_loc(exc.loc)}: {exc.message}") from None
 
@@ -294,11 +295,10 @@ def run_fit(args: argparse.Namespace, body: dict[str, Any]) -> dict[str, Any]:
         return _post(args, "/api/v1/fit", payload, strip=("body", "request"))
     from app.core import PlanError
     from app.core.fit import fit
-    from app.models.generic import ensure_generic
+    from app.models.resolve import resolve_request
 
-    req = _validate(body)
     try:
-        ensure_generic(req)
+        req = resolve_request(_validate(body))[0]
         return fit(req, budget, "budget" if budget is not None else None).model_dump(mode="json")
     except PlanError as exc:
         raise _bad(f"{_loc(exc.loc)}: {exc.message}") from None
@@ -352,7 +352,13 @@ def _header(req: dict[str, Any], res: dict[str, Any] | None = None) -> list[str]
 
 def render_estimate(req: dict[str, Any], res: dict[str, Any]) -> str:
     p, m, peak = res["parameters"], res["memory"], res["peak"]
-    lines = [*_header(req, res), "", "Parameters"]
+    lines = [*_header(req, res)]
+    src = res.get("source")
+    if src and src["kind"] == "hub":
+        commit = src.get("commit_sha") or "unknown"
+        lines.append(f"config.json: Hub {src['hub_id']} at commit {commit} ({src['origin']})")
+    lines += [f"note: {note}" for note in (src or {}).get("notes", [])]
+    lines += ["", "Parameters"]
     lines.append(f"  {'total (base model)':<26}{p['total']:>17,}")
     lines.append(f"  {'trainable':<26}{p['trainable']:>17,}   {p['trainable_percent']:.4f} % of {p['all_params']:,}")
     lines.append(f"  {'added by the adapter':<26}{p['adapter_params']:>17,}   on {p['targeted_modules']} modules")

@@ -6,15 +6,25 @@ from typing import Any
 
 from app.core.adapters import adaptable_names
 from app.core.architectures import PEFT_DEFAULT_TARGET_MODULES
-from app.core.catalog import model_config
+from app.core.catalog import model_config, model_source
+from app.core.errors import PlanError
 from app.core.generic import model_inventory
 
 
 def model_row(model_id: str) -> dict[str, Any]:
-    inv = model_inventory(model_id)[1]
+    """The catalog row of a model. An architecture outside the hand-written rules is built by the generic path
+    on its first estimate (or ``GET /api/v1/models/{id}``); until then the row has its id, ``model_type``,
+    source and ``total_params: null`` with the reason in ``inventory``."""
+    try:
+        inv = model_inventory(model_id)[1]
+    except PlanError as exc:
+        cfg = model_config(model_id)
+        return {"id": model_id, "model_type": cfg.get("model_type"), "total_params": None,
+                "source": model_source(model_id), "inventory": exc.message}
     a = inv.arch
     return {
         "id": model_id,
+        "source": model_source(model_id),
         "model_type": a.model_type,
         "total_params": inv.total_params,
         "num_hidden_layers": a.num_hidden_layers,

@@ -27,6 +27,10 @@ class Settings(BaseSettings):
     calibration_cpu_max_params: int = Field(50_000_000, description="largest model (base parameters) on cpu")
     calibration_cpu_max_tokens: int = Field(4096, description="largest micro_batch_size·seq_len on cpu")
     calibration_cuda_max_tokens: int = Field(1_048_576, description="largest micro_batch_size·seq_len on a GPU")
+    hub_timeout_s: float = Field(10.0, gt=0, description="seconds to wait for the Hub (HF_ENDPOINT) per request")
+    hub_max_config_bytes: int = Field(262_144, gt=0, description="largest config.json fetched from the Hub")
+    hub_cache_size: int = Field(256, ge=0, description="Hub configs kept in process (LRU) on top of HF's disk cache")
+    hub_cache_ttl_s: float = Field(3600.0, ge=0, description="seconds before a branch's config is checked again")
 
 
 @lru_cache

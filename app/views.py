@@ -9,15 +9,17 @@ import shlex
 from dataclasses import dataclass, field
 from typing import Any
 
+from app.core.architectures import SUPPORTED_MODEL_TYPES
 from app.core.catalog import Gpu, gpus
 from app.core.errors import PlanError
 from app.core.estimate import estimate
 from app.core.request import Method, PlanRequest
-from app.core.result import EstimateResult, GpuFit
+from app.core.result import EstimateResult, GpuFit, ModelSource
 from app.core.throughput import DEFAULT_SLOWDOWN, GpuCost, ThroughputReport, throughput
 from app.core.units import GiB, MiB, format_bytes
 from app.forms import CostOptions
 from app.models.generic import ensure_generic
+from app.models.resolve import with_source
 
 # (memory field, label, colour): the order of the stacked bar and the legend.
 SEGMENTS: tuple[tuple[str, str, str], ...] = (
@@ -253,8 +255,9 @@ def _cells(col: MethodColumn, view_gpu: Gpu) -> None:
                   "total": f"{m.total:,} bytes = peak {m.peak:,} + overhead {m.overhead:,}"}
 
 
-def build_compare(req: PlanRequest, options: CostOptions) -> CompareView:
-    """Estimate (and time/cost) of ``req`` under each of the five methods, on one common bar scale.
+def build_compare(req: PlanRequest, options: CostOptions, source: ModelSource | None = None) -> CompareView:
+    """Estimate (and time/cost) of ``req`` under each of the five methods, on one common bar scale; each result
+    carries ``source`` (where the config came from, see app/models/resolve.py).
 
     The scale is the largest ``memory.total`` (or sum of the bar's components, if larger) among the methods
     the planner accepts, or the selected GPU's VRAM when that is within 1.6× of it (so the dashed VRAM line
@@ -274,7 +277,7 @@ def build_compare(req: PlanRequest, options: CostOptions) -> CompareView:
         try:
             if refusal is not None:
                 raise refusal
-            col.result = estimate(mreq)
+            col.result = estimate(mreq) if source is None else with_source(estimate(mreq), source)
             col.costs = throughput(mreq, [f.gpu for f in col.result.fits if f.fits], tokens=options.tokens,
                                    mfu=options.mfu, slowdown=options.slowdown, prices=prices)
         except PlanError as exc:
@@ -305,6 +308,8 @@ def view_globals(view: CompareView) -> dict[str, str]:
     ok = next((c.result for c in view.columns if c.result is not None), None)
     if isinstance(req.model, str):
         model = req.model
+    elif ok and ok.model.id:  # a Hub id, resolved to its config
+        model = ok.model.id
     else:
         model = f"pasted {ok.model.model_type} config" if ok else "pasted config"
     qres = view.by_method["qlora"].result
@@ -370,6 +375,23 @@ def compare_data(view: CompareView) -> dict[str, Any]:
         "globals": view_globals(view),
         "methods": methods,
     }
+
+
+def source_text(result: EstimateResult) -> str:
+    """Where the config came from and which path estimated it, for the page (one line)."""
+    src = result.source
+    if src is None:
+        return ""
+    if src.kind == "hub":
+        where = (f"Hub: {src.hub_id} at commit {src.commit_sha[:12] if src.commit_sha else 'unknown'}"
+                 f"{f' (revision {src.revision})' if src.revision not in (None, 'main') else ''}, {src.origin}")
+    elif src.kind == "catalog":
+        where = f"catalog: {src.origin}"
+    else:
+        where = "pasted config.json"
+    path = ("the hand-written rules" if result.model.model_type in SUPPORTED_MODEL_TYPES
+            else "the generic path (transformers on the meta device)")
+    return f"config.json from {where} · estimated by {path}"
 
 
 def bar_label(c: MethodColumn) -> str:

@@ -201,7 +201,8 @@
   }
 
   form.addEventListener("input", function (e) {
-    if (e.target && SKIP[e.target.name]) return;
+    // the model field may be a Hub id: fetch on "change" (a pick or leaving the field), not on every keystroke
+    if (e.target && (SKIP[e.target.name] || e.target.name === "model")) return;
     schedule(300);
   });
   form.addEventListener("change", function (e) {

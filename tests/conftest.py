@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import os
 import tempfile
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -12,6 +13,11 @@ import pytest
 # Models built by the generic path go to a store of this test session, never the checkout's var/.
 os.environ.setdefault("PEFT_PLANNER_GENERIC_CACHE_PATH",
                       os.path.join(tempfile.mkdtemp(prefix="peft-planner-generic-"), "generic.sqlite3"))
+# Tests never reach the Hub: a Hub id outside the catalog reads huggingface_hub's (empty, private) cache only.
+# tests/test_hub.py serves a stand-in Hub on 127.0.0.1 to the subprocesses it starts, with its own HF_* values.
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["HF_HOME"] = str(Path(tempfile.gettempdir()) / "peft-planner-tests-hf-home")
+os.environ.pop("HF_TOKEN", None)
 
 # One small config per supported family, shaped like the real ones (GQA, biases, MoE, fused projections).
 TINY_CONFIGS: dict[str, dict[str, Any]] = {

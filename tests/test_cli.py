@@ -64,7 +64,7 @@ def test_check_defaults_to_the_gpu_vram_and_json() -> None:
 @pytest.mark.parametrize(("args", "field"), [
     (["--r", "0"], "error: lora.r: Input should be greater than or equal to 1"),
     (["--gpu", "nope"], "error: hardware.gpu: unknown gpu 'nope'"),
-    (["--model", "nobody/nothing"], "error: model: unknown model 'nobody/nothing'"),
+    (["--model", "nobody/nothing"], "error: model: 'nobody/nothing' is not a catalog model; from the Hub: "),
     (["--seq-len", "4096", "--model", "openai-community/gpt2"], "error: training.seq_len:"),
     (["--budget", "24XB"], "error: --budget: cannot read '24XB'"),
     (["--set", "lora.surprise=1"], "error: lora.surprise: Extra inputs are not permitted"),

@@ -280,7 +280,7 @@ def test_post_fit(client: TestClient) -> None:
         ({"request": {"model": "meta-llama/Llama-3.1-8B"}, "budget": "inf GiB"}, ["body", "budget"], "cannot read"),
         ({"request": {"model": "meta-llama/Llama-3.1-8B"}, "budget_bytes": 0}, ["body", "budget_bytes"], "greater"),
         ({"request": {"model": "meta-llama/Llama-3.1-8B"}, "budget": "1GiB", "budget_bytes": 5}, ["body"], "not both"),
-        ({"request": {"model": "no/such-model"}}, ["body", "request", "model"], "unknown model"),
+        ({"request": {"model": "no/such-model"}}, ["body", "request", "model"], "not a catalog model"),
         ({"request": {"model": "openai-community/gpt2", "training": {"seq_len": 4096}}},
          ["body", "request", "training", "seq_len"], "1024"),
         ({"request": {"model": "meta-llama/Llama-3.1-8B", "method": "lorax"}}, ["body", "request", "method"], "qlora"),
@@ -313,7 +313,7 @@ def test_get_fit_matches_post(client: TestClient) -> None:
         ({"model": "Qwen/Qwen2.5-7B", "budget": "lots"}, ["query", "budget"], "lots"),
         ({"model": "Qwen/Qwen2.5-7B", "r": "0"}, ["query", "lora", "r"], "greater than or equal to 1"),
         ({"model": "Qwen/Qwen2.5-7B", "method": "lorax"}, ["query", "method"], "qlora"),
-        ({"model": "no/such-model"}, ["query", "model"], "unknown model"),
+        ({"model": "no/such-model"}, ["query", "model"], "not a catalog model"),
         ({"model": "openai-community/gpt2", "seq_len": "4096"}, ["query", "training", "seq_len"], "1024"),
     ],
 )

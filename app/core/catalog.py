@@ -1,6 +1,7 @@
 """The shipped catalogs: model ``config.json`` files keyed by hub id, and GPUs.
 
-Model files live in ``app/core/data/models/<org>--<name>.json`` (the hub's config.json verbatim);
+Model files live in ``app/core/data/models/<org>--<name>.json`` (the hub's config.json verbatim), with where
+each was read recorded in ``app/core/data/model_sources.json`` (a public GitHub copy: repo, path, commit);
 GPUs in ``app/core/data/gpus.json`` (VRAM in bytes as ``torch.cuda.get_device_properties().total_memory``
 reports it where measured, dense bf16 TFLOP/s, bandwidth in bytes/s, indicative price with its date).
 """
@@ -43,6 +44,22 @@ def model_configs() -> dict[str, dict[str, Any]]:
     for path in sorted((DATA_DIR / "models").glob("*.json")):
         out[path.stem.replace("--", "/", 1)] = json.loads(path.read_text())
     return out
+
+
+@cache
+def model_sources() -> dict[str, dict[str, str]]:
+    """Hub id → where its catalog config.json was read: ``{"repo": "owner/name", "path": …, "commit": …}``."""
+    path = DATA_DIR / "model_sources.json"
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def model_source(model_id: str) -> str:
+    """A readable origin of a catalog config: the file and, where recorded, the public copy it came from."""
+    text = f"catalog file app/core/data/models/{model_id.replace('/', '--', 1)}.json"
+    src = model_sources().get(model_id)
+    if src:
+        text += f" (from github.com/{src['repo']}/blob/{src['commit'][:12]}/{src['path']})"
+    return text
 
 
 def model_config(model_id: str) -> dict[str, Any]:

@@ -152,7 +152,8 @@ class HardwareSpec(_Strict):
 class PlanRequest(_Strict):
     """One fine-tuning run: POST /api/v1/estimate's body."""
 
-    model: str | ModelConfig = Field(description="catalog hub id, or {'config': {...config.json...}}")
+    model: str | ModelConfig = Field(description="catalog id, any Hub id 'org/name[@revision]' (its config.json is "
+                                     "fetched, see docs/hub.md), or {'config': {...config.json...}}")
     method: Method = "lora"
     lora: LoraSpec = Field(default_factory=LoraSpec)
     quantization: QuantizationSpec = Field(default_factory=QuantizationSpec)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import BaseModel, Field
 
 
@@ -94,6 +96,19 @@ class ModelSummary(BaseModel):
     num_experts: int
 
 
+class ModelSource(BaseModel):
+    """Where the model's config.json came from (set by ``app/models/resolve.py``, not by the core)."""
+
+    kind: Literal["catalog", "hub", "pasted"]
+    hub_id: str | None = Field(None, description="catalog or Hub repo id ('org/name'); None for a pasted config")
+    revision: str | None = Field(None, description="the Hub revision asked for (branch, tag or commit)")
+    commit_sha: str | None = Field(None, description="the Hub commit the config.json was read at, when known")
+    origin: str = Field(description="where the config was read: the catalog file and its recorded source, the Hub "
+                        "URL it was downloaded from, huggingface_hub's cache, or the request body")
+    notes: list[str] = Field(default_factory=list,
+                             description="assumptions the config implies (e.g. an MXFP4/FP8 checkpoint)")
+
+
 class CalibrationRef(BaseModel):
     """Which stored GPU calibrations shaped this answer (see app/core/calibrated.py)."""
 
@@ -118,5 +133,6 @@ class EstimateResult(BaseModel):
     allocator: AllocatorInfo
     assumptions: list[str]
     versions: dict[str, str]
+    source: ModelSource | None = Field(None, description="where the model's config.json came from")
     calibration: CalibrationRef | None = Field(
         None, description="set when finished GPU calibrations of this GPU fitted the overhead and error bars")

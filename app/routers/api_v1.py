@@ -17,6 +17,7 @@ from app.deps import SettingsDep
 from app.forms import parse_form
 from app.model_info import model_detail, model_row
 from app.models.generic import ensure_generic
+from app.models.resolve import resolve_request, with_source
 
 router = APIRouter(prefix="/api/v1", tags=["v1"])
 
@@ -24,10 +25,11 @@ router = APIRouter(prefix="/api/v1", tags=["v1"])
 @router.post("/estimate", response_model=EstimateResult)
 def post_estimate(req: PlanRequest, settings: SettingsDep) -> EstimateResult:
     """Parameters and per-GPU memory (bytes) of one fine-tuning run; with finished GPU calibrations of the
-    requested GPU on this server, the overhead is fitted from them and ``calibration`` names them."""
-    ensure_generic(req)  # a model_type outside the hand-written rules: built once from the real libraries
+    requested GPU on this server, the overhead is fitted from them and ``calibration`` names them. ``model`` may
+    be a Hub id outside the catalog (its config.json is fetched; ``source`` says from where)."""
+    req, source = resolve_request(req)
     samples = calibration_samples(settings.database_path, req.hardware.gpu)
-    return apply_calibrations(estimate(req), req.hardware.gpu, samples)
+    return apply_calibrations(with_source(estimate(req), source), req.hardware.gpu, samples)
 
 
 @router.get("/models")
@@ -40,6 +42,7 @@ def list_models() -> list[dict[str, Any]]:
 def get_model(model_id: str) -> dict[str, Any]:
     """A catalog model's config.json and inventory summary (parameters by group, adaptable modules)."""
     model_config(model_id)  # 422 with the list size when unknown
+    ensure_generic(PlanRequest(model=model_id))  # an architecture outside the rules: built once (worker, cached)
     return model_detail(model_id)
 
 
@@ -55,8 +58,7 @@ def post_fit(body: FitRequest) -> FitResult:
     and lora.r, the highest-fidelity method, and for every catalog GPU one card or the smallest ZeRO-3 group."""
     budget, source = body.resolved_budget()
     try:
-        ensure_generic(body.request)
-        return fit(body.request, budget, source)
+        return fit(resolve_request(body.request)[0], budget, source)
     except PlanError as exc:  # the plan sits under "request" in this body
         raise PlanError(("request", *exc.loc), exc.message) from exc
 
@@ -77,8 +79,7 @@ def get_fit(request: Request, budget: str | None = None) -> FitResult | JSONResp
     if req is None or detail:
         return JSONResponse(status_code=422, content={"detail": detail})
     try:
-        ensure_generic(req)
-        return fit(req, budget_bytes, "hardware.gpu" if budget_bytes is None else "budget")
+        return fit(resolve_request(req)[0], budget_bytes, "hardware.gpu" if budget_bytes is None else "budget")
     except PlanError as exc:
         return JSONResponse(status_code=422, content={"detail": [
             {"loc": ["query", *exc.loc], "msg": exc.message, "type": "plan_error"}]})

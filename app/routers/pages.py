@@ -27,7 +27,7 @@ from app.core.request import LoraSpec, QuantizationSpec, TrainingSpec
 from app.core.throughput import DEFAULT_MFU, DEFAULT_SLOWDOWN, DEFAULT_TOKENS
 from app.deps import SettingsDep
 from app.forms import DEFAULT_MODEL, form_to_body, parse_cost_options, parse_form
-from app.models.generic import ensure_generic
+from app.models.resolve import resolve_request, with_source
 from app.settings import Settings
 from app.views import (
     METHODS,
@@ -45,6 +45,7 @@ from app.views import (
     price_dates,
     python_snippet,
     short_gpu,
+    source_text,
     view_globals,
 )
 
@@ -58,7 +59,7 @@ templates.env.filters["flops"] = format_flops
 templates.env.filters["tokens"] = format_tokens
 templates.env.filters["short_gpu"] = short_gpu
 templates.env.globals.update(view_globals=view_globals, bar_label=bar_label, gpu_rows=gpu_rows,
-                             price_dates=price_dates)
+                             price_dates=price_dates, source_text=source_text)
 
 MAX_UPLOAD_BYTES = 256 * 1024
 NOT_IN_URL = ("config", "config_file")
@@ -87,8 +88,15 @@ def _context(request: Request, form: dict[str, str], config_text: str | None,
             options = replace(options, qlora_slowdown=measured["qlora"])
     view = None
     result = None
-    if req is not None and not option_errors:
-        view = build_compare(req, options)
+    plan = req  # the core's request: a Hub id becomes its config (the snippets keep the id)
+    if req is not None:
+        try:
+            plan, source = resolve_request(req)
+        except PlanError as exc:
+            errors = [*errors, f"{'.'.join(str(p) for p in exc.loc)}: {exc.message}"]
+            plan = None
+    if plan is not None and not option_errors:
+        view = build_compare(plan, options, source)
         col = view.column
         result = col.result
         if col.error:
@@ -122,7 +130,7 @@ def _context(request: Request, form: dict[str, str], config_text: str | None,
 
 
 def _render(request: Request, form: dict[str, str], config_text: str | None, settings: Settings) -> HTMLResponse:
-    context = _context(request, form, config_text, settings)
+    context = _context(request, form, config_text, settings)  # may fetch a Hub config: runs in a worker thread
     return templates.TemplateResponse(request, "index.html", context, status_code=422 if context["errors"] else 200)
 
 
@@ -176,12 +184,12 @@ def estimate_json(request: Request) -> Response:
         return JSONResponse({"detail": [{"loc": ["query"], "msg": e, "type": "value_error"} for e in errors]},
                             status_code=422)
     try:
-        ensure_generic(req)
-        result = estimate(req)
+        req, source = resolve_request(req)
+        result = with_source(estimate(req), source)
     except PlanError as exc:
         return JSONResponse({"detail": [{"loc": ["query", *exc.loc], "msg": exc.message, "type": "plan_error"}]},
                             status_code=422)
-    model = req.model if isinstance(req.model, str) else "pasted-config"
+    model = source.hub_id or "pasted-config"
     name = re.sub(r"[^A-Za-z0-9._-]+", "-", f"peft-plan-{model}-{req.method}") + ".json"
     return Response(json.dumps(result.model_dump(mode="json"), indent=2), media_type="application/json",
                     headers={"Content-Disposition": f'attachment; filename="{name}"'})

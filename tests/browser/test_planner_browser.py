@@ -187,7 +187,8 @@ def test_refused_method_shows_the_reason(browser: Any, server: str) -> None:
     assert not page.locator('[data-m="dora"][data-k="error"]').is_visible()
     ticks_before = _ticks(page)
     # an MoE model, chosen in place: DoRA and QDoRA on its fused experts are refused, with the planner's reason
-    page.select_option("#model", "Qwen/Qwen3-30B-A3B")
+    page.fill("#model", "Qwen/Qwen3-30B-A3B")  # a typed id (or a datalist pick) updates on "change"
+    page.dispatch_event("#model", "change")
     page.wait_for_function("() => document.querySelector('td[data-m=dora]').classList.contains('refused')")
     for m in ("dora", "qdora"):
         reason = page.locator(f'[data-m="{m}"][data-k="error"]')
@@ -201,7 +202,8 @@ def test_refused_method_shows_the_reason(browser: Any, server: str) -> None:
     assert _ticks(page) == [t["label"] for t in data["ticks"]] != ticks_before
     _check_bars(page, moe)
     # and back to the dense model: the refusal clears
-    page.select_option("#model", "Qwen/Qwen3-8B")
+    page.fill("#model", "Qwen/Qwen3-8B")
+    page.dispatch_event("#model", "change")
     page.wait_for_function("() => !document.querySelector('td[data-m=dora]').classList.contains('refused')")
     assert _cell(page, "dora", "total") == format_bytes(_expected(form, "dora").memory.total)
     assert not page.locator('[data-m="dora"][data-k="error"]').is_visible()

@@ -18,6 +18,24 @@ def hf_config(cfg: dict[str, Any]):
     return AutoConfig.for_model(cfg["model_type"], **{k: v for k, v in cfg.items() if k not in _IGNORED_KEYS})
 
 
+def architecture_model(cfg: dict[str, Any]) -> torch.nn.Module:
+    """The class a fine-tuner loads (the config's ``architectures[0]``, e.g. ``...ForConditionalGeneration`` for a
+    vision-language model; when transformers has no class of that name, what ``AutoModelForImageTextToText``
+    (configs with a ``vision_config``) or ``AutoModelForCausalLM`` builds), on the meta device."""
+    import transformers
+
+    config = hf_config(cfg)
+    names = cfg.get("architectures") or []
+    cls = getattr(transformers, names[0], None) if names else None
+    auto = transformers.AutoModelForImageTextToText if "vision_config" in cfg else AutoModelForCausalLM
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with torch.device("meta"):
+            if cls is None:
+                return auto.from_config(config)
+            return cls._from_config(config)
+
+
 def meta_model(cfg: dict[str, Any], dtype: torch.dtype = torch.float32) -> torch.nn.Module:
     """``AutoModelForCausalLM.from_config`` on the meta device: real module tree, no memory."""
     config = hf_config(cfg)
