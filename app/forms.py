@@ -51,7 +51,7 @@ def parse_form(form: Mapping[str, str], config_text: str | None = None) -> tuple
     """The request, or None and readable errors naming each field."""
     body = form_to_body(form, config_text)
     try:
-        return PlanRequest.model_validate(body), []
+        return PlanRequest.model_validate(body, strict=False), []  # query strings: "8" → 8, "on" → true
     except ValidationError as exc:
         return None, [f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()]
 
