@@ -278,3 +278,24 @@ def test_calibration_errors_redacted_for_anonymous_readers(tmp_path: Path) -> No
         assert "/srv/secret" not in page and "measure.py" not in page
         full = c.get(f"/api/v1/calibrations/{job}", headers={"authorization": "Bearer t"}).json()
         assert "Traceback" in full["error"] and full["model_dir"] == "/srv/secret/models/llama"
+
+
+def test_cuda_request_does_not_import_torch_into_the_api(tmp_path: Path) -> None:
+    """The device count comes from a child process (app/calibration/service.py: _cuda_devices)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from fastapi.testclient import TestClient\n"
+        "from app.main import create_app\n"
+        "from app.settings import Settings, get_settings\n"
+        "app = create_app()\n"
+        f"app.dependency_overrides[get_settings] = lambda: Settings(token='t', database_path={str(tmp_path / 'd')!r})\n"
+        "body = {'model': {'config': " + repr(TINY_CONFIGS["llama"]) + "}, 'device': 'cuda:7'}\n"
+        "r = TestClient(app).post('/api/v1/calibrations', json=body, headers={'authorization': 'Bearer t'})\n"
+        "assert r.status_code == 422 and r.json()['detail'][0]['loc'] == ['body', 'device'], r.text\n"
+        "print('torch' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True, timeout=300)
+    assert out.stdout.strip() == "False"
