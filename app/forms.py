@@ -17,10 +17,28 @@ DEFAULT_TARGETS = "all-linear"  # the page's default; the API's is PEFT's per-ar
 _BOOL = {"on": True, "true": True, "1": True, "yes": True, "off": False, "false": False, "0": False, "no": False}
 
 
+_INT_FIELDS = frozenset({"r", "micro_batch_size", "seq_len", "blocksize", "num_gpus"})
+_FLOAT_FIELDS = frozenset({"lora_alpha", "lora_dropout"})
+
+
+def _typed(key: str, text: str) -> Any:
+    """A form field as the JSON type the API wants ("8" → 8, "0.05" → 0.05): the API is strict, so the body
+    (also shown as the page's curl snippet) must carry numbers. Text that is no number stays text, and the
+    validation error names the field."""
+    try:
+        if key in _INT_FIELDS:
+            return int(text.strip())
+        if key in _FLOAT_FIELDS:
+            return float(text.strip())
+    except ValueError:
+        return text
+    return text
+
+
 def form_to_body(form: Mapping[str, str], config_text: str | None = None) -> dict[str, Any]:
     """A JSON body for /api/v1/estimate from the page's flat form fields (unknown fields are ignored)."""
     def pick(*keys: str) -> dict[str, Any]:
-        return {k: form[k] for k in keys if form.get(k, "") != ""}
+        return {k: _typed(k, form[k]) for k in keys if form.get(k, "") != ""}
 
     def flags(*keys: str) -> dict[str, Any]:
         return {k: _BOOL.get(form[k].lower(), form[k]) for k in keys if form.get(k, "") != ""}

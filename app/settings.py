@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from functools import lru_cache
 from pathlib import Path
 
@@ -21,8 +22,16 @@ class Settings(BaseSettings):
                                      description="SQLite store of inventories built from the real libraries")
     generic_timeout_s: float = Field(300.0, gt=0, description="per-build wall-clock limit; the worker is killed")
     generic_max_modules: int = Field(200_000, description="largest model (named_modules) the generic path builds")
-    trace_timeout_s: float = 120.0
-    trace_concurrency: int = 1
+    trace_timeout_s: float = Field(120.0, gt=0, description="per-trace limit (s), counted after the worker has "
+                                   "imported torch/transformers/PEFT")
+    trace_import_timeout_s: float = Field(300.0, gt=0, description="limit (s) for a new trace worker's imports")
+    trace_concurrency: int = Field(1, ge=1, description="trace worker processes")
+    trace_queue: int = Field(2, ge=0, description="traces that may wait for a worker; more get 429")
+    fit_workers: int = Field(2, ge=1, description="POST/GET /api/v1/fit searches running at once (threads)")
+    fit_queue: int = Field(8, ge=0, description="fit requests that may wait; more get 429")
+    fit_timeout_s: float = Field(60.0, gt=0, description="per-fit limit (s); past it the search stops with 504")
+    model_dirs: str = Field("", description="directories (os.pathsep-separated) under which calibration's "
+                            "model_dir may point; empty: model_dir is refused")
     calibration_timeout_s: float = Field(1800.0, gt=0, description="per-job wall-clock limit; the worker is killed")
     calibration_cpu_max_params: int = Field(50_000_000, description="largest model (base parameters) on cpu")
     calibration_cpu_max_tokens: int = Field(4096, description="largest micro_batch_size·seq_len on cpu")
@@ -31,6 +40,11 @@ class Settings(BaseSettings):
     hub_max_config_bytes: int = Field(262_144, gt=0, description="largest config.json fetched from the Hub")
     hub_cache_size: int = Field(256, ge=0, description="Hub configs kept in process (LRU) on top of HF's disk cache")
     hub_cache_ttl_s: float = Field(3600.0, ge=0, description="seconds before a branch's config is checked again")
+
+    @property
+    def allowed_model_dirs(self) -> list[Path]:
+        """``model_dirs`` as resolved absolute paths."""
+        return [Path(p).resolve() for p in self.model_dirs.split(os.pathsep) if p.strip()]
 
 
 @lru_cache

@@ -23,6 +23,12 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def uvicorn_command(port: int) -> list[str]:
+    """uvicorn on 127.0.0.1:``port`` as `make run` starts it (bounded graceful shutdown)."""
+    return [sys.executable, "-m", "uvicorn", "app.main:app", "--host", "127.0.0.1", "--port", str(port),
+            "--timeout-graceful-shutdown", "10"]
+
+
 @contextmanager
 def running_server(workdir: Path, env: dict[str, str] | None = None, timeout_s: float = 60) -> Iterator[str]:
     """Start uvicorn (log and SQLite database under ``workdir``), wait for /healthz, yield its URL, stop it."""
@@ -32,8 +38,7 @@ def running_server(workdir: Path, env: dict[str, str] | None = None, timeout_s: 
     env = {**os.environ, "PEFT_PLANNER_DATABASE_PATH": str(workdir / "planner.sqlite3"), **(env or {})}
     log = workdir / "uvicorn.log"
     with log.open("wb") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "uvicorn", "app.main:app", "--host", "127.0.0.1",
-                                 "--port", str(port)], cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(uvicorn_command(port), cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
         try:
             deadline = time.monotonic() + timeout_s
             while True:

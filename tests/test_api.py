@@ -106,7 +106,8 @@ def test_models_and_gpus(client: TestClient) -> None:
     assert row["total_params"] == 124_439_808
     detail = client.get("/api/v1/models/openai-community/gpt2").json()
     assert detail["config"]["n_embd"] == 768 and "c_attn" in detail["adaptable_modules"]
-    assert client.get("/api/v1/models/nope/nope").status_code == 422
+    missing = client.get("/api/v1/models/nope/nope")  # an unknown resource: 404 at the path parameter
+    assert missing.status_code == 404 and missing.json()["detail"][0]["loc"] == ["path", "model_id"]
     g = client.get("/api/v1/gpus").json()
     assert {"id", "vram_bytes", "bf16_tflops", "memory_bandwidth_bytes_per_s"} <= set(g[0])
     assert client.get("/openapi.json").json()["paths"]["/api/v1/estimate"]

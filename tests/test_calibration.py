@@ -77,7 +77,7 @@ def test_store_survives_reopening(tmp_path: Path) -> None:
 def test_creating_needs_a_configured_token(tmp_path: Path) -> None:
     with _client(tmp_path / "db.sqlite3", token=None) as client:
         r = client.post("/api/v1/calibrations", json=_body(LORA_BODY), headers=AUTH)
-        assert r.status_code == 403 and "PEFT_PLANNER_TOKEN" in r.json()["detail"]
+        assert r.status_code == 403 and "PEFT_PLANNER_TOKEN" in r.json()["detail"][0]["msg"]
         assert client.post("/calibrate", json=_body(LORA_BODY), headers=AUTH).status_code == 403
         assert client.get("/api/v1/calibrations").status_code == 200  # reading stays open
         assert client.post("/api/v1/estimate", json=_body(LORA_BODY)).status_code == 200  # estimating too

@@ -47,7 +47,7 @@ def test_trace_timeout_is_a_504_and_the_service_recovers() -> None:
     with _client(trace_timeout_s=0.01) as client:
         r = client.post("/api/v1/trace", json=copy.deepcopy(BODY))
         assert r.status_code == 504
-        assert "0.01 s" in r.json()["detail"]
+        assert "0.01 s" in r.json()["detail"][0]["msg"]
         client.app.state.trace_service.close()
 
 

@@ -7,8 +7,11 @@ token and the database path come from :class:`app.settings.Settings`).
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -25,13 +28,54 @@ from app.settings import Settings, get_settings
 DEVICE_RE = re.compile(r"^(cpu|cuda:\d{1,2})$")
 
 
+CUDA_PROBE = "import torch; print(torch.cuda.device_count() if torch.cuda.is_available() else 0)"
+CUDA_PROBE_TIMEOUT_S = 120.0
+"""Budget for the probe's torch import and CUDA initialisation (seconds)."""
+
+
+@lru_cache(maxsize=1)
 def _cuda_devices() -> int:
-    """Number of visible CUDA devices (imports torch: only called for a cuda device request)."""
+    """Number of visible CUDA devices, asked of a child process so that torch is never imported into the API
+    process (answered once per server process: devices do not come and go under a running server)."""
     try:
-        import torch
-    except ImportError:
+        out = subprocess.run([sys.executable, "-c", CUDA_PROBE], capture_output=True, text=True,
+                             timeout=CUDA_PROBE_TIMEOUT_S, check=False)
+    except subprocess.TimeoutExpired:
         return 0
-    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+    lines = out.stdout.strip().splitlines()
+    return int(lines[-1]) if out.returncode == 0 and lines and lines[-1].isdigit() else 0
+
+
+# Absolute paths in error texts (e.g. '/home/x/.venv/lib/python3.11/site-packages/…'), hidden from anonymous readers
+_PATH = re.compile(r"(?:[A-Za-z]:)?(?:/[^\s/'\"():,]+){2,}/?")
+
+
+def redacted(job: dict[str, Any]) -> dict[str, Any]:
+    """``job`` as anonymous readers see it: the error's first line with server paths replaced by '…' (no
+    traceback), and model_dir reduced to its last component."""
+    out = dict(job)
+    if out.get("error"):
+        out["error"] = _PATH.sub("…", str(out["error"]).split("\n", 1)[0])
+    if out.get("model_dir"):
+        out["model_dir"] = "…/" + Path(out["model_dir"]).name
+    return out
+
+
+def check_model_dir(model_dir: str, allowed: list[Path]) -> None:
+    """``model_dir`` must resolve to a directory inside one of ``allowed`` (PEFT_PLANNER_MODEL_DIRS). Outside them
+    the answer is the same whether the path exists or not, so it reveals nothing about the server's files."""
+    where = ("model_dir",)
+    if not allowed:
+        raise PlanError(where, "model_dir is disabled on this server (set PEFT_PLANNER_MODEL_DIRS to the "
+                        "directories that hold checkpoints)")
+    try:
+        resolved = Path(model_dir).resolve()
+    except (OSError, RuntimeError, ValueError):
+        resolved = None
+    if resolved is None or not any(resolved == root or root in resolved.parents for root in allowed):
+        raise PlanError(where, "must be inside one of the directories allowed by PEFT_PLANNER_MODEL_DIRS")
+    if not resolved.is_dir():
+        raise PlanError(where, f"{model_dir}: not a directory")
 
 
 class CalibrationService:
@@ -68,8 +112,8 @@ class CalibrationService:
         if req.quantized and req.quantization.load_in_8bit:
             raise PlanError(("quantization", "load_in_8bit"), "calibration runs 4-bit bases (qlora/qdora); "
                             "LLM.int8 is not calibrated")
-        if model_dir is not None and not Path(model_dir).is_dir():
-            raise PlanError(("model_dir",), f"{model_dir}: not a directory on the server")
+        if model_dir is not None:
+            check_model_dir(model_dir, self.settings.allowed_model_dirs)
         return result.model_dump(mode="json")
 
     def submit(self, req: PlanRequest, device: str, warmup_steps: int, measure_steps: int,

@@ -12,11 +12,12 @@ import sqlite3
 import statistics
 import threading
 import uuid
+from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from app.core.calibrated import CalibrationSample
+from app.core.calibrated import MAX_SAMPLES, CalibrationSample, CalibrationSummary, summarise
 
 STATUSES = ("queued", "running", "done", "failed", "oom", "cancelled", "interrupted")
 FINAL = ("done", "failed", "oom", "cancelled", "interrupted")
@@ -41,7 +42,17 @@ CREATE TABLE IF NOT EXISTS calibration_jobs (
 );
 CREATE INDEX IF NOT EXISTS calibration_jobs_created ON calibration_jobs (created_at DESC);
 CREATE INDEX IF NOT EXISTS calibration_jobs_status ON calibration_jobs (status, created_at);
+CREATE TABLE IF NOT EXISTS calibration_summaries (
+    key TEXT PRIMARY KEY,  -- 'gpu:<gpu id>' (overhead fit) or 'slowdown:<model id>' (measured QLoRA slowdown)
+    summary_json TEXT NOT NULL,
+    updated_at TEXT NOT NULL
+);
 """
+SCHEMA_VERSION = 2  # 2: calibration_summaries (rebuilt from the jobs when an older database is opened)
+
+# A finished GPU job's request fields, read in SQL so summaries read only the rows they need.
+_GPU_OF = "COALESCE(json_extract(request_json, '$.hardware.gpu'), 'nvidia-a100-80gb')"
+_DONE_ON_GPU = "status='done' AND device LIKE 'cuda%' AND result_json IS NOT NULL"
 
 _JSON_COLUMNS = {"request_json": "request", "result_json": "result", "estimate_json": "estimate"}
 
@@ -55,9 +66,21 @@ class JobStore:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()  # serialises writes of this process (SQLite locks across processes)
-        with self._connect() as db:
-            db.execute("PRAGMA journal_mode=WAL")
-            db.executescript(_SCHEMA)
+        with self._lock:
+            db = self._connect()
+            try:
+                db.execute("PRAGMA journal_mode=WAL")
+                db.executescript(_SCHEMA)
+                if db.execute("PRAGMA user_version").fetchone()[0] < SCHEMA_VERSION:
+                    for (gpu_id,) in db.execute(f"SELECT DISTINCT {_GPU_OF} FROM calibration_jobs "
+                                                f"WHERE {_DONE_ON_GPU}").fetchall():
+                        self._summarise_gpu(db, gpu_id)
+                    for (model,) in db.execute("SELECT DISTINCT json_extract(request_json, '$.model') FROM "
+                                               f"calibration_jobs WHERE {_DONE_ON_GPU}").fetchall():
+                        self._summarise_slowdown(db, model)
+                    db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+            finally:
+                db.close()
 
     def _connect(self) -> sqlite3.Connection:
         db = sqlite3.connect(self.path, timeout=30, isolation_level=None)  # autocommit; explicit BEGIN below
@@ -119,16 +142,58 @@ class JobStore:
 
     def finish(self, job_id: str, status: str, *, result: dict[str, Any] | None = None, error: str | None = None,
                progress_text: str | None = None) -> bool:
-        """Record a final status, unless the job already has one (a cancel wins over a late result)."""
+        """Record a final status, unless the job already has one (a cancel wins over a late result). A finished
+        GPU job updates the summaries of its GPU and model in the same transaction."""
         if status not in FINAL:
             raise ValueError(f"not a final status: {status}")
-        return self._write(
-            "UPDATE calibration_jobs SET status=?, finished_at=?, result_json=?, error=?, "
-            "progress_text=COALESCE(?, progress_text), progress_percent=CASE WHEN ?='done' THEN 100 "
-            "ELSE progress_percent END WHERE id=? AND status IN ('queued','running')",
-            (status, now(), json.dumps(result) if result is not None else None, error, progress_text, status,
-             job_id),
-        ) == 1
+        with self._lock:
+            db = self._connect()
+            try:
+                db.execute("BEGIN IMMEDIATE")
+                changed = db.execute(
+                    "UPDATE calibration_jobs SET status=?, finished_at=?, result_json=?, error=?, "
+                    "progress_text=COALESCE(?, progress_text), progress_percent=CASE WHEN ?='done' THEN 100 "
+                    "ELSE progress_percent END WHERE id=? AND status IN ('queued','running')",
+                    (status, now(), json.dumps(result) if result is not None else None, error, progress_text,
+                     status, job_id),
+                ).rowcount == 1
+                row = db.execute(f"SELECT {_GPU_OF}, json_extract(request_json, '$.model') FROM calibration_jobs "
+                                 f"WHERE id=? AND {_DONE_ON_GPU}", (job_id,)).fetchone()
+                if changed and row is not None:
+                    self._summarise_gpu(db, row[0])
+                    self._summarise_slowdown(db, row[1])
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            finally:
+                db.close()
+        return changed
+
+    # --- summaries (one row per GPU / model, rewritten when one of its jobs finishes) ------------------------
+    def _summarise_gpu(self, db: sqlite3.Connection, gpu_id: str) -> None:
+        rows = db.execute(f"SELECT id, estimate_json, result_json FROM calibration_jobs WHERE {_DONE_ON_GPU} AND "
+                          f"{_GPU_OF}=? ORDER BY created_at DESC, rowid DESC LIMIT ?", (gpu_id, MAX_SAMPLES))
+        samples = []
+        for job_id, est_raw, result_raw in rows.fetchall():
+            try:
+                est, result = json.loads(est_raw), json.loads(result_raw)
+                samples.append(CalibrationSample(job_id, int(est["memory"]["peak"]),
+                                                 int(result["peak_allocated_bytes"]),
+                                                 int(result["peak_reserved_bytes"]), int(result["device_used_bytes"])))
+            except (KeyError, TypeError, ValueError):
+                continue
+        summary = summarise(gpu_id, samples)
+        _put_summary(db, f"gpu:{gpu_id}", asdict(summary) if summary is not None else None)
+
+    def _summarise_slowdown(self, db: sqlite3.Connection, model: str | None) -> None:
+        if not isinstance(model, str) or model.startswith("{"):
+            return  # a pasted config: no id to look it up by
+        rows = db.execute(f"SELECT json_extract(result_json, '$.otf_dequant_slowdown') FROM calibration_jobs WHERE "
+                          f"{_DONE_ON_GPU} AND json_extract(request_json, '$.model')=? "
+                          "ORDER BY created_at DESC, rowid DESC LIMIT ?", (model, MAX_SAMPLES)).fetchall()
+        ratios = [r[0] for r in rows if isinstance(r[0], int | float) and r[0] > 0]
+        _put_summary(db, f"slowdown:{model}", {"qlora": statistics.median(ratios)} if ratios else None)
 
     def cancel(self, job_id: str) -> str | None:
         """Cancel a queued or running job; returns the status it had (None: no such job)."""
@@ -182,34 +247,35 @@ class JobStore:
         return [r[0] for r in rows]
 
 
-def measured_slowdowns(path: Path | str, model: str, limit: int = 500) -> dict[str, float]:
-    """Median measured 4-bit-vs-16-bit step-time ratio of finished GPU calibrations of ``model``, keyed like
-    the planner's slowdown factors ("qlora"); empty when there is no database or no such job."""
-    if not Path(path).exists():
-        return {}
-    ratios = [
-        job["result"]["otf_dequant_slowdown"]
-        for job in JobStore(path).list(limit=limit)
-        if job["status"] == "done" and str(job["device"]).startswith("cuda")
-        and job["request"].get("model") == model and (job.get("result") or {}).get("otf_dequant_slowdown")
-    ]
-    return {"qlora": statistics.median(ratios)} if ratios else {}
+def _put_summary(db: sqlite3.Connection, key: str, value: dict[str, Any] | None) -> None:
+    if value is None:
+        db.execute("DELETE FROM calibration_summaries WHERE key=?", (key,))
+    else:
+        db.execute("INSERT OR REPLACE INTO calibration_summaries (key, summary_json, updated_at) VALUES (?, ?, ?)",
+                   (key, json.dumps(value), now()))
 
 
-def calibration_samples(path: Path | str, gpu_id: str, limit: int = 500) -> list[CalibrationSample]:
-    """Finished GPU calibrations run for ``gpu_id`` (the request's hardware.gpu), as fitting samples."""
+def _get_summary(path: Path | str, key: str) -> dict[str, Any] | None:
+    """One summary row by primary key (constant time in the number of jobs); None without a database."""
     if not Path(path).exists():
-        return []
-    out = []
-    for job in JobStore(path).list(limit=limit):
-        result, est = job.get("result") or {}, job.get("estimate") or {}
-        if job["status"] != "done" or not str(job["device"]).startswith("cuda") or not est:
-            continue
-        if (job["request"].get("hardware") or {}).get("gpu", "nvidia-a100-80gb") != gpu_id:
-            continue
-        try:
-            out.append(CalibrationSample(job["id"], int(est["memory"]["peak"]), int(result["peak_allocated_bytes"]),
-                                         int(result["peak_reserved_bytes"]), int(result["device_used_bytes"])))
-        except (KeyError, TypeError, ValueError):
-            continue
-    return out
+        return None
+    db = sqlite3.connect(f"file:{Path(path)}?mode=ro", uri=True, timeout=30)
+    try:
+        row = db.execute("SELECT summary_json FROM calibration_summaries WHERE key=?", (key,)).fetchone()
+    except sqlite3.OperationalError:  # a database the server has not opened yet (no summaries table)
+        return None
+    finally:
+        db.close()
+    return json.loads(row[0]) if row else None
+
+
+def measured_slowdowns(path: Path | str, model: str) -> dict[str, float]:
+    """Median measured 4-bit-vs-16-bit step-time ratio of the newest finished GPU calibrations of ``model``,
+    keyed like the planner's slowdown factors ("qlora"); empty when there is no database or no such job."""
+    return _get_summary(path, f"slowdown:{model}") or {}
+
+
+def calibration_summary(path: Path | str, gpu_id: str) -> CalibrationSummary | None:
+    """The overhead/error-bar summary of finished GPU calibrations run for ``gpu_id`` (request's hardware.gpu)."""
+    raw = _get_summary(path, f"gpu:{gpu_id}")
+    return None if raw is None else CalibrationSummary(**{**raw, "job_ids": tuple(raw["job_ids"])})

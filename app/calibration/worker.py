@@ -25,6 +25,9 @@ POLL_S = 0.2
 def _child(request_json: str, device: str, warmup_steps: int, measure_steps: int, model_dir: str | None,
            out: Any) -> None:
     """Worker-process entry point: run one calibration, stream progress, send the result or the error."""
+    from app.supervision import die_with_parent
+
+    die_with_parent()
     try:
         from app.calibration.measure import calibrate
         from app.core.request import PlanRequest

@@ -17,10 +17,13 @@ import re
 from dataclasses import dataclass, field
 from math import prod
 
+import re2
+
 from app.core.architectures import PEFT_DEFAULT_TARGET_MODULES
 from app.core.errors import PlanError
 from app.core.generic import resolved_targets
 from app.core.inventory import CONV1D, EMBEDDING, LINEAR, Inventory, Module, Tensor
+from app.core.patterns import PatternError, compile_target_regex
 from app.core.request import LoraSpec
 
 ADAPTABLE_KINDS = (LINEAR, CONV1D, EMBEDDING)
@@ -86,7 +89,19 @@ def _layer_ok(name: str, layers: list[int] | None) -> bool:
 
 
 def _saved_match(name: str, modules_to_save: list[str]) -> bool:
-    return any(re.match(rf"(^|.*\.){re.escape(m)}($|\..*)", name) for m in modules_to_save)
+    """PEFT's ``re.match(rf"(^|.*\\.){re.escape(m)}($|\\..*)", name)`` (``_check_target_module_compatiblity`` /
+    ``ModulesToSaveWrapper`` matching): ``m`` is a whole run of dot-separated segments of ``name``. Same answer
+    with string operations, in time linear in the name's length."""
+    dotted = f".{name}."
+    return any(f".{m}." in dotted for m in modules_to_save)
+
+
+def _pattern(tm: str) -> re2._Regexp:
+    """The compiled ``target_modules`` regex (RE2, linear time: app/core/patterns.py)."""
+    try:
+        return compile_target_regex(tm)
+    except PatternError as exc:
+        raise PlanError(("lora", "target_modules"), str(exc)) from None
 
 
 def _resolve_module_targets(inv: Inventory, lora: LoraSpec) -> list[Module]:
@@ -108,10 +123,7 @@ def _resolve_module_targets(inv: Inventory, lora: LoraSpec) -> list[Module]:
     if isinstance(tm, str) and tm.lower() == "all-linear":
         matched = [m for m in candidates if m.kind in (LINEAR, CONV1D) and m.name != "lm_head"]
     elif isinstance(tm, str):
-        try:
-            pattern = re.compile(tm)
-        except re.error as exc:
-            raise PlanError(("lora", "target_modules"), f"is not a valid regular expression: {exc}") from None
+        pattern = _pattern(tm)
         matched = [m for m in candidates if pattern.fullmatch(m.name)]
         if not matched:
             raise PlanError(
@@ -216,10 +228,7 @@ def _convert_moe_targets(inv: Inventory, lora: LoraSpec) -> tuple[LoraSpec, int]
             leaves = {m.leaf for m in inv.modules if m.kind in (LINEAR, CONV1D) and m.name != "lm_head"}
             tm_list = sorted(leaves | mapping.keys())
         else:
-            try:
-                pattern = re.compile(tm)
-            except re.error as exc:
-                raise PlanError(("lora", "target_modules"), f"is not a valid regular expression: {exc}") from None
+            pattern = _pattern(tm)
             keys = [m.name for m in inv.modules] + [t.name for t in inv.unique_tensors()]
             found = {k.rsplit(".", 1)[-1] for k in keys if pattern.fullmatch(k)}
             for old, new in mapping.items():

@@ -33,21 +33,26 @@ SUPPORTED_MODEL_TYPES: tuple[str, ...] = (
 )
 
 # Bounds that keep one request's work small: no config may make the server allocate or loop without limit.
+# The work of an estimate grows with num_hidden_layers (modules per layer) and num_experts; at 256 layers and
+# 512 experts POST /api/v1/fit on a pasted config takes at most ~20 s of one CPU (docs/limits.md, measured with
+# bench/load.py). The largest real models stay below: Llama-3.1-405B has 126 layers, DeepSeek-V3 256 experts.
 LIMITS: dict[str, int] = {
     "vocab_size": 4_194_304,
     "hidden_size": 131_072,
     "intermediate_size": 1_048_576,
-    "num_hidden_layers": 1_024,
+    "num_hidden_layers": 256,
     "num_attention_heads": 1_024,
     "num_key_value_heads": 1_024,
     "head_dim": 4_096,
-    "num_experts": 1_024,
-    "num_local_experts": 1_024,
+    "num_experts": 512,
+    "num_local_experts": 512,
     "max_position_embeddings": 16_777_216,
 }
 # GPT-2's config names for the same sizes
 LIMITS.update(n_embd=LIMITS["hidden_size"], n_layer=LIMITS["num_hidden_layers"], n_head=LIMITS["num_attention_heads"],
-              n_positions=LIMITS["max_position_embeddings"], n_inner=LIMITS["intermediate_size"])
+              n_positions=LIMITS["max_position_embeddings"], n_inner=LIMITS["intermediate_size"],
+              moe_intermediate_size=LIMITS["intermediate_size"], num_experts_per_tok=LIMITS["num_experts"],
+              decoder_sparse_step=LIMITS["num_hidden_layers"])
 
 # transformers 5.24 config-class defaults for the keys that decide shapes.
 _DEFAULTS: dict[str, dict[str, Any]] = {
@@ -190,7 +195,7 @@ def parse_config(cfg: dict[str, Any]) -> ArchSpec:
     if not isinstance(cfg, dict):
         raise PlanError(("model", "config"), "must be a JSON object (the model's config.json)")
     model_type = cfg.get("model_type")
-    if model_type not in _DEFAULTS:
+    if not isinstance(model_type, str) or model_type not in _DEFAULTS:
         raise PlanError(
             ("model", "config", "model_type"),
             f"unsupported model_type {model_type!r}; supported: {', '.join(SUPPORTED_MODEL_TYPES)}",
@@ -257,8 +262,9 @@ def parse_config(cfg: dict[str, Any]) -> ArchSpec:
         if not isinstance(mlp_only, list) or not all(isinstance(i, int) for i in mlp_only):
             raise PlanError(("model", "config", "mlp_only_layers"), "must be a list of layer indices")
         # modeling_qwen3_moe.py: Qwen3MoeDecoderLayer picks the sparse block under this condition.
+        dense = set(mlp_only)
         sparse = tuple(
-            i for i in range(layers) if i not in mlp_only and num_experts > 0 and (i + 1) % step == 0
+            i for i in range(layers) if i not in dense and num_experts > 0 and (i + 1) % step == 0
         )
     return ArchSpec(
         model_type=model_type,
@@ -277,7 +283,8 @@ def parse_config(cfg: dict[str, Any]) -> ArchSpec:
         num_experts_per_tok=top_k,
         moe_intermediate_size=moe_inter,
         sparse_layers=sparse,
-        max_position_embeddings=int(cfg.get("max_position_embeddings") or 0),
+        max_position_embeddings=(0 if cfg.get("max_position_embeddings") is None
+                                 else get_int("max_position_embeddings", cfg["max_position_embeddings"])),
         final_logit_softcapping=bool(merged.get("final_logit_softcapping")),
         attn_logit_softcapping=bool(merged.get("attn_logit_softcapping")),
     )

@@ -20,6 +20,7 @@ Pure Python: imports neither torch nor FastAPI.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -175,13 +176,16 @@ def parse_budget(text: str) -> int:
 class _Evaluator:
     """estimate() with a memo keyed by the request's JSON, so repeated probes cost nothing."""
 
-    def __init__(self) -> None:
+    def __init__(self, check: Callable[[], None] | None = None) -> None:
         self._memo: dict[str, tuple[int, int] | PlanError] = {}
         self.calls = 0
+        self._check = check
 
     def _run(self, req: PlanRequest) -> tuple[int, int] | PlanError:
         key = req.model_dump_json()
         if key not in self._memo:
+            if self._check is not None:
+                self._check()  # the caller's cancellation / time-budget hook (app/pool.py)
             self.calls += 1
             try:
                 result = estimate(req)
@@ -384,12 +388,14 @@ def _methods(req: PlanRequest, budget: int, ev: _Evaluator) -> MethodChoice:
 
 
 def fit(req: PlanRequest, budget_bytes: int | None = None,
-        budget_source: Literal["budget_bytes", "budget", "hardware.gpu"] | None = None) -> FitResult:
+        budget_source: Literal["budget_bytes", "budget", "hardware.gpu"] | None = None,
+        check: Callable[[], None] | None = None) -> FitResult:
     """Searches, method choice and GPU plan for one request; budget_bytes defaults to hardware.gpu's VRAM.
 
+    ``check`` is called before every estimate and may raise to stop the search (cancellation, time budget).
     Raises :class:`PlanError` when the request as given is refused (same rules as ``estimate``).
     """
-    ev = _Evaluator()
+    ev = _Evaluator(check)
     budget = _budget(req, budget_bytes)
     current = ev.total(req)
     if isinstance(current, PlanError):

@@ -8,11 +8,12 @@ transformers ``BitsAndBytesConfig`` (``bnb_4bit_*``, ``load_in_8bit``) and HF
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 
 from app.core.alloc_conf import MAX_CONF_CHARS, AllocConfError, parse_alloc_conf
+from app.core.patterns import MAX_PATTERN_CHARS, PatternError, compile_target_regex
 
 Method = Literal["full", "lora", "qlora", "dora", "qdora"]
 Precision = Literal["bf16", "bf16-mixed", "fp16-mixed", "fp32"]
@@ -31,6 +32,50 @@ Sharding = Literal["none", "ddp", "zero1", "zero2", "zero3", "fsdp"]
 AttnImpl = Literal["flash_attention_2", "sdpa", "eager"]
 
 MAX_CONFIG_KEYS = 512
+"""Most keys in a pasted config.json (real ones have under 100)."""
+MAX_CONFIG_VALUES = 20_000
+"""Most JSON values (strings, numbers, list items, …) in a pasted config.json, nested ones included."""
+MAX_NAMES = 64
+"""Most entries in ``target_modules`` / ``target_parameters`` / ``modules_to_save`` (PEFT configs name ≤ ~10)."""
+MAX_NAME_CHARS = 128
+"""Longest module or parameter name in those lists."""
+MAX_LAYERS = 256
+"""Most ``layers_to_transform`` entries, and largest index + 1 (= the config limit on num_hidden_layers)."""
+MAX_ID_CHARS = 256
+"""Longest catalog model or GPU id."""
+
+
+def _valid_unicode(text: str) -> str:
+    """Text that encodes as UTF-8: JSON allows lone surrogates (``"\\ud800"``) that no response can echo."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("must be valid Unicode text (a lone surrogate such as \\ud800 is not)") from None
+    return text
+
+
+Text = Annotated[str, AfterValidator(_valid_unicode)]
+Name = Annotated[str, Field(min_length=1, max_length=MAX_NAME_CHARS), AfterValidator(_valid_unicode)]
+Names = Annotated[list[Name], Field(max_length=MAX_NAMES)]
+
+
+def _walk_config(value: Any) -> None:
+    """Reject a config.json with lone surrogates or more than :data:`MAX_CONFIG_VALUES` values (iterative: no
+    recursion on deep nesting)."""
+    stack, seen = [value], 0
+    while stack:
+        item = stack.pop()
+        seen += 1
+        if seen > MAX_CONFIG_VALUES:
+            raise ValueError(f"a config.json has at most {MAX_CONFIG_VALUES:,} values, nested ones included")
+        if isinstance(item, str):
+            _valid_unicode(item)
+        elif isinstance(item, dict):
+            for key, inner in item.items():
+                _valid_unicode(str(key))
+                stack.append(inner)
+        elif isinstance(item, list):
+            stack.extend(item)
 
 
 def parse_target_modules(text: str) -> list[str] | str | None:
@@ -45,7 +90,10 @@ def parse_target_modules(text: str) -> list[str] | str | None:
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    """Strict JSON types: integers are JSON integers (not "8", not true), numbers are finite, no unknown keys.
+    The page's query strings are validated with ``strict=False`` (app/forms.py), which converts "8" → 8."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
 
 
 class ModelConfig(_Strict):
@@ -58,6 +106,7 @@ class ModelConfig(_Strict):
     def _bounded(cls, v: dict[str, Any]) -> dict[str, Any]:
         if len(v) > MAX_CONFIG_KEYS:
             raise ValueError(f"a config.json has at most {MAX_CONFIG_KEYS} keys")
+        _walk_config(v)
         return v
 
 
@@ -65,28 +114,42 @@ class LoraSpec(_Strict):
     """PEFT ``LoraConfig`` fields that decide parameters and memory (PEFT 0.21 defaults)."""
 
     r: int = Field(8, ge=1, le=4096, description="LoRA rank")
-    lora_alpha: float = Field(8, gt=0, description="scaling numerator: ΔW is scaled by lora_alpha / r")
+    lora_alpha: float = Field(8, gt=0, le=1e9, description="scaling numerator: ΔW is scaled by lora_alpha / r")
     lora_dropout: float = Field(0.0, ge=0.0, lt=1.0)
     target_modules: list[str] | str | None = Field(
         None,
-        description="module names (suffix match), a regex (full match), 'all-linear', "
-        "or null for PEFT's default for the architecture",
+        description="module names (suffix match), a regex (full match; RE2 syntax subset, see docs/limits.md), "
+        "'all-linear', or null for PEFT's default for the architecture",
     )
-    target_parameters: list[str] | None = Field(
+    target_parameters: Names | None = Field(
         None, description="nn.Parameter names to adapt directly, e.g. fused MoE experts 'mlp.experts.gate_up_proj'"
     )
-    layers_to_transform: list[int] | None = None
+    layers_to_transform: Annotated[list[Annotated[int, Field(ge=0, lt=MAX_LAYERS)]],
+                                   Field(max_length=MAX_LAYERS)] | None = None
     bias: Literal["none", "all", "lora_only"] = "none"
-    modules_to_save: list[str] | None = None
+    modules_to_save: Names | None = None
     use_rslora: bool = False
 
     @field_validator("target_modules")
     @classmethod
     def _bounded_targets(cls, v: list[str] | str | None) -> list[str] | str | None:
-        if isinstance(v, str) and len(v) > 256:
-            raise ValueError("a target_modules regex has at most 256 characters")
-        if isinstance(v, list) and (len(v) > 64 or any(len(s) > 128 or not s for s in v)):
-            raise ValueError("at most 64 non-empty names of at most 128 characters")
+        """A list: at most MAX_NAMES names of 1..MAX_NAME_CHARS characters; a regex: at most MAX_PATTERN_CHARS
+        characters that RE2 compiles (app/core/patterns.py). Checked here, not in the type, so that an error's
+        loc is ["lora", "target_modules"] whichever form was sent."""
+        if isinstance(v, list):
+            if len(v) > MAX_NAMES or any(not 1 <= len(name) <= MAX_NAME_CHARS for name in v):
+                raise ValueError(f"at most {MAX_NAMES} non-empty names of at most {MAX_NAME_CHARS} characters")
+            for name in v:
+                _valid_unicode(name)
+            return v
+        if isinstance(v, str) and len(v) > MAX_PATTERN_CHARS:
+            raise ValueError(f"a target_modules regex has at most {MAX_PATTERN_CHARS} characters")
+        if isinstance(v, str) and v.lower() != "all-linear":
+            _valid_unicode(v)
+            try:
+                compile_target_regex(v)
+            except PatternError as exc:
+                raise ValueError(str(exc)) from None
         return v
 
 
@@ -128,7 +191,8 @@ class TrainingSpec(_Strict):
 
 
 class HardwareSpec(_Strict):
-    gpu: str = Field("nvidia-a100-80gb", description="id from GET /api/v1/gpus")
+    gpu: Annotated[Text, Field(max_length=MAX_ID_CHARS)] = Field("nvidia-a100-80gb",
+                                                                 description="id from GET /api/v1/gpus")
     num_gpus: int = Field(1, ge=1, le=4096)
     sharding: Sharding = "none"
     pytorch_cuda_alloc_conf: str | None = Field(
@@ -154,6 +218,15 @@ class PlanRequest(_Strict):
 
     model: str | ModelConfig = Field(description="catalog id, any Hub id 'org/name[@revision]' (its config.json is "
                                      "fetched, see docs/hub.md), or {'config': {...config.json...}}")
+
+    @field_validator("model")
+    @classmethod
+    def _bounded_id(cls, v: str | ModelConfig) -> str | ModelConfig:
+        if isinstance(v, str):
+            if len(v) > MAX_ID_CHARS:
+                raise ValueError(f"a model id has at most {MAX_ID_CHARS} characters")
+            _valid_unicode(v)
+        return v
     method: Method = "lora"
     lora: LoraSpec = Field(default_factory=LoraSpec)
     quantization: QuantizationSpec = Field(default_factory=QuantizationSpec)

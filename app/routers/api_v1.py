@@ -1,4 +1,4 @@
-"""JSON API v1: estimate, model catalog, GPU catalog. Thin: parse, call the core, return."""
+"""JSON API v1: estimate, fit, model catalog, GPU catalog, limits. Thin: parse, call the core, return."""
 
 from __future__ import annotations
 
@@ -7,14 +7,16 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
-from app.calibration.store import calibration_samples
+from app.calibration.store import calibration_summary
 from app.core import PlanError, PlanRequest, estimate
 from app.core.calibrated import apply_calibrations
 from app.core.catalog import gpus, model_config, model_configs
 from app.core.fit import FitRequest, FitResult, fit, parse_budget
 from app.core.result import EstimateResult
-from app.deps import SettingsDep
+from app.deps import FitPoolDep, SettingsDep
+from app.errors import api_error, error_responses
 from app.forms import parse_form
+from app.limits import limits
 from app.model_info import model_detail, model_row
 from app.models.generic import ensure_generic
 from app.models.resolve import resolve_request, with_source
@@ -22,14 +24,14 @@ from app.models.resolve import resolve_request, with_source
 router = APIRouter(prefix="/api/v1", tags=["v1"])
 
 
-@router.post("/estimate", response_model=EstimateResult)
+@router.post("/estimate", response_model=EstimateResult, responses=error_responses(413, 422))
 def post_estimate(req: PlanRequest, settings: SettingsDep) -> EstimateResult:
     """Parameters and per-GPU memory (bytes) of one fine-tuning run; with finished GPU calibrations of the
     requested GPU on this server, the overhead is fitted from them and ``calibration`` names them. ``model`` may
     be a Hub id outside the catalog (its config.json is fetched; ``source`` says from where)."""
     req, source = resolve_request(req)
-    samples = calibration_samples(settings.database_path, req.hardware.gpu)
-    return apply_calibrations(with_source(estimate(req), source), req.hardware.gpu, samples)
+    summary = calibration_summary(settings.database_path, req.hardware.gpu)
+    return apply_calibrations(with_source(estimate(req), source), summary)
 
 
 @router.get("/models")
@@ -38,10 +40,13 @@ def list_models() -> list[dict[str, Any]]:
     return [model_row(model_id) for model_id in model_configs()]
 
 
-@router.get("/models/{model_id:path}")
+@router.get("/models/{model_id:path}", responses=error_responses(404))
 def get_model(model_id: str) -> dict[str, Any]:
     """A catalog model's config.json and inventory summary (parameters by group, adaptable modules)."""
-    model_config(model_id)  # 422 with the list size when unknown
+    try:
+        model_config(model_id)
+    except PlanError as exc:
+        raise api_error(404, ["path", "model_id"], exc.message, "not_found") from None
     ensure_generic(PlanRequest(model=model_id))  # an architecture outside the rules: built once (worker, cached)
     return model_detail(model_id)
 
@@ -52,19 +57,27 @@ def list_gpus() -> list[dict[str, Any]]:
     return [vars(g) for g in gpus().values()]
 
 
-@router.post("/fit", response_model=FitResult)
-def post_fit(body: FitRequest) -> FitResult:
+@router.get("/limits")
+def get_limits(settings: SettingsDep) -> dict[str, Any]:
+    """Every input limit (sizes, list lengths, config dimensions) and work bound (pools, queues, time budgets in
+    seconds) of this server; docs/limits.md explains them."""
+    return limits(settings)
+
+
+@router.post("/fit", response_model=FitResult, responses=error_responses(413, 422, 429, 504))
+async def post_fit(body: FitRequest, request: Request, pool: FitPoolDep) -> FitResult:
     """What fits a per-GPU budget (bytes; default: hardware.gpu's VRAM): the largest micro_batch_size, seq_len
-    and lora.r, the highest-fidelity method, and for every catalog GPU one card or the smallest ZeRO-3 group."""
+    and lora.r, the highest-fidelity method, and for every catalog GPU one card or the smallest ZeRO-3 group.
+    Runs in a bounded pool (429 when full, 504 past its time budget; GET /api/v1/limits)."""
     budget, source = body.resolved_budget()
     try:
-        return fit(resolve_request(body.request)[0], budget, source)
+        return await pool.run(request, lambda check: fit(resolve_request(body.request)[0], budget, source, check))
     except PlanError as exc:  # the plan sits under "request" in this body
         raise PlanError(("request", *exc.loc), exc.message) from exc
 
 
-@router.get("/fit", response_model=FitResult, responses={422: {"description": "form, budget or plan error"}})
-def get_fit(request: Request, budget: str | None = None) -> FitResult | JSONResponse:
+@router.get("/fit", response_model=FitResult, responses=error_responses(422, 429, 504))
+async def get_fit(request: Request, pool: FitPoolDep, budget: str | None = None) -> FitResult | JSONResponse:
     """POST /fit from the planner page's flat query parameters (model, method, r, seq_len, gpu, …) plus
     ``budget`` ('24GiB', '24GB' or bytes; empty = hardware.gpu's VRAM). Errors: 422, detail[].loc is
     ['query', 'budget'] or ['query', *PlanRequest path] (e.g. ['query', 'lora', 'r'] for the form field r)."""
@@ -78,8 +91,9 @@ def get_fit(request: Request, budget: str | None = None) -> FitResult | JSONResp
             detail.append({"loc": ["query", "budget"], "msg": str(exc), "type": "value_error"})
     if req is None or detail:
         return JSONResponse(status_code=422, content={"detail": detail})
+    source = "hardware.gpu" if budget_bytes is None else "budget"
     try:
-        return fit(resolve_request(req)[0], budget_bytes, "hardware.gpu" if budget_bytes is None else "budget")
+        return await pool.run(request, lambda check: fit(resolve_request(req)[0], budget_bytes, source, check))
     except PlanError as exc:
         return JSONResponse(status_code=422, content={"detail": [
             {"loc": ["query", *exc.loc], "msg": exc.message, "type": "plan_error"}]})

@@ -19,11 +19,13 @@ from fastapi.templating import Jinja2Templates
 from pydantic import Field, ValidationError
 
 from app.calibration.measure import MAX_MEASURE_STEPS, MAX_WARMUP_STEPS
-from app.calibration.service import CalibrationService, comparison
+from app.calibration.service import CalibrationService, comparison, redacted
 from app.core.errors import PlanError
 from app.core.request import PlanRequest
 from app.core.units import format_bytes
 from app.deps import CalibrationServiceDep, SettingsDep
+from app.errors import api_error, error_responses
+from app.limits import MAX_LIST_LIMIT, MAX_OFFSET
 from app.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent.parent
@@ -49,28 +51,47 @@ class CalibrationBody(PlanRequest):
                                                                    "model_dir"}))
 
 
+def _token_ok(settings: Settings, presented: str | None) -> bool:
+    """The presented token equals the configured one (constant-time comparison)."""
+    return bool(settings.token) and presented is not None and hmac.compare_digest(
+        presented.encode("utf-8", "surrogatepass"), settings.token.encode())
+
+
 def _check_token(settings: Settings, presented: str | None) -> None:
     if not settings.token:
-        raise HTTPException(status_code=403, detail=DISABLED)
-    if presented is None or not hmac.compare_digest(presented.encode(), settings.token.encode()):
-        raise HTTPException(status_code=401, detail="a valid 'Authorization: Bearer <token>' header is required",
-                            headers={"WWW-Authenticate": "Bearer"})
+        raise api_error(403, ["header", "authorization"], DISABLED, "disabled")
+    if not _token_ok(settings, presented):
+        raise api_error(401, ["header", "authorization"], "a valid 'Authorization: Bearer <token>' header is required",
+                        "unauthorized", headers={"WWW-Authenticate": "Bearer"})
+
+
+def _bearer(authorization: str | None) -> str | None:
+    if authorization is None:
+        return None
+    scheme, _, value = authorization.partition(" ")
+    return value.strip() if scheme.lower() == "bearer" else None
 
 
 def require_token(settings: SettingsDep, authorization: Annotated[str | None, Header()] = None) -> None:
     """Dependency: the bearer token that enables work on the server's devices."""
-    token = None
-    if authorization is not None:
-        scheme, _, value = authorization.partition(" ")
-        token = value.strip() if scheme.lower() == "bearer" else None
-    _check_token(settings, token)
+    _check_token(settings, _bearer(authorization))
+
+
+def is_token_holder(settings: SettingsDep, authorization: Annotated[str | None, Header()] = None) -> bool:
+    """Dependency: whether the reader presented the token (full error details, server paths) or not."""
+    return _token_ok(settings, _bearer(authorization))
+
+
+TokenHolderDep = Annotated[bool, Depends(is_token_holder)]
 
 
 def _submit(service: CalibrationService, body: CalibrationBody) -> str:
     return service.submit(body.plan_request(), body.device, body.warmup_steps, body.measure_steps, body.model_dir)
 
 
-def _view(job: dict[str, Any]) -> dict[str, Any]:
+def _view(job: dict[str, Any], full: bool) -> dict[str, Any]:
+    """A job as JSON; ``full`` (token holder) includes tracebacks and server paths, else they are redacted."""
+    job = job if full else redacted(job)
     out = {key: job[key] for key in ("id", "status", "device", "warmup_steps", "measure_steps", "model_dir",
                                      "created_at", "started_at", "finished_at", "error")}
     out["progress"] = {"percent": job["progress_percent"], "text": job["progress_text"]}
@@ -88,7 +109,8 @@ def _created(job_id: str) -> JSONResponse:
 
 # --- JSON API ------------------------------------------------------------------------------------------
 @router.post("/api/v1/calibrations", status_code=202, dependencies=[Depends(require_token)],
-             responses={202: {"description": "queued; Location names the job"}})
+             responses={202: {"description": "queued; Location names the job"},
+                        **error_responses(401, 403, 413, 422)})
 def create_calibration(body: CalibrationBody, service: CalibrationServiceDep) -> JSONResponse:
     """Queue a calibration: build the model with random weights (or ``model_dir``), run ``warmup_steps`` then
     ``measure_steps`` real training steps on ``device`` and record the measured memory and time next to the
@@ -96,29 +118,39 @@ def create_calibration(body: CalibrationBody, service: CalibrationServiceDep) ->
     return _created(_submit(service, body))
 
 
-@router.get("/api/v1/calibrations")
-def list_calibrations(service: CalibrationServiceDep, limit: Annotated[int, Query(ge=1, le=500)] = 50,
-                      offset: Annotated[int, Query(ge=0)] = 0) -> dict[str, Any]:
-    """Calibration jobs, newest first."""
+Offset = Annotated[int, Query(ge=0, le=MAX_OFFSET)]
+
+
+@router.get("/api/v1/calibrations", responses=error_responses(422))
+def list_calibrations(service: CalibrationServiceDep, full: TokenHolderDep,
+                      limit: Annotated[int, Query(ge=1, le=MAX_LIST_LIMIT)] = 50, offset: Offset = 0) -> dict[str, Any]:
+    """Calibration jobs, newest first. Errors of failed jobs carry tracebacks and server paths only for the
+    token holder (``Authorization: Bearer``); others get the first line with paths replaced by '…'."""
     jobs = service.store.list(limit, offset)
-    return {"total": service.store.count(), "limit": limit, "offset": offset, "items": [_view(j) for j in jobs]}
+    return {"total": service.store.count(), "limit": limit, "offset": offset,
+            "items": [_view(j, full) for j in jobs]}
 
 
-@router.get("/api/v1/calibrations/{job_id}")
-def get_calibration(job_id: str, service: CalibrationServiceDep) -> dict[str, Any]:
+def _not_found(job_id: str) -> HTTPException:
+    return api_error(404, ["path", "job_id"], f"no calibration {job_id!r}", "not_found")
+
+
+@router.get("/api/v1/calibrations/{job_id}", responses=error_responses(404))
+def get_calibration(job_id: str, service: CalibrationServiceDep, full: TokenHolderDep) -> dict[str, Any]:
     """One job: status, progress, the measured result, the stored estimate and predicted-vs-measured error %."""
     job = service.store.get(job_id)
     if job is None:
-        raise HTTPException(status_code=404, detail=f"no calibration {job_id}")
-    return _view(job)
+        raise _not_found(job_id)
+    return _view(job, full)
 
 
-@router.delete("/api/v1/calibrations/{job_id}", dependencies=[Depends(require_token)])
+@router.delete("/api/v1/calibrations/{job_id}", dependencies=[Depends(require_token)],
+               responses=error_responses(401, 403, 404))
 def cancel_calibration(job_id: str, service: CalibrationServiceDep) -> dict[str, Any]:
     """Cancel a job: a queued one is dropped, a running one's worker process is killed."""
     before = service.workers.cancel(job_id)
     if before is None:
-        raise HTTPException(status_code=404, detail=f"no calibration {job_id}")
+        raise _not_found(job_id)
     job = service.store.get(job_id)
     return {"id": job_id, "previous_status": before, "status": job["status"] if job else before}
 
@@ -146,7 +178,9 @@ def _form(request: Request, settings: Settings, body_json: str, form: dict[str, 
     }, status_code=status)
 
 
-@router.post("/calibrate", status_code=202, response_model=None)
+@router.post("/calibrate", status_code=202, response_model=None,
+             responses={303: {"description": "form submitted: redirect to the job's page"},
+                        **error_responses(400, 401, 403, 413, 422)})
 async def calibrate_alias(request: Request, service: CalibrationServiceDep,
                           settings: SettingsDep) -> Response:
     """Alias of POST /api/v1/calibrations (JSON body + bearer token), also accepting the /calibrate form
@@ -158,7 +192,7 @@ async def calibrate_alias(request: Request, service: CalibrationServiceDep,
         try:
             _check_token(settings, str(form.get("token", "")) or None)
         except HTTPException as exc:
-            return _form(request, settings, body_json, form, exc.status_code, [str(exc.detail)])
+            return _form(request, settings, body_json, form, exc.status_code, [exc.detail[0]["msg"]])
         try:
             payload = json.loads(body_json)
             if not isinstance(payload, dict):
@@ -180,8 +214,10 @@ async def calibrate_alias(request: Request, service: CalibrationServiceDep,
     try:
         payload = await request.json()
     except ValueError:
-        raise HTTPException(status_code=422, detail=[{"loc": ["body"], "msg": "a JSON object is required",
-                                                      "type": "json_invalid"}]) from None
+        raise api_error(422, ["body"], "a JSON object is required", "json_invalid") from None
+    except RecursionError:
+        raise api_error(422, ["body"], "the request body is nested deeper than the JSON parser allows "
+                        "(about 1,000 levels)", "json_invalid") from None
     try:
         body = CalibrationBody.model_validate(payload)
     except ValidationError as exc:
@@ -190,8 +226,7 @@ async def calibrate_alias(request: Request, service: CalibrationServiceDep,
 
 
 @router.get("/calibrations", response_class=HTMLResponse, include_in_schema=False)
-def calibrations_page(request: Request, service: CalibrationServiceDep,
-                      offset: Annotated[int, Query(ge=0)] = 0) -> HTMLResponse:
+def calibrations_page(request: Request, service: CalibrationServiceDep, offset: Offset = 0) -> HTMLResponse:
     jobs = service.store.list(50, offset)
     rows = [{"job": j, "cmp": comparison(j)} for j in jobs]
     return templates.TemplateResponse(request, "calibrations.html", {
@@ -200,9 +235,10 @@ def calibrations_page(request: Request, service: CalibrationServiceDep,
 
 @router.get("/calibrations/{job_id}", response_class=HTMLResponse, include_in_schema=False)
 def calibration_page(request: Request, job_id: str, service: CalibrationServiceDep) -> HTMLResponse:
+    """A job's page (always redacted: a page request carries no bearer token)."""
     job = service.store.get(job_id)
     if job is None:
-        raise HTTPException(status_code=404, detail=f"no calibration {job_id}")
+        raise _not_found(job_id)
     return templates.TemplateResponse(request, "calibration.html", {
-        "mode": "detail", "job": job, "cmp": comparison(job),
+        "mode": "detail", "job": redacted(job), "cmp": comparison(job),
         "refresh": job["status"] in ("queued", "running")})

@@ -2,37 +2,50 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
-from fastapi import APIRouter, HTTPException
+from fastapi import APIRouter, Request
 from fastapi.concurrency import run_in_threadpool
 
 from app.core import PlanRequest, estimate
 from app.core.catalog import gpu
 from app.core.overhead import cublas_workspace_bytes
 from app.deps import TraceServiceDep
-from app.models.generic import ensure_generic
-from app.trace.service import TraceBusy, TraceTimeout, TraceUnsupported
+from app.errors import api_error, error_responses
+from app.models.resolve import resolve_request
+from app.pool import POLL_S, ClientGone
+from app.trace.service import TraceBusy, TraceTimeout, TraceUnsupported, TraceWorkerDied
 
 router = APIRouter(prefix="/api/v1", tags=["v1"])
 
 
-@router.post("/trace")
-async def post_trace(req: PlanRequest, service: TraceServiceDep) -> dict[str, Any]:
+@router.post("/trace", responses=error_responses(413, 422, 429, 503, 504))
+async def post_trace(req: PlanRequest, request: Request, service: TraceServiceDep) -> dict[str, Any]:
     """Trace two real steps (transformers + PEFT + bitsandbytes on fake tensors) and return the second one's
     peak in bytes, its phase, per-phase peaks, the largest live tensors at the peak, and the analytic
-    estimate of the same tensors for comparison. Bounded: one worker, a timeout, a cache."""
-    await run_in_threadpool(ensure_generic, req)
+    estimate of the same tensors for comparison. Bounded: a supervised worker, a queue, a timeout, a cache;
+    a trace whose client disconnects is stopped."""
+    req = (await run_in_threadpool(resolve_request, req))[0]  # a Hub id or a model outside the rules
     result_estimate = estimate(req)  # validates the request (422) before any heavy work
+    work = asyncio.ensure_future(service.trace(req))
     try:
-        traced, cached = await service.trace(req)
+        while not (await asyncio.wait({work}, timeout=POLL_S))[0]:
+            if await request.is_disconnected():
+                work.cancel()
+                raise ClientGone
+        traced, cached = work.result()
     except TraceBusy as exc:
-        raise HTTPException(status_code=429, detail=str(exc)) from None
+        raise api_error(429, [], str(exc), "busy", headers={"Retry-After": "5"}) from None
     except TraceTimeout as exc:
-        raise HTTPException(status_code=504, detail=str(exc)) from None
+        raise api_error(504, [], str(exc), "timeout") from None
+    except TraceWorkerDied as exc:
+        raise api_error(503, [], str(exc), "worker_died") from None
     except TraceUnsupported as exc:
-        raise HTTPException(status_code=422, detail=[{"loc": ["body", "quantization", "load_in_8bit"],
-                                                      "msg": str(exc), "type": "unsupported"}]) from None
+        raise api_error(422, ["body", "quantization", "load_in_8bit"], str(exc), "unsupported") from None
+    finally:
+        if not work.done():
+            work.cancel()
     analytic = result_estimate.memory.peak - cublas_workspace_bytes(gpu(req.hardware.gpu).arch)
     return {
         "trace": traced,

@@ -1,17 +1,22 @@
-"""Bounded execution of traces for the API: a worker process, a timeout, a concurrency limit, a cache.
+"""Bounded execution of traces for the API: a supervised worker process, a timeout, a queue limit, a cache.
 
-A trace imports torch/transformers/PEFT/bitsandbytes (seconds) and runs a model's whole step (seconds
-to a minute for the largest catalog models), so it runs in a separate process that is killed and
-replaced when it overruns ``timeout_s``. At most ``concurrency`` traces run at once; further requests
-get 429 instead of queueing without bound. Results are cached by the request's canonical JSON.
+A trace imports torch/transformers/PEFT/bitsandbytes (10–13 s) and runs a model's whole step (seconds to a
+minute for the largest catalog models), so it runs in a separate process. The imports happen once, when a
+worker starts (``initializer``), and a new pool is awaited ready before any trace is submitted, so
+``timeout_s`` counts the trace only. A trace that overruns ``timeout_s`` has its worker killed; a worker that
+dies (killed, out of memory) is replaced by a fresh pool on the next trace. Workers die with the server
+(app/supervision.py). At most ``concurrency`` traces run and ``queue`` wait; further requests get 429.
+Results are cached by the request's canonical JSON.
 """
 
 from __future__ import annotations
 
 import asyncio
 import multiprocessing
+import os
 from collections import OrderedDict
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
 from app.core.request import PlanRequest
@@ -20,7 +25,7 @@ CACHE_SIZE = 128
 
 
 class TraceBusy(Exception):
-    """Every trace slot is taken."""
+    """Every trace slot and queue place is taken."""
 
 
 class TraceTimeout(Exception):
@@ -29,6 +34,23 @@ class TraceTimeout(Exception):
 
 class TraceUnsupported(Exception):
     """The trace engine cannot run this request (message says why)."""
+
+
+class TraceWorkerDied(Exception):
+    """The worker process died during this trace; the next trace gets a fresh one."""
+
+
+def _start_worker() -> None:
+    """Worker initializer: die with the server, then import the heavy libraries before any trace is timed."""
+    from app.supervision import die_with_parent
+
+    die_with_parent()
+    import app.trace.engine  # noqa: F401  (torch, transformers, peft, bitsandbytes)
+
+
+def _ready() -> int:
+    """A no-op task: when it returns, its worker has finished :func:`_start_worker`."""
+    return os.getpid()
 
 
 def _run(request_json: str) -> dict[str, Any]:
@@ -43,17 +65,40 @@ def _run(request_json: str) -> dict[str, Any]:
 
 
 class TraceService:
-    def __init__(self, timeout_s: float, concurrency: int) -> None:
+    def __init__(self, timeout_s: float, concurrency: int, queue: int = 0, import_timeout_s: float = 300.0) -> None:
         self.timeout_s = timeout_s
         self.concurrency = concurrency
+        self.queue = queue
+        self.import_timeout_s = import_timeout_s
         self._slots = asyncio.Semaphore(concurrency)
+        self._waiting = 0
         self._cache: OrderedDict[str, dict[str, Any]] = OrderedDict()
         self._executor: ProcessPoolExecutor | None = None
 
-    def _pool(self) -> ProcessPoolExecutor:
+    def worker_pids(self) -> list[int]:
+        """Process ids of the live trace workers (for supervision tests and operators)."""
         if self._executor is None:
-            self._executor = ProcessPoolExecutor(max_workers=self.concurrency,
-                                                 mp_context=multiprocessing.get_context("spawn"))
+            return []
+        return [p.pid for p in getattr(self._executor, "_processes", {}).values() if p.is_alive()]
+
+    async def _pool(self) -> ProcessPoolExecutor:
+        """A pool whose workers have imported the libraries; a broken one (dead worker) is replaced."""
+        if self._executor is not None and getattr(self._executor, "_broken", False):
+            self._kill_pool()
+        if self._executor is None:
+            executor = ProcessPoolExecutor(max_workers=self.concurrency, initializer=_start_worker,
+                                           mp_context=multiprocessing.get_context("spawn"))
+            loop = asyncio.get_running_loop()
+            try:
+                await asyncio.wait_for(asyncio.gather(*(loop.run_in_executor(executor, _ready)
+                                                        for _ in range(self.concurrency))),
+                                       timeout=self.import_timeout_s)
+            except (TimeoutError, BrokenProcessPool):
+                self._executor = executor
+                self._kill_pool()
+                raise TraceWorkerDied(f"a trace worker could not import its libraries within "
+                                      f"{self.import_timeout_s:g} s") from None
+            self._executor = executor
         return self._executor
 
     def _kill_pool(self) -> None:
@@ -64,21 +109,36 @@ class TraceService:
             self._executor = None
 
     async def trace(self, req: PlanRequest) -> tuple[dict[str, Any], bool]:
-        """(result, cached). Raises TraceBusy, TraceTimeout or TraceUnsupported."""
+        """(result, cached). Raises TraceBusy, TraceTimeout, TraceUnsupported or TraceWorkerDied."""
         key = req.model_dump_json()
         if key in self._cache:
             self._cache.move_to_end(key)
             return self._cache[key], True
-        if self._slots.locked():
-            raise TraceBusy(f"all {self.concurrency} trace slot(s) are busy; retry shortly")
-        async with self._slots:
-            loop = asyncio.get_running_loop()
-            future = loop.run_in_executor(self._pool(), _run, key)
+        if self._slots.locked() and self._waiting >= self.queue:
+            raise TraceBusy(f"all {self.concurrency} trace worker(s) are busy and {self.queue} trace(s) wait; "
+                            "retry shortly")
+        self._waiting += 1
+        try:
+            await self._slots.acquire()
+        finally:
+            self._waiting -= 1
+        try:
+            pool = await self._pool()
+            future = asyncio.get_running_loop().run_in_executor(pool, _run, key)
             try:
                 result = await asyncio.wait_for(future, timeout=self.timeout_s)
             except TimeoutError:
                 self._kill_pool()
                 raise TraceTimeout(f"the trace ran past {self.timeout_s:g} s and was stopped") from None
+            except BrokenProcessPool:
+                self._kill_pool()
+                raise TraceWorkerDied("the trace worker process died during this trace (killed or out of "
+                                      "memory); it is replaced on the next request") from None
+            except asyncio.CancelledError:  # the client went away or the server is shutting down
+                self._kill_pool()
+                raise
+        finally:
+            self._slots.release()
         if "unsupported" in result:
             raise TraceUnsupported(result["unsupported"])
         self._cache[key] = result
