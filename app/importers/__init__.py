@@ -34,7 +34,7 @@ Pure Python: imports neither torch nor FastAPI (PyYAML for YAML; ``app.core.cata
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -56,11 +56,20 @@ def load_plan_files(paths: Iterable[str | Path]) -> tuple[dict[str, Any], list[I
     note of each file (kind ``detected``) says what it was read as."""
     imported = [import_file(p) for p in paths]
     body, merge_notes = merge([i.body for i in imported], [i.source for i in imported])
-    notes = []
-    for i in imported:
-        notes.append(ImportNote(i.source, "", "detected", f"detected {i.detected}"))
-        notes += i.notes
-    return body, notes + merge_notes
+    later: set[str] = set()  # request fields set by the files after the one being read
+    per_file: list[list[ImportNote]] = []
+    for i in reversed(imported):
+        # a default one file assumed is no longer assumed when a later file gives the field
+        per_file.append([ImportNote(i.source, "", "detected", f"detected {i.detected}"),
+                         *(n for n in i.notes if not (n.kind == "assumed" and n.field in later))])
+        later |= _fields(i.body)
+    return body, [n for notes in reversed(per_file) for n in notes] + merge_notes
+
+
+def _fields(body: Mapping[str, Any]) -> set[str]:
+    """'method', 'training.seq_len', …: the request fields a body sets."""
+    return {f"{key}.{field}" for key, value in body.items() if isinstance(value, Mapping) and key != "model"
+            for field in value} | set(body)
 
 
 __all__ = [

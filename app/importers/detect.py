@@ -20,8 +20,13 @@ NAMES: dict[str, str] = {
 }
 
 
+# The keys named first when a description lists why a file was read as HF (the most telling ones).
+_TELLING = ("max_length", "packing", "dataset_text_field", "per_device_train_batch_size", "optim",
+            "lr_scheduler_type")
+
+
 def _shown(keys: set[str], limit: int = 3) -> str:
-    first = sorted(keys)[:limit]
+    first = ([k for k in _TELLING if k in keys] + sorted(keys - set(_TELLING)))[:limit]
     return ", ".join(first) + (", …" if len(keys) > limit else "")
 
 
