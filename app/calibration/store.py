@@ -16,7 +16,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from app.calibration.devices import measured_device
 from app.core.calibrated import CalibrationSample
+from app.core.catalog import gpu
+from app.core.errors import PlanError
+from app.core.overhead import cublas_workspace_bytes
 
 STATUSES = ("queued", "running", "done", "failed", "oom", "cancelled", "interrupted")
 FINAL = ("done", "failed", "oom", "cancelled", "interrupted")
@@ -37,7 +41,8 @@ CREATE TABLE IF NOT EXISTS calibration_jobs (
     model_dir TEXT,
     result_json TEXT,
     error TEXT,
-    estimate_json TEXT
+    estimate_json TEXT,
+    measured_device TEXT
 );
 CREATE INDEX IF NOT EXISTS calibration_jobs_created ON calibration_jobs (created_at DESC);
 CREATE INDEX IF NOT EXISTS calibration_jobs_status ON calibration_jobs (status, created_at);
@@ -58,6 +63,9 @@ class JobStore:
         with self._connect() as db:
             db.execute("PRAGMA journal_mode=WAL")
             db.executescript(_SCHEMA)
+            columns = {row["name"] for row in db.execute("PRAGMA table_info(calibration_jobs)")}
+            if "measured_device" not in columns:  # a database from before the column: its rows stay NULL
+                db.execute("ALTER TABLE calibration_jobs ADD COLUMN measured_device TEXT")
 
     def _connect(self) -> sqlite3.Connection:
         db = sqlite3.connect(self.path, timeout=30, isolation_level=None)  # autocommit; explicit BEGIN below
@@ -125,9 +133,9 @@ class JobStore:
         return self._write(
             "UPDATE calibration_jobs SET status=?, finished_at=?, result_json=?, error=?, "
             "progress_text=COALESCE(?, progress_text), progress_percent=CASE WHEN ?='done' THEN 100 "
-            "ELSE progress_percent END WHERE id=? AND status IN ('queued','running')",
+            "ELSE progress_percent END, measured_device=? WHERE id=? AND status IN ('queued','running')",
             (status, now(), json.dumps(result) if result is not None else None, error, progress_text, status,
-             job_id),
+             (result or {}).get("measured_device"), job_id),
         ) == 1
 
     def cancel(self, job_id: str) -> str | None:
@@ -197,19 +205,26 @@ def measured_slowdowns(path: Path | str, model: str, limit: int = 500) -> dict[s
 
 
 def calibration_samples(path: Path | str, gpu_id: str, limit: int = 500) -> list[CalibrationSample]:
-    """Finished GPU calibrations run for ``gpu_id`` (the request's hardware.gpu), as fitting samples."""
+    """Finished calibrations that measured the card ``gpu_id`` (``measured_device``, app/calibration/devices.py;
+    not the request's hardware.gpu), as fitting samples. The stored estimate was made for the request's GPU; its
+    peak is moved to ``gpu_id``'s cuBLAS workspace (the only per-card term of the peak, app/core/estimate.py)."""
     if not Path(path).exists():
         return []
     out = []
     for job in JobStore(path).list(limit=limit):
         result, est = job.get("result") or {}, job.get("estimate") or {}
-        if job["status"] != "done" or not str(job["device"]).startswith("cuda") or not est:
-            continue
-        if (job["request"].get("hardware") or {}).get("gpu", "nvidia-a100-80gb") != gpu_id:
+        measured = job.get("measured_device") or measured_device(result.get("environment"))
+        if job["status"] != "done" or measured != gpu_id or not est:
             continue
         try:
-            out.append(CalibrationSample(job["id"], int(est["memory"]["peak"]), int(result["peak_allocated_bytes"]),
+            requested = (job["request"].get("hardware") or {}).get("gpu", gpu_id)
+            predicted = int(est["memory"]["peak"]) - _workspace(requested) + _workspace(gpu_id)
+            out.append(CalibrationSample(job["id"], predicted, int(result["peak_allocated_bytes"]),
                                          int(result["peak_reserved_bytes"]), int(result["device_used_bytes"])))
-        except (KeyError, TypeError, ValueError):
+        except (KeyError, TypeError, ValueError, PlanError):
             continue
     return out
+
+
+def _workspace(gpu_id: str) -> int:
+    return cublas_workspace_bytes(gpu(gpu_id).arch)

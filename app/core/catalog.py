@@ -161,3 +161,40 @@ def gpu(gpu_id: str) -> Gpu:
         hint = did_you_mean(suggest_gpus(gpu_id))
         raise PlanError(("hardware", "gpu"), f"unknown gpu {gpu_id!r};{hint} one of: {', '.join(table)}")
     return table[gpu_id]
+
+
+# --- the card a calibration measured -----------------------------------------------------------------------
+# Name parts that say nothing about which card it is (vendor, brand, packaging: torch reports the A100 SXM as
+# "NVIDIA A100-SXM4-80GB" and the H100 SXM as "NVIDIA H100 80GB HBM3"), and parts that make a different card
+# of the same number (an RTX 4070 Ti SUPER is not an RTX 4070; an H100 PCIe or NVL is not the SXM part).
+_NEUTRAL = re.compile(r"^(nvidia|amd|geforce|rtx|tesla|instinct|quadro|gpu|generation|hbm\d?e?|sxm\d?|\d+gb)$")
+_VARIANTS = frozenset({"ti", "super", "pcie", "nvl", "ada", "laptop", "mobile", "max", "vf"})
+# Reported totals differ from the catalog's by driver and OS (the catalog's notes: a few MiB on Linux, ~1 %
+# under Windows); cards of one name differ by 2x (A100 40/80 GB), so 5 % tells them apart without refusing one.
+DEVICE_MEMORY_TOLERANCE = 0.05
+
+
+def _tokens(text: str) -> set[str]:
+    return {t for t in re.split(r"[^a-z0-9]+", text.lower()) if t}
+
+
+def gpu_for_device(name: str, total_bytes: int) -> str | None:
+    """The catalog id of a CUDA/ROCm device as torch reports it (``get_device_properties(i).name`` and
+    ``.total_memory``), or None when no catalog card is that device.
+
+    A catalog card matches when its id's model parts (``a100``, ``4090``, ``6000`` + ``ada``) are all in the
+    device name, the name has no variant part (``ti``, ``pcie``, ``nvl``, …) the id lacks, and the total memory is
+    within :data:`DEVICE_MEMORY_TOLERANCE` of its ``vram_bytes`` (the closest wins: A100 40 vs 80 GB).
+    """
+    words = _tokens(name)
+    found: list[tuple[float, str]] = []
+    for card in gpus().values():
+        parts = {t for t in _tokens(card.id) if not _NEUTRAL.match(t)}
+        if not parts or not parts <= words:
+            continue
+        if (words & _VARIANTS) - parts:
+            continue
+        gap = abs(total_bytes - card.vram_bytes) / card.vram_bytes
+        if gap <= DEVICE_MEMORY_TOLERANCE:
+            found.append((gap, card.id))
+    return min(found)[1] if found else None
