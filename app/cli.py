@@ -41,6 +41,7 @@ OPTIMS = ("adamw_torch", "adamw_torch_fused", "adamw_bnb_8bit", "paged_adamw_8bi
 SHARDINGS = ("none", "ddp", "zero1", "zero2", "zero3", "fsdp")
 ATTN_IMPLS = ("flash_attention_2", "sdpa", "eager")
 MODEL_KEYS = frozenset({"base_model", "base_model_config", "base_model_name_or_path"})
+PLANNER_SOURCE = "planner"  # app.importers.assumed.SOURCE: a default of the planner itself, not of a file
 
 
 class CliError(Exception):
@@ -95,6 +96,10 @@ def build_parser() -> argparse.ArgumentParser:
     other.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for --url (default 120)")
     other.add_argument("-q", "--quiet", action="store_true",
                        help="on stderr, only warnings (unknown/unsupported keys), not notes and ignored keys")
+    other.add_argument("--strict", action="store_true",
+                       help="exit 2 when a memory-relevant setting (seq_len, micro_batch_size, optim, precision, "
+                            "gradient checkpointing, r, target_modules, the GPU, ...) was given by no file or flag, "
+                            "instead of assuming a default")
 
     parser = argparse.ArgumentParser(
         prog="peft-planner",
@@ -135,7 +140,7 @@ def _version() -> str:
 def build_body(args: argparse.Namespace) -> tuple[dict[str, Any], list[Any]]:
     """The PlanRequest body from the FILEs (merged) and the flags, and the importers' notes."""
     from app.core.request import parse_target_modules
-    from app.importers import ConfigImportError, load_plan_files, resolve_model
+    from app.importers import ConfigImportError, load_plan_files, planner_defaults, resolve_model
 
     try:
         body, notes = load_plan_files(args.files) if args.files else ({}, [])
@@ -147,14 +152,18 @@ def build_body(args: argparse.Namespace) -> tuple[dict[str, Any], list[Any]]:
     except ConfigImportError as exc:
         raise _bad(f"{exc.source}: {exc.key}: {exc.message}" if exc.key else f"{exc.source}: {exc.message}") from None
 
+    flagged: set[str] = set()  # request fields a flag set
+
     def put(section: str, field: str, value: Any) -> None:
         if value is not None:
             if not isinstance(body.get(section), dict):
                 body[section] = {}
             body[section][field] = value
+            flagged.add(f"{section}.{field}")
 
     if args.method is not None:
         body["method"] = args.method
+        flagged.add("method")
     put("lora", "r", args.r)
     put("lora", "lora_alpha", args.lora_alpha)
     put("lora", "lora_dropout", args.lora_dropout)
@@ -185,17 +194,45 @@ def build_body(args: argparse.Namespace) -> tuple[dict[str, Any], list[Any]]:
                 node[part] = {}
             node = node[part]
         node[last] = value
-    return body, notes
+        flagged.add(path.strip())
+    # a default a file assumed no longer applies once a flag gives the field; the planner's own defaults follow
+    notes = [n for n in notes if not (n.kind == "assumed" and n.field in flagged)]
+    return body, notes + planner_defaults(body)
+
+
+def assumed_line(n: Any) -> str:
+    """'assumed training.seq_len=2048 (default; not in any input)'; a file's default names the file."""
+    where = "" if n.source == PLANNER_SOURCE else f"{n.source}: "
+    return f"{where}assumed {n.field}={json.dumps(n.value)} ({n.message})"
+
+
+def assumed_json(notes: Sequence[Any]) -> list[dict[str, Any]]:
+    """The ``assumed`` list of ``--json`` output: field, value, and who assumed it (a file or the planner)."""
+    return [{"field": n.field, "value": n.value, "source": n.source, "reason": n.message}
+            for n in notes if n.kind == "assumed"]
+
+
+def check_strict(notes: Sequence[Any]) -> None:
+    """``--strict``: every memory-relevant field must come from a file or a flag (exit 2 naming each)."""
+    missing = [n for n in notes if n.kind == "assumed"]
+    if missing:
+        raise _bad(*[f"--strict: {n.field} was not given ({assumed_line(n)}); set it in a file, with its flag or "
+                     f"--set {n.field}=VALUE" for n in missing])
 
 
 def print_notes(notes: Sequence[Any], quiet: bool) -> None:
-    """Importer notes on stderr: each unknown/unsupported key on its own line; ignored keys grouped."""
+    """Importer notes on stderr: each unknown/unsupported key on its own line; ignored keys grouped; each file's
+    detected format and every assumed default on their own lines."""
     grouped: dict[tuple[str, str], list[str]] = {}
     for n in notes:
         if n.kind in ("unknown", "unsupported"):
             print(f"warning: {n.source}: {n.key}: {n.kind}: {n.message}", file=sys.stderr)
         elif quiet:
             continue
+        elif n.kind == "detected":
+            print(f"note: {n.source}: {n.message}", file=sys.stderr)
+        elif n.kind == "assumed":
+            print(f"note: {assumed_line(n)}", file=sys.stderr)
         elif n.kind == "ignored":
             grouped.setdefault((n.source, n.message), []).append(n.key)
         else:
@@ -449,28 +486,31 @@ def render_fit(req: dict[str, Any], res: dict[str, Any]) -> str:
 # ----------------------------------------------------------------------------------------- commands
 
 
-def _prepare(args: argparse.Namespace) -> dict[str, Any]:
+def _prepare(args: argparse.Namespace) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The request body, and the defaults it relies on (``--strict``: none allowed)."""
     body, notes = build_body(args)
     print_notes(notes, args.quiet)
-    return body
+    if args.strict:
+        check_strict(notes)
+    return body, assumed_json(notes)
 
 
 def cmd_estimate(args: argparse.Namespace) -> int:
-    body = _prepare(args)
+    body, assumed = _prepare(args)
     res = run_estimate(args, body)
-    print(json.dumps(res, indent=2) if args.json else render_estimate(_echo(body), res))
+    print(json.dumps({**res, "assumed": assumed}, indent=2) if args.json else render_estimate(_echo(body), res))
     return EXIT_OK
 
 
 def cmd_fit(args: argparse.Namespace) -> int:
-    body = _prepare(args)
+    body, assumed = _prepare(args)
     res = run_fit(args, body)
-    print(json.dumps(res, indent=2) if args.json else render_fit(_echo(body), res))
+    print(json.dumps({**res, "assumed": assumed}, indent=2) if args.json else render_fit(_echo(body), res))
     return EXIT_OK
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    body = _prepare(args)
+    body, assumed = _prepare(args)
     budget = _budget(args)
     res = run_estimate(args, body)
     req = _echo(body)
@@ -487,7 +527,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps({"fits": fits, "total_bytes": total, "budget_bytes": budget,
                           "headroom_bytes": budget - total, "peak_bytes": res["memory"]["peak"],
-                          "peak_phase": res["peak"]["phase"]}, indent=2))
+                          "peak_phase": res["peak"]["phase"], "assumed": assumed}, indent=2))
     else:
         head = f"memory.total {_gib(total)} ({total:,} bytes) {'<=' if fits else '>'} budget {_gib(budget)} " \
                f"({budget:,} bytes, {source})"

@@ -269,16 +269,21 @@ def test_estimates_learn_from_gpu_calibrations(tmp_path: Path) -> None:
             (20_000_000_000, 19_000_000_000, 20_900_000_000, 21_600_000_000),
             (15_000_000_000, 15_300_000_000, 16_524_000_000, 17_124_000_000)]
     ids = []
-    for predicted, allocated, reserved, used in rows:
+    # measured on an H100 SXM: the measured_device measure.py records, or (a job stored before that field)
+    # only the environment torch reported, from which the card is read the same way
+    measured: list[dict] = [{"measured_device": "nvidia-h100-sxm-80gb"}, {"measured_device": "nvidia-h100-sxm-80gb"},
+                            {"environment": {"device": "cuda:0", "gpu_name": "NVIDIA H100 80GB HBM3",
+                                             "gpu_total_bytes": 85520809984}}]
+    for (predicted, allocated, reserved, used), where in zip(rows, measured, strict=True):
         job = store.create({"model": "meta-llama/Llama-3.2-1B", "hardware": {"gpu": "nvidia-h100-sxm-80gb"}},
                            "cuda:0", 1, 2, {"memory": {"peak": predicted}})
         store.finish(job, "done", result={"peak_allocated_bytes": allocated, "peak_reserved_bytes": reserved,
-                                          "device_used_bytes": used})
+                                          "device_used_bytes": used, **where})
         ids.append(job)
     other = store.create({"model": "meta-llama/Llama-3.2-1B", "hardware": {"gpu": "nvidia-a100-80gb"}},
                          "cuda:0", 1, 2, {"memory": {"peak": 1}})
     store.finish(other, "done", result={"peak_allocated_bytes": 9, "peak_reserved_bytes": 9,
-                                        "device_used_bytes": 9})
+                                        "device_used_bytes": 9, "measured_device": "nvidia-a100-80gb"})
     body = {"model": "meta-llama/Llama-3.1-8B", "method": "qlora", "hardware": {"gpu": "nvidia-h100-sxm-80gb"}}
     with _client(db) as client:
         data = client.post("/api/v1/estimate", json=body).json()

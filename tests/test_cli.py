@@ -98,7 +98,13 @@ def test_estimate_json_is_the_api_response() -> None:
     expected = estimate(PlanRequest(model="meta-llama/Llama-3.1-8B", method="qlora",
                                     lora={"r": 16, "lora_alpha": 32, "target_modules": "all-linear"},
                                     training={"optim": "paged_adamw_8bit"}, hardware={"gpu": "nvidia-rtx-4090"}))
+    assumed = data.pop("assumed")  # the defaults the CLI filled (tests/test_cli_inputs.py)
     assert data == expected.model_dump(mode="json")
+    assert [a["field"] for a in assumed] == ["training.precision", "training.micro_batch_size", "training.seq_len",
+                                             "training.gradient_checkpointing", "training.attn_implementation",
+                                             "hardware.num_gpus", "lora.lora_dropout", "quantization.load_in_8bit",
+                                             "quantization.bnb_4bit_use_double_quant",
+                                             "quantization.bnb_4bit_compute_dtype", "quantization.prepare_kbit"]
 
 
 def test_alloc_conf_flag() -> None:
@@ -263,5 +269,6 @@ def test_model_flag_replaces_an_unknown_base_model(tmp_path: Path) -> None:
     assert without.returncode == 2 and "base_model_name_or_path: unsupported" in without.stderr
     assert "error: model: Field required" in without.stderr
     with_model = run("estimate", str(tmp_path), "--model", "meta-llama/Llama-3.1-8B", "--json")
-    assert with_model.returncode == 0 and with_model.stderr == ""
+    assert with_model.returncode == 0
+    assert not [line for line in with_model.stderr.splitlines() if "detected" not in line and "assumed" not in line]
     assert json.loads(with_model.stdout)["parameters"]["trainable"] == 32 * 8 * ((4096 + 4096) + (4096 + 1024))

@@ -193,7 +193,10 @@ def test_adapter_config_plus_bnb_is_qdora(peft_adapter_dir: Path, transformers_b
     flags = write(tmp_path / "run.yaml", "training:\n  seq_len: 4096\n  optim: paged_adamw_8bit\n"
                                          "hardware:\n  gpu: nvidia-rtx-4090\n")
     body, notes = load_plan_files([peft_adapter_dir, bnb, flags])
-    assert notes == []
+    # each file says what it was read as, and nothing else is noted
+    assert [n.message for n in notes] == ["detected PEFT adapter_config.json (peft_type 'LORA')",
+                                          "detected transformers BitsAndBytesConfig",
+                                          "detected PlanRequest body (hardware, training)"]
     assert body["method"] == "qdora" and body["model"] == LLAMA and body["lora"]["r"] == 16
     assert body["quantization"]["bnb_4bit_quant_type"] == "nf4"
     assert body["training"] == {"seq_len": 4096, "optim": "paged_adamw_8bit"}
@@ -298,8 +301,12 @@ def test_axolotl_absent_keys_take_axolotl_defaults() -> None:
     assert body["method"] == "dora"
     assert body["training"] == {"precision": "bf16", "seq_len": 512, "micro_batch_size": 1,
                                 "gradient_checkpointing": False, "optim": "adamw_torch_fused"}
-    assert kinds(notes) == {"note": {"bf16", "sequence_len", "micro_batch_size", "gradient_checkpointing",
-                                     "optimizer"}}
+    assert kinds(notes) == {"assumed": {"bf16", "sequence_len", "micro_batch_size", "gradient_checkpointing",
+                                        "optimizer"}}
+    # axolotl's own defaults (its config schema), each named with the request field it fills
+    assert {n.field: n.value for n in notes} == {
+        "training.precision": "bf16", "training.seq_len": 512, "training.micro_batch_size": 1,
+        "training.gradient_checkpointing": False, "training.optim": "adamw_torch_fused"}
     assert "quantization" not in body
 
 

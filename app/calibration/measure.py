@@ -28,6 +28,7 @@ from collections.abc import Callable
 from contextlib import ExitStack, nullcontext
 from typing import Any
 
+from app.calibration.devices import measured_device
 from app.core.architectures import attention_for
 from app.core.precision import dtypes_for
 from app.core.request import PlanRequest
@@ -502,7 +503,8 @@ def calibrate(req: PlanRequest, device: str, warmup_steps: int, measure_steps: i
     span_main = (0.0, 55.0) if quantized else (0.0, 95.0)
     phase = _Phase()
     result: dict[str, Any] = {"device": device, "environment": env, "warmup_steps": warmup_steps,
-                              "measure_steps": measure_steps, "kind": "cuda" if device.startswith("cuda") else "cpu"}
+                              "measure_steps": measure_steps, "kind": "cuda" if device.startswith("cuda") else "cpu",
+                              "measured_device": measured_device(env)}
     try:
         main = _run_steps(req, device, warmup_steps, measure_steps, model_dir, report, phase, span_main)
     except Exception as exc:

@@ -154,6 +154,13 @@ def comparison(job: dict[str, Any]) -> dict[str, Any] | None:
 
     measured_peak = result.get("peak_allocated_bytes")
     measured_total = result.get("device_used_bytes")
+    measured_phases = result.get("phases") or {}
+    # per phase: the estimate's high-water mark of each phase (less the same workspace on cpu) next to the measured
+    # one; CUDA measures the loss inside the forward phase (no hook between them), so its loss row has no measure
+    phases = [{"name": p["name"], "predicted_bytes": p["bytes"] - workspace,
+               "measured_bytes": measured_phases.get(p["name"]),
+               "error_percent": err(p["bytes"] - workspace, measured_phases.get(p["name"]))}
+              for p in est["peak"]["phases"]]
     return {
         "predicted_peak_bytes": predicted_peak,
         "predicted_peak_excludes_cublas_workspace_bytes": workspace,
@@ -166,6 +173,7 @@ def comparison(job: dict[str, Any]) -> dict[str, Any] | None:
         "predicted_phase": est["peak"]["phase"],
         "measured_phase": result.get("peak_phase"),
         "otf_dequant_slowdown": result.get("otf_dequant_slowdown"),
+        "phases": phases,
     }
 
 

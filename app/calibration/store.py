@@ -17,7 +17,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from app.calibration.devices import measured_device
 from app.core.calibrated import MAX_SAMPLES, CalibrationSample, CalibrationSummary, summarise
+from app.core.catalog import gpu
+from app.core.errors import PlanError
+from app.core.overhead import cublas_workspace_bytes
 
 STATUSES = ("queued", "running", "done", "failed", "oom", "cancelled", "interrupted")
 FINAL = ("done", "failed", "oom", "cancelled", "interrupted")
@@ -38,7 +42,8 @@ CREATE TABLE IF NOT EXISTS calibration_jobs (
     model_dir TEXT,
     result_json TEXT,
     error TEXT,
-    estimate_json TEXT
+    estimate_json TEXT,
+    measured_device TEXT
 );
 CREATE INDEX IF NOT EXISTS calibration_jobs_created ON calibration_jobs (created_at DESC);
 CREATE INDEX IF NOT EXISTS calibration_jobs_status ON calibration_jobs (status, created_at);
@@ -48,11 +53,11 @@ CREATE TABLE IF NOT EXISTS calibration_summaries (
     updated_at TEXT NOT NULL
 );
 """
-SCHEMA_VERSION = 2  # 2: calibration_summaries (rebuilt from the jobs when an older database is opened)
+SCHEMA_VERSION = 3  # 2: calibration_summaries; 3: keyed by measured_device (both rebuilt when an older database opens)
 
 # A finished GPU job's request fields, read in SQL so summaries read only the rows they need.
-_GPU_OF = "COALESCE(json_extract(request_json, '$.hardware.gpu'), 'nvidia-a100-80gb')"
-_DONE_ON_GPU = "status='done' AND device LIKE 'cuda%' AND result_json IS NOT NULL"
+_GPU_OF = "measured_device"  # the card the job measured (app/calibration/devices.py), never the request's
+_DONE_ON_GPU = "status='done' AND device LIKE 'cuda%' AND result_json IS NOT NULL AND measured_device IS NOT NULL"
 
 _JSON_COLUMNS = {"request_json": "request", "result_json": "result", "estimate_json": "estimate"}
 
@@ -71,7 +76,11 @@ class JobStore:
             try:
                 db.execute("PRAGMA journal_mode=WAL")
                 db.executescript(_SCHEMA)
+                columns = {row["name"] for row in db.execute("PRAGMA table_info(calibration_jobs)")}
+                if "measured_device" not in columns:  # a database from before the column
+                    db.execute("ALTER TABLE calibration_jobs ADD COLUMN measured_device TEXT")
                 if db.execute("PRAGMA user_version").fetchone()[0] < SCHEMA_VERSION:
+                    self._backfill_measured_devices(db)
                     for (gpu_id,) in db.execute(f"SELECT DISTINCT {_GPU_OF} FROM calibration_jobs "
                                                 f"WHERE {_DONE_ON_GPU}").fetchall():
                         self._summarise_gpu(db, gpu_id)
@@ -81,6 +90,16 @@ class JobStore:
                     db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
             finally:
                 db.close()
+
+    @staticmethod
+    def _backfill_measured_devices(db: sqlite3.Connection) -> None:
+        """Rows finished before the ``measured_device`` column: the card read from their stored environment."""
+        rows = db.execute("SELECT id, result_json FROM calibration_jobs WHERE measured_device IS NULL "
+                          "AND result_json IS NOT NULL").fetchall()
+        for job_id, raw in rows:
+            device = measured_device((json.loads(raw) or {}).get("environment"))
+            if device is not None:
+                db.execute("UPDATE calibration_jobs SET measured_device=? WHERE id=?", (device, job_id))
 
     def _connect(self) -> sqlite3.Connection:
         db = sqlite3.connect(self.path, timeout=30, isolation_level=None)  # autocommit; explicit BEGIN below
@@ -146,6 +165,7 @@ class JobStore:
         GPU job updates the summaries of its GPU and model in the same transaction."""
         if status not in FINAL:
             raise ValueError(f"not a final status: {status}")
+        measured = measured_device((result or {}).get("environment")) if result is not None else None
         with self._lock:
             db = self._connect()
             try:
@@ -153,9 +173,9 @@ class JobStore:
                 changed = db.execute(
                     "UPDATE calibration_jobs SET status=?, finished_at=?, result_json=?, error=?, "
                     "progress_text=COALESCE(?, progress_text), progress_percent=CASE WHEN ?='done' THEN 100 "
-                    "ELSE progress_percent END WHERE id=? AND status IN ('queued','running')",
+                    "ELSE progress_percent END, measured_device=? WHERE id=? AND status IN ('queued','running')",
                     (status, now(), json.dumps(result) if result is not None else None, error, progress_text,
-                     status, job_id),
+                     status, (result or {}).get("measured_device") or measured, job_id),
                 ).rowcount == 1
                 row = db.execute(f"SELECT {_GPU_OF}, json_extract(request_json, '$.model') FROM calibration_jobs "
                                  f"WHERE id=? AND {_DONE_ON_GPU}", (job_id,)).fetchone()
@@ -172,18 +192,7 @@ class JobStore:
 
     # --- summaries (one row per GPU / model, rewritten when one of its jobs finishes) ------------------------
     def _summarise_gpu(self, db: sqlite3.Connection, gpu_id: str) -> None:
-        rows = db.execute(f"SELECT id, estimate_json, result_json FROM calibration_jobs WHERE {_DONE_ON_GPU} AND "
-                          f"{_GPU_OF}=? ORDER BY created_at DESC, rowid DESC LIMIT ?", (gpu_id, MAX_SAMPLES))
-        samples = []
-        for job_id, est_raw, result_raw in rows.fetchall():
-            try:
-                est, result = json.loads(est_raw), json.loads(result_raw)
-                samples.append(CalibrationSample(job_id, int(est["memory"]["peak"]),
-                                                 int(result["peak_allocated_bytes"]),
-                                                 int(result["peak_reserved_bytes"]), int(result["device_used_bytes"])))
-            except (KeyError, TypeError, ValueError):
-                continue
-        summary = summarise(gpu_id, samples)
+        summary = summarise(gpu_id, _samples(db, gpu_id))
         _put_summary(db, f"gpu:{gpu_id}", asdict(summary) if summary is not None else None)
 
     def _summarise_slowdown(self, db: sqlite3.Connection, model: str | None) -> None:
@@ -255,11 +264,16 @@ def _put_summary(db: sqlite3.Connection, key: str, value: dict[str, Any] | None)
                    (key, json.dumps(value), now()))
 
 
+def _read_only(path: Path | str) -> sqlite3.Connection | None:
+    """A read-only connection, or None when the server has not created the database yet."""
+    return sqlite3.connect(f"file:{Path(path)}?mode=ro", uri=True, timeout=30) if Path(path).exists() else None
+
+
 def _get_summary(path: Path | str, key: str) -> dict[str, Any] | None:
     """One summary row by primary key (constant time in the number of jobs); None without a database."""
-    if not Path(path).exists():
+    db = _read_only(path)
+    if db is None:
         return None
-    db = sqlite3.connect(f"file:{Path(path)}?mode=ro", uri=True, timeout=30)
     try:
         row = db.execute("SELECT summary_json FROM calibration_summaries WHERE key=?", (key,)).fetchone()
     except sqlite3.OperationalError:  # a database the server has not opened yet (no summaries table)
@@ -276,6 +290,44 @@ def measured_slowdowns(path: Path | str, model: str) -> dict[str, float]:
 
 
 def calibration_summary(path: Path | str, gpu_id: str) -> CalibrationSummary | None:
-    """The overhead/error-bar summary of finished GPU calibrations run for ``gpu_id`` (request's hardware.gpu)."""
+    """The overhead/error-bar summary of finished calibrations that measured the card ``gpu_id``."""
     raw = _get_summary(path, f"gpu:{gpu_id}")
     return None if raw is None else CalibrationSummary(**{**raw, "job_ids": tuple(raw["job_ids"])})
+
+
+def calibration_samples(path: Path | str, gpu_id: str) -> list[CalibrationSample]:
+    """The fitting samples behind ``gpu_id``'s summary (see :func:`_samples`); empty without a database."""
+    db = _read_only(path)
+    if db is None:
+        return []
+    try:
+        return _samples(db, gpu_id)
+    except sqlite3.OperationalError:  # no measured_device column yet: the server has not opened it
+        return []
+    finally:
+        db.close()
+
+
+def _samples(db: sqlite3.Connection, gpu_id: str) -> list[CalibrationSample]:
+    """The newest :data:`MAX_SAMPLES` finished calibrations that measured the card ``gpu_id`` (``measured_device``,
+    app/calibration/devices.py; never the request's hardware.gpu). The stored estimate was made for the request's
+    GPU; its peak is moved to ``gpu_id``'s cuBLAS workspaces (the only per-card term of the peak,
+    app/core/estimate.py)."""
+    rows = db.execute(f"SELECT id, request_json, estimate_json, result_json FROM calibration_jobs WHERE "
+                      f"{_DONE_ON_GPU} AND {_GPU_OF}=? ORDER BY created_at DESC, rowid DESC LIMIT ?",
+                      (gpu_id, MAX_SAMPLES))
+    out = []
+    for job_id, req_raw, est_raw, result_raw in rows.fetchall():
+        try:
+            est, result = json.loads(est_raw), json.loads(result_raw)
+            requested = (json.loads(req_raw).get("hardware") or {}).get("gpu", gpu_id)
+            predicted = int(est["memory"]["peak"]) - _workspace(requested) + _workspace(gpu_id)
+            out.append(CalibrationSample(job_id, predicted, int(result["peak_allocated_bytes"]),
+                                         int(result["peak_reserved_bytes"]), int(result["device_used_bytes"])))
+        except (KeyError, TypeError, ValueError, PlanError):
+            continue
+    return out
+
+
+def _workspace(gpu_id: str) -> int:
+    return cublas_workspace_bytes(gpu(gpu_id).arch)

@@ -20,17 +20,20 @@ from pydantic import Field, ValidationError
 
 from app.calibration.measure import MAX_MEASURE_STEPS, MAX_WARMUP_STEPS
 from app.calibration.service import CalibrationService, comparison, redacted
+from app.core.catalog import gpus
 from app.core.errors import PlanError
 from app.core.request import PlanRequest
 from app.core.units import format_bytes
 from app.deps import CalibrationServiceDep, SettingsDep
 from app.errors import api_error, error_responses
+from app.forms import form_to_body
 from app.limits import MAX_LIST_LIMIT, MAX_OFFSET
 from app.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 templates = Jinja2Templates(directory=ROOT / "templates")
 templates.env.filters["bytes"] = lambda n: format_bytes(n) if isinstance(n, int) else "—"
+templates.env.globals["gpu_ids"] = frozenset(gpus())
 
 router = APIRouter(tags=["calibration"])
 
@@ -92,8 +95,9 @@ def _submit(service: CalibrationService, body: CalibrationBody) -> str:
 def _view(job: dict[str, Any], full: bool) -> dict[str, Any]:
     """A job as JSON; ``full`` (token holder) includes tracebacks and server paths, else they are redacted."""
     job = job if full else redacted(job)
-    out = {key: job[key] for key in ("id", "status", "device", "warmup_steps", "measure_steps", "model_dir",
-                                     "created_at", "started_at", "finished_at", "error")}
+    out = {key: job.get(key) for key in ("id", "status", "device", "measured_device", "warmup_steps",
+                                         "measure_steps", "model_dir", "created_at", "started_at", "finished_at",
+                                         "error")}
     out["progress"] = {"percent": job["progress_percent"], "text": job["progress_text"]}
     out["request"] = job["request"]
     out["result"] = job["result"]
@@ -158,7 +162,22 @@ def cancel_calibration(job_id: str, service: CalibrationServiceDep) -> dict[str,
 # --- alias and pages ----------------------------------------------------------------------------------------
 @router.get("/calibrate", response_class=HTMLResponse, include_in_schema=False)
 def calibrate_form(request: Request, settings: SettingsDep) -> HTMLResponse:
+    """The form; with the planner's query parameters (``/calibrate?model=…&method=qlora&…``) it holds that plan."""
+    query = dict(request.query_params)
+    if query:
+        return _form(request, settings, json.dumps(form_to_body(query), indent=2), {}, status=200, from_plan=True)
     return _form(request, settings, EXAMPLE_BODY, {}, status=200)
+
+
+@router.post("/calibrate/plan", response_class=HTMLResponse, include_in_schema=False)
+async def calibrate_this_plan(request: Request, settings: SettingsDep) -> HTMLResponse:
+    """'Calibrate this plan' from the planner: its form fields (a pasted config.json included) → the calibrate
+    form holding that plan as JSON, to be sent with the token. Starts nothing."""
+    data = await request.form()
+    form = {k: v for k, v in data.items() if isinstance(v, str)}
+    config_text = form.pop("config", "") or None
+    return _form(request, settings, json.dumps(form_to_body(form, config_text), indent=2), {}, status=200,
+                 from_plan=True)
 
 
 EXAMPLE_BODY = json.dumps({
@@ -170,10 +189,10 @@ EXAMPLE_BODY = json.dumps({
 
 
 def _form(request: Request, settings: Settings, body_json: str, form: dict[str, Any], status: int,
-          errors: list[str] | None = None) -> HTMLResponse:
+          errors: list[str] | None = None, from_plan: bool = False) -> HTMLResponse:
     return templates.TemplateResponse(request, "calibration.html", {
         "mode": "form", "body_json": body_json, "form": form, "errors": errors or [],
-        "enabled": bool(settings.token), "disabled_message": DISABLED,
+        "enabled": bool(settings.token), "disabled_message": DISABLED, "from_plan": from_plan,
         "max_warmup": MAX_WARMUP_STEPS, "max_measure": MAX_MEASURE_STEPS,
     }, status_code=status)
 
@@ -236,9 +255,31 @@ def calibrations_page(request: Request, service: CalibrationServiceDep, offset: 
 @router.get("/calibrations/{job_id}", response_class=HTMLResponse, include_in_schema=False)
 def calibration_page(request: Request, job_id: str, service: CalibrationServiceDep) -> HTMLResponse:
     """A job's page (always redacted: a page request carries no bearer token)."""
+    return _detail(request, service, job_id)
+
+
+def _detail(request: Request, service: CalibrationService, job_id: str, errors: list[str] | None = None,
+            status: int = 200) -> HTMLResponse:
     job = service.store.get(job_id)
     if job is None:
         raise _not_found(job_id)
+    active = job["status"] in ("queued", "running")
     return templates.TemplateResponse(request, "calibration.html", {
-        "mode": "detail", "job": redacted(job), "cmp": comparison(job),
-        "refresh": job["status"] in ("queued", "running")})
+        "mode": "detail", "job": redacted(job), "cmp": comparison(job), "errors": errors or [],
+        "refresh": active and not errors, "cancellable": active}, status_code=status)
+
+
+@router.post("/calibrations/{job_id}/cancel", response_class=HTMLResponse, include_in_schema=False,
+             response_model=None)
+async def cancel_from_page(request: Request, job_id: str, service: CalibrationServiceDep,
+                           settings: SettingsDep) -> Response:
+    """The job page's cancel button (HTML forms cannot send DELETE): form field ``token``; same effect as
+    ``DELETE /api/v1/calibrations/{id}``, then back to the job page."""
+    form = await request.form()
+    try:
+        _check_token(settings, str(form.get("token", "")) or None)
+    except HTTPException as exc:
+        return _detail(request, service, job_id, [exc.detail[0]["msg"]], exc.status_code)
+    if service.workers.cancel(job_id) is None:
+        raise _not_found(job_id)
+    return RedirectResponse(f"/calibrations/{job_id}", status_code=303)

@@ -1,0 +1,100 @@
+"""Turn configs people already have into a PlanRequest body (POST /api/v1/estimate's JSON).
+
+Formats, detected by content (JSON or YAML, whatever the file is called; :mod:`.detect` says which and why):
+
+- ``plan``: a PlanRequest body, whole or in part (e.g. only ``training``); passed through unchanged, so
+  the planner's own validation refuses unknown fields and names them.
+- ``peft``: a PEFT ``adapter_config.json`` as ``LoraConfig.save_pretrained`` writes it (or the adapter
+  directory holding it) (:mod:`.peft`).
+- ``bnb``: a transformers ``BitsAndBytesConfig`` (``to_dict()``, or ``to_json_string()``, which keeps
+  only the keys that differ from transformers' defaults) (:mod:`.bnb`).
+- ``axolotl``: an axolotl training YAML (:mod:`.axolotl`).
+- ``hf_training``: HF ``TrainingArguments`` (``training_args.json``, ``to_json_string()``, ``to_dict()``) or TRL
+  ``SFTConfig`` (:mod:`.hf_training`); never read as axolotl.
+- ``model_config``: a model's ``config.json`` (becomes ``{"model": {"config": …}}``; a bitsandbytes
+  ``quantization_config`` inside it is imported as ``bnb``) (:mod:`.model_config`).
+
+Nothing is dropped silently. Each key of an imported file is mapped into the body, accepted without a
+word (PEFT keys known to change neither parameters nor memory: ``task_type``, ``inference_mode``,
+``init_lora_weights``, …), or reported as an :class:`ImportNote` with its path in the file:
+
+- ``unknown``: not a key of the detected format (a typo, or a newer version's option);
+- ``unsupported``: a known key whose value changes parameters or memory in a way the planner does
+  not model (``llm_int8_skip_modules``, PEFT ``rank_pattern``, axolotl ``liger_*`` kernels, HF
+  ``use_liger_kernel``, …); the estimate is made without it;
+- ``ignored``: a known key that does not affect per-GPU training memory (axolotl ``datasets``,
+  ``num_epochs``, ``learning_rate``, …);
+- ``assumed``: a memory-relevant field the file leaves out, given the format's default (axolotl's
+  ``sequence_len`` 512, TrainingArguments' batch size 8), with ``field`` and ``value``; :mod:`.assumed` adds the
+  planner's own defaults for fields no input gave;
+- ``note``: a value the importer translated (an optimizer alias, a hub id whose case was normalized).
+
+Pure Python: imports neither torch nor FastAPI (PyYAML for YAML; ``app.core.catalog`` to resolve model ids).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+from app.importers.assumed import memory_fields, planner_defaults
+from app.importers.axolotl import from_axolotl
+from app.importers.bnb import compute_dtype, from_bnb
+from app.importers.common import ConfigImportError, Format, Imported, ImportNote, NoteKind, resolve_model
+from app.importers.detect import detect, detect_format
+from app.importers.files import import_data, import_file, load_plan_file, parse_text
+from app.importers.hf_training import from_hf_training
+from app.importers.merge import combine_methods, merge
+from app.importers.model_config import from_model_config
+from app.importers.optim import map_optimizer
+from app.importers.peft import from_peft
+
+
+def load_plan_files(paths: Iterable[str | Path]) -> tuple[dict[str, Any], list[ImportNote]]:
+    """Several files, each imported (format auto-detected) and then merged in order → (body, notes). The first
+    note of each file (kind ``detected``) says what it was read as."""
+    imported = [import_file(p) for p in paths]
+    body, merge_notes = merge([i.body for i in imported], [i.source for i in imported])
+    later: set[str] = set()  # request fields set by the files after the one being read
+    per_file: list[list[ImportNote]] = []
+    for i in reversed(imported):
+        # a default one file assumed is no longer assumed when a later file gives the field
+        per_file.append([ImportNote(i.source, "", "detected", f"detected {i.detected}"),
+                         *(n for n in i.notes if not (n.kind == "assumed" and n.field in later))])
+        later |= _fields(i.body)
+    return body, [n for notes in reversed(per_file) for n in notes] + merge_notes
+
+
+def _fields(body: Mapping[str, Any]) -> set[str]:
+    """'method', 'training.seq_len', …: the request fields a body sets."""
+    return {f"{key}.{field}" for key, value in body.items() if isinstance(value, Mapping) and key != "model"
+            for field in value} | set(body)
+
+
+__all__ = [
+    "ConfigImportError",
+    "Format",
+    "ImportNote",
+    "Imported",
+    "NoteKind",
+    "combine_methods",
+    "compute_dtype",
+    "detect",
+    "detect_format",
+    "from_axolotl",
+    "from_bnb",
+    "from_hf_training",
+    "from_model_config",
+    "from_peft",
+    "import_data",
+    "import_file",
+    "load_plan_file",
+    "load_plan_files",
+    "map_optimizer",
+    "memory_fields",
+    "merge",
+    "parse_text",
+    "planner_defaults",
+    "resolve_model",
+]

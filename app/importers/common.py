@@ -1,0 +1,96 @@
+"""What every importer shares: the note and error types, the imported-file record, model id resolution."""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+# unknown / unsupported / ignored / note: see app/importers/__init__.py; assumed: a memory-relevant request
+# field that no input gave, filled with a default (``field`` and ``value`` say which); detected: the format
+# a file was read as.
+NoteKind = Literal["unknown", "unsupported", "ignored", "note", "assumed", "detected"]
+Format = Literal["plan", "peft", "bnb", "axolotl", "hf_training", "model_config"]
+
+PLAN_KEYS = frozenset({"model", "method", "lora", "quantization", "training", "hardware"})
+SECTIONS = ("lora", "quantization", "training", "hardware")
+
+
+@dataclass(frozen=True)
+class ImportNote:
+    """One key of an imported file that did not map one-to-one onto the request."""
+
+    source: str  # the file (as given), or the format name for in-memory data
+    key: str  # path inside the file: 'llm_int8_skip_modules', 'fsdp_config.offload_params', 'datasets'
+    kind: NoteKind
+    message: str
+    field: str | None = None  # kind 'assumed': the request field, e.g. 'training.seq_len'
+    value: Any = None  # kind 'assumed': the value it was given
+
+    def __str__(self) -> str:
+        return f"{self.source}: {self.key}: {self.kind}: {self.message}"
+
+
+class ConfigImportError(ValueError):
+    """A file that cannot be imported at all (unreadable, unrecognized, or a PEFT type that is not LoRA)."""
+
+    def __init__(self, source: str, key: str | None, message: str) -> None:
+        super().__init__(f"{source}: {key}: {message}" if key else f"{source}: {message}")
+        self.source, self.key, self.message = source, key, message
+
+
+@dataclass
+class Imported:
+    """One imported file: the detected format (and how it was told), the body it maps to, and its notes."""
+
+    source: str
+    format: Format
+    body: dict[str, Any]
+    notes: list[ImportNote]
+    detected: str = ""  # e.g. 'axolotl config', 'HF TrainingArguments (per_device_train_batch_size, optim)'
+
+
+def is_unset(value: Any) -> bool:
+    """None, False, 0, '' and empty containers: the 'not set' values of an optional config key."""
+    return value is None or value is False or (isinstance(value, (str, list, tuple, dict, set)) and not value)
+
+
+def resolve_model(value: Any, source: str, key: str, base_dir: Path | None = None) -> tuple[Any, list[ImportNote]]:
+    """A catalog id (case-insensitive, 'https://huggingface.co/' prefix allowed), or a local directory /
+    file holding a ``config.json`` (→ ``{"config": …}``). ``(None, [note])`` when it is neither; the note
+    names the catalog ids it was probably meant as (:func:`app.core.catalog.suggest_models`)."""
+    from app.core.catalog import did_you_mean, model_configs, suggest_models  # lazy: keeps `--help` light
+
+    notes: list[ImportNote] = []
+    if not isinstance(value, str) or not value.strip():
+        return None, [ImportNote(source, key, "unsupported", f"expected a hub id or a path, got {value!r}")]
+    text = value.strip()
+    ids = model_configs()
+    if text in ids:
+        return text, notes
+    bare = re.sub(r"^(https?://)?(huggingface\.co|hf\.co)/", "", text).strip("/")
+    by_lower = {k.lower(): k for k in ids}
+    if bare.lower() in by_lower:
+        found = by_lower[bare.lower()]
+        notes.append(ImportNote(source, key, "note", f"{text!r} read as the catalog model {found!r}"))
+        return found, notes
+    candidates = [Path(text).expanduser()]
+    if base_dir is not None and not Path(text).is_absolute():
+        candidates.insert(0, base_dir / text)
+    for path in candidates:
+        config = path / "config.json" if path.is_dir() else path
+        if config.is_file() and config.suffix == ".json":
+            try:
+                data = json.loads(config.read_text())
+            except (OSError, ValueError) as exc:
+                raise ConfigImportError(source, key, f"cannot read {config}: {exc}") from None
+            notes.append(ImportNote(source, key, "note", f"model config read from {config}"))
+            return {"config": data}, notes
+    notes.append(ImportNote(
+        source, key, "unsupported",
+        f"{text!r} is not a catalog model ({len(ids)} ids, GET /api/v1/models) nor a local directory with a "
+        f"config.json;{did_you_mean(suggest_models(text))} pass --model ID or the model's config.json as another FILE",
+    ))
+    return None, notes

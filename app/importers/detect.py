@@ -1,0 +1,67 @@
+"""Which kind of config a parsed file is, and a short description of why (printed by the CLI)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from app.importers.axolotl import AXOLOTL_KNOWN, AXOLOTL_MARKERS
+from app.importers.bnb import BNB_KEYS
+from app.importers.common import PLAN_KEYS, ConfigImportError, Format
+from app.importers.hf_training import HF_TRAINING_FIELDS, LEGACY_FIELDS, is_sft_config
+
+# Keys only HF TrainingArguments / TRL SFTConfig have (axolotl spells its own: `optimizer`, `micro_batch_size`,
+# `sequence_len`, …). A file with more of these than of axolotl-only keys is read as HF, never as axolotl.
+HF_ONLY = (HF_TRAINING_FIELDS | set(LEGACY_FIELDS)) - AXOLOTL_KNOWN
+AXOLOTL_ONLY = AXOLOTL_KNOWN - HF_TRAINING_FIELDS
+NAMES: dict[str, str] = {
+    "plan": "PlanRequest body", "peft": "PEFT adapter_config.json", "bnb": "transformers BitsAndBytesConfig",
+    "axolotl": "axolotl config", "hf_training": "HF TrainingArguments", "model_config": "model config.json",
+}
+
+
+# The keys named first when a description lists why a file was read as HF (the most telling ones).
+_TELLING = ("max_length", "packing", "dataset_text_field", "per_device_train_batch_size", "optim",
+            "lr_scheduler_type")
+
+
+def _shown(keys: set[str], limit: int = 3) -> str:
+    first = ([k for k in _TELLING if k in keys] + sorted(keys - set(_TELLING)))[:limit]
+    return ", ".join(first) + (", …" if len(keys) > limit else "")
+
+
+def detect(data: Any, source: str = "input") -> tuple[Format, str]:
+    """``(format, description)``: e.g. ``("hf_training", "TRL SFTConfig (max_length, packing, …)")``; the keys in
+    brackets are the ones that decided. ConfigImportError when no format fits."""
+    if not isinstance(data, Mapping) or not data:
+        kind = "an empty mapping" if isinstance(data, Mapping) else type(data).__name__
+        raise ConfigImportError(source, None, f"expected a JSON/YAML mapping, got {kind}")
+    keys = {str(k) for k in data}
+    if keys <= PLAN_KEYS:
+        return "plan", f"{NAMES['plan']} ({_shown(keys)})"
+    if "peft_type" in keys:
+        return "peft", f"{NAMES['peft']} (peft_type {data['peft_type']!r})"
+    hf, axolotl = keys & HF_ONLY, keys & AXOLOTL_ONLY
+    # a model's config.json shares a few names (use_cache, pad_token, …) but always has model_type, which neither
+    # TrainingArguments nor SFTConfig has
+    if hf and len(hf) >= len(axolotl) and "model_type" not in keys:
+        name = "TRL SFTConfig" if is_sft_config(data) else NAMES["hf_training"]
+        return "hf_training", f"{name} ({_shown(hf)})"
+    if keys & AXOLOTL_MARKERS:
+        return "axolotl", f"{NAMES['axolotl']} ({_shown(keys & AXOLOTL_MARKERS)})"
+    if keys <= BNB_KEYS or "quant_method" in keys or any(k.startswith(("bnb_4bit_", "llm_int8_")) for k in keys):
+        return "bnb", NAMES["bnb"]
+    if "r" in keys and keys & {"lora_alpha", "target_modules"}:
+        return "peft", f"{NAMES['peft']} (r, {_shown(keys & {'lora_alpha', 'target_modules'})})"
+    if "model_type" in keys:
+        return "model_config", f"{NAMES['model_config']} (model_type {data['model_type']!r})"
+    raise ConfigImportError(
+        source, None,
+        "not a PlanRequest body, PEFT adapter_config.json, BitsAndBytesConfig, axolotl YAML, HF TrainingArguments / "
+        f"TRL SFTConfig or config.json (top-level keys: {_shown(keys, 12)})",
+    )
+
+
+def detect_format(data: Any, source: str = "input") -> Format:
+    """Which kind of config ``data`` is (see :func:`detect`)."""
+    return detect(data, source)[0]

@@ -1,0 +1,93 @@
+"""Reading files: JSON or YAML by content, directories, stdin; each file imported in its detected format."""
+
+from __future__ import annotations
+
+import copy
+import json
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from app.importers.axolotl import from_axolotl
+from app.importers.bnb import from_bnb
+from app.importers.common import ConfigImportError, Format, Imported, ImportNote
+from app.importers.detect import NAMES, detect
+from app.importers.hf_training import from_hf_training
+from app.importers.model_config import from_model_config
+from app.importers.peft import from_peft
+
+
+def import_data(data: Any, source: str = "input", fmt: Format | None = None,
+                base_dir: Path | None = None) -> Imported:
+    """Import already-parsed data (``fmt`` forces the format instead of detecting it)."""
+    detected = ""
+    if fmt is None:
+        fmt, detected = detect(data, source)
+    if fmt == "plan":
+        if not isinstance(data, Mapping):
+            raise ConfigImportError(source, None, "a PlanRequest body must be a mapping")
+        body, notes = copy.deepcopy(dict(data)), []
+    elif fmt == "peft":
+        body, notes = from_peft(data, source, base_dir)
+    elif fmt == "bnb":
+        body, notes = from_bnb(data, source)
+    elif fmt == "axolotl":
+        body, notes = from_axolotl(data, source, base_dir)
+    elif fmt == "hf_training":
+        body, notes = from_hf_training(data, source, base_dir)
+    elif fmt == "model_config":
+        body, notes = from_model_config(data, source)
+    else:  # pragma: no cover - Literal exhausted
+        raise ConfigImportError(source, None, f"unknown format {fmt!r}")
+    return Imported(source, fmt, body, notes, detected or NAMES[fmt])
+
+
+def parse_text(text: str, source: str) -> Any:
+    """JSON when the text is JSON, else YAML (safe_load)."""
+    stripped = text.lstrip()
+    if stripped.startswith(("{", "[")):
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError as exc:
+            if source.endswith(".json"):
+                raise ConfigImportError(source, None, f"invalid JSON: {exc.msg} at line {exc.lineno}") from None
+    import yaml  # lazy: only files need it
+
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigImportError(source, None, f"invalid YAML/JSON: {problem}{where}") from None
+
+
+def import_file(path: str | Path, fmt: Format | None = None) -> Imported:
+    """Read and import one file. A directory means its ``adapter_config.json`` (a saved PEFT adapter) or
+    else its ``config.json`` (a model); ``-`` reads standard input."""
+    source = str(path)
+    if source == "-":
+        return import_data(parse_text(sys.stdin.read(), "<stdin>"), "<stdin>", fmt, Path.cwd())
+    p = Path(path).expanduser()
+    if p.is_dir():
+        for name in ("adapter_config.json", "config.json"):
+            if (p / name).is_file():
+                p = p / name
+                source = str(p)
+                break
+        else:
+            raise ConfigImportError(source, None, "a directory without adapter_config.json or config.json")
+    try:
+        text = p.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigImportError(source, None, "no such file") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigImportError(source, None, f"cannot read: {exc}") from None
+    return import_data(parse_text(text, source), source, fmt, p.parent)
+
+
+def load_plan_file(path: str | Path) -> tuple[dict[str, Any], list[ImportNote]]:
+    """One file (format auto-detected) → (PlanRequest body, notes)."""
+    imported = import_file(path)
+    return imported.body, imported.notes

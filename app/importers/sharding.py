@@ -1,0 +1,78 @@
+"""DeepSpeed and FSDP settings (axolotl and HF TrainingArguments spell them alike) → ``hardware.sharding``."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from app.importers.common import ImportNote, NoteKind, is_unset
+
+
+def deepspeed_sharding(ds: Any, source: str, base_dir: Path | None, hardware: dict[str, Any],
+                       notes: list[ImportNote]) -> None:
+    """A ``deepspeed`` value (a config dict, or the path of its JSON) → ``hardware.sharding`` from the ZeRO stage
+    (``zero_optimization.stage``; from the file name, e.g. ``zero3.json``, when the file is not found)."""
+    def note(key: str, kind: NoteKind, message: str) -> None:
+        notes.append(ImportNote(source, key, kind, message))
+
+    if is_unset(ds):
+        return
+    cfg: Any = ds if isinstance(ds, Mapping) else None
+    if isinstance(ds, str):
+        for path in ([base_dir / ds] if base_dir else []) + [Path(ds)]:
+            if path.is_file():
+                try:
+                    cfg = json.loads(path.read_text())
+                except (OSError, ValueError):
+                    note("deepspeed", "unsupported", f"cannot read {path} as JSON")
+                break
+    stage = None
+    if isinstance(cfg, Mapping):
+        zero = cfg.get("zero_optimization")
+        zero = zero if isinstance(zero, Mapping) else {}
+        stage = zero.get("stage")
+        for part in ("offload_optimizer", "offload_param"):
+            spec = zero.get(part)
+            device = spec.get("device") if isinstance(spec, Mapping) else None
+            if device not in (None, "none"):
+                note(f"deepspeed.zero_optimization.{part}", "unsupported",
+                     f"offload to {device} is not modelled (counted on the GPU)")
+    elif isinstance(ds, str):
+        match = re.search(r"zero[_-]?([0-3])", Path(ds).name)
+        stage = int(match.group(1)) if match else None
+        if stage is not None:
+            note("deepspeed", "note", f"{ds!r} not found; ZeRO stage {stage} read from its name")
+        if "offload" in Path(ds).name:
+            note("deepspeed", "unsupported", "offload to CPU is not modelled (counted on the GPU)")
+    sharding = {0: "ddp", 1: "zero1", 2: "zero2", 3: "zero3"}.get(stage) if isinstance(stage, int) else None
+    if sharding is None:
+        note("deepspeed", "unsupported", f"cannot tell the ZeRO stage of {ds!r}; sharding not set")
+    else:
+        hardware["sharding"] = sharding
+        note("deepspeed", "note", f"sharding {sharding!r}; the GPU count comes from the launcher: "
+             "set --num-gpus")
+
+
+def fsdp_config_keys(fsdp_config: Any, source: str, training: dict[str, Any], notes: list[ImportNote]) -> None:
+    """The keys of an ``fsdp_config`` mapping (axolotl's and HF TrainingArguments' share names, with or without
+    the ``fsdp_`` prefix): activation checkpointing turns gradient checkpointing on; offload is reported."""
+    def note(key: str, kind: NoteKind, message: str) -> None:
+        notes.append(ImportNote(source, key, kind, message))
+
+    if not isinstance(fsdp_config, Mapping):
+        return
+    for key, value in fsdp_config.items():
+        path = f"fsdp_config.{key}"
+        bare = str(key).removeprefix("fsdp_")
+        if bare == "activation_checkpointing":
+            if value:
+                training["gradient_checkpointing"] = True
+        elif bare in ("offload_params", "cpu_offload"):
+            if value:
+                note(path, "unsupported", "parameter offload to CPU is not modelled (counted on the GPU)")
+        else:
+            note(path, "ignored", "does not affect the modelled memory")
+
