@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel
 
 from app.calibration.store import calibration_samples
 from app.core import PlanError, PlanRequest, estimate
 from app.core.calibrated import apply_calibrations
 from app.core.catalog import gpus, model_config, model_configs
 from app.core.fit import FitRequest, FitResult, fit, parse_budget
+from app.core.levers import LeversResult, levers
 from app.core.result import EstimateResult
 from app.deps import SettingsDep
 from app.forms import parse_form
@@ -63,6 +66,31 @@ def get_fit(request: Request, budget: str | None = None) -> FitResult | JSONResp
     """POST /fit from the planner page's flat query parameters (model, method, r, seq_len, gpu, …) plus
     ``budget`` ('24GiB', '24GB' or bytes; empty = hardware.gpu's VRAM). Errors: 422, detail[].loc is
     ['query', 'budget'] or ['query', *PlanRequest path] (e.g. ['query', 'lora', 'r'] for the form field r)."""
+    return _from_query(request, budget, lambda req, b: fit(req, b, "hardware.gpu" if b is None else "budget"))
+
+
+@router.post("/levers", response_model=LeversResult)
+def post_levers(body: FitRequest) -> LeversResult:
+    """"Make it fit": the changes that lower this plan's per-GPU total (no fp32 upcast, checkpointing, 8-bit or
+    paged optimizer, shorter sequences, smaller micro-batch, smaller r, LoRA/QLoRA, ZeRO-3/FSDP over more cards,
+    the cheapest card that holds it), each with its resulting total (bytes), whether it fits the budget, and
+    what it costs in speed, fidelity or money. Same body as POST /fit."""
+    budget, _ = body.resolved_budget()
+    try:
+        return levers(body.request, budget)
+    except PlanError as exc:
+        raise PlanError(("request", *exc.loc), exc.message) from exc
+
+
+@router.get("/levers", response_model=LeversResult, responses={422: {"description": "form, budget or plan error"}})
+def get_levers(request: Request, budget: str | None = None) -> LeversResult | JSONResponse:
+    """POST /levers from the planner page's flat query parameters plus ``budget`` (as GET /fit)."""
+    return _from_query(request, budget, levers)
+
+
+def _from_query(request: Request, budget: str | None,
+                answer: Callable[[PlanRequest, int | None], BaseModel]) -> Any:
+    """``answer(plan, budget bytes)`` for the page's query parameters, or a 422 naming each bad field."""
     req, errors = parse_form(dict(request.query_params))
     detail = [_form_error(e) for e in errors]
     budget_bytes = None
@@ -74,7 +102,7 @@ def get_fit(request: Request, budget: str | None = None) -> FitResult | JSONResp
     if req is None or detail:
         return JSONResponse(status_code=422, content={"detail": detail})
     try:
-        return fit(req, budget_bytes, "hardware.gpu" if budget_bytes is None else "budget")
+        return answer(req, budget_bytes)
     except PlanError as exc:
         return JSONResponse(status_code=422, content={"detail": [
             {"loc": ["query", *exc.loc], "msg": exc.message, "type": "plan_error"}]})
