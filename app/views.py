@@ -12,6 +12,8 @@ from typing import Any
 from app.core.catalog import Gpu, gpus
 from app.core.errors import PlanError
 from app.core.estimate import estimate
+from app.core.levers import Lever
+from app.core.notes import Note, surprises, transient_label
 from app.core.request import Method, PlanRequest
 from app.core.result import EstimateResult, GpuFit
 from app.core.throughput import DEFAULT_SLOWDOWN, GpuCost, ThroughputReport, throughput
@@ -25,7 +27,7 @@ SEGMENTS: tuple[tuple[str, str, str], ...] = (
     ("adapter_weights", "Adapters", "#f58518"),
     ("gradients", "Gradients", "#e45756"),
     ("optimizer_states", "Optimizer states", "#72b7b2"),
-    ("activations", "Activations", "#54a24b"),
+    ("activations", "Activations & temporaries", "#54a24b"),
     ("overhead", "CUDA context + allocator", "#bab0ac"),
 )
 
@@ -67,6 +69,8 @@ def bar_segments(result: EstimateResult, scale_bytes: int, width: float = 100.0)
     x = 0.0
     for key, label, colour in SEGMENTS:
         nbytes = mem[key]
+        if key == "activations":
+            label = transient_label(result.peak.phase)  # optimizer-step temporaries are not activations
         w = width * nbytes / scale_bytes if scale_bytes else 0.0
         out.append(Segment(key, label, colour, nbytes, x, w))
         x += w
@@ -173,6 +177,11 @@ class CompareView:
     scale_bytes: int
     ticks: list[Tick]
     vram_x: float | None
+    notes: list[Note] = field(default_factory=list)
+
+    @property
+    def has_paged(self) -> bool:
+        return any(c.result is not None and c.result.memory.paged_optimizer_states for c in self.columns)
 
     @property
     def column(self) -> MethodColumn:
@@ -214,11 +223,16 @@ def _cells(col: MethodColumn, view_gpu: Gpu) -> None:
     }
     for key, _, _ in SEGMENTS:
         c[key] = format_bytes(getattr(m, key))
+    c["activations_kind"] = "" if r.peak.phase != "optimizer" else "step temporaries"
+    c["paged_optimizer_states"] = format_bytes(m.paged_optimizer_states)
     fit = col.fit_on(view_gpu.id)
     if fit is not None:
         c["fits_selected"] = "fits" if fit.fits else "no"
         c["fits_note"] = (f"{format_bytes(fit.headroom_bytes)} spare" if fit.fits
                           else f"short {format_bytes(-fit.headroom_bytes)}")
+        if m.paged_optimizer_states and fit.fits:
+            c["fits_note"] += (" · paged state on the GPU" if fit.headroom_bytes >= m.paged_optimizer_states
+                               else " · paged state pages to host RAM")
     fitting = [f for f in r.fits if f.fits]
     c["fits_count"] = f"{len(fitting)} of {len(r.fits)}"
     c["fits_smallest"] = f"from {short_gpu(fitting[0].name)}" if fitting else "none"
@@ -286,8 +300,9 @@ def build_compare(req: PlanRequest, options: CostOptions) -> CompareView:
             c.segments = bar_segments(c.result, scale)
         _cells(c, view_gpu)
     vram_x = 100.0 * view_gpu.vram_bytes / scale if view_gpu.vram_bytes <= scale else None
+    notes = surprises(req, {c.method: c.result for c in columns})
     return CompareView(columns=columns, selected=req.method, gpu=view_gpu, num_gpus=req.hardware.num_gpus,
-                       options=options, scale_bytes=scale, ticks=ticks, vram_x=vram_x)
+                       options=options, scale_bytes=scale, ticks=ticks, vram_x=vram_x, notes=notes)
 
 
 def view_globals(view: CompareView) -> dict[str, str]:
@@ -334,6 +349,7 @@ def view_globals(view: CompareView) -> dict[str, str]:
         "quant_text": quant,
         "vram_label": vram_label(view),
         "chart_desc": chart_desc(view),
+        "has_paged": "yes" if view.has_paged else "",
     }
 
 
@@ -379,6 +395,29 @@ def chart_desc(view: CompareView) -> str:
     parts = [f"{c.label} {format_bytes(c.result.memory.total)}" if c.result else f"{c.label} refused"
              for c in view.columns]
     return "Memory per GPU the card must hold: " + "; ".join(parts) + "."
+
+
+# --------------------------------------------------------------------------------------- make it fit
+
+
+def lever_fields(lever: Lever) -> dict[str, str]:
+    """The page's flat form fields a lever sets: 'training.seq_len' → 'seq_len', booleans as 'on'/'off'."""
+    return {path.rsplit(".", 1)[-1]: (("on" if v else "off") if isinstance(v, bool) else str(v))
+            for path, v in lever.changes.items()}
+
+
+def paged_verdict(result: EstimateResult, vram_bytes: int) -> str:
+    """The fit verdict's sentence on paged optimizer state (CUDA unified memory, outside ``memory.total``):
+    whether the card's spare memory can keep it resident, or it will page to host RAM."""
+    paged = result.memory.paged_optimizer_states
+    if not paged:
+        return ""
+    spare = vram_bytes - result.memory.total
+    where = ("the card's spare memory holds it, so it stays on the GPU" if spare >= paged else
+             f"only {format_bytes(max(spare, 0))} of it fits beside the run, so the rest pages out to host RAM "
+             "and each optimizer step waits for it")
+    return (f"Plus {format_bytes(paged)} of paged optimizer state in CUDA unified memory, not in this total: "
+            f"{where}.")
 
 
 # -------------------------------------------------------------------------------------------- snippets

@@ -63,6 +63,9 @@
         setText(el, data.globals[key]);
       });
     });
+    Array.prototype.forEach.call(compare.querySelectorAll("[data-show-if]"), function (el) {
+      el.hidden = !data.globals[el.getAttribute("data-show-if")];
+    });
     // per-method cells: text, refused state, tooltips
     Object.keys(data.methods).forEach(function (m) {
       var d = data.methods[m];
@@ -159,6 +162,8 @@
       return;
     }
     updateCompare(data);
+    swap("notes", data.fragments.notes);
+    swap("levers", data.fragments.levers);
     swap("costs", data.fragments.costs);
     swap("details", data.fragments.details);
     swap("snippets", data.fragments.snippets);
@@ -221,6 +226,23 @@
       if (fromTabs && current) current.focus();  // the tabs were re-rendered: keep the keyboard focus there
       var details = document.getElementById("details");
       if (!fromTabs && details) details.scrollIntoView({ behavior: "smooth", block: "start" });
+    });
+  });
+
+  // "make it fit": a lever's link carries the whole plan; set the form to it and update in place
+  results.addEventListener("click", function (e) {
+    var a = e.target.closest ? e.target.closest("a[data-apply]") : null;
+    if (!a || e.ctrlKey || e.metaKey || e.shiftKey || e.button || pastedConfig()) return;
+    e.preventDefault();
+    var params = new URLSearchParams(a.getAttribute("href").split("?")[1].split("#")[0]);
+    params.forEach(function (value, key) {
+      var el = form.elements[key];
+      if (el && !SKIP[key]) el.value = value;
+    });
+    refresh(function () {
+      var box = document.getElementById("make-it-fit");
+      if (box) box.scrollIntoView({ behavior: "smooth", block: "start" });
+      status.textContent = "Applied: " + a.textContent + ". " + status.textContent;
     });
   });
 

@@ -144,7 +144,8 @@ def _breakdown(sm: StaticMemory, act: ActivationModel, peak_phase: str, activati
         items.append(BreakdownItem(key="optimizer/paged", bytes=sm.paged_optimizer_bytes,
                                    note="CUDA unified memory (cudaMallocManaged): outside the allocator and peak"))
     items.append(BreakdownItem(key=f"activations/{peak_phase}", bytes=activations,
-                               note="activations and temporaries at the peak"))
+                               note="optimizer.step() temporaries at the peak (activations are freed by then)"
+                               if peak_phase == "optimizer" else "activations and temporaries at the peak"))
     items.append(BreakdownItem(key="overhead/cublas_workspace", bytes=workspace, note="inside peak"))
     items.append(BreakdownItem(key="overhead/cuda_context", bytes=context,
                                note="outside peak (CUDA context; NCCL buffers when num_gpus > 1)"))

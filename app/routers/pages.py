@@ -22,6 +22,7 @@ from fastapi.templating import Jinja2Templates
 from app.calibration.store import measured_slowdowns
 from app.core import PlanError, estimate, format_bytes
 from app.core.catalog import gpus, model_configs
+from app.core.levers import levers
 from app.core.request import LoraSpec, QuantizationSpec, TrainingSpec
 from app.core.throughput import DEFAULT_MFU, DEFAULT_SLOWDOWN, DEFAULT_TOKENS
 from app.deps import SettingsDep
@@ -40,6 +41,8 @@ from app.views import (
     format_tokens,
     format_usd,
     gpu_rows,
+    lever_fields,
+    paged_verdict,
     price_dates,
     python_snippet,
     short_gpu,
@@ -95,6 +98,11 @@ def _context(request: Request, form: dict[str, str], config_text: str | None,
             view = None  # the plan itself is refused (e.g. an unknown GPU): the error says why
     body = form_to_body(form, config_text)
     base_url = str(request.base_url)
+    lever_result = None
+    if view is not None and req is not None and result is not None:
+        lever_result = levers(req)
+    lever_links = ([_query(form, **lever_fields(lv)) for lv in lever_result.levers]
+                   if lever_result is not None and config_text is None else [])
     return {
         "request": request,
         "form": form,
@@ -116,6 +124,9 @@ def _context(request: Request, form: dict[str, str], config_text: str | None,
         "curl": curl_snippet(req, base_url) if req is not None else "",
         "python": python_snippet(req) if req is not None else "",
         "estimate_json": json.dumps(result.model_dump(mode="json"), indent=2) if result else "",
+        "levers": lever_result,
+        "lever_links": lever_links,
+        "paged_note": paged_verdict(result, view.gpu.vram_bytes) if result and view else "",
     }
 
 
@@ -151,7 +162,7 @@ def compare_json(request: Request, settings: SettingsDep) -> JSONResponse:
     ctx = _context(request, form, None, settings)
     view = ctx["view"]
     fragments = {}
-    for name in ("costs", "details", "snippets"):
+    for name in ("notes", "levers", "costs", "details", "snippets"):
         fragments[name] = templates.get_template(f"_{name}.html").render(ctx) if view else ""
     content = {
         "query": ctx["query"],
