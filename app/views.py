@@ -14,9 +14,10 @@ from app.core.errors import PlanError
 from app.core.estimate import estimate
 from app.core.levers import Lever
 from app.core.notes import Note, surprises, transient_label
+from app.core.ownership import BuyVsRent, buy_vs_rent
 from app.core.request import Method, PlanRequest
 from app.core.result import EstimateResult, GpuFit
-from app.core.throughput import DEFAULT_SLOWDOWN, GpuCost, ThroughputReport, throughput
+from app.core.throughput import CLASS_MFU, DEFAULT_SLOWDOWN, GpuCost, ThroughputReport, throughput
 from app.core.units import GiB, MiB, format_bytes
 from app.forms import CostOptions
 
@@ -178,6 +179,7 @@ class CompareView:
     ticks: list[Tick]
     vram_x: float | None
     notes: list[Note] = field(default_factory=list)
+    buy: BuyVsRent | None = None  # buy vs rent for the selected method
 
     @property
     def has_paged(self) -> bool:
@@ -243,7 +245,8 @@ def _cells(col: MethodColumn, view_gpu: Gpu) -> None:
         col.titles["time_selected"] = (
             f"{format_flops(fl.total)}/token (forward {format_flops(fl.forward)} + backward "
             f"{format_flops(fl.backward)} + recompute {format_flops(fl.recompute)}) × {format_tokens(col.costs.tokens)}"
-            f" tokens ÷ ({cost.num_gpus} × {cost.bf16_tflops:g} TFLOP/s × MFU {col.costs.mfu:.2f}) × slowdown "
+            f" tokens ÷ ({cost.num_gpus} × {cost.bf16_tflops:g} TFLOP/s × MFU {cost.mfu:.2f} ({cost.mfu_source}))"
+            " × slowdown "
             f"{col.costs.slowdown:g} = {cost.hours:.2f} h")
         if cost.cost_usd is not None:
             col.titles["cost_selected"] = (f"{cost.hours:.2f} h × {cost.num_gpus} × ${cost.price_usd_per_hour:g}/GPU-h"
@@ -282,7 +285,8 @@ def build_compare(req: PlanRequest, options: CostOptions) -> CompareView:
         try:
             col.result = estimate(mreq)
             col.costs = throughput(mreq, [f.gpu for f in col.result.fits if f.fits], tokens=options.tokens,
-                                   mfu=options.mfu, slowdown=options.slowdown, prices=prices)
+                                   mfu=options.mfu, slowdown=options.slowdown, prices=prices,
+                                   measured_mfu=options.measured_mfu)
         except PlanError as exc:
             col.result = None
             col.error = f"{'.'.join(str(p) for p in exc.loc)}: {exc.message}"
@@ -301,8 +305,24 @@ def build_compare(req: PlanRequest, options: CostOptions) -> CompareView:
         _cells(c, view_gpu)
     vram_x = 100.0 * view_gpu.vram_bytes / scale if view_gpu.vram_bytes <= scale else None
     notes = surprises(req, {c.method: c.result for c in columns})
+    selected = next(c for c in columns if c.method == req.method)
+    purchase = {**options.purchase_prices,
+                **({view_gpu.id: options.buy_price} if options.buy_price is not None else {})}
+    buy = (buy_vs_rent(selected.costs, usd_per_kwh=options.usd_per_kwh, purchase_prices=purchase)
+           if selected.costs is not None else None)
     return CompareView(columns=columns, selected=req.method, gpu=view_gpu, num_gpus=req.hardware.num_gpus,
-                       options=options, scale_bytes=scale, ticks=ticks, vram_x=vram_x, notes=notes)
+                       options=options, scale_bytes=scale, ticks=ticks, vram_x=vram_x, notes=notes, buy=buy)
+
+
+def mfu_text(view: CompareView) -> str:
+    """'per GPU class (datacenter 0.40, workstation 0.35, consumer 0.30)' plus the GPUs this server measured."""
+    text = "per GPU class (" + ", ".join(f"{k} {v:.2f}" for k, v in CLASS_MFU.items()) + ")"
+    measured = view.options.measured_mfu
+    if measured:
+        table = gpus()
+        text += "; measured here: " + ", ".join(f"{short_gpu(table[g].name)} {v:.2f}" for g, v in measured.items()
+                                                 if g in table)
+    return text
 
 
 def view_globals(view: CompareView) -> dict[str, str]:
@@ -341,7 +361,7 @@ def view_globals(view: CompareView) -> dict[str, str]:
         "precision": req.training.precision,
         "gpu": view.gpu_label,
         "tokens": format_tokens(opts.tokens),
-        "mfu": f"{opts.mfu:.2f}",
+        "mfu": f"{opts.mfu:.2f}" if opts.mfu is not None else mfu_text(view),
         "qlora_factor": f"{slow['qlora']:g}",
         "dora_factor": f"{slow['dora']:g}",
         "qdora_factor": f"{slow['qlora'] * slow['dora']:.3g}",
@@ -515,6 +535,11 @@ class GpuRow:
     price: str
     selected: bool
     cells: list[CostCell]
+
+
+def price_source(gpu_id: str) -> str:
+    """Where the catalog's purchase price of ``gpu_id`` comes from."""
+    return gpus()[gpu_id].purchase_price_source or ""
 
 
 def price_dates() -> str:

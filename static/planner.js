@@ -12,7 +12,7 @@
   var SKIP = { config: 1, config_file: 1 };
   // empty means "default" for these, so the shared URL can leave them out (not target_modules: empty = PEFT's default)
   var DROP_EMPTY = { tokens: 1, mfu: 1, price: 1, qlora_slowdown: 1, dora_slowdown: 1, modules_to_save: 1,
-    attn_implementation: 1 };
+    attn_implementation: 1, usd_per_kwh: 1, buy_price: 1 };
   var timer = null;
   var seq = 0;
 

@@ -17,6 +17,9 @@ from pathlib import Path
 from typing import Any
 
 from app.core.calibrated import CalibrationSample
+from app.core.catalog import gpu
+from app.core.request import PlanRequest
+from app.core.throughput import achieved_mfu
 
 STATUSES = ("queued", "running", "done", "failed", "oom", "cancelled", "interrupted")
 FINAL = ("done", "failed", "oom", "cancelled", "interrupted")
@@ -213,3 +216,28 @@ def calibration_samples(path: Path | str, gpu_id: str, limit: int = 500) -> list
         except (KeyError, TypeError, ValueError):
             continue
     return out
+
+
+def measured_mfus(path: Path | str, limit: int = 500) -> dict[str, float]:
+    """Median MFU (``app.core.throughput.achieved_mfu``) of finished GPU calibrations, per catalog GPU the job is
+    filed under (as :func:`calibration_samples` selects them). A 4-bit job counts by its 16-bit twin's tokens/s,
+    so the QLoRA slowdown is not counted twice; empty when there is no database or no such job."""
+    if not Path(path).exists():
+        return {}
+    by_gpu: dict[str, list[float]] = {}
+    for job in JobStore(path).list(limit=limit):
+        result = job.get("result") or {}
+        if job["status"] != "done" or not str(job["device"]).startswith("cuda"):
+            continue
+        try:
+            req = PlanRequest.model_validate(job["request"])
+            twin = result.get("sixteen_bit_base") or {}
+            if twin.get("tokens_per_s"):
+                req, tps = req.model_copy(update={"method": twin["method"]}), float(twin["tokens_per_s"])
+            else:
+                tps = float(result["tokens_per_s"])
+            g = gpu(req.hardware.gpu)
+            by_gpu.setdefault(g.id, []).append(achieved_mfu(req, tps, g))
+        except (KeyError, TypeError, ValueError):  # PlanError is a ValueError
+            continue
+    return {g: statistics.median(v) for g, v in by_gpu.items() if v}

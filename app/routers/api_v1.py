@@ -9,12 +9,13 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
-from app.calibration.store import calibration_samples
+from app.calibration.store import calibration_samples, measured_mfus
 from app.core import PlanError, PlanRequest, estimate
 from app.core.calibrated import apply_calibrations
 from app.core.catalog import gpus, model_config, model_configs
 from app.core.fit import FitRequest, FitResult, fit, parse_budget
 from app.core.levers import LeversResult, levers
+from app.core.ownership import BuyVsRent, BuyVsRentRequest, plan_buy_vs_rent
 from app.core.result import EstimateResult
 from app.deps import SettingsDep
 from app.forms import parse_form
@@ -86,6 +87,17 @@ def post_levers(body: FitRequest) -> LeversResult:
 def get_levers(request: Request, budget: str | None = None) -> LeversResult | JSONResponse:
     """POST /levers from the planner page's flat query parameters plus ``budget`` (as GET /fit)."""
     return _from_query(request, budget, levers)
+
+
+@router.post("/buy-vs-rent", response_model=BuyVsRent)
+def post_buy_vs_rent(body: BuyVsRentRequest, settings: SettingsDep) -> BuyVsRent:
+    """Buying consumer/workstation cards that hold the plan vs renting the cheapest cloud GPU that does: purchase
+    (USD), run hours, power per run (TDP × USD/kWh when given), break-even runs and hours. Time uses each GPU's
+    class MFU, or the MFU measured by this server's calibrations of it, unless ``mfu`` is given."""
+    try:
+        return plan_buy_vs_rent(body, measured_mfus(settings.database_path))
+    except PlanError as exc:
+        raise PlanError(("request", *exc.loc), exc.message) from exc
 
 
 def _from_query(request: Request, budget: str | None,

@@ -19,12 +19,12 @@ from fastapi import APIRouter, Request, UploadFile
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi.templating import Jinja2Templates
 
-from app.calibration.store import measured_slowdowns
+from app.calibration.store import measured_mfus, measured_slowdowns
 from app.core import PlanError, estimate, format_bytes
 from app.core.catalog import gpus, model_configs
 from app.core.levers import levers
 from app.core.request import LoraSpec, QuantizationSpec, TrainingSpec
-from app.core.throughput import DEFAULT_MFU, DEFAULT_SLOWDOWN, DEFAULT_TOKENS
+from app.core.throughput import DEFAULT_SLOWDOWN, DEFAULT_TOKENS
 from app.deps import SettingsDep
 from app.forms import DEFAULT_MODEL, form_to_body, parse_cost_options, parse_form
 from app.settings import Settings
@@ -44,6 +44,7 @@ from app.views import (
     lever_fields,
     paged_verdict,
     price_dates,
+    price_source,
     python_snippet,
     short_gpu,
     view_globals,
@@ -59,12 +60,13 @@ templates.env.filters["flops"] = format_flops
 templates.env.filters["tokens"] = format_tokens
 templates.env.filters["short_gpu"] = short_gpu
 templates.env.globals.update(view_globals=view_globals, bar_label=bar_label, gpu_rows=gpu_rows,
-                             price_dates=price_dates)
+                             price_dates=price_dates, price_source=price_source)
 
 MAX_UPLOAD_BYTES = 256 * 1024
 NOT_IN_URL = ("config", "config_file")
 # empty means "default" for these, so links leave them out (not target_modules: empty there = PEFT's default)
-DROP_EMPTY = ("tokens", "mfu", "price", "qlora_slowdown", "dora_slowdown", "modules_to_save", "attn_implementation")
+DROP_EMPTY = ("tokens", "mfu", "price", "qlora_slowdown", "dora_slowdown", "modules_to_save", "attn_implementation",
+              "usd_per_kwh", "buy_price")
 
 router = APIRouter(include_in_schema=False)
 
@@ -86,6 +88,7 @@ def _context(request: Request, form: dict[str, str], config_text: str | None,
         measured = measured_slowdowns(settings.database_path, req.model)
         if "qlora" in measured and options.qlora_slowdown is None:
             options = replace(options, qlora_slowdown=measured["qlora"])
+    options = replace(options, measured_mfu=measured_mfus(settings.database_path))
     view = None
     result = None
     if req is not None and not option_errors:
@@ -117,7 +120,7 @@ def _context(request: Request, form: dict[str, str], config_text: str | None,
         "legend": SEGMENTS,
         "methods": METHODS,
         "defaults": {"lora": LoraSpec(), "quant": QuantizationSpec(), "training": TrainingSpec(),
-                     "tokens": format_tokens(DEFAULT_TOKENS), "mfu": DEFAULT_MFU, "slowdown": DEFAULT_SLOWDOWN},
+                     "tokens": format_tokens(DEFAULT_TOKENS), "mfu": "per GPU class", "slowdown": DEFAULT_SLOWDOWN},
         "default_model": DEFAULT_MODEL,
         "query": _query(form),
         "tab_query": {m: _query(form, method=m) for m, _, _ in METHODS},
