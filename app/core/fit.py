@@ -128,7 +128,11 @@ class FitResult(BaseModel):
 class FitRequest(BaseModel):
     """POST /api/v1/fit's body: a PlanRequest and an optional per-GPU budget."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
+        {"request": {"model": "Qwen/Qwen3-32B", "method": "qlora", "training": {"seq_len": 4096},
+                     "hardware": {"gpu": "nvidia-rtx-5090"}}},
+        {"request": {"model": "meta-llama/Llama-3.1-8B", "method": "lora"}, "budget": "24GiB"},
+    ]})
 
     request: PlanRequest
     budget_bytes: int | None = Field(None, gt=0, description="per-GPU budget in bytes")

@@ -12,9 +12,10 @@ import json
 from pathlib import Path
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Header, HTTPException, Query, Request, Response
+from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response, Security
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from fastapi.templating import Jinja2Templates
 from pydantic import Field, ValidationError
 
@@ -57,13 +58,22 @@ def _check_token(settings: Settings, presented: str | None) -> None:
                             headers={"WWW-Authenticate": "Bearer"})
 
 
-def require_token(settings: SettingsDep, authorization: Annotated[str | None, Header()] = None) -> None:
+BEARER = HTTPBearer(auto_error=False, scheme_name="bearer",
+                    description="the server's PEFT_PLANNER_TOKEN (calibrations run work on its devices)")
+"""The OpenAPI security scheme of the endpoints that start or stop work, so /docs' "Authorize" can send it."""
+
+
+def _bearer(authorization: str | None) -> str | None:
+    if authorization is None:
+        return None
+    scheme, _, value = authorization.partition(" ")
+    return value.strip() if scheme.lower() == "bearer" else None
+
+
+def require_token(settings: SettingsDep,
+                  credentials: Annotated[HTTPAuthorizationCredentials | None, Security(BEARER)] = None) -> None:
     """Dependency: the bearer token that enables work on the server's devices."""
-    token = None
-    if authorization is not None:
-        scheme, _, value = authorization.partition(" ")
-        token = value.strip() if scheme.lower() == "bearer" else None
-    _check_token(settings, token)
+    _check_token(settings, credentials.credentials if credentials is not None else None)
 
 
 def _submit(service: CalibrationService, body: CalibrationBody) -> str:
@@ -146,7 +156,7 @@ def _form(request: Request, settings: Settings, body_json: str, form: dict[str, 
     }, status_code=status)
 
 
-@router.post("/calibrate", status_code=202, response_model=None)
+@router.post("/calibrate", status_code=202, response_model=None, openapi_extra={"security": [{"bearer": []}]})
 async def calibrate_alias(request: Request, service: CalibrationServiceDep,
                           settings: SettingsDep) -> Response:
     """Alias of POST /api/v1/calibrations (JSON body + bearer token), also accepting the /calibrate form
@@ -176,7 +186,7 @@ async def calibrate_alias(request: Request, service: CalibrationServiceDep,
         except ValueError as exc:
             return _form(request, settings, body_json, form, 422, [f"request: {exc}"])
         return RedirectResponse(f"/calibrations/{job_id}", status_code=303)
-    require_token(settings, request.headers.get("authorization"))
+    _check_token(settings, _bearer(request.headers.get("authorization")))
     try:
         payload = await request.json()
     except ValueError:
