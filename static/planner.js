@@ -17,6 +17,23 @@
   var seq = 0;
 
   Array.prototype.forEach.call(document.querySelectorAll(".js-only"), function (el) { el.hidden = false; });
+  var phone = window.matchMedia && window.matchMedia("(max-width: 900px)");
+  var inputs = document.getElementById("inputs");
+  if (inputs && phone && phone.matches) inputs.open = false;  // a compact bar above the results
+
+  // wide tables on a phone: scroll the selected method's column into view, right of the sticky row heads
+  function revealSelected() {
+    document.querySelectorAll(".table-wrap").forEach(function (wrap) {
+      var th = wrap.querySelector("thead th.sel");
+      if (!th || wrap.scrollWidth <= wrap.clientWidth) return;
+      var head = wrap.querySelector("thead th");
+      var left = th.offsetLeft - (head ? head.offsetWidth : 0);
+      if (left < wrap.scrollLeft || th.offsetLeft + th.offsetWidth > wrap.scrollLeft + wrap.clientWidth) {
+        wrap.scrollLeft = Math.max(0, left - 4);
+      }
+    });
+  }
+  revealSelected();
 
   function query() {
     var params = new URLSearchParams();
@@ -168,6 +185,11 @@
     swap("details", data.fragments.details);
     swap("snippets", data.fragments.snippets);
     enhanceSnippets();
+    revealSelected();
+    Array.prototype.forEach.call(document.querySelectorAll("#inputs-summary [data-g]"), function (el) {
+      var v = data.globals[el.getAttribute("data-g")];
+      if (typeof v === "string") setText(el, v);
+    });
     var sel = data.methods[data.selected];
     status.textContent = "Updated. " + (sel && sel.ok ? sel.label + ": " + sel.cells.total + " per GPU." : "");
   }
@@ -227,6 +249,16 @@
       var details = document.getElementById("details");
       if (!fromTabs && details) details.scrollIntoView({ behavior: "smooth", block: "start" });
     });
+  });
+
+  // "Change the inputs": open the inputs panel and put the focus in it
+  results.addEventListener("click", function (e) {
+    var a = e.target.closest ? e.target.closest("a.to-inputs") : null;
+    if (!a || !inputs) return;
+    e.preventDefault();
+    inputs.open = true;
+    var first = inputs.querySelector("select, input");
+    if (first) first.focus();
   });
 
   // "make it fit": a lever's link carries the whole plan; set the form to it and update in place
