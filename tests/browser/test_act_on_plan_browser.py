@@ -122,9 +122,9 @@ def test_method_input_drives_details_and_exports(browser: Any, server: str) -> N
     assert parse_qs(urlsplit(page.url).query)["method"] == ["qdora"]
     assert page.locator("thead th.sel").first.locator(".sel-mark").is_visible()
     assert "QDoRA" in page.locator(".compare-table thead th.sel").inner_text()
-    body = json.loads(page.inner_text("#curl-text").split("-d '", 1)[1].rsplit("'", 1)[0])
+    body = json.loads(page.text_content("#curl-text").split("-d '", 1)[1].rsplit("'", 1)[0])
     assert body["method"] == "qdora"
-    python = page.inner_text("#python-text")
+    python = page.text_content("#python-text")
     assert "use_dora=True" in python and "BitsAndBytesConfig(" in python
     href = page.get_attribute("#download-json", "href")
     assert href is not None and parse_qs(urlsplit(href).query)["method"] == ["qdora"]
