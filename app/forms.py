@@ -10,7 +10,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from app.core.request import PlanRequest, parse_target_modules
-from app.core.throughput import DEFAULT_MFU, DEFAULT_TOKENS
+from app.core.throughput import DEFAULT_TOKENS
 
 DEFAULT_MODEL = "meta-llama/Llama-3.1-8B"
 DEFAULT_TARGETS = "all-linear"  # the page's default; the API's is PEFT's per-architecture default
@@ -83,15 +83,20 @@ METHODS = ("full", "lora", "qlora", "dora", "qdora")
 @dataclass(frozen=True)
 class CostOptions:
     """The page's time/cost inputs (query parameters ``tokens``, ``mfu``, ``price`` (the form's GPU),
-    ``price_<gpu id>`` (any catalog GPU), ``qlora_slowdown``, ``dora_slowdown``); empty or absent fields
-    take the throughput module's defaults."""
+    ``price_<gpu id>`` (any catalog GPU), ``qlora_slowdown``, ``dora_slowdown``, and for buy vs rent
+    ``usd_per_kwh``, ``buy_price`` (the form's GPU) and ``buy_<gpu id>``); empty or absent fields take the
+    throughput module's defaults (MFU: per GPU class, or measured by this server's calibrations)."""
 
     tokens: int = DEFAULT_TOKENS
-    mfu: float = DEFAULT_MFU
+    mfu: float | None = None  # one MFU for every GPU; None: CLASS_MFU or measured_mfu per GPU
     price: float | None = None  # USD per GPU-hour for the form's GPU, instead of the catalog's
     qlora_slowdown: float | None = None
     dora_slowdown: float | None = None
     prices: dict[str, float] = field(default_factory=dict)  # price_<gpu id>=USD per GPU-hour, any catalog GPU
+    usd_per_kwh: float | None = None  # electricity price for owned cards; None: power not counted
+    buy_price: float | None = None  # USD per card for the form's GPU, instead of the catalog's purchase price
+    purchase_prices: dict[str, float] = field(default_factory=dict)  # buy_<gpu id>=USD per card
+    measured_mfu: dict[str, float] = field(default_factory=dict)  # this server's calibrations (not a form field)
 
     @property
     def slowdown(self) -> dict[str, float]:
@@ -146,13 +151,17 @@ def parse_cost_options(form: Mapping[str, str]) -> tuple[CostOptions, list[str]]
     number("price", 0.0, 10_000.0)
     number("qlora_slowdown", 0.1, 100.0)
     number("dora_slowdown", 0.1, 100.0)
+    number("usd_per_kwh", 0.0, 100.0)
+    number("buy_price", 0.0, 1_000_000.0)
     prices: dict[str, float] = {}
+    purchase: dict[str, float] = {}
     for key in form:
-        if key.startswith("price_") and form[key].strip():
-            number(key, 0.0, 10_000.0)
-            if key in values:
-                prices[key.removeprefix("price_")] = values.pop(key)
-    return CostOptions(**values, prices=prices), errors
+        for prefix, out, high in (("price_", prices, 10_000.0), ("buy_", purchase, 1_000_000.0)):
+            if key.startswith(prefix) and key != "buy_price" and form[key].strip():
+                number(key, 0.0, high)
+                if key in values:
+                    out[key.removeprefix(prefix)] = values.pop(key)
+    return CostOptions(**values, prices=prices, purchase_prices=purchase), errors
 
 
 def selected_method(form: Mapping[str, str]) -> str:

@@ -1,4 +1,4 @@
-"""The ASGI app: JSON API v1, the planner page, static files, OpenAPI at /docs."""
+"""The ASGI app: JSON API v1, the planner page, static files, OpenAPI at /docs and /redoc (local assets)."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from app.calibration.service import calibration_lifespan
 from app.core.errors import PlanError
 from app.errors import as_detail
 from app.pool import ClientGone
-from app.routers import api_v1, calibrate, pages, trace
+from app.routers import api_v1, apidocs, calibrate, pages, trace
 from app.settings import get_settings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -138,6 +138,9 @@ def create_app() -> FastAPI:
         version="0.1.0",
         summary="Parameters and GPU memory of FFT, LoRA, QLoRA and DoRA fine-tuning runs, before you buy GPUs.",
         lifespan=lifespan,
+        docs_url=None,  # served by app/routers/apidocs.py from local assets, not a CDN
+        redoc_url=None,
+        swagger_ui_oauth2_redirect_url=None,
     )
 
     @app.exception_handler(PlanError)
@@ -174,6 +177,8 @@ def create_app() -> FastAPI:
     app.include_router(trace.router)
     app.include_router(calibrate.router)
     app.include_router(pages.router)
+    app.include_router(apidocs.router)
+    app.mount("/static/apidocs", StaticFiles(directory=apidocs.ASSETS), name="apidocs")
     app.mount("/static", StaticFiles(directory=ROOT / "static"), name="static")
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
     app.add_middleware(SecurityHeaders)

@@ -13,9 +13,12 @@ from app.core.architectures import SUPPORTED_MODEL_TYPES
 from app.core.catalog import Gpu, gpus
 from app.core.errors import PlanError
 from app.core.estimate import estimate
+from app.core.levers import Lever
+from app.core.notes import Note, surprises, transient_label
+from app.core.ownership import BuyVsRent, buy_vs_rent
 from app.core.request import Method, PlanRequest
 from app.core.result import EstimateResult, GpuFit, ModelSource
-from app.core.throughput import DEFAULT_SLOWDOWN, GpuCost, ThroughputReport, throughput
+from app.core.throughput import CLASS_MFU, DEFAULT_SLOWDOWN, GpuCost, ThroughputReport, throughput
 from app.core.units import GiB, MiB, format_bytes
 from app.forms import CostOptions
 from app.models.generic import ensure_generic
@@ -28,7 +31,7 @@ SEGMENTS: tuple[tuple[str, str, str], ...] = (
     ("adapter_weights", "Adapters", "#f58518"),
     ("gradients", "Gradients", "#e45756"),
     ("optimizer_states", "Optimizer states", "#72b7b2"),
-    ("activations", "Activations", "#54a24b"),
+    ("activations", "Activations & temporaries", "#54a24b"),
     ("overhead", "CUDA context + allocator", "#bab0ac"),
 )
 
@@ -70,6 +73,8 @@ def bar_segments(result: EstimateResult, scale_bytes: int, width: float = 100.0)
     x = 0.0
     for key, label, colour in SEGMENTS:
         nbytes = mem[key]
+        if key == "activations":
+            label = transient_label(result.peak.phase)  # optimizer-step temporaries are not activations
         w = width * nbytes / scale_bytes if scale_bytes else 0.0
         out.append(Segment(key, label, colour, nbytes, x, w))
         x += w
@@ -176,6 +181,12 @@ class CompareView:
     scale_bytes: int
     ticks: list[Tick]
     vram_x: float | None
+    notes: list[Note] = field(default_factory=list)
+    buy: BuyVsRent | None = None  # buy vs rent for the selected method
+
+    @property
+    def has_paged(self) -> bool:
+        return any(c.result is not None and c.result.memory.paged_optimizer_states for c in self.columns)
 
     @property
     def column(self) -> MethodColumn:
@@ -217,11 +228,16 @@ def _cells(col: MethodColumn, view_gpu: Gpu) -> None:
     }
     for key, _, _ in SEGMENTS:
         c[key] = format_bytes(getattr(m, key))
+    c["activations_kind"] = "" if r.peak.phase != "optimizer" else "step temporaries"
+    c["paged_optimizer_states"] = format_bytes(m.paged_optimizer_states)
     fit = col.fit_on(view_gpu.id)
     if fit is not None:
         c["fits_selected"] = "fits" if fit.fits else "no"
         c["fits_note"] = (f"{format_bytes(fit.headroom_bytes)} spare" if fit.fits
                           else f"short {format_bytes(-fit.headroom_bytes)}")
+        if m.paged_optimizer_states and fit.fits:
+            c["fits_note"] += (" · paged state on the GPU" if fit.headroom_bytes >= m.paged_optimizer_states
+                               else " · paged state pages to host RAM")
     fitting = [f for f in r.fits if f.fits]
     c["fits_count"] = f"{len(fitting)} of {len(r.fits)}"
     c["fits_smallest"] = f"from {short_gpu(fitting[0].name)}" if fitting else "none"
@@ -232,7 +248,8 @@ def _cells(col: MethodColumn, view_gpu: Gpu) -> None:
         col.titles["time_selected"] = (
             f"{format_flops(fl.total)}/token (forward {format_flops(fl.forward)} + backward "
             f"{format_flops(fl.backward)} + recompute {format_flops(fl.recompute)}) × {format_tokens(col.costs.tokens)}"
-            f" tokens ÷ ({cost.num_gpus} × {cost.bf16_tflops:g} TFLOP/s × MFU {col.costs.mfu:.2f}) × slowdown "
+            f" tokens ÷ ({cost.num_gpus} × {cost.bf16_tflops:g} TFLOP/s × MFU {cost.mfu:.2f} ({cost.mfu_source}))"
+            " × slowdown "
             f"{col.costs.slowdown:g} = {cost.hours:.2f} h")
         if cost.cost_usd is not None:
             col.titles["cost_selected"] = (f"{cost.hours:.2f} h × {cost.num_gpus} × ${cost.price_usd_per_hour:g}/GPU-h"
@@ -279,7 +296,8 @@ def build_compare(req: PlanRequest, options: CostOptions, source: ModelSource | 
                 raise refusal
             col.result = estimate(mreq) if source is None else with_source(estimate(mreq), source)
             col.costs = throughput(mreq, [f.gpu for f in col.result.fits if f.fits], tokens=options.tokens,
-                                   mfu=options.mfu, slowdown=options.slowdown, prices=prices)
+                                   mfu=options.mfu, slowdown=options.slowdown, prices=prices,
+                                   measured_mfu=options.measured_mfu)
         except PlanError as exc:
             col.result = None
             col.error = f"{'.'.join(str(p) for p in exc.loc)}: {exc.message}"
@@ -297,8 +315,25 @@ def build_compare(req: PlanRequest, options: CostOptions, source: ModelSource | 
             c.segments = bar_segments(c.result, scale)
         _cells(c, view_gpu)
     vram_x = 100.0 * view_gpu.vram_bytes / scale if view_gpu.vram_bytes <= scale else None
+    notes = surprises(req, {c.method: c.result for c in columns})
+    selected = next(c for c in columns if c.method == req.method)
+    purchase = {**options.purchase_prices,
+                **({view_gpu.id: options.buy_price} if options.buy_price is not None else {})}
+    buy = (buy_vs_rent(selected.costs, usd_per_kwh=options.usd_per_kwh, purchase_prices=purchase)
+           if selected.costs is not None else None)
     return CompareView(columns=columns, selected=req.method, gpu=view_gpu, num_gpus=req.hardware.num_gpus,
-                       options=options, scale_bytes=scale, ticks=ticks, vram_x=vram_x)
+                       options=options, scale_bytes=scale, ticks=ticks, vram_x=vram_x, notes=notes, buy=buy)
+
+
+def mfu_text(view: CompareView) -> str:
+    """'per GPU class (datacenter 0.40, workstation 0.35, consumer 0.30)' plus the GPUs this server measured."""
+    text = "per GPU class (" + ", ".join(f"{k} {v:.2f}" for k, v in CLASS_MFU.items()) + ")"
+    measured = view.options.measured_mfu
+    if measured:
+        table = gpus()
+        text += "; measured here: " + ", ".join(f"{short_gpu(table[g].name)} {v:.2f}" for g, v in measured.items()
+                                                 if g in table)
+    return text
 
 
 def view_globals(view: CompareView) -> dict[str, str]:
@@ -339,7 +374,7 @@ def view_globals(view: CompareView) -> dict[str, str]:
         "precision": req.training.precision,
         "gpu": view.gpu_label,
         "tokens": format_tokens(opts.tokens),
-        "mfu": f"{opts.mfu:.2f}",
+        "mfu": f"{opts.mfu:.2f}" if opts.mfu is not None else mfu_text(view),
         "qlora_factor": f"{slow['qlora']:g}",
         "dora_factor": f"{slow['dora']:g}",
         "qdora_factor": f"{slow['qlora'] * slow['dora']:.3g}",
@@ -347,6 +382,7 @@ def view_globals(view: CompareView) -> dict[str, str]:
         "quant_text": quant,
         "vram_label": vram_label(view),
         "chart_desc": chart_desc(view),
+        "has_paged": "yes" if view.has_paged else "",
     }
 
 
@@ -409,6 +445,29 @@ def chart_desc(view: CompareView) -> str:
     parts = [f"{c.label} {format_bytes(c.result.memory.total)}" if c.result else f"{c.label} refused"
              for c in view.columns]
     return "Memory per GPU the card must hold: " + "; ".join(parts) + "."
+
+
+# --------------------------------------------------------------------------------------- make it fit
+
+
+def lever_fields(lever: Lever) -> dict[str, str]:
+    """The page's flat form fields a lever sets: 'training.seq_len' → 'seq_len', booleans as 'on'/'off'."""
+    return {path.rsplit(".", 1)[-1]: (("on" if v else "off") if isinstance(v, bool) else str(v))
+            for path, v in lever.changes.items()}
+
+
+def paged_verdict(result: EstimateResult, vram_bytes: int) -> str:
+    """The fit verdict's sentence on paged optimizer state (CUDA unified memory, outside ``memory.total``):
+    whether the card's spare memory can keep it resident, or it will page to host RAM."""
+    paged = result.memory.paged_optimizer_states
+    if not paged:
+        return ""
+    spare = vram_bytes - result.memory.total
+    where = ("the card's spare memory holds it, so it stays on the GPU" if spare >= paged else
+             f"only {format_bytes(max(spare, 0))} of it fits beside the run, so the rest pages out to host RAM "
+             "and each optimizer step waits for it")
+    return (f"Plus {format_bytes(paged)} of paged optimizer state in CUDA unified memory, not in this total: "
+            f"{where}.")
 
 
 # -------------------------------------------------------------------------------------------- snippets
@@ -506,6 +565,11 @@ class GpuRow:
     price: str
     selected: bool
     cells: list[CostCell]
+
+
+def price_source(gpu_id: str) -> str:
+    """Where the catalog's purchase price of ``gpu_id`` comes from."""
+    return gpus()[gpu_id].purchase_price_source or ""
 
 
 def price_dates() -> str:

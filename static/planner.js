@@ -12,11 +12,28 @@
   var SKIP = { config: 1, config_file: 1 };
   // empty means "default" for these, so the shared URL can leave them out (not target_modules: empty = PEFT's default)
   var DROP_EMPTY = { tokens: 1, mfu: 1, price: 1, qlora_slowdown: 1, dora_slowdown: 1, modules_to_save: 1,
-    attn_implementation: 1 };
+    attn_implementation: 1, usd_per_kwh: 1, buy_price: 1 };
   var timer = null;
   var seq = 0;
 
   Array.prototype.forEach.call(document.querySelectorAll(".js-only"), function (el) { el.hidden = false; });
+  var phone = window.matchMedia && window.matchMedia("(max-width: 900px)");
+  var inputs = document.getElementById("inputs");
+  if (inputs && phone && phone.matches) inputs.open = false;  // a compact bar above the results
+
+  // wide tables on a phone: scroll the selected method's column into view, right of the sticky row heads
+  function revealSelected() {
+    document.querySelectorAll(".table-wrap").forEach(function (wrap) {
+      var th = wrap.querySelector("thead th.sel");
+      if (!th || wrap.scrollWidth <= wrap.clientWidth) return;
+      var head = wrap.querySelector("thead th");
+      var left = th.offsetLeft - (head ? head.offsetWidth : 0);
+      if (left < wrap.scrollLeft || th.offsetLeft + th.offsetWidth > wrap.scrollLeft + wrap.clientWidth) {
+        wrap.scrollLeft = Math.max(0, left - 4);
+      }
+    });
+  }
+  revealSelected();
 
   function query() {
     var params = new URLSearchParams();
@@ -62,6 +79,9 @@
       Array.prototype.forEach.call(compare.querySelectorAll('[data-g="' + key + '"]'), function (el) {
         setText(el, data.globals[key]);
       });
+    });
+    Array.prototype.forEach.call(compare.querySelectorAll("[data-show-if]"), function (el) {
+      el.hidden = !data.globals[el.getAttribute("data-show-if")];
     });
     // per-method cells: text, refused state, tooltips
     Object.keys(data.methods).forEach(function (m) {
@@ -159,10 +179,17 @@
       return;
     }
     updateCompare(data);
+    swap("notes", data.fragments.notes);
+    swap("levers", data.fragments.levers);
     swap("costs", data.fragments.costs);
     swap("details", data.fragments.details);
     swap("snippets", data.fragments.snippets);
     enhanceSnippets();
+    revealSelected();
+    Array.prototype.forEach.call(document.querySelectorAll("#inputs-summary [data-g]"), function (el) {
+      var v = data.globals[el.getAttribute("data-g")];
+      if (typeof v === "string") setText(el, v);
+    });
     var sel = data.methods[data.selected];
     status.textContent = "Updated. " + (sel && sel.ok ? sel.label + ": " + sel.cells.total + " per GPU." : "");
   }
@@ -222,6 +249,33 @@
       if (fromTabs && current) current.focus();  // the tabs were re-rendered: keep the keyboard focus there
       var details = document.getElementById("details");
       if (!fromTabs && details) details.scrollIntoView({ behavior: "smooth", block: "start" });
+    });
+  });
+
+  // "Change the inputs": open the inputs panel and put the focus in it
+  results.addEventListener("click", function (e) {
+    var a = e.target.closest ? e.target.closest("a.to-inputs") : null;
+    if (!a || !inputs) return;
+    e.preventDefault();
+    inputs.open = true;
+    var first = inputs.querySelector("select, input");
+    if (first) first.focus();
+  });
+
+  // "make it fit": a lever's link carries the whole plan; set the form to it and update in place
+  results.addEventListener("click", function (e) {
+    var a = e.target.closest ? e.target.closest("a[data-apply]") : null;
+    if (!a || e.ctrlKey || e.metaKey || e.shiftKey || e.button || pastedConfig()) return;
+    e.preventDefault();
+    var params = new URLSearchParams(a.getAttribute("href").split("?")[1].split("#")[0]);
+    params.forEach(function (value, key) {
+      var el = form.elements[key];
+      if (el && !SKIP[key]) el.value = value;
+    });
+    refresh(function () {
+      var box = document.getElementById("make-it-fit");
+      if (box) box.scrollIntoView({ behavior: "smooth", block: "start" });
+      status.textContent = "Applied: " + a.textContent + ". " + status.textContent;
     });
   });
 

@@ -60,7 +60,8 @@ class Page(HTMLParser):
             self._row = a.get("data-m")
         if tag == "rect" and self._row:
             self.rects.setdefault(self._row, []).append(a)
-        if tag == "input" and a.get("name") and a.get("type") != "file":
+        if tag == "input" and a.get("name") and a.get("type") != "file" and (
+                a.get("type") not in ("radio", "checkbox") or "checked" in a):  # as a browser submits them
             self.fields[a["name"]] = a.get("value", "")
         if tag == "select":
             self._select = a.get("name")
@@ -238,7 +239,7 @@ def test_compare_json_matches_the_page(client: TestClient) -> None:
             assert page.cell(m, key) == text, (m, key)
         assert d["estimate"]["memory"]["total"] == results_for(PLAN)[m].memory.total  # type: ignore[union-attr]
         assert d["throughput"]["method"] == m
-    assert set(data["fragments"]) == {"costs", "details", "snippets"}
+    assert set(data["fragments"]) == {"notes", "levers", "costs", "details", "snippets"}
     assert "Memory breakdown" in data["fragments"]["details"]
     assert data["download"].startswith("/estimate.json?")
     assert data["globals"]["r"] == "32" and data["globals"]["seq_len"] == "4096"

@@ -158,15 +158,24 @@ def test_throughput_report() -> None:
     req = PlanRequest(model="meta-llama/Llama-3.1-8B", method="qlora", lora=ALL_LINEAR)
     ids = ["nvidia-l4", "nvidia-h100-sxm-80gb", "nvidia-rtx-4090", "not-a-gpu"]
     rep = throughput(req, ids, prices={"nvidia-rtx-4090": 0.5})
-    assert (rep.tokens, rep.mfu, rep.slowdown) == (DEFAULT_TOKENS, DEFAULT_MFU, 1.4)
+    assert (rep.tokens, rep.mfu, rep.slowdown) == (DEFAULT_TOKENS, None, 1.4)  # None: each GPU its class's MFU
     assert [r.gpu for r in rep.gpus] == ["nvidia-h100-sxm-80gb", "nvidia-rtx-4090", "nvidia-l4"]  # fastest first
     assert rep.total_flops == pytest.approx(rep.flops_per_token.total * DEFAULT_TOKENS)
     l4 = next(r for r in rep.gpus if r.gpu == "nvidia-l4")
     expected_h = DEFAULT_TOKENS * rep.flops_per_token.total / (121e12 * DEFAULT_MFU) * 1.4 / 3600
     assert l4.hours == pytest.approx(expected_h)
     assert l4.cost_usd == pytest.approx(expected_h * 0.7)
-    assert next(r for r in rep.gpus if r.gpu == "nvidia-rtx-4090").cost_usd == pytest.approx(
-        next(r for r in rep.gpus if r.gpu == "nvidia-rtx-4090").hours * 0.5)
+    rtx = next(r for r in rep.gpus if r.gpu == "nvidia-rtx-4090")
+    assert rtx.cost_usd == pytest.approx(rtx.hours * 0.5)
+    # MFU per GPU class: the L4 is a datacenter card (0.40), the RTX 4090 a consumer one (0.30)
+    assert (l4.mfu, l4.mfu_source, rtx.mfu, rtx.mfu_source) == (0.40, "class", 0.30, "class")
+    assert rtx.hours == pytest.approx(DEFAULT_TOKENS * rep.flops_per_token.total / (165.2e12 * 0.30) * 1.4 / 3600)
+    # one MFU for every GPU when given, and a calibrated one per GPU otherwise
+    given = throughput(req, ids, mfu=0.5)
+    assert given.mfu == 0.5 and {r.mfu_source for r in given.gpus} == {"given"}
+    measured = throughput(req, ids, measured_mfu={"nvidia-rtx-4090": 0.21})
+    m = next(r for r in measured.gpus if r.gpu == "nvidia-rtx-4090")
+    assert (m.mfu, m.mfu_source) == (0.21, "calibrated") and m.hours == pytest.approx(rtx.hours * 0.30 / 0.21)
     assert len(throughput(req).gpus) == len(gpus())  # None: every catalog GPU
 
 

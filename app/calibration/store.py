@@ -22,6 +22,8 @@ from app.core.calibrated import MAX_SAMPLES, CalibrationSample, CalibrationSumma
 from app.core.catalog import gpu
 from app.core.errors import PlanError
 from app.core.overhead import cublas_workspace_bytes
+from app.core.request import PlanRequest
+from app.core.throughput import achieved_mfu
 
 STATUSES = ("queued", "running", "done", "failed", "oom", "cancelled", "interrupted")
 FINAL = ("done", "failed", "oom", "cancelled", "interrupted")
@@ -53,7 +55,7 @@ CREATE TABLE IF NOT EXISTS calibration_summaries (
     updated_at TEXT NOT NULL
 );
 """
-SCHEMA_VERSION = 3  # 2: calibration_summaries; 3: keyed by measured_device (both rebuilt when an older database opens)
+SCHEMA_VERSION = 3  # 2: calibration_summaries; 3: keyed by measured_device, + MFU (rebuilt when an older database opens)
 
 # A finished GPU job's request fields, read in SQL so summaries read only the rows they need.
 _GPU_OF = "measured_device"  # the card the job measured (app/calibration/devices.py), never the request's
@@ -194,6 +196,7 @@ class JobStore:
     def _summarise_gpu(self, db: sqlite3.Connection, gpu_id: str) -> None:
         summary = summarise(gpu_id, _samples(db, gpu_id))
         _put_summary(db, f"gpu:{gpu_id}", asdict(summary) if summary is not None else None)
+        _put_summary(db, f"mfu:{gpu_id}", _mfu_summary(db, gpu_id))
 
     def _summarise_slowdown(self, db: sqlite3.Connection, model: str | None) -> None:
         if not isinstance(model, str) or model.startswith("{"):
@@ -331,3 +334,42 @@ def _samples(db: sqlite3.Connection, gpu_id: str) -> list[CalibrationSample]:
 
 def _workspace(gpu_id: str) -> int:
     return cublas_workspace_bytes(gpu(gpu_id).arch)
+
+
+def measured_mfus(path: Path | str) -> dict[str, float]:
+    """Median MFU (``app.core.throughput.achieved_mfu``) of the newest finished GPU calibrations, per measured
+    catalog GPU: one summary row per card (constant time in the number of jobs); empty without a database."""
+    db = _read_only(path)
+    if db is None:
+        return {}
+    try:
+        rows = db.execute("SELECT key, summary_json FROM calibration_summaries WHERE key LIKE 'mfu:%'").fetchall()
+    except sqlite3.OperationalError:
+        return {}
+    finally:
+        db.close()
+    return {key.removeprefix("mfu:"): json.loads(raw)["mfu"] for key, raw in rows}
+
+
+def _mfu_summary(db: sqlite3.Connection, gpu_id: str) -> dict[str, float] | None:
+    """Median achieved MFU of the newest :data:`MAX_SAMPLES` jobs that measured ``gpu_id``. A 4-bit job counts by
+    its 16-bit twin's tokens/s, so the QLoRA slowdown is not counted twice."""
+    try:
+        card = gpu(gpu_id)
+    except PlanError:  # a card outside the catalog (stored as measured): no TFLOP/s to divide by
+        return None
+    values = []
+    rows = db.execute(f"SELECT request_json, result_json FROM calibration_jobs WHERE {_DONE_ON_GPU} AND "
+                      f"{_GPU_OF}=? ORDER BY created_at DESC, rowid DESC LIMIT ?", (gpu_id, MAX_SAMPLES))
+    for req_raw, result_raw in rows.fetchall():
+        try:
+            req, result = PlanRequest.model_validate_json(req_raw), json.loads(result_raw)
+            twin = result.get("sixteen_bit_base") or {}
+            if twin.get("tokens_per_s"):
+                req, tps = req.model_copy(update={"method": twin["method"]}), float(twin["tokens_per_s"])
+            else:
+                tps = float(result["tokens_per_s"])
+            values.append(achieved_mfu(req, tps, card))
+        except (KeyError, TypeError, ValueError):  # PlanError and pydantic's ValidationError are ValueErrors
+            continue
+    return {"mfu": statistics.median(values)} if values else None

@@ -37,6 +37,10 @@ class Gpu:
     price_usd_per_hour: float | None
     price_date: str
     source: str
+    tdp_watts: int | None = None  # board power (NVIDIA specifications), for the power cost of an owned card
+    purchase_price_usd: float | None = None  # consumer/workstation cards: what buying one costs
+    purchase_price_date: str | None = None  # when the catalog's purchase price was entered (YYYY-MM)
+    purchase_price_source: str | None = None
 
 
 @cache

@@ -73,7 +73,8 @@ def _shard(sm: StaticMemory, req: PlanRequest, trainable_params: int, hidden_siz
     n = req.hardware.num_gpus
     mode = req.hardware.sharding
     out = {"weights": sm.weights.total, "constants": sm.constants.total, "adapters": sm.adapters.total,
-           "gradients": sm.gradients.total, "optimizer": sm.optimizer.total, "comm_buffers": 0}
+           "gradients": sm.gradients.total, "optimizer": sm.optimizer.total, "comm_buffers": 0,
+           "paged_optimizer": sm.paged_optimizer_bytes}
 
     def part(x: int) -> int:
         return -(-x // n)
@@ -81,10 +82,11 @@ def _shard(sm: StaticMemory, req: PlanRequest, trainable_params: int, hidden_siz
     if mode == "ddp":
         out["comm_buffers"] = sm.gradients.total
     elif mode == "fsdp":
-        for key in ("weights", "constants", "adapters", "gradients", "optimizer"):
+        for key in ("weights", "constants", "adapters", "gradients", "optimizer", "paged_optimizer"):
             out[key] = part(out[key])
     elif mode.startswith("zero"):
         out["optimizer"] = part(8 * trainable_params + sm.optimizer_fp32_master_bytes)
+        out["paged_optimizer"] = 0  # DeepSpeed keeps its own (fp32 master) optimizer states, counted above
         bf16_trainable = 2 * trainable_params
         out["adapters"] = 0
         out["weights"] = sm.weights.total - sm.trainable_base_bytes + bf16_trainable
@@ -136,7 +138,8 @@ def _breakdown(sm: StaticMemory, act: ActivationModel, peak_phase: str, activati
         items.append(BreakdownItem(key="optimizer/paged", bytes=sm.paged_optimizer_bytes,
                                    note="CUDA unified memory (cudaMallocManaged): outside the allocator and peak"))
     items.append(BreakdownItem(key=f"activations/{peak_phase}", bytes=activations,
-                               note="activations and temporaries at the peak"))
+                               note="optimizer.step() temporaries at the peak (activations are freed by then)"
+                               if peak_phase == "optimizer" else "activations and temporaries at the peak"))
     items.append(BreakdownItem(key="overhead/cublas_workspace", bytes=workspace, note="inside peak"))
     items.append(BreakdownItem(key="overhead/cuda_context", bytes=context,
                                note="outside peak (CUDA context; NCCL buffers when num_gpus > 1)"))
@@ -328,6 +331,7 @@ def estimate(req: PlanRequest) -> EstimateResult:
             adapter_weights=static["adapters"],
             gradients=static["gradients"],
             optimizer_states=static["optimizer"],
+            paged_optimizer_states=static["paged_optimizer"],
             activations=activations,
             peak=peak,
             reserved=peak + reserve,

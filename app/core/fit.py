@@ -129,7 +129,11 @@ class FitResult(BaseModel):
 class FitRequest(BaseModel):
     """POST /api/v1/fit's body: a PlanRequest and an optional per-GPU budget."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
+        {"request": {"model": "Qwen/Qwen3-32B", "method": "qlora", "training": {"seq_len": 4096},
+                     "hardware": {"gpu": "nvidia-rtx-5090"}}},
+        {"request": {"model": "meta-llama/Llama-3.1-8B", "method": "lora"}, "budget": "24GiB"},
+    ]})
 
     request: PlanRequest
     budget_bytes: int | None = Field(None, gt=0, description="per-GPU budget in bytes")
@@ -240,14 +244,8 @@ def _gpu_plan(req: PlanRequest, ev: _Evaluator) -> list[GpuPlan]:
         if single <= g.vram_bytes:
             num, total = 1, single
         else:
-            for n in ZERO3_GPU_COUNTS:
-                t = ev.total(_on_hardware(req, g.id, n, "zero3"))
-                if isinstance(t, PlanError):
-                    raise t
-                smallest = min(smallest, t)
-                if t <= g.vram_bytes:
-                    num, total = n, t
-                    break
+            num, total, smallest = _smallest_group(req, g.id, g.vram_bytes, "zero3", ev)
+            smallest = min(smallest, single)
         rows.append(GpuPlan(
             gpu=g.id, name=g.name, vram_bytes=g.vram_bytes,
             single_total_bytes=single, fits_single=single <= g.vram_bytes,
@@ -257,6 +255,30 @@ def _gpu_plan(req: PlanRequest, ev: _Evaluator) -> list[GpuPlan]:
             smallest_total_bytes=smallest,
         ))
     return rows
+
+
+def _smallest_group(req: PlanRequest, gpu_id: str, budget: int, sharding: str,
+                    ev: _Evaluator) -> tuple[int | None, int | None, int]:
+    """(n, per-GPU total at n, lowest total seen): the first of :data:`ZERO3_GPU_COUNTS` cards of ``gpu_id``
+    with ``sharding`` whose per-GPU ``memory.total`` is ``<= budget``; (None, None, total at 64) when none."""
+    smallest: int | None = None
+    for n in ZERO3_GPU_COUNTS:
+        t = ev.total(_on_hardware(req, gpu_id, n, sharding))
+        if isinstance(t, PlanError):
+            raise t
+        smallest = t if smallest is None else min(smallest, t)
+        if t <= budget:
+            return n, t, smallest
+    assert smallest is not None
+    return None, None, smallest
+
+
+def smallest_group(req: PlanRequest, sharding: Literal["zero3", "fsdp"] = "zero3",
+                   budget_bytes: int | None = None) -> tuple[int | None, int | None]:
+    """The fewest cards of ``hardware.gpu`` (2, 4, …, 64) with ``sharding`` whose per-GPU memory.total fits
+    ``budget_bytes`` (default: the GPU's VRAM), and that total; (None, None) when 64 do not."""
+    n, total, _ = _smallest_group(req, req.hardware.gpu, _budget(req, budget_bytes), sharding, _Evaluator())
+    return n, total
 
 
 # -------------------------------------------------------------------------------------- reverse search
@@ -432,4 +454,5 @@ __all__ = [
     "max_micro_batch_size",
     "max_seq_len",
     "parse_budget",
+    "smallest_group",
 ]

@@ -216,6 +216,19 @@ class HardwareSpec(_Strict):
 class PlanRequest(_Strict):
     """One fine-tuning run: POST /api/v1/estimate's body."""
 
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
+        {"model": "meta-llama/Llama-3.1-8B", "method": "qlora",
+         "lora": {"r": 16, "lora_alpha": 32, "target_modules": "all-linear"},
+         "training": {"optim": "paged_adamw_8bit", "micro_batch_size": 1, "seq_len": 2048},
+         "hardware": {"gpu": "nvidia-rtx-4090"}},
+        {"model": "Qwen/Qwen3-8B", "method": "full", "training": {"seq_len": 4096},
+         "hardware": {"gpu": "nvidia-h100-sxm-80gb", "num_gpus": 4, "sharding": "zero3"}},
+        {"model": {"config": {"model_type": "llama", "hidden_size": 2048, "intermediate_size": 8192,
+                              "num_hidden_layers": 16, "num_attention_heads": 32, "num_key_value_heads": 8,
+                              "vocab_size": 128256, "tie_word_embeddings": True}},
+         "method": "lora"},
+    ]})
+
     model: str | ModelConfig = Field(description="catalog id, any Hub id 'org/name[@revision]' (its config.json is "
                                      "fetched, see docs/hub.md), or {'config': {...config.json...}}")
 

@@ -22,6 +22,10 @@ class Memory(BaseModel):
     adapter_weights: int = Field(description="LoRA A/B, DoRA magnitudes (fp32) and modules_to_save copies")
     gradients: int = Field(description="gradients of trainable parameters (their dtype)")
     optimizer_states: int = Field(description="optimizer state in torch's allocator (paged states excluded)")
+    paged_optimizer_states: int = Field(
+        0, description="paged optimizer state (bitsandbytes paged_* optimizers, tensors with ≥1e5 elements) in CUDA "
+        "unified memory, per GPU: on the GPU while it has room, in host RAM otherwise (slow when evicted); "
+        "not part of peak or total")
     activations: int = Field(description="everything else alive at the peak: activations, temporaries, cuBLAS "
                              "workspaces (peak minus weights, constants, adapters, optimizer states and the "
                              "gradients alive then)")

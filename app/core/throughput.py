@@ -36,9 +36,12 @@ The model (all per token; sources in brackets):
 
 Time: ``seconds/token = FLOPs/token ÷ (num_gpus · bf16_tflops·10^12 · MFU) × slowdown``. MFU (model
 FLOPs utilisation) is the fraction of the datasheet peak a real step reaches; 0.40 is a typical value
-for well-tuned bf16 training of billion-parameter decoders [Chowdhery et al. 2022, PaLM Table 3: 46 %
-for PaLM 540B; Korthikanti et al. 2022: ~40–55 % with Megatron], and lower for small models, small
-batches and consumer cards. The slowdown factors (:data:`DEFAULT_SLOWDOWN`) cover the work MFU cannot
+for well-tuned bf16 training of billion-parameter decoders on datacenter GPUs [Chowdhery et al. 2022,
+PaLM Table 3: 46 % for PaLM 540B; Korthikanti et al. 2022: ~40–55 % with Megatron], and lower for small
+models, small batches and consumer cards. Without an MFU from the caller each GPU takes its class's
+(:data:`CLASS_MFU`, by the catalog's ``form``), or the median MFU measured by this server's finished
+calibrations of that GPU when there are some (``measured_mfu``, see :func:`achieved_mfu`).
+The slowdown factors (:data:`DEFAULT_SLOWDOWN`) cover the work MFU cannot
 see: QLoRA/QDoRA dequantize the NF4 base weights to bf16 for every matmul, forward and backward
 ("roughly 30 % to 50 % slower than standard LoRA", the article after the QLoRA paper, Dettmers et al.
 2023 → 1.4); DoRA recomputes the column norm ``‖W + ΔW‖`` of every adapted weight in every forward
@@ -55,6 +58,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from typing import Literal
 
 from pydantic import BaseModel, Field
 
@@ -69,6 +73,12 @@ DEFAULT_TOKENS = 100_000_000
 
 DEFAULT_MFU = 0.40
 """Model FLOPs utilisation: achieved ÷ datasheet dense bf16 FLOP/s (see the module docstring)."""
+
+CLASS_MFU: dict[str, float] = {"datacenter": DEFAULT_MFU, "workstation": 0.35, "consumer": 0.30}
+"""MFU by GPU class (the catalog's ``form``). datacenter: :data:`DEFAULT_MFU`. workstation and consumer cards
+are planning defaults, not measurements: their datasheet figures are boost-clock peaks that power and
+thermal limits (300–575 W boards, blower or open-air coolers) do not sustain through a long run, and they
+train at small micro-batches; calibrations of this server replace them per GPU."""
 
 DEFAULT_SLOWDOWN: dict[str, float] = {"qlora": 1.4, "dora": 1.2}
 """Wall-clock factors over plain LoRA at equal FLOPs. qlora: 4-bit dequantization (article / QLoRA:
@@ -207,6 +217,23 @@ def seconds_per_token(flops: float, bf16_tflops: float, *, mfu: float = DEFAULT_
     return flops / (num_gpus * bf16_tflops * 1e12 * mfu) * slowdown
 
 
+MfuSource = Literal["given", "calibrated", "class"]
+
+
+def mfu_for(g: Gpu, measured: Mapping[str, float] | None = None) -> tuple[float, MfuSource]:
+    """The MFU a GPU gets without one from the caller: this server's measured one, else its class default."""
+    if measured and g.id in measured:
+        return measured[g.id], "calibrated"
+    return CLASS_MFU.get(g.form, DEFAULT_MFU), "class"
+
+
+def achieved_mfu(req: PlanRequest, tokens_per_second: float, g: Gpu) -> float:
+    """MFU a measured run reached: FLOPs/token × tokens/s ÷ (num_gpus · bf16 TFLOP/s · 10^12), with the
+    method's FLOPs (the QLoRA/DoRA slowdown then shows as a lower MFU; measure a 16-bit twin to avoid it)."""
+    fl = flops_per_token(flop_counts(req), gradient_checkpointing=req.training.gradient_checkpointing)
+    return fl.total * tokens_per_second / (req.hardware.num_gpus * g.bf16_tflops * 1e12)
+
+
 class GpuCost(BaseModel):
     """Time and cost of the run on one catalog GPU type (``num_gpus`` cards of it)."""
 
@@ -214,6 +241,9 @@ class GpuCost(BaseModel):
     name: str
     num_gpus: int
     bf16_tflops: float = Field(description="datasheet dense bf16 TFLOP/s of one card")
+    mfu: float = Field(DEFAULT_MFU, description="model FLOPs utilisation used for this GPU")
+    mfu_source: MfuSource = Field("given", description="given (by the caller), calibrated (median of this "
+                                  "server's calibrations of this GPU) or class (CLASS_MFU by the card's form)")
     tokens_per_second: float = Field(description="all cards together")
     hours: float = Field(description="wall-clock hours for `tokens`")
     gpu_hours: float = Field(description="hours × num_gpus")
@@ -228,7 +258,7 @@ class ThroughputReport(BaseModel):
 
     method: Method
     tokens: int = Field(description="training tokens (all epochs)")
-    mfu: float
+    mfu: float | None = Field(description="the MFU given for every GPU; null: each GPU's own (gpus[].mfu)")
     slowdown: float = Field(description="wall-clock factor applied for the method (1.0 for full/lora)")
     flops_per_token: FlopsPerToken
     total_flops: float = Field(description="flops_per_token.total × tokens")
@@ -236,7 +266,7 @@ class ThroughputReport(BaseModel):
 
 
 def gpu_cost(g: Gpu, flops: float, tokens: int, *, mfu: float, num_gpus: int, slowdown: float,
-             price_override: float | None = None) -> GpuCost:
+             price_override: float | None = None, mfu_source: MfuSource = "given") -> GpuCost:
     """Hours and dollars for ``tokens`` on ``num_gpus`` cards of ``g`` (price per GPU-hour)."""
     s = seconds_per_token(flops, g.bf16_tflops, mfu=mfu, num_gpus=num_gpus, slowdown=slowdown)
     hours = tokens * s / 3600.0
@@ -246,38 +276,44 @@ def gpu_cost(g: Gpu, flops: float, tokens: int, *, mfu: float, num_gpus: int, sl
         price, date, source = g.price_usd_per_hour, g.price_date, "catalog"
     else:
         price, date, source = None, None, "none"
-    return GpuCost(gpu=g.id, name=g.name, num_gpus=num_gpus, bf16_tflops=g.bf16_tflops,
-                   tokens_per_second=1.0 / s, hours=hours, gpu_hours=hours * num_gpus,
+    return GpuCost(gpu=g.id, name=g.name, num_gpus=num_gpus, bf16_tflops=g.bf16_tflops, mfu=mfu,
+                   mfu_source=mfu_source, tokens_per_second=1.0 / s, hours=hours, gpu_hours=hours * num_gpus,
                    price_usd_per_hour=price, price_date=date, price_source=source,
                    cost_usd=None if price is None else hours * num_gpus * price)
 
 
 def throughput(req: PlanRequest, fitting_gpus: Iterable[str] | None = None, *, tokens: int = DEFAULT_TOKENS,
-               mfu: float = DEFAULT_MFU, slowdown: Mapping[str, float] | None = None,
-               prices: Mapping[str, float] | None = None) -> ThroughputReport:
+               mfu: float | None = None, slowdown: Mapping[str, float] | None = None,
+               prices: Mapping[str, float] | None = None,
+               measured_mfu: Mapping[str, float] | None = None) -> ThroughputReport:
     """Time and cost of ``req`` for ``tokens`` training tokens on each GPU in ``fitting_gpus``.
 
     ``fitting_gpus``: catalog ids the run fits on (e.g. ``[f.gpu for f in result.fits if f.fits]``);
     None means every catalog GPU. The request's ``hardware.num_gpus`` cards work in data parallel
     (micro-batches side by side), so time divides by it and cost multiplies back. ``prices``
-    overrides USD per GPU-hour by GPU id; ``slowdown`` overrides :data:`DEFAULT_SLOWDOWN`.
+    overrides USD per GPU-hour by GPU id; ``slowdown`` overrides :data:`DEFAULT_SLOWDOWN`. ``mfu`` applies to
+    every GPU; without it each GPU takes ``measured_mfu[gpu id]`` (this server's calibrations) or its class's.
     """
     if tokens < 1:
         raise ValueError("tokens must be at least 1")
-    if not 0 < mfu <= 1:
+    if mfu is not None and not 0 < mfu <= 1:
         raise ValueError("mfu must be in (0, 1]")
     fl = flops_per_token(flop_counts(req), gradient_checkpointing=req.training.gradient_checkpointing)
     factor = slowdown_for(req.method, slowdown)
     table = gpus()
     ids = list(table) if fitting_gpus is None else [i for i in fitting_gpus if i in table]
-    rows = [gpu_cost(table[i], fl.total, tokens, mfu=mfu, num_gpus=req.hardware.num_gpus, slowdown=factor,
-                     price_override=(prices or {}).get(i)) for i in ids]
+    rows = []
+    for i in ids:
+        g_mfu, source = (mfu, "given") if mfu is not None else mfu_for(table[i], measured_mfu)
+        rows.append(gpu_cost(table[i], fl.total, tokens, mfu=g_mfu, num_gpus=req.hardware.num_gpus,
+                             slowdown=factor, price_override=(prices or {}).get(i), mfu_source=source))
     rows.sort(key=lambda r: r.hours)
     return ThroughputReport(method=req.method, tokens=tokens, mfu=mfu, slowdown=factor, flops_per_token=fl,
                             total_flops=fl.total * tokens, gpus=rows)
 
 
 __all__ = [
+    "CLASS_MFU",
     "DEFAULT_MFU",
     "DEFAULT_SLOWDOWN",
     "DEFAULT_TOKENS",
@@ -285,10 +321,12 @@ __all__ = [
     "FlopsPerToken",
     "GpuCost",
     "ThroughputReport",
+    "achieved_mfu",
     "flop_counts",
     "flops_per_token",
     "gpu_cost",
     "inventory_of",
+    "mfu_for",
     "seconds_per_token",
     "slowdown_for",
     "throughput",

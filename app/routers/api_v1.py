@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel
 
-from app.calibration.store import calibration_summary
+from app.calibration.store import calibration_summary, measured_mfus
 from app.core import PlanError, PlanRequest, estimate
 from app.core.calibrated import apply_calibrations
 from app.core.catalog import gpus, model_config, model_configs
 from app.core.fit import FitRequest, FitResult, fit, parse_budget
+from app.core.levers import LeversResult, levers
+from app.core.ownership import BuyVsRent, BuyVsRentRequest, plan_buy_vs_rent
 from app.core.result import EstimateResult
 from app.deps import FitPoolDep, SettingsDep
 from app.errors import api_error, error_responses
@@ -20,6 +24,7 @@ from app.limits import limits
 from app.model_info import model_detail, model_row
 from app.models.generic import ensure_generic
 from app.models.resolve import resolve_request, with_source
+from app.pool import HeavyPool
 
 router = APIRouter(prefix="/api/v1", tags=["v1"])
 
@@ -81,6 +86,44 @@ async def get_fit(request: Request, pool: FitPoolDep, budget: str | None = None)
     """POST /fit from the planner page's flat query parameters (model, method, r, seq_len, gpu, …) plus
     ``budget`` ('24GiB', '24GB' or bytes; empty = hardware.gpu's VRAM). Errors: 422, detail[].loc is
     ['query', 'budget'] or ['query', *PlanRequest path] (e.g. ['query', 'lora', 'r'] for the form field r)."""
+    return await _from_query(request, pool, budget, lambda req, b, check: fit(
+        req, b, "hardware.gpu" if b is None else "budget", check))
+
+
+@router.post("/levers", response_model=LeversResult, responses=error_responses(413, 422, 429, 504))
+async def post_levers(body: FitRequest, request: Request, pool: FitPoolDep) -> LeversResult:
+    """"Make it fit": the changes that lower this plan's per-GPU total (no fp32 upcast, checkpointing, 8-bit or
+    paged optimizer, shorter sequences, smaller micro-batch, smaller r, LoRA/QLoRA, ZeRO-3/FSDP over more cards,
+    the cheapest card that holds it), each with its resulting total (bytes), whether it fits the budget, and
+    what it costs in speed, fidelity or money. Same body as POST /fit; runs in the fit pool."""
+    budget, _ = body.resolved_budget()
+    try:
+        return await pool.run(request, lambda check: levers(resolve_request(body.request)[0], budget))
+    except PlanError as exc:
+        raise PlanError(("request", *exc.loc), exc.message) from exc
+
+
+@router.get("/levers", response_model=LeversResult, responses=error_responses(422, 429, 504))
+async def get_levers(request: Request, pool: FitPoolDep, budget: str | None = None) -> LeversResult | JSONResponse:
+    """POST /levers from the planner page's flat query parameters plus ``budget`` (as GET /fit)."""
+    return await _from_query(request, pool, budget, lambda req, b, check: levers(req, b))
+
+
+@router.post("/buy-vs-rent", response_model=BuyVsRent, responses=error_responses(413, 422))
+def post_buy_vs_rent(body: BuyVsRentRequest, settings: SettingsDep) -> BuyVsRent:
+    """Buying consumer/workstation cards that hold the plan vs renting the cheapest cloud GPU that does: purchase
+    (USD), run hours, power per run (TDP × USD/kWh when given), break-even runs and hours. Time uses each GPU's
+    class MFU, or the MFU measured by this server's calibrations of it, unless ``mfu`` is given."""
+    try:
+        return plan_buy_vs_rent(body, measured_mfus(settings.database_path))
+    except PlanError as exc:
+        raise PlanError(("request", *exc.loc), exc.message) from exc
+
+
+async def _from_query(request: Request, pool: HeavyPool, budget: str | None,
+                      answer: Callable[[PlanRequest, int | None, Callable[[], None]], BaseModel]) -> Any:
+    """``answer(plan, budget bytes, check)`` in the fit pool for the page's query parameters, or a 422 naming
+    each bad field."""
     req, errors = parse_form(dict(request.query_params))
     detail = [_form_error(e) for e in errors]
     budget_bytes = None
@@ -91,9 +134,8 @@ async def get_fit(request: Request, pool: FitPoolDep, budget: str | None = None)
             detail.append({"loc": ["query", "budget"], "msg": str(exc), "type": "value_error"})
     if req is None or detail:
         return JSONResponse(status_code=422, content={"detail": detail})
-    source = "hardware.gpu" if budget_bytes is None else "budget"
     try:
-        return await pool.run(request, lambda check: fit(resolve_request(req)[0], budget_bytes, source, check))
+        return await pool.run(request, lambda check: answer(resolve_request(req)[0], budget_bytes, check))
     except PlanError as exc:
         return JSONResponse(status_code=422, content={"detail": [
             {"loc": ["query", *exc.loc], "msg": exc.message, "type": "plan_error"}]})

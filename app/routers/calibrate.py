@@ -12,9 +12,10 @@ import json
 from pathlib import Path
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Header, HTTPException, Query, Request, Response
+from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response, Security
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from fastapi.templating import Jinja2Templates
 from pydantic import Field, ValidationError
 
@@ -75,14 +76,21 @@ def _bearer(authorization: str | None) -> str | None:
     return value.strip() if scheme.lower() == "bearer" else None
 
 
-def require_token(settings: SettingsDep, authorization: Annotated[str | None, Header()] = None) -> None:
+BEARER = HTTPBearer(auto_error=False, scheme_name="bearer",
+                    description="the server's PEFT_PLANNER_TOKEN (calibrations run work on its devices)")
+"""The OpenAPI security scheme of the endpoints that start or stop work, so /docs' "Authorize" can send it."""
+
+
+def require_token(settings: SettingsDep,
+                  credentials: Annotated[HTTPAuthorizationCredentials | None, Security(BEARER)] = None) -> None:
     """Dependency: the bearer token that enables work on the server's devices."""
-    _check_token(settings, _bearer(authorization))
+    _check_token(settings, credentials.credentials if credentials is not None else None)
 
 
-def is_token_holder(settings: SettingsDep, authorization: Annotated[str | None, Header()] = None) -> bool:
+def is_token_holder(settings: SettingsDep,
+                    credentials: Annotated[HTTPAuthorizationCredentials | None, Security(BEARER)] = None) -> bool:
     """Dependency: whether the reader presented the token (full error details, server paths) or not."""
-    return _token_ok(settings, _bearer(authorization))
+    return _token_ok(settings, credentials.credentials if credentials is not None else None)
 
 
 TokenHolderDep = Annotated[bool, Depends(is_token_holder)]
@@ -197,7 +205,7 @@ def _form(request: Request, settings: Settings, body_json: str, form: dict[str, 
     }, status_code=status)
 
 
-@router.post("/calibrate", status_code=202, response_model=None,
+@router.post("/calibrate", status_code=202, response_model=None, openapi_extra={"security": [{"bearer": []}]},
              responses={303: {"description": "form submitted: redirect to the job's page"},
                         **error_responses(400, 401, 403, 413, 422)})
 async def calibrate_alias(request: Request, service: CalibrationServiceDep,
@@ -229,7 +237,7 @@ async def calibrate_alias(request: Request, service: CalibrationServiceDep,
         except ValueError as exc:
             return _form(request, settings, body_json, form, 422, [f"request: {exc}"])
         return RedirectResponse(f"/calibrations/{job_id}", status_code=303)
-    require_token(settings, request.headers.get("authorization"))
+    _check_token(settings, _bearer(request.headers.get("authorization")))
     try:
         payload = await request.json()
     except ValueError:

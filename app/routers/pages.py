@@ -20,11 +20,12 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi.templating import Jinja2Templates
 
-from app.calibration.store import measured_slowdowns
+from app.calibration.store import measured_mfus, measured_slowdowns
 from app.core import PlanError, estimate, format_bytes
 from app.core.catalog import gpus, model_configs
+from app.core.levers import levers
 from app.core.request import LoraSpec, QuantizationSpec, TrainingSpec
-from app.core.throughput import DEFAULT_MFU, DEFAULT_SLOWDOWN, DEFAULT_TOKENS
+from app.core.throughput import DEFAULT_SLOWDOWN, DEFAULT_TOKENS
 from app.deps import SettingsDep
 from app.forms import DEFAULT_MODEL, form_to_body, parse_cost_options, parse_form
 from app.models.resolve import resolve_request, with_source
@@ -42,7 +43,10 @@ from app.views import (
     format_tokens,
     format_usd,
     gpu_rows,
+    lever_fields,
+    paged_verdict,
     price_dates,
+    price_source,
     python_snippet,
     short_gpu,
     source_text,
@@ -59,12 +63,13 @@ templates.env.filters["flops"] = format_flops
 templates.env.filters["tokens"] = format_tokens
 templates.env.filters["short_gpu"] = short_gpu
 templates.env.globals.update(view_globals=view_globals, bar_label=bar_label, gpu_rows=gpu_rows,
-                             price_dates=price_dates, source_text=source_text)
+                             price_dates=price_dates, price_source=price_source, source_text=source_text)
 
 MAX_UPLOAD_BYTES = 256 * 1024
 NOT_IN_URL = ("config", "config_file")
 # empty means "default" for these, so links leave them out (not target_modules: empty there = PEFT's default)
-DROP_EMPTY = ("tokens", "mfu", "price", "qlora_slowdown", "dora_slowdown", "modules_to_save", "attn_implementation")
+DROP_EMPTY = ("tokens", "mfu", "price", "qlora_slowdown", "dora_slowdown", "modules_to_save", "attn_implementation",
+              "usd_per_kwh", "buy_price")
 
 router = APIRouter(include_in_schema=False)
 
@@ -86,6 +91,7 @@ def _context(request: Request, form: dict[str, str], config_text: str | None,
         measured = measured_slowdowns(settings.database_path, req.model)
         if "qlora" in measured and options.qlora_slowdown is None:
             options = replace(options, qlora_slowdown=measured["qlora"])
+    options = replace(options, measured_mfu=measured_mfus(settings.database_path))
     view = None
     result = None
     plan = req  # the core's request: a Hub id becomes its config (the snippets keep the id)
@@ -105,6 +111,11 @@ def _context(request: Request, form: dict[str, str], config_text: str | None,
             view = None  # the plan itself is refused (e.g. an unknown GPU): the error says why
     body = form_to_body(form, config_text)
     base_url = str(request.base_url)
+    lever_result = None
+    if view is not None and req is not None and result is not None:
+        lever_result = levers(req)
+    lever_links = ([_query(form, **lever_fields(lv)) for lv in lever_result.levers]
+                   if lever_result is not None and config_text is None else [])
     return {
         "request": request,
         "form": form,
@@ -119,13 +130,16 @@ def _context(request: Request, form: dict[str, str], config_text: str | None,
         "legend": SEGMENTS,
         "methods": METHODS,
         "defaults": {"lora": LoraSpec(), "quant": QuantizationSpec(), "training": TrainingSpec(),
-                     "tokens": format_tokens(DEFAULT_TOKENS), "mfu": DEFAULT_MFU, "slowdown": DEFAULT_SLOWDOWN},
+                     "tokens": format_tokens(DEFAULT_TOKENS), "mfu": "per GPU class", "slowdown": DEFAULT_SLOWDOWN},
         "default_model": DEFAULT_MODEL,
         "query": _query(form),
         "tab_query": {m: _query(form, method=m) for m, _, _ in METHODS},
         "curl": curl_snippet(req, base_url) if req is not None else "",
         "python": python_snippet(req) if req is not None else "",
         "estimate_json": json.dumps(result.model_dump(mode="json"), indent=2) if result else "",
+        "levers": lever_result,
+        "lever_links": lever_links,
+        "paged_note": paged_verdict(result, view.gpu.vram_bytes) if result and view else "",
     }
 
 
@@ -162,7 +176,7 @@ def compare_json(request: Request, settings: SettingsDep) -> JSONResponse:
     ctx = _context(request, form, None, settings)
     view = ctx["view"]
     fragments = {}
-    for name in ("costs", "details", "snippets"):
+    for name in ("notes", "levers", "costs", "details", "snippets"):
         fragments[name] = templates.get_template(f"_{name}.html").render(ctx) if view else ""
     content = {
         "query": ctx["query"],
