@@ -55,7 +55,7 @@ CREATE TABLE IF NOT EXISTS calibration_summaries (
     updated_at TEXT NOT NULL
 );
 """
-SCHEMA_VERSION = 3  # 2: calibration_summaries; 3: keyed by measured_device, + MFU (rebuilt when an older database opens)
+SCHEMA_VERSION = 3  # 2: calibration_summaries; 3: keyed by measured_device, + MFU (rebuilt on opening an older db)
 
 # A finished GPU job's request fields, read in SQL so summaries read only the rows they need.
 _GPU_OF = "measured_device"  # the card the job measured (app/calibration/devices.py), never the request's
