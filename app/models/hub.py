@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from app.core.catalog import did_you_mean, suggest_models
 from app.core.errors import PlanError
 from app.settings import get_settings
 
@@ -55,7 +56,10 @@ class HubConfig:
 
 
 def hub_error(repo_id: str, message: str) -> PlanError:
-    return PlanError(("model",), f"{repo_id!r} is not a catalog model; from the Hub: {message}")
+    """A 422 on ``model`` for a Hub id the Hub could not answer, with catalog suggestions (case, Base/Instruct
+    variants, mirrors: :func:`app.core.catalog.suggest_models`)."""
+    return PlanError(("model",), f"{repo_id!r} is not a catalog model;{did_you_mean(suggest_models(repo_id))} "
+                                 f"from the Hub: {message}")
 
 
 def _token_set() -> bool:
