@@ -8,10 +8,10 @@ import pytest
 from app.core.adapters import plan_adapters
 from app.core.architectures import SUPPORTED_MODEL_TYPES, parse_config
 from app.core.catalog import gpus, model_configs, model_sources
-from app.core.errors import PlanError
-from app.core.estimate import inventory_for
+from app.core.generic import model_inventory
 from app.core.inventory import build_inventory
-from app.core.request import LoraSpec
+from app.core.request import LoraSpec, PlanRequest
+from app.models.generic import ensure_generic
 
 from .reference.hf import architecture_model, meta_model
 from .reference.peft_ref import peft_counts
@@ -20,7 +20,7 @@ pytestmark = pytest.mark.slow
 
 
 # Catalog models whose architecture the hand-written rules (app/core/architectures.py) do not cover: the generic
-# path estimates them; until it does, the core refuses them with its 422 and only transformers is checked here.
+# path (app/models/generic.py) builds their inventory from transformers on the meta device.
 GENERIC = sorted(k for k, c in model_configs().items() if c.get("model_type") not in SUPPORTED_MODEL_TYPES)
 RULES = sorted(k for k in model_configs() if k not in GENERIC)
 
@@ -39,18 +39,16 @@ def test_catalog_is_large_covers_every_family_and_names_its_sources() -> None:
 @pytest.mark.parametrize("model_id", RULES)
 def test_total_params_equal_transformers(model_id: str) -> None:
     cfg = model_configs()[model_id]
-    assert inventory_for(model_id).total_params == meta_model(cfg).num_parameters()
+    assert model_inventory(model_id)[1].total_params == meta_model(cfg).num_parameters()
 
 
 @pytest.mark.parametrize("model_id", GENERIC)
-def test_generic_path_models_build_in_transformers(model_id: str) -> None:
-    """transformers 5.24 builds the model the config names (its ``architectures`` class) without remote code; the
-    hand-written rules refuse it with the clear 422 naming ``model_type`` (the generic path's tests compare its
-    inventory with this same reference)."""
+def test_generic_path_models_equal_transformers(model_id: str) -> None:
+    """transformers 5.24 builds the model the config names (its ``architectures`` class) without remote code, and
+    the generic path's inventory has exactly its parameter count."""
     cfg = model_configs()[model_id]
-    assert architecture_model(cfg).num_parameters() > 0
-    with pytest.raises(PlanError, match="unsupported model_type"):
-        parse_config(cfg)
+    ensure_generic(PlanRequest(model=model_id))
+    assert model_inventory(model_id)[1].total_params == architecture_model(cfg).num_parameters()
 
 
 @pytest.mark.parametrize(

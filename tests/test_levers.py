@@ -184,8 +184,8 @@ def test_paged_optimizer_state_is_its_own_figure_and_in_the_verdict() -> None:
     req, _ = parse_form(form)
     assert req is not None
     res = estimate(req)
-    from app.core.estimate import inventory_for
-    big = sum(t.numel for t in inventory_for("meta-llama/Llama-3.1-8B").unique_tensors() if t.numel >= 100_000)
+    from app.core.generic import model_inventory
+    big = sum(t.numel for t in model_inventory("meta-llama/Llama-3.1-8B")[1].unique_tensors() if t.numel >= 100_000)
     assert res.memory.paged_optimizer_states == 2 * big + 6 * 128_256 * 4_096
     spare = gpu("nvidia-a100-40gb").vram_bytes - res.memory.total
     assert 0 < spare < res.memory.paged_optimizer_states
