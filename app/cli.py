@@ -44,7 +44,6 @@ OPTIMS = ("adamw_torch", "adamw_torch_fused", "adamw_bnb_8bit", "paged_adamw_8bi
 SHARDINGS = ("none", "ddp", "zero1", "zero2", "zero3", "fsdp")
 ATTN_IMPLS = ("flash_attention_2", "sdpa", "eager")
 MODEL_KEYS = frozenset({"base_model", "base_model_config", "base_model_name_or_path"})
-PLANNER_SOURCE = "planner"  # app.importers.assumed.SOURCE: a default of the planner itself, not of a file
 
 
 class CliError(Exception):
@@ -200,7 +199,9 @@ def build_body(args: argparse.Namespace) -> tuple[dict[str, Any], list[Any]]:
 
 def assumed_line(n: Any) -> str:
     """'assumed training.seq_len=2048 (default; not in any input)'; a file's default names the file."""
-    where = "" if n.source == PLANNER_SOURCE else f"{n.source}: "
+    from app.importers.assumed import SOURCE  # the planner's own defaults (not a file's)
+
+    where = "" if n.source == SOURCE else f"{n.source}: "
     return f"{where}assumed {n.field}={json.dumps(n.value)} ({n.message})"
 
 
