@@ -13,6 +13,7 @@ import pytest
 
 from app.calibration.devices import measured_device
 from app.calibration.store import JobStore, calibration_samples
+from app.core import PlanRequest
 from app.core.catalog import gpu_for_device, gpus
 from app.core.overhead import cublas_workspace_bytes
 from app.forms import form_to_body
@@ -127,6 +128,9 @@ def _textarea(html: str) -> dict[str, Any]:
 
 
 def test_calibrate_this_plan_prefills_the_form(tmp_path: Path) -> None:
+    # the page's form fields read as the planner reads them, every default spelled out
+    PLAN = PlanRequest.model_validate(form_to_body(PLAN_QUERY)).model_dump(mode="json")
+    assert PLAN["method"] == "qlora" and PLAN["lora"]["r"] == 16 and PLAN["training"]["seq_len"] == 1024
     with _client(tmp_path / "db.sqlite3") as client:
         planner = client.get("/", params=PLAN_QUERY)
         assert 'formaction="/calibrate/plan"' in planner.text and "Calibrate this plan" in planner.text
@@ -135,13 +139,13 @@ def test_calibrate_this_plan_prefills_the_form(tmp_path: Path) -> None:
         # the planner's button posts its form fields (the no-JS path of the same form)
         page = client.post("/calibrate/plan", data=PLAN_QUERY)
         assert page.status_code == 200 and 'id="from-plan"' in page.text
-        assert _textarea(page.text) == form_to_body(PLAN_QUERY)
+        assert _textarea(page.text) == PLAN
         assert 'name="token"' in page.text and client.get("/api/v1/calibrations").json()["total"] == 0
         # a pasted config.json travels too
         pasted = client.post("/calibrate/plan", data={**PLAN_QUERY, "config": json.dumps(LORA_BODY["model"]["config"])})
-        assert _textarea(pasted.text)["model"] == LORA_BODY["model"]
+        assert _textarea(pasted.text)["model"] == {"config": LORA_BODY["model"]["config"]}
         # a link with the planner's query string does the same
-        assert _textarea(client.get("/calibrate", params=PLAN_QUERY).text) == form_to_body(PLAN_QUERY)
+        assert _textarea(client.get("/calibrate", params=PLAN_QUERY).text) == PLAN
 
 
 # --- real CPU runs ----------------------------------------------------------------------------------------------
@@ -193,3 +197,21 @@ def test_cancel_button_needs_the_token(tmp_path: Path) -> None:
         while client.get(f"/api/v1/calibrations/{first}").json()["status"] not in ("cancelled", "done"):
             assert time.monotonic() < deadline
             time.sleep(0.2)
+
+
+@pytest.mark.gpu
+def test_cuda_calibration_records_the_card_it_measured() -> None:
+    """The GPU twin of the cpu test above: a real CUDA run names the catalog id of its device."""
+    import torch
+
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA device: the cpu twin is test_cpu_calibration_records_cpu_and_teaches_no_gpu")
+    from app.calibration.measure import calibrate
+
+    result = calibrate(PlanRequest.model_validate(_body(LORA_BODY)), "cuda:0", 1, 1, None)
+    props = torch.cuda.get_device_properties(0)
+    assert result["environment"]["gpu_name"] == props.name
+    card = gpu_for_device(props.name, props.total_memory)
+    assert result["measured_device"] == (card or props.name)
+    if card is not None:
+        assert abs(gpus()[card].vram_bytes - props.total_memory) <= 0.05 * gpus()[card].vram_bytes

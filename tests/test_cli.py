@@ -50,7 +50,7 @@ def test_check_fits_and_does_not_fit(launcher: list[str]) -> None:
     short = run("check", "--budget", "8GiB", *LLAMA_QLORA, launcher=launcher)
     assert short.returncode == 1, short.stderr
     assert short.stdout.startswith("does not fit: ")
-    assert f"short by {cli._gib(total - 8 * 2**30)} ({total - 8 * 2**30:,} bytes)" in short.stdout
+    assert f"short by {cli.gib(total - 8 * 2**30)} ({total - 8 * 2**30:,} bytes)" in short.stdout
 
 
 def test_check_defaults_to_the_gpu_vram_and_json() -> None:
@@ -128,7 +128,7 @@ def test_estimate_table() -> None:
     memory_total = [line for line in text.splitlines() if line.strip().startswith("total ") and "base" not in line]
     assert len(memory_total) == 1
     total_line = memory_total[0]
-    assert cli._gib(result.memory.total) in total_line and f"{result.memory.total:,}" in total_line
+    assert cli.gib(result.memory.total) in total_line and f"{result.memory.total:,}" in total_line
     assert "GiB" in text and " GB" not in text  # binary units
     assert "nvidia-rtx-4090 (" in text and "fits" in text
 
@@ -145,8 +145,8 @@ def test_fit_text_and_json() -> None:
     assert data["budget_bytes"] == 24 * 2**30 and data["budget_source"] == "budget"
     mbs = data["searches"]["micro_batch_size"]
     assert mbs["total_bytes"] <= 24 * 2**30 < mbs["next_total_bytes"]
-    assert re.search(rf"training\.micro_batch_size +{mbs['value']} +total {cli._gib(mbs['total_bytes'])}; "
-                     rf"{mbs['value'] + 1} needs {cli._gib(mbs['next_total_bytes'])}", text)
+    assert re.search(rf"training\.micro_batch_size +{mbs['value']} +total {cli.gib(mbs['total_bytes'])}; "
+                     rf"{mbs['value'] + 1} needs {cli.gib(mbs['next_total_bytes'])}", text)
 
 
 def test_files_are_merged_and_unknown_keys_go_to_stderr(tmp_path: Path) -> None:

@@ -7,14 +7,10 @@ post-trained model, Qwen/Qwen3-8B-Base the pre-trained one: the same config.json
 
 from __future__ import annotations
 
-import dataclasses
-import warnings
-
 import pytest
 from fastapi.testclient import TestClient
 
 from app.core.catalog import model_configs, suggest_gpus, suggest_models
-from app.importers.hf_training import SFT_CONFIG_FIELDS, SFT_DEFAULTS, TA_DEFAULTS, TRAINING_ARGUMENTS_FIELDS
 from app.main import create_app
 
 
@@ -78,19 +74,3 @@ def test_api_and_page_422_say_did_you_mean(body: dict, loc: list[str], hint: str
                                                                 if "hardware" in body else {})})
     assert page.status_code == 422
     assert hint.replace("'", "&#39;") in page.text
-
-
-def test_field_lists_are_the_libraries() -> None:
-    """The importer's field lists and defaults are transformers 5.24's TrainingArguments and TRL 1.16's SFTConfig."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        from transformers import TrainingArguments
-        from trl import SFTConfig
-    ta = {f.name: f for f in dataclasses.fields(TrainingArguments)}
-    sft = {f.name: f for f in dataclasses.fields(SFTConfig)}
-    assert set(ta) == TRAINING_ARGUMENTS_FIELDS
-    assert set(sft) - set(ta) == SFT_CONFIG_FIELDS
-    assert {k: ta[k].default for k in TA_DEFAULTS} == {**TA_DEFAULTS, "activation_checkpointing": None}  # → False
-    assert {k: sft[k].default for k in ("per_device_train_batch_size", "optim", "max_length")} == {
-        k: SFT_DEFAULTS[k] for k in ("per_device_train_batch_size", "optim", "max_length")}
-    assert sft["gradient_checkpointing"].default is SFT_DEFAULTS["activation_checkpointing"] is True

@@ -173,8 +173,17 @@ def calibrate_form(request: Request, settings: SettingsDep) -> HTMLResponse:
     """The form; with the planner's query parameters (``/calibrate?model=…&method=qlora&…``) it holds that plan."""
     query = dict(request.query_params)
     if query:
-        return _form(request, settings, json.dumps(form_to_body(query), indent=2), {}, status=200, from_plan=True)
+        return _form(request, settings, _plan_json(form_to_body(query)), {}, status=200, from_plan=True)
     return _form(request, settings, EXAMPLE_BODY, {}, status=200)
+
+
+def _plan_json(body: dict[str, Any]) -> str:
+    """The planner's plan as the request JSON, every default spelled out (as typed when it does not validate:
+    the calibrate form then names the field)."""
+    try:
+        return json.dumps(PlanRequest.model_validate(body).model_dump(mode="json"), indent=2)
+    except ValidationError:
+        return json.dumps(body, indent=2)
 
 
 @router.post("/calibrate/plan", response_class=HTMLResponse, include_in_schema=False)
@@ -184,8 +193,7 @@ async def calibrate_this_plan(request: Request, settings: SettingsDep) -> HTMLRe
     data = await request.form()
     form = {k: v for k, v in data.items() if isinstance(v, str)}
     config_text = form.pop("config", "") or None
-    return _form(request, settings, json.dumps(form_to_body(form, config_text), indent=2), {}, status=200,
-                 from_plan=True)
+    return _form(request, settings, _plan_json(form_to_body(form, config_text)), {}, status=200, from_plan=True)
 
 
 EXAMPLE_BODY = json.dumps({
