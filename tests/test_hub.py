@@ -35,8 +35,13 @@ QWEN3 = {**TINY_CONFIGS["qwen3"], "architectures": ["Qwen3ForCausalLM"]}
 FP8 = {**TINY_CONFIGS["mistral"], "architectures": ["MistralForCausalLM"],
        "quantization_config": {"quant_method": "fp8", "activation_scheme": "dynamic", "weight_block_size": [128, 128]}}
 MXFP4 = {**LLAMA, "quantization_config": {"quant_method": "mxfp4", "modules_to_not_convert": ["lm_head"]}}
-REMOTE = {"model_type": "my_private_arch", "architectures": ["MyForCausalLM"], "hidden_size": 64,
-          "auto_map": {"AutoConfig": "configuration_my.MyConfig", "AutoModelForCausalLM": "modeling_my.MyForCausalLM"}}
+# Qwen/Qwen-7B (the first Qwen): a real config.json that needs trust_remote_code (model_type "qwen" is not in
+# transformers; its auto_map names the repo's own modeling_qwen.py), as kept at github.com/zhangningboo/Qwen-7B
+# (commit abcb6d6d8ec6), abridged to the keys that matter here.
+REMOTE = {"architectures": ["QWenLMHeadModel"], "model_type": "qwen", "hidden_size": 4096, "num_hidden_layers": 32,
+          "num_attention_heads": 32, "intermediate_size": 22016, "vocab_size": 151936, "kv_channels": 128,
+          "auto_map": {"AutoConfig": "configuration_qwen.QWenConfig",
+                       "AutoModelForCausalLM": "modeling_qwen.QWenLMHeadModel"}}
 HUGE = {**LLAMA, "padding": "x" * (MAX_BYTES + 1)}
 
 REPOS = {
@@ -124,7 +129,8 @@ def test_fit_takes_hub_ids(server: str) -> None:
     ("test-org/private-llama", ["private", "set HF_TOKEN", "paste"]),
     ("test-org/no-such-model", ["no such model on the Hub", "paste"]),
     ("test-org/tiny-llama@v9", ["no revision 'v9'"]),
-    ("test-org/remote-code", ["trust_remote_code", "my_private_arch", "modeling_my.MyForCausalLM"]),
+    ("test-org/remote-code", ["trust_remote_code", "model_type 'qwen' is not in transformers 5.24",
+                              "modeling_qwen.QWenLMHeadModel", "runs no code from a repository"]),
     ("test-org/huge-config", [f"over the {MAX_BYTES}-byte limit", "PEFT_PLANNER_HUB_MAX_CONFIG_BYTES"]),
 ])
 def test_hub_refusals_are_a_clear_422_on_model(server: str, hub: StandInHub, model: str,
