@@ -53,6 +53,7 @@ REPOS = {
     "test-org/mxfp4-llama": config_repo(MXFP4, "mxfp4"),
     "test-org/remote-code": config_repo(REMOTE, "remote"),
     "test-org/huge-config": config_repo(HUGE, "huge"),
+    "test-org/slow-llama": config_repo(LLAMA, "slow", delay_s=3.0),
 }
 
 
@@ -227,6 +228,16 @@ def test_cli_fetches_caches_and_works_offline_from_the_cache(hub: StandInHub, tm
     assert "unreachable: ConnectError" in json.loads(cached.stdout)["source"]["origin"]
     gone = cli(down, "estimate", "--model", "test-org/tiny-llama")
     assert gone.returncode == 2 and "unreachable" in gone.stderr and "paste the model's config.json" in gone.stderr
+
+
+def test_a_hub_that_hangs_is_cut_off_by_the_timeout(hub: StandInHub, tmp_path: Path) -> None:
+    # PEFT_PLANNER_HUB_TIMEOUT_S=1 against a Hub that answers after 3 s: the request fails on the read timeout
+    # (one try, no retries) and, with nothing cached, says so instead of waiting
+    env = hub_env(hub.url, tmp_path / "hf-home", PEFT_PLANNER_HUB_TIMEOUT_S="1")
+    out = cli(env, "estimate", "--model", "test-org/slow-llama")
+    assert out.returncode == 2
+    assert f"{hub.url} unreachable: ReadTimeout" in out.stderr and "paste the model's config.json" in out.stderr
+    assert [m for m, p in hub.requests if "slow-llama" in p] == ["HEAD"]
 
 
 def test_cli_token_opens_a_gated_repo(hub: StandInHub, tmp_path: Path) -> None:
