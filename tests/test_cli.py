@@ -16,6 +16,7 @@ import pytest
 from app import cli
 from app.core import PlanRequest, estimate
 from app.core import request as core_request
+from app.models.resolve import resolve_request, with_source
 
 from .serving import free_port, running_server
 
@@ -94,10 +95,12 @@ def test_estimate_json_is_the_api_response() -> None:
     data = json.loads(out.stdout)
     assert data["parameters"]["total"] == 8030261248
     assert data["parameters"]["trainable"] == 41943040  # README: r=16 on all-linear
-    expected = estimate(PlanRequest(model="meta-llama/Llama-3.1-8B", method="qlora",
-                                    lora={"r": 16, "lora_alpha": 32, "target_modules": "all-linear"},
-                                    training={"optim": "paged_adamw_8bit"}, hardware={"gpu": "nvidia-rtx-4090"}))
-    assert data == expected.model_dump(mode="json")
+    req, source = resolve_request(PlanRequest(
+        model="meta-llama/Llama-3.1-8B", method="qlora",
+        lora={"r": 16, "lora_alpha": 32, "target_modules": "all-linear"},
+        training={"optim": "paged_adamw_8bit"}, hardware={"gpu": "nvidia-rtx-4090"}))
+    assert data == with_source(estimate(req), source).model_dump(mode="json")
+    assert data["source"]["kind"] == "catalog" and data["source"]["hub_id"] == "meta-llama/Llama-3.1-8B"
 
 
 def test_estimate_table() -> None:
