@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -33,11 +34,12 @@ class Repo:
     commit: str
     access: str = "public"  # public | gated | private
     branches: tuple[str, ...] = ("main",)
+    delay_s: float = 0.0  # answer this late (a Hub that hangs)
 
 
-def config_repo(config: dict[str, Any], commit_seed: str, access: str = "public") -> Repo:
+def config_repo(config: dict[str, Any], commit_seed: str, access: str = "public", delay_s: float = 0.0) -> Repo:
     body = json.dumps(config, indent=2).encode()
-    return Repo({"config.json": body}, hashlib.sha1(commit_seed.encode()).hexdigest(), access)
+    return Repo({"config.json": body}, hashlib.sha1(commit_seed.encode()).hexdigest(), access, delay_s=delay_s)
 
 
 @dataclass
@@ -77,6 +79,7 @@ def _handler(hub: StandInHub) -> type[BaseHTTPRequestHandler]:
             if repo is None:
                 self._error(404, "RepoNotFound")
                 return
+            time.sleep(repo.delay_s)
             auth = self.headers.get("Authorization", "")
             if repo.access != "public" and auth != f"Bearer {GOOD_TOKEN}":
                 if repo.access == "gated":

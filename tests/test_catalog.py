@@ -27,7 +27,7 @@ RULES = sorted(k for k in model_configs() if k not in GENERIC)
 
 def test_catalog_is_large_covers_every_family_and_names_its_sources() -> None:
     configs = model_configs()
-    assert len(configs) >= 30
+    assert len(configs) >= 80
     families = {c["model_type"] for c in configs.values()}
     assert families >= set(SUPPORTED_MODEL_TYPES)
     sources = model_sources()

@@ -16,6 +16,7 @@ import pytest
 from app import cli
 from app.core import PlanRequest, estimate
 from app.core import request as core_request
+from app.models.resolve import resolve_request, with_source
 
 from .serving import free_port, running_server
 
@@ -95,11 +96,13 @@ def test_estimate_json_is_the_api_response() -> None:
     data = json.loads(out.stdout)
     assert data["parameters"]["total"] == 8030261248
     assert data["parameters"]["trainable"] == 41943040  # README: r=16 on all-linear
-    expected = estimate(PlanRequest(model="meta-llama/Llama-3.1-8B", method="qlora",
-                                    lora={"r": 16, "lora_alpha": 32, "target_modules": "all-linear"},
-                                    training={"optim": "paged_adamw_8bit"}, hardware={"gpu": "nvidia-rtx-4090"}))
+    req, source = resolve_request(PlanRequest(
+        model="meta-llama/Llama-3.1-8B", method="qlora",
+        lora={"r": 16, "lora_alpha": 32, "target_modules": "all-linear"},
+        training={"optim": "paged_adamw_8bit"}, hardware={"gpu": "nvidia-rtx-4090"}))
     assumed = data.pop("assumed")  # the defaults the CLI filled (tests/test_cli_inputs.py)
-    assert data == expected.model_dump(mode="json")
+    assert data == with_source(estimate(req), source).model_dump(mode="json")
+    assert data["source"]["kind"] == "catalog" and data["source"]["hub_id"] == "meta-llama/Llama-3.1-8B"
     assert [a["field"] for a in assumed] == ["training.precision", "training.micro_batch_size", "training.seq_len",
                                              "training.gradient_checkpointing", "training.attn_implementation",
                                              "hardware.num_gpus", "lora.lora_dropout", "quantization.load_in_8bit",
@@ -110,9 +113,12 @@ def test_estimate_json_is_the_api_response() -> None:
 def test_alloc_conf_flag() -> None:
     out = run("estimate", *LLAMA_QLORA, "--alloc-conf", "expandable_segments:True", "--json")
     assert out.returncode == 0, out.stderr
-    expected = estimate(PlanRequest(model="meta-llama/Llama-3.1-8B", method="qlora",
-                                    hardware={"pytorch_cuda_alloc_conf": "expandable_segments:True"}))
-    assert json.loads(out.stdout) == expected.model_dump(mode="json")
+    req, source = resolve_request(PlanRequest(model="meta-llama/Llama-3.1-8B", method="qlora",
+                                              hardware={"pytorch_cuda_alloc_conf": "expandable_segments:True"}))
+    expected = with_source(estimate(req), source)
+    data = json.loads(out.stdout)
+    data.pop("assumed")
+    assert data == expected.model_dump(mode="json")
     assert expected.allocator.rule.startswith("expandable_segments/checkpointed")
     assert expected.allocator.expandable_segments_saves_bytes == 0  # already on
 

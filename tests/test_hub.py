@@ -35,8 +35,13 @@ QWEN3 = {**TINY_CONFIGS["qwen3"], "architectures": ["Qwen3ForCausalLM"]}
 FP8 = {**TINY_CONFIGS["mistral"], "architectures": ["MistralForCausalLM"],
        "quantization_config": {"quant_method": "fp8", "activation_scheme": "dynamic", "weight_block_size": [128, 128]}}
 MXFP4 = {**LLAMA, "quantization_config": {"quant_method": "mxfp4", "modules_to_not_convert": ["lm_head"]}}
-REMOTE = {"model_type": "my_private_arch", "architectures": ["MyForCausalLM"], "hidden_size": 64,
-          "auto_map": {"AutoConfig": "configuration_my.MyConfig", "AutoModelForCausalLM": "modeling_my.MyForCausalLM"}}
+# Qwen/Qwen-7B (the first Qwen): a real config.json that needs trust_remote_code (model_type "qwen" is not in
+# transformers; its auto_map names the repo's own modeling_qwen.py), as kept at github.com/zhangningboo/Qwen-7B
+# (commit abcb6d6d8ec6), abridged to the keys that matter here.
+REMOTE = {"architectures": ["QWenLMHeadModel"], "model_type": "qwen", "hidden_size": 4096, "num_hidden_layers": 32,
+          "num_attention_heads": 32, "intermediate_size": 22016, "vocab_size": 151936, "kv_channels": 128,
+          "auto_map": {"AutoConfig": "configuration_qwen.QWenConfig",
+                       "AutoModelForCausalLM": "modeling_qwen.QWenLMHeadModel"}}
 HUGE = {**LLAMA, "padding": "x" * (MAX_BYTES + 1)}
 
 REPOS = {
@@ -48,6 +53,7 @@ REPOS = {
     "test-org/mxfp4-llama": config_repo(MXFP4, "mxfp4"),
     "test-org/remote-code": config_repo(REMOTE, "remote"),
     "test-org/huge-config": config_repo(HUGE, "huge"),
+    "test-org/slow-llama": config_repo(LLAMA, "slow", delay_s=3.0),
 }
 
 
@@ -124,7 +130,8 @@ def test_fit_takes_hub_ids(server: str) -> None:
     ("test-org/private-llama", ["private", "set HF_TOKEN", "paste"]),
     ("test-org/no-such-model", ["no such model on the Hub", "paste"]),
     ("test-org/tiny-llama@v9", ["no revision 'v9'"]),
-    ("test-org/remote-code", ["trust_remote_code", "my_private_arch", "modeling_my.MyForCausalLM"]),
+    ("test-org/remote-code", ["trust_remote_code", "model_type 'qwen' is not in transformers 5.24",
+                              "modeling_qwen.QWenLMHeadModel", "runs no code from a repository"]),
     ("test-org/huge-config", [f"over the {MAX_BYTES}-byte limit", "PEFT_PLANNER_HUB_MAX_CONFIG_BYTES"]),
 ])
 def test_hub_refusals_are_a_clear_422_on_model(server: str, hub: StandInHub, model: str,
@@ -221,6 +228,16 @@ def test_cli_fetches_caches_and_works_offline_from_the_cache(hub: StandInHub, tm
     assert "unreachable: ConnectError" in json.loads(cached.stdout)["source"]["origin"]
     gone = cli(down, "estimate", "--model", "test-org/tiny-llama")
     assert gone.returncode == 2 and "unreachable" in gone.stderr and "paste the model's config.json" in gone.stderr
+
+
+def test_a_hub_that_hangs_is_cut_off_by_the_timeout(hub: StandInHub, tmp_path: Path) -> None:
+    # PEFT_PLANNER_HUB_TIMEOUT_S=1 against a Hub that answers after 3 s: the request fails on the read timeout
+    # (one try, no retries) and, with nothing cached, says so instead of waiting
+    env = hub_env(hub.url, tmp_path / "hf-home", PEFT_PLANNER_HUB_TIMEOUT_S="1")
+    out = cli(env, "estimate", "--model", "test-org/slow-llama")
+    assert out.returncode == 2
+    assert f"{hub.url} unreachable: ReadTimeout" in out.stderr and "paste the model's config.json" in out.stderr
+    assert [m for m, p in hub.requests if "slow-llama" in p] == ["HEAD"]
 
 
 def test_cli_token_opens_a_gated_repo(hub: StandInHub, tmp_path: Path) -> None:

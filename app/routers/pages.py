@@ -94,7 +94,7 @@ def _context(request: Request, form: dict[str, str], config_text: str | None,
     options = replace(options, measured_mfu=measured_mfus(settings.database_path))
     view = None
     result = None
-    plan = req  # the core's request: a Hub id becomes its config (the snippets keep the id)
+    plan, source = req, None  # the core's request: a Hub id becomes its config (the snippets keep the id)
     if req is not None:
         try:
             plan, source = resolve_request(req)
