@@ -192,3 +192,15 @@ def test_paged_optimizer_state_is_its_own_figure_and_in_the_verdict() -> None:
     page = client.get("/", params=form).text
     assert f"Plus {format_bytes(res.memory.paged_optimizer_states)} of paged optimizer state" in page
     assert "pages out to host RAM" in page and "paged state pages to host RAM" in page
+
+
+def test_note_on_qlora_activations_above_lora() -> None:
+    """Llama-3.1-8B: QLoRA keeps more activations than LoRA only because of the fp32 upcast."""
+    body = {"model": "meta-llama/Llama-3.1-8B", "lora": {"target_modules": "all-linear"}}
+    for prepare_kbit in (True, False):
+        b = {**body, "quantization": {"prepare_kbit": prepare_kbit}}
+        res = {m: estimate(PlanRequest.model_validate({**b, "method": m})) for m in ("lora", "qlora")}
+        topics = [n.topic for n in surprises(PlanRequest.model_validate(b), res)]
+        above = res["qlora"].memory.activations > res["lora"].memory.activations
+        assert above is prepare_kbit
+        assert ("quantized_activations" in topics) is above
