@@ -39,9 +39,10 @@ def apply_calibrations(result: EstimateResult, gpu_id: str, samples: list[Calibr
     mem = result.memory
     overhead = context + int(fraction * mem.peak)
     memory = mem.model_copy(update={"overhead": overhead, "total": mem.peak + overhead})
-    fits = [f.model_copy(update={"headroom_bytes": f.vram_bytes - memory.total,
-                                 "fits": memory.total <= f.vram_bytes}) if f.gpu == gpu_id else f
-            for f in result.fits]
+    paged = mem.paged_optimizer_states
+    fits = [f.model_copy(update={"headroom_bytes": f.vram_bytes - memory.total, "fits": memory.total <= f.vram_bytes,
+                                 "paged_on_gpu": f.vram_bytes - memory.total >= paged if paged else None})
+            if f.gpu == gpu_id else f for f in result.fits]
     info = CalibrationRef(
         gpu=gpu_id, used=[s.job_id for s in usable], context_bytes=context, reserve_fraction=round(fraction, 6),
         peak_error_low_percent=round(100 * min(gaps), 3), peak_error_high_percent=round(100 * max(gaps), 3),

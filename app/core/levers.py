@@ -29,6 +29,7 @@ Pure Python: imports neither torch nor FastAPI.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, Literal
 
 from pydantic import BaseModel, Field
@@ -162,6 +163,14 @@ def _switches(req: PlanRequest) -> list[tuple[str, str, dict[str, Any], CostKind
     return out
 
 
+def _searched(search: Callable[[], int | None]) -> int | None:
+    """A fit search's answer, or None where the planner refuses a probe (that lever is then left out)."""
+    try:
+        return search()
+    except PlanError:
+        return None
+
+
 def levers(req: PlanRequest, budget_bytes: int | None = None) -> LeversResult:
     """Every lever for ``req`` against ``budget_bytes`` per GPU (default: hardware.gpu's VRAM).
 
@@ -175,14 +184,14 @@ def levers(req: PlanRequest, budget_bytes: int | None = None) -> LeversResult:
     for lever_id, title, changes, kind, cost in switches:
         b.lever(lever_id, title, changes, kind, cost)
 
-    seq = max_seq_len(req, budget).value
+    seq = _searched(lambda: max_seq_len(req, budget).value)
     if seq is not None and seq < t.seq_len:
         nice = max(seq - seq % 128, 1) if seq >= 256 else seq
         for value in dict.fromkeys((nice, seq)):
             if b.lever("seq_len", f"Shorten sequences to {value:,} tokens (seq_len)", {"training.seq_len": value},
                        "fidelity", f"sequences longer than {value:,} tokens must be truncated or split"):
                 break
-    mbs = max_micro_batch_size(req, budget).value
+    mbs = _searched(lambda: max_micro_batch_size(req, budget).value)
     if mbs is not None and mbs < t.micro_batch_size:
         d = max(k for k in range(1, mbs + 1) if t.micro_batch_size % k == 0)
         steps = t.micro_batch_size // d
@@ -191,7 +200,7 @@ def levers(req: PlanRequest, budget_bytes: int | None = None) -> LeversResult:
                 f"the same {t.micro_batch_size} sequences per optimizer step in {steps} smaller passes (smaller "
                 "matmuls use the GPU less well; not in the time model)")
     if req.uses_adapter:
-        r = max_lora_r(req, budget).value
+        r = _searched(lambda: max_lora_r(req, budget).value)
         if r is not None and r < req.lora.r:
             p2 = 1 << (r.bit_length() - 1)
             for value in dict.fromkeys((p2, r)):
@@ -201,7 +210,7 @@ def levers(req: PlanRequest, budget_bytes: int | None = None) -> LeversResult:
 
     if current.memory.total > budget:
         for sharding, name in (("zero3", "DeepSpeed ZeRO-3"), ("fsdp", "FSDP full shard")):
-            n, _ = smallest_group(req, sharding, budget)
+            n = _searched(lambda s=sharding: smallest_group(req, s, budget)[0])
             if n is not None and n > req.hardware.num_gpus:
                 g = catalog_gpu(req.hardware.gpu)
                 price = (f" at ${g.price_usd_per_hour:g}/GPU-h each" if g.price_usd_per_hour is not None else "")
