@@ -565,7 +565,8 @@ def gpu_rows(view: CompareView) -> list[GpuRow]:
                 text = format_hours(cost.hours) + (f" · {format_usd(cost.cost_usd)}" if cost.cost_usd is not None
                                                    else "")
                 cells.append(CostCell(text, "fits", f"{format_bytes(fit.headroom_bytes)} spare; "
-                                      f"{cost.tokens_per_second:,.0f} tokens/s"))
+                                      f"{cost.tokens_per_second:,.0f} tokens/s at MFU {cost.mfu:.2f} "
+                                      f"({cost.mfu_source})"))
         if g.id in overrides:
             price = f"${overrides[g.id]:g} (yours)"
         elif g.price_usd_per_hour is not None:
