@@ -235,9 +235,8 @@ def _cells(col: MethodColumn, view_gpu: Gpu) -> None:
         c["fits_selected"] = "fits" if fit.fits else "no"
         c["fits_note"] = (f"{format_bytes(fit.headroom_bytes)} spare" if fit.fits
                           else f"short {format_bytes(-fit.headroom_bytes)}")
-        if m.paged_optimizer_states and fit.fits:
-            c["fits_note"] += (" · paged state on the GPU" if fit.headroom_bytes >= m.paged_optimizer_states
-                               else " · paged state pages to host RAM")
+        if fit.paged_on_gpu is not None and fit.fits:
+            c["fits_note"] += " · paged state on the GPU" if fit.paged_on_gpu else " · paged state pages to host RAM"
     fitting = [f for f in r.fits if f.fits]
     c["fits_count"] = f"{len(fitting)} of {len(r.fits)}"
     c["fits_smallest"] = f"from {short_gpu(fitting[0].name)}" if fitting else "none"
@@ -596,7 +595,8 @@ def gpu_rows(view: CompareView) -> list[GpuRow]:
                 text = format_hours(cost.hours) + (f" · {format_usd(cost.cost_usd)}" if cost.cost_usd is not None
                                                    else "")
                 cells.append(CostCell(text, "fits", f"{format_bytes(fit.headroom_bytes)} spare; "
-                                      f"{cost.tokens_per_second:,.0f} tokens/s"))
+                                      f"{cost.tokens_per_second:,.0f} tokens/s at MFU {cost.mfu:.2f} "
+                                      f"({cost.mfu_source})"))
         if g.id in overrides:
             price = f"${overrides[g.id]:g} (yours)"
         elif g.price_usd_per_hour is not None:

@@ -4,14 +4,18 @@ POST /api/v1/buy-vs-rent, and the page's table."""
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
 
+from app.calibration.store import JobStore, measured_mfus
+from app.core import PlanRequest
 from app.core.catalog import gpus
 from app.core.ownership import buy_vs_rent
-from app.core.throughput import FlopsPerToken, GpuCost, ThroughputReport
-from app.main import app
+from app.core.throughput import FlopsPerToken, GpuCost, ThroughputReport, flop_counts, flops_per_token
+from app.main import app, create_app
+from app.settings import Settings, get_settings
 
 client = TestClient(app)
 
@@ -113,3 +117,36 @@ def test_page_buy_or_rent_table() -> None:
     assert "Buy or rent" in data["fragments"]["costs"]
     bad = client.get("/", params={**params, "usd_per_kwh": "-2"})
     assert bad.status_code == 422 and "usd_per_kwh:" in bad.text
+
+
+def test_calibrated_mfu_replaces_the_class_default(tmp_path: Path) -> None:
+    """Finished GPU calibrations give each card the median MFU they reached: FLOPs/token × tokens/s ÷ peak.
+    Jobs are written with tokens/s chosen to reach MFU 0.20, 0.25 and 0.30 on an RTX 4090 (165.2 TFLOP/s);
+    a QLoRA job counts by its 16-bit twin (0.25 here, its own 4-bit tokens/s would say 0.05); a CPU job is
+    not GPU evidence."""
+    db = tmp_path / "db.sqlite3"
+    store = JobStore(db)
+    body = {"model": "meta-llama/Llama-3.2-1B", "method": "lora", "hardware": {"gpu": "nvidia-rtx-4090"}}
+    flops = flops_per_token(flop_counts(PlanRequest.model_validate(body)), gradient_checkpointing=True).total
+
+    def tps(mfu: float) -> float:
+        return mfu * 165.2e12 / flops
+
+    for mfu in (0.20, 0.25, 0.30):
+        store.finish(store.create(body, "cuda:0", 1, 2, None), "done", result={"tokens_per_s": tps(mfu)})
+    qlora = store.create({**body, "method": "qlora"}, "cuda:0", 1, 2, None)
+    store.finish(qlora, "done", result={"tokens_per_s": tps(0.05),
+                                        "sixteen_bit_base": {"method": "lora", "tokens_per_s": tps(0.25)}})
+    store.finish(store.create(body, "cpu", 1, 2, None), "done", result={"tokens_per_s": tps(0.9)})
+    measured = measured_mfus(db)
+    assert measured.keys() == {"nvidia-rtx-4090"} and measured["nvidia-rtx-4090"] == pytest.approx(0.25)
+    app = create_app()
+    app.dependency_overrides[get_settings] = lambda: Settings(database_path=db)
+    with TestClient(app) as c:
+        data = c.get("/compare.json", params={"model": "meta-llama/Llama-3.2-1B", "gpu": "nvidia-rtx-4090"}).json()
+        rows = {g["gpu"]: g for g in data["methods"]["lora"]["throughput"]["gpus"]}
+        assert (rows["nvidia-rtx-4090"]["mfu"], rows["nvidia-rtx-4090"]["mfu_source"]) == (
+            pytest.approx(0.25), "calibrated")
+        assert (rows["nvidia-rtx-5090"]["mfu"], rows["nvidia-rtx-5090"]["mfu_source"]) == (0.30, "class")
+        mine = c.get("/compare.json", params={"model": "meta-llama/Llama-3.2-1B", "mfu": "0.5"}).json()
+        assert {g["mfu_source"] for g in mine["methods"]["lora"]["throughput"]["gpus"]} == {"given"}

@@ -192,3 +192,20 @@ def test_paged_optimizer_state_is_its_own_figure_and_in_the_verdict() -> None:
     page = client.get("/", params=form).text
     assert f"Plus {format_bytes(res.memory.paged_optimizer_states)} of paged optimizer state" in page
     assert "pages out to host RAM" in page and "paged state pages to host RAM" in page
+    verdict = {f.gpu: f.paged_on_gpu for f in res.fits}
+    assert verdict["nvidia-a100-40gb"] is False  # 5.25 GiB spare < 17.89 GiB paged
+    assert verdict["nvidia-h200-141gb"] is True  # 104 GiB spare
+    unpaged = estimate(PlanRequest(model="meta-llama/Llama-3.1-8B"))  # adamw_torch: nothing paged
+    assert unpaged.memory.paged_optimizer_states == 0 and all(f.paged_on_gpu is None for f in unpaged.fits)
+
+
+def test_note_on_qlora_activations_above_lora() -> None:
+    """Llama-3.1-8B: QLoRA keeps more activations than LoRA only because of the fp32 upcast."""
+    body = {"model": "meta-llama/Llama-3.1-8B", "lora": {"target_modules": "all-linear"}}
+    for prepare_kbit in (True, False):
+        b = {**body, "quantization": {"prepare_kbit": prepare_kbit}}
+        res = {m: estimate(PlanRequest.model_validate({**b, "method": m})) for m in ("lora", "qlora")}
+        topics = [n.topic for n in surprises(PlanRequest.model_validate(b), res)]
+        above = res["qlora"].memory.activations > res["lora"].memory.activations
+        assert above is prepare_kbit
+        assert ("quantized_activations" in topics) is above

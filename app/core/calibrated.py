@@ -73,9 +73,10 @@ def apply_calibrations(result: EstimateResult, summary: CalibrationSummary | Non
     overhead = summary.context_bytes + reserve
     memory = mem.model_copy(update={"reserved": mem.peak + reserve, "overhead": overhead,
                                     "total": mem.peak + overhead})
-    fits = [f.model_copy(update={"headroom_bytes": f.vram_bytes - memory.total,
-                                 "fits": memory.total <= f.vram_bytes}) if f.gpu == summary.gpu else f
-            for f in result.fits]
+    paged = mem.paged_optimizer_states
+    fits = [f.model_copy(update={"headroom_bytes": f.vram_bytes - memory.total, "fits": memory.total <= f.vram_bytes,
+                                 "paged_on_gpu": f.vram_bytes - memory.total >= paged if paged else None})
+            if f.gpu == summary.gpu else f for f in result.fits]
     info = CalibrationRef(
         gpu=summary.gpu, used=list(summary.job_ids), context_bytes=summary.context_bytes,
         reserve_fraction=round(summary.reserve_fraction, 6),

@@ -313,7 +313,8 @@ def estimate(req: PlanRequest) -> EstimateResult:
         # each card has its own cuBLAS workspace size (32 MiB per handle on Hopper/Blackwell)
         card_total = peak - workspace + cublas_workspace_bytes(g.arch) + context + reserve
         headroom = g.vram_bytes - card_total
-        fits.append(GpuFit(gpu=g.id, name=g.name, vram_bytes=g.vram_bytes, fits=headroom >= 0, headroom_bytes=headroom))
+        fits.append(GpuFit(gpu=g.id, name=g.name, vram_bytes=g.vram_bytes, fits=headroom >= 0, headroom_bytes=headroom,
+                           paged_on_gpu=headroom >= static["paged_optimizer"] if static["paged_optimizer"] else None))
     return EstimateResult(
         model=ModelSummary(id=model_id, model_type=arch.model_type, num_hidden_layers=arch.num_hidden_layers,
                            hidden_size=arch.hidden_size, vocab_size=arch.vocab_size, num_experts=arch.num_experts),

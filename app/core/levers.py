@@ -16,7 +16,8 @@ Levers, from the cheapest in fidelity and speed to the most expensive:
 - ``seq_len``, ``micro_batch_size`` (a divisor of the current one, with gradient accumulation keeping the
   batch), ``r``: the largest value that fits, from :func:`app.core.fit.max_seq_len` and friends.
 - ``method``: LoRA instead of full fine-tuning; QLoRA (QDoRA for DoRA) instead of a 16-bit base.
-- ``zero3`` / ``fsdp``: the fewest cards of the same GPU (2, 4, …, 64) whose per-GPU total fits.
+- ``zero3`` / ``fsdp``: the fewest cards of the same GPU (2, 4, …, 64) whose per-GPU total fits with ZeRO-3
+  (:func:`app.core.fit.smallest_group`), and FSDP at that count when it fits there too.
 - ``gpu``: the cheapest catalog card (rental price, else VRAM) on which the plan fits as it is.
 - ``combined``: when no single lever fits, the cheap switches above applied together (then the
   largest seq_len of the combination).
@@ -29,6 +30,7 @@ Pure Python: imports neither torch nor FastAPI.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, Literal
 
 from pydantic import BaseModel, Field
@@ -162,6 +164,14 @@ def _switches(req: PlanRequest) -> list[tuple[str, str, dict[str, Any], CostKind
     return out
 
 
+def _searched(search: Callable[[], int | None]) -> int | None:
+    """A fit search's answer, or None where the planner refuses a probe (that lever is then left out)."""
+    try:
+        return search()
+    except PlanError:
+        return None
+
+
 def levers(req: PlanRequest, budget_bytes: int | None = None) -> LeversResult:
     """Every lever for ``req`` against ``budget_bytes`` per GPU (default: hardware.gpu's VRAM).
 
@@ -175,14 +185,15 @@ def levers(req: PlanRequest, budget_bytes: int | None = None) -> LeversResult:
     for lever_id, title, changes, kind, cost in switches:
         b.lever(lever_id, title, changes, kind, cost)
 
-    seq = max_seq_len(req, budget).value
+    short = current.memory.total > budget  # the searches can only find smaller values when the plan is short
+    seq = _searched(lambda: max_seq_len(req, budget).value) if short else None
     if seq is not None and seq < t.seq_len:
         nice = max(seq - seq % 128, 1) if seq >= 256 else seq
         for value in dict.fromkeys((nice, seq)):
             if b.lever("seq_len", f"Shorten sequences to {value:,} tokens (seq_len)", {"training.seq_len": value},
                        "fidelity", f"sequences longer than {value:,} tokens must be truncated or split"):
                 break
-    mbs = max_micro_batch_size(req, budget).value
+    mbs = _searched(lambda: max_micro_batch_size(req, budget).value) if short and t.micro_batch_size > 1 else None
     if mbs is not None and mbs < t.micro_batch_size:
         d = max(k for k in range(1, mbs + 1) if t.micro_batch_size % k == 0)
         steps = t.micro_batch_size // d
@@ -190,8 +201,8 @@ def levers(req: PlanRequest, budget_bytes: int | None = None) -> LeversResult:
                 {"training.micro_batch_size": d}, "speed",
                 f"the same {t.micro_batch_size} sequences per optimizer step in {steps} smaller passes (smaller "
                 "matmuls use the GPU less well; not in the time model)")
-    if req.uses_adapter:
-        r = max_lora_r(req, budget).value
+    if req.uses_adapter and short:
+        r = _searched(lambda: max_lora_r(req, budget).value)
         if r is not None and r < req.lora.r:
             p2 = 1 << (r.bit_length() - 1)
             for value in dict.fromkeys((p2, r)):
@@ -199,15 +210,18 @@ def levers(req: PlanRequest, budget_bytes: int | None = None) -> LeversResult:
                            f"{value} instead of {req.lora.r} ranks per adapted matrix: less capacity"):
                     break
 
-    if current.memory.total > budget:
-        for sharding, name in (("zero3", "DeepSpeed ZeRO-3"), ("fsdp", "FSDP full shard")):
-            n, _ = smallest_group(req, sharding, budget)
-            if n is not None and n > req.hardware.num_gpus:
-                g = catalog_gpu(req.hardware.gpu)
-                price = (f" at ${g.price_usd_per_hour:g}/GPU-h each" if g.price_usd_per_hour is not None else "")
-                b.lever(sharding, f"{n} × {g.name} with {name}",
-                        {"hardware.num_gpus": n, "hardware.sharding": sharding}, "money",
-                        f"{n} cards{price} and inter-GPU traffic for the sharded states")
+    if short:
+        # the fewest ZeRO-3 cards (fit's search); FSDP, which shards the same states, at that count
+        n = _searched(lambda: smallest_group(req, "zero3", budget)[0])
+        if n is not None and n > req.hardware.num_gpus:
+            g = catalog_gpu(req.hardware.gpu)
+            price = f" at ${g.price_usd_per_hour:g}/GPU-h each" if g.price_usd_per_hour is not None else ""
+            for sharding, name in (("zero3", "DeepSpeed ZeRO-3"), ("fsdp", "FSDP full shard")):
+                lv = b.lever(sharding, f"{n} × {g.name} with {name}",
+                             {"hardware.num_gpus": n, "hardware.sharding": sharding}, "money",
+                             f"{n} cards{price} and inter-GPU traffic for the sharded states")
+                if sharding == "fsdp" and lv is not None and not lv.fits:
+                    b.levers.remove(lv)  # FSDP needs more cards than ZeRO-3 here: the ZeRO-3 lever says enough
 
     fitting = [f for f in current.fits if f.fits]
     if fitting and not any(f.fits and f.gpu == req.hardware.gpu for f in current.fits):
@@ -221,7 +235,7 @@ def levers(req: PlanRequest, budget_bytes: int | None = None) -> LeversResult:
         b.lever("gpu", f"Use {'the cheapest' if priced else 'the smallest'} card that holds it: {g.name}",
                 {"hardware.gpu": g.id}, "money", what, budget=g.vram_bytes)
 
-    if not current.memory.total <= budget and not any(lv.fits for lv in b.levers):
+    if short and not any(lv.fits for lv in b.levers):
         _combined(b, switches)
     b.levers.sort(key=lambda lv: not lv.fits)
     return LeversResult(current_total_bytes=current.memory.total, budget_bytes=budget,

@@ -30,7 +30,8 @@ LABELS: dict[str, str] = {"full": "Full FT", "lora": "LoRA", "qlora": "QLoRA", "
 
 
 class Note(BaseModel):
-    topic: Literal["quantized_above", "peak_phase"] = Field(description="what the note explains")
+    topic: Literal["quantized_above", "quantized_activations", "peak_phase"] = Field(
+        description="what the note explains")
     methods: list[Method] = Field(description="the methods it is about")
     text: str
 
@@ -70,6 +71,23 @@ def _quantized_above(req: PlanRequest, results: Mapping[str, EstimateResult | No
     return Note(topic="quantized_above", methods=["qlora"], text=text + ".")
 
 
+def _quantized_activations(req: PlanRequest, results: Mapping[str, EstimateResult | None]) -> Note | None:
+    """QLoRA keeps more activations than LoRA (same micro-batch and length): say why."""
+    q, lora = results.get("qlora"), results.get("lora")
+    if q is None or lora is None or q.memory.activations <= lora.memory.activations:
+        return None
+    text = (f"QLoRA's activations ({format_bytes(q.memory.activations)}) exceed LoRA's "
+            f"({format_bytes(lora.memory.activations)}) at the same micro-batch and length: ")
+    if req.quantization.prepare_kbit:
+        text += ("prepare_model_for_kbit_training's fp32 embeddings make the residual stream fp32, and a 4-bit "
+                 "layer returns its input's dtype, so many tensors saved for the backward pass take 4 bytes per "
+                 "element instead of 2 (prepare_kbit off: LoRA's figure); the backward also dequantizes a 16-bit "
+                 "copy of each 4-bit weight it passes through.")
+    else:
+        text += "bitsandbytes dequantizes a 16-bit copy of a 4-bit weight in each layer's forward and backward."
+    return Note(topic="quantized_activations", methods=["qlora"], text=text)
+
+
 def _peak_phases(results: Mapping[str, EstimateResult | None]) -> list[Note]:
     by_phase: dict[str, list[tuple[str, EstimateResult]]] = {}
     for m, r in results.items():
@@ -96,7 +114,7 @@ def _peak_phases(results: Mapping[str, EstimateResult | None]) -> list[Note]:
 def surprises(req: PlanRequest, results: Mapping[str, EstimateResult | None]) -> list[Note]:
     """Notes for the compare view of ``req``: ``results`` maps each method to its estimate (None if refused)."""
     out: list[Note] = []
-    note = _quantized_above(req, results)
+    note = _quantized_above(req, results) or _quantized_activations(req, results)
     if note is not None:
         out.append(note)
     return out + _peak_phases(results)

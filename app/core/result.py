@@ -89,6 +89,9 @@ class GpuFit(BaseModel):
     vram_bytes: int
     fits: bool
     headroom_bytes: int
+    paged_on_gpu: bool | None = Field(
+        None, description="with paged optimizer state (memory.paged_optimizer_states > 0): true when the headroom "
+        "holds it (it stays on the GPU), false when it pages to host RAM; null without paged state")
 
 
 class ModelSummary(BaseModel):

@@ -66,7 +66,7 @@ from app.core.adapters import AdapterPlan, plan_adapters
 from app.core.catalog import Gpu, gpus
 from app.core.generic import model_inventory
 from app.core.inventory import Inventory
-from app.core.request import Method, PlanRequest
+from app.core.request import LoraSpec, Method, PlanRequest
 
 DEFAULT_TOKENS = 100_000_000
 """Training tokens of the time/cost table when the caller gives none (100M: a mid-sized SFT run)."""
@@ -152,6 +152,12 @@ def inventory_of(req: PlanRequest) -> Inventory:
     return model_inventory(req.model)[1]
 
 
+@lru_cache(maxsize=256)
+def _catalog_plan(model_id: str, lora_json: str, method: Method) -> AdapterPlan:
+    """PEFT's adapter plan of a catalog model (cached: the page times five methods and every lever)."""
+    return plan_adapters(model_inventory(model_id)[1], LoraSpec.model_validate_json(lora_json), method=method)
+
+
 def _expert_share(inv: Inventory) -> float:
     a = inv.arch
     return a.num_experts_per_tok / a.num_experts if a.num_experts else 1.0
@@ -164,7 +170,9 @@ def flop_counts(req: PlanRequest, inv: Inventory | None = None, plan: AdapterPla
     ``plan_adapters``, e.g. DoRA on fused MoE experts).
     """
     inv = inv or inventory_of(req)
-    plan = plan or plan_adapters(inv, req.lora, method=req.method)
+    if plan is None:
+        plan = (_catalog_plan(req.model, req.lora.model_dump_json(), req.method) if isinstance(req.model, str)
+                else plan_adapters(inv, req.lora, method=req.method))
     share = _expert_share(inv)
     layer = head = 0.0
     for t in inv.tensors:  # tied lm_head included: the lookup is free, the output matmul is not
