@@ -112,8 +112,8 @@ def _context(request: Request, form: dict[str, str], config_text: str | None,
     body = form_to_body(form, config_text)
     base_url = str(request.base_url)
     lever_result = None
-    if view is not None and req is not None and result is not None:
-        lever_result = levers(req)
+    if view is not None and plan is not None and result is not None:
+        lever_result = levers(plan)  # the resolved plan: a Hub id's config, a generic model's inventory
     lever_links = ([_query(form, **lever_fields(lv)) for lv in lever_result.levers]
                    if lever_result is not None and config_text is None else [])
     return {
