@@ -34,7 +34,10 @@ def test_trace_endpoint_runs_the_real_step_and_caches() -> None:
         direct = run_trace(PlanRequest.model_validate(copy.deepcopy(BODY)))
         assert data["trace"]["peak_bytes"] == direct.peak_bytes
         assert data["trace"]["peak_phase"] == direct.peak_phase
-        assert data["trace"]["allocator"] == direct.allocator  # max_memory_reserved, nvidia-smi, ...
+        # the allocator replay (max_memory_reserved, nvidia-smi, ...); the event count depends on what the
+        # process traced before (a few process-wide scalars are made once), the figures do not
+        assert {k: v for k, v in data["trace"]["allocator"].items() if k != "events"} == \
+            {k: v for k, v in direct.allocator.items() if k != "events"}
         assert data["trace"]["allocator"]["max_reserved_bytes"] >= data["trace"]["peak_rounded_bytes"]
         assert data["cached"] is False
         again = client.post("/api/v1/trace", json=copy.deepcopy(BODY))

@@ -75,7 +75,7 @@ def _lex(text: str) -> list[str]:
 
 
 def _int(token: str, key: str) -> int:
-    if not token.isdigit():
+    if not (token.isascii() and token.isdigit()):
         raise AllocConfError(f"{key} expects a non-negative integer, got {token!r}")
     return int(token)
 

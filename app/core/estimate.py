@@ -261,11 +261,11 @@ def _static_parts(req: PlanRequest) -> _Static:
     return _GENERIC_STATIC[skey]
 
 
-def _allocator_info(req: PlanRequest, vocab_size: int, act: ActivationModel, peak: int,
+def _allocator_info(req: PlanRequest, vocab_size: int, act: ActivationModel, activations: int, peak: int,
                     context: int) -> AllocatorInfo:
     """The caching allocator's reserve by the fitted rule (app/core/reserved.py), and with expandable segments."""
     config = parse_alloc_conf(req.hardware.pytorch_cuda_alloc_conf)
-    features = reserve_features(req, vocab_size, act, peak)
+    features = reserve_features(req, vocab_size, act, activations, peak)
     checkpointed = req.training.gradient_checkpointing
     reserve = allocator_reserve(features, config, checkpointed)
     variant = expandable_variant(config)
@@ -299,7 +299,7 @@ def estimate(req: PlanRequest) -> EstimateResult:
     # layers and communication buckets, so that the memory fields at the peak add up to peak and total
     activations = max(peak - resident - top.gradient_bytes, 0)
     context = outside_allocator_bytes(req.hardware.num_gpus)
-    allocator = _allocator_info(req, arch.vocab_size, act, peak, context)
+    allocator = _allocator_info(req, arch.vocab_size, act, activations, peak, context)
     reserve = allocator.reserve_bytes
     total_params = inv.total_params
     all_params = total_params + plan.added_params

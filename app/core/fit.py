@@ -1,8 +1,9 @@
 """What fits: GPU plans and reverse searches over :func:`app.core.estimate.estimate`.
 
-Every memory figure is integer bytes per GPU and is ``EstimateResult.memory.total`` (peak allocated
-plus CUDA context and allocator reserve): the same number ``estimate`` compares with a GPU's
-``vram_bytes`` in ``result.fits``. A run *fits* a budget when ``memory.total <= budget``.
+Every memory figure is integer bytes per GPU and is ``EstimateResult.memory.total``: what the card must
+hold, ``memory.reserved`` (peak allocated plus the caching allocator's reserve, app/core/reserved.py) plus
+the CUDA context and NCCL buffers, as nvidia-smi shows it; the same number ``estimate`` compares with a
+GPU's ``vram_bytes`` in ``result.fits``. A run *fits* a budget when ``memory.total <= budget``.
 
 - :func:`gpu_plan`: for every catalog GPU, the run on one card, and else the smallest ZeRO-3 group
   (2, 4, …, 64 cards of that GPU) whose per-GPU total fits.

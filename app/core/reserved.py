@@ -9,7 +9,10 @@ off), linear in the step's block-size pattern:
   once freed, their segments are split by smaller requests and a later logits-size block needs a new one;
 - ``layer``: one decoder layer's backward (recomputed activations with checkpointing, gradients,
   bitsandbytes' dequantized weights), the repeating mid-size blocks;
-- ``peak``: the allocated peak (block rounding and 20 MiB segments of 1–10 MiB requests).
+- ``activations``: what is alive at the peak besides weights, adapters, gradients and optimizer states
+  (``memory.activations``: many mid-size blocks, rounding and 20 MiB segments of 1–10 MiB requests);
+  weights and optimizer states are allocated once, in segments of their own size, and add little;
+- ``peak``: the allocated peak.
 
 The coefficients (``data/allocator_reserve.json``) are fitted by ``bench/allocator_grid.py --fit`` on the
 simulated reserve of traced steps (the trace grid's recorded allocation streams replayed through
@@ -37,7 +40,7 @@ from app.core.request import PlanRequest
 from app.core.units import format_bytes
 
 RULES_FILE = DATA_DIR / "allocator_reserve.json"
-FEATURES = ("logits", "layer", "peak")
+FEATURES = ("logits", "layer", "activations", "peak")
 
 
 class Reserve(NamedTuple):
@@ -52,11 +55,12 @@ def _rules() -> dict[str, Any]:
     return json.loads(RULES_FILE.read_text())
 
 
-def reserve_features(req: PlanRequest, vocab_size: int, act: ActivationModel, peak: int) -> dict[str, int]:
+def reserve_features(req: PlanRequest, vocab_size: int, act: ActivationModel, activations: int,
+                     peak: int) -> dict[str, int]:
     """The block-size pattern the rule reads (bytes): see the module docstring."""
     t = req.training
     return {"logits": t.micro_batch_size * t.seq_len * vocab_size * 4,
-            "layer": act.backward_layer + act.backward_transient, "peak": peak}
+            "layer": act.backward_layer + act.backward_transient, "activations": activations, "peak": peak}
 
 
 def rule_group(config: AllocatorConfig, checkpointed: bool) -> str:
