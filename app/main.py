@@ -16,7 +16,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from app.calibration.service import calibration_lifespan
 from app.core.errors import PlanError
 from app.errors import as_detail
-from app.pool import ClientGone
+from app.pool import ClientGone, watch_exit_signals
 from app.routers import api_v1, calibrate, pages, trace
 from app.settings import get_settings
 
@@ -121,6 +121,7 @@ def _unreadable_body(exc: StarletteHTTPException) -> list[dict[str, object]] | N
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     """Calibration recovery at startup; at shutdown stop fits, the trace worker and calibration workers."""
+    watch_exit_signals()
     async with calibration_lifespan(app):
         try:
             yield

@@ -209,8 +209,8 @@ def test_openapi_lists_error_statuses(client: TestClient) -> None:
     paths = spec["paths"]
     expected = {
         ("/api/v1/estimate", "post"): {"200", "413", "422"},
-        ("/api/v1/fit", "post"): {"200", "413", "422", "429", "504"},
-        ("/api/v1/fit", "get"): {"200", "422", "429", "504"},
+        ("/api/v1/fit", "post"): {"200", "413", "422", "429", "503", "504"},
+        ("/api/v1/fit", "get"): {"200", "422", "429", "503", "504"},
         ("/api/v1/trace", "post"): {"200", "413", "422", "429", "503", "504"},
         ("/api/v1/calibrations", "post"): {"202", "401", "403", "413", "422"},
         ("/api/v1/calibrations/{job_id}", "delete"): {"200", "401", "403", "404", "422"},

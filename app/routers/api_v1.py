@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Request
+import anyio
+from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 
+from app.cache import ResponseCache
 from app.calibration.store import calibration_summary
 from app.core import PlanError, PlanRequest, estimate
 from app.core.calibrated import apply_calibrations
@@ -22,12 +24,28 @@ from app.model_info import model_detail, model_row
 router = APIRouter(prefix="/api/v1", tags=["v1"])
 
 
+ESTIMATES = ResponseCache(4096)
+"""Catalog-model answers by (canonical request, calibration summary): the static parts are cached by the core
+(app/core/estimate.py), the whole JSON here. Pasted configs are not cached (large keys, rarely repeated)."""
+
+
 @router.post("/estimate", response_model=EstimateResult, responses=error_responses(413, 422))
-def post_estimate(req: PlanRequest, settings: SettingsDep) -> EstimateResult:
+async def post_estimate(req: PlanRequest, settings: SettingsDep) -> Response:
     """Parameters and per-GPU memory (bytes) of one fine-tuning run; with finished GPU calibrations of the
     requested GPU on this server, the overhead is fitted from them and ``calibration`` names them."""
     summary = calibration_summary(settings.database_path, req.hardware.gpu)
-    return apply_calibrations(estimate(req), summary)
+
+    def compute() -> bytes:
+        return apply_calibrations(estimate(req), summary).model_dump_json().encode()
+
+    if not isinstance(req.model, str):
+        return Response(await anyio.to_thread.run_sync(compute), media_type="application/json")
+    key = (req.model_dump_json(), summary)
+    body = ESTIMATES.get(key)
+    if body is None:
+        body = await anyio.to_thread.run_sync(compute)
+        ESTIMATES.put(key, body)
+    return Response(body, media_type="application/json")
 
 
 @router.get("/models")
@@ -59,7 +77,7 @@ def get_limits(settings: SettingsDep) -> dict[str, Any]:
     return limits(settings)
 
 
-@router.post("/fit", response_model=FitResult, responses=error_responses(413, 422, 429, 504))
+@router.post("/fit", response_model=FitResult, responses=error_responses(413, 422, 429, 503, 504))
 async def post_fit(body: FitRequest, request: Request, pool: FitPoolDep) -> FitResult:
     """What fits a per-GPU budget (bytes; default: hardware.gpu's VRAM): the largest micro_batch_size, seq_len
     and lora.r, the highest-fidelity method, and for every catalog GPU one card or the smallest ZeRO-3 group.
@@ -71,7 +89,7 @@ async def post_fit(body: FitRequest, request: Request, pool: FitPoolDep) -> FitR
         raise PlanError(("request", *exc.loc), exc.message) from exc
 
 
-@router.get("/fit", response_model=FitResult, responses=error_responses(422, 429, 504))
+@router.get("/fit", response_model=FitResult, responses=error_responses(422, 429, 503, 504))
 async def get_fit(request: Request, pool: FitPoolDep, budget: str | None = None) -> FitResult | JSONResponse:
     """POST /fit from the planner page's flat query parameters (model, method, r, seq_len, gpu, …) plus
     ``budget`` ('24GiB', '24GB' or bytes; empty = hardware.gpu's VRAM). Errors: 422, detail[].loc is
