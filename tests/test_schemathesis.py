@@ -4,7 +4,8 @@ Checks: no server error, every status documented for its operation, every body a
 schema says. Not checked: ``positive_data_acceptance`` (a schema-valid body may still be an impossible plan,
 e.g. an unknown model id or a seq_len beyond GPT-2's positions: 422 by design). ``POST /api/v1/trace`` runs
 a real training step per valid case and has its own tests (tests/test_trace_api.py, test_supervision.py).
-Cases: 250 per operation stateless (fit: 60, each runs ~200 estimates) plus the stateful run, > 3,000 in all.
+Cases: 200 positive + 200 negative per operation (fit: 40 + 40, each fit runs ~200 estimates), then 100
+stateful scenarios of up to 10 calls: over 3,000 calls in all (the test counts them).
 """
 
 from __future__ import annotations
@@ -15,7 +16,10 @@ from typing import Any
 
 import pytest
 import schemathesis
-from hypothesis import HealthCheck, settings
+from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis.errors import Unsatisfiable
+from hypothesis.stateful import run_state_machine_as_test
+from schemathesis import GenerationMode
 from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import (
     content_type_conformance,
@@ -32,7 +36,6 @@ pytestmark = pytest.mark.slow
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance]
 MODELS = sorted(model_configs())
 GPUS = sorted(gpus())
-CASES = {"count": 0}
 
 
 def _app() -> Any:
@@ -85,28 +88,44 @@ def map_query(context: Any, query: dict[str, Any] | None) -> dict[str, Any] | No
     return query
 
 
-def _examples(case: Any) -> int:
-    return 60 if case.operation.path == "/api/v1/fit" else 250
+def _run_stateless(op: Any, mode: GenerationMode, examples: int) -> int:
+    calls = [0]
+
+    @settings(max_examples=examples, deadline=None, derandomize=True, database=None,
+              suppress_health_check=list(HealthCheck), phases=[Phase.explicit, Phase.generate])
+    @given(case=op.as_strategy(generation_mode=mode))
+    def run(case: Any) -> None:
+        calls[0] += 1
+        case.call_and_validate(checks=CHECKS)
+
+    run()
+    return calls[0]
 
 
-@schema.parametrize()
-@settings(max_examples=250, deadline=None, derandomize=True, database=None,
-          suppress_health_check=list(HealthCheck))
-def test_stateless(case: Any) -> None:
-    if case.operation.path == "/api/v1/fit" and CASES.setdefault(case.operation.label, 0) >= 60:
-        return
-    CASES[case.operation.label] = CASES.get(case.operation.label, 0) + 1
-    CASES["count"] += 1
-    case.call_and_validate(checks=CHECKS)
+def test_schemathesis_stateless_and_stateful() -> None:
+    """Every operation with schema-valid (positive) and schema-invalid (negative) data, then stateful
+    sequences along the links schemathesis infers (list → item, create → read/delete). Counts every call."""
+    counts: dict[str, int] = {}
+    for result in schema.get_all_operations():
+        op = result.ok()
+        examples = 40 if op.path == "/api/v1/fit" else 150  # a fit runs ~200 estimates
+        counts[f"{op.label} positive"] = _run_stateless(op, GenerationMode.POSITIVE, examples)
+        try:
+            counts[f"{op.label} negative"] = _run_stateless(op, GenerationMode.NEGATIVE, examples)
+        except Unsatisfiable:  # no schema-invalid request exists: no input (GET /api/v1/gpus), or only an
+            counts[f"{op.label} negative"] = 0  # unconstrained string path parameter (any text is a string)
+    stateful = [0]
 
+    class Workflow(schema.as_state_machine()):  # type: ignore[misc]
+        def validate_response(self, response: Any, case: Any, **kwargs: Any) -> None:
+            stateful[0] += 1
+            case.validate_response(response, checks=CHECKS)
 
-Workflow = schema.as_state_machine()
-
-
-class TestStateful(Workflow.TestCase):  # type: ignore[name-defined,misc]
-    settings = settings(max_examples=60, stateful_step_count=8, deadline=None, derandomize=True, database=None,
-                        suppress_health_check=list(HealthCheck))
-
-    def validate_response(self, response: Any, case: Any, **kwargs: Any) -> None:
-        CASES["count"] += 1
-        case.validate_response(response, checks=CHECKS)
+    run_state_machine_as_test(Workflow, settings=settings(
+        max_examples=100, stateful_step_count=10, deadline=None, derandomize=True, database=None,
+        suppress_health_check=list(HealthCheck)))
+    counts["stateful"] = stateful[0]
+    total = sum(counts.values())
+    print(f"schemathesis: {total} calls, 0 failures: {counts}")
+    assert total >= 3000, counts
+    assert counts["stateful"] >= 300, counts
