@@ -7,10 +7,11 @@ Scenarios: /healthz; POST /api/v1/estimate for a catalog model; the same for a p
 planner page); POST /api/v1/fit for a catalog model. Loopback only; stops by itself (at most
 scenarios × seconds, plus start-up); the server is stopped at the end.
 
+``--stored-jobs N`` stores N finished GPU calibrations first (estimates and pages then read their summary).
 ``--fit-at-limits`` instead times one POST /api/v1/fit on a pasted config at the dimension limits (256 layers,
 512 experts, all-linear): the figure behind docs/limits.md's fit budget.
 
-    .venv/bin/python bench/load.py [--connections 16] [--seconds 10] [--fit-at-limits]
+    .venv/bin/python bench/load.py [--connections 16] [--seconds 10] [--stored-jobs 500] [--fit-at-limits]
 """
 
 from __future__ import annotations
@@ -56,6 +57,20 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def _store_jobs(db: Path, count: int) -> None:
+    """``count`` finished GPU calibrations of the benchmark's GPU and model (the issue's slowdown: every estimate
+    and page view used to re-read them all; now each reads one summary row)."""
+    from app.calibration.store import JobStore
+
+    store = JobStore(db)
+    request = {"model": CATALOG["model"], "method": "qlora", "hardware": {"gpu": "nvidia-a100-80gb"}}
+    for i in range(count):
+        job = store.create(request, "cuda:0", 1, 2, {"memory": {"peak": 10_000_000_000}})
+        store.finish(job, "done", result={"peak_allocated_bytes": 10_000_000_000 + i * 1_000_000,
+                                          "peak_reserved_bytes": 11_000_000_000, "device_used_bytes": 11_600_000_000,
+                                          "otf_dequant_slowdown": 1.5})
 
 
 def _start(workdir: Path) -> tuple[subprocess.Popen[bytes], str]:
@@ -104,10 +119,13 @@ def main() -> None:
     parser.add_argument("--connections", type=int, default=16)
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--fit-at-limits", action="store_true")
+    parser.add_argument("--stored-jobs", type=int, default=0, help="finished GPU calibrations stored first")
     args = parser.parse_args()
-    if not 1 <= args.connections <= 256 or not 0 < args.seconds <= 120:
-        raise SystemExit("--connections 1..256, --seconds up to 120")
+    if not 1 <= args.connections <= 256 or not 0 < args.seconds <= 120 or not 0 <= args.stored_jobs <= 10_000:
+        raise SystemExit("--connections 1..256, --seconds up to 120, --stored-jobs up to 10,000")
     with tempfile.TemporaryDirectory() as tmp:
+        if args.stored_jobs:
+            _store_jobs(Path(tmp) / "db.sqlite3", args.stored_jobs)
         proc, url = _start(Path(tmp))
         try:
             if args.fit_at_limits:
@@ -115,8 +133,8 @@ def main() -> None:
                 r = httpx.post(url + "/api/v1/fit", json={"request": AT_LIMITS}, timeout=600)
                 print(f"POST /api/v1/fit at the config limits: {r.status_code} in {time.monotonic() - started:.1f} s")
                 return
-            print(f"{args.connections} connections, {args.seconds:g} s per scenario, {url} (os.cpu_count()="
-                  f"{os.cpu_count()})")
+            print(f"{args.connections} connections, {args.seconds:g} s per scenario, {args.stored_jobs} stored "
+                  f"calibrations, {url} (os.cpu_count()={os.cpu_count()})")
             print(f"{'scenario':<20} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'x healthz':>10}  statuses")
             base = None
             for name, method, path, body in SCENARIOS:
