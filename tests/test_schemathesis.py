@@ -4,7 +4,7 @@ Checks: no server error, every status documented for its operation, every body a
 schema says. Not checked: ``positive_data_acceptance`` (a schema-valid body may still be an impossible plan,
 e.g. an unknown model id or a seq_len beyond GPT-2's positions: 422 by design). ``POST /api/v1/trace`` runs
 a real training step per valid case and has its own tests (tests/test_trace_api.py, test_supervision.py).
-Cases: 200 positive + 200 negative per operation (fit: 40 + 40, each fit runs ~200 estimates), then 100
+Cases: 220 positive + 220 negative per operation (fit: 25 + 25, each fit runs ~200 estimates), then 120
 stateful scenarios of up to 10 calls: over 3,000 calls in all (the test counts them).
 """
 
@@ -108,7 +108,7 @@ def test_schemathesis_stateless_and_stateful() -> None:
     counts: dict[str, int] = {}
     for result in schema.get_all_operations():
         op = result.ok()
-        examples = 40 if op.path == "/api/v1/fit" else 200  # a fit runs ~200 estimates
+        examples = 25 if op.path == "/api/v1/fit" else 220  # a fit runs ~200 estimates
         counts[f"{op.label} positive"] = _run_stateless(op, GenerationMode.POSITIVE, examples)
         try:
             counts[f"{op.label} negative"] = _run_stateless(op, GenerationMode.NEGATIVE, examples)
@@ -122,7 +122,7 @@ def test_schemathesis_stateless_and_stateful() -> None:
             case.validate_response(response, checks=CHECKS)
 
     run_state_machine_as_test(Workflow, settings=settings(
-        max_examples=100, stateful_step_count=10, deadline=None, derandomize=True, database=None,
+        max_examples=120, stateful_step_count=10, deadline=None, derandomize=True, database=None,
         suppress_health_check=list(HealthCheck)))
     counts["stateful"] = stateful[0]
     total = sum(counts.values())
