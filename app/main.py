@@ -126,7 +126,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         try:
             yield
         finally:
-            for name in ("fit_pool", "trace_service"):
+            for name in ("fit_pool", "estimate_pool", "trace_service"):
                 service = getattr(app.state, name, None)
                 if service is not None:
                     service.close()

@@ -63,7 +63,7 @@ class ClientGone(Exception):
 
 
 class HeavyPool:
-    def __init__(self, name: str, workers: int, queue: int, timeout_s: float) -> None:
+    def __init__(self, name: str, workers: int, queue: int, timeout_s: float | None) -> None:
         self.name, self.workers, self.queue, self.timeout_s = name, workers, queue, timeout_s
         self._limiter = anyio.CapacityLimiter(workers)
         self._pending = 0
@@ -85,7 +85,8 @@ class HeavyPool:
         budget = self.timeout_s
 
         def call() -> T:
-            deadline = time.monotonic() + budget  # the clock starts when a worker picks the job up
+            # the clock starts when a worker picks the job up; no budget: only cancellation stops the job
+            deadline = time.monotonic() + budget if budget is not None else float("inf")
 
             def check() -> None:
                 if cancel.is_set():

@@ -208,7 +208,7 @@ def test_openapi_lists_error_statuses(client: TestClient) -> None:
     spec = client.get("/openapi.json").json()
     paths = spec["paths"]
     expected = {
-        ("/api/v1/estimate", "post"): {"200", "413", "422"},
+        ("/api/v1/estimate", "post"): {"200", "413", "422", "429", "503"},
         ("/api/v1/fit", "post"): {"200", "413", "422", "429", "503", "504"},
         ("/api/v1/fit", "get"): {"200", "422", "429", "503", "504"},
         ("/api/v1/trace", "post"): {"200", "413", "422", "429", "503", "504"},

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import anyio
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 
@@ -15,7 +14,7 @@ from app.core.calibrated import apply_calibrations
 from app.core.catalog import gpus, model_config, model_configs
 from app.core.fit import FitRequest, FitResult, fit, parse_budget
 from app.core.result import EstimateResult
-from app.deps import FitPoolDep, SettingsDep
+from app.deps import EstimatePoolDep, FitPoolDep, SettingsDep
 from app.errors import api_error, error_responses
 from app.forms import parse_form
 from app.limits import limits
@@ -29,22 +28,19 @@ ESTIMATES = ResponseCache(4096)
 (app/core/estimate.py), the whole JSON here. Pasted configs are not cached (large keys, rarely repeated)."""
 
 
-@router.post("/estimate", response_model=EstimateResult, responses=error_responses(413, 422))
-async def post_estimate(req: PlanRequest, settings: SettingsDep) -> Response:
+@router.post("/estimate", response_model=EstimateResult, responses=error_responses(413, 422, 429, 503))
+async def post_estimate(req: PlanRequest, request: Request, settings: SettingsDep,
+                        pool: EstimatePoolDep) -> Response:
     """Parameters and per-GPU memory (bytes) of one fine-tuning run; with finished GPU calibrations of the
     requested GPU on this server, the overhead is fitted from them and ``calibration`` names them."""
     summary = calibration_summary(settings.database_path, req.hardware.gpu)
-
-    def compute() -> bytes:
-        return apply_calibrations(estimate(req), summary).model_dump_json().encode()
-
-    if not isinstance(req.model, str):
-        return Response(await anyio.to_thread.run_sync(compute), media_type="application/json")
-    key = (req.model_dump_json(), summary)
-    body = ESTIMATES.get(key)
+    key = (req.model_dump_json(), summary) if isinstance(req.model, str) else None
+    body = ESTIMATES.get(key) if key is not None else None
     if body is None:
-        body = await anyio.to_thread.run_sync(compute)
-        ESTIMATES.put(key, body)
+        body = await pool.run(request, lambda check: apply_calibrations(estimate(req), summary).model_dump_json()
+                              .encode())
+        if key is not None:
+            ESTIMATES.put(key, body)
     return Response(body, media_type="application/json")
 
 

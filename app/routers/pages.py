@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
-import anyio
 from fastapi import APIRouter, Request, UploadFile
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi.templating import Jinja2Templates
@@ -26,7 +25,7 @@ from app.core import PlanError, estimate, format_bytes
 from app.core.catalog import gpus, model_configs
 from app.core.request import LoraSpec, QuantizationSpec, TrainingSpec
 from app.core.throughput import DEFAULT_MFU, DEFAULT_SLOWDOWN, DEFAULT_TOKENS
-from app.deps import SettingsDep
+from app.deps import EstimatePoolDep, SettingsDep
 from app.forms import DEFAULT_MODEL, form_to_body, parse_cost_options, parse_form
 from app.settings import Settings
 from app.views import (
@@ -131,11 +130,12 @@ PAGES = ResponseCache(1024)
 
 
 @router.get("/", response_class=HTMLResponse)
-async def planner(request: Request, settings: SettingsDep) -> Response:
+async def planner(request: Request, settings: SettingsDep, pool: EstimatePoolDep) -> Response:
     key = (str(request.base_url), request.url.query, data_version(settings.database_path))
     cached = PAGES.get(key)
     if cached is None:
-        page = await anyio.to_thread.run_sync(_render, request, dict(request.query_params), None, settings)
+        form = dict(request.query_params)
+        page = await pool.run(request, lambda check: _render(request, form, None, settings))
         cached = page.status_code.to_bytes(2, "big") + bytes(page.body)
         PAGES.put(key, cached)
     return HTMLResponse(cached[2:], status_code=int.from_bytes(cached[:2], "big"))
