@@ -103,8 +103,8 @@ async def _storm(url: str) -> tuple[list[float], list[int]]:
 
 
 def test_fifty_adversarial_requests_leave_healthz_answering(tmp_path: Path) -> None:
-    with running_server(tmp_path, env={"PEFT_PLANNER_FIT_TIMEOUT_S": "20"}) as url:
+    with running_server(tmp_path, env={"PEFT_PLANNER_FIT_TIMEOUT_S": "20", "PEFT_PLANNER_FIT_QUEUE": "2"}) as url:
         latencies, statuses = asyncio.run(_storm(url))
     assert max(latencies) < 1.0, latencies
     assert all(s < 500 or s == 504 for s in statuses), statuses  # 504: a fit past its (shortened) budget
-    assert 429 in statuses  # 9 fits for 2 workers + 8 queue places... at least one refused at once
+    assert statuses.count(429) >= 4, statuses  # 9 fits for 2 workers + 2 queue places: the rest refused at once
