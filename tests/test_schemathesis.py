@@ -10,6 +10,7 @@ stateful scenarios of up to 10 calls: over 3,000 calls in all (the test counts t
 
 from __future__ import annotations
 
+import tempfile
 import zlib
 from pathlib import Path
 from typing import Any
@@ -38,9 +39,12 @@ MODELS = sorted(model_configs())
 GPUS = sorted(gpus())
 
 
+DATA = tempfile.TemporaryDirectory(prefix="schemathesis-")  # removed at interpreter exit
+
+
 def _app() -> Any:
     app = create_app()
-    db = Path(__file__).resolve().parent.parent / "var" / "schemathesis.sqlite3"  # read-only use: no token
+    db = Path(DATA.name) / "planner.sqlite3"  # no token: calibration requests are refused (403), reads are open
     app.dependency_overrides[get_settings] = lambda: Settings(database_path=db)
     return app
 
