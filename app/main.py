@@ -158,7 +158,7 @@ def create_app() -> FastAPI:
         unreadable = _unreadable_body(exc)
         if unreadable is not None:
             return JSONResponse(status_code=422, content={"detail": unreadable})
-        loc: list[str | int] = ["path"] if exc.status_code in (404, 405) else []
+        loc: list[str | int] = {400: ["body"], 404: ["path"], 405: ["path"]}.get(exc.status_code, [])
         return JSONResponse(status_code=exc.status_code, headers=exc.headers,
                             content={"detail": as_detail(exc.status_code, exc.detail, loc)})
 
