@@ -35,13 +35,25 @@ def get_calibration_service(request: Request) -> CalibrationService:
 CalibrationServiceDep = Annotated[CalibrationService, Depends(get_calibration_service)]
 
 
-def get_fit_pool(request: Request, settings: SettingsDep) -> HeavyPool:
-    """The app's bounded pool for fit searches (settings fit_workers, fit_queue, fit_timeout_s)."""
-    pool = getattr(request.app.state, "fit_pool", None)
+def _pool(request: Request, kind: str, workers: int, queue: int, timeout_s: float | None) -> HeavyPool:
+    pool = getattr(request.app.state, f"{kind}_pool", None)
     if pool is None:
-        pool = HeavyPool("fit", settings.fit_workers, settings.fit_queue, settings.fit_timeout_s)
-        request.app.state.fit_pool = pool
+        pool = HeavyPool(kind, workers, queue, timeout_s)
+        setattr(request.app.state, f"{kind}_pool", pool)
     return pool
 
 
+def get_fit_pool(request: Request, settings: SettingsDep) -> HeavyPool:
+    """The app's bounded pool for fit searches (settings fit_workers, fit_queue, fit_timeout_s)."""
+    return _pool(request, "fit", settings.fit_workers, settings.fit_queue, settings.fit_timeout_s)
+
+
+def get_estimate_pool(request: Request, settings: SettingsDep) -> HeavyPool:
+    """The app's bounded pool for estimates and page renders: few CPU threads, so that the event loop (and
+    /healthz) keeps getting the GIL under load (settings estimate_workers, estimate_queue). No time budget: one
+    estimate is bounded by the input limits (docs/limits.md)."""
+    return _pool(request, "estimate", settings.estimate_workers, settings.estimate_queue, None)
+
+
 FitPoolDep = Annotated[HeavyPool, Depends(get_fit_pool)]
+EstimatePoolDep = Annotated[HeavyPool, Depends(get_estimate_pool)]

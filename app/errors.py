@@ -31,7 +31,7 @@ DESCRIPTIONS: dict[int, str] = {
     413: "request body over the limit (GET /api/v1/limits: max_body_bytes)",
     422: "invalid input: detail[].loc names the field, msg says what is allowed",
     429: "every worker and queue slot for this kind of work is taken; retry after Retry-After seconds",
-    503: "the worker process died during this request; it has been replaced, retry",
+    503: "the worker died during this request (it is replaced: retry) or the server is shutting down",
     504: "the work ran past its time budget and was stopped (GET /api/v1/limits)",
 }
 

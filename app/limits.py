@@ -54,6 +54,7 @@ def limits(settings: Settings) -> dict[str, Any]:
         },
         "training": {name: _bounds(TrainingSpec, name) for name in ("micro_batch_size", "seq_len", "momentum")},
         "hardware": {"num_gpus": _bounds(HardwareSpec, "num_gpus")},
+        "estimate": {"workers": settings.estimate_workers, "queue": settings.estimate_queue},
         "fit": {"workers": settings.fit_workers, "queue": settings.fit_queue, "timeout_s": settings.fit_timeout_s},
         "trace": {"workers": settings.trace_concurrency, "queue": settings.trace_queue,
                   "timeout_s": settings.trace_timeout_s, "import_timeout_s": settings.trace_import_timeout_s},

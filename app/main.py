@@ -16,7 +16,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from app.calibration.service import calibration_lifespan
 from app.core.errors import PlanError
 from app.errors import as_detail
-from app.pool import ClientGone
+from app.pool import ClientGone, watch_exit_signals
 from app.routers import api_v1, apidocs, calibrate, pages, trace
 from app.settings import get_settings
 
@@ -121,11 +121,12 @@ def _unreadable_body(exc: StarletteHTTPException) -> list[dict[str, object]] | N
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     """Calibration recovery at startup; at shutdown stop fits, the trace worker and calibration workers."""
+    watch_exit_signals()
     async with calibration_lifespan(app):
         try:
             yield
         finally:
-            for name in ("fit_pool", "trace_service"):
+            for name in ("fit_pool", "estimate_pool", "trace_service"):
                 service = getattr(app.state, name, None)
                 if service is not None:
                     service.close()
@@ -160,7 +161,7 @@ def create_app() -> FastAPI:
         unreadable = _unreadable_body(exc)
         if unreadable is not None:
             return JSONResponse(status_code=422, content={"detail": unreadable})
-        loc: list[str | int] = ["path"] if exc.status_code in (404, 405) else []
+        loc: list[str | int] = {400: ["body"], 404: ["path"], 405: ["path"]}.get(exc.status_code, [])
         return JSONResponse(status_code=exc.status_code, headers=exc.headers,
                             content={"detail": as_detail(exc.status_code, exc.detail, loc)})
 

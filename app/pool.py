@@ -10,19 +10,44 @@ limits, docs/limits.md) it stops soon after.
 from __future__ import annotations
 
 import asyncio
+import signal
 import threading
 import time
 from collections.abc import Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import anyio
-from fastapi import Request
+from fastapi import HTTPException, Request
 
 from app.errors import api_error
 
 T = TypeVar("T")
 POLL_S = 0.1
-"""How often a waiting request checks whether its client disconnected (seconds)."""
+"""How often a waiting request checks whether its client disconnected or the server is stopping (seconds)."""
+
+STOPPING = threading.Event()
+"""Set when the server got SIGTERM/SIGINT (:func:`watch_exit_signals`): heavy work in flight stops and answers 503
+at once instead of holding the graceful shutdown until uvicorn cuts the connection."""
+
+
+def watch_exit_signals() -> None:
+    """Chain a handler in front of the server's SIGTERM/SIGINT handlers (uvicorn's, installed before the app's
+    startup) that sets :data:`STOPPING`. Only possible on the main thread (not under TestClient)."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        previous = signal.getsignal(signum)
+
+        def handler(sig: int, frame: Any, previous: Any = previous) -> None:
+            STOPPING.set()
+            if callable(previous):
+                previous(sig, frame)
+
+        signal.signal(signum, handler)
+
+
+def shutting_down() -> HTTPException:
+    return api_error(503, [], "the server is shutting down; retry on its replacement", "shutting_down")
 
 
 class Cancelled(Exception):
@@ -38,7 +63,7 @@ class ClientGone(Exception):
 
 
 class HeavyPool:
-    def __init__(self, name: str, workers: int, queue: int, timeout_s: float) -> None:
+    def __init__(self, name: str, workers: int, queue: int, timeout_s: float | None) -> None:
         self.name, self.workers, self.queue, self.timeout_s = name, workers, queue, timeout_s
         self._limiter = anyio.CapacityLimiter(workers)
         self._pending = 0
@@ -60,7 +85,8 @@ class HeavyPool:
         budget = self.timeout_s
 
         def call() -> T:
-            deadline = time.monotonic() + budget  # the clock starts when a worker picks the job up
+            # the clock starts when a worker picks the job up; no budget: only cancellation stops the job
+            deadline = time.monotonic() + budget if budget is not None else float("inf")
 
             def check() -> None:
                 if cancel.is_set():
@@ -78,6 +104,9 @@ class HeavyPool:
                 done, _ = await asyncio.wait({work}, timeout=POLL_S)
                 if done:
                     break
+                if STOPPING.is_set():
+                    cancel.set()
+                    raise shutting_down()
                 if request is not None and await request.is_disconnected():
                     cancel.set()
                     raise ClientGone

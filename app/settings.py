@@ -27,6 +27,9 @@ class Settings(BaseSettings):
     trace_import_timeout_s: float = Field(300.0, gt=0, description="limit (s) for a new trace worker's imports")
     trace_concurrency: int = Field(1, ge=1, description="trace worker processes")
     trace_queue: int = Field(2, ge=0, description="traces that may wait for a worker; more get 429")
+    estimate_workers: int = Field(4, ge=1, description="estimates and page renders computed at once (threads); "
+                                  "answers from the response cache do not count")
+    estimate_queue: int = Field(64, ge=0, description="estimates/page renders that may wait; more get 429")
     fit_workers: int = Field(2, ge=1, description="POST/GET /api/v1/fit searches running at once (threads)")
     fit_queue: int = Field(8, ge=0, description="fit requests that may wait; more get 429")
     fit_timeout_s: float = Field(60.0, gt=0, description="per-fit limit (s); past it the search stops with 504")

@@ -8,6 +8,7 @@ polls the parent pid and exits the process when it changes (reparented to init).
 from __future__ import annotations
 
 import ctypes
+import multiprocessing
 import os
 import signal
 import sys
@@ -19,8 +20,11 @@ WATCHDOG_POLL_S = 1.0
 
 
 def die_with_parent() -> None:
-    """Call first thing in a worker process (``initializer`` / process target)."""
-    parent = os.getppid()
+    """Call first thing in a multiprocessing worker (``initializer`` / process target). The expected parent is
+    the process that started this one (``multiprocessing.parent_process()``), so a server that died while this
+    process was still starting up is noticed too."""
+    started_by = multiprocessing.parent_process()
+    parent = started_by.pid if started_by is not None and started_by.pid is not None else os.getppid()
     armed = False
     if sys.platform.startswith("linux"):
         try:

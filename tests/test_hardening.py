@@ -208,9 +208,9 @@ def test_openapi_lists_error_statuses(client: TestClient) -> None:
     spec = client.get("/openapi.json").json()
     paths = spec["paths"]
     expected = {
-        ("/api/v1/estimate", "post"): {"200", "413", "422"},
-        ("/api/v1/fit", "post"): {"200", "413", "422", "429", "504"},
-        ("/api/v1/fit", "get"): {"200", "422", "429", "504"},
+        ("/api/v1/estimate", "post"): {"200", "413", "422", "429", "503"},
+        ("/api/v1/fit", "post"): {"200", "413", "422", "429", "503", "504"},
+        ("/api/v1/fit", "get"): {"200", "422", "429", "503", "504"},
         ("/api/v1/trace", "post"): {"200", "413", "422", "429", "503", "504"},
         ("/api/v1/calibrations", "post"): {"202", "401", "403", "413", "422"},
         ("/api/v1/calibrations/{job_id}", "delete"): {"200", "401", "403", "404", "422"},
@@ -299,3 +299,39 @@ def test_cuda_request_does_not_import_torch_into_the_api(tmp_path: Path) -> None
     )
     out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True, timeout=300)
     assert out.stdout.strip() == "False"
+
+
+# --- calibrations summarised once per finished job --------------------------------------------------------------
+def _finish_gpu_job(store: Any, gpu: str, predicted: int, allocated: int, reserved: int, used: int) -> str:
+    job = store.create({"model": "meta-llama/Llama-3.2-1B", "hardware": {"gpu": gpu}}, "cuda:0", 1, 2,
+                       {"memory": {"peak": predicted}})
+    store.finish(job, "done", result={"peak_allocated_bytes": allocated, "peak_reserved_bytes": reserved,
+                                      "device_used_bytes": used, "otf_dequant_slowdown": 1.5})
+    return job
+
+
+def test_summary_follows_each_finished_job_and_old_databases_are_summarised(tmp_path: Path) -> None:
+    import sqlite3
+
+    from app.calibration.store import JobStore, calibration_summary, measured_slowdowns
+
+    db = tmp_path / "db.sqlite3"
+    store = JobStore(db)
+    # context = used − reserved = 0.6 GB; reserve = (reserved − allocated)/allocated = 10%; gap = +5%
+    first = _finish_gpu_job(store, "nvidia-l4", 10_000_000_000, 10_500_000_000, 11_550_000_000, 12_150_000_000)
+    summary = calibration_summary(db, "nvidia-l4")
+    assert (summary.job_ids, summary.context_bytes, summary.reserve_fraction) == ((first,), 600_000_000, 0.1)
+    # a second job (context 0.7 GB, gap −5%): medians of two, min/max gaps; read again after the write
+    second = _finish_gpu_job(store, "nvidia-l4", 20_000_000_000, 19_000_000_000, 20_900_000_000, 21_600_000_000)
+    summary = calibration_summary(db, "nvidia-l4")
+    assert set(summary.job_ids) == {first, second} and summary.context_bytes == 650_000_000
+    assert (round(summary.gap_low, 6), round(summary.gap_high, 6)) == (-0.05, 0.05)
+    assert calibration_summary(db, "nvidia-a100-80gb") is None
+    assert measured_slowdowns(db, "meta-llama/Llama-3.2-1B") == {"qlora": 1.5}
+    # a database written before summaries existed (user_version 0, no table) is summarised when opened
+    with sqlite3.connect(db) as raw:
+        raw.execute("DROP TABLE calibration_summaries")
+        raw.execute("PRAGMA user_version=0")
+    JobStore(db)
+    rebuilt = calibration_summary(db, "nvidia-l4")
+    assert set(rebuilt.job_ids) == {first, second} and rebuilt.context_bytes == 650_000_000

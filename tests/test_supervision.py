@@ -3,6 +3,7 @@ nothing is lost, the next request is served. Real uvicorn processes on 127.0.0.1
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import os
@@ -129,7 +130,13 @@ def _cmdline(pid: int) -> bytes:
 
 
 def _in_background(fn: Any) -> threading.Thread:
-    t = threading.Thread(target=fn, daemon=True)
+    """Run a request in a thread; the server may be killed under it (a dropped connection is expected)."""
+
+    def quietly() -> None:
+        with contextlib.suppress(OSError, ValueError):
+            fn()
+
+    t = threading.Thread(target=quietly, daemon=True)
     t.start()
     return t
 
@@ -162,13 +169,19 @@ def test_kill9_server_takes_its_workers_and_restart_keeps_the_jobs(tmp_path: Pat
 def test_sigterm_is_graceful_bounded_and_leaves_nothing(tmp_path: Path) -> None:
     server = Server(tmp_path)
     try:
-        _in_background(lambda: _request(server.url + "/api/v1/trace", "POST", TRACE_BODY, timeout=120))
+        answers: list[tuple[int, Any]] = []
+        _in_background(lambda: answers.append(_request(server.url + "/api/v1/trace", "POST", TRACE_BODY)))
         server.wait_for_child()
         everything = _children(server.proc.pid)
         started = time.monotonic()
         server.proc.send_signal(signal.SIGTERM)
         server.proc.wait(timeout=60)
-        assert time.monotonic() - started < 60
+        assert time.monotonic() - started < 15  # the trace in flight does not hold the shutdown
+        deadline = time.monotonic() + 5
+        while not answers and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert answers and answers[0][0] == 503, answers  # told, not cut off
+        assert answers[0][1]["detail"][0]["type"] == "shutting_down"
         assert _wait_gone(everything) == set(), "children outlived SIGTERM"
     finally:
         server.stop()

@@ -8,6 +8,7 @@ jobs that were ``running`` when the process died become ``interrupted``; ``queue
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import statistics
 import threading
@@ -260,6 +261,7 @@ class JobStore:
 
 
 def _put_summary(db: sqlite3.Connection, key: str, value: dict[str, Any] | None) -> None:
+    _WRITES[0] += 1
     if value is None:
         db.execute("DELETE FROM calibration_summaries WHERE key=?", (key,))
     else:
@@ -272,8 +274,45 @@ def _read_only(path: Path | str) -> sqlite3.Connection | None:
     return sqlite3.connect(f"file:{Path(path)}?mode=ro", uri=True, timeout=30) if Path(path).exists() else None
 
 
+_WRITES = [0]  # summary writes by this process (its calibration workers): a version no timestamp can miss
+
+
+def data_version(path: Path | str) -> tuple[int, ...]:
+    """Changes whenever the database is written: this process's summary writes, and the modification time and
+    size of the file and its WAL (another process's writes); () when there is no database. Part of the key of
+    every cached answer that reads stored calibrations."""
+    out = [_WRITES[0]]
+    for suffix in ("", "-wal"):
+        try:
+            st = os.stat(f"{path}{suffix}")
+        except OSError:
+            if not suffix:
+                return ()
+            continue
+        out += [st.st_mtime_ns, st.st_size]
+    return tuple(out)
+
+
+_SUMMARIES: dict[tuple[str, str], tuple[tuple[int, ...], dict[str, Any] | None]] = {}
+
+
 def _get_summary(path: Path | str, key: str) -> dict[str, Any] | None:
-    """One summary row by primary key (constant time in the number of jobs); None without a database."""
+    """One summary row by primary key (constant time in the number of jobs), kept in memory until the database
+    changes; None without a database."""
+    version = data_version(path)
+    if not version:
+        return None
+    cached = _SUMMARIES.get((str(path), key))
+    if cached is not None and cached[0] == version:
+        return cached[1]
+    value = _read_summary(path, key)
+    if len(_SUMMARIES) > 4096:
+        _SUMMARIES.clear()
+    _SUMMARIES[(str(path), key)] = (version, value)
+    return value
+
+
+def _read_summary(path: Path | str, key: str) -> dict[str, Any] | None:
     db = _read_only(path)
     if db is None:
         return None

@@ -13,6 +13,7 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 
 from app.core.alloc_conf import MAX_CONF_CHARS, AllocConfError, parse_alloc_conf
+from app.core.architectures import LIMITS as CONFIG_LIMITS
 from app.core.patterns import MAX_PATTERN_CHARS, PatternError, compile_target_regex
 
 Method = Literal["full", "lora", "qlora", "dora", "qdora"]
@@ -39,8 +40,8 @@ MAX_NAMES = 64
 """Most entries in ``target_modules`` / ``target_parameters`` / ``modules_to_save`` (PEFT configs name ≤ ~10)."""
 MAX_NAME_CHARS = 128
 """Longest module or parameter name in those lists."""
-MAX_LAYERS = 256
-"""Most ``layers_to_transform`` entries, and largest index + 1 (= the config limit on num_hidden_layers)."""
+MAX_LAYERS = CONFIG_LIMITS["num_hidden_layers"]
+"""Most ``layers_to_transform`` entries, and largest index + 1 (the config limit on num_hidden_layers)."""
 MAX_ID_CHARS = 256
 """Longest catalog model or GPU id."""
 

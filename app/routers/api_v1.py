@@ -5,10 +5,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
+from app.cache import ResponseCache
 from app.calibration.store import calibration_summary, measured_mfus
 from app.core import PlanError, PlanRequest, estimate
 from app.core.calibrated import apply_calibrations
@@ -17,7 +18,7 @@ from app.core.fit import FitRequest, FitResult, fit, parse_budget
 from app.core.levers import LeversResult, levers
 from app.core.ownership import BuyVsRent, BuyVsRentRequest, plan_buy_vs_rent
 from app.core.result import EstimateResult
-from app.deps import FitPoolDep, SettingsDep
+from app.deps import EstimatePoolDep, FitPoolDep, SettingsDep
 from app.errors import api_error, error_responses
 from app.forms import parse_form
 from app.limits import limits
@@ -29,14 +30,32 @@ from app.pool import HeavyPool
 router = APIRouter(prefix="/api/v1", tags=["v1"])
 
 
-@router.post("/estimate", response_model=EstimateResult, responses=error_responses(413, 422))
-def post_estimate(req: PlanRequest, settings: SettingsDep) -> EstimateResult:
+ESTIMATES = ResponseCache(4096)
+"""Catalog-model answers by (canonical request, calibration summary): the static parts are cached by the core
+(app/core/estimate.py), the whole JSON here. Pasted configs are not cached (large keys, rarely repeated)."""
+
+
+@router.post("/estimate", response_model=EstimateResult, responses=error_responses(413, 422, 429, 503))
+async def post_estimate(req: PlanRequest, request: Request, settings: SettingsDep,
+                        pool: EstimatePoolDep) -> Response:
     """Parameters and per-GPU memory (bytes) of one fine-tuning run; with finished GPU calibrations of the
     requested GPU on this server, the overhead is fitted from them and ``calibration`` names them. ``model`` may
     be a Hub id outside the catalog (its config.json is fetched; ``source`` says from where)."""
-    req, source = resolve_request(req)
     summary = calibration_summary(settings.database_path, req.hardware.gpu)
-    return apply_calibrations(with_source(estimate(req), source), summary)
+    if isinstance(req.model, str) and req.model in model_configs():
+        key: tuple[str, object] | None = (req.model_dump_json(), summary)  # a catalog model: its answer is cached
+    else:
+        key = None  # a pasted config (large key) or a Hub id (its config may change)
+    body = ESTIMATES.get(key) if key is not None else None
+    if body is None:
+        def answer(check: Callable[[], None]) -> bytes:
+            plan, source = resolve_request(req)  # a Hub fetch or a generic build runs in the pool, not the loop
+            return apply_calibrations(with_source(estimate(plan), source), summary).model_dump_json().encode()
+
+        body = await pool.run(request, answer)
+        if key is not None:
+            ESTIMATES.put(key, body)
+    return Response(body, media_type="application/json")
 
 
 @router.get("/models")
@@ -69,7 +88,7 @@ def get_limits(settings: SettingsDep) -> dict[str, Any]:
     return limits(settings)
 
 
-@router.post("/fit", response_model=FitResult, responses=error_responses(413, 422, 429, 504))
+@router.post("/fit", response_model=FitResult, responses=error_responses(413, 422, 429, 503, 504))
 async def post_fit(body: FitRequest, request: Request, pool: FitPoolDep) -> FitResult:
     """What fits a per-GPU budget (bytes; default: hardware.gpu's VRAM): the largest micro_batch_size, seq_len
     and lora.r, the highest-fidelity method, and for every catalog GPU one card or the smallest ZeRO-3 group.
@@ -81,7 +100,7 @@ async def post_fit(body: FitRequest, request: Request, pool: FitPoolDep) -> FitR
         raise PlanError(("request", *exc.loc), exc.message) from exc
 
 
-@router.get("/fit", response_model=FitResult, responses=error_responses(422, 429, 504))
+@router.get("/fit", response_model=FitResult, responses=error_responses(422, 429, 503, 504))
 async def get_fit(request: Request, pool: FitPoolDep, budget: str | None = None) -> FitResult | JSONResponse:
     """POST /fit from the planner page's flat query parameters (model, method, r, seq_len, gpu, …) plus
     ``budget`` ('24GiB', '24GB' or bytes; empty = hardware.gpu's VRAM). Errors: 422, detail[].loc is

@@ -20,13 +20,14 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi.templating import Jinja2Templates
 
-from app.calibration.store import measured_mfus, measured_slowdowns
+from app.cache import ResponseCache
+from app.calibration.store import data_version, measured_mfus, measured_slowdowns
 from app.core import PlanError, estimate, format_bytes
 from app.core.catalog import gpus, model_configs
 from app.core.levers import levers
 from app.core.request import LoraSpec, QuantizationSpec, TrainingSpec
 from app.core.throughput import DEFAULT_SLOWDOWN, DEFAULT_TOKENS
-from app.deps import SettingsDep
+from app.deps import EstimatePoolDep, SettingsDep
 from app.forms import DEFAULT_MODEL, form_to_body, parse_cost_options, parse_form
 from app.models.resolve import resolve_request, with_source
 from app.settings import Settings
@@ -148,9 +149,20 @@ def _render(request: Request, form: dict[str, str], config_text: str | None, set
     return templates.TemplateResponse(request, "index.html", context, status_code=422 if context["errors"] else 200)
 
 
+PAGES = ResponseCache(1024)
+"""Rendered planner pages by (base URL, raw query string, calibration data version)."""
+
+
 @router.get("/", response_class=HTMLResponse)
-def planner(request: Request, settings: SettingsDep) -> HTMLResponse:
-    return _render(request, dict(request.query_params), None, settings)
+async def planner(request: Request, settings: SettingsDep, pool: EstimatePoolDep) -> Response:
+    key = (str(request.base_url), request.url.query, data_version(settings.database_path))
+    cached = PAGES.get(key)
+    if cached is None:
+        form = dict(request.query_params)
+        page = await pool.run(request, lambda check: _render(request, form, None, settings))
+        cached = page.status_code.to_bytes(2, "big") + bytes(page.body)
+        PAGES.put(key, cached)
+    return HTMLResponse(cached[2:], status_code=int.from_bytes(cached[:2], "big"))
 
 
 @router.post("/", response_class=HTMLResponse)

@@ -14,7 +14,7 @@ from app.core.overhead import cublas_workspace_bytes
 from app.deps import TraceServiceDep
 from app.errors import api_error, error_responses
 from app.models.resolve import resolve_request
-from app.pool import POLL_S, ClientGone
+from app.pool import POLL_S, STOPPING, ClientGone, shutting_down
 from app.trace.service import TraceBusy, TraceTimeout, TraceUnsupported, TraceWorkerDied
 
 router = APIRouter(prefix="/api/v1", tags=["v1"])
@@ -31,8 +31,9 @@ async def post_trace(req: PlanRequest, request: Request, service: TraceServiceDe
     work = asyncio.ensure_future(service.trace(req))
     try:
         while not (await asyncio.wait({work}, timeout=POLL_S))[0]:
+            if STOPPING.is_set():
+                raise shutting_down()  # the finally below cancels the trace, which kills its worker
             if await request.is_disconnected():
-                work.cancel()
                 raise ClientGone
         traced, cached = work.result()
     except TraceBusy as exc:
