@@ -236,8 +236,8 @@ def inventory_of(model: nn.Module, config: Any, key: str) -> Inventory:
     return inv
 
 
-_REFUSAL_LOCS = ("target_parameters", "modules_to_save", "layers_to_transform", "layers_pattern", "bias",
-                 "lora_dropout", "use_dora")
+_REFUSAL_LOCS = ("target_modules", "target_parameters", "modules_to_save", "layers_to_transform", "layers_pattern",
+                 "bias", "lora_dropout", "use_dora")
 
 
 def _refusal(exc: Exception) -> Resolution:
