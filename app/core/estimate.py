@@ -177,7 +177,7 @@ def _quant_report(inv: Inventory, req: PlanRequest, sm: StaticMemory) -> Quantiz
     )
 
 
-def _assumptions(req: PlanRequest, dt: Dtypes, plan: AdapterPlan) -> list[str]:
+def _assumptions(req: PlanRequest, dt: Dtypes, plan: AdapterPlan, inv: Inventory) -> list[str]:
     out = [
         "All memory figures are bytes per GPU; 'peak' predicts torch.cuda.max_memory_allocated() of a steady "
         "step (step ≥ 2, optimizer states resident, zero_grad(set_to_none=True)).",
@@ -186,6 +186,11 @@ def _assumptions(req: PlanRequest, dt: Dtypes, plan: AdapterPlan) -> list[str]:
         "Activation, loss and transient terms follow the tensors the real step keeps (checked against the trace "
         "engine: 48 cases within 2%, bench/trace_grid.py); attention is modelled as the CUDA kernels allocate.",
     ]
+    if inv.generic_key is not None:
+        out.append(f"{inv.arch.model_type} is outside the hand-written rules: its inventory, bitsandbytes modules "
+                   f"and PEFT targets come from transformers' {inv.model_class} on the meta device and PEFT's "
+                   "get_peft_model (exact parameters and static bytes); activations use the rules' decoder "
+                   "formulas and are provisional (docs/generic-models.md).")
     if req.uses_adapter:
         out.append("PEFT adapters (LoRA A/B, DoRA magnitude) are fp32 (autocast_adapter_dtype=True, PEFT ≥ 0.12).")
         out.append(f"Adapted: {len(plan.targets)} modules, {len(plan.param_targets)} parameters (target_parameters).")
@@ -344,6 +349,6 @@ def estimate(req: PlanRequest) -> EstimateResult:
         quantization=quant_report,
         fits=fits,
         allocator=allocator,
-        assumptions=_assumptions(req, dt, plan),
+        assumptions=_assumptions(req, dt, plan, inv),
         versions={"planner": PLANNER_VERSION, **{f"models_{k}": v for k, v in MODELLED_VERSIONS.items()}},
     )

@@ -60,10 +60,12 @@ def hf_config(cfg: dict[str, Any]) -> Any:
                 if "auto_map" in cfg else "")
         raise PlanError(("model", "config", "model_type"),
                         f"transformers 5.24 has no model_type {model_type!r}.{hint}")
+    cfg = copy.deepcopy(cfg)  # transformers standardises nested dicts (rope parameters) in place
     try:
         config = AutoConfig.for_model(model_type, **{k: v for k, v in cfg.items() if k not in CONFIG_META_KEYS})
-    except (ValueError, TypeError, KeyError, AttributeError, AssertionError) as exc:
-        raise PlanError(("model", "config"), f"transformers' {type(exc).__name__}: {exc}") from None
+    except Exception as exc:  # whatever transformers raises, the config cannot be built: a 422
+        raise PlanError(("model", "config"), f"transformers 5.24 refuses this config: {type(exc).__name__}: "
+                                             f"{exc}") from None
     config.use_cache = False
     return config
 
@@ -101,7 +103,7 @@ def meta_model(cfg: dict[str, Any], max_modules: int) -> nn.Module:
         with torch.device("meta"):
             try:
                 model = cls._from_config(config, dtype=torch.bfloat16)
-            except (ValueError, TypeError, KeyError, AttributeError, IndexError, RuntimeError) as exc:
+            except Exception as exc:  # as above: the model cannot be built from this config
                 raise PlanError(("model", "config"),
                                 f"transformers could not build {cls.__name__}: {type(exc).__name__}: {exc}") from None
     count = sum(1 for _ in model.modules())
@@ -234,8 +236,8 @@ def inventory_of(model: nn.Module, config: Any, key: str) -> Inventory:
     return inv
 
 
-_REFUSAL_LOCS = ("target_parameters", "modules_to_save", "layers_to_transform", "layers_pattern", "bias",
-                 "lora_dropout", "use_dora")
+_REFUSAL_LOCS = ("target_modules", "target_parameters", "modules_to_save", "layers_to_transform", "layers_pattern",
+                 "bias", "lora_dropout", "use_dora")
 
 
 def _refusal(exc: Exception) -> Resolution:

@@ -21,6 +21,7 @@ _META_KEYS = {"architectures", "transformers_version", "auto_map", "model_type",
 def fine_tuner_model(cfg: dict[str, Any]) -> torch.nn.Module:
     """``<architectures[0]>._from_config(config)`` on the meta device (every test config names a class
     transformers 5.24 has)."""
+    cfg = copy.deepcopy(cfg)  # transformers standardises nested dicts (rope parameters) in place
     config = AutoConfig.for_model(cfg["model_type"], **{k: v for k, v in cfg.items() if k not in _META_KEYS})
     config.use_cache = False
     cls = getattr(transformers, cfg["architectures"][0])
