@@ -133,9 +133,10 @@ def test_calibrated_mfu_replaces_the_class_default(tmp_path: Path) -> None:
         return mfu * 165.2e12 / flops
 
     for mfu in (0.20, 0.25, 0.30):
-        store.finish(store.create(body, "cuda:0", 1, 2, None), "done", result={"tokens_per_s": tps(mfu)})
+        store.finish(store.create(body, "cuda:0", 1, 2, None), "done",
+                     result={"tokens_per_s": tps(mfu), "measured_device": "nvidia-rtx-4090"})
     qlora = store.create({**body, "method": "qlora"}, "cuda:0", 1, 2, None)
-    store.finish(qlora, "done", result={"tokens_per_s": tps(0.05),
+    store.finish(qlora, "done", result={"tokens_per_s": tps(0.05), "measured_device": "nvidia-rtx-4090",
                                         "sixteen_bit_base": {"method": "lora", "tokens_per_s": tps(0.25)}})
     store.finish(store.create(body, "cpu", 1, 2, None), "done", result={"tokens_per_s": tps(0.9)})
     measured = measured_mfus(db)

@@ -14,7 +14,9 @@ from typing import Any
 
 import pytest
 
-from app.core import PlanRequest, estimate
+from app.core import PlanRequest
+from app.core import estimate as core_estimate
+from app.models.resolve import resolve_request, with_source
 
 ROOT = Path(__file__).resolve().parent.parent
 ENV = {**os.environ, "NO_PROXY": "127.0.0.1,localhost", "no_proxy": "127.0.0.1,localhost"}
@@ -24,6 +26,12 @@ LLAMA = "meta-llama/Llama-3.1-8B"
 def run(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "app.cli", *args], cwd=ROOT, env=ENV, capture_output=True,
                           text=True, timeout=120)
+
+
+def estimate(req: PlanRequest) -> Any:
+    """What the CLI prints for ``req``: the core's answer with where the config came from."""
+    plan, source = resolve_request(req)
+    return with_source(core_estimate(plan), source)
 
 
 def _quiet_import() -> Any:
@@ -256,4 +264,5 @@ def test_unknown_ids_get_a_did_you_mean(flag: str, value: str, loc: str, suggest
     args = ["--model", LLAMA, "--method", "lora", "-q", flag, value]
     out = run("check", *args)
     assert out.returncode == 2 and out.stdout == ""
-    assert out.stderr.startswith(f"error: {loc}: unknown ") and f"did you mean {suggestion}?" in out.stderr
+    # an unknown org/name is looked up on the Hub first (offline here): the refusal names the id, then suggests
+    assert out.stderr.startswith(f"error: {loc}: ") and f"did you mean {suggestion}?" in out.stderr

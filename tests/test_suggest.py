@@ -19,7 +19,7 @@ from app.main import create_app
     ("https://huggingface.co/Qwen/Qwen3-8B", ["Qwen/Qwen3-8B"]),
     ("Qwen/Qwen3-8B-Base", ["Qwen/Qwen3-8B"]),  # -Base → the catalog's id
     ("Qwen/Qwen2.5-7B-Base", ["Qwen/Qwen2.5-7B", "Qwen/Qwen2.5-7B-Instruct"]),
-    ("meta-llama/Meta-Llama-3-8B-Instruct", ["meta-llama/Meta-Llama-3-8B"]),  # -Instruct → base
+    ("meta-llama/Llama-3.2-1B-Instruct", ["meta-llama/Llama-3.2-1B"]),  # -Instruct → base
     ("meta-llama/Llama-3.2-1B-Instruct", ["meta-llama/Llama-3.2-1B"]),
     ("google/gemma-3-1b", ["google/gemma-3-1b-it", "google/gemma-3-1b-pt"]),  # the reverse: base → -it/-pt
     ("meta-llama/Llama-2-7b", ["meta-llama/Llama-2-7b-hf"]),  # the reverse: → -hf

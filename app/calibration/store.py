@@ -60,7 +60,8 @@ SCHEMA_VERSION = 3  # 2: calibration_summaries; 3: keyed by measured_device, + M
 
 # A finished GPU job's request fields, read in SQL so summaries read only the rows they need.
 _GPU_OF = "measured_device"  # the card the job measured (app/calibration/devices.py), never the request's
-_DONE_ON_GPU = "status='done' AND device LIKE 'cuda%' AND result_json IS NOT NULL AND measured_device IS NOT NULL"
+_DONE_CUDA = "status='done' AND device LIKE 'cuda%' AND result_json IS NOT NULL"  # GPU evidence of a model
+_DONE_ON_GPU = f"{_DONE_CUDA} AND measured_device IS NOT NULL"  # ... and of the card it measured
 
 _JSON_COLUMNS = {"request_json": "request", "result_json": "result", "estimate_json": "estimate"}
 
@@ -88,7 +89,7 @@ class JobStore:
                                                 f"WHERE {_DONE_ON_GPU}").fetchall():
                         self._summarise_gpu(db, gpu_id)
                     for (model,) in db.execute("SELECT DISTINCT json_extract(request_json, '$.model') FROM "
-                                               f"calibration_jobs WHERE {_DONE_ON_GPU}").fetchall():
+                                               f"calibration_jobs WHERE {_DONE_CUDA}").fetchall():
                         self._summarise_slowdown(db, model)
                     db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
             finally:
@@ -181,9 +182,10 @@ class JobStore:
                      status, (result or {}).get("measured_device") or measured, job_id),
                 ).rowcount == 1
                 row = db.execute(f"SELECT {_GPU_OF}, json_extract(request_json, '$.model') FROM calibration_jobs "
-                                 f"WHERE id=? AND {_DONE_ON_GPU}", (job_id,)).fetchone()
+                                 f"WHERE id=? AND {_DONE_CUDA}", (job_id,)).fetchone()
                 if changed and row is not None:
-                    self._summarise_gpu(db, row[0])
+                    if row[0] is not None:
+                        self._summarise_gpu(db, row[0])
                     self._summarise_slowdown(db, row[1])
                 db.execute("COMMIT")
             except BaseException:
@@ -203,7 +205,7 @@ class JobStore:
         if not isinstance(model, str) or model.startswith("{"):
             return  # a pasted config: no id to look it up by
         rows = db.execute(f"SELECT json_extract(result_json, '$.otf_dequant_slowdown') FROM calibration_jobs WHERE "
-                          f"{_DONE_ON_GPU} AND json_extract(request_json, '$.model')=? "
+                          f"{_DONE_CUDA} AND json_extract(request_json, '$.model')=? "
                           "ORDER BY created_at DESC, rowid DESC LIMIT ?", (model, MAX_SAMPLES)).fetchall()
         ratios = [r[0] for r in rows if isinstance(r[0], int | float) and r[0] > 0]
         _put_summary(db, f"slowdown:{model}", {"qlora": statistics.median(ratios)} if ratios else None)
