@@ -55,9 +55,11 @@ class _Ctx:
     dora: bool
     r: int
     checkpointed: bool
+    top_k: int  # MoE experts per token (0 for dense models)
+    experts: int  # MoE experts per block
 
 
-def _ctx(req: PlanRequest, dt: Dtypes) -> _Ctx:
+def _ctx(req: PlanRequest, dt: Dtypes, arch: ArchSpec) -> _Ctx:
     tr = req.training
     autocast = dt.compute != "fp32"
     c = DTYPE_BYTES[dt.compute]
@@ -68,7 +70,13 @@ def _ctx(req: PlanRequest, dt: Dtypes) -> _Ctx:
     return _Ctx(t=tr.micro_batch_size * tr.seq_len, b=tr.micro_batch_size, s=tr.seq_len, c=c, a=a, lo=lo,
                 autocast=autocast, quantized=req.quantized, full=req.method == "full",
                 dropout=req.uses_adapter and req.lora.lora_dropout > 0, dora=req.uses_dora, r=req.lora.r,
-                checkpointed=tr.gradient_checkpointing)
+                checkpointed=tr.gradient_checkpointing, top_k=arch.num_experts_per_tok, experts=arch.num_experts)
+
+
+def _tokens(x: _Ctx, m: Module) -> int:
+    """Rows a linear sees: all tokens, or for one expert of a transformers 4.x MoE block (an nn.Linear per
+    expert, run on the tokens routed to it) the average share T·top_k/E."""
+    return -(-x.t * x.top_k // x.experts) if x.experts and ".experts." in m.name else x.t
 
 
 def _adapter_saved(x: _Ctx, targets: list[Module], shared_inputs: int) -> int:
@@ -80,20 +88,20 @@ def _adapter_saved(x: _Ctx, targets: list[Module], shared_inputs: int) -> int:
     lora_c = x.c if x.autocast else 4
     copies_per_linear = x.autocast and (not x.quantized or x.a != x.c)
     for m in targets:
-        k, n = m.in_features, m.out_features
+        k, n, t = m.in_features, m.out_features, _tokens(x, m)
         if copies_per_linear:
-            total += lora_c * x.t * k  # autocast's cast of x for lora_A (a new tensor per adapter)
+            total += lora_c * t * k  # autocast's cast of x for lora_A (a new tensor per adapter)
         elif x.dropout:
-            total += lora_c * x.t * k  # the dropout output lora_A saves
+            total += lora_c * t * k  # the dropout output lora_A saves
         if x.dropout:
-            total += x.t * k  # CUDA native_dropout keeps a bool mask
-        total += lora_c * x.t * x.r  # lora_A output, saved by lora_B
+            total += t * k  # CUDA native_dropout keeps a bool mask
+        total += lora_c * t * x.r  # lora_A output, saved by lora_B
         if x.autocast:
             total += x.c * x.r * (k + n)  # autocast's cached bf16 copies of lora_A / lora_B weights
         if x.dora:
             # DoRA keeps base_result and lora_result; with dropout > 0 it recomputes base_result as
             # F.linear(dropout(x), W) (autocast dtype) and saves W (under autocast its cast)
-            total += x.t * n * ((lora_c if x.dropout else x.lo) + lora_c)
+            total += t * n * ((lora_c if x.dropout else x.lo) + lora_c)
             if x.dropout:
                 total += n * k * lora_c
     if not copies_per_linear and not x.dropout:
@@ -258,14 +266,14 @@ def _dora_extra(inv: Inventory, x: _Ctx, dt: Dtypes, targets: list[Module], *, g
     mlp_acts = (4 if arch.model_type == "gpt2" else 3) * x.lo * x.t * arch.intermediate_size
     best = 0
     for i, m in enumerate(targets):
-        k, n = m.in_features, m.out_features
-        present = x.t * n * x.lo + (la * x.t * k if x.a != la or not x.quantized else 0)
+        k, n, t = m.in_features, m.out_features, _tokens(x, m)
+        present = t * n * x.lo + (la * t * k if x.a != la or not x.quantized else 0)
         if x.dropout:
-            present += la * x.t * k + x.t * k
+            present += la * t * k + t * k
         later = _adapter_saved(x, [m, *(o for o in targets[i + 1:] if o.layer == m.layer)], 0)
         if m.name == last_linear.get(m.layer):
             if x.dropout or (x.autocast and (not x.quantized or x.a != x.c)):  # the adapter copies its input
-                present += x.lo * x.t * k
+                present += x.lo * t * k
         elif m.layer not in arch.sparse_layers:
             later += mlp_acts
         best = max(best, _dora_transient(x, dt, m, grad_enabled=grad_enabled) + present - later)
@@ -282,7 +290,7 @@ def _largest_linear(inv: Inventory) -> tuple[int, int]:
 
 def activation_model(inv: Inventory, plan: AdapterPlan, req: PlanRequest, dt: Dtypes) -> ActivationModel:
     arch = inv.arch
-    x = _ctx(req, dt)
+    x = _ctx(req, dt, arch)
     t, h, v = x.t, arch.hidden_size, arch.vocab_size
     per_layer = [
         _gpt2_layer_saved(inv, plan.targets, x, i) if arch.model_type == "gpt2"

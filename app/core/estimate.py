@@ -44,16 +44,21 @@ MODELLED_VERSIONS = {
 PLANNER_VERSION = "0.1.0"
 
 
+# transformers releases whose module trees the planner builds (PlanRequest.transformers_version)
+TRANSFORMERS_RELEASES = {"5.24": "5.24.0", "4.57": "4.57"}
+
+
 @lru_cache(maxsize=256)
-def inventory_for(model_id: str) -> Inventory:
-    return build_inventory(parse_config(model_config(model_id)))
+def inventory_for(model_id: str, legacy_moe: bool = False) -> Inventory:
+    return build_inventory(parse_config(model_config(model_id)), legacy_moe=legacy_moe)
 
 
 def resolve_inventory(req: PlanRequest) -> tuple[str | None, Inventory]:
     """Catalog inventories are cached; pasted configs are parsed per request (bounded by LIMITS)."""
+    legacy = req.transformers_version == "4.57"
     if isinstance(req.model, str):
-        return req.model, inventory_for(req.model)
-    return None, build_inventory(parse_config(req.model.config))
+        return req.model, inventory_for(req.model, legacy)
+    return None, build_inventory(parse_config(req.model.config), legacy_moe=legacy)
 
 
 def _check_request(req: PlanRequest, arch: ArchSpec) -> None:
@@ -245,7 +250,7 @@ def _quant_report(inv: Inventory, req: PlanRequest, sm: StaticMemory) -> Quantiz
     )
 
 
-def _assumptions(req: PlanRequest, dt: Dtypes, plan: AdapterPlan) -> list[str]:
+def _assumptions(req: PlanRequest, dt: Dtypes, plan: AdapterPlan, inv_legacy: bool = False) -> list[str]:
     out = [
         "All memory figures are bytes per GPU; 'peak' predicts torch.cuda.max_memory_allocated() of a steady "
         "step (step ≥ 2, optimizer states resident, zero_grad(set_to_none=True)).",
@@ -265,7 +270,8 @@ def _assumptions(req: PlanRequest, dt: Dtypes, plan: AdapterPlan) -> list[str]:
             out.append(
                 f"bitsandbytes 4-bit {q.bnb_4bit_quant_type}, blocksize {q.blocksize}, double quant "
                 f"{'on' if q.bnb_4bit_use_double_quant else 'off'}; every nn.Linear/Conv1D except lm_head is "
-                "quantized; MoE experts (3-D parameters in transformers 5) and routers are not."
+                + ("quantized, MoE experts and routers included (nn.Linear in transformers 4.57)."
+                   if inv_legacy else "quantized; MoE experts (3-D parameters in transformers 5) and routers are not.")
             )
         out.append(
             "prepare_model_for_kbit_training upcasts non-quantized fp16/bf16 parameters to fp32."
@@ -374,6 +380,7 @@ def estimate(req: PlanRequest) -> EstimateResult:
         breakdown=_breakdown(sm, act, top.name, activations - workspace - gathered, context, reserve, workspace),
         quantization=quant_report,
         fits=fits,
-        assumptions=_assumptions(req, dt, plan),
-        versions={"planner": PLANNER_VERSION, **{f"models_{k}": v for k, v in MODELLED_VERSIONS.items()}},
+        assumptions=_assumptions(req, dt, plan, inv.legacy_moe),
+        versions={"planner": PLANNER_VERSION, **{f"models_{k}": v for k, v in MODELLED_VERSIONS.items()},
+                  "models_transformers": TRANSFORMERS_RELEASES[req.transformers_version]},
     )

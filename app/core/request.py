@@ -140,6 +140,12 @@ class PlanRequest(_Strict):
     """One fine-tuning run: POST /api/v1/estimate's body."""
 
     model: str | ModelConfig = Field(description="catalog hub id, or {'config': {...config.json...}}")
+    transformers_version: Literal["5.24", "4.57"] = Field(
+        "5.24",
+        description="transformers release whose module tree is modelled: '4.57' builds MoE experts "
+        "(Mixtral, Qwen3-MoE) as one nn.Linear per expert (quantized by bitsandbytes, adaptable by "
+        "LoRA/DoRA by name); '5.24' fuses them into 3-D parameters",
+    )
     method: Method = "lora"
     lora: LoraSpec = Field(default_factory=LoraSpec)
     quantization: QuantizationSpec = Field(default_factory=QuantizationSpec)
