@@ -146,10 +146,13 @@ def _gathered(inv: Inventory, sm: StaticMemory, req: PlanRequest, dt: Dtypes) ->
       (embeddings, lm_head, final norm) is not resharded after forward (torch ``fsdp/_runtime_utils.py``:
       the root keeps its parameters for backward), so it stays gathered through the step. Quantized layers
       gather their packed 4-bit storage (``bnb_4bit_quant_storage`` dtype, same bytes).
-    - ZeRO-3 (DeepSpeed ``partitioned_param_coordinator.py: fetch_sub_module``): the running module's
-      parameters plus the prefetch bucket, ``stage3_prefetch_bucket_size`` = 0.9·hidden² elements with HF's
-      "auto" (transformers ``integrations/deepspeed.py: trainer_config_finalize``), in bf16, capped by
-      ``stage3_max_live_parameters`` (DeepSpeed default 1e9 elements).
+    - ZeRO-3 (DeepSpeed ``partitioned_param_coordinator.py``): ``fetch_sub_module`` gathers the running
+      module's parameters plus a prefetch bucket, ``stage3_prefetch_bucket_size`` = 0.9·hidden² elements
+      with HF's "auto" (transformers ``integrations/deepspeed.py: trainer_config_finalize``);
+      ``release_sub_module`` keeps parameters whose reuse distance is under ``stage3_max_reuse_distance``
+      (default 1e9 elements), so a checkpointed layer's parameters stay gathered from its recompute through
+      its backward: one decoder layer (or the largest module, e.g. the embedding) plus the bucket, in bf16,
+      capped by ``stage3_max_live_parameters`` (default 1e9 elements).
     """
     if req.hardware.num_gpus < 2 or req.hardware.sharding not in ("zero3", "fsdp"):
         return 0
@@ -159,14 +162,18 @@ def _gathered(inv: Inventory, sm: StaticMemory, req: PlanRequest, dt: Dtypes) ->
         layer = _layer_bytes(sm.weights, arch.num_hidden_layers) + sm.adapters.total // max(arch.num_hidden_layers, 1)
         return root + 2 * layer
     names = set(quantized_modules(inv)) if req.quantized else set()
-    largest = 0
-    for m in inv.modules:
-        numel = m.in_features * m.out_features
-        if m.name in names:
-            nbytes = numel if req.quantization.load_in_8bit else nf4_bytes(numel).data
+    by_module: dict[str, int] = {}
+    by_layer: dict[int, int] = {}
+    for t in inv.unique_tensors():
+        if t.module in names and not t.is_bias:
+            nbytes = t.numel if req.quantization.load_in_8bit else nf4_bytes(t.numel).data
         else:
-            nbytes = ZERO_PARAM_BYTES * numel
-        largest = max(largest, nbytes)
+            nbytes = ZERO_PARAM_BYTES * t.numel
+        by_module[t.module] = by_module.get(t.module, 0) + nbytes
+        layer_index = inv.module_by_name[t.module].layer
+        if layer_index is not None:
+            by_layer[layer_index] = by_layer.get(layer_index, 0) + nbytes
+    largest = max((*by_module.values(), *by_layer.values()), default=0)
     prefetch = int(ZERO3_PREFETCH_FRACTION * arch.hidden_size * arch.hidden_size) * ZERO_PARAM_BYTES
     return min(largest + prefetch, ZERO3_MAX_LIVE_PARAMETERS * ZERO_PARAM_BYTES)
 
