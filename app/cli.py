@@ -66,6 +66,8 @@ def build_parser() -> argparse.ArgumentParser:
                             "axolotl YAML, or a model config.json; '-' reads stdin")
     files.add_argument("--model", help="catalog hub id (e.g. meta-llama/Llama-3.1-8B) or a config.json path/dir")
     files.add_argument("--method", choices=METHODS)
+    files.add_argument("--transformers-version", choices=("5.24", "4.57"),
+                       help="module tree to model: 4.57 builds MoE experts as one nn.Linear each (docs/accuracy.md)")
     lora = inputs.add_argument_group("LoRA (PEFT LoraConfig)")
     lora.add_argument("--r", type=int, help="LoRA rank")
     lora.add_argument("--lora-alpha", type=float)
@@ -151,6 +153,8 @@ def build_body(args: argparse.Namespace) -> tuple[dict[str, Any], list[Any]]:
 
     if args.method is not None:
         body["method"] = args.method
+    if args.transformers_version is not None:
+        body["transformers_version"] = args.transformers_version
     put("lora", "r", args.r)
     put("lora", "lora_alpha", args.lora_alpha)
     put("lora", "lora_dropout", args.lora_dropout)

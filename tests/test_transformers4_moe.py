@@ -101,3 +101,20 @@ def test_unknown_version_is_a_422_field() -> None:
     with pytest.raises(ValidationError) as info:
         PlanRequest(model=MIXTRAL, transformers_version="4.40")
     assert info.value.errors()[0]["loc"] == ("transformers_version",)
+
+
+def test_cli_flag() -> None:
+    """``peft-planner estimate --transformers-version 4.57``: the JSON answer is the 4.57 layout's."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    out = subprocess.run(
+        [sys.executable, "-m", "app.cli", "estimate", "--model", MIXTRAL, "--method", "qdora", "--r", "16",
+         "--target-modules", "all-linear", "--transformers-version", "4.57", "--json"],
+        cwd=Path(__file__).resolve().parent.parent, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    answer = json.loads(out.stdout)
+    assert answer["parameters"]["trainable"] == 250_941_696  # as test_mixtral_4_57_allows_dora_on_experts
+    assert answer["versions"]["models_transformers"] == "4.57"
