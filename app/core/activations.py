@@ -252,10 +252,11 @@ def _dora_extra(inv: Inventory, x: _Ctx, dt: Dtypes, targets: list[Module], *, g
     mask, and the base layer's result (N wide); its input is alive (for the layer's last linear not a
     tensor the layer keeps when the adapter saves its own copy). What ``m`` saves later (autocast's cast of
     the input, lora_A's output, DoRA's lora_result, the weight saved under dropout) and what the adapted
-    linears after it save (registration order = execution order in HF decoders: attention, then the MLP's
-    gate/up and down) do not exist yet, nor (before the layer's last linear) the dense MLP's activation
-    outputs (``3·lo·T·I``; GPT-2 ``4·lo·T·I``). Attention internals are left in, so for attention
-    projections this is an upper bound; in a decoder the widest K (the MLP down projection) is the last.
+    linears after it save (registration order: attention, then the MLP's gate/up and down; the execution
+    order except Phi-3, which registers o_proj before qkv_proj) do not exist yet, nor (before the layer's
+    last linear) the dense MLP's activation outputs (``3·lo·T·I``; GPT-2 ``4·lo·T·I``). Attention internals
+    are left in, so for attention projections this is an upper bound; in a decoder the widest K (the MLP
+    down projection) is the last.
     """
     arch = inv.arch
     last_linear: dict[int, str] = {}
