@@ -264,7 +264,7 @@ def _assumptions(req: PlanRequest, dt: Dtypes, plan: AdapterPlan, inv_legacy: bo
         f"Weights loaded in {dt.weights}; compute in {dt.compute}"
         + (" under autocast." if dt.compute != dt.weights else "."),
         "Activation, loss and transient terms follow the tensors the real step keeps (checked against the trace "
-        "engine: 48 cases within 2%, bench/trace_grid.py); attention is modelled as the CUDA kernels allocate.",
+        "engine: 50 cases within 2%, bench/trace_grid.py); attention is modelled as the CUDA kernels allocate.",
     ]
     if req.uses_adapter:
         out.append("PEFT adapters (LoRA A/B, DoRA magnitude) are fp32 (autocast_adapter_dtype=True, PEFT ≥ 0.12).")
