@@ -71,6 +71,8 @@ def build_parser() -> argparse.ArgumentParser:
                                         "(its config.json is fetched; HF_TOKEN, HF_ENDPOINT, HF_HUB_OFFLINE apply), "
                                         "or a config.json path/dir")
     files.add_argument("--method", choices=METHODS)
+    files.add_argument("--transformers-version", choices=("5.24", "4.57"),
+                       help="module tree to model: 4.57 builds MoE experts as one nn.Linear each (docs/accuracy.md)")
     lora = inputs.add_argument_group("LoRA (PEFT LoraConfig)")
     lora.add_argument("--r", type=int, help="LoRA rank")
     lora.add_argument("--lora-alpha", type=float)
@@ -166,6 +168,9 @@ def build_body(args: argparse.Namespace) -> tuple[dict[str, Any], list[Any]]:
     if args.method is not None:
         body["method"] = args.method
         flagged.add("method")
+    if args.transformers_version is not None:
+        body["transformers_version"] = args.transformers_version
+        flagged.add("transformers_version")
     put("lora", "r", args.r)
     put("lora", "lora_alpha", args.lora_alpha)
     put("lora", "lora_dropout", args.lora_dropout)

@@ -344,6 +344,8 @@ def map_row(row: dict[str, str]) -> Mapped:
             raise Skip("4-bit type not stated", quant)
         qspec = {"bnb_4bit_quant_type": "nf4", "bnb_4bit_use_double_quant": "double" in q,
                  "bnb_4bit_compute_dtype": "bfloat16"}
+        if "quant_storage bf16" in q:
+            qspec["bnb_4bit_quant_storage"] = "bfloat16"
         if sharding in ("zero3", "fsdp"):
             # TRL SFTTrainer skips prepare_model_for_kbit_training for sharded QLoRA (Params4bit on cpu/meta)
             qspec["prepare_kbit"] = False

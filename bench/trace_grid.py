@@ -73,6 +73,9 @@ CASES: list[tuple[str, str, dict[str, Any], dict[str, Any]]] = [
     ("meta-llama/Llama-3.1-8B", "full", {}, {"micro_batch_size": 1, "seq_len": 2048, "optim": "adamw_torch"}),
     ("meta-llama/Llama-3.1-8B", "qdora", {}, {"micro_batch_size": 1, "seq_len": 8192}),
     ("meta-llama/Llama-3.1-8B", "dora", {"lora_dropout": 0.05}, {"micro_batch_size": 1, "seq_len": 2048}),
+    # DoRA's identity matrix (in_features² of down_proj) in the checkpointed recompute sets the peak
+    ("mistralai/Mistral-7B-v0.3", "dora", {}, {"micro_batch_size": 1, "seq_len": 1024}),
+    ("mistralai/Mistral-7B-v0.3", "qdora", {"lora_dropout": 0.05}, {"micro_batch_size": 1, "seq_len": 1024}),
 ]
 # fmt: on
 

@@ -139,7 +139,7 @@ def test_bnb_4bit_to_dict(transformers_bnb: Any) -> None:
     assert imported.format == "bnb" and imported.notes == []
     assert imported.body == {"method": "qlora", "quantization": {
         "bnb_4bit_quant_type": "nf4", "bnb_4bit_use_double_quant": True, "bnb_4bit_compute_dtype": "bfloat16",
-        "load_in_8bit": False}}
+        "bnb_4bit_quant_storage": "uint8", "load_in_8bit": False}}  # to_dict() writes the storage dtype
 
 
 def test_bnb_diff_json_takes_transformers_defaults(transformers_bnb: Any) -> None:
@@ -179,8 +179,16 @@ def test_bnb_problems() -> None:
         from_bnb({"load_in_4bit": True, "load_in_8bit": True}, "q.json")
     body, notes = from_bnb({"load_in_4bit": False, "bnb_4bit_quant_storage": "bfloat16", "mystery": 1}, "q.json")
     assert body == {}
-    assert kinds(notes) == {"unsupported": {"load_in_4bit"}, "note": {"bnb_4bit_quant_storage"},
-                            "unknown": {"mystery"}}
+    assert kinds(notes) == {"unsupported": {"load_in_4bit"}, "unknown": {"mystery"}}
+
+
+def test_bnb_quant_storage_is_carried() -> None:
+    """transformers BitsAndBytesConfig(bnb_4bit_quant_storage=torch.bfloat16) serializes as 'bfloat16'."""
+    body, _ = from_bnb({"load_in_4bit": True, "bnb_4bit_quant_storage": "bfloat16"}, "q.json")
+    assert body["quantization"]["bnb_4bit_quant_storage"] == "bfloat16"
+    body, notes = from_bnb({"load_in_4bit": True, "bnb_4bit_quant_storage": "int4"}, "q.json")
+    assert "bnb_4bit_quant_storage" not in body["quantization"]
+    assert kinds(notes)["unsupported"] == {"bnb_4bit_quant_storage"}
 
 
 # --------------------------------------------------------------------------------------------- merging

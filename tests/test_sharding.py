@@ -43,3 +43,64 @@ def test_fsdp_and_ddp() -> None:
     one = estimate(PlanRequest(model=MODEL, method="full")).memory
     # DDP keeps a full replica and gradient buckets as large as the gradients: the peak grows by them
     assert ddp.peak - one.peak == one.gradients
+
+
+# Llama-3.2-1B in bf16 (tied embeddings): 128256·2048 embedding, 16 layers, 67,584 norm weights
+EMBEDDING_BYTES = 2 * 128256 * 2048  # 525,336,576
+LAYER_BYTES = (2 * PSI - EMBEDDING_BYTES) // 16  # 121,643,264: one decoder layer's bf16 weights
+NORM_PARAMS = 16 * 2 * 2048 + 2048
+A100_WORKSPACE = 2 * (2 * 4096 * 1024 + 8 * 16 * 1024)  # two cuBLAS handles on sm80 (8 MiB + 128 KiB each)
+
+
+def _gathered(res: object) -> int:
+    """The unsharded bytes an estimate adds at its peak: activations minus their breakdown and the workspace."""
+    by_key = {b.key: b.bytes for b in res.breakdown}  # type: ignore[attr-defined]
+    return (res.memory.activations - by_key[f"activations/{res.peak.phase}"]  # type: ignore[attr-defined]
+            - by_key["overhead/cublas_workspace"])
+
+
+def test_fsdp_optimizer_step_counts_the_local_shard() -> None:
+    """torch AdamW (foreach) on FSDP's flat shard: exp_avg_sq.sqrt() of the shard, not of the model."""
+    res = estimate(PlanRequest(model=MODEL, method="full", training={"optim": "adamw_torch"},
+                               hardware={"num_gpus": 2, "sharding": "fsdp"}))
+    phases = {p.name: p.bytes for p in res.peak.phases}
+    shard = PSI  # bf16 bytes / 2 GPUs
+    states = 2 * shard  # exp_avg + exp_avg_sq
+    step = (PSI - NORM_PARAMS) * 2 // 2  # the weight-decay group's second moments, this shard's half
+    gathered = EMBEDDING_BYTES + 2 * LAYER_BYTES  # root unit (tied embedding) + current and prefetched layer
+    grad_buffer = LAYER_BYTES  # a layer's unsharded gradients before reduce-scatter
+    assert phases["optimizer"] == shard + shard + states + step + grad_buffer + gathered + A100_WORKSPACE
+
+
+def test_zero3_gathers_the_running_module_and_a_prefetch_bucket() -> None:
+    """DeepSpeed fetch_sub_module + HF "auto": largest module (the embedding, bf16) + 0.9·hidden² elements."""
+    res = estimate(PlanRequest(model=MODEL, method="full", hardware={"num_gpus": 2, "sharding": "zero3"}))
+    assert _gathered(res) == EMBEDDING_BYTES + 2 * int(0.9 * 2048 * 2048)
+
+
+def test_fsdp_qlora_needs_float_quant_storage_and_keeps_constants_whole() -> None:
+    from app.core import PlanError
+
+    with pytest.raises(PlanError) as info:
+        estimate(PlanRequest(model=MODEL, method="qlora", hardware={"num_gpus": 2, "sharding": "fsdp"}))
+    assert info.value.loc == ("quantization", "bnb_4bit_quant_storage")
+    single = estimate(PlanRequest(model=MODEL, method="qlora")).memory
+    two = estimate(PlanRequest(model=MODEL, method="qlora", quantization={"bnb_4bit_quant_storage": "bfloat16"},
+                               hardware={"num_gpus": 2, "sharding": "fsdp"})).memory
+    # absmax/nested constants live in each Params4bit.quant_state, which FSDP does not flatten or shard
+    assert two.quantization_constants == single.quantization_constants > 0
+    assert two.weights == -(-single.weights // 2)
+
+
+def test_70b_fsdp_qlora_on_two_24gb_cards_does_not_fit() -> None:
+    """PEFT's docs (accelerate/fsdp.md) ran Llama-2-70B FSDP-QLoRA on 2×24 GB only with CPU offload; without
+    it the run took 35.6 GB per GPU (published_peak_memory.csv rows 57/58)."""
+    res = estimate(PlanRequest(
+        model="meta-llama/Llama-2-70b-hf", method="qlora",
+        lora={"r": 8, "lora_alpha": 16, "target_modules": "all-linear"},
+        quantization={"prepare_kbit": False, "bnb_4bit_quant_storage": "bfloat16"},
+        training={"micro_batch_size": 2, "seq_len": 2048, "attn_implementation": "flash_attention_2"},
+        hardware={"gpu": "nvidia-rtx-4090", "num_gpus": 2, "sharding": "fsdp"}))
+    fits = {f.gpu: f.fits for f in res.fits}
+    assert fits["nvidia-rtx-4090"] is False
+    assert res.memory.total > 24 * 10**9

@@ -30,6 +30,7 @@ class ActivationModel:
 
     saved_layers: int  # saved for backward by all decoder layers at the end of forward
     saved_head: int  # final norm + lm_head inputs + shared rotary tables, masks
+    head_weight_cast: int  # part of saved_head freed by lm_head's backward, before any layer's backward
     loss_forward: int  # logits and loss buffers at the loss, beyond the saved tensors
     loss_backward: int  # gradient buffers at the start of backward, beyond the saved tensors
     forward_transient: int  # largest temporary inside one layer's forward
@@ -53,9 +54,12 @@ class _Ctx:
     dropout: bool
     dora: bool
     r: int
+    checkpointed: bool
+    top_k: int  # MoE experts per token (0 for dense models)
+    experts: int  # MoE experts per block
 
 
-def _ctx(req: PlanRequest, dt: Dtypes) -> _Ctx:
+def _ctx(req: PlanRequest, dt: Dtypes, arch: ArchSpec) -> _Ctx:
     tr = req.training
     autocast = dt.compute != "fp32"
     c = DTYPE_BYTES[dt.compute]
@@ -65,7 +69,14 @@ def _ctx(req: PlanRequest, dt: Dtypes) -> _Ctx:
     lo = a if req.quantized else (c if autocast else DTYPE_BYTES[dt.weights])
     return _Ctx(t=tr.micro_batch_size * tr.seq_len, b=tr.micro_batch_size, s=tr.seq_len, c=c, a=a, lo=lo,
                 autocast=autocast, quantized=req.quantized, full=req.method == "full",
-                dropout=req.uses_adapter and req.lora.lora_dropout > 0, dora=req.uses_dora, r=req.lora.r)
+                dropout=req.uses_adapter and req.lora.lora_dropout > 0, dora=req.uses_dora, r=req.lora.r,
+                checkpointed=tr.gradient_checkpointing, top_k=arch.num_experts_per_tok, experts=arch.num_experts)
+
+
+def _tokens(x: _Ctx, m: Module) -> int:
+    """Rows a linear sees: all tokens, or for one expert of a transformers 4.x MoE block (an nn.Linear per
+    expert, run on the tokens routed to it) the average share T·top_k/E."""
+    return -(-x.t * x.top_k // x.experts) if x.experts and ".experts." in m.name else x.t
 
 
 def _adapter_saved(x: _Ctx, targets: list[Module], shared_inputs: int) -> int:
@@ -77,21 +88,22 @@ def _adapter_saved(x: _Ctx, targets: list[Module], shared_inputs: int) -> int:
     lora_c = x.c if x.autocast else 4
     copies_per_linear = x.autocast and (not x.quantized or x.a != x.c)
     for m in targets:
-        k, n = m.in_features, m.out_features
+        k, n, t = m.in_features, m.out_features, _tokens(x, m)
         if copies_per_linear:
-            total += lora_c * x.t * k  # autocast's cast of x for lora_A (a new tensor per adapter)
+            total += lora_c * t * k  # autocast's cast of x for lora_A (a new tensor per adapter)
         elif x.dropout:
-            total += lora_c * x.t * k  # the dropout output lora_A saves
+            total += lora_c * t * k  # the dropout output lora_A saves
         if x.dropout:
-            total += x.t * k  # CUDA native_dropout keeps a bool mask
-        total += lora_c * x.t * x.r  # lora_A output, saved by lora_B
+            total += t * k  # CUDA native_dropout keeps a bool mask
+        total += lora_c * t * x.r  # lora_A output, saved by lora_B
         if x.autocast:
             total += x.c * x.r * (k + n)  # autocast's cached bf16 copies of lora_A / lora_B weights
         if x.dora:
-            total += x.t * n * (x.lo + lora_c)  # DoRA keeps base_result and lora_result
+            # DoRA keeps base_result and lora_result; with dropout > 0 it recomputes base_result as
+            # F.linear(dropout(x), W) (autocast dtype) and saves W (under autocast its cast)
+            total += t * n * ((lora_c if x.dropout else x.lo) + lora_c)
             if x.dropout:
-                # dropout > 0: DoRA recomputes F.linear(x, W) and saves W
-                total += n * k * (x.a if x.quantized else lora_c)
+                total += n * k * lora_c
     if not copies_per_linear and not x.dropout:
         total += shared_inputs  # lora_A saves its input itself, shared by adapters reading the same tensor
     return total
@@ -203,6 +215,72 @@ def _gpt2_layer_saved(inv: Inventory, plan_targets: list[Module], x: _Ctx, layer
     return total
 
 
+def _dora_transient(x: _Ctx, dt: Dtypes, m: Module, *, grad_enabled: bool) -> int:
+    """Peak bytes of the temporaries DoRA builds in one adapted linear's forward (K in, N out features).
+
+    PEFT 0.21.2 ``tuners/lora/dora.py`` ``DoraLinearLayer.forward``, with ``x`` already cast to the adapter
+    dtype by ``lora.Linear.forward`` (``_cast_input_dtype``):
+
+    1. ``get_lora_weight``: ``x_eye = torch.eye(K)`` in lora_A's dtype, autocast's K×K cast of it for
+       ``lora_A``, then ``lora_B``'s K×N output (autocast dtype), all alive together;
+    2. ``get_weight_norm``: ``lora_weight.to(x.dtype)`` (N×K in the adapter dtype), the base weight cast to
+       ``x.dtype`` (a copy unless it is already that dtype; a bitsandbytes weight is dequantized first),
+       ``scaling * lora_weight`` and ``weight + ...``. With autograd on (a forward without checkpointing,
+       or the checkpointed recompute) the K×K cast is still alive: lora_A's backward saved it, and the
+       graph lives as long as ``lora_weight``.
+
+    Both stages checked against the trace engine (bench/trace_grid.py DoRA cases).
+    """
+    k, n = m.in_features, m.out_features
+    la = DTYPE_BYTES[dt.adapters]
+    cast = x.c * k * k if x.autocast else 0
+    out = x.c if x.autocast else la
+    weight_casts = x.c * x.r * (k + n) if x.autocast else 0  # autocast's cached lora_A/lora_B casts
+    stage1 = la * k * k + cast + out * k * (n + x.r) + weight_casts
+    weight_copy = x.quantized or DTYPE_BYTES[dt.weights] != la
+    # lora_weight's graph: lora_A saved its input (the eye's autocast cast, or the eye itself) and output
+    graph = (cast or la * k * k) + out * k * x.r if grad_enabled else 0
+    stage2 = graph + weight_casts + la * k * n * (3 + weight_copy)
+    return max(stage1, stage2)
+
+
+def _dora_extra(inv: Inventory, x: _Ctx, dt: Dtypes, targets: list[Module], *, grad_enabled: bool) -> int:
+    """The largest DoRA transient of a layer beyond the layer's saved bytes (which count the finished layer).
+
+    While module ``m`` (K in, N out) builds its weight norm, ``lora.Linear.forward`` has already made
+    ``m``'s input in the adapter dtype (a copy unless the input has that dtype), the dropout output and
+    mask, and the base layer's result (N wide); its input is alive (for the layer's last linear not a
+    tensor the layer keeps when the adapter saves its own copy). What ``m`` saves later (autocast's cast of
+    the input, lora_A's output, DoRA's lora_result, the weight saved under dropout) and what the adapted
+    linears after it save (registration order: attention, then the MLP's gate/up and down; the execution
+    order except Phi-3, which registers o_proj before qkv_proj) do not exist yet, nor (before the layer's
+    last linear) the dense MLP's activation outputs (``3·lo·T·I``; GPT-2 ``4·lo·T·I``). Attention internals
+    are left in, so for attention projections this is an upper bound; in a decoder the widest K (the MLP
+    down projection) is the last.
+    """
+    arch = inv.arch
+    last_linear: dict[int, str] = {}
+    for mod in inv.modules:
+        if mod.layer is not None and mod.kind in (LINEAR, CONV1D):
+            last_linear[mod.layer] = mod.name
+    la = DTYPE_BYTES[dt.adapters]
+    mlp_acts = (4 if arch.model_type == "gpt2" else 3) * x.lo * x.t * arch.intermediate_size
+    best = 0
+    for i, m in enumerate(targets):
+        k, n, t = m.in_features, m.out_features, _tokens(x, m)
+        present = t * n * x.lo + (la * t * k if x.a != la or not x.quantized else 0)
+        if x.dropout:
+            present += la * t * k + t * k
+        later = _adapter_saved(x, [m, *(o for o in targets[i + 1:] if o.layer == m.layer)], 0)
+        if m.name == last_linear.get(m.layer):
+            if x.dropout or (x.autocast and (not x.quantized or x.a != x.c)):  # the adapter copies its input
+                present += x.lo * t * k
+        elif m.layer not in arch.sparse_layers:
+            later += mlp_acts
+        best = max(best, _dora_transient(x, dt, m, grad_enabled=grad_enabled) + present - later)
+    return best
+
+
 def _largest_linear(inv: Inventory) -> tuple[int, int]:
     best = (0, 0)
     for m in inv.modules:
@@ -213,7 +291,7 @@ def _largest_linear(inv: Inventory) -> tuple[int, int]:
 
 def activation_model(inv: Inventory, plan: AdapterPlan, req: PlanRequest, dt: Dtypes) -> ActivationModel:
     arch = inv.arch
-    x = _ctx(req, dt)
+    x = _ctx(req, dt, arch)
     t, h, v = x.t, arch.hidden_size, arch.vocab_size
     per_layer = [
         _gpt2_layer_saved(inv, plan.targets, x, i) if arch.model_type == "gpt2"
@@ -226,8 +304,8 @@ def activation_model(inv: Inventory, plan: AdapterPlan, req: PlanRequest, dt: Dt
     head = 2 * x.a * t * arch.head_dim if arch.model_type != "gpt2" else 0
     head += 4 * t * h + 4 * t
     head_dtype = dt.unquantized if req.quantized else dt.weights
-    if x.autocast and head_dtype == "fp32":
-        head += 2 * v * h  # lm_head's fp32 weight cast to bf16 by autocast, saved (or cached) for backward
+    head_cast = 2 * v * h if x.autocast and head_dtype == "fp32" else 0
+    head += head_cast  # lm_head's fp32 weight cast to bf16 by autocast, saved until lm_head's backward
     if x.full:
         head += x.a * t * h + (x.c if x.autocast else x.a) * t * h
     if req.training.gradient_checkpointing:
@@ -245,18 +323,24 @@ def activation_model(inv: Inventory, plan: AdapterPlan, req: PlanRequest, dt: Dt
     if req.quantized and t > BNB_FUSED_MAX_ROWS:
         transient = out_f * in_f * DTYPE_BYTES[dt.bnb_compute]  # bitsandbytes dequantize-then-matmul fallback
     dequant_backward = out_f * in_f * DTYPE_BYTES[dt.weights] if req.quantized else 0  # MatMul4Bit.backward
+    backward_transient = dequant_backward
     if req.uses_dora:
-        # DoRA's weight norm (dora.py get_weight_norm): an fp32 identity K×K pushed through lora_A (autocast
-        # casts it), B·A as K×N, and W, scaling·B·A and their sum as fp32 N×K, alive together in one layer.
-        eye = 4 * in_f * in_f + (x.c * in_f * in_f if x.autocast else 0)
-        transient = max(transient, eye + x.c * in_f * out_f + 3 * 4 * out_f * in_f)
+        targets = [m for m in plan.targets if m.kind != EMBEDDING]
+        transient = max(transient, _dora_extra(inv, x, dt, targets, grad_enabled=not x.checkpointed))
+        if x.checkpointed:
+            # the recompute of a layer runs with autograd on; only the incoming gradient (h wide) is alive
+            # then, where backward_layer counts the widest activation gradient
+            recompute = _dora_extra(inv, x, dt, targets, grad_enabled=True)
+            recompute -= x.a * t * (max(h, arch.intermediate_size) - h)
+            backward_transient = max(backward_transient, recompute)
     return ActivationModel(
         saved_layers=saved_layers,
         saved_head=head,
+        head_weight_cast=head_cast,
         loss_forward=loss_forward,
         loss_backward=12 * t * v + softcap,
         forward_transient=transient,
-        backward_transient=dequant_backward,
+        backward_transient=backward_transient,
         backward_layer=backward_layer + x.a * t * max(h, arch.intermediate_size),  # + one activation gradient
         tied_embedding_grad=2 * v * h * DTYPE_BYTES[dt.weights] if x.full and arch.tie_word_embeddings else 0,
         checkpointed=req.training.gradient_checkpointing,

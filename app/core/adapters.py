@@ -212,7 +212,7 @@ def _resolve_saved(inv: Inventory, lora: LoraSpec) -> list[Module]:
 def _convert_moe_targets(inv: Inventory, lora: LoraSpec) -> tuple[LoraSpec, int]:
     """PEFT's v4→v5 MoE target conversion; returns the rewritten spec and the rank multiplier of gate_up_proj."""
     mapping = _MOE_TARGET_MAPPING.get(inv.arch.model_type)
-    if mapping is None:
+    if mapping is None or inv.legacy_moe:  # transformers 4.x: experts are nn.Linear modules, matched by name
         return lora, 1
     tm = lora.target_modules
     if tm is None and lora.target_parameters:

@@ -31,23 +31,40 @@ from app.core.result import (
     Phase,
     QuantizationReport,
 )
-from app.core.static_memory import StaticMemory, quantized_modules, static_memory
+from app.core.static_memory import Bucket, StaticMemory, quantized_modules, static_memory
 from app.core.units import format_bytes
 from app.core.versions import MODELLED_VERSIONS
+
+# DeepSpeed ZeRO-3 with transformers' "auto" values: gathered parameters are bf16 (2 bytes), the
+# prefetch bucket is 0.9·hidden² elements, DeepSpeed's stage3_max_live_parameters default is 1e9 elements.
+ZERO_PARAM_BYTES = 2
+ZERO3_PREFETCH_FRACTION = 0.9
+ZERO3_MAX_LIVE_PARAMETERS = 10**9
 
 PLANNER_VERSION = "0.1.0"
 
 
+# transformers releases whose module trees the planner builds (PlanRequest.transformers_version)
+TRANSFORMERS_RELEASES = {"5.24": "5.24.0", "4.57": "4.57"}
+
+
 def resolve_inventory(req: PlanRequest) -> tuple[str | None, Inventory]:
-    """The hand-written rules' inventory (catalog ones cached), or the registered one built from the real
-    model for other model types (:mod:`app.core.generic`)."""
-    return model_inventory(req.model)
+    """The hand-written rules' inventory (catalog ones cached; with the transformers 4.57 MoE layout when asked),
+    or the registered one built from the real model for other model types (:mod:`app.core.generic`)."""
+    return model_inventory(req.model, legacy_moe=req.transformers_version == "4.57")
 
 
 def _check_request(req: PlanRequest, arch: ArchSpec) -> None:
     hw = req.hardware
     if hw.sharding == "none" and hw.num_gpus > 1:
         raise PlanError(("hardware", "sharding"), "num_gpus > 1 needs a sharding: ddp, zero1, zero2, zero3 or fsdp")
+    if (hw.sharding == "fsdp" and hw.num_gpus > 1 and req.quantized and not req.quantization.load_in_8bit
+            and req.quantization.bnb_4bit_quant_storage == "uint8"):
+        # torch fsdp/_flat_param.py _validate_tensors_to_flatten: "Must flatten tensors with uniform dtype"
+        raise PlanError(("quantization", "bnb_4bit_quant_storage"),
+                        "FSDP flattens each layer's parameters into one tensor of one dtype, so 4-bit weights "
+                        "stored as uint8 cannot be sharded: set bnb_4bit_quant_storage to the model's dtype "
+                        "(bfloat16, float16 or float32)")
     attention_for(arch.model_type, req.training.attn_implementation)  # 422 where transformers refuses
     if arch.model_type == "gpt2" and req.training.seq_len > arch.n_positions:
         raise PlanError(
@@ -56,7 +73,8 @@ def _check_request(req: PlanRequest, arch: ArchSpec) -> None:
         )
 
 
-def _shard(sm: StaticMemory, req: PlanRequest, trainable_params: int, hidden_size: int) -> dict[str, int]:
+def _shard(sm: StaticMemory, req: PlanRequest, trainable_params: int, hidden_size: int,
+           num_layers: int) -> dict[str, int]:
     """Per-GPU static bytes under data parallelism, DeepSpeed ZeRO and FSDP (full shard), N = num_gpus.
 
     - ddp: a full replica plus DDP's gradient buckets (``gradient_as_bucket_view=False``: one more copy
@@ -67,14 +85,17 @@ def _shard(sm: StaticMemory, req: PlanRequest, trainable_params: int, hidden_siz
       partitioned, gradients reduced straight into fp32 partitions) and, partitioned, an fp32 master, an
       fp32 gradient and the optimizer's fp32 state. Frozen weights are partitioned in stage 3 only. Plus
       one reduce bucket (HF "auto": hidden² elements in bf16).
-    - fsdp (accelerate full shard, params kept in their loaded dtype): weights, gradients and optimizer
-      states divided by N.
+    - fsdp (accelerate full shard, params kept in their loaded dtype): weights, adapters, gradients and
+      optimizer states divided by N; quantization constants are not parameters and stay whole.
+
+    Under FSDP and ZeRO the optimizer's step temporaries are those of the local shard (ZeRO: of the fp32
+    partition); ``comm_buffers`` are gradient buckets alive in backward and the step.
     """
     n = req.hardware.num_gpus
     mode = req.hardware.sharding
     out = {"weights": sm.weights.total, "constants": sm.constants.total, "adapters": sm.adapters.total,
            "gradients": sm.gradients.total, "optimizer": sm.optimizer.total, "comm_buffers": 0,
-           "paged_optimizer": sm.paged_optimizer_bytes}
+           "paged_optimizer": sm.paged_optimizer_bytes, "step_transient": sm.optimizer_step_transient}
 
     def part(x: int) -> int:
         return -(-x // n)
@@ -82,8 +103,14 @@ def _shard(sm: StaticMemory, req: PlanRequest, trainable_params: int, hidden_siz
     if mode == "ddp":
         out["comm_buffers"] = sm.gradients.total
     elif mode == "fsdp":
-        for key in ("weights", "constants", "adapters", "gradients", "optimizer", "paged_optimizer"):
+        # bitsandbytes' quantization constants live in each Params4bit's quant_state, not in a parameter:
+        # FSDP flattens and shards parameters only, so every GPU keeps all constants.
+        for key in ("weights", "adapters", "gradients", "optimizer", "paged_optimizer"):
             out[key] = part(out[key])
+        # the optimizer steps on the local shard: foreach temporaries are a shard's, not the model's
+        out["step_transient"] = part(sm.optimizer_step_transient)
+        # a layer's unsharded gradients exist until its reduce-scatter (FlatParamHandle, FULL_SHARD)
+        out["comm_buffers"] = _layer_bytes(sm.gradients, num_layers)
     elif mode.startswith("zero"):
         out["optimizer"] = part(8 * trainable_params + sm.optimizer_fp32_master_bytes)
         out["paged_optimizer"] = 0  # DeepSpeed keeps its own (fp32 master) optimizer states, counted above
@@ -92,9 +119,57 @@ def _shard(sm: StaticMemory, req: PlanRequest, trainable_params: int, hidden_siz
         out["weights"] = sm.weights.total - sm.trainable_base_bytes + bf16_trainable
         out["gradients"] = 0 if mode == "zero3" else bf16_trainable
         if mode == "zero3":
-            out["weights"], out["constants"] = part(out["weights"]), part(out["constants"])
+            out["weights"] = part(out["weights"])  # quant_state constants are not partitioned (as FSDP)
+        # the wrapped torch optimizer steps on this rank's flat fp32 partition of each parameter group
+        out["step_transient"] = part(sm.optimizer_step_transient_fp32)
         out["comm_buffers"] = 2 * hidden_size * hidden_size
     return out
+
+
+def _layer_bytes(bucket: Bucket, num_layers: int) -> int:
+    """Bytes of one decoder layer in ``bucket``: everything but the embeddings and lm_head, over the layers."""
+    outside = bucket.by_group.get("embedding", 0) + bucket.by_group.get("lm_head", 0)
+    return (bucket.total - outside) // max(num_layers, 1)
+
+
+def _gathered(inv: Inventory, sm: StaticMemory, req: PlanRequest, dt: Dtypes) -> int:
+    """Unsharded parameter bytes alive at once on a GPU under ZeRO-3 or FSDP (num_gpus > 1).
+
+    - FSDP (accelerate FULL_SHARD, transformer-layer auto wrap, BACKWARD_PRE prefetch, limit_all_gathers):
+      the current and the prefetched decoder layer (their weights, as stored, and adapters); the root unit
+      (embeddings, lm_head, final norm) is not resharded after forward (torch ``fsdp/_runtime_utils.py``:
+      the root keeps its parameters for backward), so it stays gathered through the step. Quantized layers
+      gather their packed 4-bit storage (``bnb_4bit_quant_storage`` dtype, same bytes).
+    - ZeRO-3 (DeepSpeed ``partitioned_param_coordinator.py``): ``fetch_sub_module`` gathers the running
+      module's parameters plus a prefetch bucket, ``stage3_prefetch_bucket_size`` = 0.9·hidden² elements
+      with HF's "auto" (transformers ``integrations/deepspeed.py: trainer_config_finalize``);
+      ``release_sub_module`` keeps parameters whose reuse distance is under ``stage3_max_reuse_distance``
+      (default 1e9 elements), so a checkpointed layer's parameters stay gathered from its recompute through
+      its backward: one decoder layer (or the largest module, e.g. the embedding) plus the bucket, in bf16,
+      capped by ``stage3_max_live_parameters`` (default 1e9 elements).
+    """
+    if req.hardware.num_gpus < 2 or req.hardware.sharding not in ("zero3", "fsdp"):
+        return 0
+    arch = inv.arch
+    if req.hardware.sharding == "fsdp":
+        root = sm.weights.by_group.get("embedding", 0) + sm.weights.by_group.get("lm_head", 0)
+        layer = _layer_bytes(sm.weights, arch.num_hidden_layers) + sm.adapters.total // max(arch.num_hidden_layers, 1)
+        return root + 2 * layer
+    names = set(quantized_modules(inv)) if req.quantized else set()
+    by_module: dict[str, int] = {}
+    by_layer: dict[int, int] = {}
+    for t in inv.unique_tensors():
+        if t.module in names and not t.is_bias:
+            nbytes = t.numel if req.quantization.load_in_8bit else nf4_bytes(t.numel).data
+        else:
+            nbytes = ZERO_PARAM_BYTES * t.numel
+        by_module[t.module] = by_module.get(t.module, 0) + nbytes
+        layer_index = inv.module_by_name[t.module].layer
+        if layer_index is not None:
+            by_layer[layer_index] = by_layer.get(layer_index, 0) + nbytes
+    largest = max((*by_module.values(), *by_layer.values()), default=0)
+    prefetch = int(ZERO3_PREFETCH_FRACTION * arch.hidden_size * arch.hidden_size) * ZERO_PARAM_BYTES
+    return min(largest + prefetch, ZERO3_MAX_LIVE_PARAMETERS * ZERO_PARAM_BYTES)
 
 
 def _phases(static: dict[str, int], sm: StaticMemory, act: ActivationModel, workspace: int,
@@ -114,10 +189,11 @@ def _phases(static: dict[str, int], sm: StaticMemory, act: ActivationModel, work
     head_grads = sm.gradients.by_group.get("lm_head", 0) if static["gradients"] else 0
     # Without checkpointing, saved activations are freed layer by layer while gradients accumulate, so the
     # backward peak is at its start or at its end; with checkpointing a recomputed layer adds to either.
-    start = saved + head_grads + max(act.loss_backward, act.backward_layer + act.backward_transient)
+    start = saved + head_grads + max(act.loss_backward,
+                                     act.backward_layer + act.backward_transient - act.head_weight_cast)
     end = static["gradients"] + max(act.backward_layer + act.backward_transient, act.tied_embedding_grad)
     bwd = resident + static["comm_buffers"] + max(start, end)
-    opt = resident + static["gradients"] + static["comm_buffers"] + sm.optimizer_step_transient
+    opt = resident + static["gradients"] + static["comm_buffers"] + static["step_transient"]
     bwd_grads = static["gradients"] if end > start else head_grads
     return [Phase(name="forward", bytes=fwd, gradient_bytes=0), Phase(name="loss", bytes=loss, gradient_bytes=0),
             Phase(name="backward", bytes=bwd, gradient_bytes=bwd_grads),
@@ -184,7 +260,7 @@ def _assumptions(req: PlanRequest, dt: Dtypes, plan: AdapterPlan, inv: Inventory
         f"Weights loaded in {dt.weights}; compute in {dt.compute}"
         + (" under autocast." if dt.compute != dt.weights else "."),
         "Activation, loss and transient terms follow the tensors the real step keeps (checked against the trace "
-        "engine: 48 cases within 2%, bench/trace_grid.py); attention is modelled as the CUDA kernels allocate.",
+        "engine: 50 cases within 2%, bench/trace_grid.py); attention is modelled as the CUDA kernels allocate.",
     ]
     if inv.generic_key is not None:
         out.append(f"{inv.arch.model_type} is outside the hand-written rules: its inventory, bitsandbytes modules "
@@ -202,7 +278,9 @@ def _assumptions(req: PlanRequest, dt: Dtypes, plan: AdapterPlan, inv: Inventory
             out.append(
                 f"bitsandbytes 4-bit {q.bnb_4bit_quant_type}, blocksize {q.blocksize}, double quant "
                 f"{'on' if q.bnb_4bit_use_double_quant else 'off'}; every nn.Linear/Conv1D except lm_head is "
-                "quantized; MoE experts (3-D parameters in transformers 5) and routers are not."
+                + ("quantized, MoE experts and routers included (nn.Linear in transformers 4.57)."
+                   if inv.legacy_moe
+                   else "quantized; MoE experts (3-D parameters in transformers 5) and routers are not.")
             )
         out.append(
             "prepare_model_for_kbit_training upcasts non-quantized fp16/bf16 parameters to fp32."
@@ -290,12 +368,9 @@ def estimate(req: PlanRequest) -> EstimateResult:
     target_gpu = gpu(req.hardware.gpu)
     dt = dtypes_for(req)
     act = activation_model(inv, plan, req, dt)
-    static = _shard(sm, req, plan.trainable_params, arch.hidden_size)
+    static = _shard(sm, req, plan.trainable_params, arch.hidden_size, arch.num_hidden_layers)
     workspace = cublas_workspace_bytes(target_gpu.arch)
-    gathered = 0
-    if req.hardware.sharding in ("zero3", "fsdp") and req.hardware.num_gpus > 1:
-        # the unsharded working copy of the current and the prefetched layer
-        gathered = 2 * (sm.weights.total // max(arch.num_hidden_layers, 1))
+    gathered = _gathered(inv, sm, req, dt)
     phases = _phases(static, sm, act, workspace, gathered)
     top = max(phases, key=lambda p: p.bytes)
     peak = top.bytes
@@ -350,5 +425,6 @@ def estimate(req: PlanRequest) -> EstimateResult:
         fits=fits,
         allocator=allocator,
         assumptions=_assumptions(req, dt, plan, inv),
-        versions={"planner": PLANNER_VERSION, **{f"models_{k}": v for k, v in MODELLED_VERSIONS.items()}},
+        versions={"planner": PLANNER_VERSION, **{f"models_{k}": v for k, v in MODELLED_VERSIONS.items()},
+                  "models_transformers": TRANSFORMERS_RELEASES[req.transformers_version]},
     )

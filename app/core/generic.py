@@ -137,17 +137,24 @@ def generic_key(cfg: dict[str, Any]) -> str | None:
 
 
 @lru_cache(maxsize=256)
-def _rules_inventory(model_id: str) -> Inventory:
-    return build_inventory(parse_config(model_config(model_id)))
+def _rules_inventory(model_id: str, legacy_moe: bool) -> Inventory:
+    return build_inventory(parse_config(model_config(model_id)), legacy_moe=legacy_moe)
 
 
-def model_inventory(model: str | ModelConfig) -> tuple[str | None, Inventory]:
+def model_inventory(model: str | ModelConfig, legacy_moe: bool = False) -> tuple[str | None, Inventory]:
     """(catalog id or None, inventory): the hand-written rules where they cover the model_type (catalog ones
-    cached), else the registered generic inventory. Raises :class:`PlanError` when neither applies."""
+    cached; ``legacy_moe``: transformers 4.57's one-Linear-per-expert MoE layout), else the registered generic
+    inventory (built by transformers 5.24). Raises :class:`PlanError` when neither applies."""
     model_id = model if isinstance(model, str) else None
     cfg = model_config(model) if isinstance(model, str) else model.config
     if not isinstance(cfg, dict) or uses_rules(cfg) or "model_type" not in cfg:
-        return model_id, _rules_inventory(model) if isinstance(model, str) else build_inventory(parse_config(cfg))
+        if isinstance(model, str):
+            return model_id, _rules_inventory(model, legacy_moe)
+        return model_id, build_inventory(parse_config(cfg), legacy_moe=legacy_moe)
+    if legacy_moe:
+        raise PlanError(("transformers_version",), "the transformers 4.57 module tree is modelled for the "
+                        "hand-written MoE rules (mixtral, qwen3_moe); other model types are built by transformers "
+                        "5.24: use '5.24'")
     inv = registered(config_key(cfg))
     if inv is None:
         raise PlanError(("model", "config", "model_type"),

@@ -6,6 +6,13 @@ Notable 5.x layouts: MoE experts are fused 3-D ``nn.Parameter``s (``mlp.experts.
 of shape (E, 2·I, H) and ``mlp.experts.down_proj`` of (E, H, I)), the router ``mlp.gate`` is a
 ``TopKRouter`` holding an (E, H) parameter (not an ``nn.Linear``), and GPT-2 uses ``Conv1D`` whose
 weight is stored (in_features, out_features).
+
+With ``legacy_moe`` the MoE blocks are built as transformers 4.57 did (``modeling_mixtral.py``:
+``MixtralSparseMoeBlock`` under ``block_sparse_moe`` with an ``nn.Linear`` router ``gate`` (H→E) and an
+``nn.ModuleList`` of ``MixtralBlockSparseTop2MLP`` experts ``w1`` (H→I), ``w2`` (I→H), ``w3`` (H→I);
+``modeling_qwen3_moe.py``: ``Qwen3MoeSparseMoeBlock`` under ``mlp`` with the router ``gate`` first, then
+``Qwen3MoeMLP`` experts ``gate_proj``/``up_proj`` (H→I) and ``down_proj`` (I→H)): every expert is a
+plain ``nn.Linear``, so bitsandbytes quantizes it and PEFT adapts it (DoRA included) by module name.
 """
 
 from __future__ import annotations
@@ -79,6 +86,7 @@ class Inventory:
     quantizable: tuple[str, ...] | None = None
     generic_key: str | None = None
     model_class: str | None = None
+    legacy_moe: bool = False  # transformers 4.x MoE layout: one nn.Linear per expert projection
 
     @cached_property
     def module_by_name(self) -> dict[str, Module]:
@@ -128,15 +136,17 @@ class _Builder:
             self.param(f"{name}.bias", (dim,), "norms")
 
 
-def build_inventory(arch: ArchSpec) -> Inventory:
-    """All modules and parameters of ``AutoModelForCausalLM.from_config`` for ``arch``."""
+def build_inventory(arch: ArchSpec, *, legacy_moe: bool = False) -> Inventory:
+    """All modules and parameters of ``AutoModelForCausalLM.from_config`` for ``arch`` (transformers 5.24, or
+    with ``legacy_moe`` the per-expert ``nn.Linear`` MoE blocks of transformers 4.57)."""
     if arch.model_type == "gpt2":
         return _build_gpt2(arch)
-    return _build_decoder(arch)
+    return _build_decoder(arch, legacy_moe and bool(arch.sparse_layers))
 
 
-def _build_decoder(a: ArchSpec) -> Inventory:
+def _build_decoder(a: ArchSpec, legacy_moe: bool = False) -> Inventory:
     b = _Builder(a)
+    b.inv.legacy_moe = legacy_moe
     h = a.hidden_size
     b.module("model", OTHER, "model")
     b.module("model.embed_tokens", EMBEDDING, "embedding", in_features=a.vocab_size, out_features=h)
@@ -164,7 +174,9 @@ def _build_decoder(a: ArchSpec) -> Inventory:
             b.norm(f"{att}.q_norm", a.head_dim, i)
             b.norm(f"{att}.k_norm", a.head_dim, i)
         mlp = f"{p}.mlp"
-        if i in a.sparse_layers:
+        if i in a.sparse_layers and legacy_moe:
+            _moe_block_v4(b, a, f"{p}.block_sparse_moe" if a.model_type == "mixtral" else mlp, i)
+        elif i in a.sparse_layers:
             _moe_block(b, a, mlp, i)
         else:
             b.module(mlp, OTHER, "mlp", layer=i)
@@ -204,6 +216,24 @@ def _moe_block(b: _Builder, a: ArchSpec, mlp: str, i: int) -> None:
     if not router_first:
         b.module(f"{mlp}.gate", ROUTER, "router", in_features=h, out_features=e, layer=i)
         b.param(f"{mlp}.gate.weight", (e, h), "router")
+
+
+def _moe_block_v4(b: _Builder, a: ArchSpec, block: str, i: int) -> None:
+    """transformers 4.57 ``MixtralSparseMoeBlock`` / ``Qwen3MoeSparseMoeBlock``: the router ``gate`` is an
+    ``nn.Linear(H, E, bias=False)`` registered first, then ``experts`` = ``nn.ModuleList`` of E MLPs whose
+    projections are ``nn.Linear(..., bias=False)``."""
+    h, e, inter = a.hidden_size, a.num_experts, a.moe_intermediate_size
+    b.module(block, OTHER, "experts", layer=i)
+    b.linear(f"{block}.gate", h, e, "router", False, i)
+    b.module(f"{block}.experts", OTHER, "experts", layer=i)
+    names = ("w1", "w2", "w3") if a.model_type == "mixtral" else ("gate_proj", "up_proj", "down_proj")
+    for j in range(e):
+        expert = f"{block}.experts.{j}"
+        b.module(expert, OTHER, "experts", layer=i)
+        for name in names:
+            down = name in ("w2", "down_proj")
+            b.linear(f"{expert}.{name}", inter if down else h, h if down else inter, "experts", False, i)
+        b.module(f"{expert}.act_fn", OTHER, "experts", layer=i)
 
 
 def _lm_head(b: _Builder, a: ArchSpec) -> None:

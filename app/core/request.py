@@ -160,6 +160,11 @@ class QuantizationSpec(_Strict):
     bnb_4bit_quant_type: Literal["nf4", "fp4"] = "nf4"
     bnb_4bit_use_double_quant: bool = True
     bnb_4bit_compute_dtype: Literal["bfloat16", "float16", "float32"] = "bfloat16"
+    bnb_4bit_quant_storage: Literal["uint8", "float16", "bfloat16", "float32"] = Field(
+        "uint8",
+        description="dtype holding the packed 4-bit weights (same bytes); FSDP-QLoRA needs a float dtype, "
+        "e.g. 'bfloat16', so that FSDP can flatten and shard them with the layer's other parameters",
+    )
     blocksize: int = Field(64, description="bitsandbytes 4-bit block size (transformers always uses 64)")
     load_in_8bit: bool = Field(False, description="LLM.int8 base weights instead of 4-bit (qlora/qdora)")
     prepare_kbit: bool = Field(
@@ -241,6 +246,12 @@ class PlanRequest(_Strict):
                 raise ValueError(f"a model id has at most {MAX_ID_CHARS} characters")
             _valid_unicode(v)
         return v
+    transformers_version: Literal["5.24", "4.57"] = Field(
+        "5.24",
+        description="transformers release whose module tree is modelled: '4.57' builds MoE experts "
+        "(Mixtral, Qwen3-MoE) as one nn.Linear per expert (quantized by bitsandbytes, adaptable by "
+        "LoRA/DoRA by name); '5.24' fuses them into 3-D parameters",
+    )
     method: Method = "lora"
     lora: LoraSpec = Field(default_factory=LoraSpec)
     quantization: QuantizationSpec = Field(default_factory=QuantizationSpec)

@@ -49,6 +49,7 @@ class StaticMemory:
     optimizer_fp32_master_bytes: int = 0  # state bytes if every trainable tensor were fp32 (DeepSpeed master)
     trainable_base_bytes: int = 0  # bytes of base weights that are trained (full fine-tuning, bias)
     optimizer_step_transient: int = 0
+    optimizer_step_transient_fp32: int = 0  # the same step on fp32 copies (DeepSpeed's fp32 partitions)
     quantized_params: int = 0
     largest_quantized_weight: tuple[int, int] = (0, 0)  # (out, in) of the largest 4/8-bit layer
 
@@ -105,6 +106,8 @@ def static_memory(inv: Inventory, plan: AdapterPlan, req: PlanRequest, dt: Dtype
     eight_bit = req.training.optim in BNB_8BIT
     decay: list[tuple[tuple[int, ...], int]] = []
     no_decay: list[tuple[tuple[int, ...], int]] = []
+    decay32: list[tuple[tuple[int, ...], int]] = []
+    no_decay32: list[tuple[tuple[int, ...], int]] = []
     for t in plan.trainable:
         dtype = _trainable_dtype(t, dt, set() if q.load_in_8bit else quantized)
         size = DTYPE_BYTES[dtype]
@@ -123,10 +126,12 @@ def static_memory(inv: Inventory, plan: AdapterPlan, req: PlanRequest, dt: Dtype
             sm.trainable_base_bytes += nbytes
         # HF Trainer's two parameter groups: no weight decay for biases and norm weights.
         (no_decay if t.name.endswith("bias") or t.group == "norms" else decay).append((t.shape, size))
+        (no_decay32 if t.name.endswith("bias") or t.group == "norms" else decay32).append((t.shape, 4))
     # bitsandbytes moves its 8-bit maps to the GPU only when some tensor gets 8-bit state (init_state).
     fixed = fixed_state_bytes(req.training.optim)
     if fixed and any(t.numel >= BNB_MIN_8BIT_SIZE and not (t.group == "embedding" and t.kind != "lora")
                      for t in plan.trainable):
         sm.optimizer.add("quantization_maps", fixed)
     sm.optimizer_step_transient = step_transient_bytes(req.training.optim, [decay, no_decay])
+    sm.optimizer_step_transient_fp32 = step_transient_bytes(req.training.optim, [decay32, no_decay32])
     return sm

@@ -59,9 +59,14 @@ def bnb_keys(data: Mapping[str, Any], source: str, prefix: str = "") -> tuple[di
                 else:
                     quant[key] = dtype
         elif key == "bnb_4bit_quant_storage":
-            if value is not None and str(value).removeprefix("torch.") != "uint8":
-                notes.append(ImportNote(source, path, "note", f"storage dtype {value!r} holds the same packed bytes "
-                                        "as uint8; modelled as uint8"))
+            if value is not None:
+                is_uint8 = str(value).strip().lower().removeprefix("torch.") == "uint8"
+                storage = "uint8" if is_uint8 else compute_dtype(value)
+                if storage is None:
+                    notes.append(ImportNote(source, path, "unsupported",
+                                            f"{value!r} is not one of uint8, bfloat16, float16, float32; ignored"))
+                else:
+                    quant[key] = storage
         elif key == "llm_int8_skip_modules":
             if not is_unset(value):
                 notes.append(ImportNote(

@@ -261,6 +261,9 @@ def _static(model: torch.nn.Module, optimizer: torch.optim.Optimizer, full: bool
 
 def run_trace(req: PlanRequest, *, fake: bool = True, steps: int = 2, seed: int = 0) -> TraceResult:
     """Trace ``steps`` training steps of ``req`` and return the last one's memory (bytes)."""
+    if req.transformers_version != "5.24":
+        raise UnsupportedStep("the trace engine runs the installed transformers 5.24; the transformers 4.57 "
+                              "module tree (per-expert MoE linears) is estimated analytically")
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
     from torch._subclasses.fake_tensor import FakeTensorMode, unset_fake_temporarily
     from transformers.utils import logging as hf_logging
