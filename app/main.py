@@ -12,7 +12,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.calibration.service import calibration_lifespan
 from app.core.errors import PlanError
-from app.routers import api_v1, calibrate, pages, trace
+from app.jobs.pg import StoreUnavailable
+from app.routers import api_v1, calibrate, pages, trace, workers
 from app.settings import get_settings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -87,6 +88,10 @@ def create_app() -> FastAPI:
         ]
         return JSONResponse(status_code=422, content={"detail": errors})
 
+    @app.exception_handler(StoreUnavailable)
+    async def _store_down(request: Request, exc: StoreUnavailable) -> JSONResponse:
+        return JSONResponse(status_code=503, content={"detail": str(exc)}, headers={"Retry-After": "2"})
+
     @app.get("/healthz", include_in_schema=False)
     def healthz() -> dict[str, str]:
         return {"status": "ok"}
@@ -94,6 +99,7 @@ def create_app() -> FastAPI:
     app.include_router(api_v1.router)
     app.include_router(trace.router)
     app.include_router(calibrate.router)
+    app.include_router(workers.router)
     app.include_router(pages.router)
     app.mount("/static", StaticFiles(directory=ROOT / "static"), name="static")
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes)

@@ -12,6 +12,7 @@ import sqlite3
 import statistics
 import threading
 import uuid
+from collections.abc import Iterable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -182,30 +183,28 @@ class JobStore:
         return [r[0] for r in rows]
 
 
-def measured_slowdowns(path: Path | str, model: str, limit: int = 500) -> dict[str, float]:
-    """Median measured 4-bit-vs-16-bit step-time ratio of finished GPU calibrations of ``model``, keyed like
-    the planner's slowdown factors ("qlora"); empty when there is no database or no such job."""
-    if not Path(path).exists():
-        return {}
+def measured_slowdowns(jobs: Iterable[dict[str, Any]], model: str) -> dict[str, float]:
+    """Median measured 4-bit-vs-16-bit step-time ratio of finished GPU calibrations of ``model`` among ``jobs``
+    (any store's, see :func:`app.jobs.recent_jobs`), keyed like the planner's slowdown factors ("qlora");
+    empty when there is no such job."""
     ratios = [
         job["result"]["otf_dequant_slowdown"]
-        for job in JobStore(path).list(limit=limit)
+        for job in jobs
         if job["status"] == "done" and str(job["device"]).startswith("cuda")
         and job["request"].get("model") == model and (job.get("result") or {}).get("otf_dequant_slowdown")
     ]
     return {"qlora": statistics.median(ratios)} if ratios else {}
 
 
-def calibration_samples(path: Path | str, gpu_id: str, limit: int = 500) -> list[CalibrationSample]:
-    """Finished GPU calibrations run for ``gpu_id`` (the request's hardware.gpu), as fitting samples."""
-    if not Path(path).exists():
-        return []
+def calibration_samples(jobs: Iterable[dict[str, Any]], gpu_id: str) -> list[CalibrationSample]:
+    """Finished GPU calibrations among ``jobs`` that ran on ``gpu_id`` (the fleet worker's detected GPU, else the
+    request's hardware.gpu), as fitting samples."""
     out = []
-    for job in JobStore(path).list(limit=limit):
+    for job in jobs:
         result, est = job.get("result") or {}, job.get("estimate") or {}
         if job["status"] != "done" or not str(job["device"]).startswith("cuda") or not est:
             continue
-        if (job["request"].get("hardware") or {}).get("gpu", "nvidia-a100-80gb") != gpu_id:
+        if (job.get("worker_gpu") or (job["request"].get("hardware") or {}).get("gpu", "nvidia-a100-80gb")) != gpu_id:
             continue
         try:
             out.append(CalibrationSample(job["id"], int(est["memory"]["peak"]), int(result["peak_allocated_bytes"]),

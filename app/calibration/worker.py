@@ -201,3 +201,9 @@ class CalibrationWorkers:
             worker.stop()
         for worker in workers:
             worker.join(timeout=30)
+
+    def slots(self) -> list[dict[str, Any]]:
+        """This process's device threads and the job each runs (GET /api/v1/workers on a single server)."""
+        with self._lock:
+            return [{"device": device, "gpu": None, "current_job": worker.current}
+                    for device, worker in self._workers.items() if worker.is_alive()]

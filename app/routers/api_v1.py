@@ -15,6 +15,7 @@ from app.core.fit import FitRequest, FitResult, fit, parse_budget
 from app.core.result import EstimateResult
 from app.deps import SettingsDep
 from app.forms import parse_form
+from app.jobs import recent_jobs
 from app.model_info import model_detail, model_row
 
 router = APIRouter(prefix="/api/v1", tags=["v1"])
@@ -23,8 +24,8 @@ router = APIRouter(prefix="/api/v1", tags=["v1"])
 @router.post("/estimate", response_model=EstimateResult)
 def post_estimate(req: PlanRequest, settings: SettingsDep) -> EstimateResult:
     """Parameters and per-GPU memory (bytes) of one fine-tuning run; with finished GPU calibrations of the
-    requested GPU on this server, the overhead is fitted from them and ``calibration`` names them."""
-    samples = calibration_samples(settings.database_path, req.hardware.gpu)
+    requested GPU in the job store (every fleet node's), the overhead is fitted from them and ``calibration`` names them."""
+    samples = calibration_samples(recent_jobs(settings), req.hardware.gpu)
     return apply_calibrations(estimate(req), req.hardware.gpu, samples)
 
 

@@ -43,10 +43,12 @@ class CalibrationBody(PlanRequest):
     warmup_steps: int = Field(1, ge=0, le=MAX_WARMUP_STEPS)
     measure_steps: int = Field(2, ge=1, le=MAX_MEASURE_STEPS)
     model_dir: str | None = Field(None, description="a local checkpoint directory on the server (from_pretrained)")
+    worker_gpu: str | None = Field(None, description="fleet only (PEFT_PLANNER_DATABASE_URL): run on a worker slot "
+                                   "with this catalog GPU id (or 'cpu'); None: any worker whose device kind matches")
 
     def plan_request(self) -> PlanRequest:
         return PlanRequest.model_validate(self.model_dump(exclude={"device", "warmup_steps", "measure_steps",
-                                                                   "model_dir"}))
+                                                                   "model_dir", "worker_gpu"}))
 
 
 def _check_token(settings: Settings, presented: str | None) -> None:
@@ -67,7 +69,8 @@ def require_token(settings: SettingsDep, authorization: Annotated[str | None, He
 
 
 def _submit(service: CalibrationService, body: CalibrationBody) -> str:
-    return service.submit(body.plan_request(), body.device, body.warmup_steps, body.measure_steps, body.model_dir)
+    return service.submit(body.plan_request(), body.device, body.warmup_steps, body.measure_steps, body.model_dir,
+                          body.worker_gpu)
 
 
 def _view(job: dict[str, Any]) -> dict[str, Any]:
@@ -78,6 +81,7 @@ def _view(job: dict[str, Any]) -> dict[str, Any]:
     out["result"] = job["result"]
     out["estimate"] = job["estimate"]
     out["comparison"] = comparison(job)
+    out["run"] = {key: job.get(key) for key in ("wanted_gpu", "worker_id", "worker_gpu", "attempts")}  # fleet
     return out
 
 

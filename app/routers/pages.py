@@ -26,6 +26,7 @@ from app.core.request import LoraSpec, QuantizationSpec, TrainingSpec
 from app.core.throughput import DEFAULT_MFU, DEFAULT_SLOWDOWN, DEFAULT_TOKENS
 from app.deps import SettingsDep
 from app.forms import DEFAULT_MODEL, form_to_body, parse_cost_options, parse_form
+from app.jobs import recent_jobs
 from app.settings import Settings
 from app.views import (
     METHODS,
@@ -80,7 +81,7 @@ def _context(request: Request, form: dict[str, str], config_text: str | None,
     errors = errors + option_errors
     if req is not None and isinstance(req.model, str):
         # measured QLoRA slowdowns from this server's GPU calibrations replace the default (not the user's)
-        measured = measured_slowdowns(settings.database_path, req.model)
+        measured = measured_slowdowns(recent_jobs(settings), req.model)
         if "qlora" in measured and options.qlora_slowdown is None:
             options = replace(options, qlora_slowdown=measured["qlora"])
     view = None
