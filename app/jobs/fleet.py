@@ -15,6 +15,7 @@ waited out (claims pause, progress is dropped, results are retried until the lea
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
@@ -56,10 +57,8 @@ class SlotStore:
         return job
 
     def progress(self, job_id: str, percent: float, text: str) -> None:
-        try:
+        with contextlib.suppress(StoreUnavailable):  # progress is advisory; the result is not (see finish)
             self.store.progress(job_id, percent, text, token=self.token)
-        except StoreUnavailable:
-            pass  # progress is advisory; the result is not (see finish)
 
     def finish(self, job_id: str, status: str, *, result: dict[str, Any] | None = None, error: str | None = None,
                progress_text: str | None = None) -> bool:
@@ -119,7 +118,8 @@ class FleetWorker:
                 continue
             for token, slot in held.items():
                 if token not in kept and slot.token == token:
-                    log.info("slot %s: lease of %s lost (cancelled or expired): stopping it", slot.device, slot.job_id)
+                    log.info("slot %s: lease of %s lost (cancelled or expired): stopping it", slot.device,
+                             slot.job_id)
                     slot.lost.set()
 
     def stop(self) -> None:
@@ -131,15 +131,13 @@ class FleetWorker:
             loop.stop()
         for loop in self.loops:
             loop.join(timeout=30)
-        try:
+        with contextlib.suppress(StoreUnavailable):
             self.store.stop_worker(self.worker_id)
-        except StoreUnavailable:
-            pass
 
 
 class FleetDispatcher:
-    """The API's side of a fleet (jobs run here only with ``worker_in_api``): cancellation through the store, and a periodic
-    :meth:`PgJobStore.recover` so that a job whose worker died is requeued even when no worker is left."""
+    """The API's side of a fleet (jobs run here only with ``worker_in_api``): cancellation through the store,
+    and a periodic :meth:`PgJobStore.recover` so that a job whose worker died is requeued even when no worker is left."""
 
     def __init__(self, store: PgJobStore, in_process: bool = False, timeout_s: float = 1800.0) -> None:
         from app.jobs.worker_cli import configured_slots

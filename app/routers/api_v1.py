@@ -24,7 +24,8 @@ router = APIRouter(prefix="/api/v1", tags=["v1"])
 @router.post("/estimate", response_model=EstimateResult)
 def post_estimate(req: PlanRequest, settings: SettingsDep) -> EstimateResult:
     """Parameters and per-GPU memory (bytes) of one fine-tuning run; with finished GPU calibrations of the
-    requested GPU in the job store (every fleet node's), the overhead is fitted from them and ``calibration`` names them."""
+    requested GPU in the job store (every fleet node's), the overhead is fitted from them and ``calibration``
+    names them."""
     samples = calibration_samples(recent_jobs(settings), req.hardware.gpu)
     return apply_calibrations(estimate(req), req.hardware.gpu, samples)
 
