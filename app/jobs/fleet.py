@@ -1,6 +1,7 @@
 """``peft-planner worker``: run calibration jobs from the shared PostgreSQL store on this node's GPUs.
 
-One slot per GPU (or one ``cpu`` slot), each a :class:`app.calibration.worker.DeviceWorker` — the run loop
+One slot per GPU (or one ``cpu`` slot), each a :class:`app.calibration.worker.DeviceWorker` (warm on CPU:
+:mod:`app.calibration.warm`) — the run loop
 of the API's in-process worker, with its spawned process per job, timeout, cancellation and result
 handling — whose store is a :class:`SlotStore`: it claims with a lease (:meth:`PgJobStore.claim`), writes
 progress and the result with the lease token, and reports a job as cancelled to the loop (which kills the
@@ -24,7 +25,7 @@ import time
 from typing import Any
 
 from app.calibration.measure import _versions
-from app.calibration.worker import DeviceWorker
+from app.calibration.warm import worker_class
 from app.jobs.pg import PgJobStore, StoreUnavailable, retrying
 
 log = logging.getLogger("peft_planner.worker")
@@ -94,7 +95,8 @@ class FleetWorker:
         self.worker_id = worker_id or f"{self.host}-{os.getpid()}"
         self.slots_info = slots
         self.slots = [SlotStore(store, self.worker_id, s["gpu"], s["device"]) for s in slots]
-        self.loops = [DeviceWorker(slot, slot.device, timeout_s) for slot in self.slots]  # type: ignore[arg-type]
+        self.loops = [worker_class(slot.device)(slot, slot.device, timeout_s)  # type: ignore[arg-type]
+                      for slot in self.slots]
         self.stopping = threading.Event()
         self._beat = threading.Thread(target=self._heartbeat, name="heartbeat", daemon=True)
 
@@ -137,7 +139,8 @@ class FleetWorker:
 
 class FleetDispatcher:
     """The API's side of a fleet (jobs run here only with ``worker_in_api``): cancellation through the store,
-    and a periodic :meth:`PgJobStore.recover` so that a job whose worker died is requeued even when no worker is left."""
+    and a periodic :meth:`PgJobStore.recover` so that a job whose worker died is requeued even when no worker
+    is left."""
 
     def __init__(self, store: PgJobStore, in_process: bool = False, timeout_s: float = 1800.0) -> None:
         from app.jobs.worker_cli import configured_slots
