@@ -52,19 +52,25 @@ class WarmDeviceWorker(DeviceWorker):
         self._inbox: Any = None
         self._out: Any = None
 
-    def _launch(self, job: dict[str, Any]) -> tuple[Any, Any]:
+    def _ensure(self) -> None:
+        """Start the warm process unless it runs (it imports while the slot waits for a job)."""
         if self._proc is None or not self._proc.is_alive():
             ctx = multiprocessing.get_context("spawn")
             self._inbox, self._out = ctx.Queue(), ctx.Queue()
             self._proc = ctx.Process(target=_serve, name=f"calibration-{self.device}", daemon=True,
                                      args=(self._inbox, self._out))
             self._proc.start()
+
+    def _launch(self, job: dict[str, Any]) -> tuple[Any, Any]:
+        self._ensure()
         self._inbox.put(job_args(job))
         return self._proc, self._out
 
     def _release(self, proc: Any, out: Any) -> None:
-        if not proc.is_alive():  # killed (cancel, timeout, shutdown) or crashed: the next job starts a new one
+        if not proc.is_alive():  # killed (cancel, timeout, shutdown) or crashed: start the next one now
             self._shutdown()
+            if not self.stopping.is_set():
+                self._ensure()
 
     def _shutdown(self) -> None:
         if self._proc is None:
@@ -79,6 +85,7 @@ class WarmDeviceWorker(DeviceWorker):
 
     def run(self) -> None:
         try:
+            self._ensure()
             super().run()
         finally:
             self._shutdown()
