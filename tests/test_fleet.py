@@ -291,3 +291,14 @@ def test_worker_gpu_is_checked(cluster: Cluster, tmp_path: Path) -> None:
 ])
 def test_catalog_gpu_id_from_device_name_and_memory(name: str, total: int, expected: str | None) -> None:
     assert catalog_gpu_id(name, total) == expected
+
+
+def test_single_server_lists_its_in_process_worker(tmp_path: Path) -> None:
+    app = create_app()
+    app.dependency_overrides[get_settings] = lambda: Settings(token="t", database_path=tmp_path / "jobs.sqlite3")
+    with TestClient(app) as client:
+        data = client.get("/api/v1/workers").json()
+        assert data["store"] == "sqlite" and data["total"] == 1
+        assert data["items"][0]["state"] == "idle" and data["items"][0]["slots"] == []  # no job yet: no thread
+        page = client.get("/workers")
+        assert page.status_code == 200 and data["items"][0]["id"] in page.text
