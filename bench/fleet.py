@@ -5,8 +5,9 @@ Starts Debian's PostgreSQL in a temporary directory (tests/pgcluster.py), ``--wo
 (CPU slots advertising catalog GPU ids) and 1, then 2 uvicorn replicas (one process each). Per replica
 count:
 
-- estimates: ``--clients`` threads POST the same ``/api/v1/estimate`` body (Llama-3.2-1B, QLoRA) round-robin
-  over the replicas for ``--seconds``; prints requests/s and p50/p99 latency in ms;
+- estimates: after 5 untimed calls to each replica, ``--clients`` threads POST the same
+  ``/api/v1/estimate`` body (Llama-3.2-1B, QLoRA) round-robin over the replicas for ``--seconds``;
+  prints requests/s and p50/p99 latency in ms;
 - jobs: after one warm-up job per worker (imports torch & co. in the warm process), ``--jobs`` CPU
   calibrations of a one-layer llama (1 warm-up + 1 measured step) submitted round-robin over the
   replicas; prints jobs/minute from the first submission to the last job done.
@@ -100,6 +101,9 @@ def main() -> None:
             if len(apis) < replicas:
                 apis.append(Api(env, work, f"api-{len(apis)}"))
                 procs.append(apis[-1])
+            for api in apis:  # warm each replica (first-call caches, pool connections) before timing
+                for _ in range(5):
+                    api.call("POST", "/api/v1/estimate", ESTIMATE)
             rps, p50, p99 = estimates(apis, args.clients, args.seconds)
             jpm = jobs_per_minute(apis, args.jobs)
             print(f"{replicas} replica(s): estimates {rps:7.1f} req/s (p50 {p50:6.1f} ms, p99 {p99:6.1f} ms); "
