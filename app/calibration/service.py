@@ -73,8 +73,8 @@ class CalibrationService:
             if index >= count:
                 raise PlanError(("device",), f"{device}: only {count} CUDA device(s) visible")
         if device != "cpu" and tokens > self.settings.calibration_cuda_max_tokens:
-                raise PlanError(("training", "seq_len"), f"micro_batch_size·seq_len = {tokens:,} tokens; at most "
-                                f"{self.settings.calibration_cuda_max_tokens:,}")
+            raise PlanError(("training", "seq_len"), f"micro_batch_size·seq_len = {tokens:,} tokens; at most "
+                            f"{self.settings.calibration_cuda_max_tokens:,}")
         if req.quantized and req.quantization.load_in_8bit:
             raise PlanError(("quantization", "load_in_8bit"), "calibration runs 4-bit bases (qlora/qdora); "
                             "LLM.int8 is not calibrated")
@@ -159,7 +159,8 @@ def service_for(app: FastAPI) -> CalibrationService:
 
 @asynccontextmanager
 async def calibration_lifespan(app: FastAPI) -> AsyncIterator[None]:
-    """Startup: when the database exists, reopen it (running → interrupted, queued jobs run again).
+    """Startup: when the SQLite database exists, reopen it (running → interrupted, queued jobs run again); with
+    a database URL, connect (migrations) and start the lease reaper (app/jobs/fleet.py).
     Shutdown: stop the workers (a running job's process is killed and the job marked interrupted)."""
     settings = _resolve(app)
     if settings.database_url or Path(settings.database_path).exists():

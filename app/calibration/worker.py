@@ -1,4 +1,5 @@
-"""In-process calibration worker: one thread per device, each running one job at a time in a spawned process.
+"""In-process calibration worker: one thread per device, each running one job at a time in a spawned process
+(on ``cpu`` one warm process for all jobs: app/calibration/warm.py).
 
 A job's process is started with ``multiprocessing``'s spawn context (CUDA cannot be used after fork, and a
 fresh process gives clean allocator statistics), reports progress and its result through a queue, and is
