@@ -302,3 +302,31 @@ def test_single_server_lists_its_in_process_worker(tmp_path: Path) -> None:
         assert data["items"][0]["state"] == "idle" and data["items"][0]["slots"] == []  # no job yet: no thread
         page = client.get("/workers")
         assert page.status_code == 200 and data["items"][0]["id"] in page.text
+
+
+@pytest.mark.slow
+def test_api_runs_a_worker_only_when_configured(cluster: Cluster, monkeypatch: pytest.MonkeyPatch) -> None:
+    import time
+
+    url = create_database(cluster, "inapi")
+    monkeypatch.setenv("PEFT_PLANNER_WORKER_GPUS", "nvidia-l4")
+    for in_api in (False, True):
+        app = create_app()
+        app.dependency_overrides[get_settings] = lambda in_api=in_api: Settings(
+            token="t", database_url=url, worker_in_api=in_api, worker_lease_s=2)
+        with TestClient(app) as client:
+            job_id = client.post("/api/v1/calibrations", json={**JOB, "worker_gpu": "nvidia-l4"},
+                                 headers={"Authorization": "Bearer t"}).json()["id"]
+            fleet = client.get("/api/v1/workers").json()["items"]
+            if not in_api:  # nobody runs it: it stays queued (and is run by the next app, which has a worker)
+                time.sleep(3)
+                assert fleet == [] and client.get(f"/api/v1/calibrations/{job_id}").json()["status"] == "queued"
+                continue
+            assert [w["slots"][0]["gpu"] for w in fleet] == ["nvidia-l4"] and fleet[0]["id"].endswith("-api")
+
+            def both_done(client: TestClient = client) -> list[dict[str, Any]] | None:
+                items = client.get("/api/v1/calibrations").json()["items"]
+                return items if sum(j["status"] == "done" for j in items) == 2 else None
+
+            done = wait_for(both_done, 300, "both jobs", every_s=1)
+            assert {j["run"]["worker_id"] for j in done} == {fleet[0]["id"]}
