@@ -16,7 +16,9 @@ RUN useradd --system --uid 10001 --user-group --home-dir /srv/peft-planner --no-
 WORKDIR /srv/peft-planner
 
 # torch first, pinned, from the CPU index (its own layer: the largest download, rarely changes).
-RUN pip install --no-cache-dir --index-url https://download.pytorch.org/whl/cpu torch==2.13.0
+# GPU workers: --build-arg TORCH_INDEX=<a CUDA wheel index of torch 2.13.0> (docker-compose.yml, `worker`).
+ARG TORCH_INDEX=https://download.pytorch.org/whl/cpu
+RUN pip install --no-cache-dir --index-url ${TORCH_INDEX} torch==2.13.0
 
 COPY pyproject.toml README.md ./
 COPY app/ app/

@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: run test lint bench venv clean browser
+.PHONY: run test lint bench venv clean browser postgres
 
 venv: $(STAMP)
 
@@ -30,7 +30,12 @@ lint: $(STAMP)
 browser:
 	command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium)
 
-test: $(STAMP) lint browser
+# Debian's PostgreSQL server binaries for tests/test_fleet.py (the tests start their own cluster; the
+# package's default cluster service is not needed).
+postgres:
+	ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq postgresql)
+
+test: $(STAMP) lint browser postgres
 	$(BIN)/python -m pytest
 
 bench: $(STAMP)

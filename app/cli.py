@@ -126,6 +126,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--budget", help="per-GPU budget: 24GiB, 80 GiB, 512MiB, 24GB (decimal) or bytes; "
                                     "default: the --gpu's VRAM")
     p.set_defaults(func=cmd_check)
+    sub.add_parser("worker", add_help=False, help="run calibration jobs of a shared database on this node's GPUs "
+                   "(docs/deployment.md; `peft-planner worker --help`)")
     return parser
 
 
@@ -419,6 +421,11 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["worker"]:
+        from app.jobs.worker_cli import main as worker_main
+
+        return worker_main(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:

@@ -16,8 +16,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from app.calibration.service import calibration_lifespan
 from app.core.errors import PlanError
 from app.errors import as_detail
+from app.jobs.pg import StoreUnavailable
 from app.pool import ClientGone, watch_exit_signals
-from app.routers import api_v1, apidocs, calibrate, pages, trace
+from app.routers import api_v1, apidocs, calibrate, pages, trace, workers
 from app.settings import get_settings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -169,6 +170,11 @@ def create_app() -> FastAPI:
     async def _client_gone(request: Request, exc: ClientGone) -> Response:
         return Response(status_code=499)  # nginx's "client closed request": nobody reads it
 
+    @app.exception_handler(StoreUnavailable)
+    async def _store_down(request: Request, exc: StoreUnavailable) -> JSONResponse:
+        return JSONResponse(status_code=503, content={"detail": as_detail(503, str(exc))},
+                            headers={"Retry-After": "2"})
+
     @app.get("/healthz", include_in_schema=False)
     async def healthz() -> dict[str, str]:
         """On the event loop, never behind the thread pool: answers while heavy work runs."""
@@ -177,6 +183,7 @@ def create_app() -> FastAPI:
     app.include_router(api_v1.router)
     app.include_router(trace.router)
     app.include_router(calibrate.router)
+    app.include_router(workers.router)
     app.include_router(pages.router)
     app.include_router(apidocs.router)
     app.mount("/static/apidocs", StaticFiles(directory=apidocs.ASSETS), name="apidocs")

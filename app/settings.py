@@ -17,6 +17,11 @@ class Settings(BaseSettings):
     port: int = 8000
     max_body_bytes: int = Field(1_048_576, description="largest accepted request body (a pasted config.json)")
     database_path: Path = Field(Path("var/peft-planner.sqlite3"), description="SQLite file for calibration jobs")
+    database_url: str | None = Field(None, description="postgresql://… : the shared job store of API replicas and "
+                                     "workers (docs/deployment.md); unset = the SQLite file + in-process worker")
+    worker_lease_s: float = Field(15.0, gt=0, description="a running job's lease; workers heartbeat every third")
+    worker_max_attempts: int = Field(2, ge=1, description="runs of a job whose worker died before it is interrupted")
+    worker_in_api: bool = Field(False, description="with database_url: the API process also runs a worker")
     token: str | None = Field(None, description="bearer token that enables /calibrate (GPU work); unset = disabled")
     generic_cache_path: Path = Field(Path("var/generic-models.sqlite3"),
                                      description="SQLite store of inventories built from the real libraries")

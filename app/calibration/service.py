@@ -17,12 +17,12 @@ from typing import Any
 
 from fastapi import FastAPI
 
-from app.calibration.store import JobStore
 from app.calibration.worker import CalibrationWorkers
 from app.core import PlanRequest, estimate
-from app.core.catalog import gpu
+from app.core.catalog import gpu, gpus
 from app.core.errors import PlanError
 from app.core.overhead import cublas_workspace_bytes
+from app.jobs import open_store
 from app.settings import Settings, get_settings
 
 DEVICE_RE = re.compile(r"^(cpu|cuda:\d{1,2})$")
@@ -78,11 +78,21 @@ def check_model_dir(model_dir: str, allowed: list[Path]) -> None:
         raise PlanError(where, f"{model_dir}: not a directory")
 
 
+def workers_for(store: Any, settings: Settings) -> Any:
+    """Who runs the jobs: the in-process worker (SQLite); with a database URL the fleet, plus this process's
+    own slots when ``worker_in_api`` is set."""
+    if not settings.database_url:
+        return CalibrationWorkers(store, settings.calibration_timeout_s)
+    from app.jobs.fleet import FleetDispatcher
+
+    return FleetDispatcher(store, in_process=settings.worker_in_api, timeout_s=settings.calibration_timeout_s)
+
+
 class CalibrationService:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.store = JobStore(settings.database_path)
-        self.workers = CalibrationWorkers(self.store, settings.calibration_timeout_s)
+        self.store: Any = open_store(settings)
+        self.workers: Any = workers_for(self.store, settings)
         self.workers.start()
 
     # --- validation -----------------------------------------------------------------------------
@@ -99,16 +109,16 @@ class CalibrationService:
             if tokens > self.settings.calibration_cpu_max_tokens:
                 raise PlanError(("training", "seq_len"), f"micro_batch_size·seq_len = {tokens:,} tokens; on cpu at "
                                 f"most {self.settings.calibration_cpu_max_tokens:,}")
-        else:
+        elif not self.settings.database_url:  # a fleet's GPUs are on the workers' machines
             count = _cuda_devices()
             index = int(device.split(":")[1])
             if count == 0:
                 raise PlanError(("device",), f"{device}: no CUDA device here (torch.cuda.is_available() is false)")
             if index >= count:
                 raise PlanError(("device",), f"{device}: only {count} CUDA device(s) visible")
-            if tokens > self.settings.calibration_cuda_max_tokens:
-                raise PlanError(("training", "seq_len"), f"micro_batch_size·seq_len = {tokens:,} tokens; at most "
-                                f"{self.settings.calibration_cuda_max_tokens:,}")
+        if device != "cpu" and tokens > self.settings.calibration_cuda_max_tokens:
+            raise PlanError(("training", "seq_len"), f"micro_batch_size·seq_len = {tokens:,} tokens; at most "
+                            f"{self.settings.calibration_cuda_max_tokens:,}")
         if req.quantized and req.quantization.load_in_8bit:
             raise PlanError(("quantization", "load_in_8bit"), "calibration runs 4-bit bases (qlora/qdora); "
                             "LLM.int8 is not calibrated")
@@ -117,10 +127,19 @@ class CalibrationService:
         return result.model_dump(mode="json")
 
     def submit(self, req: PlanRequest, device: str, warmup_steps: int, measure_steps: int,
-               model_dir: str | None) -> str:
+               model_dir: str | None, worker_gpu: str | None = None) -> str:
         est = self.check(req, device, model_dir)
+        extra = {}
+        if worker_gpu is not None:
+            if not self.settings.database_url:
+                raise PlanError(("worker_gpu",), "worker_gpu picks a worker of a fleet; this server has one "
+                                "in-process worker (set PEFT_PLANNER_DATABASE_URL, see docs/deployment.md)")
+            if worker_gpu != "cpu" and worker_gpu not in gpus():
+                raise PlanError(("worker_gpu",), f"unknown gpu {worker_gpu!r}; 'cpu' or a catalog id: "
+                                f"{', '.join(gpus())}")
+            extra["wanted_gpu"] = worker_gpu
         job_id = self.store.create(req.model_dump(mode="json"), device, warmup_steps, measure_steps, est,
-                                   model_dir=model_dir)
+                                   model_dir=model_dir, **extra)
         self.workers.wake(device)
         return job_id
 
@@ -192,10 +211,11 @@ def service_for(app: FastAPI) -> CalibrationService:
 
 @asynccontextmanager
 async def calibration_lifespan(app: FastAPI) -> AsyncIterator[None]:
-    """Startup: when the database exists, reopen it (running → interrupted, queued jobs run again).
+    """Startup: when the SQLite database exists, reopen it (running → interrupted, queued jobs run again); with
+    a database URL, connect (migrations) and start the lease reaper (app/jobs/fleet.py).
     Shutdown: stop the workers (a running job's process is killed and the job marked interrupted)."""
     settings = _resolve(app)
-    if Path(settings.database_path).exists():
+    if settings.database_url or Path(settings.database_path).exists():
         service_for(app)
     try:
         yield

@@ -1,4 +1,5 @@
-"""In-process calibration worker: one thread per device, each running one job at a time in a spawned process.
+"""In-process calibration worker: one thread per device, each running one job at a time in a spawned process
+(on ``cpu`` one warm process for all jobs: app/calibration/warm.py).
 
 A job's process is started with ``multiprocessing``'s spawn context (CUDA cannot be used after fork, and a
 fresh process gives clean allocator statistics), reports progress and its result through a queue, and is
@@ -10,6 +11,7 @@ oldest queued job of its device, so queued jobs survive a restart and run when t
 from __future__ import annotations
 
 import contextlib
+import json
 import multiprocessing
 import queue as queue_mod
 import threading
@@ -39,6 +41,11 @@ def _child(request_json: str, device: str, warmup_steps: int, measure_steps: int
     except BaseException as exc:
         tb = traceback.format_exc(limit=8)
         out.put(("error", f"{type(exc).__name__}: {exc}", tb[-4000:]))
+
+
+def job_args(job: dict[str, Any]) -> tuple[str, str, int, int, str | None]:
+    """:func:`_child`'s arguments for ``job`` (before the queue)."""
+    return (json.dumps(job["request"]), job["device"], job["warmup_steps"], job["measure_steps"], job["model_dir"])
 
 
 class DeviceWorker(threading.Thread):
@@ -81,17 +88,25 @@ class DeviceWorker(threading.Thread):
                     self.current = None
                     self._cancel.discard(job["id"])
 
-    def _run_job(self, job: dict[str, Any]) -> None:
-        import json
-
+    def _launch(self, job: dict[str, Any]) -> tuple[Any, Any]:
+        """Start the job's process; returns it and the queue it reports on."""
         ctx = multiprocessing.get_context("spawn")
         out = ctx.Queue()
-        proc = ctx.Process(
-            target=_child, name=f"calibration-{job['id'][:8]}", daemon=True,
-            args=(json.dumps(job["request"]), job["device"], job["warmup_steps"], job["measure_steps"],
-                  job["model_dir"], out),
-        )
+        proc = ctx.Process(target=_child, name=f"calibration-{job['id'][:8]}", daemon=True,
+                           args=(*job_args(job), out))
         proc.start()
+        return proc, out
+
+    def _release(self, proc: Any, out: Any) -> None:
+        """After a job: stop its process and close its queue."""
+        if proc.is_alive():
+            self._kill(proc)
+        proc.join(timeout=5)
+        out.close()
+        out.cancel_join_thread()
+
+    def _run_job(self, job: dict[str, Any]) -> None:
+        proc, out = self._launch(job)
         deadline = time.monotonic() + self.timeout_s
         job_id = job["id"]
         pending: Any = None
@@ -149,11 +164,7 @@ class DeviceWorker(threading.Thread):
                                             "(killed by the OS, e.g. out of host memory?)")
                     return
         finally:
-            if proc.is_alive():
-                self._kill(proc)
-            proc.join(timeout=5)
-            out.close()
-            out.cancel_join_thread()
+            self._release(proc, out)
 
     @staticmethod
     def _kill(proc: Any) -> None:
@@ -182,7 +193,9 @@ class CalibrationWorkers:
                 return
             worker = self._workers.get(device)
             if worker is None or not worker.is_alive():
-                worker = DeviceWorker(self.store, device, self.timeout_s)
+                from app.calibration.warm import worker_class
+
+                worker = worker_class(device)(self.store, device, self.timeout_s)
                 self._workers[device] = worker
                 worker.start()
         worker.wake.set()
@@ -204,3 +217,9 @@ class CalibrationWorkers:
             worker.stop()
         for worker in workers:
             worker.join(timeout=30)
+
+    def slots(self) -> list[dict[str, Any]]:
+        """This process's device threads and the job each runs (GET /api/v1/workers on a single server)."""
+        with self._lock:
+            return [{"device": device, "gpu": None, "current_job": worker.current}
+                    for device, worker in self._workers.items() if worker.is_alive()]

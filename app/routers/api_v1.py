@@ -10,7 +10,6 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
 from app.cache import ResponseCache
-from app.calibration.store import calibration_summary, measured_mfus
 from app.core import PlanError, PlanRequest, estimate
 from app.core.calibrated import apply_calibrations
 from app.core.catalog import gpus, model_config, model_configs
@@ -21,6 +20,7 @@ from app.core.result import EstimateResult
 from app.deps import EstimatePoolDep, FitPoolDep, SettingsDep
 from app.errors import api_error, error_responses
 from app.forms import parse_form
+from app.jobs.learning import calibration_summary, measured_mfus
 from app.limits import limits
 from app.model_info import model_detail, model_row
 from app.models.generic import ensure_generic
@@ -39,9 +39,10 @@ ESTIMATES = ResponseCache(4096)
 async def post_estimate(req: PlanRequest, request: Request, settings: SettingsDep,
                         pool: EstimatePoolDep) -> Response:
     """Parameters and per-GPU memory (bytes) of one fine-tuning run; with finished GPU calibrations of the
-    requested GPU on this server, the overhead is fitted from them and ``calibration`` names them. ``model`` may
-    be a Hub id outside the catalog (its config.json is fetched; ``source`` says from where)."""
-    summary = calibration_summary(settings.database_path, req.hardware.gpu)
+    requested GPU in the job store (every fleet node's), the overhead is fitted from them and ``calibration``
+    names them. ``model`` may be a Hub id outside the catalog (its config.json is fetched; ``source`` says from
+    where)."""
+    summary = calibration_summary(settings, req.hardware.gpu)
     if isinstance(req.model, str) and req.model in model_configs():
         key: tuple[str, object] | None = (req.model_dump_json(), summary)  # a catalog model: its answer is cached
     else:
@@ -134,7 +135,7 @@ def post_buy_vs_rent(body: BuyVsRentRequest, settings: SettingsDep) -> BuyVsRent
     (USD), run hours, power per run (TDP × USD/kWh when given), break-even runs and hours. Time uses each GPU's
     class MFU, or the MFU measured by this server's calibrations of it, unless ``mfu`` is given."""
     try:
-        return plan_buy_vs_rent(body, measured_mfus(settings.database_path))
+        return plan_buy_vs_rent(body, measured_mfus(settings))
     except PlanError as exc:
         raise PlanError(("request", *exc.loc), exc.message) from exc
 

@@ -49,10 +49,12 @@ class CalibrationBody(PlanRequest):
     warmup_steps: int = Field(1, ge=0, le=MAX_WARMUP_STEPS)
     measure_steps: int = Field(2, ge=1, le=MAX_MEASURE_STEPS)
     model_dir: str | None = Field(None, description="a local checkpoint directory on the server (from_pretrained)")
+    worker_gpu: str | None = Field(None, description="fleet only (PEFT_PLANNER_DATABASE_URL): run on a worker slot "
+                                   "with this catalog GPU id (or 'cpu'); None: any worker whose device kind matches")
 
     def plan_request(self) -> PlanRequest:
         return PlanRequest.model_validate(self.model_dump(exclude={"device", "warmup_steps", "measure_steps",
-                                                                   "model_dir"}))
+                                                                   "model_dir", "worker_gpu"}))
 
 
 def _token_ok(settings: Settings, presented: str | None) -> bool:
@@ -97,7 +99,8 @@ TokenHolderDep = Annotated[bool, Depends(is_token_holder)]
 
 
 def _submit(service: CalibrationService, body: CalibrationBody) -> str:
-    return service.submit(body.plan_request(), body.device, body.warmup_steps, body.measure_steps, body.model_dir)
+    return service.submit(body.plan_request(), body.device, body.warmup_steps, body.measure_steps, body.model_dir,
+                          body.worker_gpu)
 
 
 def _view(job: dict[str, Any], full: bool) -> dict[str, Any]:
@@ -111,6 +114,7 @@ def _view(job: dict[str, Any], full: bool) -> dict[str, Any]:
     out["result"] = job["result"]
     out["estimate"] = job["estimate"]
     out["comparison"] = comparison(job)
+    out["run"] = {key: job.get(key) for key in ("wanted_gpu", "worker_id", "worker_gpu", "attempts")}  # fleet
     return out
 
 

@@ -21,7 +21,6 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi.templating import Jinja2Templates
 
 from app.cache import ResponseCache
-from app.calibration.store import data_version, measured_mfus, measured_slowdowns
 from app.core import PlanError, estimate, format_bytes
 from app.core.catalog import gpus, model_configs
 from app.core.levers import levers
@@ -29,6 +28,7 @@ from app.core.request import LoraSpec, QuantizationSpec, TrainingSpec
 from app.core.throughput import DEFAULT_SLOWDOWN, DEFAULT_TOKENS
 from app.deps import EstimatePoolDep, SettingsDep
 from app.forms import DEFAULT_MODEL, form_to_body, parse_cost_options, parse_form
+from app.jobs.learning import data_version, measured_mfus, measured_slowdowns
 from app.models.resolve import resolve_request, with_source
 from app.settings import Settings
 from app.views import (
@@ -89,10 +89,10 @@ def _context(request: Request, form: dict[str, str], config_text: str | None,
     errors = errors + option_errors
     if req is not None and isinstance(req.model, str):
         # measured QLoRA slowdowns from this server's GPU calibrations replace the default (not the user's)
-        measured = measured_slowdowns(settings.database_path, req.model)
+        measured = measured_slowdowns(settings, req.model)
         if "qlora" in measured and options.qlora_slowdown is None:
             options = replace(options, qlora_slowdown=measured["qlora"])
-    options = replace(options, measured_mfu=measured_mfus(settings.database_path))
+    options = replace(options, measured_mfu=measured_mfus(settings))
     view = None
     result = None
     plan, source = req, None  # the core's request: a Hub id becomes its config (the snippets keep the id)
@@ -155,7 +155,7 @@ PAGES = ResponseCache(1024)
 
 @router.get("/", response_class=HTMLResponse)
 async def planner(request: Request, settings: SettingsDep, pool: EstimatePoolDep) -> Response:
-    key = (str(request.base_url), request.url.query, data_version(settings.database_path))
+    key = (str(request.base_url), request.url.query, data_version(settings))
     cached = PAGES.get(key)
     if cached is None:
         form = dict(request.query_params)
