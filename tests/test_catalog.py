@@ -7,7 +7,7 @@ import pytest
 from app.core.adapters import plan_adapters
 from app.core.architectures import parse_config
 from app.core.catalog import gpus, model_configs
-from app.core.estimate import inventory_for
+from app.core.generic import model_inventory
 from app.core.inventory import build_inventory
 from app.core.request import LoraSpec
 
@@ -28,7 +28,7 @@ def test_catalog_is_large_and_covers_every_family() -> None:
 @pytest.mark.parametrize("model_id", sorted(model_configs()))
 def test_total_params_equal_transformers(model_id: str) -> None:
     cfg = model_configs()[model_id]
-    assert inventory_for(model_id).total_params == meta_model(cfg).num_parameters()
+    assert model_inventory(model_id)[1].total_params == meta_model(cfg).num_parameters()
 
 
 @pytest.mark.parametrize(
