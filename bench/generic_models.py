@@ -9,8 +9,11 @@ For every config (or those named with ``--only``), with a fresh store (a tempora
   first row only (reported separately as ``worker_start_s``).
 - ``store_ms``: the same request in a process that has not seen the model (memory registry cleared), read
   back from the store: what a request costs after a restart.
-- ``later_ms``: median of ``--repeat`` later requests (``ensure_generic`` + ``estimate``), each with another
-  ``r`` and method (lora, qlora, dora, qdora): what every request after the first costs.
+- ``later_ms``: median of ``--repeat`` later requests (``ensure_generic`` + ``estimate``) that vary seq_len
+  (as the page and ``fit`` do): the static part is cached under the config hash, as a catalog id's is.
+- ``new_r_ms``: the same with another ``r`` and method each time (lora, qlora, dora, qdora): the static
+  part is recomputed from the stored inventory (no worker).
+- a last row gives both figures for the catalog model meta-llama/Llama-3.1-8B, for comparison.
 
     .venv/bin/python bench/generic_models.py [--only openai--gpt-oss-20b ...] [--repeat 20]
 """
@@ -33,12 +36,28 @@ if str(ROOT) not in sys.path:
 CONFIGS = ROOT / "tests" / "data" / "configs"
 
 
-def _request(cfg: dict, method: str, r: int):  # -> PlanRequest (app imported after the env is set)
+def _request(model: dict | str, method: str, r: int, seq_len: int = 1024):  # -> PlanRequest (imported late)
     from app.core import PlanRequest
 
-    return PlanRequest.model_validate({"model": {"config": cfg}, "method": method,
-                                       "lora": {"r": r, "lora_alpha": 2 * r, "target_modules": "all-linear"},
-                                       "training": {"seq_len": 1024}})
+    return PlanRequest.model_validate({"model": model if isinstance(model, str) else {"config": model},
+                                       "method": method, "training": {"seq_len": seq_len},
+                                       "lora": {"r": r, "lora_alpha": 2 * r, "target_modules": "all-linear"}})
+
+
+def _timed(ensure, estimate, requests: list) -> float:  # the app's functions, imported late
+    """Median milliseconds of ensure + estimate over ``requests`` (a cached refusal counts as answered)."""
+    from app.core import PlanError
+
+    out = []
+    for req in requests:
+        t0 = time.perf_counter()
+        try:
+            ensure(req)
+            estimate(req)
+        except PlanError:  # e.g. PEFT refuses DoRA on fused experts
+            pass
+        out.append(time.perf_counter() - t0)
+    return 1000 * statistics.median(out)
 
 
 def main() -> None:
@@ -54,7 +73,7 @@ def main() -> None:
     started = time.perf_counter()
     _pool().submit(int).result()  # spawn the worker once
     print(f"worker_start_s {time.perf_counter() - started:.1f}")
-    print(f"{'config':48} {'modules':>8} {'first_s':>8} {'store_ms':>9} {'later_ms':>9}")
+    print(f"{'config':48} {'modules':>8} {'first_s':>8} {'store_ms':>9} {'later_ms':>9} {'new_r_ms':>9}")
     paths = sorted(CONFIGS.glob("*.json"))
     for path in paths:
         if args.only and path.stem not in args.only:
@@ -77,19 +96,15 @@ def main() -> None:
         ensure_generic(req)
         estimate(req)
         store = time.perf_counter() - t0
-        later = []
-        for i in range(args.repeat):
-            method = ("lora", "qlora", "dora", "qdora")[i % 4]
-            req_i = _request(cfg, method, 8 + i)
-            t0 = time.perf_counter()
-            try:
-                ensure_generic(req_i)
-                estimate(req_i)
-            except PlanError:  # e.g. PEFT refuses DoRA on fused experts: a cached refusal, as fast
-                pass
-            later.append(time.perf_counter() - t0)
-        print(f"{path.stem:48} {modules:>8} {first:>8.1f} {1000 * store:>9.1f} "
-              f"{1000 * statistics.median(later):>9.2f}")
+        later = _timed(ensure_generic, estimate, [_request(cfg, "lora", 16, 256 * (1 + i)) for i in range(args.repeat)])
+        new_r = _timed(ensure_generic, estimate, [_request(cfg, ("lora", "qlora", "dora", "qdora")[i % 4], 8 + i)
+                                                  for i in range(args.repeat)])
+        print(f"{path.stem:48} {modules:>8} {first:>8.1f} {1000 * store:>9.1f} {later:>9.2f} {new_r:>9.2f}")
+    catalog = "meta-llama/Llama-3.1-8B"
+    later = _timed(ensure_generic, estimate, [_request(catalog, "lora", 16, 256 * (1 + i)) for i in range(args.repeat)])
+    new_r = _timed(ensure_generic, estimate, [_request(catalog, ("lora", "qlora", "dora", "qdora")[i % 4], 8 + i)
+                                              for i in range(args.repeat)])
+    print(f"{'catalog ' + catalog:48} {'':>8} {'':>8} {'':>9} {later:>9.2f} {new_r:>9.2f}")
     _pool().shutdown()
 
 

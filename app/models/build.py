@@ -86,10 +86,18 @@ def model_class(config: Any, architectures: list[str] | None) -> type:
                     f"transformers 5.24 has no causal-LM or image-text-to-text model for {config.model_type!r}")
 
 
+def _attr(config: Any, key: str) -> Any:
+    """``config.key``, or None where it is absent or per-layer (transformers' heterogeneous configs raise)."""
+    try:
+        return getattr(config, key, None)
+    except Exception:  # e.g. AmbiguousGlobalPerLayerAttributeError (gemma4's head_dim)
+        return None
+
+
 def _check_limits(config: Any) -> None:
     text = config.get_text_config()
     for key, limit in LIMITS.items():
-        value = getattr(text, key, None)
+        value = _attr(text, key)
         if isinstance(value, int) and not isinstance(value, bool) and not 0 <= value <= limit:
             raise PlanError(("model", "config", key), f"must be between 0 and {limit}, got {value}")
 
@@ -166,27 +174,27 @@ def _int(value: Any) -> int:
 def _arch(config: Any, inv_tensors: list[Tensor], output_name: str | None) -> ArchSpec:
     """The summary numbers the core reports (and sizes buffers with) from the text config."""
     t = config.get_text_config()
-    hidden = _int(getattr(t, "hidden_size", None))
-    heads = _int(getattr(t, "num_attention_heads", None))
-    kv = _int(getattr(t, "num_key_value_heads", None)) or heads
-    head_dim = _int(getattr(t, "head_dim", None)) or (hidden // heads if heads else 0)
-    experts = next((_int(getattr(t, k, None)) for k in ("num_experts", "num_local_experts", "n_routed_experts")
-                    if _int(getattr(t, k, None))), 0)
+    hidden = _int(_attr(t, "hidden_size"))
+    heads = _int(_attr(t, "num_attention_heads"))
+    kv = _int(_attr(t, "num_key_value_heads")) or heads
+    head_dim = _int(_attr(t, "head_dim")) or (hidden // heads if heads else 0)
+    experts = next((_int(_attr(t, k)) for k in ("num_experts", "num_local_experts", "n_routed_experts")
+                    if _int(_attr(t, k))), 0)
     head = next((x for x in inv_tensors if output_name and x.name == f"{output_name}.weight"), None)
     return ArchSpec(
         model_type=config.model_type,
-        vocab_size=_int(getattr(t, "vocab_size", None)) or (head.shape[0] if head else 0),
+        vocab_size=_int(_attr(t, "vocab_size")) or (head.shape[0] if head else 0),
         hidden_size=hidden,
-        intermediate_size=_int(getattr(t, "intermediate_size", None)) or 4 * hidden,
-        num_hidden_layers=_int(getattr(t, "num_hidden_layers", None)),
+        intermediate_size=_int(_attr(t, "intermediate_size")) or 4 * hidden,
+        num_hidden_layers=_int(_attr(t, "num_hidden_layers")),
         num_attention_heads=heads,
         num_key_value_heads=kv,
         head_dim=head_dim,
         tie_word_embeddings=bool(head and head.tied),
         num_experts=experts,
-        num_experts_per_tok=_int(getattr(t, "num_experts_per_tok", None)),
-        moe_intermediate_size=_int(getattr(t, "moe_intermediate_size", None)),
-        max_position_embeddings=_int(getattr(t, "max_position_embeddings", None)),
+        num_experts_per_tok=_int(_attr(t, "num_experts_per_tok")),
+        moe_intermediate_size=_int(_attr(t, "moe_intermediate_size")),
+        max_position_embeddings=_int(_attr(t, "max_position_embeddings")),
     )
 
 
@@ -322,4 +330,6 @@ def build(cfg: dict[str, Any], key: str, specs: list[dict[str, Any]], max_module
             resolutions[canonical_json(spec)] = resolve_targets(model, inv, spec).as_data()
     except PlanError as exc:
         return {"error": [list(exc.loc), exc.message]}
+    except Exception as exc:  # never a 500: whatever else the libraries raise on this config is a 422
+        return {"error": [["model", "config"], f"the planner cannot build this model: {type(exc).__name__}: {exc}"]}
     return {"inventory": inventory_to_data(inv), "resolutions": resolutions}
