@@ -45,7 +45,11 @@ def _start_worker() -> None:
     from app.supervision import die_with_parent
 
     die_with_parent()
-    import app.trace.engine  # noqa: F401  (torch, transformers, peft, bitsandbytes)
+    import bitsandbytes  # noqa: F401  (app/trace/engine.py imports these lazily, inside the step)
+    import peft  # noqa: F401
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig  # noqa: F401
+
+    import app.trace.engine  # noqa: F401  (torch)
 
 
 def _ready() -> int:
@@ -93,11 +97,12 @@ class TraceService:
                 await asyncio.wait_for(asyncio.gather(*(loop.run_in_executor(executor, _ready)
                                                         for _ in range(self.concurrency))),
                                        timeout=self.import_timeout_s)
-            except (TimeoutError, BrokenProcessPool):
+            except (TimeoutError, BrokenProcessPool) as exc:
                 self._executor = executor
                 self._kill_pool()
-                raise TraceWorkerDied(f"a trace worker could not import its libraries within "
-                                      f"{self.import_timeout_s:g} s") from None
+                raise TraceWorkerDied(f"a new trace worker did not import its libraries within "
+                                      f"{self.import_timeout_s:g} s" if isinstance(exc, TimeoutError) else
+                                      "a new trace worker died while importing its libraries") from None
             self._executor = executor
         return self._executor
 
