@@ -87,8 +87,9 @@ class TraceService:
 
     async def _pool(self) -> ProcessPoolExecutor:
         """A pool whose workers have imported the libraries; a broken one (dead worker) is replaced."""
-        if self._executor is not None and getattr(self._executor, "_broken", False):
-            self._kill_pool()
+        if self._executor is not None and (getattr(self._executor, "_broken", False)
+                                           or len(self.worker_pids()) < self.concurrency):
+            self._kill_pool()  # a worker died while idle: its pool may not have noticed yet
         if self._executor is None:
             executor = ProcessPoolExecutor(max_workers=self.concurrency, initializer=_start_worker,
                                            mp_context=multiprocessing.get_context("spawn"))
