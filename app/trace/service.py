@@ -45,7 +45,11 @@ def _start_worker() -> None:
     from app.supervision import die_with_parent
 
     die_with_parent()
-    import app.trace.engine  # noqa: F401  (torch, transformers, peft, bitsandbytes)
+    import bitsandbytes  # noqa: F401  (app/trace/engine.py imports these lazily, inside the step)
+    import peft  # noqa: F401
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig  # noqa: F401
+
+    import app.trace.engine  # noqa: F401  (torch)
 
 
 def _ready() -> int:
@@ -83,8 +87,9 @@ class TraceService:
 
     async def _pool(self) -> ProcessPoolExecutor:
         """A pool whose workers have imported the libraries; a broken one (dead worker) is replaced."""
-        if self._executor is not None and getattr(self._executor, "_broken", False):
-            self._kill_pool()
+        if self._executor is not None and (getattr(self._executor, "_broken", False)
+                                           or len(self.worker_pids()) < self.concurrency):
+            self._kill_pool()  # a worker died while idle: its pool may not have noticed yet
         if self._executor is None:
             executor = ProcessPoolExecutor(max_workers=self.concurrency, initializer=_start_worker,
                                            mp_context=multiprocessing.get_context("spawn"))
@@ -93,11 +98,12 @@ class TraceService:
                 await asyncio.wait_for(asyncio.gather(*(loop.run_in_executor(executor, _ready)
                                                         for _ in range(self.concurrency))),
                                        timeout=self.import_timeout_s)
-            except (TimeoutError, BrokenProcessPool):
+            except (TimeoutError, BrokenProcessPool) as exc:
                 self._executor = executor
                 self._kill_pool()
-                raise TraceWorkerDied(f"a trace worker could not import its libraries within "
-                                      f"{self.import_timeout_s:g} s") from None
+                raise TraceWorkerDied(f"a new trace worker did not import its libraries within "
+                                      f"{self.import_timeout_s:g} s" if isinstance(exc, TimeoutError) else
+                                      "a new trace worker died while importing its libraries") from None
             self._executor = executor
         return self._executor
 
