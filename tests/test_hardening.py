@@ -305,8 +305,10 @@ def test_cuda_request_does_not_import_torch_into_the_api(tmp_path: Path) -> None
 def _finish_gpu_job(store: Any, gpu: str, predicted: int, allocated: int, reserved: int, used: int) -> str:
     job = store.create({"model": "meta-llama/Llama-3.2-1B", "hardware": {"gpu": gpu}}, "cuda:0", 1, 2,
                        {"memory": {"peak": predicted}})
+    # a real calibration records the card it measured (app/calibration/devices.py): summaries are keyed by it
     store.finish(job, "done", result={"peak_allocated_bytes": allocated, "peak_reserved_bytes": reserved,
-                                      "device_used_bytes": used, "otf_dequant_slowdown": 1.5})
+                                      "device_used_bytes": used, "otf_dequant_slowdown": 1.5,
+                                      "measured_device": gpu})
     return job
 
 

@@ -17,6 +17,7 @@ import os
 from collections import OrderedDict
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
+from pathlib import Path
 from typing import Any
 
 from app.core.request import PlanRequest
@@ -68,6 +69,16 @@ def _run(request_json: str) -> dict[str, Any]:
     return result.as_dict()
 
 
+def _running(pid: int) -> bool:
+    """The process exists and is not a zombie (``/proc/<pid>/stat``): a killed worker counts as dead before its
+    pool's management thread has reaped it and marked the pool broken."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
 class TraceService:
     def __init__(self, timeout_s: float, concurrency: int, queue: int = 0, import_timeout_s: float = 300.0) -> None:
         self.timeout_s = timeout_s
@@ -83,7 +94,7 @@ class TraceService:
         """Process ids of the live trace workers (for supervision tests and operators)."""
         if self._executor is None:
             return []
-        return [p.pid for p in getattr(self._executor, "_processes", {}).values() if p.is_alive()]
+        return [p.pid for p in getattr(self._executor, "_processes", {}).values() if p.is_alive() and _running(p.pid)]
 
     async def _pool(self) -> ProcessPoolExecutor:
         """A pool whose workers have imported the libraries; a broken one (dead worker) is replaced."""
