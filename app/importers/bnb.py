@@ -50,23 +50,16 @@ def bnb_keys(data: Mapping[str, Any], source: str, prefix: str = "") -> tuple[di
         elif key in ("bnb_4bit_quant_type", "bnb_4bit_use_double_quant"):
             if value is not None:
                 quant[key] = value
-        elif key == "bnb_4bit_compute_dtype":
-            if value is not None:
-                dtype = compute_dtype(value)
-                if dtype is None:
-                    notes.append(ImportNote(source, path, "unsupported",
-                                            f"{value!r} is not one of bfloat16, float16, float32; ignored"))
-                else:
-                    quant[key] = dtype
-        elif key == "bnb_4bit_quant_storage":
-            if value is not None:
-                is_uint8 = str(value).strip().lower().removeprefix("torch.") == "uint8"
-                storage = "uint8" if is_uint8 else compute_dtype(value)
-                if storage is None:
-                    notes.append(ImportNote(source, path, "unsupported",
-                                            f"{value!r} is not one of uint8, bfloat16, float16, float32; ignored"))
-                else:
-                    quant[key] = storage
+        elif key in ("bnb_4bit_compute_dtype", "bnb_4bit_quant_storage"):
+            # quant_storage also takes uint8 (transformers' default); compute dtypes are the float ones
+            storage = key == "bnb_4bit_quant_storage"
+            uint8 = storage and str(value).strip().lower().removeprefix("torch.") == "uint8"
+            dtype = "uint8" if uint8 else compute_dtype(value) if value is not None else None
+            if value is not None and dtype is None:  # (None: not set, the planner's default)
+                allowed = "uint8, bfloat16, float16, float32" if storage else "bfloat16, float16, float32"
+                notes.append(ImportNote(source, path, "unsupported", f"{value!r} is not one of {allowed}; ignored"))
+            elif dtype is not None:
+                quant[key] = dtype
         elif key == "llm_int8_skip_modules":
             if not is_unset(value):
                 notes.append(ImportNote(
