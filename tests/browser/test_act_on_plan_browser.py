@@ -25,8 +25,9 @@ from ..serving import running_server
 from .test_planner_browser import ARTIFACTS, DESKTOP, PHONE, SCREENSHOTS, browser  # noqa: F401 (fixture)
 
 TOKEN = "browser-test-token"
-# The case: Qwen3-32B QLoRA at 4k tokens on an RTX 5090 does not fit; no fp32 upcast makes it fit.
-SHORT = {"model": "Qwen/Qwen3-32B", "method": "qlora", "seq_len": "4096", "gpu": "nvidia-rtx-5090"}
+# The case: Qwen3-32B QLoRA on an RTX 5090 does not fit; no fp32 upcast makes it fit.
+# tests/test_levers.py: at 3.5k tokens the fp32 upcast alone decides whether it fits the RTX 5090
+SHORT = {"model": "Qwen/Qwen3-32B", "method": "qlora", "seq_len": "3584", "gpu": "nvidia-rtx-5090"}
 TINY = {"model_type": "llama", "vocab_size": 320, "hidden_size": 64, "intermediate_size": 176,
         "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2}
 

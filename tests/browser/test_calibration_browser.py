@@ -48,7 +48,7 @@ def test_calibrate_this_plan_end_to_end(browser: Any, server: str) -> None:  # n
     page = ctx.new_page()
     page.goto(f"{server}/?r=4&seq_len=32&micro_batch_size=1&target_modules=all-linear")
     if not page.locator("#config").is_visible():  # the paste box sits in a closed <details>
-        page.locator("details:has(#config) > summary").click()
+        page.locator("summary", has_text="paste / upload a config.json").click()
     page.fill("#config", json.dumps(TINY))
     page.click("#calibrate-plan")
     page.wait_for_url(f"{server}/calibrate/plan")
@@ -122,6 +122,7 @@ def test_no_horizontal_overflow_at_390px(browser: Any, server: str, path: str) -
         assert page.locator("#cmp-phases").count() == 1
     elif path == "/calibrate/plan-from-planner":
         page.goto(f"{server}/?model=meta-llama/Llama-3.1-8B&method=qlora")
+        page.click("#inputs-summary")  # on a phone the inputs (and their buttons) fold into the compact bar
         page.click("#calibrate-plan")
         page.wait_for_url(f"{server}/calibrate/plan")
     else:
