@@ -88,7 +88,10 @@ def _store() -> GenericStore:
 
 
 def _pool() -> ProcessPoolExecutor:
+    """The build worker's pool; one whose worker died while idle (killed, out of memory) is replaced first."""
     global _POOL
+    if _POOL is not None and getattr(_POOL, "_broken", False):
+        _kill_pool()
     if _POOL is None:
         _POOL = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"))
     return _POOL
@@ -107,8 +110,12 @@ def _run_build(cfg: dict[str, Any], key: str, specs: list[dict[str, Any]]) -> di
     from app.models.build import build
 
     settings = get_settings()
-    future = _pool().submit(build, cfg, key, specs, settings.generic_max_modules)
     try:
+        try:
+            future = _pool().submit(build, cfg, key, specs, settings.generic_max_modules)
+        except BrokenProcessPool:  # broken between the check and the submit: once more on a fresh pool
+            _kill_pool()
+            future = _pool().submit(build, cfg, key, specs, settings.generic_max_modules)
         return future.result(timeout=settings.generic_timeout_s)
     except FutureTimeout:
         _kill_pool()
