@@ -66,6 +66,18 @@ _DONE_ON_GPU = f"{_DONE_CUDA} AND measured_device IS NOT NULL"  # ... and of the
 _JSON_COLUMNS = {"request_json": "request", "result_json": "result", "estimate_json": "estimate"}
 
 
+def cancel_job(store: Any, job_id: str) -> str | None:
+    """Cancel a queued or running job of ``store`` (this SQLite store or app/jobs/pg.py's, whose ``get`` and
+    ``finish`` mean the same: a final status is kept, a cancel wins over a late result); returns the status it
+    had (None: no such job)."""
+    job = store.get(job_id)
+    if job is None:
+        return None
+    if job["status"] in ("queued", "running"):
+        store.finish(job_id, "cancelled", error="cancelled by request", progress_text="cancelled")
+    return job["status"]
+
+
 def now() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds")
 
@@ -212,12 +224,7 @@ class JobStore:
 
     def cancel(self, job_id: str) -> str | None:
         """Cancel a queued or running job; returns the status it had (None: no such job)."""
-        job = self.get(job_id)
-        if job is None:
-            return None
-        if job["status"] in ("queued", "running"):
-            self.finish(job_id, "cancelled", error="cancelled by request", progress_text="cancelled")
-        return job["status"]
+        return cancel_job(self, job_id)
 
     def set_status(self, job_id: str, status: str) -> None:
         """For tests and administration: force a status (e.g. simulate a crash while running)."""

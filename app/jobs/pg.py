@@ -41,7 +41,7 @@ import psycopg_pool
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
-from app.calibration.store import FINAL
+from app.calibration.store import FINAL, cancel_job
 
 T = TypeVar("T")
 
@@ -208,12 +208,7 @@ class PgJobStore:
             return row is not None
 
     def cancel(self, job_id: str) -> str | None:
-        job = self.get(job_id)
-        if job is None:
-            return None
-        if job["status"] in ("queued", "running"):
-            self.finish(job_id, "cancelled", error="cancelled by request", progress_text="cancelled")
-        return job["status"]
+        return cancel_job(self, job_id)
 
     def set_status(self, job_id: str, status: str) -> None:
         self._count("UPDATE calibration_jobs SET status=%s WHERE id=%s", (status, job_id))
