@@ -159,8 +159,12 @@ def test_thirty_jobs_complete_exactly_once(backend: str, tmp_path: Path, request
         assert all(states[w.name]["slots"][0]["gpu"] == w.gpu for w in workers)
         assert dead.name in apis[1].page("/workers")
         # cancelling a running job on another replica: its worker loses the lease and kills the run
-        long = apis[0].call("POST", "/api/v1/calibrations", {**JOB, "measure_steps": 20, "warmup_steps": 10,
-                                                              "worker_gpu": "nvidia-l4"})
+        # 30 steps of 12 layers at 2 x 2048 tokens (~0.5 s each on this CPU): a warm worker runs JOB's steps in
+        # well under one heartbeat (lease_s / 3), and its refused result would be all the log shows
+        long = apis[0].call("POST", "/api/v1/calibrations", {
+            **JOB, "model": {"config": dict(TINY_CONFIGS["llama"], num_hidden_layers=12)},
+            "training": {"micro_batch_size": 2, "seq_len": 2048}, "measure_steps": 20, "warmup_steps": 10,
+            "worker_gpu": "nvidia-l4"})
         wait_for(lambda: apis[1].call("GET", f"/api/v1/calibrations/{long['id']}")["status"] == "running", 120,
                  "the long job to run")
         assert apis[1].call("DELETE", f"/api/v1/calibrations/{long['id']}")["previous_status"] == "running"
