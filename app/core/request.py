@@ -31,6 +31,8 @@ Optim = Literal[
 ]
 Sharding = Literal["none", "ddp", "zero1", "zero2", "zero3", "fsdp"]
 AttnImpl = Literal["flash_attention_2", "sdpa", "eager"]
+Framework = Literal["hf-trainer", "trl", "axolotl", "llama-factory", "ms-swift", "unsloth"]
+OffloadDevice = Literal["none", "cpu"]
 
 MAX_CONFIG_KEYS = 512
 """Most keys in a pasted config.json (real ones have under 100)."""
@@ -180,6 +182,14 @@ class QuantizationSpec(_Strict):
         return v
 
 
+class CheckpointingKwargs(_Strict):
+    """HF TrainingArguments.gradient_checkpointing_kwargs (passed to torch.utils.checkpoint)."""
+
+    use_reentrant: bool | None = Field(
+        None, description="torch.utils.checkpoint's use_reentrant; null: what transformers passes by default"
+    )
+
+
 class TrainingSpec(_Strict):
     precision: Precision = Field(
         "bf16",
@@ -194,6 +204,22 @@ class TrainingSpec(_Strict):
     attn_implementation: AttnImpl | None = Field(
         None, description="null: transformers' default for the model (sdpa; eager for gemma2)"
     )
+    framework: Framework = Field(
+        "hf-trainer", description="the trainer whose model preparation and step are replayed (docs/frameworks.md)"
+    )
+    gradient_checkpointing_kwargs: CheckpointingKwargs = Field(default_factory=lambda: CheckpointingKwargs())
+    use_liger_kernel: bool = Field(
+        False, description="HF TrainingArguments.use_liger_kernel: Liger's fused linear cross-entropy, RMSNorm, "
+        "SwiGLU and RoPE kernels"
+    )
+    activation_offloading: bool = Field(
+        False, description="TRL SFTConfig.activation_offloading: saved activations are moved to CPU memory"
+    )
+    packing: bool = Field(False, description="TRL SFTConfig.packing: sequences packed into seq_len-token rows")
+    padding_free: bool = Field(
+        False, description="TRL SFTConfig.padding_free: one flattened row per batch (variable-length attention)"
+    )
+    torch_compile: bool = Field(False, description="HF TrainingArguments.torch_compile")
 
 
 class HardwareSpec(_Strict):
@@ -201,6 +227,14 @@ class HardwareSpec(_Strict):
                                                                  description="id from GET /api/v1/gpus")
     num_gpus: int = Field(1, ge=1, le=4096)
     sharding: Sharding = "none"
+    offload_optimizer: OffloadDevice = Field(
+        "none", description="DeepSpeed zero_optimization.offload_optimizer.device (ZeRO-Offload), or FSDP "
+        "cpu_offload: optimizer states and the optimizer step in host RAM"
+    )
+    offload_param: OffloadDevice = Field(
+        "none", description="DeepSpeed zero_optimization.offload_param.device (ZeRO-Infinity, zero3 only), or "
+        "FSDP cpu_offload(offload_params=True): parameters held in host RAM between uses"
+    )
     pytorch_cuda_alloc_conf: str | None = Field(
         None, max_length=MAX_CONF_CHARS,
         description="PYTORCH_CUDA_ALLOC_CONF of the run, e.g. 'expandable_segments:True' or "
