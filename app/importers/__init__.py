@@ -11,6 +11,11 @@ Formats, detected by content (JSON or YAML, whatever the file is called; :mod:`.
 - ``axolotl``: an axolotl training YAML (:mod:`.axolotl`).
 - ``hf_training``: HF ``TrainingArguments`` (``training_args.json``, ``to_json_string()``, ``to_dict()``) or TRL
   ``SFTConfig`` (:mod:`.hf_training`); never read as axolotl.
+- ``llama_factory``: a LLaMA-Factory training YAML (:mod:`.llama_factory`); framework 'llama-factory'.
+- ``ms_swift``: ms-swift ``swift sft`` arguments, as YAML/JSON or as the command line (:mod:`.ms_swift`,
+  :mod:`.cli_args`); framework 'ms-swift'.
+- ``trl``: a TRL recipe (``trl sft --config recipe.yaml``: SFTConfig + ModelConfig keys, or the ``trl sft`` command)
+  (:mod:`.trl`); framework 'trl'.
 - ``model_config``: a model's ``config.json`` (becomes ``{"model": {"config": …}}``; a bitsandbytes
   ``quantization_config`` inside it is imported as ``bnb``) (:mod:`.model_config`).
 
@@ -45,10 +50,13 @@ from app.importers.common import ConfigImportError, Format, Imported, ImportNote
 from app.importers.detect import detect, detect_format
 from app.importers.files import import_data, import_file, load_plan_file, parse_text
 from app.importers.hf_training import from_hf_training
+from app.importers.llama_factory import from_llama_factory
 from app.importers.merge import combine_methods, merge
 from app.importers.model_config import from_model_config
+from app.importers.ms_swift import from_ms_swift
 from app.importers.optim import map_optimizer
 from app.importers.peft import from_peft
+from app.importers.trl import from_trl
 
 
 def load_plan_files(paths: Iterable[str | Path]) -> tuple[dict[str, Any], list[ImportNote]]:
@@ -85,8 +93,11 @@ __all__ = [
     "from_axolotl",
     "from_bnb",
     "from_hf_training",
+    "from_llama_factory",
     "from_model_config",
+    "from_ms_swift",
     "from_peft",
+    "from_trl",
     "import_data",
     "import_file",
     "load_plan_file",

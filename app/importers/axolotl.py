@@ -161,7 +161,7 @@ def from_axolotl(data: Mapping[str, Any], source: str = "axolotl config",
     notes: list[ImportNote] = []
     lora: dict[str, Any] = {}
     quant: dict[str, Any] = {}
-    training: dict[str, Any] = {}
+    training: dict[str, Any] = {"framework": "axolotl"}
     hardware: dict[str, Any] = {}
     body: dict[str, Any] = {}
 
@@ -362,6 +362,6 @@ def _axolotl_sharding(data: Mapping[str, Any], source: str, base_dir: Path | Non
         else:
             hardware["sharding"] = "fsdp"
             note("fsdp", "note", "sharding 'fsdp' (full shard); the GPU count comes from the launcher: set --num-gpus")
-    fsdp_config_keys(fsdp_config, source, training, notes)
+    fsdp_config_keys(fsdp_config, source, training, notes, hardware)
     if data.get("fsdp_version") is not None:
         note("fsdp_version", "ignored", "FSDP1 and FSDP2 are modelled alike")

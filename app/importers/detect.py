@@ -7,8 +7,12 @@ from typing import Any
 
 from app.importers.axolotl import AXOLOTL_KNOWN, AXOLOTL_MARKERS
 from app.importers.bnb import BNB_KEYS
+from app.importers.cli_args import CliArgs
 from app.importers.common import PLAN_KEYS, ConfigImportError, Format
 from app.importers.hf_training import HF_TRAINING_FIELDS, LEGACY_FIELDS, is_sft_config
+from app.importers.llama_factory import LF_MARKERS
+from app.importers.ms_swift import SWIFT_MARKERS
+from app.importers.trl import TRL_MARKERS
 
 # Keys only HF TrainingArguments / TRL SFTConfig have (axolotl spells its own: `optimizer`, `micro_batch_size`,
 # `sequence_len`, …). A file with more of these than of axolotl-only keys is read as HF, never as axolotl.
@@ -17,6 +21,7 @@ AXOLOTL_ONLY = AXOLOTL_KNOWN - HF_TRAINING_FIELDS
 NAMES: dict[str, str] = {
     "plan": "PlanRequest body", "peft": "PEFT adapter_config.json", "bnb": "transformers BitsAndBytesConfig",
     "axolotl": "axolotl config", "hf_training": "HF TrainingArguments", "model_config": "model config.json",
+    "llama_factory": "LLaMA-Factory config", "ms_swift": "ms-swift arguments", "trl": "TRL recipe",
 }
 
 
@@ -36,11 +41,25 @@ def detect(data: Any, source: str = "input") -> tuple[Format, str]:
     if not isinstance(data, Mapping) or not data:
         kind = "an empty mapping" if isinstance(data, Mapping) else type(data).__name__
         raise ConfigImportError(source, None, f"expected a JSON/YAML mapping, got {kind}")
+    if isinstance(data, CliArgs):
+        fmt: Format = "ms_swift" if data.fmt == "ms_swift" else "trl"
+        return fmt, f"{NAMES[fmt]} (command {data.command!r})"
     keys = {str(k) for k in data}
     if keys <= PLAN_KEYS:
         return "plan", f"{NAMES['plan']} ({_shown(keys)})"
     if "peft_type" in keys:
         return "peft", f"{NAMES['peft']} (peft_type {data['peft_type']!r})"
+    # the trainers' own recipes: each has keys no other format spells (the most of them wins)
+    marked: list[tuple[int, Format, set[str]]] = [
+        (len(keys & LF_MARKERS), "llama_factory", keys & LF_MARKERS),
+        (len(keys & SWIFT_MARKERS), "ms_swift", keys & SWIFT_MARKERS),
+        (len(keys & TRL_MARKERS), "trl", keys & TRL_MARKERS),
+    ]
+    count, fmt, why = max(marked, key=lambda m: m[0])
+    if count:
+        return fmt, f"{NAMES[fmt]} ({_shown(why)})"
+    if "model_name_or_path" in keys and keys & HF_TRAINING_FIELDS:  # ModelConfig's model beside SFTConfig keys
+        return "trl", f"{NAMES['trl']} (model_name_or_path, {_shown(keys & HF_TRAINING_FIELDS)})"
     hf, axolotl = keys & HF_ONLY, keys & AXOLOTL_ONLY
     # a model's config.json shares a few names (use_cache, pad_token, …) but always has model_type, which neither
     # TrainingArguments nor SFTConfig has
@@ -58,7 +77,8 @@ def detect(data: Any, source: str = "input") -> tuple[Format, str]:
     raise ConfigImportError(
         source, None,
         "not a PlanRequest body, PEFT adapter_config.json, BitsAndBytesConfig, axolotl YAML, HF TrainingArguments / "
-        f"TRL SFTConfig or config.json (top-level keys: {_shown(keys, 12)})",
+        "TRL SFTConfig, TRL recipe, LLaMA-Factory YAML, ms-swift arguments or config.json (top-level keys: "
+        f"{_shown(keys, 12)})",
     )
 
 

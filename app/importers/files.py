@@ -11,11 +11,15 @@ from typing import Any
 
 from app.importers.axolotl import from_axolotl
 from app.importers.bnb import from_bnb
+from app.importers.cli_args import parse_command
 from app.importers.common import ConfigImportError, Format, Imported, ImportNote
 from app.importers.detect import NAMES, detect
 from app.importers.hf_training import from_hf_training
+from app.importers.llama_factory import from_llama_factory
 from app.importers.model_config import from_model_config
+from app.importers.ms_swift import from_ms_swift
 from app.importers.peft import from_peft
+from app.importers.trl import from_trl
 
 
 def import_data(data: Any, source: str = "input", fmt: Format | None = None,
@@ -38,14 +42,25 @@ def import_data(data: Any, source: str = "input", fmt: Format | None = None,
         body, notes = from_hf_training(data, source, base_dir)
     elif fmt == "model_config":
         body, notes = from_model_config(data, source)
+    elif fmt == "llama_factory":
+        body, notes = from_llama_factory(data, source, base_dir)
+    elif fmt == "ms_swift":
+        body, notes = from_ms_swift(data, source, base_dir)
+    elif fmt == "trl":
+        body, notes = from_trl(data, source, base_dir)
     else:  # pragma: no cover - Literal exhausted
         raise ConfigImportError(source, None, f"unknown format {fmt!r}")
     return Imported(source, fmt, body, notes, detected or NAMES[fmt])
 
 
 def parse_text(text: str, source: str) -> Any:
-    """JSON when the text is JSON, else YAML (safe_load)."""
+    """JSON when the text is JSON, the arguments of a ``swift sft`` / ``trl sft`` command line when it holds one
+    (:mod:`.cli_args`), else YAML (safe_load)."""
     stripped = text.lstrip()
+    if not stripped.startswith(("{", "[")):
+        command = parse_command(text, source)
+        if command is not None:
+            return command
     if stripped.startswith(("{", "[")):
         try:
             return json.loads(text)

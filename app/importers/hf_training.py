@@ -141,7 +141,7 @@ def _precision(data: Mapping[str, Any], sft: bool, source: str, notes: list[Impo
     return precision
 
 
-def _fsdp(data: Mapping[str, Any], source: str, training: dict[str, Any], hardware: dict[str, Any],
+def fsdp_sharding(data: Mapping[str, Any], source: str, training: dict[str, Any], hardware: dict[str, Any],
           notes: list[ImportNote]) -> None:
     """``fsdp`` ("full_shard auto_wrap", a list, or true) → sharding; its ``fsdp_config`` only when FSDP is on."""
     value = data.get("fsdp")
@@ -168,20 +168,24 @@ def _fsdp(data: Mapping[str, Any], source: str, training: dict[str, Any], hardwa
         notes.append(ImportNote(source, "fsdp", "note", "sharding 'fsdp' (full shard); the GPU count comes from the "
                                 "launcher: set --num-gpus"))
     if "offload" in options:
-        notes.append(ImportNote(source, "fsdp", "unsupported", "offload to CPU is not modelled (counted on the GPU)"))
-    fsdp_config_keys(data.get("fsdp_config"), source, training, notes)
+        hardware["offload_optimizer"] = hardware["offload_param"] = "cpu"
+        notes.append(ImportNote(source, "fsdp", "note", "offload: FSDP CPUOffload(offload_params=True) holds the "
+                                "parameters, gradients and optimizer step in host RAM: hardware.offload_param and "
+                                "offload_optimizer 'cpu'"))
+    fsdp_config_keys(data.get("fsdp_config"), source, training, notes, hardware)
 
 
 def from_hf_training(data: Mapping[str, Any], source: str = "training_args.json",
-                     base_dir: Path | None = None) -> tuple[dict[str, Any], list[ImportNote]]:
+                     base_dir: Path | None = None, sft: bool | None = None) -> tuple[dict[str, Any], list[ImportNote]]:
     """HF ``TrainingArguments`` or TRL ``SFTConfig`` (as a dict) → body with ``training`` (and ``hardware``,
     ``quantization``/``method`` from ``model_init_kwargs.quantization_config``). It sets no ``model`` and, for LoRA,
-    no ``lora`` block: those come from the adapter_config.json / --model given beside it."""
-    sft = is_sft_config(data)
+    no ``lora`` block: those come from the adapter_config.json / --model given beside it. An SFTConfig (``sft``;
+    None: told by its keys) sets ``training.framework`` 'trl'."""
+    sft = is_sft_config(data) if sft is None else sft
     defaults = SFT_DEFAULTS if sft else TA_DEFAULTS
     what = "TRL SFTConfig" if sft else "TrainingArguments"
     notes: list[ImportNote] = []
-    training: dict[str, Any] = {}
+    training: dict[str, Any] = {"framework": "trl"} if sft else {}
     hardware: dict[str, Any] = {}
     body: dict[str, Any] = {}
 
@@ -237,7 +241,7 @@ def from_hf_training(data: Mapping[str, Any], source: str = "training_args.json"
     training["precision"] = _precision(data, sft, source, notes)
 
     deepspeed_sharding(data.get("deepspeed"), source, base_dir, hardware, notes)
-    _fsdp(data, source, training, hardware, notes)
+    fsdp_sharding(data, source, training, hardware, notes)
 
     kwargs = data.get("model_init_kwargs")
     if isinstance(kwargs, Mapping):

@@ -37,16 +37,26 @@ def deepspeed_sharding(ds: Any, source: str, base_dir: Path | None, hardware: di
         for part in ("offload_optimizer", "offload_param"):
             spec = zero.get(part)
             device = spec.get("device") if isinstance(spec, Mapping) else None
-            if device not in (None, "none"):
+            if device == "cpu":
+                hardware[part] = "cpu"
+                note(f"deepspeed.zero_optimization.{part}", "note", f"hardware.{part} 'cpu'")
+            elif device not in (None, "none"):
                 note(f"deepspeed.zero_optimization.{part}", "unsupported",
                      f"offload to {device} is not modelled (counted on the GPU)")
     elif isinstance(ds, str):
-        match = re.search(r"zero[_-]?([0-3])", Path(ds).name)
+        # zero3.json, zero3_offload (ms-swift's names), ds_z3_config.json, ds_z3_offload_config.json (LLaMA-Factory's)
+        match = re.search(r"(?:zero|(?<![a-z0-9])z)[_-]?([0-3])", Path(ds).name.lower())
         stage = int(match.group(1)) if match else None
         if stage is not None:
             note("deepspeed", "note", f"{ds!r} not found; ZeRO stage {stage} read from its name")
         if "offload" in Path(ds).name:
-            note("deepspeed", "unsupported", "offload to CPU is not modelled (counted on the GPU)")
+            # the offload configs these frameworks ship: optimizer to CPU, and parameters too at stage 3
+            hardware["offload_optimizer"] = "cpu"
+            if stage == 3:
+                hardware["offload_param"] = "cpu"
+            parts = "offload_optimizer and offload_param" if stage == 3 else "offload_optimizer"
+            note("deepspeed", "note", f"'offload' in its name: hardware.{parts} 'cpu' assumed (the offload configs "
+                 "ms-swift and LLaMA-Factory ship)")
     sharding = {0: "ddp", 1: "zero1", 2: "zero2", 3: "zero3"}.get(stage) if isinstance(stage, int) else None
     if sharding is None:
         note("deepspeed", "unsupported", f"cannot tell the ZeRO stage of {ds!r}; sharding not set")
@@ -56,9 +66,11 @@ def deepspeed_sharding(ds: Any, source: str, base_dir: Path | None, hardware: di
              "set --num-gpus")
 
 
-def fsdp_config_keys(fsdp_config: Any, source: str, training: dict[str, Any], notes: list[ImportNote]) -> None:
+def fsdp_config_keys(fsdp_config: Any, source: str, training: dict[str, Any], notes: list[ImportNote],
+                     hardware: dict[str, Any]) -> None:
     """The keys of an ``fsdp_config`` mapping (axolotl's and HF TrainingArguments' share names, with or without
-    the ``fsdp_`` prefix): activation checkpointing turns gradient checkpointing on; offload is reported."""
+    the ``fsdp_`` prefix): activation checkpointing turns gradient checkpointing on; parameter offload puts the
+    parameters and the optimizer step in host RAM (``hardware.offload_param`` / ``offload_optimizer`` 'cpu')."""
     def note(key: str, kind: NoteKind, message: str) -> None:
         notes.append(ImportNote(source, key, kind, message))
 
@@ -72,7 +84,8 @@ def fsdp_config_keys(fsdp_config: Any, source: str, training: dict[str, Any], no
                 training["gradient_checkpointing"] = True
         elif bare in ("offload_params", "cpu_offload"):
             if value:
-                note(path, "unsupported", "parameter offload to CPU is not modelled (counted on the GPU)")
+                hardware["offload_optimizer"] = hardware["offload_param"] = "cpu"
+                note(path, "note", "FSDP CPU offload: hardware.offload_param and offload_optimizer 'cpu'")
         else:
             note(path, "ignored", "does not affect the modelled memory")
 
