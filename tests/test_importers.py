@@ -286,8 +286,9 @@ def test_axolotl_qlora_yaml(tmp_path: Path) -> None:
         "lora": {"r": 32, "lora_alpha": 16, "lora_dropout": 0.05, "target_modules": "all-linear"},
         "quantization": {"bnb_4bit_quant_type": "nf4", "bnb_4bit_use_double_quant": True,
                          "bnb_4bit_compute_dtype": "bfloat16", "load_in_8bit": False},
-        "training": {"precision": "bf16", "seq_len": 4096, "micro_batch_size": 2, "gradient_checkpointing": True,
-                     "optim": "paged_adamw_32bit", "attn_implementation": "flash_attention_2"},
+        "training": {"framework": "axolotl", "precision": "bf16", "seq_len": 4096, "micro_batch_size": 2,
+                     "gradient_checkpointing": True, "optim": "paged_adamw_32bit",
+                     "attn_implementation": "flash_attention_2"},
     }
     found = kinds(notes)
     assert found["unknown"] == {"lora_rank"}  # a typo of lora_r: reported, not dropped
@@ -307,7 +308,7 @@ def test_axolotl_absent_keys_take_axolotl_defaults() -> None:
     body, notes = from_axolotl({"base_model": "Qwen/Qwen2.5-0.5B", "adapter": "lora", "lora_r": 8,
                                 "peft_use_dora": True, "lora_target_modules": ["q_proj", "v_proj"]}, "min.yml")
     assert body["method"] == "dora"
-    assert body["training"] == {"precision": "bf16", "seq_len": 512, "micro_batch_size": 1,
+    assert body["training"] == {"framework": "axolotl", "precision": "bf16", "seq_len": 512, "micro_batch_size": 1,
                                 "gradient_checkpointing": False, "optim": "adamw_torch_fused"}
     assert kinds(notes) == {"assumed": {"bf16", "sequence_len", "micro_batch_size", "gradient_checkpointing",
                                         "optimizer"}}
@@ -349,8 +350,9 @@ def test_axolotl_sharding(tmp_path: Path) -> None:
     write(tmp_path / "ds" / "z2.json", {"zero_optimization": {"stage": 2, "offload_optimizer": {"device": "cpu"}}})
     cfg = "base_model: meta-llama/Llama-3.1-8B\nadapter: lora\nmicro_batch_size: 1\ndeepspeed: ds/z2.json\n"
     body, notes = load_plan_file(write(tmp_path / "a.yml", cfg))
-    assert body["hardware"] == {"sharding": "zero2"}
-    assert "deepspeed.zero_optimization.offload_optimizer" in kinds(notes)["unsupported"]
+    # ZeRO-Offload of the optimizer: DeepSpeed's zero_optimization.offload_optimizer.device
+    assert body["hardware"] == {"sharding": "zero2", "offload_optimizer": "cpu"}
+    assert "deepspeed.zero_optimization.offload_optimizer" in kinds(notes)["note"]
     body, _ = from_axolotl({"base_model": LLAMA, "adapter": "lora", "deepspeed": "deepspeed_configs/zero3_bf16.json"},
                            "b.yml")
     assert body["hardware"] == {"sharding": "zero3"}

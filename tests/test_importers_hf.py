@@ -46,7 +46,7 @@ def test_detection(data: dict, fmt: str, name: str) -> None:
 @pytest.mark.parametrize(("extra", "sharding", "kind"), [
     ({"fsdp": "full_shard auto_wrap"}, "fsdp", "note"),
     ({"fsdp": ["shard_grad_op"]}, "zero2", "note"),
-    ({"fsdp": "full_shard offload auto_wrap"}, "fsdp", "unsupported"),
+    ({"fsdp": "full_shard offload auto_wrap"}, "fsdp", "note"),  # offload: hardware.offload_* (test_fsdp_offload)
     ({"deepspeed": {"zero_optimization": {"stage": 3}}}, "zero3", "note"),
     ({"deepspeed": "configs/ds_zero2.json"}, "zero2", "note"),  # not found: the stage from its name
     ({"fsdp": None, "fsdp_config": {"min_num_params": 0, "xla": False}}, None, "ignored"),  # to_dict()'s defaults
@@ -56,6 +56,13 @@ def test_sharding(extra: dict, sharding: str | None, kind: str) -> None:
     assert body.get("hardware", {}).get("sharding") == sharding
     key = "deepspeed" if "deepspeed" in extra else "fsdp_config" if sharding is None else "fsdp"
     assert kind in {n.kind for n in notes if n.key == key}
+
+
+def test_fsdp_offload() -> None:
+    """transformers' fsdp "offload" option is FSDP CPUOffload(offload_params=True): parameters, gradients and the
+    optimizer step in host RAM."""
+    body, _ = from_hf_training({"per_device_train_batch_size": 1, "fsdp": "full_shard offload auto_wrap"}, "t.json")
+    assert body["hardware"] == {"sharding": "fsdp", "offload_optimizer": "cpu", "offload_param": "cpu"}
 
 
 def test_notes_and_legacy_names() -> None:

@@ -56,7 +56,7 @@ def detect(data: Any, source: str = "input") -> tuple[Format, str]:
         (len(keys & TRL_MARKERS), "trl", keys & TRL_MARKERS),
     ]
     count, fmt, why = max(marked, key=lambda m: m[0])
-    if count:
+    if count > len(keys & AXOLOTL_ONLY):
         return fmt, f"{NAMES[fmt]} ({_shown(why)})"
     if "model_name_or_path" in keys and keys & HF_TRAINING_FIELDS:  # ModelConfig's model beside SFTConfig keys
         return "trl", f"{NAMES['trl']} (model_name_or_path, {_shown(keys & HF_TRAINING_FIELDS)})"

@@ -45,9 +45,10 @@ from app.importers.sharding import deepspeed_sharding
 SWIFT_KNOWN = (SWIFT_BASE_FIELDS | SWIFT_TUNER_FIELDS | SWIFT_SFT_FIELDS | SWIFT_TRAIN_FIELDS
                | TRAINING_ARGUMENTS_FIELDS | SEQ2SEQ_FIELDS | {"train_type"})
 # Keys only ms-swift spells: detect.py reads a file with any of them as ms-swift.
-SWIFT_MARKERS = frozenset({"tuner_type", "train_type", "quant_bits", "quant_method", "torch_dtype", "attn_impl",
-                           "target_regex", "lora_dtype", "model_author", "system", "split_dataset_ratio",
-                           "tuner_backend", "freeze_vit", "lorap_lr_ratio", "loss_scale"})
+# (Not quant_method nor torch_dtype: a BitsAndBytesConfig and a config.json have them too.)
+SWIFT_MARKERS = frozenset({"tuner_type", "train_type", "quant_bits", "attn_impl", "target_regex", "lora_dtype",
+                           "model_author", "split_dataset_ratio", "tuner_backend", "freeze_vit", "lorap_lr_ratio",
+                           "loss_scale"})
 SWIFT_DEEPSPEED = {"zero0": (0, False), "zero1": (1, False), "zero2": (2, False), "zero3": (3, False),
                    "zero2_offload": (2, True), "zero3_offload": (3, True)}
 ATTN_IMPL = {"sdpa": "sdpa", "eager": "eager", "flash_attn": "flash_attention_2",

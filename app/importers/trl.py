@@ -38,8 +38,9 @@ SCRIPT_FIELDS = frozenset({"dataset_name", "dataset_config", "dataset_train_spli
                            "dataset_streaming", "ignore_bias_buffers", "datasets", "streaming", "test_split_size",
                            "config", "env"})
 # Keys only a TRL recipe has (ModelConfig's and the script's): detect.py reads a file with any of them as TRL.
-TRL_MARKERS = frozenset({"use_peft", "lora_r", "lora_target_modules", "lora_modules_to_save", "lora_task_type",
-                         "use_bnb_nested_quant", "dataset_name", "dataset_train_split", "lora_target_parameters"})
+# (Not lora_target_modules / lora_modules_to_save: axolotl spells them too.)
+TRL_MARKERS = frozenset({"use_peft", "lora_r", "lora_task_type", "use_bnb_nested_quant", "dataset_name",
+                         "dataset_train_split", "lora_target_parameters"})
 _ATTN = ("flash_attention_2", "sdpa", "eager")
 
 
