@@ -1,0 +1,466 @@
+"""One row of ``published_peak_memory.csv`` → the PlanRequest of that run, or the reason it cannot be one.
+
+The CSV (``app/accuracy/data``, see its README) gives every setting its source states, per row. A row is mapped when
+its settings can be known:
+
+- its ``framework`` column names a trainer the planner has a ``training.framework`` value for
+  (:data:`FRAMEWORKS`; values missing from :data:`app.core.request.Framework` — torchtune, litgpt — are skipped
+  with that reason and come in as soon as the planner gains them);
+- a catalog model, or one shape-for-shape equal (:data:`EQUIVALENTS`), or Qwen (v1) through a qwen2-shaped
+  ``config.json`` (:data:`QWEN1`);
+- a setup the planner can express (bitsandbytes quantization, a known ZeRO stage or FSDP, CPU offload through
+  ``hardware.offload_*``).
+
+The published figure is compared on the counter its source read (:data:`COUNTER`): ``allocated``
+(``torch.cuda.max_memory_allocated``) → ``memory.peak``; ``reserved`` (``max_memory_reserved``) → peak + the
+allocator reserve (reserved memory never holds the CUDA context); ``nvidia-smi`` (NVML, monitors) and ``unstated`` →
+``memory.total``; ``weights`` (``model.get_memory_footprint()``) → ``memory.weights``. ``OOM`` rows are checked
+for the verdict only: the planner must say the run does not fit the card.
+
+Pure Python (app.core only); deterministic.
+"""
+
+from __future__ import annotations
+
+import csv
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, get_args
+
+from app.core import EstimateResult, PlanRequest, estimate, model_configs
+from app.core.request import Framework
+
+CSV_PATH = Path(__file__).resolve().parent / "data" / "published_peak_memory.csv"
+GIB = 2**30
+
+# CSV framework column → training.framework, and why that trainer's recipe is the one replayed.
+FRAMEWORKS: dict[str, tuple[str | None, str]] = {
+    "HF Trainer": ("hf-trainer", ""),
+    "HF Trainer + PEFT": ("hf-trainer", ""),
+    "HF Trainer + Accelerate FSDP": ("hf-trainer", ""),
+    "Qwen finetune.py (HF Trainer + PEFT; DeepSpeed for multi-GPU)": ("hf-trainer", "Qwen's finetune.py subclasses "
+                                                                      "transformers.Trainer"),
+    "artidoro/qlora (HF Trainer + PEFT + bnb)": ("hf-trainer", ""),
+    "bitsandbytes + PEFT (artidoro/qlora)": ("hf-trainer", ""),
+    "PEFT + Accelerate": ("hf-trainer", "a plain Accelerate loop over a PEFT model: the HF recipe's model and step"),
+    "PEFT benchmark (plain PyTorch loop)": ("hf-trainer", "a plain PyTorch loop over a PEFT model: the HF recipe's "
+                                           "model and step"),
+    "transformers + bitsandbytes": ("hf-trainer", ""),
+    "TRL SFTTrainer + PEFT + Accelerate": ("trl", ""),
+    "torchtune": ("torchtune", ""),
+    "litgpt": ("litgpt", ""),
+    "lit-gpt": ("litgpt", ""),
+    "lit-gpt (Lightning Fabric)": ("litgpt", ""),
+    "OpenAI internal (model parallel, V100s)": (None, "closed code: its recipe cannot be known"),
+    "OpenAI internal": (None, "closed code: its recipe cannot be known"),
+}
+
+# CSV model name -> (catalog id, why it is the same architecture).
+EQUIVALENTS: dict[str, tuple[str, str]] = {
+    "HuggingFaceTB/SmolLM-135M": (
+        "HuggingFaceTB/SmolLM2-135M",
+        "SmolLM-135M = SmolLM2-135M shapes (llama, 30L, h576, 9/3 heads, ffn 1536, vocab 49152, tied; "
+        "134,515,008 params)",
+    ),
+}
+
+# Qwen (v1) config.json values (hub Qwen/Qwen-*/config.json) as a qwen2 config: MHA, ffn = intermediate/2.
+QWEN1: dict[str, dict[str, Any]] = {
+    "Qwen-1.8B": dict(hidden_size=2048, intermediate_size=5504, num_hidden_layers=24, num_attention_heads=16,
+                      vocab_size=151936),
+    "Qwen-7B": dict(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32,
+                    vocab_size=151936),
+    "Qwen-14B": dict(hidden_size=5120, intermediate_size=13696, num_hidden_layers=40, num_attention_heads=40,
+                     vocab_size=152064),
+    "Qwen-72B": dict(hidden_size=8192, intermediate_size=24576, num_hidden_layers=80, num_attention_heads=64,
+                     vocab_size=152064),
+}
+QWEN1_NOTE = ("Qwen (v1) as a qwen2 config (MHA, same tensors); PEFT's fused c_attn LoRA has 2·r·h fewer params per "
+              "layer than our separate q/k/v; adapters were bf16 (PEFT 0.5 era) where we assume fp32")
+
+TARGET_TOKENS = {
+    "q": "q_proj", "k": "k_proj", "v": "v_proj", "o": "o_proj", "output_proj": "o_proj",
+    "up": "up_proj", "gate": "gate_proj", "down": "down_proj",
+}
+
+# (substring of the CSV's gpu column, catalog id), first match wins.
+GPU_MAP = (
+    ("L40S", "nvidia-l40s"),
+    ("H100", "nvidia-h100-sxm-80gb"),
+    ("A100-SXM4 80GB", "nvidia-a100-80gb"),
+    ("A100 80GB", "nvidia-a100-80gb"),
+    ("A100 40GB", "nvidia-a100-40gb"),
+    ("40GB-class", "nvidia-a100-40gb"),
+    ("24GB-class", "nvidia-rtx-4090"),
+    ("A6000", "nvidia-rtx-a6000"),
+    ("V100 16GB", "nvidia-v100-16gb"),
+    ("RTX 4090", "nvidia-rtx-4090"),
+)
+ASSUMED_GPU = "nvidia-a100-80gb"
+
+# The measured counter → the planner figure it is compared with.
+COUNTER = {
+    "allocated": "peak",
+    "reserved": "peak + allocator reserve",
+    "nvidia-smi": "total",
+    "unstated": "total",
+    "weights": "weights",
+}
+
+
+class Skip(Exception):
+    """A row the check leaves out; ``reason`` groups the skip list."""
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.detail = detail
+
+
+@dataclass
+class Mapped:
+    """A mapped row: its request, the counter it is compared on and (after :func:`run`) the planner's figures."""
+
+    row: dict[str, str]
+    req: PlanRequest
+    model_label: str
+    kind: str
+    published_gib: float | None  # None for an OOM row (only the verdict is compared)
+    notes: list[str] = field(default_factory=list)
+    via_config: bool = False
+    result: EstimateResult | None = None
+    ours: dict[str, float] = field(default_factory=dict)
+    predicted_fits: bool | None = None
+
+    @property
+    def oom(self) -> bool:
+        return self.row["outcome"] == "OOM"
+
+    @property
+    def error(self) -> float | None:
+        """(ours − published) / published on the row's counter; None for OOM rows."""
+        if self.published_gib is None or not self.ours:
+            return None
+        return (self.ours["match"] - self.published_gib) / self.published_gib
+
+
+def read_rows(path: Path = CSV_PATH) -> list[dict[str, str]]:
+    with path.open(newline="", encoding="utf-8") as fh:
+        return list(csv.DictReader(fh))
+
+
+# ----------------------------------------------------------------------------------------------- parsing
+
+
+def _first_int(text: str, what: str) -> int:
+    m = re.search(r"\d+", text)
+    if not m:
+        raise Skip("setting missing or unparsable", f"{what}={text!r}")
+    return int(m.group())
+
+
+def _seq_len(text: str) -> int:
+    nums = [int(x) for x in re.findall(r"\d+", text)]
+    if not nums:
+        raise Skip("sequence length not stated", f"seq_len={text!r}")
+    return max(nums)  # '<=768' -> 768: the longest batch decides the peak
+
+
+def _resolve_model(name: str) -> tuple[str, str]:
+    """(catalog id, equivalence note) or raise Skip."""
+    base = re.sub(r"\s*\(.*\)\s*$", "", name).strip()
+    ids = model_configs()
+    if base in ids:
+        return base, ""
+    by_name = {i.split("/")[-1].lower(): i for i in ids}
+    if base.split("/")[-1].lower() in by_name:
+        return by_name[base.split("/")[-1].lower()], ""
+    if base in EQUIVALENTS:
+        return EQUIVALENTS[base]
+    raise Skip("model not in the catalog and no equivalent architecture", base)
+
+
+def _measure_kind(text: str) -> str:
+    t = text.lower()
+    if "get_memory_footprint" in t:
+        return "weights"
+    if "max_memory_reserved" in t:
+        return "reserved"
+    if "max_memory_allocated" in t or "active_bytes" in t:
+        return "allocated"
+    if any(s in t for s in ("nvidia-smi", "nvml", "screenshot", "monitor")):
+        return "nvidia-smi"
+    return "unstated"
+
+
+def _targets(text: str) -> list[str] | str | None:
+    t = text.strip()
+    if not t or t.lower().startswith("peft default"):
+        return None
+    if "all-linear" in t or "all linear" in t or t.startswith("c_attn,c_proj,w1,w2"):
+        # Qwen-1: c_attn (fused qkv) + attn/mlp c_proj + w1 + w2 = every linear layer except lm_head
+        return "all-linear"
+    out = []
+    for tok in re.split(r"[,\s]+", re.sub(r"\(.*?\)", "", t)):
+        if not tok:
+            continue
+        if tok not in TARGET_TOKENS:
+            raise Skip("LoRA targets not mappable", t)
+        out.append(TARGET_TOKENS[tok])
+    return out
+
+
+def _optim(text: str) -> str:
+    t = text.lower()
+    if "paged_adamw_32bit" in t:
+        return "paged_adamw_32bit"
+    if "8bit" in t:
+        return "adamw_bnb_8bit"
+    if "adafactor" in t:
+        return "adafactor"
+    return "adamw_torch"  # 'AdamW (torch)', 'AdamW (HF default)' (HF Trainer's default is adamw_torch)
+
+
+def _gpu(text: str, notes: list[str]) -> str:
+    for key, gid in GPU_MAP:
+        if key in text:
+            return gid
+    notes.append(f"GPU {text or 'not given'!r}: {ASSUMED_GPU} assumed (only the cuBLAS workspace depends on it)")
+    return ASSUMED_GPU
+
+
+def _sharding(row: dict[str, str]) -> dict[str, Any]:
+    """hardware fields (num_gpus, sharding, offload_*) of the row's parallelism column."""
+    par = row["parallelism"]
+    low = par.lower()
+    n = int(row["n_gpus"] or 1)
+    if "stage not stated" in low or low.startswith("single (script uses deepspeed"):
+        raise Skip("DeepSpeed stage not stated (Qwen's script versions use ZeRO-2 or ZeRO-3)", par)
+    hw: dict[str, Any] = {"num_gpus": n, "sharding": "none"}
+    if low.startswith("single") or not low:
+        hw["num_gpus"] = 1
+    else:
+        for key, mode in (("zero-3", "zero3"), ("zero-2", "zero2"), ("zero-1", "zero1"), ("fsdp", "fsdp"),
+                          ("ddp", "ddp")):
+            if key in low:
+                hw["sharding"] = mode
+                break
+        else:
+            raise Skip("parallelism not mappable", par)
+    if "offload" in low and "no offload" not in low:
+        if "optimizer" in low:
+            hw["offload_optimizer"] = "cpu"
+        if "param" in low:
+            # FSDP CPUOffload(offload_params=True) also runs the optimizer step on the CPU
+            hw["offload_param"] = "cpu"
+            if hw["sharding"] == "fsdp":
+                hw["offload_optimizer"] = "cpu"
+    return hw
+
+
+def _framework(row: dict[str, str], notes: list[str]) -> str:
+    name = row["framework"]
+    if name not in FRAMEWORKS:
+        raise Skip("framework not in the mapping (app/accuracy/rows.py FRAMEWORKS)", name)
+    value, why = FRAMEWORKS[name]
+    if value is None:
+        raise Skip("framework's recipe cannot be known", f"{name}: {why}")
+    if value not in get_args(Framework):
+        raise Skip(f"framework '{value}' has no training.framework value yet "
+                   f"({', '.join(get_args(Framework))})", name)
+    if why:
+        notes.append(f"{name}: training.framework '{value}' ({why})")
+    return value
+
+
+def map_row(row: dict[str, str]) -> Mapped:
+    """PlanRequest for one CSV row, or raise Skip with the reason."""
+    if row["outcome"] not in ("measured", "OOM"):
+        raise Skip(f"no measured value (outcome {row['outcome']})")
+    notes: list[str] = []
+    framework = _framework(row, notes)
+    base = re.sub(r"\s*\(.*\)\s*$", "", row["model"]).strip()
+    model: str | dict[str, Any]
+    via_config = base in QWEN1
+    if via_config:
+        cfg = {"model_type": "qwen2", "num_key_value_heads": QWEN1[base]["num_attention_heads"],
+               "tie_word_embeddings": False, **QWEN1[base]}
+        model, label = {"config": cfg}, f"{base} (cfg)"
+        notes.append(QWEN1_NOTE)
+    else:
+        model, equiv = _resolve_model(row["model"])
+        label = model
+        if equiv:
+            notes.append(equiv)
+
+    method_text = row["method"]
+    kind = _measure_kind(row["measures"])
+    quant = row["quant"]
+    if "gptq" in quant.lower():
+        raise Skip("GPTQ int4 base weights: the planner models bitsandbytes only", quant)
+    if method_text.startswith("inference") or "model init only" in method_text:
+        raise Skip("not a training step (inference, or memory after model init)", method_text)
+
+    gpu_id = _gpu(row["gpu"], notes)
+    published = None if row["outcome"] == "OOM" else float(row["value_gib"])
+    if method_text.startswith("weights only"):
+        if kind != "weights":
+            raise Skip("weights-only figure that is not a footprint", row["measures"])
+        return _weights_row(row, model, label, quant, gpu_id, framework, notes, published, via_config)
+
+    method = ("full" if method_text.startswith("FFT") else "qlora" if method_text.startswith("QLoRA")
+              else "dora" if method_text.startswith("DoRA") else "lora" if method_text.startswith("LoRA") else None)
+    if method is None:
+        raise Skip("method not mappable", method_text)
+    hardware = {"gpu": gpu_id, **_sharding(row)}
+    sharding = hardware["sharding"]
+
+    lora: dict[str, Any] = {}
+    qspec: dict[str, Any] = {}
+    if method != "full":
+        lora["r"] = _first_int(row["lora_r"], "lora_r")
+        if row["lora_alpha"]:
+            lora["lora_alpha"] = float(_first_int(row["lora_alpha"], "lora_alpha"))
+        lora["target_modules"] = _targets(row["lora_targets"])
+        if "modules_to_save" in method_text or "embeddings" in method_text:
+            lora["modules_to_save"] = ["embed_tokens", "lm_head"]
+    if method == "qlora":
+        q = quant.lower()
+        if "nf4" not in q:
+            raise Skip("4-bit type not stated", quant)
+        qspec = {"bnb_4bit_quant_type": "nf4", "bnb_4bit_use_double_quant": "double" in q,
+                 "bnb_4bit_compute_dtype": "bfloat16"}
+        if "quant_storage bf16" in q:
+            qspec["bnb_4bit_quant_storage"] = "bfloat16"
+        if sharding in ("zero3", "fsdp"):
+            # TRL SFTTrainer skips prepare_model_for_kbit_training for sharded QLoRA (Params4bit on cpu/meta)
+            qspec["prepare_kbit"] = False
+            notes.append("sharded QLoRA: TRL skips prepare_model_for_kbit_training (no fp32 upcast)")
+
+    wd = row["weight_dtype"].lower()
+    precision = "fp16-mixed" if "fp16 amp" in wd else "fp32" if wd.startswith("fp32") else "bf16"
+    if row["source_id"] == "PEFT-docs-70B" and method != "qlora" and sharding == "fsdp":
+        # peft examples/sft/utils.py loads torch_dtype=float32 unless a quant storage dtype is set; FSDP
+        # mixed precision keeps fp32 shards (ZeRO-3 instead casts the module to bf16).
+        precision = "bf16-mixed"
+        notes.append("peft examples/sft loads fp32 without quantization; FSDP keeps fp32 shards -> bf16-mixed")
+
+    attn = row["attn"].lower()
+    if not row["grad_ckpt"]:
+        notes.append("gradient checkpointing not given: off assumed")
+    if not row["seq_len"].strip():
+        raise Skip("sequence length not stated", row["seq_note"][:80])
+    training: dict[str, Any] = {
+        "framework": framework,
+        "precision": precision,
+        "optim": _optim(row["optimizer"]),
+        "micro_batch_size": _first_int(row["micro_batch"], "micro_batch"),
+        "seq_len": _seq_len(row["seq_len"]),
+        "gradient_checkpointing": row["grad_ckpt"] == "on",
+        "attn_implementation": "flash_attention_2" if "flash" in attn else "eager" if "eager" in attn else "sdpa",
+    }
+    if "packing=true" in row["seq_note"].lower().replace(" ", ""):
+        training["packing"] = True
+    if row["compile"] == "on":
+        training["torch_compile"] = True
+    if not row["seq_len"].strip().isdigit():
+        notes.append(f"seq_len {row['seq_len']!r}: upper bound used ({row['seq_note']})")
+
+    if published is not None:
+        m = re.search(r"total across (\d+) GPUs", row["scope"])
+        if m:
+            published /= int(m.group(1))
+            notes.append(f"published value is a total over {m.group(1)} GPUs: divided by {m.group(1)}")
+        if "upper" in row["unit_certainty"].lower() or re.match(r"^\s*[\d.]+\s*-\s*[\d.]+", row["value"]):
+            notes.append(f"published range {row['value']!r}: value_gib is its upper end ({row['notes'][:70]})")
+        if kind == "reserved" and "99th pct" in row["notes"]:
+            pct = re.search(r"99th pct[^;]*?([\d.]+)\s*GiB", row["notes"])
+            if pct:
+                notes.append(f"99th-percentile step reserved {pct.group(1)} GiB (max includes eval generation)")
+
+    req = PlanRequest(model=model, method=method, lora=lora, quantization=qspec, training=training,
+                      hardware=hardware)
+    return Mapped(row, req, label, kind, published, notes, via_config)
+
+
+def _weights_row(row: dict[str, str], model: Any, label: str, quant: str, gpu_id: str, framework: str,
+                 notes: list[str], published: float | None, via_config: bool) -> Mapped:
+    qspec: dict[str, Any] = {}
+    if "int8" in quant or "8bit" in quant:
+        method, qspec = "qlora", {"load_in_8bit": True, "prepare_kbit": False}
+    elif "4-bit" in quant or "4bit" in quant:
+        qt = "nf4" if "nf4" in quant.lower() else "fp4"  # BitsAndBytesConfig default: fp4, no double quant
+        method = "qlora"
+        qspec = {"bnb_4bit_quant_type": qt, "bnb_4bit_use_double_quant": "double" in quant.lower(),
+                 "prepare_kbit": False}
+    else:
+        method = "full"
+    notes.append("weights-only row: compared on memory.weights; not in the training-step medians")
+    req = PlanRequest(model=model, method=method, quantization=qspec,
+                      training={"precision": "bf16", "framework": framework}, hardware={"gpu": gpu_id})
+    return Mapped(row, req, label, "weights", published, notes, via_config)
+
+
+# ----------------------------------------------------------------------------------------------- running
+
+
+def run(mp: Mapped) -> None:
+    """Estimate the row's request; fill ``ours`` (GiB) and, for OOM rows, ``predicted_fits``."""
+    res = estimate(mp.req)
+    mp.result = res
+    mem = res.memory
+    by_key = {b.key: b.bytes for b in res.breakdown}
+    rsv = by_key.get("overhead/allocator_reserve", 0)
+    match = {"allocated": mem.peak, "reserved": mem.peak + rsv, "nvidia-smi": mem.total, "unstated": mem.total,
+             "weights": mem.weights}[mp.kind]
+    mp.ours = {
+        "peak": mem.peak / GIB,
+        "total": mem.total / GIB,
+        "match": match / GIB,
+        "static": (mem.weights + mem.quantization_constants + mem.adapter_weights) / GIB,
+        "grads": mem.gradients / GIB,
+        "optim": mem.optimizer_states / GIB,
+        "acts": mem.activations / GIB,
+        "ctx": by_key.get("overhead/cuda_context", 0) / GIB,
+        "rsv": rsv / GIB,
+    }
+    grads_at_peak = mem.gradients if res.peak.phase == "optimizer" else 0
+    # ZeRO-3/FSDP gathered layers + cuBLAS workspace: the rest of the peak
+    mp.ours["other"] = (mem.peak - mem.weights - mem.quantization_constants - mem.adapter_weights
+                        - mem.optimizer_states - mem.activations - grads_at_peak) / GIB
+    if mp.oom:
+        fit = next((f for f in res.fits if f.gpu == mp.req.hardware.gpu), None)
+        mp.predicted_fits = fit.fits if fit is not None else None
+    if mp.via_config:
+        mp.notes.append(f"{mp.model_label}: our parameter count {res.parameters.total / 1e9:.2f}B "
+                        f"(CSV params_b {float(mp.row['params_b'] or 0):.2f}B)")
+
+
+def settings_text(req: PlanRequest) -> str:
+    """A one-line summary of a request ('r8 q,v nf4+dq mb4 s2048 gc+ sdpa bf16 aw_torch a100-80 2xzero3')."""
+    t, h = req.training, req.hardware
+    parts = []
+    if req.method != "full":
+        tm = req.lora.target_modules
+        tgt = ("default" if tm is None else "all-lin" if tm == "all-linear"
+               else ",".join(x.removesuffix("_proj") for x in tm) if isinstance(tm, list) else str(tm))
+        if req.lora.modules_to_save:
+            tgt += "+emb/head"
+        parts.append(f"r{req.lora.r} {tgt}")
+    if req.quantized:
+        q = req.quantization
+        dq = "+dq" if q.bnb_4bit_use_double_quant else ""
+        parts.append("int8" if q.load_in_8bit else f"{q.bnb_4bit_quant_type}{dq}")
+    parts.append(f"mb{t.micro_batch_size} s{t.seq_len} gc{'+' if t.gradient_checkpointing else '-'}")
+    parts.append({"flash_attention_2": "fa2", "sdpa": "sdpa", "eager": "eager", None: "default"}[t.attn_implementation])
+    parts.append(t.precision)
+    parts.append(t.optim.replace("adamw_", "aw_"))
+    switches = [name for name, on in (("packing", t.packing), ("compile", t.torch_compile),
+                                      ("liger", t.use_liger_kernel)) if on]
+    parts += switches
+    gpu_short = h.gpu.removeprefix("nvidia-").replace("-sxm", "").replace("-80gb", "80").replace("-40gb", "40")
+    offload = "+offload" if "cpu" in (h.offload_optimizer, h.offload_param) else ""
+    parts.append(gpu_short + (f" {h.num_gpus}x{h.sharding}{offload}" if h.num_gpus > 1 or h.sharding != "none"
+                              else ""))
+    return " ".join(parts)
