@@ -1,8 +1,8 @@
 """Benchmark (not a test): reserved and nvidia-smi figures against published rows, before and after the
 allocator simulator's fitted reserve rule (app/core/reserved.py) replaced the flat 10% reserve.
 
-Uses bench/published_check.py's mapping of /work/shared/data/published_peak_memory.csv (rows the planner
-can express, Hugging Face recipe) and keeps the rows that measured ``reserved``
+Uses app/accuracy/rows.py's mapping of app/accuracy/data/published_peak_memory.csv (rows the planner
+can express) and keeps the rows that measured ``reserved``
 (torch.cuda.max_memory_reserved) or ``nvidia-smi``. For each row:
 
 - before: reserved = peak + max(10% of peak, 128 MiB) (the former ``ALLOCATOR_RESERVE_FRACTION`` and
@@ -27,10 +27,12 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from app.accuracy.rows import CSV_PATH as DEFAULT_CSV  # noqa: E402
+from app.accuracy.rows import Mapped, Skip, map_row, run  # noqa: E402
+from app.accuracy.rows import settings_text as settings  # noqa: E402
 from app.core import PlanError  # noqa: E402
 from app.core.overhead import outside_allocator_bytes  # noqa: E402
 from app.core.units import GiB, MiB  # noqa: E402
-from bench.published_check import DEFAULT_CSV, Mapped, Skip, map_row, run, settings  # noqa: E402
 
 FLAT_FRACTION = 0.10  # the former overhead.ALLOCATOR_RESERVE_FRACTION
 FLAT_MIN_BYTES = 128 * MiB  # the former overhead.ALLOCATOR_RESERVE_MIN_BYTES
@@ -58,7 +60,7 @@ def main() -> None:
     for row in rows:
         try:
             mp = map_row(row)
-            if mp.kind not in KINDS:
+            if mp.kind not in KINDS or mp.oom:
                 continue
             run(mp)
         except (Skip, PlanError):
