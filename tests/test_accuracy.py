@@ -1,0 +1,139 @@
+"""GET /api/v1/accuracy and /accuracy: published rows next to the planner on their source's counter, summaries,
+skipped rows with reasons, and this server's finished CUDA calibrations from a real SQLite job store."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+
+from app.accuracy.rows import CSV_PATH, read_rows
+from app.accuracy.table import build_table, cached_table, published_table
+from app.calibration.store import JobStore
+from app.core import PlanRequest, estimate
+from app.main import create_app
+from app.settings import Settings, get_settings
+
+from .conftest import TINY_CONFIGS
+
+GIB = 2**30
+# Row 49 of published_peak_memory.csv (PEFT method_comparison/MetaMathQA, lora--llama-3.2-3B-rank32.json): LoRA r 32
+# alpha 64 on q,v of Llama-3.2-3B, batch 4, sequences up to 768 tokens, no checkpointing, sdpa, bf16, torch AdamW,
+# an L40S; the source read torch.cuda.max_memory_reserved(): 22292725760 bytes.
+ROW49 = PlanRequest.model_validate({
+    "model": "meta-llama/Llama-3.2-3B", "method": "lora",
+    "lora": {"r": 32, "lora_alpha": 64, "target_modules": ["q_proj", "v_proj"]},
+    "training": {"framework": "hf-trainer", "precision": "bf16", "optim": "adamw_torch", "micro_batch_size": 4,
+                 "seq_len": 768, "gradient_checkpointing": False, "attn_implementation": "sdpa"},
+    "hardware": {"gpu": "nvidia-l40s"},
+})
+CUDA_BODY: dict[str, Any] = {"model": {"config": TINY_CONFIGS["llama"]}, "method": "lora", "lora": {"r": 4},
+                             "training": {"micro_batch_size": 1, "seq_len": 32},
+                             "hardware": {"gpu": "nvidia-h100-sxm-80gb"}}
+
+
+@pytest.fixture(scope="module")
+def store_with_cuda_job(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str, int]:
+    """A real SQLite job store with one finished CUDA calibration whose measured peak is 5/4 of the estimate
+    recorded with it (so its error is exactly −20%), and one finished CPU job that must not appear."""
+    db = tmp_path_factory.mktemp("accuracy") / "jobs.sqlite3"
+    store = JobStore(db)
+    est = estimate(PlanRequest.model_validate(CUDA_BODY)).model_dump(mode="json")
+    predicted = est["memory"]["peak"]
+    measured = predicted + predicted // 4 if predicted % 4 == 0 else None
+    assert measured is not None, "the tiny plan's peak is a multiple of 4 bytes"
+    job = store.create(CUDA_BODY, "cuda:0", 1, 2, est)
+    assert store.claim_next("cuda:0")["id"] == job
+    store.finish(job, "done", result={
+        "status": "done", "kind": "cuda", "device": "cuda:0", "peak_allocated_bytes": measured,
+        "peak_reserved_bytes": measured + 2**21, "device_used_bytes": measured + 2**29, "phases": {},
+        "environment": {"device": "cuda:0", "gpu_name": "NVIDIA H100 80GB HBM3", "gpu_total_bytes": 85520809984},
+    })
+    cpu = store.create(CUDA_BODY, "cpu", 1, 2, est)
+    store.claim_next("cpu")
+    store.finish(cpu, "done", result={"status": "done", "kind": "cpu", "peak_allocated_bytes": predicted,
+                                      "device_used_bytes": predicted, "phases": {}})
+    return db, job, predicted
+
+
+@pytest.fixture(scope="module")
+def client(store_with_cuda_job: tuple[Path, str, int]) -> TestClient:
+    app = create_app()
+    app.dependency_overrides[get_settings] = lambda: Settings(database_path=store_with_cuda_job[0])
+    return TestClient(app)
+
+
+def test_api_row_counter_and_error(client: TestClient) -> None:
+    """Row 49 is compared on peak + allocator reserve (the source read max_memory_reserved), against the
+    planner's figure for the same run built by hand from the row above."""
+    body = client.get("/api/v1/accuracy").json()
+    row = next(r for r in body["published"]["compared"] if r["row_id"] == 49)
+    result = estimate(ROW49)
+    reserve = next(b.bytes for b in result.breakdown if b.key == "overhead/allocator_reserve")
+    ours = (result.memory.peak + reserve) / GIB
+    published = 22292725760 / GIB  # = 20.762 GiB
+    assert row["counter"] == "peak + allocator reserve" and row["framework"] == "hf-trainer"
+    assert row["published_gib"] == round(published, 3) == 20.762
+    assert row["ours_gib"] == pytest.approx(ours, abs=5e-4)
+    assert row["error_percent"] == pytest.approx(100 * (ours - published) / published, abs=0.01)
+    # TRL's SFTTrainer rows (PEFT docs, Llama-2-70B) are estimated with training.framework 'trl'
+    assert {r["framework"] for r in body["published"]["compared"] if r["source_id"] == "PEFT-docs-70B"} == {"trl"}
+    # every CSV row is either compared or skipped with a reason
+    published_rows = body["published"]
+    assert len(published_rows["compared"]) + len(published_rows["skipped"]) == published_rows["rows_total"] == 241
+    assert all(s["reason"] for s in published_rows["skipped"])
+    assert {s["group"] for s in published_rows["per_framework"]} >= {"hf-trainer", "trl"}
+
+
+def test_calibrations_beside_the_table(client: TestClient, store_with_cuda_job: tuple[Path, str, int]) -> None:
+    _, job, predicted = store_with_cuda_job
+    body = client.get("/api/v1/accuracy").json()
+    assert [c["job_id"] for c in body["calibrations"]] == [job]  # the CPU job is not GPU evidence
+    cal = body["calibrations"][0]
+    assert cal["predicted_peak_bytes"] == predicted and cal["measured_peak_bytes"] == predicted * 5 // 4
+    assert cal["peak_error_percent"] == -20.0 and cal["gpu"] == "nvidia-h100-sxm-80gb"
+    assert body["calibration_summary"]["rows"] == 1 and body["calibration_summary"]["median_abs_error_percent"] == 20.0
+
+
+def test_page_renders_table_and_calibrations(client: TestClient, store_with_cuda_job: tuple[Path, str, int]) -> None:
+    page = client.get("/accuracy")
+    assert page.status_code == 200
+    html = page.text
+    assert 'id="row-49"' in html and "peak + allocator reserve" in html and "Per framework" in html
+    assert f"/calibrations/{store_with_cuda_job[1]}" in html and "-20.0 %" in html
+    assert "Rows not compared" in html
+    # linked from the planner page's navigation
+    assert 'href="/accuracy"' in client.get("/").text
+
+
+def test_table_is_computed_once_per_version(client: TestClient) -> None:
+    client.get("/api/v1/accuracy")
+    first = cached_table()
+    assert first is not None and published_table() is first  # served from the cache, not recomputed
+
+
+def test_oom_rows_and_skips(tmp_path: Path) -> None:
+    """An OOM row is checked on the verdict: Llama-3.1-8B full fine-tuning in bf16 with torch AdamW needs
+    ≥ 8.03e9 params × (2 weights + 2 grads + 4 states) bytes ≈ 60 GiB, so it cannot fit a 24 GB RTX 4090. A
+    closed-source recipe is skipped with its reason."""
+    rows = read_rows(CSV_PATH)
+    fields = list(rows[0])
+    oom = {k: "" for k in fields} | {
+        "row_id": "900", "source_id": "TEST", "source": "test", "model": "meta-llama/Llama-3.1-8B", "method": "FFT",
+        "framework": "HF Trainer", "weight_dtype": "bf16", "quant": "none", "optimizer": "AdamW (torch)",
+        "micro_batch": "1", "seq_len": "512", "grad_ckpt": "on", "n_gpus": "1", "parallelism": "single",
+        "gpu": "RTX 4090 24GB", "measures": "max_memory_allocated", "outcome": "OOM"}
+    closed = dict(oom, row_id="901", framework="OpenAI internal", outcome="measured", value_gib="1")
+    path = tmp_path / "rows.csv"
+    with path.open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows([oom, closed])
+    table = build_table(path)
+    assert [r.row_id for r in table.compared] == [900]
+    assert table.compared[0].predicted_fits is False and table.compared[0].error_percent is None
+    assert table.overall.oom_rows == 1 and table.overall.oom_predicted_not_fitting == 1
+    assert [(s.row_id, s.reason) for s in table.skipped] == [(901, "framework's recipe cannot be known")]
