@@ -12,7 +12,7 @@ Prints the table (published, ours, error, counter), the terms of our figure, med
 OOM verdicts per source, per framework, per counter and overall, the seq-len sweeps, and the skipped rows grouped
 by reason. Deterministic, CPU only, imports only ``app.core`` and ``app.accuracy``:
 
-    .venv/bin/python bench/published_check.py [--csv PATH]
+    .venv/bin/python bench/published_check.py [--csv PATH] [--stand-in hf-trainer]
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))  # run as a script from a checkout, installed or not
 
-from app.accuracy.rows import COUNTER, CSV_PATH, Mapped, Skip, read_rows, settings_text  # noqa: E402
+from app.accuracy.rows import COUNTER, CSV_PATH, FRAMEWORKS, Mapped, Skip, read_rows, settings_text  # noqa: E402
 from app.accuracy.table import Summary, compare, summarise  # noqa: E402
 
 
@@ -164,6 +164,9 @@ def print_skipped(skipped: list[tuple[dict[str, str], Skip]]) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--csv", type=Path, default=CSV_PATH)
+    ap.add_argument("--stand-in", metavar="FRAMEWORK", help="also estimate the rows of trainers the planner has no "
+                    "training.framework value for (torchtune, litgpt) with this one, in a separate table that is "
+                    "not in the medians above (e.g. hf-trainer: how far today's recipes are from theirs)")
     args = ap.parse_args()
 
     rows = read_rows(args.csv)
@@ -177,6 +180,14 @@ def main() -> None:
     print_summaries("per counter:", grouped(mapped, "counter"))
     print_summaries("per framework (training.framework):", grouped(mapped, "framework"))
     print_summaries("overall:", [summarise("overall", mapped)])
+    if args.stand_in:
+        stood = [mp for mp in compare(rows, stand_in=args.stand_in)[0]
+                 if FRAMEWORKS[mp.row["framework"]][0] != mp.req.training.framework]
+        print_table(f"== rows of trainers without a training.framework value, estimated as {args.stand_in!r} "
+                    "(not in the medians above) ==", stood)
+        print_summaries(f"per framework column, estimated as {args.stand_in!r}:",
+                        [summarise(name, [mp for mp in stood if mp.row["framework"] == name])
+                         for name in sorted({mp.row["framework"] for mp in stood})])
 
 
 if __name__ == "__main__":

@@ -79,9 +79,12 @@ QWEN1: dict[str, dict[str, Any]] = {
 QWEN1_NOTE = ("Qwen (v1) as a qwen2 config (MHA, same tensors); PEFT's fused c_attn LoRA has 2·r·h fewer params per "
               "layer than our separate q/k/v; adapters were bf16 (PEFT 0.5 era) where we assume fp32")
 
-TARGET_TOKENS = {
-    "q": "q_proj", "k": "k_proj", "v": "v_proj", "o": "o_proj", "output_proj": "o_proj",
-    "up": "up_proj", "gate": "gate_proj", "down": "down_proj",
+# LoRA target words of the CSV (HF short names; torchtune's output_proj and MLP; litgpt's lora_projection,
+# lora_mlp and lora_head) → HF module names.
+TARGET_TOKENS: dict[str, tuple[str, ...]] = {
+    "q": ("q_proj",), "k": ("k_proj",), "v": ("v_proj",), "o": ("o_proj",), "output_proj": ("o_proj",),
+    "proj": ("o_proj",), "up": ("up_proj",), "gate": ("gate_proj",), "down": ("down_proj",),
+    "mlp": ("gate_proj", "up_proj", "down_proj"), "head": ("lm_head",),
 }
 
 # (substring of the CSV's gpu column, catalog id), first match wins.
@@ -89,8 +92,12 @@ GPU_MAP = (
     ("L40S", "nvidia-l40s"),
     ("H100", "nvidia-h100-sxm-80gb"),
     ("A100-SXM4 80GB", "nvidia-a100-80gb"),
+    ("A100-SXM4 40GB", "nvidia-a100-40gb"),
     ("A100 80GB", "nvidia-a100-80gb"),
+    ("A100 (80GB", "nvidia-a100-80gb"),
     ("A100 40GB", "nvidia-a100-40gb"),
+    ("A10G", "nvidia-a10g"),
+    ("A6000-class", "nvidia-rtx-a6000"),
     ("40GB-class", "nvidia-a100-40gb"),
     ("24GB-class", "nvidia-rtx-4090"),
     ("A6000", "nvidia-rtx-a6000"),
@@ -173,12 +180,18 @@ def _resolve_model(name: str) -> tuple[str, str]:
     ids = model_configs()
     if base in ids:
         return base, ""
-    by_name = {i.split("/")[-1].lower(): i for i in ids}
-    if base.split("/")[-1].lower() in by_name:
-        return by_name[base.split("/")[-1].lower()], ""
+    by_name = {_short_name(i): i for i in ids}
+    if _short_name(base) in by_name:
+        return by_name[_short_name(base)], ""
     if base in EQUIVALENTS:
         return EQUIVALENTS[base]
     raise Skip("model not in the catalog and no equivalent architecture", base)
+
+
+def _short_name(model_id: str) -> str:
+    """'meta-llama/Llama-2-7b-hf' and 'Llama-2-7B' → 'llama-2-7b'; 'meta-llama/Meta-Llama-3-8B' → 'llama-3-8b': the
+    names torchtune, litgpt and papers give the same Hub checkpoints (org, 'Meta-' and '-hf' dropped, case folded)."""
+    return model_id.split("/")[-1].lower().removeprefix("meta-").removesuffix("-hf")
 
 
 def _measure_kind(text: str) -> str:
@@ -201,13 +214,13 @@ def _targets(text: str) -> list[str] | str | None:
     if "all-linear" in t or "all linear" in t or t.startswith("c_attn,c_proj,w1,w2"):
         # Qwen-1: c_attn (fused qkv) + attn/mlp c_proj + w1 + w2 = every linear layer except lm_head
         return "all-linear"
-    out = []
-    for tok in re.split(r"[,\s]+", re.sub(r"\(.*?\)", "", t)):
+    out: list[str] = []
+    for tok in re.split(r"[,\s+]+", re.sub(r"\(.*?\)", "", t).replace("output head", "head")):
         if not tok:
             continue
-        if tok not in TARGET_TOKENS:
+        if tok.lower() not in TARGET_TOKENS:
             raise Skip("LoRA targets not mappable", t)
-        out.append(TARGET_TOKENS[tok])
+        out += [name for name in TARGET_TOKENS[tok.lower()] if name not in out]
     return out
 
 
@@ -259,7 +272,7 @@ def _sharding(row: dict[str, str]) -> dict[str, Any]:
     return hw
 
 
-def _framework(row: dict[str, str], notes: list[str]) -> str:
+def _framework(row: dict[str, str], notes: list[str], stand_in: str | None) -> str:
     name = row["framework"]
     if name not in FRAMEWORKS:
         raise Skip("framework not in the mapping (app/accuracy/rows.py FRAMEWORKS)", name)
@@ -267,19 +280,23 @@ def _framework(row: dict[str, str], notes: list[str]) -> str:
     if value is None:
         raise Skip("framework's recipe cannot be known", f"{name}: {why}")
     if value not in get_args(Framework):
-        raise Skip(f"framework '{value}' has no training.framework value yet "
-                   f"({', '.join(get_args(Framework))})", name)
+        if stand_in is None:
+            raise Skip(f"framework '{value}' has no training.framework value yet "
+                       f"({', '.join(get_args(Framework))})", name)
+        notes.append(f"{name}: no training.framework '{value}'; estimated with '{stand_in}' instead")
+        return stand_in
     if why:
         notes.append(f"{name}: training.framework '{value}' ({why})")
     return value
 
 
-def map_row(row: dict[str, str]) -> Mapped:
-    """PlanRequest for one CSV row, or raise Skip with the reason."""
+def map_row(row: dict[str, str], stand_in: str | None = None) -> Mapped:
+    """PlanRequest for one CSV row, or raise Skip with the reason. ``stand_in``: the training.framework to use for
+    a trainer the planner has no value for (bench/published_check.py --stand-in; never in the served table)."""
     if row["outcome"] not in ("measured", "OOM"):
         raise Skip(f"no measured value (outcome {row['outcome']})")
     notes: list[str] = []
-    framework = _framework(row, notes)
+    framework = _framework(row, notes, stand_in)
     base = re.sub(r"\s*\(.*\)\s*$", "", row["model"]).strip()
     model: str | dict[str, Any]
     via_config = base in QWEN1
@@ -346,7 +363,7 @@ def map_row(row: dict[str, str]) -> Mapped:
         precision = "bf16-mixed"
         notes.append("peft examples/sft loads fp32 without quantization; FSDP keeps fp32 shards -> bf16-mixed")
 
-    attn = row["attn"].lower()
+    attn = row["attn"].lower()  # not stated: transformers' default for the model (sdpa; eager for gemma2)
     if not row["grad_ckpt"]:
         notes.append("gradient checkpointing not given: off assumed")
     if not row["seq_len"].strip():
@@ -358,7 +375,8 @@ def map_row(row: dict[str, str]) -> Mapped:
         "micro_batch_size": _first_int(row["micro_batch"], "micro_batch"),
         "seq_len": _seq_len(row["seq_len"]),
         "gradient_checkpointing": row["grad_ckpt"] == "on",
-        "attn_implementation": "flash_attention_2" if "flash" in attn else "eager" if "eager" in attn else "sdpa",
+        "attn_implementation": ("flash_attention_2" if "flash" in attn else "eager" if "eager" in attn
+                                else "sdpa" if "sdpa" in attn else None),
     }
     if "packing=true" in row["seq_note"].lower().replace(" ", ""):
         training["packing"] = True

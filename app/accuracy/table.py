@@ -92,18 +92,20 @@ def cache_key(path: Path = CSV_PATH) -> str:
     return f"peft-planner {app}; {libs}; csv {stat.st_size} B @ {stat.st_mtime_ns}"
 
 
-def compare(rows: Iterable[dict[str, str]], check: Callable[[], None] | None = None) -> tuple[list[Mapped],
-                                                                                            list[tuple[dict[str, str],
-                                                                                                       Skip]]]:
+Skipped = list[tuple[dict[str, str], Skip]]
+
+
+def compare(rows: Iterable[dict[str, str]], check: Callable[[], None] | None = None,
+            stand_in: str | None = None) -> tuple[list[Mapped], Skipped]:
     """Map and estimate every row: (compared, skipped with the reason). ``check`` is called between rows (the
-    pool's cancellation hook)."""
+    pool's cancellation hook); ``stand_in``: see :func:`app.accuracy.rows.map_row`."""
     mapped: list[Mapped] = []
-    skipped: list[tuple[dict[str, str], Skip]] = []
+    skipped: Skipped = []
     for row in rows:
         if check is not None:
             check()
         try:
-            mp = map_row(row)
+            mp = map_row(row, stand_in)
             run(mp)
         except Skip as sk:
             skipped.append((row, sk))
