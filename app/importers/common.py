@@ -52,6 +52,15 @@ class Imported:
     detected: str = ""  # e.g. 'axolotl config', 'HF TrainingArguments (per_device_train_batch_size, optim)'
 
 
+def bool_key(data: Any, key: str, source: str) -> bool | None:
+    """A true/false key of a trainer's config: None when absent or null; anything but a bool is refused naming the key
+    (the trainers' own argument parsers refuse it too)."""
+    value = data.get(key)
+    if value is None or isinstance(value, bool):
+        return value
+    raise ConfigImportError(source, key, f"expected true or false, got {value!r}")
+
+
 def is_unset(value: Any) -> bool:
     """None, False, 0, '' and empty containers: the 'not set' values of an optional config key."""
     return value is None or value is False or (isinstance(value, (str, list, tuple, dict, set)) and not value)

@@ -29,7 +29,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from app.importers.common import ConfigImportError, ImportNote, NoteKind, is_unset, resolve_model
+from app.importers.common import ConfigImportError, ImportNote, NoteKind, bool_key, is_unset, resolve_model
 from app.importers.framework_fields import (
     LF_DATA_FIELDS,
     LF_FINETUNING_FIELDS,
@@ -90,13 +90,6 @@ FLASH_ATTN = {"auto": None, "disabled": "eager", "sdpa": "sdpa", "fa2": "flash_a
 QUANT_METHODS = ("bnb", "gptq", "awq", "aqlm", "quanto", "eetq", "hqq", "mxfp4", "fp8")
 
 
-def _bool(data: Mapping[str, Any], key: str, source: str) -> bool | None:
-    value = data.get(key)
-    if value is None or isinstance(value, bool):
-        return value
-    raise ConfigImportError(source, key, f"expected true or false, got {value!r}")
-
-
 def from_llama_factory(data: Mapping[str, Any], source: str = "LLaMA-Factory config",
                        base_dir: Path | None = None) -> tuple[dict[str, Any], list[ImportNote]]:
     """A LLaMA-Factory YAML (as a dict) → a full body with ``training.framework`` 'llama-factory' (or 'unsloth'
@@ -138,7 +131,7 @@ def from_llama_factory(data: Mapping[str, Any], source: str = "LLaMA-Factory con
     qmethod = data.get("quantization_method", "bnb")
     if qmethod not in QUANT_METHODS:
         raise ConfigImportError(source, "quantization_method", f"{qmethod!r} is not one of {', '.join(QUANT_METHODS)}")
-    use_dora = bool(_bool(data, "use_dora", source))
+    use_dora = bool(bool_key(data, "use_dora", source))
     if bits is not None and ftype != "lora":
         raise ConfigImportError(source, "quantization_bit", "LLaMA-Factory quantizes only for finetuning_type lora "
                                 "(adapter.py: 'Quantized models can only be used for the LoRA tuning')")
@@ -161,7 +154,7 @@ def from_llama_factory(data: Mapping[str, Any], source: str = "LLaMA-Factory con
             if qtype not in ("nf4", "fp4"):
                 raise ConfigImportError(source, "quantization_type", f"{qtype!r} is not nf4 or fp4")
             quant["bnb_4bit_quant_type"] = qtype
-            dq = _bool(data, "double_quantization", source)
+            dq = bool_key(data, "double_quantization", source)
             quant["bnb_4bit_use_double_quant"] = True if dq is None else dq
         quant["prepare_kbit"] = False
         note("quantization_bit", "note", "LLaMA-Factory does not call prepare_model_for_kbit_training: the "
@@ -199,10 +192,10 @@ def from_llama_factory(data: Mapping[str, Any], source: str = "LLaMA-Factory con
         if not is_unset(extra):
             lora["modules_to_save"] = [t.strip() for t in str(extra).split(",") if t.strip()]
         if data.get("use_rslora") is not None:
-            lora["use_rslora"] = bool(_bool(data, "use_rslora", source))
+            lora["use_rslora"] = bool(bool_key(data, "use_rslora", source))
 
     # precision: the load dtype (parser.py) and the float32 upcast of trainable parameters (adapter.py)
-    bf16, fp16, pure = (_bool(data, k, source) for k in ("bf16", "fp16", "pure_bf16"))
+    bf16, fp16, pure = (bool_key(data, k, source) for k in ("bf16", "fp16", "pure_bf16"))
     if pure:
         training["precision"] = "bf16"
     elif body["method"] == "full":
@@ -231,7 +224,7 @@ def from_llama_factory(data: Mapping[str, Any], source: str = "LLaMA-Factory con
     else:
         assumed("per_device_train_batch_size", "training.micro_batch_size", TA_DEFAULTS["per_device_train_batch_size"],
                 "TrainingArguments' default")
-    packing, neat = _bool(data, "packing", source), _bool(data, "neat_packing", source)
+    packing, neat = bool_key(data, "packing", source), bool_key(data, "neat_packing", source)
     stage = data.get("stage", "sft")
     if neat or packing or (packing is None and stage == "pt"):
         training["packing"] = True
@@ -242,22 +235,22 @@ def from_llama_factory(data: Mapping[str, Any], source: str = "LLaMA-Factory con
         note("stage", "unsupported", f"stage {stage!r}: reward models, PPO, DPO and KTO add reference/reward models "
              "and paired sequences; estimated as supervised fine-tuning")
 
-    disable_gc = _bool(data, "disable_gradient_checkpointing", source)
+    disable_gc = bool_key(data, "disable_gradient_checkpointing", source)
     if disable_gc is None:
         assumed("disable_gradient_checkpointing", "training.gradient_checkpointing", True,
                 "LLaMA-Factory enables gradient checkpointing unless disable_gradient_checkpointing is true")
     else:
         training["gradient_checkpointing"] = not disable_gc
     if training["gradient_checkpointing"]:
-        reentrant = _bool(data, "use_reentrant_gc", source)
+        reentrant = bool_key(data, "use_reentrant_gc", source)
         training["gradient_checkpointing_kwargs"] = {"use_reentrant": True if reentrant is None else reentrant}
-    if _bool(data, "use_unsloth_gc", source):
+    if bool_key(data, "use_unsloth_gc", source):
         training["activation_offloading"] = True
         note("use_unsloth_gc", "note", "Unsloth's offloaded checkpointing keeps each checkpointed hidden state in "
              "CPU memory: training.activation_offloading")
-    if _bool(data, "enable_liger_kernel", source) or _bool(data, "use_liger_kernel", source):
+    if bool_key(data, "enable_liger_kernel", source) or bool_key(data, "use_liger_kernel", source):
         training["use_liger_kernel"] = True
-    if _bool(data, "use_unsloth", source):
+    if bool_key(data, "use_unsloth", source):
         training["framework"] = "unsloth"
         note("use_unsloth", "note", "LLaMA-Factory loads and patches the model with Unsloth: framework 'unsloth'")
 

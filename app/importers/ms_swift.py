@@ -29,8 +29,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from app.importers.bnb import compute_dtype
 from app.importers.cli_args import CliArgs
-from app.importers.common import ConfigImportError, ImportNote, NoteKind, is_unset, resolve_model
+from app.importers.common import ConfigImportError, ImportNote, NoteKind, bool_key, is_unset, resolve_model
 from app.importers.framework_fields import (
     SEQ2SEQ_FIELDS,
     SWIFT_BASE_FIELDS,
@@ -77,12 +78,10 @@ SWIFT_UNSUPPORTED: dict[str, str] = {
 
 
 def _dtype_name(value: Any, source: str, key: str) -> str:
-    text = str(value).strip().lower().removeprefix("torch.")
-    names = {"bfloat16": "bfloat16", "bf16": "bfloat16", "float16": "float16", "fp16": "float16",
-             "half": "float16", "float32": "float32", "fp32": "float32"}
-    if text not in names:
+    dtype = compute_dtype(value)
+    if dtype is None:
         raise ConfigImportError(source, key, f"{value!r} is not bfloat16, float16 or float32")
-    return names[text]
+    return dtype
 
 
 def _as_list(value: Any) -> list[str]:
@@ -120,12 +119,6 @@ def from_ms_swift(data: Mapping[str, Any], source: str = "ms-swift arguments",
         {"lora": lora, "training": training}[section][name] = value
         notes.append(ImportNote(source, key, "assumed", why, field=field, value=value))
 
-    def flag(key: str) -> bool | None:
-        value = data.get(key)
-        if value is None or isinstance(value, bool):
-            return value
-        raise ConfigImportError(source, key, f"expected true or false, got {value!r}")
-
     if data.get("model"):
         model, model_notes = resolve_model(data["model"], source, "model", base_dir)
         notes += model_notes
@@ -152,7 +145,7 @@ def from_ms_swift(data: Mapping[str, Any], source: str = "ms-swift arguments",
         raise ConfigImportError(source, "quant_method", f"{qmethod!r} is not one of bnb, hqq, eetq, quanto, fp8")
     if qmethod is not None and qmethod != "fp8" and bits not in (1, 2, 3, 4, 8, "float8"):
         raise ConfigImportError(source, "quant_bits", f"{bits!r}: set 1, 2, 3, 4 or 8 with quant_method {qmethod}")
-    use_dora = bool(flag("use_dora"))
+    use_dora = bool(bool_key(data, "use_dora", source))
     if tuner == "full":
         body["method"] = "full"
         if qmethod is not None:
@@ -170,7 +163,7 @@ def from_ms_swift(data: Mapping[str, Any], source: str = "ms-swift arguments",
             if qtype not in ("nf4", "fp4"):
                 raise ConfigImportError(source, "bnb_4bit_quant_type", f"{qtype!r} is not nf4 or fp4")
             quant["bnb_4bit_quant_type"] = qtype
-            dq = flag("bnb_4bit_use_double_quant")
+            dq = bool_key(data, "bnb_4bit_use_double_quant", source)
             quant["bnb_4bit_use_double_quant"] = True if dq is None else dq
             for key in ("bnb_4bit_compute_dtype", "bnb_4bit_quant_storage"):
                 if data.get(key) is not None:
@@ -209,7 +202,7 @@ def from_ms_swift(data: Mapping[str, Any], source: str = "ms-swift arguments",
         if not is_unset(data.get("modules_to_save")):
             lora["modules_to_save"] = _as_list(data["modules_to_save"])
         if data.get("use_rslora") is not None:
-            lora["use_rslora"] = bool(flag("use_rslora"))
+            lora["use_rslora"] = bool(bool_key(data, "use_rslora", source))
         if data.get("lora_bias") not in (None, "none"):
             if data["lora_bias"] not in ("all", "lora_only"):
                 raise ConfigImportError(source, "lora_bias", f"{data['lora_bias']!r} is not none, all or lora_only")
@@ -224,7 +217,7 @@ def from_ms_swift(data: Mapping[str, Any], source: str = "ms-swift arguments",
         notes.append(ImportNote(source, "torch_dtype", "assumed", "not set: ms-swift loads the checkpoint's dtype "
                                 "(bfloat16 for the catalog models)", field="training.precision", value="bf16"))
     if dtype == "float32":
-        bf16 = flag("bf16")
+        bf16 = bool_key(data, "bf16", source)
         training["precision"] = "bf16-mixed" if bf16 else "fp16-mixed"
         note("torch_dtype", "note", f"float32 weights with {'bf16' if bf16 else 'fp16'} autocast "
              f"(_init_mixed_precision): precision {training['precision']!r}")
@@ -250,7 +243,7 @@ def from_ms_swift(data: Mapping[str, Any], source: str = "ms-swift arguments",
         training["micro_batch_size"] = data["per_device_train_batch_size"]
     else:
         assumed("per_device_train_batch_size", "training.micro_batch_size", 1, "ms-swift's default (1)")
-    gc = flag("gradient_checkpointing")
+    gc = bool_key(data, "gradient_checkpointing", source)
     if gc is None:
         assumed("gradient_checkpointing", "training.gradient_checkpointing", True, "ms-swift's default (true)")
     else:
@@ -264,7 +257,7 @@ def from_ms_swift(data: Mapping[str, Any], source: str = "ms-swift arguments",
     if isinstance(kwargs, Mapping) and isinstance(kwargs.get("use_reentrant"), bool):
         training["gradient_checkpointing_kwargs"] = {"use_reentrant": kwargs["use_reentrant"]}
     for key in ("use_liger_kernel", "packing", "padding_free"):
-        if flag(key):
+        if bool_key(data, key, source):
             training[key] = True
     attn = data.get("attn_impl")
     if attn is not None:

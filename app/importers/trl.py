@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from app.importers.bnb import compute_dtype
-from app.importers.common import ConfigImportError, ImportNote, NoteKind, is_unset, resolve_model
+from app.importers.common import ConfigImportError, ImportNote, NoteKind, bool_key, is_unset, resolve_model
 from app.importers.hf_training import HF_TRAINING_FIELDS, from_hf_training
 
 # dataclasses.fields(trl.ModelConfig), TRL 1.16.0, with their defaults (tests/test_importers_frameworks.py checks
@@ -42,13 +42,6 @@ SCRIPT_FIELDS = frozenset({"dataset_name", "dataset_config", "dataset_train_spli
 TRL_MARKERS = frozenset({"use_peft", "lora_r", "lora_task_type", "use_bnb_nested_quant", "dataset_name",
                          "dataset_train_split", "lora_target_parameters"})
 _ATTN = ("flash_attention_2", "sdpa", "eager")
-
-
-def _flag(data: Mapping[str, Any], key: str, source: str) -> bool:
-    value = data.get(key, MODEL_CONFIG_DEFAULTS[key])
-    if isinstance(value, bool):
-        return value
-    raise ConfigImportError(source, key, f"expected true or false, got {value!r}")
 
 
 def from_trl(data: Mapping[str, Any], source: str = "TRL recipe",
@@ -86,8 +79,8 @@ def from_trl(data: Mapping[str, Any], source: str = "TRL recipe",
         if model is not None:
             body["model"] = model
 
-    in4, in8 = _flag(data, "load_in_4bit", source), _flag(data, "load_in_8bit", source)
-    use_peft, use_dora = _flag(data, "use_peft", source), _flag(data, "use_dora", source)
+    in4, in8 = bool(bool_key(data, "load_in_4bit", source)), bool(bool_key(data, "load_in_8bit", source))
+    use_peft, use_dora = bool(bool_key(data, "use_peft", source)), bool(bool_key(data, "use_dora", source))
     if (in4 or in8) and not use_peft:
         raise ConfigImportError(source, "load_in_4bit" if in4 else "load_in_8bit",
                                 "a quantized model cannot be fully fine-tuned; set use_peft: true")
@@ -116,12 +109,12 @@ def from_trl(data: Mapping[str, Any], source: str = "TRL recipe",
             if not is_unset(data.get(key)):
                 lora[field] = [data[key]] if isinstance(data[key], str) else data[key]
         if data.get("use_rslora") is not None:
-            lora["use_rslora"] = _flag(data, "use_rslora", source)
+            lora["use_rslora"] = bool(bool_key(data, "use_rslora", source))
         body["lora"] = lora
     if in4 or in8:
         quant: dict[str, Any] = {"load_in_8bit": True} if in8 else {
             "bnb_4bit_quant_type": data.get("bnb_4bit_quant_type", "nf4"),
-            "bnb_4bit_use_double_quant": _flag(data, "use_bnb_nested_quant", source),
+            "bnb_4bit_use_double_quant": bool(bool_key(data, "use_bnb_nested_quant", source)),
         }
         if in4 and quant["bnb_4bit_quant_type"] not in ("nf4", "fp4"):
             raise ConfigImportError(source, "bnb_4bit_quant_type", f"{quant['bnb_4bit_quant_type']!r} is not nf4 "

@@ -17,7 +17,7 @@ from app.routers.calibrate import templates
 router = APIRouter(tags=["accuracy"])
 
 
-@router.get("/api/v1/accuracy", response_model=AccuracyReport, responses=error_responses(429))
+@router.get("/api/v1/accuracy", response_model=AccuracyReport, responses=error_responses(429, 503))
 async def accuracy(request: Request, pool: EstimatePoolDep, settings: SettingsDep) -> AccuracyReport:
     """Published peak-memory measurements (every row whose settings can be known, with the counter its source read:
     allocated → peak, reserved → peak + allocator reserve, nvidia-smi → total) next to the planner's figure, per
