@@ -197,7 +197,8 @@ def test_phone_inputs_and_results_together(browser: Any, server: str) -> None:  
     ctx.close()
 
 
-@pytest.mark.parametrize("path", ["/", "/calibrate", "/calibrations", "/calibrations/{id}", "/docs", "/redoc"])
+@pytest.mark.parametrize("path", ["/", "/calibrate", "/calibrations", "/calibrations/{id}", "/accuracy", "/docs",
+                                  "/redoc"])
 def test_every_page_fits_390px(browser: Any, server: str, calibration_id: str, path: str) -> None:  # noqa: F811
     ctx = browser.new_context(viewport=PHONE)
     page = ctx.new_page()
