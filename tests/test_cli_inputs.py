@@ -217,13 +217,12 @@ def test_training_arguments_as_yaml_dict(training_args_json: Path, tmp_path: Pat
         mode="json")
 
 
-def test_sft_config_is_detected_and_liger_reported(sft_config_json: Path) -> None:
+def test_sft_config_is_detected_and_liger_mapped(sft_config_json: Path) -> None:
     out = run("estimate", str(sft_config_json), "--model", LLAMA, "--method", "lora", "--json")
     assert out.returncode == 0, out.stderr
     lines = out.stderr.splitlines()
     assert f"note: {sft_config_json}: detected TRL SFTConfig (max_length, packing, dataset_text_field, …)" in lines
-    assert any(line.startswith(f"warning: {sft_config_json}: use_liger_kernel: unsupported: Liger kernels")
-               for line in lines)
+    assert not any("use_liger_kernel" in line for line in lines)  # mapped to training.use_liger_kernel
     assert any(line.startswith(f"warning: {sft_config_json}: loss_type: unsupported") for line in lines)
     data = json.loads(out.stdout)
     assert "training.seq_len" not in {a["field"] for a in data.pop("assumed")}  # max_length is given
@@ -231,7 +230,8 @@ def test_sft_config_is_detected_and_liger_reported(sft_config_json: Path) -> Non
     # model_init_kwargs dtype bfloat16 → precision bf16
     expected = PlanRequest(model=LLAMA, method="lora",
                            training={"micro_batch_size": 2, "seq_len": 4096, "gradient_checkpointing": True,
-                                     "optim": "adamw_torch", "precision": "bf16"})
+                                     "optim": "adamw_torch", "precision": "bf16", "framework": "trl",
+                                     "packing": True, "use_liger_kernel": True})
     assert data == estimate(expected).model_dump(mode="json")
 
 

@@ -288,18 +288,18 @@ def test_axolotl_qlora_yaml(tmp_path: Path) -> None:
                          "bnb_4bit_compute_dtype": "bfloat16", "load_in_8bit": False},
         "training": {"framework": "axolotl", "precision": "bf16", "seq_len": 4096, "micro_batch_size": 2,
                      "gradient_checkpointing": True, "optim": "paged_adamw_32bit",
-                     "attn_implementation": "flash_attention_2"},
+                     "attn_implementation": "flash_attention_2", "packing": True, "use_liger_kernel": True},
     }
     found = kinds(notes)
     assert found["unknown"] == {"lora_rank"}  # a typo of lora_r: reported, not dropped
-    assert found["unsupported"] == {"liger_fused_linear_cross_entropy"}
+    assert "unsupported" not in found  # sample_packing → packing, liger_fused_linear_cross_entropy → use_liger_kernel
     assert found["ignored"] == {
         "model_type", "tokenizer_type", "datasets", "dataset_prepared_path", "val_set_size", "output_dir",
-        "lora_model_dir", "sample_packing", "pad_to_sequence_len", "wandb_project", "gradient_accumulation_steps",
+        "lora_model_dir", "pad_to_sequence_len", "wandb_project", "gradient_accumulation_steps",
         "num_epochs", "lr_scheduler", "learning_rate", "train_on_inputs", "tf32", "xformers_attention",
         "warmup_steps", "special_tokens",
     }
-    assert "note" not in found  # every memory-relevant key is given
+    assert found["note"] == {"sample_packing", "liger_fused_linear_cross_entropy"}  # what they were mapped to
     assert next(n for n in notes if n.key == "datasets").message == "does not affect memory"
     estimate(PlanRequest.model_validate(body))
 

@@ -72,7 +72,10 @@ def test_notes_and_legacy_names() -> None:
     assert body["training"]["optim"] == "adamw_bnb_8bit"  # transformers' alias
     by_key = {n.key: n for n in notes}
     assert by_key["max_seq_length"].message == "the older name of max_length"
-    assert by_key["torch_compile"].kind == "unsupported" and by_key["lora_rank"].kind == "unknown"
+    assert by_key["lora_rank"].kind == "unknown"
+    # switches with a request field of their own (TrainingArguments.torch_compile, SFTConfig.padding_free)
+    assert body["training"]["torch_compile"] is True and body["training"]["padding_free"] is True
+    assert body["training"]["framework"] == "trl"  # an SFTConfig
     assert "worst case" in by_key["padding_free"].message
     # SFTConfig's activation checkpointing default (on) is assumed, named as such
     assert by_key["activation_checkpointing"].kind == "assumed" and body["training"]["gradient_checkpointing"]

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from app.importers.bnb import bnb_keys
-from app.importers.common import ConfigImportError, ImportNote, NoteKind, is_unset, resolve_model
+from app.importers.common import ConfigImportError, ImportNote, NoteKind, is_unset, resolve_model, use_reentrant
 from app.importers.optim import map_optimizer
 from app.importers.sharding import deepspeed_sharding, fsdp_config_keys
 
@@ -23,7 +23,7 @@ AXOLOTL_IGNORED = frozenset({
     "chat_template_jinja", "chat_template_kwargs", "default_system_message", "special_tokens", "eot_tokens",
     "added_tokens_overrides", "fix_untrained_tokens", "train_on_inputs", "train_on_eos", "roles_to_train",
     "group_by_length", "min_sample_len", "max_prompt_len", "excess_length_strategy", "eval_sequence_len",
-    "sample_packing", "sample_packing_group_size", "sample_packing_bin_size", "sample_packing_sequentially",
+    "sample_packing_group_size", "sample_packing_bin_size", "sample_packing_sequentially",
     "sample_packing_mp_start_method", "sample_packing_eff_est", "eval_sample_packing", "pad_to_sequence_len",
     "curriculum_sampling", "multipack_real_batches", "batch_flattening", "pretrain_multipack_buffer_size",
     "pretrain_multipack_attn", "pretraining_sample_concatenation", "total_num_tokens", "total_supervised_tokens",
@@ -68,7 +68,7 @@ AXOLOTL_IGNORED = frozenset({
     "local_rank", "world_size", "ddp", "ddp_timeout", "ddp_bucket_cap_mb", "ddp_broadcast_buffers",
     "ddp_find_unused_parameters", "accelerator_config", "use_ray", "ray_run_name", "ray_num_workers",
     "resources_per_worker", "axolotl_config_path", "tf32", "torch_compile_backend", "torch_compile_mode",
-    "gradient_checkpointing_kwargs", "flex_attn_compile_kwargs", "fsdp_final_state_dict_type", "deepcompile",
+    "flex_attn_compile_kwargs", "fsdp_final_state_dict_type", "deepcompile",
     "heads_k_stride", "ring_attn_func", "rl_beta", "dpo_beta", "orpo_alpha", "rpo_alpha", "simpo_gamma",
     "cpo_alpha", "kto_desirable_weight", "kto_undesirable_weight",
 })
@@ -94,16 +94,8 @@ AXOLOTL_UNSUPPORTED: dict[str, str] = {
     "chunked_cross_entropy": "chunked cross entropy is not modelled (logits counted in full)",
     "chunked_cross_entropy_num_chunks": "chunked cross entropy is not modelled",
     "cut_cross_entropy": "Cut Cross-Entropy is not modelled (logits counted in full)",
-    "liger_rope": "Liger kernels are not modelled",
-    "liger_rms_norm": "Liger kernels are not modelled",
-    "liger_glu_activation": "Liger kernels are not modelled",
-    "liger_layer_norm": "Liger kernels are not modelled",
-    "liger_cross_entropy": "Liger kernels are not modelled",
-    "liger_fused_linear_cross_entropy": "Liger's fused linear cross entropy is not modelled (logits counted in full)",
     "tiled_mlp": "ALST tiled MLP is not modelled",
     "tiled_mlp_num_shards": "ALST tiled MLP is not modelled",
-    "activation_offloading": "activation offloading to CPU is not modelled (activations counted on the GPU)",
-    "torch_compile": "torch.compile's memory effects are not modelled",
     "fp8": "FP8 training is not modelled",
     "fp8_enable_fsdp_float8_all_gather": "FP8 training is not modelled",
     "gptq": "GPTQ-quantized base models are not modelled",
@@ -134,6 +126,9 @@ AXOLOTL_UNSUPPORTED: dict[str, str] = {
     "pose_max_context_len": "PoSE is not modelled",
     "pose_num_chunks": "PoSE is not modelled",
 }
+# axolotl's Liger plugin switches (src/axolotl/integrations/liger/args.py), one kernel each
+LIGER_KEYS = ("liger_rope", "liger_rms_norm", "liger_glu_activation", "liger_layer_norm", "liger_cross_entropy",
+              "liger_fused_linear_cross_entropy")
 AXOLOTL_MARKERS = frozenset({
     "base_model", "base_model_config", "adapter", "lora_r", "lora_target_linear", "lora_target_modules",
     "sequence_len", "micro_batch_size", "datasets", "num_epochs", "gradient_accumulation_steps", "optimizer",
@@ -145,7 +140,8 @@ _AXOLOTL_HANDLED = frozenset({
     "peft_use_dora", "peft_use_rslora", "load_in_4bit", "load_in_8bit", "bnb_config_kwargs",
     "skip_prepare_model_for_kbit_training", "sequence_len", "micro_batch_size", "gradient_checkpointing",
     "optimizer", "flash_attention", "sdp_attention", "eager_attention", "attn_implementation", "bf16", "fp16",
-    "bfloat16", "float16", "float32", "deepspeed", "fsdp", "fsdp_config", "fsdp_version",
+    "bfloat16", "float16", "float32", "deepspeed", "fsdp", "fsdp_config", "fsdp_version", "sample_packing",
+    "activation_offloading", "torch_compile", "gradient_checkpointing_kwargs", *LIGER_KEYS,
 })
 AXOLOTL_KNOWN = AXOLOTL_IGNORED | frozenset(AXOLOTL_UNSUPPORTED) | _AXOLOTL_HANDLED
 _PARALLEL_SIZES = frozenset({"sequence_parallel_degree", "context_parallel_size", "tensor_parallel_size",
@@ -318,6 +314,27 @@ def from_axolotl(data: Mapping[str, Any], source: str = "axolotl config",
             note("attn_implementation", "unsupported", f"{impl!r} is not modelled (flash_attention_2, sdpa, eager)")
     if attn:
         training["attn_implementation"] = attn
+
+    # switches with a request field of their own
+    if data.get("sample_packing"):
+        training["packing"] = True
+        note("sample_packing", "note", "multipack: every row holds sequence_len tokens (training.packing)")
+    for key in ("activation_offloading", "torch_compile"):
+        if data.get(key) is True:
+            training[key] = True
+        elif not is_unset(data.get(key)):
+            note(key, "unsupported", f"{data[key]!r} is not modelled; only true is (training.{key})")
+    liger = [k for k in LIGER_KEYS if data.get(k)]
+    if "liger_fused_linear_cross_entropy" in liger:
+        training["use_liger_kernel"] = True
+        note("liger_fused_linear_cross_entropy", "note", f"{', '.join(liger)}: modelled as training.use_liger_kernel "
+             "(all of Liger's kernels for the model, as transformers' use_liger_kernel applies them)")
+    elif liger:
+        note(liger[0], "unsupported", f"{', '.join(liger)} without liger_fused_linear_cross_entropy is not modelled "
+             "(training.use_liger_kernel applies every kernel)")
+    reentrant = use_reentrant(data.get("gradient_checkpointing_kwargs"), source, "gradient_checkpointing_kwargs")
+    if reentrant is not None:
+        training["gradient_checkpointing_kwargs"] = {"use_reentrant": reentrant}
 
     # sharding
     _axolotl_sharding(data, source, base_dir, training, hardware, notes)

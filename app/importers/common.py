@@ -61,6 +61,18 @@ def bool_key(data: Any, key: str, source: str) -> bool | None:
     raise ConfigImportError(source, key, f"expected true or false, got {value!r}")
 
 
+def use_reentrant(value: Any, source: str, key: str) -> bool | None:
+    """``use_reentrant`` of a ``gradient_checkpointing_kwargs`` value (a mapping, or its JSON text as command lines
+    give it); None when it does not say."""
+    if isinstance(value, str) and value.strip():
+        try:
+            value = json.loads(value)
+        except ValueError:
+            raise ConfigImportError(source, key, f"{value!r} is not a JSON object") from None
+    found = value.get("use_reentrant") if isinstance(value, dict) else None
+    return found if isinstance(found, bool) else None
+
+
 def is_unset(value: Any) -> bool:
     """None, False, 0, '' and empty containers: the 'not set' values of an optional config key."""
     return value is None or value is False or (isinstance(value, (str, list, tuple, dict, set)) and not value)

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from app.importers.bnb import compute_dtype, from_bnb
-from app.importers.common import ImportNote, NoteKind, is_unset
+from app.importers.common import ImportNote, NoteKind, is_unset, use_reentrant
 from app.importers.optim import map_optimizer
 from app.importers.sharding import deepspeed_sharding, fsdp_config_keys
 
@@ -86,6 +86,7 @@ _HANDLED = frozenset({
     "per_device_train_batch_size", "per_gpu_train_batch_size", "max_length", "max_seq_length", "bf16", "fp16",
     "activation_checkpointing", "gradient_checkpointing", "optim", "deepspeed", "fsdp", "fsdp_config",
     "use_liger_kernel", "liger_kernel_config", "torch_compile", "activation_offloading", "packing", "padding_free",
+    "gradient_checkpointing_kwargs", "activation_checkpointing_kwargs",
     "model_init_kwargs", "parallelism_config", "loss_type", "auto_find_batch_size",
 })
 HF_TRAINING_FIELDS = TRAINING_ARGUMENTS_FIELDS | SFT_CONFIG_FIELDS
@@ -215,14 +216,23 @@ def from_hf_training(data: Mapping[str, Any], source: str = "training_args.json"
               "activation_checkpointing")
     if gc is not None:
         training["gradient_checkpointing"] = bool(gc)
+    found = given("activation_checkpointing_kwargs", "gradient_checkpointing_kwargs")
+    reentrant = use_reentrant(found[1], source, found[0]) if found else None
+    if reentrant is not None:
+        training["gradient_checkpointing_kwargs"] = {"use_reentrant": reentrant}
+    # switches with a request field of their own (TrainingArguments' and SFTConfig's names)
+    for key in ("use_liger_kernel", "torch_compile", *(("activation_offloading", "packing", "padding_free")
+                                                       if sft else ())):
+        if data.get(key):
+            training[key] = True
     if sft:
         take("seq_len", ("max_length", "max_seq_length"), "max_length")
         if "seq_len" in training:
             if data.get("padding_free"):
-                note("padding_free", "note", "the batch is one row of the real tokens (at most micro_batch_size · "
-                     "max_length); modelled as micro_batch_size × max_length, the worst case")
+                note("padding_free", "note", "training.padding_free: one flattened row of the batch's real tokens (at "
+                     "most micro_batch_size · max_length, the worst case modelled)")
             elif data.get("packing"):
-                note("packing", "note", "packed: every row holds max_length tokens, as modelled")
+                note("packing", "note", "training.packing: every row holds max_length tokens")
             else:
                 note("packing", "note", "not packed: rows are padded to the longest in the batch, at most max_length; "
                      "modelled at max_length, the worst case")
@@ -265,16 +275,9 @@ def from_hf_training(data: Mapping[str, Any], source: str = "training_args.json"
 
     for key, value in data.items():
         if key in _HANDLED or key in LEGACY_FIELDS:
-            if key == "use_liger_kernel" and value:
-                note(key, "unsupported", "Liger kernels (fused RMSNorm, SwiGLU, RoPE, linear cross entropy) are not "
-                     "modelled: the planner has no field for them; the estimate counts the unfused modules")
-            elif key in ("torch_compile", "activation_offloading", "auto_find_batch_size") and value:
-                why = {"torch_compile": "torch.compile's memory effects are not modelled",
-                       "activation_offloading": "activation offloading to CPU is not modelled (activations counted "
-                                                "on the GPU)",
-                       "auto_find_batch_size": "the Trainer halves the batch after an OOM; the estimate is for the "
-                                               "batch size given"}[key]
-                note(key, "unsupported", why)
+            if key == "auto_find_batch_size" and value:
+                note(key, "unsupported", "the Trainer halves the batch after an OOM; the estimate is for the batch "
+                     "size given")
             elif key == "parallelism_config" and not is_unset(value):
                 note(key, "unsupported", "context/tensor parallelism is not modelled; set --num-gpus and --sharding")
             continue

@@ -31,7 +31,15 @@ from typing import Any
 
 from app.importers.bnb import compute_dtype
 from app.importers.cli_args import CliArgs
-from app.importers.common import ConfigImportError, ImportNote, NoteKind, bool_key, is_unset, resolve_model
+from app.importers.common import (
+    ConfigImportError,
+    ImportNote,
+    NoteKind,
+    bool_key,
+    is_unset,
+    resolve_model,
+    use_reentrant,
+)
 from app.importers.framework_fields import (
     SEQ2SEQ_FIELDS,
     SWIFT_BASE_FIELDS,
@@ -248,14 +256,9 @@ def from_ms_swift(data: Mapping[str, Any], source: str = "ms-swift arguments",
         assumed("gradient_checkpointing", "training.gradient_checkpointing", True, "ms-swift's default (true)")
     else:
         training["gradient_checkpointing"] = gc
-    kwargs = data.get("gradient_checkpointing_kwargs")
-    if isinstance(kwargs, str):
-        try:
-            kwargs = json.loads(kwargs)
-        except ValueError:
-            raise ConfigImportError(source, "gradient_checkpointing_kwargs", f"{kwargs!r} is not JSON") from None
-    if isinstance(kwargs, Mapping) and isinstance(kwargs.get("use_reentrant"), bool):
-        training["gradient_checkpointing_kwargs"] = {"use_reentrant": kwargs["use_reentrant"]}
+    reentrant = use_reentrant(data.get("gradient_checkpointing_kwargs"), source, "gradient_checkpointing_kwargs")
+    if reentrant is not None:
+        training["gradient_checkpointing_kwargs"] = {"use_reentrant": reentrant}
     for key in ("use_liger_kernel", "packing", "padding_free"):
         if bool_key(data, key, source):
             training[key] = True
