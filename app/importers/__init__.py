@@ -25,8 +25,8 @@ word (PEFT keys known to change neither parameters nor memory: ``task_type``, ``
 
 - ``unknown``: not a key of the detected format (a typo, or a newer version's option);
 - ``unsupported``: a known key whose value changes parameters or memory in a way the planner does
-  not model (``llm_int8_skip_modules``, PEFT ``rank_pattern``, axolotl ``liger_*`` kernels, HF
-  ``use_liger_kernel``, …); the estimate is made without it;
+  not model (``llm_int8_skip_modules``, PEFT ``rank_pattern``, axolotl ``rl``, LLaMA-Factory ``use_galore``,
+  …); the estimate is made without it;
 - ``ignored``: a known key that does not affect per-GPU training memory (axolotl ``datasets``,
   ``num_epochs``, ``learning_rate``, …);
 - ``assumed``: a memory-relevant field the file leaves out, given the format's default (axolotl's
