@@ -213,3 +213,15 @@ def test_cli_reads_framework_files(tmp_path: Path) -> None:
                                       "quantization_bit: 3.5\n")
     bad = run(tmp_path / "lf.yaml")
     assert bad.returncode == 2 and "quantization_bit" in bad.stderr
+
+
+def test_command_lines_and_prose() -> None:
+    """A launch command is read wherever it starts (after env assignments or `accelerate launch`), values after one
+    flag become a list; a YAML that merely mentions 'trl sft' in a value stays YAML."""
+    args = parse_text("# train\nCUDA_VISIBLE_DEVICES=0,1 accelerate launch trl/scripts/sft.py --use_peft "
+                      "--lora_r 8 --dataset_name a b && echo done", "run.sh")
+    assert dict(args) == {"use_peft": True, "lora_r": 8, "dataset_name": ["a", "b"]}
+    prose = parse_text("description: use trl sft to train\nmodel_name_or_path: Qwen/Qwen2.5-0.5B\nuse_peft: true\n",
+                       "r.yaml")
+    assert prose == {"description": "use trl sft to train", "model_name_or_path": "Qwen/Qwen2.5-0.5B",
+                     "use_peft": True}

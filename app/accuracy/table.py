@@ -186,8 +186,3 @@ def published_table(check: Callable[[], None] | None = None, path: Path = CSV_PA
             _cache.clear()
             _cache[key] = build_table(path, check)
         return _cache[key]
-
-
-def cached_table(path: Path = CSV_PATH) -> PublishedTable | None:
-    """The cached table, without computing it (None before the first :func:`published_table`)."""
-    return _cache.get(cache_key(path))

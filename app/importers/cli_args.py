@@ -69,6 +69,8 @@ def parse_command(text: str, source: str) -> CliArgs | None:
         if len(tokens) - i > MAX_ARGS:
             raise ConfigImportError(source, None, f"a command has at most {MAX_ARGS} arguments")
         command, first = (tokens[i], i + 1) if script else (f"{tokens[i]} {tokens[i + 1]}", i + 2)
+        if first < len(tokens) and not tokens[first].startswith("--"):
+            continue  # prose that mentions the command ('use trl sft to …' in a YAML value), not a command line
         env = {}
         for tok in reversed(tokens[:i]):  # assignments directly before the program (separators end them)
             if not _ENV.match(tok):
