@@ -67,8 +67,8 @@ def test_source_text_names_the_copy_and_a_partial_confirmation() -> None:
     assert full.endswith("(from github.com/Shubham2376G/FAQ_generator/blob/2443d948e54e/gpt2/config.json)")
     indexed = model_source("deepseek-ai/DeepSeek-R1")
     assert indexed.endswith("(from public code-index file 1570491832)")
-    partial = model_source("google/gemma-7b")  # litgpt's shape table: 7 keys
-    assert partial.endswith("litgpt/config.py; only 7 keys confirmed)"), partial
+    partial = model_source("google/gemma-7b")  # litgpt's shape table: 8 keys
+    assert partial.endswith("litgpt/config.py; only 8 keys confirmed)"), partial
 
 
 @pytest.mark.parametrize(("model_id", "stored"), [
