@@ -1,7 +1,7 @@
 """The shipped catalogs: model ``config.json`` files keyed by hub id, and GPUs.
 
-Model files live in ``app/core/data/models/<org>--<name>.json`` (the hub's config.json verbatim), with where
-each was read recorded in ``app/core/data/model_sources.json`` (a public GitHub copy: repo, path, commit);
+Model files live in ``app/core/data/models/<org>--<name>.json`` (the hub's config.json), with where each was
+read recorded in ``app/core/data/model_sources.json`` (see :func:`model_sources`; docs/catalog.md);
 GPUs in ``app/core/data/gpus.json`` (VRAM in bytes as ``torch.cuda.get_device_properties().total_memory``
 reports it where measured, dense bf16 TFLOP/s, bandwidth in bytes/s, indicative price with its date).
 """
@@ -53,19 +53,30 @@ def model_configs() -> dict[str, dict[str, Any]]:
 
 
 @cache
-def model_sources() -> dict[str, dict[str, str]]:
-    """Hub id → where its catalog config.json was read: ``{"repo": "owner/name", "path": …, "commit": …}``."""
-    path = DATA_DIR / "model_sources.json"
-    return json.loads(path.read_text()) if path.is_file() else {}
+def model_sources() -> dict[str, dict[str, Any]]:
+    """Hub id → where its catalog config.json was read (the Hub itself is not reachable from where the catalog
+    is built, so each is a public copy of the Hub's file):
+
+    - ``repo``, ``path``, ``commit``: a file in a public GitHub repository, or ``index_file``: the id of a file of
+      the public code search index this project's sessions read (its repository was not resolved);
+    - ``note``: what that copy is and how it differs from the Hub's file;
+    - ``keys``: present when the copy states only these keys (a table of shapes, a library's own names for
+      them); the other values of the catalog file are not confirmed by any copy. Absent: every key.
+    """
+    return json.loads((DATA_DIR / "model_sources.json").read_text())
 
 
 def model_source(model_id: str) -> str:
-    """A readable origin of a catalog config: the file and, where recorded, the public copy it came from."""
+    """A readable origin of a catalog config: the file and the public copy its values were checked against."""
     text = f"catalog file app/core/data/models/{model_id.replace('/', '--', 1)}.json"
     src = model_sources().get(model_id)
-    if src:
-        text += f" (from github.com/{src['repo']}/blob/{src['commit'][:12]}/{src['path']})"
-    return text
+    if src is None:
+        return text
+    if "repo" in src:
+        text += f" (from github.com/{src['repo']}/blob/{src['commit'][:12]}/{src['path']}"
+    else:
+        text += f" (from public code-index file {src['index_file']}"
+    return text + (f"; only {len(src['keys'])} keys confirmed)" if "keys" in src else ")")
 
 
 def did_you_mean(suggestions: list[str]) -> str:
