@@ -7,6 +7,10 @@ worker starts (``initializer``), and a new pool is awaited ready before any trac
 dies (killed, out of memory) is replaced by a fresh pool on the next trace. Workers die with the server
 (app/supervision.py). At most ``concurrency`` traces run and ``queue`` wait; further requests get 429.
 Results are cached by the request's canonical JSON.
+
+With a fleet (``fleet``: :class:`app.jobs.traces.FleetTraces`, PostgreSQL configured) a trace goes to the
+workers' shared queue instead when ``offload`` is ``always``, or when it is ``busy`` and every local worker is
+taken while a live worker slot takes traces; the answer is the same either way.
 """
 
 from __future__ import annotations
@@ -41,6 +45,10 @@ class TraceWorkerDied(Exception):
     """The worker process died during this trace; the next trace gets a fresh one."""
 
 
+class TraceNoWorker(Exception):
+    """No fleet worker took the queued trace in time (it was cancelled)."""
+
+
 def _start_worker() -> None:
     """Worker initializer: die with the server, then import the heavy libraries before any trace is timed."""
     from app.supervision import die_with_parent
@@ -58,8 +66,9 @@ def _ready() -> int:
     return os.getpid()
 
 
-def _run(request_json: str) -> dict[str, Any]:
-    """Worker-process entry point: run one trace and return plain data."""
+def run_trace_json(request_json: str) -> dict[str, Any]:
+    """Worker-process entry point (this service's pool, and ``peft-planner worker`` for a fleet's traces): run
+    one trace and return plain data; ``{"unsupported": why}`` when the engine cannot run the request."""
     from app.trace.engine import UnsupportedStep, run_trace
 
     try:
@@ -80,7 +89,9 @@ def _running(pid: int) -> bool:
 
 
 class TraceService:
-    def __init__(self, timeout_s: float, concurrency: int, queue: int = 0, import_timeout_s: float = 300.0) -> None:
+    def __init__(self, timeout_s: float, concurrency: int, queue: int = 0, import_timeout_s: float = 300.0,
+                 fleet: Any = None, offload: str = "busy") -> None:
+        self.fleet, self.offload = fleet, offload
         self.timeout_s = timeout_s
         self.concurrency = concurrency
         self.queue = queue
@@ -125,12 +136,32 @@ class TraceService:
             self._executor.shutdown(wait=False, cancel_futures=True)
             self._executor = None
 
+    async def _on_fleet(self) -> bool:
+        """Whether this trace goes to the fleet's workers (see the module docstring)."""
+        if self.fleet is None or self.offload == "never":
+            return False
+        return self.offload == "always" or (self._slots.locked() and await self.fleet.workers() > 0)
+
     async def trace(self, req: PlanRequest) -> tuple[dict[str, Any], bool]:
-        """(result, cached). Raises TraceBusy, TraceTimeout, TraceUnsupported or TraceWorkerDied."""
+        """(result, cached). Raises TraceBusy, TraceTimeout, TraceUnsupported, TraceWorkerDied or (fleet)
+        TraceNoWorker."""
         key = req.model_dump_json()
         if key in self._cache:
             self._cache.move_to_end(key)
             return self._cache[key], True
+        if await self._on_fleet():
+            result, cached = await self.fleet.trace(key)
+        else:
+            result, cached = await self._local(key), False
+        if "unsupported" in result:
+            raise TraceUnsupported(result["unsupported"])
+        self._cache[key] = result
+        while len(self._cache) > CACHE_SIZE:
+            self._cache.popitem(last=False)
+        return result, cached
+
+    async def _local(self, key: str) -> dict[str, Any]:
+        """Run the trace of ``key`` in this process's pool."""
         if self._slots.locked() and self._waiting >= self.queue:
             raise TraceBusy(f"all {self.concurrency} trace worker(s) are busy and {self.queue} trace(s) wait; "
                             "retry shortly")
@@ -141,7 +172,7 @@ class TraceService:
             self._waiting -= 1
         try:
             pool = await self._pool()
-            future = asyncio.get_running_loop().run_in_executor(pool, _run, key)
+            future = asyncio.get_running_loop().run_in_executor(pool, run_trace_json, key)
             try:
                 result = await asyncio.wait_for(future, timeout=self.timeout_s)
             except TimeoutError:
@@ -156,12 +187,7 @@ class TraceService:
                 raise
         finally:
             self._slots.release()
-        if "unsupported" in result:
-            raise TraceUnsupported(result["unsupported"])
-        self._cache[key] = result
-        while len(self._cache) > CACHE_SIZE:
-            self._cache.popitem(last=False)
-        return result, False
+        return result
 
     def close(self) -> None:
         self._kill_pool()
