@@ -143,7 +143,7 @@ def test_fleet_trace_queue_is_bounded(cluster: Cluster) -> None:
         r = client.post("/api/v1/trace", json=SMALL)
         assert r.status_code == 503 and r.headers["retry-after"] == "30", r.text
         assert r.json()["detail"][0]["type"] == "no_worker" and "within 1 s" in r.json()["detail"][0]["msg"]
-        [(job_id, status, _)] = _trace_rows(url)
+        [(_, status, _)] = _trace_rows(url)
         assert status == "cancelled"  # final, never left queued for a worker to run for nobody
         store = PgJobStore(url)
         assert store.submit_trace({"model": "another replica's trace"}, 1) is not None
