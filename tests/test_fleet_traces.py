@@ -151,6 +151,12 @@ def test_fleet_trace_queue_is_bounded(cluster: Cluster) -> None:
         r = client.post("/api/v1/trace", json=SMALL)
         assert r.status_code == 429 and r.headers["retry-after"] == "5", r.text
         assert "1 trace(s) wait" in r.json()["detail"][0]["msg"]
+        # finished traces are kept as answers for a while, then pruned
+        with psycopg.connect(url) as conn:
+            conn.execute("UPDATE calibration_jobs SET finished_at = now() - interval '2 hours' WHERE status = "
+                         "'cancelled'")
+        assert store.prune_traces(3 * 3600) == 0 and store.prune_traces(3600) == 1
+        assert [row[1] for row in _trace_rows(url)] == ["queued", "queued"]
         store.close()
 
 

@@ -30,6 +30,7 @@ from app.jobs.pg import PgJobStore, StoreUnavailable, retrying
 
 log = logging.getLogger("peft_planner.worker")
 IDLE_WAIT_S = 1.0  # a slot with nothing to claim asks again after this long (DeviceWorker's wait)
+TRACE_KEEP_S = 7 * 86400.0  # finished fleet traces answer identical requests for a week, then are deleted
 
 
 class SlotStore:
@@ -146,7 +147,7 @@ class FleetWorker:
 class FleetDispatcher:
     """The API's side of a fleet (jobs run here only with ``worker_in_api``): cancellation through the store,
     and a periodic :meth:`PgJobStore.recover` so that a job whose worker died is requeued even when no worker
-    is left."""
+    is left (and old fleet traces are pruned)."""
 
     def __init__(self, store: PgJobStore, in_process: bool = False, timeout_s: float = 1800.0,
                  trace_timeout_s: float | None = None) -> None:
@@ -167,6 +168,7 @@ class FleetDispatcher:
         while not self._stop.wait(self.store.lease_s):
             try:
                 self.store.recover()
+                self.store.prune_traces(TRACE_KEEP_S)
             except StoreUnavailable:
                 continue
 

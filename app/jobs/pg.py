@@ -305,6 +305,11 @@ class PgJobStore:
             " ('done','queued','running') ORDER BY status='done' DESC, created_at DESC, seq DESC LIMIT 1",
             (Jsonb(request),)))
 
+    def prune_traces(self, keep_s: float) -> int:
+        """Delete traces that finished more than ``keep_s`` ago (the shared trace cache's horizon); how many."""
+        return self._count("DELETE FROM calibration_jobs WHERE kind='trace' AND finished_at < now() - "
+                           "make_interval(secs => %s)", (keep_s,))
+
     def trace_slots(self) -> int:
         """``cpu`` slots of live workers (a heartbeat within three leases) that take traces."""
         row = self._one(

@@ -41,8 +41,11 @@ class FleetTraces:
         self.store, self.trace_timeout_s, self.max_queued, self.wait_s = store, trace_timeout_s, max_queued, wait_s
 
     async def workers(self) -> int:
-        """Live worker slots that take traces."""
-        return await asyncio.to_thread(self.store.trace_slots)
+        """Live worker slots that take traces (0 while the database cannot be reached: the API traces itself)."""
+        try:
+            return await asyncio.to_thread(self.store.trace_slots)
+        except StoreUnavailable:
+            return 0
 
     async def trace(self, key: str) -> tuple[dict[str, Any], bool]:
         """(result, cached) for the canonical request JSON ``key``; raises TraceBusy, TraceNoWorker, TraceTimeout
