@@ -144,7 +144,7 @@ def _live_slots(url: str) -> int:
 
     store = PgJobStore(url)
     try:
-        return store.trace_slots()
+        return store.trace_load()[0]
     finally:
         store.close()
 

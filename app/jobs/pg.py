@@ -310,13 +310,15 @@ class PgJobStore:
         return self._count("DELETE FROM calibration_jobs WHERE kind='trace' AND finished_at < now() - "
                            "make_interval(secs => %s)", (keep_s,))
 
-    def trace_slots(self) -> int:
-        """``cpu`` slots of live workers (a heartbeat within three leases) that take traces."""
+    def trace_load(self) -> tuple[int, int]:
+        """(``cpu`` slots of live workers that take traces — a heartbeat within three leases —, traces queued
+        or running in the fleet)."""
         row = self._one(
-            "SELECT count(*) AS n FROM workers w, jsonb_array_elements(w.slots) s WHERE w.stopped_at IS NULL"
+            "SELECT (SELECT count(*) FROM workers w, jsonb_array_elements(w.slots) s WHERE w.stopped_at IS NULL"
             " AND w.last_heartbeat > now() - make_interval(secs => %s) AND s->>'device' = 'cpu'"
-            " AND COALESCE((s->>'traces')::boolean, true)", (3 * self.lease_s,))
-        return int(row["n"]) if row else 0
+            " AND COALESCE((s->>'traces')::boolean, true)) AS slots, (SELECT count(*) FROM calibration_jobs"
+            " WHERE kind='trace' AND status IN ('queued', 'running')) AS active", (3 * self.lease_s,))
+        return (int(row["slots"]), int(row["active"])) if row else (0, 0)
 
     # --- the lease API of fleet workers -----------------------------------------------------------------
     def claim(self, worker_id: str, gpu_id: str, device: str,

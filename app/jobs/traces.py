@@ -40,12 +40,13 @@ class FleetTraces:
     def __init__(self, store: PgJobStore, trace_timeout_s: float, max_queued: int, wait_s: float) -> None:
         self.store, self.trace_timeout_s, self.max_queued, self.wait_s = store, trace_timeout_s, max_queued, wait_s
 
-    async def workers(self) -> int:
-        """Live worker slots that take traces (0 while the database cannot be reached: the API traces itself)."""
+    async def load(self) -> tuple[int, int]:
+        """(live worker slots that take traces, traces queued or running on the fleet); (0, 0) while the database
+        cannot be reached (the API then traces itself)."""
         try:
-            return await asyncio.to_thread(self.store.trace_slots)
+            return await asyncio.to_thread(self.store.trace_load)
         except StoreUnavailable:
-            return 0
+            return 0, 0
 
     async def trace(self, key: str) -> tuple[dict[str, Any], bool]:
         """(result, cached) for the canonical request JSON ``key``; raises TraceBusy, TraceNoWorker, TraceTimeout

@@ -9,8 +9,10 @@ dies (killed, out of memory) is replaced by a fresh pool on the next trace. Work
 Results are cached by the request's canonical JSON.
 
 With a fleet (``fleet``: :class:`app.jobs.traces.FleetTraces`, PostgreSQL configured) a trace goes to the
-workers' shared queue instead when ``offload`` is ``always``, or when it is ``busy`` and every local worker is
-taken while a live worker slot takes traces; the answer is the same either way.
+workers' shared queue instead when ``offload`` is ``always``; with ``busy``, when every local worker is taken,
+live worker slots take traces, and the fleet has fewer traces waiting per slot than this process has per
+local worker (or the local queue is full): each trace waits where fewer are ahead of it. The answer is the
+same either way.
 """
 
 from __future__ import annotations
@@ -98,6 +100,7 @@ class TraceService:
         self.import_timeout_s = import_timeout_s
         self._slots = asyncio.Semaphore(concurrency)
         self._waiting = 0
+        self._on_workers = 0  # this process's traces on the fleet now
         self._cache: OrderedDict[str, dict[str, Any]] = OrderedDict()
         self._executor: ProcessPoolExecutor | None = None
 
@@ -137,10 +140,20 @@ class TraceService:
             self._executor = None
 
     async def _on_fleet(self) -> bool:
-        """Whether this trace goes to the fleet's workers (see the module docstring)."""
+        """Whether this trace goes to the fleet's workers (see the module docstring). The caller acts on the
+        answer before it next awaits, so concurrent requests see each other's choices in ``_waiting`` and
+        ``_on_workers`` (the database's count may not show this process's latest submissions yet)."""
         if self.fleet is None or self.offload == "never":
             return False
-        return self.offload == "always" or (self._slots.locked() and await self.fleet.workers() > 0)
+        if self.offload == "always":
+            return True
+        if not self._slots.locked():
+            return False
+        slots, active = await self.fleet.load()
+        if slots == 0:
+            return False
+        fleet_ahead = (max(active, self._on_workers) - slots) / slots  # negative: a worker slot is free
+        return fleet_ahead < self._waiting / self.concurrency or self._waiting >= self.queue
 
     async def trace(self, req: PlanRequest) -> tuple[dict[str, Any], bool]:
         """(result, cached). Raises TraceBusy, TraceTimeout, TraceUnsupported, TraceWorkerDied or (fleet)
@@ -150,7 +163,11 @@ class TraceService:
             self._cache.move_to_end(key)
             return self._cache[key], True
         if await self._on_fleet():
-            result, cached = await self.fleet.trace(key)
+            self._on_workers += 1
+            try:
+                result, cached = await self.fleet.trace(key)
+            finally:
+                self._on_workers -= 1
         else:
             result, cached = await self._local(key), False
         if "unsupported" in result:
