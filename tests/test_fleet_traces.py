@@ -156,7 +156,7 @@ def test_fleet_trace_queue_is_bounded(cluster: Cluster) -> None:
             conn.execute("UPDATE calibration_jobs SET finished_at = now() - interval '2 hours' WHERE status = "
                          "'cancelled'")
         assert store.prune_traces(3 * 3600) == 0 and store.prune_traces(3600) == 1
-        assert [row[1] for row in _trace_rows(url)] == ["queued", "queued"]
+        assert [row[1] for row in _trace_rows(url)] == ["queued"]  # the other replica's, waiting
         store.close()
 
 
@@ -188,3 +188,41 @@ def test_replicas_share_the_model_and_config_cache(cluster: Cluster, tmp_path: P
     assert builds == [(1,)]  # built once, by A; B read it (a second build would have counted 2)
     assert resolutions == (2,)  # PEFT's resolution of the request's targets, for LoRA and for DoRA
     assert hub_rows == [("test-org/olmo2-tiny", "main")]
+
+
+def test_busy_mode_sends_a_trace_where_fewer_wait(cluster: Cluster) -> None:
+    """PEFT_PLANNER_TRACE_ON_WORKERS=busy: local while a local trace worker is free; else to the fleet when fewer
+    traces wait per live worker slot there than per local worker here, or when the local queue is full."""
+    import asyncio
+
+    from app.jobs.traces import FleetTraces
+    from app.trace.service import TraceService
+
+    store = PgJobStore(create_database(cluster, "busy"), lease_s=2)
+    service = TraceService(timeout_s=60, concurrency=1, queue=2, fleet=FleetTraces(store, 60, 16, 60))
+
+    async def decide() -> bool:
+        return await service._on_fleet()
+
+    assert asyncio.run(decide()) is False  # a local worker is free
+    asyncio.run(service._slots.acquire())  # ... now it is busy
+    assert asyncio.run(decide()) is False  # no worker registered: wait locally
+    store.register_worker("w", "host", 1, {}, [{"device": "cpu", "gpu": "cpu", "traces": True},
+                                               {"device": "cuda:0", "gpu": "nvidia-l4", "traces": False}])
+    store.register_worker("gpu-only", "host", 2, {}, [{"device": "cpu", "gpu": "cpu", "traces": False}])
+    assert store.trace_load() == (1, 0)  # the cpu slot of "w" only
+    assert asyncio.run(decide()) is True  # its slot is free
+    store.submit_trace({"model": "x"}, 16)
+    assert asyncio.run(decide()) is False  # 0 ahead per slot there, 0 waiting here: stay
+    service._waiting = 1
+    assert asyncio.run(decide()) is True  # 1 waits here
+    store.submit_trace({"model": "y"}, 16)
+    assert asyncio.run(decide()) is False  # 1 ahead there too
+    service._waiting = 2  # the local queue is full: the fleet's own cap decides
+    assert asyncio.run(decide()) is True
+    service.offload = "never"
+    assert asyncio.run(decide()) is False
+    store.stop_worker("w")
+    service.offload = "busy"
+    assert store.trace_load() == (0, 2) and asyncio.run(decide()) is False
+    store.close()
