@@ -24,9 +24,12 @@ from collections import OrderedDict
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from app.core.request import PlanRequest
+
+if TYPE_CHECKING:
+    from app.jobs.traces import FleetTraces
 
 CACHE_SIZE = 128
 
@@ -92,7 +95,7 @@ def _running(pid: int) -> bool:
 
 class TraceService:
     def __init__(self, timeout_s: float, concurrency: int, queue: int = 0, import_timeout_s: float = 300.0,
-                 fleet: Any = None, offload: str = "busy") -> None:
+                 fleet: FleetTraces | None = None, offload: Literal["never", "busy", "always"] = "busy") -> None:
         self.fleet, self.offload = fleet, offload
         self.timeout_s = timeout_s
         self.concurrency = concurrency
