@@ -19,7 +19,8 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from pathlib import Path
+from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import psycopg
@@ -33,7 +34,7 @@ from app.settings import Settings, get_settings
 
 from .conftest import TINY_CONFIGS
 from .fleet_procs import Api, Worker, wait_for
-from .hub_standin import config_repo, running_hub
+from .hub_standin import StandInHub, config_repo, running_hub
 from .pgcluster import Cluster, create_database
 from .reference.generic import fine_tuner_model, peft_counts
 from .test_generic_path import OLMO2
@@ -88,49 +89,68 @@ def _trace_rows(url: str) -> list[tuple[Any, ...]]:
                             "ORDER BY seq").fetchall()
 
 
-@pytest.mark.slow
-def test_traces_run_on_cpu_workers_and_survive_a_kill(cluster: Cluster, tmp_path: Path) -> None:
+@dataclass
+class Fleet:
+    url: str
+    hub: StandInHub
+    workers: list[Worker]
+    apis: list[Api]
+
+
+@pytest.fixture(scope="module")
+def fleet(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
+    """Two CPU workers and two API replicas (each with its own HF_HOME: no shared disk cache) on one database,
+    and a stand-in Hub with a model outside the hand-written rules."""
+    work = tmp_path_factory.mktemp("fleet-traces")
     url = create_database(cluster, "traces")
-    env = {**ENV, "PEFT_PLANNER_DATABASE_URL": url}
-    procs: list[Any] = [Worker(env, tmp_path, "t0", "cpu"), Worker(env, tmp_path, "t1", "cpu")]
-    try:
-        api_a = Api(env, tmp_path, "api-a")
-        procs.append(api_a)
-        status, small = post(api_a, "/api/v1/trace", SMALL)
-        assert status == 200, small
-        assert small["cached"] is False
-        same_trace(small["trace"], reference(SMALL))
-        assert [r[1] for r in _trace_rows(url)] == ["done"]  # it ran on a worker, not in the API
+    with running_hub({"test-org/olmo2-tiny": config_repo(OLMO2, "olmo2")}) as hub:
+        env = {**ENV, "PEFT_PLANNER_DATABASE_URL": url, "HF_ENDPOINT": hub.url, "HF_HUB_OFFLINE": "0",
+               "NO_PROXY": "127.0.0.1", "no_proxy": "127.0.0.1"}
+        procs: list[Any] = []
+        try:
+            workers = [Worker(env, work, f"t{n}", "cpu") for n in range(2)]
+            procs.extend(workers)
+            for n in "ab":
+                procs.append(Api({**env, "HF_HOME": str(work / f"hf-{n}")}, work, f"api-{n}"))
+            yield Fleet(url, hub, workers, procs[2:])
+        finally:
+            for proc in procs:
+                proc.stop()
 
-        answer: dict[str, Any] = {}
-        client = threading.Thread(target=lambda: answer.update(zip(("status", "body"),
-                                                                   post(api_a, "/api/v1/trace", LONG), strict=True)))
-        client.start()
-        running = wait_for(lambda: [r for r in _trace_rows(url) if r[1] == "running"], 60, "the long trace to run",
-                           every_s=0.1)[0]
-        victim = next(w for w in procs[:2] if w.name == running[2])
-        time.sleep(1.0)  # into the trace (the other worker finished SMALL, so both warm processes are ready)
-        victim.kill9()
-        client.join(timeout=300)
-        assert answer.get("status") == 200, answer
-        same_trace(answer["body"]["trace"], reference(LONG))
-        with psycopg.connect(url) as conn:
-            attempts = conn.execute("SELECT worker_id, outcome FROM calibration_attempts WHERE job_id=%s "
-                                    "ORDER BY attempt", (running[0],)).fetchall()
-        survivor = next(w for w in procs[:2] if w is not victim)
-        assert attempts == [(victim.name, "lease expired"), (survivor.name, "done")]
 
-        # another replica: the same request from the shared store, not traced again
-        api_b = Api(env, tmp_path, "api-b")
-        procs.append(api_b)
-        status, again = post(api_b, "/api/v1/trace", LONG)
-        assert status == 200 and again["cached"] is True and again["trace"] == answer["body"]["trace"]
-        assert {k: v for k, v in again.items() if k != "cached"} == \
-            {k: v for k, v in answer["body"].items() if k != "cached"}
-        assert len(_trace_rows(url)) == 2
-    finally:
-        for proc in procs:
-            proc.stop()
+@pytest.mark.slow
+def test_traces_run_on_cpu_workers_and_survive_a_kill(fleet: Fleet) -> None:
+    url, (api_a, api_b) = fleet.url, fleet.apis
+    status, small = post(api_a, "/api/v1/trace", SMALL)
+    assert status == 200, small
+    assert small["cached"] is False
+    same_trace(small["trace"], reference(SMALL))
+    assert [r[1] for r in _trace_rows(url)] == ["done"]  # it ran on a worker, not in the API
+
+    answer: dict[str, Any] = {}
+    client = threading.Thread(target=lambda: answer.update(zip(("status", "body"),
+                                                               post(api_a, "/api/v1/trace", LONG), strict=True)))
+    client.start()
+    running = wait_for(lambda: [r for r in _trace_rows(url) if r[1] == "running"], 60, "the long trace to run",
+                       every_s=0.1)[0]
+    victim = next(w for w in fleet.workers if w.name == running[2])
+    time.sleep(1.0)  # into the trace (the other worker finished SMALL, so both warm processes are ready)
+    victim.kill9()
+    client.join(timeout=300)
+    assert answer.get("status") == 200, answer
+    same_trace(answer["body"]["trace"], reference(LONG))
+    with psycopg.connect(url) as conn:
+        attempts = conn.execute("SELECT worker_id, outcome FROM calibration_attempts WHERE job_id=%s "
+                                "ORDER BY attempt", (running[0],)).fetchall()
+    survivor = next(w for w in fleet.workers if w is not victim)
+    assert attempts == [(victim.name, "lease expired"), (survivor.name, "done")]
+
+    # another replica: the same request from the shared store, not traced again
+    status, again = post(api_b, "/api/v1/trace", LONG)
+    assert status == 200 and again["cached"] is True and again["trace"] == answer["body"]["trace"]
+    assert {k: v for k, v in again.items() if k != "cached"} == \
+        {k: v for k, v in answer["body"].items() if k != "cached"}
+    assert len(_trace_rows(url)) == 2
 
 
 def test_fleet_trace_queue_is_bounded(cluster: Cluster) -> None:
@@ -160,28 +180,17 @@ def test_fleet_trace_queue_is_bounded(cluster: Cluster) -> None:
         store.close()
 
 
-@pytest.mark.slow
-def test_replicas_share_the_model_and_config_cache(cluster: Cluster, tmp_path: Path) -> None:
-    url = create_database(cluster, "cache")
+def test_replicas_share_the_model_and_config_cache(fleet: Fleet) -> None:
     body = {"model": "test-org/olmo2-tiny", "method": "lora", "lora": {"r": 16, "target_modules": "all-linear"}}
-    with running_hub({"test-org/olmo2-tiny": config_repo(OLMO2, "olmo2")}) as hub:
-        env = {**ENV, "PEFT_PLANNER_DATABASE_URL": url, "HF_ENDPOINT": hub.url, "HF_HUB_OFFLINE": "0",
-               "NO_PROXY": "127.0.0.1", "no_proxy": "127.0.0.1"}
-        # separate HF_HOME: replica B has no copy of the config on its disk
-        apis = [Api({**env, "HF_HOME": str(tmp_path / f"hf-{n}")}, tmp_path, f"cache-{n}") for n in "ab"]
-        try:
-            first = apis[0].call("POST", "/api/v1/estimate", body)
-            asked = len(hub.requests)
-            assert asked > 0
-            second = apis[1].call("POST", "/api/v1/estimate", body)
-            assert second == first
-            assert len(hub.requests) == asked  # B did not ask the Hub
-        finally:
-            for api in apis:
-                api.stop()
+    first = fleet.apis[0].call("POST", "/api/v1/estimate", body)
+    asked = len(fleet.hub.requests)
+    assert asked > 0
+    second = fleet.apis[1].call("POST", "/api/v1/estimate", body)
+    assert second == first
+    assert len(fleet.hub.requests) == asked  # B did not ask the Hub
     trainable, all_params = peft_counts(fine_tuner_model(OLMO2), r=16, target_modules="all-linear")
     assert (first["parameters"]["trainable"], first["parameters"]["all_params"]) == (trainable, all_params)
-    with psycopg.connect(url) as conn:
+    with psycopg.connect(fleet.url) as conn:
         builds = conn.execute("SELECT builds FROM generic_inventories").fetchall()
         resolutions = conn.execute("SELECT count(*) FROM generic_resolutions").fetchone()
         hub_rows = conn.execute("SELECT repo_id, revision FROM hub_configs").fetchall()
