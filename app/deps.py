@@ -15,11 +15,19 @@ SettingsDep = Annotated[Settings, Depends(get_settings)]
 
 
 def get_trace_service(request: Request, settings: SettingsDep) -> TraceService:
-    """One trace service per app, created on first use (no torch import until a trace runs)."""
+    """One trace service per app, created on first use (no torch import until a trace runs); with a database URL
+    it can hand traces to the fleet's workers (app/jobs/traces.py)."""
     service = getattr(request.app.state, "trace_service", None)
     if service is None:
+        fleet = None
+        if settings.database_url and settings.trace_on_workers != "never":
+            from app.jobs import pg_store
+            from app.jobs.traces import FleetTraces
+
+            fleet = FleetTraces(pg_store(settings), settings.trace_timeout_s, settings.trace_fleet_queue,
+                                settings.trace_fleet_wait_s)
         service = TraceService(settings.trace_timeout_s, settings.trace_concurrency, settings.trace_queue,
-                               settings.trace_import_timeout_s)
+                               settings.trace_import_timeout_s, fleet=fleet, offload=settings.trace_on_workers)
         request.app.state.trace_service = service
     return service
 

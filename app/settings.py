@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -32,6 +33,13 @@ class Settings(BaseSettings):
     trace_import_timeout_s: float = Field(300.0, gt=0, description="limit (s) for a new trace worker's imports")
     trace_concurrency: int = Field(1, ge=1, description="trace worker processes")
     trace_queue: int = Field(2, ge=0, description="traces that may wait for a worker; more get 429")
+    trace_on_workers: Literal["never", "busy", "always"] = Field(
+        "busy", description="with database_url: traces run on the fleet's cpu worker slots when the API's own "
+        "trace workers are all busy (busy), always, or never (docs/deployment.md)")
+    trace_fleet_queue: int = Field(16, ge=0, description="with database_url: traces that may wait in the shared "
+                                   "queue for a worker; more get 429")
+    trace_fleet_wait_s: float = Field(60.0, gt=0, description="with database_url: how long a queued trace waits for "
+                                      "a worker to take it; then it is cancelled (503)")
     estimate_workers: int = Field(4, ge=1, description="estimates and page renders computed at once (threads); "
                                   "answers from the response cache do not count")
     estimate_queue: int = Field(64, ge=0, description="estimates/page renders that may wait; more get 429")

@@ -85,7 +85,8 @@ def workers_for(store: Any, settings: Settings) -> Any:
         return CalibrationWorkers(store, settings.calibration_timeout_s)
     from app.jobs.fleet import FleetDispatcher
 
-    return FleetDispatcher(store, in_process=settings.worker_in_api, timeout_s=settings.calibration_timeout_s)
+    return FleetDispatcher(store, in_process=settings.worker_in_api, timeout_s=settings.calibration_timeout_s,
+                           trace_timeout_s=settings.trace_timeout_s)
 
 
 class CalibrationService:

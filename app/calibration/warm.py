@@ -30,10 +30,12 @@ def _serve(inbox: Any, out: Any) -> None:
 
     if sys.platform == "linux":  # PR_SET_PDEATHSIG = 1 (prctl(2)): a kill -9 of the worker ends this too
         ctypes.CDLL(None).prctl(1, signal.SIGKILL)
-    import peft  # noqa: F401  (the imports every job needs, before the first freeze)
+    import bitsandbytes  # noqa: F401  (the imports every job needs, before the first freeze)
+    import peft  # noqa: F401
     import transformers  # noqa: F401
 
-    import app.calibration.measure  # noqa: F401
+    import app.calibration.measure
+    import app.trace.engine  # noqa: F401  (a fleet's traces: their clock starts after the imports, as in the API)
 
     gc.collect()
     gc.freeze()

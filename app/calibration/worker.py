@@ -24,13 +24,20 @@ from app.calibration.store import JobStore
 POLL_S = 0.2
 
 
-def _child(request_json: str, device: str, warmup_steps: int, measure_steps: int, model_dir: str | None,
+def _child(kind: str, request_json: str, device: str, warmup_steps: int, measure_steps: int, model_dir: str | None,
            out: Any) -> None:
-    """Worker-process entry point: run one calibration, stream progress, send the result or the error."""
+    """Worker-process entry point: run one job (a calibration, streaming progress, or a trace of a fleet's
+    ``POST /api/v1/trace``: :func:`app.trace.service.run_trace_json`, as the API's own trace worker runs it) and
+    send the result or the error."""
     from app.supervision import die_with_parent
 
     die_with_parent()
     try:
+        if kind == "trace":
+            from app.trace.service import run_trace_json
+
+            out.put(("result", run_trace_json(request_json)))
+            return
         from app.calibration.measure import calibrate
         from app.core.request import PlanRequest
 
@@ -43,15 +50,18 @@ def _child(request_json: str, device: str, warmup_steps: int, measure_steps: int
         out.put(("error", f"{type(exc).__name__}: {exc}", tb[-4000:]))
 
 
-def job_args(job: dict[str, Any]) -> tuple[str, str, int, int, str | None]:
-    """:func:`_child`'s arguments for ``job`` (before the queue)."""
-    return (json.dumps(job["request"]), job["device"], job["warmup_steps"], job["measure_steps"], job["model_dir"])
+def job_args(job: dict[str, Any]) -> tuple[str, str, str, int, int, str | None]:
+    """:func:`_child`'s arguments for ``job`` (before the queue); jobs of the SQLite store are calibrations."""
+    return (job.get("kind", "calibration"), json.dumps(job["request"]), job["device"], job["warmup_steps"],
+            job["measure_steps"], job["model_dir"])
 
 
 class DeviceWorker(threading.Thread):
-    def __init__(self, store: JobStore, device: str, timeout_s: float) -> None:
+    def __init__(self, store: JobStore, device: str, timeout_s: float, trace_timeout_s: float | None = None) -> None:
+        """``timeout_s`` bounds a calibration, ``trace_timeout_s`` a trace (fleet workers only)."""
         super().__init__(name=f"calibration-{device}", daemon=True)
         self.store, self.device, self.timeout_s = store, device, timeout_s
+        self.trace_timeout_s = trace_timeout_s if trace_timeout_s is not None else timeout_s
         self.wake = threading.Event()
         self.stopping = threading.Event()
         self.current: str | None = None
@@ -107,7 +117,9 @@ class DeviceWorker(threading.Thread):
 
     def _run_job(self, job: dict[str, Any]) -> None:
         proc, out = self._launch(job)
-        deadline = time.monotonic() + self.timeout_s
+        trace = job.get("kind") == "trace"
+        limit_s = self.trace_timeout_s if trace else self.timeout_s
+        deadline = time.monotonic() + limit_s
         job_id = job["id"]
         pending: Any = None
         checked = time.monotonic()
@@ -150,9 +162,10 @@ class DeviceWorker(threading.Thread):
                     return
                 if time.monotonic() > deadline:
                     self._kill(proc)
+                    what = ("trace", "TRACE") if trace else ("calibration", "CALIBRATION")
                     self.store.finish(job_id, "failed", progress_text="timed out",
-                                      error=f"the calibration ran past the per-job timeout of {self.timeout_s:g} s "
-                                            "(PEFT_PLANNER_CALIBRATION_TIMEOUT_S) and its worker process was killed")
+                                      error=f"the {what[0]} ran past the per-job timeout of {limit_s:g} s "
+                                            f"(PEFT_PLANNER_{what[1]}_TIMEOUT_S) and its worker process was killed")
                     return
                 if msg is None and not proc.is_alive():
                     with contextlib.suppress(queue_mod.Empty):  # a last message may still be in the pipe

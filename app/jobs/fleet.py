@@ -30,13 +30,15 @@ from app.jobs.pg import PgJobStore, StoreUnavailable, retrying
 
 log = logging.getLogger("peft_planner.worker")
 IDLE_WAIT_S = 1.0  # a slot with nothing to claim asks again after this long (DeviceWorker's wait)
+TRACE_KEEP_S = 7 * 86400.0  # finished fleet traces answer identical requests for a week, then are deleted
 
 
 class SlotStore:
     """The JobStore face that one slot's :class:`DeviceWorker` sees (see the module docstring)."""
 
-    def __init__(self, store: PgJobStore, worker_id: str, gpu_id: str, device: str) -> None:
-        self.store, self.worker_id, self.gpu_id, self.device = store, worker_id, gpu_id, device
+    def __init__(self, store: PgJobStore, worker_id: str, gpu_id: str, device: str,
+                 kinds: tuple[str, ...] = ("calibration",)) -> None:
+        self.store, self.worker_id, self.gpu_id, self.device, self.kinds = store, worker_id, gpu_id, device, kinds
         self.job_id: str | None = None
         self.token: str | None = None
         self.lost = threading.Event()
@@ -45,7 +47,7 @@ class SlotStore:
     def claim_next(self, device: str) -> dict[str, Any] | None:
         try:
             self.store.recover()
-            job = self.store.claim(self.worker_id, self.gpu_id, self.device)
+            job = self.store.claim(self.worker_id, self.gpu_id, self.device, self.kinds)
         except StoreUnavailable as exc:
             log.warning("slot %s: %s", self.device, exc)
             time.sleep(IDLE_WAIT_S)
@@ -54,7 +56,8 @@ class SlotStore:
             self.lost.clear()
             self.job_id, self.token = job["id"], job.pop("lease_token")
             job["device"] = self.device  # a GPU job runs on this slot's cuda:N
-            log.info("slot %s (%s): claimed %s (attempt %s)", self.device, self.gpu_id, job["id"], job["attempts"])
+            log.info("slot %s (%s): claimed %s %s (attempt %s)", self.device, self.gpu_id, job["kind"], job["id"],
+                     job["attempts"])
         return job
 
     def progress(self, job_id: str, percent: float, text: str) -> None:
@@ -89,13 +92,17 @@ class FleetWorker:
     """This process's slots, their heartbeat and its registry row."""
 
     def __init__(self, store: PgJobStore, slots: list[dict[str, Any]], timeout_s: float,
-                 worker_id: str | None = None) -> None:
+                 worker_id: str | None = None, traces: bool = True, trace_timeout_s: float | None = None) -> None:
+        """``traces``: the ``cpu`` slots also take the fleet's traces (``POST /api/v1/trace``, app/jobs/traces.py),
+        each bounded by ``trace_timeout_s``; GPU slots run calibrations only."""
         self.store = store
         self.host = socket.gethostname()
         self.worker_id = worker_id or f"{self.host}-{os.getpid()}"
-        self.slots_info = slots
-        self.slots = [SlotStore(store, self.worker_id, s["gpu"], s["device"]) for s in slots]
-        self.loops = [worker_class(slot.device)(slot, slot.device, timeout_s)  # type: ignore[arg-type]
+        self.slots_info = [{**s, "traces": traces and s["device"] == "cpu"} for s in slots]
+        self.slots = [SlotStore(store, self.worker_id, s["gpu"], s["device"],
+                                ("calibration", "trace") if s["traces"] else ("calibration",))
+                      for s in self.slots_info]
+        self.loops = [worker_class(slot.device)(slot, slot.device, timeout_s, trace_timeout_s)  # type: ignore[arg-type]
                       for slot in self.slots]
         self.stopping = threading.Event()
         self._beat = threading.Thread(target=self._heartbeat, name="heartbeat", daemon=True)
@@ -140,15 +147,16 @@ class FleetWorker:
 class FleetDispatcher:
     """The API's side of a fleet (jobs run here only with ``worker_in_api``): cancellation through the store,
     and a periodic :meth:`PgJobStore.recover` so that a job whose worker died is requeued even when no worker
-    is left."""
+    is left (and old fleet traces are pruned)."""
 
-    def __init__(self, store: PgJobStore, in_process: bool = False, timeout_s: float = 1800.0) -> None:
+    def __init__(self, store: PgJobStore, in_process: bool = False, timeout_s: float = 1800.0,
+                 trace_timeout_s: float | None = None) -> None:
         from app.jobs.worker_cli import configured_slots
 
         self.store = store
         self._stop = threading.Event()
         self._reaper = threading.Thread(target=self._reap, name="lease-reaper", daemon=True)
-        self.local = (FleetWorker(store, configured_slots(), timeout_s,
+        self.local = (FleetWorker(store, configured_slots(), timeout_s, trace_timeout_s=trace_timeout_s,
                                   worker_id=f"{socket.gethostname()}-{os.getpid()}-api") if in_process else None)
 
     def start(self) -> None:
@@ -160,6 +168,7 @@ class FleetDispatcher:
         while not self._stop.wait(self.store.lease_s):
             try:
                 self.store.recover()
+                self.store.prune_traces(TRACE_KEEP_S)
             except StoreUnavailable:
                 continue
 

@@ -99,11 +99,49 @@ MIGRATIONS: tuple[str, ...] = (
         slots JSONB NOT NULL
     );
     """,
+    # 2: traces (POST /api/v1/trace) are jobs of the same queue, told apart by ``kind``; a trace's request is
+    # looked up by equality (the shared trace cache and "join the trace already queued"): a hash index.
+    """
+    ALTER TABLE calibration_jobs ADD COLUMN kind TEXT NOT NULL DEFAULT 'calibration'
+        CHECK (kind IN ('calibration', 'trace'));
+    DROP INDEX calibration_jobs_created;
+    DROP INDEX calibration_jobs_queued;
+    CREATE INDEX calibration_jobs_created ON calibration_jobs (kind, created_at DESC, seq DESC);
+    CREATE INDEX calibration_jobs_queued ON calibration_jobs (kind, created_at, seq) WHERE status = 'queued';
+    CREATE INDEX calibration_jobs_trace_request ON calibration_jobs USING hash (request) WHERE kind = 'trace';
+    """,
+    # 3: the model/config cache shared by replicas (app/models/shared_cache.py): generic inventories and PEFT
+    # resolutions as the SQLite store keeps them (canonical JSON text), and Hub config.json files.
+    """
+    CREATE TABLE generic_inventories (
+        key TEXT PRIMARY KEY,
+        data TEXT NOT NULL,
+        builds INTEGER NOT NULL DEFAULT 1,
+        updated_at TIMESTAMPTZ NOT NULL DEFAULT now()
+    );
+    CREATE TABLE generic_resolutions (
+        key TEXT NOT NULL,
+        target TEXT NOT NULL,
+        data TEXT NOT NULL,
+        PRIMARY KEY (key, target)
+    );
+    CREATE TABLE hub_configs (
+        endpoint TEXT NOT NULL,
+        repo_id TEXT NOT NULL,
+        revision TEXT NOT NULL,
+        commit_sha TEXT,
+        config TEXT NOT NULL,
+        origin TEXT NOT NULL,
+        fetched_at TIMESTAMPTZ NOT NULL DEFAULT now(),
+        PRIMARY KEY (endpoint, repo_id, revision)
+    );
+    """,
 )
+KINDS = ("calibration", "trace")
 
 _JOB_COLUMNS = ("id, created_at, started_at, finished_at, status, progress_text, progress_percent, request, device, "
                 "warmup_steps, measure_steps, model_dir, result, error, estimate, wanted_gpu, worker_id, worker_gpu, "
-                "attempts")
+                "attempts, kind")
 
 
 class StoreUnavailable(Exception):
@@ -138,7 +176,7 @@ class PgJobStore:
         self._pool.close()
 
     @contextmanager
-    def _tx(self) -> Iterator[psycopg.Connection[dict[str, Any]]]:
+    def transaction(self) -> Iterator[psycopg.Connection[dict[str, Any]]]:
         """A connection from the pool inside one transaction; connection failures → :class:`StoreUnavailable`."""
         try:
             with self._pool.connection() as conn, conn.transaction():
@@ -147,20 +185,20 @@ class PgJobStore:
             raise StoreUnavailable(f"the job database is unavailable: {type(exc).__name__}: {exc}") from exc
 
     def _one(self, sql: str, args: dict[str, Any] | tuple[Any, ...] = ()) -> dict[str, Any] | None:
-        with self._tx() as conn:
+        with self.transaction() as conn:
             return conn.execute(sql, args).fetchone()
 
     def _all(self, sql: str, args: dict[str, Any] | tuple[Any, ...] = ()) -> list[dict[str, Any]]:
-        with self._tx() as conn:
+        with self.transaction() as conn:
             return conn.execute(sql, args).fetchall()
 
     def _count(self, sql: str, args: dict[str, Any] | tuple[Any, ...] = ()) -> int:
-        with self._tx() as conn:
+        with self.transaction() as conn:
             return conn.execute(sql, args).rowcount
 
     def migrate(self) -> int:
         """Apply the migrations this database lacks; returns how many. Safe with many replicas at once."""
-        with self._tx() as conn:
+        with self.transaction() as conn:
             conn.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK,))
             conn.execute("CREATE TABLE IF NOT EXISTS peft_planner_schema (version INTEGER NOT NULL)")
             row = conn.execute("SELECT max(version) AS v FROM peft_planner_schema").fetchone()
@@ -193,7 +231,7 @@ class PgJobStore:
         job's current one (a worker whose lease expired cannot complete a job another worker now runs)."""
         if status not in FINAL:
             raise ValueError(f"not a final status: {status}")
-        with self._tx() as conn:
+        with self.transaction() as conn:
             row = conn.execute(
                 "UPDATE calibration_jobs SET status=%(status)s, finished_at=now(), result=%(result)s, error=%(error)s,"
                 " progress_text=COALESCE(%(text)s, progress_text), lease_token=NULL, lease_expires_at=NULL,"
@@ -216,7 +254,7 @@ class PgJobStore:
     def recover(self) -> int:
         """Jobs whose lease expired (their worker stopped heartbeating) go back to the queue while attempts are
         left, else become ``interrupted``. Returns how many were touched. Any process may run it at any time."""
-        with self._tx() as conn:
+        with self.transaction() as conn:
             rows = conn.execute(
                 "UPDATE calibration_jobs SET status=CASE WHEN attempts < %(max)s THEN 'queued' ELSE 'interrupted' END,"
                 " finished_at=CASE WHEN attempts < %(max)s THEN NULL ELSE now() END,"
@@ -231,31 +269,69 @@ class PgJobStore:
                              "ended_at IS NULL AND job_id = ANY(%s)", ([r["id"] for r in rows],))
             return len(rows)
 
-    def get(self, job_id: str) -> dict[str, Any] | None:
-        return _job(self._one(f"SELECT {_JOB_COLUMNS} FROM calibration_jobs WHERE id=%s", (job_id,)))
+    def get(self, job_id: str, kind: str = "calibration") -> dict[str, Any] | None:
+        """The job ``job_id`` of ``kind`` (the calibration API never sees traces, nor the trace path calibrations)."""
+        return _job(self._one(f"SELECT {_JOB_COLUMNS} FROM calibration_jobs WHERE id=%s AND kind=%s", (job_id, kind)))
 
     def list(self, limit: int = 50, offset: int = 0) -> list[dict[str, Any]]:
-        rows = self._all(f"SELECT {_JOB_COLUMNS} FROM calibration_jobs ORDER BY created_at DESC, seq DESC "
-                         "LIMIT %s OFFSET %s", (limit, offset))
+        rows = self._all(f"SELECT {_JOB_COLUMNS} FROM calibration_jobs WHERE kind='calibration' "
+                         "ORDER BY created_at DESC, seq DESC LIMIT %s OFFSET %s", (limit, offset))
         return [_job(r) for r in rows]  # type: ignore[misc]
 
     def count(self) -> int:
-        row = self._one("SELECT count(*) AS n FROM calibration_jobs")
+        row = self._one("SELECT count(*) AS n FROM calibration_jobs WHERE kind='calibration'")
         return int(row["n"]) if row else 0
 
     def queued_devices(self) -> list[str]:
-        return [r["device"] for r in self._all("SELECT DISTINCT device FROM calibration_jobs WHERE status='queued'")]
+        return [r["device"] for r in self._all("SELECT DISTINCT device FROM calibration_jobs WHERE status='queued' "
+                                               "AND kind='calibration'")]
+
+    # --- traces (app/jobs/traces.py) -------------------------------------------------------------------
+    def submit_trace(self, request: dict[str, Any], max_queued: int) -> str | None:
+        """Queue a trace of ``request`` unless ``max_queued`` traces already wait (then None). The count and the
+        insert are one statement; replicas racing at the limit may overshoot it by one each."""
+        job_id = str(uuid.uuid4())
+        inserted = self._count(
+            "INSERT INTO calibration_jobs (id, kind, status, request, device, warmup_steps, measure_steps)"
+            " SELECT %s, 'trace', 'queued', %s, 'cpu', 0, 0 WHERE (SELECT count(*) FROM calibration_jobs"
+            " WHERE kind='trace' AND status='queued') < %s", (job_id, Jsonb(request), max_queued))
+        return job_id if inserted else None
+
+    def find_trace(self, request: dict[str, Any]) -> dict[str, Any] | None:
+        """The trace of this exact request that is done (newest first), else one queued or running; None if
+        neither (failed, cancelled and interrupted traces are not reused)."""
+        return _job(self._one(
+            f"SELECT {_JOB_COLUMNS} FROM calibration_jobs WHERE kind='trace' AND request=%s AND status IN"
+            " ('done','queued','running') ORDER BY status='done' DESC, created_at DESC, seq DESC LIMIT 1",
+            (Jsonb(request),)))
+
+    def prune_traces(self, keep_s: float) -> int:
+        """Delete traces that finished more than ``keep_s`` ago (the shared trace cache's horizon); how many."""
+        return self._count("DELETE FROM calibration_jobs WHERE kind='trace' AND finished_at < now() - "
+                           "make_interval(secs => %s)", (keep_s,))
+
+    def trace_load(self) -> tuple[int, int]:
+        """(``cpu`` slots of live workers that take traces — a heartbeat within three leases —, traces queued
+        or running in the fleet)."""
+        row = self._one(
+            "SELECT (SELECT count(*) FROM workers w, jsonb_array_elements(w.slots) s WHERE w.stopped_at IS NULL"
+            " AND w.last_heartbeat > now() - make_interval(secs => %s) AND s->>'device' = 'cpu'"
+            " AND COALESCE((s->>'traces')::boolean, true)) AS slots, (SELECT count(*) FROM calibration_jobs"
+            " WHERE kind='trace' AND status IN ('queued', 'running')) AS active", (3 * self.lease_s,))
+        return (int(row["slots"]), int(row["active"])) if row else (0, 0)
 
     # --- the lease API of fleet workers -----------------------------------------------------------------
-    def claim(self, worker_id: str, gpu_id: str, device: str) -> dict[str, Any] | None:
-        """Take the oldest queued job that a slot with catalog GPU ``gpu_id`` on local ``device`` ('cpu' or
-        'cuda:N') may run: the job's device kind matches and it wants this GPU or any. The returned job has a
-        ``lease_token``; its ``device`` stays the requested one."""
+    def claim(self, worker_id: str, gpu_id: str, device: str,
+              kinds: tuple[str, ...] = ("calibration",)) -> dict[str, Any] | None:
+        """Take the oldest queued job of ``kinds`` that a slot with catalog GPU ``gpu_id`` on local ``device``
+        ('cpu' or 'cuda:N') may run: the job's device kind matches and it wants this GPU or any (a trace is a
+        ``cpu`` job that wants any). The returned job has a ``lease_token``; its ``device`` stays the requested
+        one."""
         token = secrets.token_hex(16)
-        with self._tx() as conn:
+        with self.transaction() as conn:
             row = conn.execute(
                 "WITH next AS (SELECT id FROM calibration_jobs WHERE status='queued'"
-                " AND (device='cpu') = %(cpu)s AND (wanted_gpu IS NULL OR wanted_gpu=%(gpu)s)"
+                " AND kind = ANY(%(kinds)s) AND (device='cpu') = %(cpu)s AND (wanted_gpu IS NULL OR wanted_gpu=%(gpu)s)"
                 " ORDER BY created_at, seq LIMIT 1 FOR UPDATE SKIP LOCKED)"
                 " UPDATE calibration_jobs j SET status='running', started_at=now(), attempts=j.attempts+1,"
                 " worker_id=%(worker)s, worker_gpu=%(gpu)s, lease_token=%(token)s,"
@@ -264,7 +340,7 @@ class PgJobStore:
                 f" FROM next WHERE j.id=next.id RETURNING {', '.join('j.' + c for c in _JOB_COLUMNS.split(', '))},"
                 " j.lease_token",
                 {"cpu": device == "cpu", "gpu": gpu_id, "worker": worker_id, "token": token,
-                 "lease": self.lease_s}).fetchone()
+                 "lease": self.lease_s, "kinds": list(kinds)}).fetchone()
             if row is not None:
                 conn.execute("INSERT INTO calibration_attempts (job_id, attempt, token, worker_id, worker_gpu) "
                              "VALUES (%s, %s, %s, %s, %s)", (row["id"], row["attempts"], token, worker_id, gpu_id))
@@ -273,7 +349,7 @@ class PgJobStore:
     def release(self, job_id: str, token: str, reason: str) -> bool:
         """A worker that stops gracefully gives its job back (queued again, or ``interrupted`` when it has used
         its attempts)."""
-        with self._tx() as conn:
+        with self.transaction() as conn:
             row = conn.execute(
                 "UPDATE calibration_jobs SET status=CASE WHEN attempts < %(max)s THEN 'queued' ELSE 'interrupted' END,"
                 " finished_at=CASE WHEN attempts < %(max)s THEN NULL ELSE now() END,"
@@ -288,7 +364,7 @@ class PgJobStore:
 
     def heartbeat(self, worker_id: str, tokens: list[str]) -> set[str]:
         """Extend the worker's leases; returns the tokens it still holds (a missing one: cancelled or expired)."""
-        with self._tx() as conn:
+        with self.transaction() as conn:
             conn.execute("UPDATE workers SET last_heartbeat=now(), stopped_at=NULL WHERE id=%s", (worker_id,))
             rows = conn.execute(
                 "UPDATE calibration_jobs SET lease_expires_at=now() + make_interval(secs => %s) "
@@ -310,9 +386,10 @@ class PgJobStore:
         """Registered workers, newest heartbeat first, each with its slots' current job (from the leases) and a
         state: ``stopped`` (said goodbye), ``lost`` (no heartbeat for 3 leases), ``busy`` or ``idle``."""
         rows = self._all(
-            "SELECT w.*, now() AS db_now, COALESCE((SELECT json_agg(json_build_object('id', j.id, 'gpu', j.worker_gpu,"
-            " 'progress', j.progress_percent)) FROM calibration_jobs j WHERE j.worker_id=w.id AND j.status='running'),"
-            " '[]') AS running FROM workers w ORDER BY w.last_heartbeat DESC LIMIT %s", (limit,))
+            "SELECT w.*, now() AS db_now, COALESCE((SELECT json_agg(json_build_object('id', j.id, 'kind', j.kind,"
+            " 'gpu', j.worker_gpu, 'progress', j.progress_percent)) FROM calibration_jobs j WHERE j.worker_id=w.id"
+            " AND j.status='running'), '[]') AS running FROM workers w ORDER BY w.last_heartbeat DESC LIMIT %s",
+            (limit,))
         out = []
         for row in rows:
             silent_s = (row.pop("db_now") - row["last_heartbeat"]).total_seconds()

@@ -1,11 +1,12 @@
-"""``peft-planner worker [--gpu ID[=DEVICE] ...] [--name NAME]``: a calibration worker for a shared store.
+"""``peft-planner worker [--gpu ID[=DEVICE] ...] [--name NAME] [--no-traces]``: a worker for a shared store.
 
 Needs ``PEFT_PLANNER_DATABASE_URL`` (or ``--database-url``). Without ``--gpu`` the node's CUDA devices are
 detected in a short-lived spawned process (torch is not imported here) and named by their catalog id
 (:func:`app.jobs.gpus.catalog_gpu_id`); a node without CUDA runs one ``cpu`` slot. ``--gpu nvidia-l4``
 (no device) advertises a catalog id on a ``cpu`` slot: CPU calibrations for tests and demos. The same list
-can come from ``PEFT_PLANNER_WORKER_GPUS`` (comma-separated). Stops cleanly on SIGTERM/SIGINT (running jobs
-are given back to the queue). See docs/deployment.md.
+can come from ``PEFT_PLANNER_WORKER_GPUS`` (comma-separated). ``cpu`` slots also run the fleet's traces
+(``POST /api/v1/trace`` offloaded by the API, app/jobs/traces.py) unless ``--no-traces``. Stops cleanly on
+SIGTERM/SIGINT (running jobs are given back to the queue). See docs/deployment.md.
 """
 
 from __future__ import annotations
@@ -82,6 +83,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="a slot: catalog GPU id (or cpu) and its device (default cpu); repeat per GPU; "
                              "default: detect ($PEFT_PLANNER_WORKER_GPUS)")
     parser.add_argument("--name", help="worker id in the registry (default: HOST-PID)")
+    parser.add_argument("--traces", action=argparse.BooleanOptionalAction, default=True,
+                        help="cpu slots also run traces offloaded by the API (default: yes)")
     args = parser.parse_args(argv)
     if not args.database_url:
         parser.error("set PEFT_PLANNER_DATABASE_URL or --database-url (postgresql://…)")
@@ -94,7 +97,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     settings = get_settings().model_copy(update={"database_url": args.database_url})
     slots = configured_slots(args.gpu or ())
     store = pg_store(settings)
-    worker = FleetWorker(store, slots, settings.calibration_timeout_s, worker_id=args.name)
+    worker = FleetWorker(store, slots, settings.calibration_timeout_s, worker_id=args.name, traces=args.traces,
+                         trace_timeout_s=settings.trace_timeout_s)
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())

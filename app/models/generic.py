@@ -6,8 +6,10 @@ config the hand-written rules cover it does nothing. Otherwise it makes sure the
 target spec (both DoRA and plain LoRA, so the page's method comparison and ``fit`` need nothing more):
 
 1. in memory (the registry): free;
-2. in the persistent store (SQLite under ``var/``, keyed by sha256 of the canonical config, the target spec
-   and the library versions): one indexed read, what a catalog model costs after its first parse;
+2. in the persistent store (SQLite under ``var/``, or PostgreSQL shared by API replicas when
+   ``PEFT_PLANNER_DATABASE_URL`` is set: :mod:`app.models.shared_cache`; keyed by sha256 of the canonical
+   config, the target spec and the library versions): one indexed read, what a catalog model costs after its
+   first parse;
 3. else built from the real libraries by :func:`app.models.build.build` in a spawned worker process, one
    build at a time, stopped after ``generic_timeout_s`` and refused beyond ``generic_max_modules``.
 """
@@ -21,7 +23,7 @@ import threading
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from concurrent.futures.process import BrokenProcessPool
-from contextlib import closing
+from contextlib import AbstractContextManager, closing, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -82,9 +84,22 @@ class GenericStore:
             db.executemany("INSERT OR REPLACE INTO resolutions VALUES (?, ?, ?)",
                            [(key, t, canonical_json(d)) for t, d in resolutions.items()])
 
+    def building(self, key: str) -> AbstractContextManager[None]:
+        """Held while ``key`` is looked up and built: on one machine ``_LOCK`` serialises builds already (the
+        PostgreSQL store locks across replicas)."""
+        return nullcontext()
 
-def _store() -> GenericStore:
-    return GenericStore(get_settings().generic_cache_path)
+
+def _store() -> Any:
+    """The configured store: :class:`GenericStore`, or with a database URL the fleet's
+    :class:`app.models.shared_cache.PgGenericStore` (same methods)."""
+    settings = get_settings()
+    if settings.database_url:
+        from app.jobs import pg_store
+        from app.models.shared_cache import PgGenericStore
+
+        return PgGenericStore(pg_store(settings), settings.generic_timeout_s)
+    return GenericStore(settings.generic_cache_path)
 
 
 def _pool() -> ProcessPoolExecutor:
@@ -135,8 +150,9 @@ def ensure_config(cfg: dict[str, Any], specs: list[dict[str, Any]]) -> None:
     targets = [canonical_json(s) for s in specs]
     if registered(key) is not None and all(registered_resolution(key, t) for t in targets):
         return
-    with _LOCK:
-        inv_data, found = _store().load(key, targets)
+    store = _store()
+    with _LOCK, store.building(key):
+        inv_data, found = store.load(key, targets)
         if inv_data is not None:
             register(key, inventory_from_data(inv_data), found)
         missing = [s for s, t in zip(specs, targets, strict=True) if t not in found]
@@ -146,7 +162,7 @@ def ensure_config(cfg: dict[str, Any], specs: list[dict[str, Any]]) -> None:
         if "error" in result:
             loc, message = result["error"]
             raise PlanError(tuple(loc), message)
-        _store().save(key, None if inv_data is not None else result["inventory"], result["resolutions"])
+        store.save(key, None if inv_data is not None else result["inventory"], result["resolutions"])
         register(key, inventory_from_data(inv_data or result["inventory"]),
                  {t: Resolution.from_data(d) for t, d in result["resolutions"].items()})
 

@@ -8,7 +8,9 @@ Network through ``huggingface_hub`` only, so its environment applies: ``HF_ENDPO
 
 Bounds: one HEAD without retries (``get_hf_file_metadata(retry_on_errors=False)``, ``hub_timeout_s``), the
 file refused over ``hub_max_config_bytes`` before it is downloaded (and again on disk), then an in-process LRU
-(``hub_cache_size`` entries, ``hub_cache_ttl_s``) on top of huggingface_hub's disk cache. When the Hub cannot
+(``hub_cache_size`` entries, ``hub_cache_ttl_s``) on top of huggingface_hub's disk cache; with
+``PEFT_PLANNER_DATABASE_URL`` a table in PostgreSQL between the two, shared by API replicas
+(:class:`app.models.shared_cache.PgHubCache`, same ``hub_cache_ttl_s``). When the Hub cannot
 be reached (network error, timeout, 5xx, offline mode) the cached copy is used, as ``hf_hub_download`` itself
 does; without one the request is refused.
 
@@ -29,7 +31,7 @@ from typing import Any
 
 from app.core.catalog import did_you_mean, suggest_models
 from app.core.errors import PlanError
-from app.settings import get_settings
+from app.settings import Settings, get_settings
 
 # huggingface_hub's REPO_ID rules (utils/_validators.py): namespace/name of [\w.-], at most 96 characters;
 # "@revision" (branch, tag or commit) is this planner's spelling of hf_hub_download's ``revision``.
@@ -191,15 +193,31 @@ _CACHE = _TtlLru()
 
 
 def hub_config(repo_id: str, revision: str | None = None) -> HubConfig:
-    """:func:`fetch_config` behind the in-process LRU (keyed by endpoint, repo and revision; failures are not
-    cached). Bounds from :class:`app.settings.Settings` (``PEFT_PLANNER_HUB_*``)."""
+    """:func:`fetch_config` behind the in-process LRU and, with a database URL, the replicas' shared table (keyed
+    by endpoint, repo and revision; failures are not cached). Bounds from :class:`app.settings.Settings`
+    (``PEFT_PLANNER_HUB_*``)."""
     from huggingface_hub import constants
 
     settings = get_settings()
     key = (constants.ENDPOINT, repo_id, revision or constants.DEFAULT_REVISION)
     hit = _CACHE.get(key, settings.hub_cache_ttl_s)
     if hit is None:
-        hit = fetch_config(repo_id, revision, settings.hub_timeout_s, settings.hub_max_config_bytes)
+        shared = _shared_cache(settings)
+        hit = shared.get(key, settings.hub_cache_ttl_s) if shared is not None else None
+        if hit is None:
+            hit = fetch_config(repo_id, revision, settings.hub_timeout_s, settings.hub_max_config_bytes)
+            if shared is not None:
+                shared.put(key, hit)
         if settings.hub_cache_size:
             _CACHE.put(key, hit, settings.hub_cache_size)
     return hit
+
+
+def _shared_cache(settings: Settings) -> Any:
+    """The replicas' shared cache (:class:`app.models.shared_cache.PgHubCache`) when a database URL is set."""
+    if not settings.database_url:
+        return None
+    from app.jobs import pg_store
+    from app.models.shared_cache import PgHubCache
+
+    return PgHubCache(pg_store(settings))

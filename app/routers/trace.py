@@ -15,7 +15,7 @@ from app.deps import TraceServiceDep
 from app.errors import api_error, error_responses
 from app.models.resolve import resolve_request
 from app.pool import POLL_S, STOPPING, ClientGone, shutting_down
-from app.trace.service import TraceBusy, TraceTimeout, TraceUnsupported, TraceWorkerDied
+from app.trace.service import TraceBusy, TraceNoWorker, TraceTimeout, TraceUnsupported, TraceWorkerDied
 
 router = APIRouter(prefix="/api/v1", tags=["v1"])
 
@@ -25,7 +25,8 @@ async def post_trace(req: PlanRequest, request: Request, service: TraceServiceDe
     """Trace two real steps (transformers + PEFT + bitsandbytes on fake tensors) and return the second one's
     peak in bytes, its phase, per-phase peaks, the largest live tensors at the peak, and the analytic
     estimate of the same tensors for comparison. Bounded: a supervised worker, a queue, a timeout, a cache;
-    a trace whose client disconnects is stopped."""
+    a trace whose client disconnects is stopped. With PostgreSQL the trace may run on a fleet worker (same
+    answer; docs/deployment.md)."""
     req = (await run_in_threadpool(resolve_request, req))[0]  # a Hub id or a model outside the rules
     result_estimate = estimate(req)  # validates the request (422) before any heavy work
     work = asyncio.ensure_future(service.trace(req))
@@ -42,6 +43,8 @@ async def post_trace(req: PlanRequest, request: Request, service: TraceServiceDe
         raise api_error(504, [], str(exc), "timeout") from None
     except TraceWorkerDied as exc:
         raise api_error(503, [], str(exc), "worker_died") from None
+    except TraceNoWorker as exc:
+        raise api_error(503, [], str(exc), "no_worker", headers={"Retry-After": "30"}) from None
     except TraceUnsupported as exc:
         raise api_error(422, ["body", "quantization", "load_in_8bit"], str(exc), "unsupported") from None
     finally:

@@ -7,6 +7,12 @@ worker starts (``initializer``), and a new pool is awaited ready before any trac
 dies (killed, out of memory) is replaced by a fresh pool on the next trace. Workers die with the server
 (app/supervision.py). At most ``concurrency`` traces run and ``queue`` wait; further requests get 429.
 Results are cached by the request's canonical JSON.
+
+With a fleet (``fleet``: :class:`app.jobs.traces.FleetTraces`, PostgreSQL configured) a trace goes to the
+workers' shared queue instead when ``offload`` is ``always``; with ``busy``, when every local worker is taken,
+live worker slots take traces, and the fleet has fewer traces waiting per slot than this process has per
+local worker (or the local queue is full): each trace waits where fewer are ahead of it. The answer is the
+same either way.
 """
 
 from __future__ import annotations
@@ -18,9 +24,12 @@ from collections import OrderedDict
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from app.core.request import PlanRequest
+
+if TYPE_CHECKING:
+    from app.jobs.traces import FleetTraces
 
 CACHE_SIZE = 128
 
@@ -41,6 +50,10 @@ class TraceWorkerDied(Exception):
     """The worker process died during this trace; the next trace gets a fresh one."""
 
 
+class TraceNoWorker(Exception):
+    """No fleet worker took the queued trace in time (it was cancelled)."""
+
+
 def _start_worker() -> None:
     """Worker initializer: die with the server, then import the heavy libraries before any trace is timed."""
     from app.supervision import die_with_parent
@@ -58,8 +71,9 @@ def _ready() -> int:
     return os.getpid()
 
 
-def _run(request_json: str) -> dict[str, Any]:
-    """Worker-process entry point: run one trace and return plain data."""
+def run_trace_json(request_json: str) -> dict[str, Any]:
+    """Worker-process entry point (this service's pool, and ``peft-planner worker`` for a fleet's traces): run
+    one trace and return plain data; ``{"unsupported": why}`` when the engine cannot run the request."""
     from app.trace.engine import UnsupportedStep, run_trace
 
     try:
@@ -80,13 +94,16 @@ def _running(pid: int) -> bool:
 
 
 class TraceService:
-    def __init__(self, timeout_s: float, concurrency: int, queue: int = 0, import_timeout_s: float = 300.0) -> None:
+    def __init__(self, timeout_s: float, concurrency: int, queue: int = 0, import_timeout_s: float = 300.0,
+                 fleet: FleetTraces | None = None, offload: Literal["never", "busy", "always"] = "busy") -> None:
+        self.fleet, self.offload = fleet, offload
         self.timeout_s = timeout_s
         self.concurrency = concurrency
         self.queue = queue
         self.import_timeout_s = import_timeout_s
         self._slots = asyncio.Semaphore(concurrency)
         self._waiting = 0
+        self._on_workers = 0  # this process's traces on the fleet now
         self._cache: OrderedDict[str, dict[str, Any]] = OrderedDict()
         self._executor: ProcessPoolExecutor | None = None
 
@@ -125,12 +142,46 @@ class TraceService:
             self._executor.shutdown(wait=False, cancel_futures=True)
             self._executor = None
 
+    async def _on_fleet(self) -> bool:
+        """Whether this trace goes to the fleet's workers (see the module docstring). The caller acts on the
+        answer before it next awaits, so concurrent requests see each other's choices in ``_waiting`` and
+        ``_on_workers`` (the database's count may not show this process's latest submissions yet)."""
+        if self.fleet is None or self.offload == "never":
+            return False
+        if self.offload == "always":
+            return True
+        if not self._slots.locked():
+            return False
+        slots, active = await self.fleet.load()
+        if slots == 0:
+            return False
+        fleet_ahead = (max(active, self._on_workers) - slots) / slots  # negative: a worker slot is free
+        return fleet_ahead < self._waiting / self.concurrency or self._waiting >= self.queue
+
     async def trace(self, req: PlanRequest) -> tuple[dict[str, Any], bool]:
-        """(result, cached). Raises TraceBusy, TraceTimeout, TraceUnsupported or TraceWorkerDied."""
+        """(result, cached). Raises TraceBusy, TraceTimeout, TraceUnsupported, TraceWorkerDied or (fleet)
+        TraceNoWorker."""
         key = req.model_dump_json()
         if key in self._cache:
             self._cache.move_to_end(key)
             return self._cache[key], True
+        if await self._on_fleet():
+            self._on_workers += 1
+            try:
+                result, cached = await self.fleet.trace(key)
+            finally:
+                self._on_workers -= 1
+        else:
+            result, cached = await self._local(key), False
+        if "unsupported" in result:
+            raise TraceUnsupported(result["unsupported"])
+        self._cache[key] = result
+        while len(self._cache) > CACHE_SIZE:
+            self._cache.popitem(last=False)
+        return result, cached
+
+    async def _local(self, key: str) -> dict[str, Any]:
+        """Run the trace of ``key`` in this process's pool."""
         if self._slots.locked() and self._waiting >= self.queue:
             raise TraceBusy(f"all {self.concurrency} trace worker(s) are busy and {self.queue} trace(s) wait; "
                             "retry shortly")
@@ -141,7 +192,7 @@ class TraceService:
             self._waiting -= 1
         try:
             pool = await self._pool()
-            future = asyncio.get_running_loop().run_in_executor(pool, _run, key)
+            future = asyncio.get_running_loop().run_in_executor(pool, run_trace_json, key)
             try:
                 result = await asyncio.wait_for(future, timeout=self.timeout_s)
             except TimeoutError:
@@ -156,12 +207,7 @@ class TraceService:
                 raise
         finally:
             self._slots.release()
-        if "unsupported" in result:
-            raise TraceUnsupported(result["unsupported"])
-        self._cache[key] = result
-        while len(self._cache) > CACHE_SIZE:
-            self._cache.popitem(last=False)
-        return result, False
+        return result
 
     def close(self) -> None:
         self._kill_pool()
