@@ -37,6 +37,9 @@ pytestmark = pytest.mark.slow
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance]
 MODELS = sorted(model_configs())
 GPUS = sorted(gpus())
+# The first request for a generic-path catalog model (35 of the catalog's 106) starts the build worker and
+# builds that model (seconds; several times that on a loaded machine): a bound that only catches a hang.
+REQUEST_TIMEOUT_S = 120
 
 
 DATA = tempfile.TemporaryDirectory(prefix="schemathesis-")  # removed at interpreter exit
@@ -100,7 +103,7 @@ def _run_stateless(op: Any, mode: GenerationMode, examples: int) -> int:
     @given(case=op.as_strategy(generation_mode=mode))
     def run(case: Any) -> None:
         calls[0] += 1
-        case.call_and_validate(checks=CHECKS)
+        case.call_and_validate(checks=CHECKS, timeout=REQUEST_TIMEOUT_S)
 
     run()
     return calls[0]
@@ -121,6 +124,9 @@ def test_schemathesis_stateless_and_stateful() -> None:
     stateful = [0]
 
     class Workflow(schema.as_state_machine()):  # type: ignore[misc]
+        def get_call_kwargs(self, case: Any) -> dict[str, Any]:
+            return {"timeout": REQUEST_TIMEOUT_S}
+
         def validate_response(self, response: Any, case: Any, **kwargs: Any) -> None:
             stateful[0] += 1
             case.validate_response(response, checks=CHECKS)
