@@ -10,7 +10,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from app.core.request import PlanRequest, parse_target_modules
-from app.core.throughput import DEFAULT_TOKENS
+from app.core.throughput import DEFAULT_TOKENS, MIN_MFU
 
 DEFAULT_MODEL = "meta-llama/Llama-3.1-8B"
 DEFAULT_TARGETS = "all-linear"  # the page's default; the API's is PEFT's per-architecture default
@@ -128,7 +128,7 @@ def parse_cost_options(form: Mapping[str, str]) -> tuple[CostOptions, list[str]]
     errors: list[str] = []
     values: dict[str, Any] = {}
 
-    def number(key: str, low: float, high: float, *, low_open: bool = False) -> None:
+    def number(key: str, low: float, high: float) -> None:
         text = form.get(key, "").strip()
         if not text:
             return
@@ -137,8 +137,8 @@ def parse_cost_options(form: Mapping[str, str]) -> tuple[CostOptions, list[str]]
         except ValueError:
             errors.append(f"{key}: not a number: {text!r}")
             return
-        if not (low < v if low_open else low <= v) or v > high:
-            errors.append(f"{key}: must be {'above' if low_open else 'at least'} {low:g} and at most {high:g}")
+        if not low <= v <= high:
+            errors.append(f"{key}: must be at least {low:g} and at most {high:g}")
             return
         values[key] = v
 
@@ -147,7 +147,7 @@ def parse_cost_options(form: Mapping[str, str]) -> tuple[CostOptions, list[str]]
             values["tokens"] = parse_tokens(form["tokens"])
         except ValueError as exc:
             errors.append(f"tokens: {exc}")
-    number("mfu", 0.0, 1.0, low_open=True)
+    number("mfu", MIN_MFU, 1.0)
     number("price", 0.0, 10_000.0)
     number("qlora_slowdown", 0.1, 100.0)
     number("dora_slowdown", 0.1, 100.0)

@@ -98,6 +98,13 @@ def test_api_buy_vs_rent() -> None:
     assert bad.status_code == 422 and bad.json()["detail"][0]["loc"] == ["body", "purchase_prices"]
     bad = client.post("/api/v1/buy-vs-rent", json={**body, "usd_per_kwh": -1})
     assert bad.status_code == 422 and bad.json()["detail"][0]["loc"] == ["body", "usd_per_kwh"]
+    # an MFU of 5e-324 made tokens/s underflow to 0 and the hours infinite (null in JSON): refused below 0.1%
+    bad = client.post("/api/v1/buy-vs-rent", json={**body, "mfu": 5e-324})
+    assert bad.status_code == 422 and bad.json()["detail"][0]["loc"] == ["body", "mfu"]
+    slowest = client.post("/api/v1/buy-vs-rent", json={**body, "mfu": 0.001, "tokens": 10**16}).json()
+    # hours scale as tokens / MFU: 10^16 / 10^8 tokens at 0.001 / 0.30 MFU, from the 5090 row above
+    assert slowest["options"][0]["hours"] > 0 and by_gpu["nvidia-rtx-5090"]["hours"] * 1e8 * 300 == pytest.approx(
+        {x["gpu"]: x for x in slowest["options"]}["nvidia-rtx-5090"]["hours"])
 
 
 def test_page_buy_or_rent_table() -> None:

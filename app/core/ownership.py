@@ -25,7 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from app.core.catalog import gpus
 from app.core.estimate import estimate
 from app.core.request import PlanRequest
-from app.core.throughput import DEFAULT_TOKENS, GpuCost, ThroughputReport, throughput
+from app.core.throughput import DEFAULT_TOKENS, MIN_MFU, GpuCost, ThroughputReport, throughput
 
 WH_PER_KWH = 1000
 
@@ -103,7 +103,8 @@ class BuyVsRentRequest(BaseModel):
 
     request: PlanRequest
     tokens: int = Field(DEFAULT_TOKENS, ge=1, le=10**16, description="training tokens of one run (all epochs)")
-    mfu: float | None = Field(None, gt=0, le=1, description="one MFU for every GPU; null: per GPU class/calibrated")
+    mfu: float | None = Field(None, ge=MIN_MFU, le=1,
+                              description="one MFU for every GPU; null: per GPU class/calibrated")
     usd_per_kwh: float | None = Field(None, ge=0, le=100, description="electricity price; null: power not counted")
     prices: dict[str, Usd] = Field(default_factory=dict, max_length=64, description="USD per GPU-hour by GPU id")
     purchase_prices: dict[str, Usd] = Field(default_factory=dict, max_length=64, description="USD per card by GPU id")

@@ -75,6 +75,10 @@ DEFAULT_TOKENS = 100_000_000
 DEFAULT_MFU = 0.40
 """Model FLOPs utilisation: achieved ÷ datasheet dense bf16 FLOP/s (see the module docstring)."""
 
+MIN_MFU = 0.001
+"""Lowest MFU a caller may give (0.1%, far below any real training run): above it tokens/s stays a positive
+float, so hours stay finite for any ``tokens`` up to 10^16 (an MFU of 5e-324 underflowed tokens/s to 0)."""
+
 CLASS_MFU: dict[str, float] = {"datacenter": DEFAULT_MFU, "workstation": 0.35, "consumer": 0.30}
 """MFU by GPU class (the catalog's ``form``). datacenter: :data:`DEFAULT_MFU`. workstation and consumer cards
 are planning defaults, not measurements: their datasheet figures are boost-clock peaks that power and
@@ -305,8 +309,8 @@ def throughput(req: PlanRequest, fitting_gpus: Iterable[str] | None = None, *, t
     """
     if tokens < 1:
         raise ValueError("tokens must be at least 1")
-    if mfu is not None and not 0 < mfu <= 1:
-        raise ValueError("mfu must be in (0, 1]")
+    if mfu is not None and not MIN_MFU <= mfu <= 1:
+        raise ValueError(f"mfu must be in [{MIN_MFU:g}, 1]")
     fl = flops_per_token(flop_counts(req), gradient_checkpointing=req.training.gradient_checkpointing)
     factor = slowdown_for(req.method, slowdown)
     table = gpus()
