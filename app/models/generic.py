@@ -18,6 +18,7 @@ import json
 import multiprocessing
 import sqlite3
 import threading
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from concurrent.futures.process import BrokenProcessPool
@@ -41,7 +42,7 @@ from app.core.generic import (
 from app.core.request import PlanRequest
 from app.settings import get_settings
 
-_LOCK = threading.Lock()  # one build at a time (a build holds a whole model on meta plus PEFT copies)
+LOCK = threading.Lock()  # one build at a time (a build holds a whole model on meta plus PEFT copies)
 _POOL: ProcessPoolExecutor | None = None
 
 
@@ -62,6 +63,8 @@ class GenericStore:
             db.execute("CREATE TABLE IF NOT EXISTS inventories (key TEXT PRIMARY KEY, data TEXT NOT NULL)")
             db.execute("CREATE TABLE IF NOT EXISTS resolutions (key TEXT NOT NULL, target TEXT NOT NULL, "
                        "data TEXT NOT NULL, PRIMARY KEY (key, target))")
+            db.execute("CREATE TABLE IF NOT EXISTS peak_fits (key TEXT NOT NULL, settings TEXT NOT NULL, "
+                       "data TEXT NOT NULL, PRIMARY KEY (key, settings))")
 
     def _connect(self) -> sqlite3.Connection:
         return sqlite3.connect(self.path, timeout=30)
@@ -83,7 +86,18 @@ class GenericStore:
                            [(key, t, canonical_json(d)) for t, d in resolutions.items()])
 
 
-def _store() -> GenericStore:
+    def load_fit(self, key: str, settings: str) -> dict[str, Any] | None:
+        """A peak fit (:mod:`app.models.peak_fit`) of config ``key`` under request ``settings``, or None."""
+        with closing(self._connect()) as db:
+            row = db.execute("SELECT data FROM peak_fits WHERE key = ? AND settings = ?", (key, settings)).fetchone()
+        return json.loads(row[0]) if row else None
+
+    def save_fit(self, key: str, settings: str, data: dict[str, Any]) -> None:
+        with closing(self._connect()) as db, db:
+            db.execute("INSERT OR REPLACE INTO peak_fits VALUES (?, ?, ?)", (key, settings, canonical_json(data)))
+
+
+def store() -> GenericStore:
     return GenericStore(get_settings().generic_cache_path)
 
 
@@ -106,16 +120,15 @@ def _kill_pool() -> None:
         _POOL = None
 
 
-def _run_build(cfg: dict[str, Any], key: str, specs: list[dict[str, Any]]) -> dict[str, Any]:
-    from app.models.build import build
-
+def run_in_worker(fn: Callable[..., dict[str, Any]], *args: Any) -> dict[str, Any]:
+    """``fn(*args)`` in the build worker, stopped after ``generic_timeout_s`` (call it holding ``LOCK``)."""
     settings = get_settings()
     try:
         try:
-            future = _pool().submit(build, cfg, key, specs, settings.generic_max_modules)
+            future = _pool().submit(fn, *args)
         except BrokenProcessPool:  # broken between the check and the submit: once more on a fresh pool
             _kill_pool()
-            future = _pool().submit(build, cfg, key, specs, settings.generic_max_modules)
+            future = _pool().submit(fn, *args)
         return future.result(timeout=settings.generic_timeout_s)
     except FutureTimeout:
         _kill_pool()
@@ -135,18 +148,20 @@ def ensure_config(cfg: dict[str, Any], specs: list[dict[str, Any]]) -> None:
     targets = [canonical_json(s) for s in specs]
     if registered(key) is not None and all(registered_resolution(key, t) for t in targets):
         return
-    with _LOCK:
-        inv_data, found = _store().load(key, targets)
+    with LOCK:
+        inv_data, found = store().load(key, targets)
         if inv_data is not None:
             register(key, inventory_from_data(inv_data), found)
         missing = [s for s, t in zip(specs, targets, strict=True) if t not in found]
         if inv_data is not None and not missing:
             return
-        result = _run_build(cfg, key, missing)
+        from app.models.build import build
+
+        result = run_in_worker(build, cfg, key, missing, get_settings().generic_max_modules)
         if "error" in result:
             loc, message = result["error"]
             raise PlanError(tuple(loc), message)
-        _store().save(key, None if inv_data is not None else result["inventory"], result["resolutions"])
+        store().save(key, None if inv_data is not None else result["inventory"], result["resolutions"])
         register(key, inventory_from_data(inv_data or result["inventory"]),
                  {t: Resolution.from_data(d) for t, d in result["resolutions"].items()})
 

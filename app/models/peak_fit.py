@@ -1,0 +1,56 @@
+"""Fitted activations for models outside the hand-written rules: made once per (config, settings), then stored.
+
+:func:`ensure_peak_fit` runs after :func:`app.models.generic.ensure_generic` (from
+:func:`app.models.resolve.resolve_request`). For a generic model it makes sure the core's registry
+(:mod:`app.core.fitted_activations`) holds the fit of the request's activation settings
+(:func:`app.core.fitted_activations.fit_key`):
+
+1. in memory: free;
+2. in the persistent store (the generic store's ``peak_fits`` table, keyed by the config hash — which includes
+   the library versions — and the settings): one indexed read;
+3. else :func:`app.models.peak_traces.fit_peak` traces small variants of the model in the build worker (one
+   job at a time, ``generic_timeout_s``).
+
+A fit that cannot be made (a variant transformers cannot run on fake tensors, LLM.int8, a timeout) is stored
+with its reason: the estimate stays analytic and ``peak.provisional`` says so; it is never a 4xx, since the
+parameters and static memory are exact without it. Which fits were made: ``BUILDS`` counts worker runs.
+"""
+
+from __future__ import annotations
+
+from app.core.errors import PlanError
+from app.core.fitted_activations import PeakFit, fit_key, register_fit, registered_fit
+from app.core.generic import config_key, uses_rules
+from app.core.request import PlanRequest
+from app.models.generic import LOCK, request_config, run_in_worker, store
+from app.settings import get_settings
+
+BUILDS = {"fits": 0}  # worker fits run by this process (tests check a second request runs none)
+
+
+def _register(key: str, settings: str, data: dict) -> None:
+    register_fit(key, settings, PeakFit.from_data(data) if "phases" in data else str(data["error"]))
+
+
+def ensure_peak_fit(req: PlanRequest) -> None:
+    """Register the fitted activation terms of ``req``'s model and settings (see the module docstring)."""
+    cfg = request_config(req)
+    if not isinstance(cfg, dict) or uses_rules(cfg) or not isinstance(cfg.get("model_type"), str):
+        return
+    if req.transformers_version != "5.24":
+        return
+    key, settings = config_key(cfg), fit_key(req)
+    if registered_fit(key, settings) is not None:
+        return
+    with LOCK:
+        data = store().load_fit(key, settings)
+        if data is None:
+            from app.models.peak_traces import fit_peak
+
+            BUILDS["fits"] += 1
+            try:
+                data = run_in_worker(fit_peak, cfg, req.model_dump_json(), get_settings().generic_max_modules)
+            except PlanError as exc:  # timed out or the worker died: analytic and provisional, with the reason
+                data = {"error": exc.message}
+            store().save_fit(key, settings, data)
+        _register(key, settings, data)
