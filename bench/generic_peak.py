@@ -76,8 +76,7 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=20)
     args = parser.parse_args()
     os.environ["PEFT_PLANNER_GENERIC_CACHE_PATH"] = str(Path(tempfile.mkdtemp()) / "generic.sqlite3")
-    from app.core import PlanError, estimate
-    from app.core import fitted_activations, generic
+    from app.core import PlanError, estimate, fitted_activations, generic
     from app.core.catalog import gpu
     from app.core.overhead import cublas_workspace_bytes
     from app.models.generic import _pool

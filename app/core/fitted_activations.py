@@ -33,18 +33,28 @@ from app.core.result import Phase
 
 FIT_PHASES = ("forward", "loss", "backward")
 BNB_FALLBACK_ROWS = 1536  # bitsandbytes gemm_4bit dequantizes first above this many rows (app/trace/cuda_kernels.py)
-# Probe sizes (b, s): three lengths at b = 1 and one at b = 2; past the bitsandbytes threshold when the request is.
-PROBE_SIZES = {
-    "short": ((1, 256), (1, 512), (1, 1024), (2, 256)),
-    "bnb_fallback": ((1, 2048), (1, 4096), (1, 8192), (2, 2048)),
-}
+MIN_BUCKET = 256
+FALLBACK_MIN_BUCKET = 4096  # its shortest probe, S/2 = 2048 rows, is past the threshold
 MAX_REGISTERED = 1024
 
 
-def probe_request(req: PlanRequest) -> str:
-    """The probe set for ``req``: past bitsandbytes' dequantize threshold or not."""
-    t = req.training.micro_batch_size * req.training.seq_len
-    return "bnb_fallback" if req.quantized and t > BNB_FALLBACK_ROWS else "short"
+def length_bucket(req: PlanRequest) -> int:
+    """The longest probe length ``S`` of the fit that prices ``req``: the power of two at or above its seq_len
+    (at least 256). A quantized base stays on the request's side of bitsandbytes' dequantize threshold: all
+    probes at most 1,536 rows when the request is (``S`` ≤ 1536), all past it when the request is (``S`` ≥ 4096).
+    """
+    s = req.training.seq_len
+    bucket = max(MIN_BUCKET, 1 << (s - 1).bit_length())
+    if req.quantized:
+        past = req.training.micro_batch_size * s > BNB_FALLBACK_ROWS
+        bucket = max(bucket, FALLBACK_MIN_BUCKET) if past else min(bucket, BNB_FALLBACK_ROWS)
+    return bucket
+
+
+def probe_sizes(bucket: int) -> tuple[tuple[int, int], ...]:
+    """(b, s) of the traces: S/2, 3S/4 and S at b = 1 (the requests of the bucket lie in (S/2, S]) and S/2 at
+    b = 2, so that a request is interpolated between traced lengths rather than extrapolated."""
+    return (1, bucket // 2), (1, 3 * bucket // 4), (1, bucket), (2, bucket // 2)
 
 
 def fit_settings(req: PlanRequest) -> dict[str, Any]:
@@ -55,7 +65,6 @@ def fit_settings(req: PlanRequest) -> dict[str, Any]:
         "quantization": req.quantization.model_dump(mode="json") if req.quantized else None,
         "lora": target_spec(req.lora, dora=req.uses_dora) if req.uses_adapter else None,
         "training": training,
-        "probes": probe_request(req),
     }
 
 
@@ -83,33 +92,53 @@ class PeakFit:
         return round(a + e * s + b * (c1 * s + c2 * s * s))
 
 
-_FITS: OrderedDict[tuple[str, str], PeakFit | str] = OrderedDict()
+_FITS: OrderedDict[tuple[str, str], dict[int, PeakFit | str]] = OrderedDict()
 
 
-def register_fit(config_key: str, key: str, fit: PeakFit | str) -> None:
-    """Make a fit (or the reason there is none) of config ``config_key`` under settings ``key`` known."""
-    _FITS[(config_key, key)] = fit
+def register_fit(config_key: str, key: str, bucket: int, fit: PeakFit | str) -> None:
+    """Make a fit (or the reason there is none) of config ``config_key`` under settings ``key`` and length bucket
+    ``bucket`` known."""
+    _FITS.setdefault((config_key, key), {})[bucket] = fit
     _FITS.move_to_end((config_key, key))
     while len(_FITS) > MAX_REGISTERED:
         _FITS.popitem(last=False)
 
 
-def registered_fit(config_key: str, key: str) -> PeakFit | str | None:
+def registered_fit(config_key: str, key: str, bucket: int) -> PeakFit | str | None:
     """The fit, the reason it failed, or None when it has not been asked for in this process."""
-    return _FITS.get((config_key, key))
+    return _FITS.get((config_key, key), {}).get(bucket)
 
 
-def usable_fit(generic_key: str | None, req: PlanRequest) -> PeakFit | str | None:
-    """The fit that prices ``req``'s activations, a reason why the peak stays provisional, or None (rules)."""
+def usable_fit(generic_key: str | None, req: PlanRequest) -> tuple[PeakFit | str | None, bool]:
+    """(the fit that prices ``req``'s activations or the reason there is none (None: the rules' model), whether
+    it was traced for ``req``'s length bucket). Without a fit of its bucket, the nearest bucket's fit of the same
+    settings extrapolates (the peak then stays provisional)."""
     if generic_key is None:
-        return None
+        return None, False
     if req.transformers_version != "5.24":
-        return "the fit traces transformers 5.24"
+        return "the fit traces transformers 5.24", False
     hw = req.hardware
     if hw.num_gpus > 1 and hw.sharding not in ("none", "ddp"):
-        return f"the fitted terms are those of an unsharded step; {hw.sharding} partitions its gradients"
-    fit = registered_fit(generic_key, fit_key(req))
-    return fit if fit is not None else "no traced fit for these settings yet"
+        return f"the fitted terms are those of an unsharded step; {hw.sharding} partitions its gradients", False
+    fits = _FITS.get((generic_key, fit_key(req)), {})
+    bucket = length_bucket(req)
+    if isinstance(fits.get(bucket), PeakFit | str):
+        return fits[bucket], True
+    traced = [b for b, f in fits.items() if isinstance(f, PeakFit)]
+    if not traced:
+        return "no traced fit for these settings yet", False
+    return fits[min(traced, key=lambda b: abs(b.bit_length() - bucket.bit_length()))], False
+
+
+def fit_note(fit: PeakFit | str | None, own_bucket: bool) -> str:
+    """The assumption line on a generic model's activations."""
+    if not isinstance(fit, PeakFit):
+        return f"activations use the rules' decoder formulas and are provisional ({fit})"
+    made = (f"activations are fitted from {fit.traces} traces of small variants of it ({len(fit.kinds)} decoder "
+            f"layer kinds: {sorted(fit.kinds.values())} layers), extrapolated to all its layers and the micro-batch")
+    if own_bucket:
+        return f"{made}, interpolated between traced lengths"
+    return f"{made}, and from traced lengths of another range to this one: provisional until a request of this length"
 
 
 def fitted_phases(fit: PeakFit, req: PlanRequest, static: dict[str, int], workspace: int, gathered: int,

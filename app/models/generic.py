@@ -64,7 +64,7 @@ class GenericStore:
             db.execute("CREATE TABLE IF NOT EXISTS resolutions (key TEXT NOT NULL, target TEXT NOT NULL, "
                        "data TEXT NOT NULL, PRIMARY KEY (key, target))")
             db.execute("CREATE TABLE IF NOT EXISTS peak_fits (key TEXT NOT NULL, settings TEXT NOT NULL, "
-                       "data TEXT NOT NULL, PRIMARY KEY (key, settings))")
+                       "bucket INTEGER NOT NULL, data TEXT NOT NULL, PRIMARY KEY (key, settings, bucket))")
 
     def _connect(self) -> sqlite3.Connection:
         return sqlite3.connect(self.path, timeout=30)
@@ -86,15 +86,18 @@ class GenericStore:
                            [(key, t, canonical_json(d)) for t, d in resolutions.items()])
 
 
-    def load_fit(self, key: str, settings: str) -> dict[str, Any] | None:
-        """A peak fit (:mod:`app.models.peak_fit`) of config ``key`` under request ``settings``, or None."""
+    def load_fits(self, key: str, settings: str) -> dict[int, dict[str, Any]]:
+        """The peak fits (:mod:`app.models.peak_fit`) of config ``key`` under request ``settings``, by length
+        bucket."""
         with closing(self._connect()) as db:
-            row = db.execute("SELECT data FROM peak_fits WHERE key = ? AND settings = ?", (key, settings)).fetchone()
-        return json.loads(row[0]) if row else None
+            rows = db.execute("SELECT bucket, data FROM peak_fits WHERE key = ? AND settings = ?",
+                              (key, settings)).fetchall()
+        return {int(b): json.loads(d) for b, d in rows}
 
-    def save_fit(self, key: str, settings: str, data: dict[str, Any]) -> None:
+    def save_fit(self, key: str, settings: str, bucket: int, data: dict[str, Any]) -> None:
         with closing(self._connect()) as db, db:
-            db.execute("INSERT OR REPLACE INTO peak_fits VALUES (?, ?, ?)", (key, settings, canonical_json(data)))
+            db.execute("INSERT OR REPLACE INTO peak_fits VALUES (?, ?, ?, ?)",
+                       (key, settings, bucket, canonical_json(data)))
 
 
 def store() -> GenericStore:

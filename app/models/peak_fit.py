@@ -7,7 +7,7 @@
 
 1. in memory: free;
 2. in the persistent store (the generic store's ``peak_fits`` table, keyed by the config hash — which includes
-   the library versions — and the settings): one indexed read;
+   the library versions —, the settings and the length bucket): one indexed read;
 3. else :func:`app.models.peak_traces.fit_peak` traces small variants of the model in the build worker (one
    job at a time, ``generic_timeout_s``).
 
@@ -19,7 +19,7 @@ parameters and static memory are exact without it. Which fits were made: ``BUILD
 from __future__ import annotations
 
 from app.core.errors import PlanError
-from app.core.fitted_activations import PeakFit, fit_key, register_fit, registered_fit
+from app.core.fitted_activations import PeakFit, fit_key, length_bucket, register_fit, registered_fit
 from app.core.generic import config_key, uses_rules
 from app.core.request import PlanRequest
 from app.models.generic import LOCK, request_config, run_in_worker, store
@@ -28,8 +28,8 @@ from app.settings import get_settings
 BUILDS = {"fits": 0}  # worker fits run by this process (tests check a second request runs none)
 
 
-def _register(key: str, settings: str, data: dict) -> None:
-    register_fit(key, settings, PeakFit.from_data(data) if "phases" in data else str(data["error"]))
+def _register(key: str, settings: str, bucket: int, data: dict) -> None:
+    register_fit(key, settings, bucket, PeakFit.from_data(data) if "phases" in data else str(data["error"]))
 
 
 def ensure_peak_fit(req: PlanRequest) -> None:
@@ -39,11 +39,14 @@ def ensure_peak_fit(req: PlanRequest) -> None:
         return
     if req.transformers_version != "5.24":
         return
-    key, settings = config_key(cfg), fit_key(req)
-    if registered_fit(key, settings) is not None:
+    key, settings, bucket = config_key(cfg), fit_key(req), length_bucket(req)
+    if registered_fit(key, settings, bucket) is not None:
         return
     with LOCK:
-        data = store().load_fit(key, settings)
+        stored = store().load_fits(key, settings)  # every length bucket of these settings, for the nearest one
+        for other, other_data in stored.items():
+            _register(key, settings, other, other_data)
+        data = stored.get(bucket)
         if data is None:
             from app.models.peak_traces import fit_peak
 
@@ -52,5 +55,5 @@ def ensure_peak_fit(req: PlanRequest) -> None:
                 data = run_in_worker(fit_peak, cfg, req.model_dump_json(), get_settings().generic_max_modules)
             except PlanError as exc:  # timed out or the worker died: analytic and provisional, with the reason
                 data = {"error": exc.message}
-            store().save_fit(key, settings, data)
-        _register(key, settings, data)
+            store().save_fit(key, settings, bucket, data)
+            _register(key, settings, bucket, data)

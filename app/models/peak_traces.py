@@ -8,7 +8,8 @@ keep a few of its decoder layers (:mod:`app.trace.variants`):
   gated-DeltaNet mixers, sliding and full attention, …);
 - for each kind with ``N_k ≥ 2`` layers, a variant with one more layer of that kind.
 
-Each variant is traced at the probe sizes ``(b, s)`` = (1, s₁), (1, s₂), (1, s₃), (2, s₁). What a phase
+Each variant is traced at the probe sizes ``(b, s)`` = (1, S/2), (1, 3S/4), (1, S), (2, S/2) around the
+request's length (:func:`app.core.fitted_activations.length_bucket`). What a phase
 (forward, loss, backward) holds beyond the resident state (weights, quantization constants, adapters,
 optimizer states, as the trace reports them) is ``R`` = phase peak − resident. Per probe it is extrapolated to
 the real layer counts, ``R = R_base + Σ_k (N_k − 1)·(R_k − R_base)`` (each layer of a kind adds what one did),
@@ -18,9 +19,9 @@ and over the probes it is solved exactly for
 
 (``A``: per-step constants such as logits of nothing and cached casts; ``E``: per-position tensors shared by
 the batch, e.g. rotary tables; ``C₁``: per-token activations; ``C₂``: per-sequence s² terms — eager attention
-scores, materialised sliding-window masks, chunked-scan decay matrices). The probe lengths avoid the
-bitsandbytes dequantize-then-matmul threshold (``T > 1536`` rows) unless the request is past it, when all
-probes are (the fit's key records which side).
+scores, materialised sliding-window masks, chunked-scan decay matrices). A phase's peak is the largest of
+several moments (e.g. a gated-DeltaNet layer's backward vs the loss), each linear in the length, so the peak
+is piecewise in ``s``: the probes bracket the request's length, so requests of a bucket are interpolated.
 
 Imports torch (through the trace engine): only ever import this module in a worker.
 """
@@ -33,7 +34,7 @@ from fractions import Fraction
 from typing import Any
 
 from app.core.errors import PlanError
-from app.core.fitted_activations import FIT_PHASES, PROBE_SIZES, probe_request
+from app.core.fitted_activations import FIT_PHASES, length_bucket, probe_sizes
 from app.core.request import PlanRequest
 
 MAX_KINDS = 8  # a base variant with more distinct layer kinds than this is not "small"; the fit is refused
@@ -57,8 +58,10 @@ def _remainders(req: PlanRequest, layers: list[int]) -> dict[str, int]:
     """Bytes each phase of the traced step holds beyond weights, constants, adapters and optimizer states."""
     from app.trace.engine import run_trace
 
-    result = run_trace(req, layers=layers)
-    resident = sum(result.static.values())
+    # one step: forward, loss and backward hold the same beyond the resident state in every step (the
+    # optimizer states of the steady step are resident, and absent before the first optimizer.step())
+    result = run_trace(req, layers=layers, steps=1)
+    resident = sum(v for k, v in result.static.items() if k != "optimizer_states")
     return {p: result.phases[p] - resident for p in FIT_PHASES}
 
 
@@ -95,7 +98,7 @@ def fit_peak(cfg: dict[str, Any], req_json: str, max_modules: int) -> dict[str, 
             return {"error": f"the model has {len(base)} distinct decoder layer kinds; the fit traces at most "
                              f"{MAX_KINDS}"}
         per_phase: dict[str, list[tuple[int, int, int]]] = {p: [] for p in FIT_PHASES}
-        for b, s in PROBE_SIZES[probe_request(req)]:
+        for b, s in probe_sizes(length_bucket(req)):
             probe = req.model_copy(update={"training": req.training.model_copy(
                 update={"micro_batch_size": b, "seq_len": s, "optim": "adamw_torch"})})
             at_base = _remainders(probe, base)
@@ -114,7 +117,7 @@ def fit_peak(cfg: dict[str, Any], req_json: str, max_modules: int) -> dict[str, 
         "phases": {p: _solve(points) for p, points in per_phase.items()},
         "r": req.lora.r,
         "kinds": dict(Counter(kinds)),
-        "traces": len(PROBE_SIZES[probe_request(req)]) * (1 + len(extra)),
+        "traces": len(probe_sizes(length_bucket(req))) * (1 + len(extra)),
         "layers_traced": [base, *(layers for _, layers in extra.values())],
         "seconds": round(time.perf_counter() - started, 3),
     }
