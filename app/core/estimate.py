@@ -375,11 +375,7 @@ def estimate(req: PlanRequest) -> EstimateResult:
     phases = _phases(static, sm, act, workspace, gathered)
     fit, own_bucket = usable_fit(inv.generic_key, req)
     if isinstance(fit, PeakFit):  # a model outside the rules whose activations were fitted from traces
-        at_fit = phases
-        if req.uses_adapter and fit.r != req.lora.r:
-            at_rank = req.model_copy(update={"lora": req.lora.model_copy(update={"r": fit.r})})
-            at_fit = _phases(static, sm, activation_model(inv, plan, at_rank, dt), workspace, gathered)
-        phases = fitted_phases(fit, req, static, workspace, gathered, phases, at_fit)
+        phases = fitted_phases(fit, req, static, workspace, gathered, phases)
     top = max(phases, key=lambda p: p.bytes)
     peak = top.bytes
     resident = sum(static[k] for k in ("weights", "constants", "adapters", "optimizer"))

@@ -1,24 +1,24 @@
 """Activation terms of a model outside the hand-written rules, fitted from traces of small variants of it.
 
 :mod:`app.models.peak_traces` (a worker) traces the real step of variants of the model that keep one or two
-layers of each layer kind, at four probe sizes, and fits, per phase of the step (forward, loss, backward),
-what the phase holds beyond the resident state (weights, quantization constants, adapters, optimizer states):
+layers of each layer kind, at probe sizes bracketing the request's length, and fits, per phase of the step
+(forward, loss, backward), what the phase holds beyond the resident state (weights, quantization constants,
+adapters, optimizer states):
 
-    R(b, s) = A + E·s + b·(C₁·s + C₂·s²)        (bytes; b micro-batch, s sequence length)
+    R(b, s, r) = A + E·s + b·(C₁·s + C₂·s²) + (r − r₀)·(G + H·b·s)     (bytes; b micro-batch, s length, r rank)
 
 already extrapolated to the model's real layer counts. This module keeps those fits (registered by
 :mod:`app.models.peak_fit` from its persistent store) and turns them into the phases of an estimate: phase
 bytes = the estimate's exact resident state (per GPU) + cuBLAS workspace + gathered layers (+ DDP buckets in
-backward) + ``R(b, s)``; the optimizer phase (no activations) stays the analytic one.
+backward) + ``R``; the optimizer phase (no activations) stays the analytic one.
 
 Which request fields change R (the fit's key, :func:`fit_settings`): the method, precision, quantization
 settings, the LoRA target spec and whether dropout is on, gradient checkpointing and its kwargs, the attention
-implementation and the framework switches, and for a quantized base which side of bitsandbytes' 1,536-row
-dequantize threshold the tokens are on. Not in the key: ``seq_len`` and ``micro_batch_size`` (in R), the
-optimizer and the hardware (resident state and the optimizer phase are analytic), ``lora_alpha``,
-``use_rslora``, and ``r``: the fit is made at the first request's rank and the analytic model's difference
-between two ranks (LoRA's ``A·x`` outputs and autocast's weight casts, :mod:`app.core.activations`) moves it
-to another rank.
+implementation and the framework switches; and the length bucket (:func:`length_bucket`: the fit interpolates
+between traced lengths, and for a quantized base stays on the request's side of bitsandbytes' 1,536-row
+dequantize threshold). Not in the key: ``seq_len`` within its bucket and ``micro_batch_size`` (in R), ``r``
+(R is linear in it, traced at two ranks), the optimizer and the hardware (resident state and the optimizer phase
+are analytic), ``lora_alpha``, ``use_rslora``.
 """
 
 from __future__ import annotations
@@ -74,9 +74,9 @@ def fit_key(req: PlanRequest) -> str:
 
 @dataclass(frozen=True)
 class PeakFit:
-    """Fitted ``[A, E, C₁, C₂]`` per phase (bytes), the LoRA rank it was traced at, and how it was made."""
+    """Fitted ``[A, E, C₁, C₂, G, H]`` per phase (bytes), the LoRA rank r₀ it was traced at, and how it was made."""
 
-    phases: dict[str, tuple[float, float, float, float]]
+    phases: dict[str, tuple[float, float, float, float, float, float]]
     r: int
     kinds: dict[str, int]
     traces: int
@@ -87,9 +87,9 @@ class PeakFit:
         return cls(phases={p: tuple(c) for p, c in data["phases"].items()}, r=int(data["r"]),
                    kinds=dict(data["kinds"]), traces=int(data["traces"]), seconds=float(data["seconds"]))
 
-    def remainder(self, phase: str, b: int, s: int) -> int:
-        a, e, c1, c2 = self.phases[phase]
-        return round(a + e * s + b * (c1 * s + c2 * s * s))
+    def remainder(self, phase: str, b: int, s: int, r: int) -> int:
+        a, e, c1, c2, g, h = self.phases[phase]
+        return round(a + e * s + b * (c1 * s + c2 * s * s) + (r - self.r) * (g + h * b * s))
 
 
 _FITS: OrderedDict[tuple[str, str], dict[int, PeakFit | str]] = OrderedDict()
@@ -142,18 +142,17 @@ def fit_note(fit: PeakFit | str | None, own_bucket: bool) -> str:
 
 
 def fitted_phases(fit: PeakFit, req: PlanRequest, static: dict[str, int], workspace: int, gathered: int,
-                  analytic: list[Phase], analytic_at_fit_rank: list[Phase]) -> list[Phase]:
-    """The estimate's phases from the fitted remainders (see the module docstring). ``analytic`` and
-    ``analytic_at_fit_rank``: the analytic phases at the request's rank and at the fit's; their difference
-    moves the fit to the request's rank."""
+                  analytic: list[Phase]) -> list[Phase]:
+    """The estimate's phases from the fitted remainders (see the module docstring); the optimizer phase (and
+    every phase's gradient bytes) stay ``analytic``'s."""
     resident = static["weights"] + static["constants"] + static["adapters"] + static["optimizer"]
-    b, s = req.training.micro_batch_size, req.training.seq_len
+    b, s, r = req.training.micro_batch_size, req.training.seq_len, req.lora.r if req.uses_adapter else fit.r
     out = []
-    for now, then in zip(analytic, analytic_at_fit_rank, strict=True):
-        if now.name not in FIT_PHASES:
-            out.append(now)
+    for phase in analytic:
+        if phase.name not in FIT_PHASES:
+            out.append(phase)
             continue
-        comm = static["comm_buffers"] if now.name == "backward" else 0
-        nbytes = resident + workspace + gathered + comm + fit.remainder(now.name, b, s) + now.bytes - then.bytes
-        out.append(Phase(name=now.name, bytes=nbytes, gradient_bytes=now.gradient_bytes))
+        comm = static["comm_buffers"] if phase.name == "backward" else 0
+        nbytes = resident + workspace + gathered + comm + fit.remainder(phase.name, b, s, r)
+        out.append(Phase(name=phase.name, bytes=nbytes, gradient_bytes=phase.gradient_bytes))
     return out

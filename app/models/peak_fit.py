@@ -14,6 +14,7 @@
 A fit that cannot be made (a variant transformers cannot run on fake tensors, LLM.int8, a timeout) is stored
 with its reason: the estimate stays analytic and ``peak.provisional`` says so; it is never a 4xx, since the
 parameters and static memory are exact without it. Which fits were made: ``BUILDS`` counts worker runs.
+Off with the setting ``generic_peak_fit`` (``PEFT_PLANNER_GENERIC_PEAK_FIT=false``).
 """
 
 from __future__ import annotations
@@ -37,7 +38,9 @@ def ensure_peak_fit(req: PlanRequest) -> None:
     cfg = request_config(req)
     if not isinstance(cfg, dict) or uses_rules(cfg) or not isinstance(cfg.get("model_type"), str):
         return
-    if req.transformers_version != "5.24":
+    hw = req.hardware
+    if (req.transformers_version != "5.24" or not get_settings().generic_peak_fit
+            or (hw.num_gpus > 1 and hw.sharding not in ("none", "ddp"))):  # the fit would not be used
         return
     key, settings, bucket = config_key(cfg), fit_key(req), length_bucket(req)
     if registered_fit(key, settings, bucket) is not None:
