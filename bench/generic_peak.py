@@ -11,8 +11,8 @@ memory, so the cut is for time only), and one request (LoRA r=16 all-linear, bf1
   of the same config) minus the cuBLAS workspaces (the trace counts tensors only), and the error in %;
 - ``first_s``: the first request for that config with a fresh store: the worker build (meta model, PEFT) plus
   the fit (traces of the variants) plus the estimate; the worker is spawned once before the table;
-- ``later_ms``: median of ``--repeat`` later requests (``resolve_request`` + ``estimate``) that vary seq_len,
-  micro-batch and r (as the page and ``fit`` do), served from the registry;
+- ``later_ms``: median of ``--repeat`` later requests (``resolve_request`` + ``estimate``) with the same settings
+  that vary seq_len (within its power-of-two bucket) and micro-batch, served from the registry;
 - ``store_ms``: one request after the in-process registries are cleared (as after a restart): read from the
   persistent store.
 
@@ -104,7 +104,8 @@ def main() -> None:
         first = time.perf_counter() - t0
         workspace = cublas_workspace_bytes(gpu(req.hardware.gpu).arch)
         ours = result.memory.peak - workspace
-        later_reqs = [request(cfg, 512 * (1 + i % 8), 1 + i % 3, 8 * (1 + i % 4)) for i in range(args.repeat)]
+        # the same settings (rank included) at other lengths of the same length bucket and other micro-batches
+        later_reqs = [request(cfg, args.seq_len - 64 * (i % 8), 1 + i % 3) for i in range(args.repeat)]
         times = []
         for later in later_reqs:
             t0 = time.perf_counter()

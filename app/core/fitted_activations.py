@@ -5,7 +5,7 @@ layers of each layer kind, at probe sizes bracketing the request's length, and f
 (forward, loss, backward), what the phase holds beyond the resident state (weights, quantization constants,
 adapters, optimizer states):
 
-    R(b, s, r) = A + E·s + b·(C₁·s + C₂·s²) + (r − r₀)·(G + H·b·s)     (bytes; b micro-batch, s length, r rank)
+    R(b, s) = A + E·s + b·(C₁·s + C₂·s²)        (bytes; b micro-batch, s sequence length)
 
 already extrapolated to the model's real layer counts. This module keeps those fits (registered by
 :mod:`app.models.peak_fit` from its persistent store) and turns them into the phases of an estimate: phase
@@ -13,12 +13,14 @@ bytes = the estimate's exact resident state (per GPU) + cuBLAS workspace + gathe
 backward) + ``R``; the optimizer phase (no activations) stays the analytic one.
 
 Which request fields change R (the fit's key, :func:`fit_settings`): the method, precision, quantization
-settings, the LoRA target spec and whether dropout is on, gradient checkpointing and its kwargs, the attention
-implementation and the framework switches; and the length bucket (:func:`length_bucket`: the fit interpolates
-between traced lengths, and for a quantized base stays on the request's side of bitsandbytes' 1,536-row
-dequantize threshold). Not in the key: ``seq_len`` within its bucket and ``micro_batch_size`` (in R), ``r``
-(R is linear in it, traced at two ranks), the optimizer and the hardware (resident state and the optimizer phase
-are analytic), ``lora_alpha``, ``use_rslora``.
+settings, the LoRA rank, target spec and whether dropout is on, gradient checkpointing and its kwargs, the
+attention implementation and the framework switches; and the length bucket (:func:`length_bucket`: the fit
+interpolates between traced lengths, and for a quantized base stays on the request's side of bitsandbytes'
+1,536-row dequantize threshold). Not in the key: ``seq_len`` within its bucket and ``micro_batch_size`` (in R),
+the optimizer and the hardware (resident state and the optimizer phase are analytic), ``lora_alpha``,
+``use_rslora``. The rank is in the key although LoRA's bytes are linear in it: the phase peaks are not (a
+phase's peak is the largest of several moments, and at a larger rank the adapters' gradients can move it from
+the loss's backward to the layers'), so a fit at one rank does not carry to another within 3%.
 """
 
 from __future__ import annotations
@@ -63,7 +65,7 @@ def fit_settings(req: PlanRequest) -> dict[str, Any]:
     return {
         "method": req.method,
         "quantization": req.quantization.model_dump(mode="json") if req.quantized else None,
-        "lora": target_spec(req.lora, dora=req.uses_dora) if req.uses_adapter else None,
+        "lora": {**target_spec(req.lora, dora=req.uses_dora), "r": req.lora.r} if req.uses_adapter else None,
         "training": training,
     }
 
@@ -74,9 +76,9 @@ def fit_key(req: PlanRequest) -> str:
 
 @dataclass(frozen=True)
 class PeakFit:
-    """Fitted ``[A, E, C₁, C₂, G, H]`` per phase (bytes), the LoRA rank r₀ it was traced at, and how it was made."""
+    """Fitted ``[A, E, C₁, C₂]`` per phase (bytes), the LoRA rank it was traced at, and how it was made."""
 
-    phases: dict[str, tuple[float, float, float, float, float, float]]
+    phases: dict[str, tuple[float, float, float, float]]
     r: int
     kinds: dict[str, int]
     traces: int
@@ -87,9 +89,9 @@ class PeakFit:
         return cls(phases={p: tuple(c) for p, c in data["phases"].items()}, r=int(data["r"]),
                    kinds=dict(data["kinds"]), traces=int(data["traces"]), seconds=float(data["seconds"]))
 
-    def remainder(self, phase: str, b: int, s: int, r: int) -> int:
-        a, e, c1, c2, g, h = self.phases[phase]
-        return round(a + e * s + b * (c1 * s + c2 * s * s) + (r - self.r) * (g + h * b * s))
+    def remainder(self, phase: str, b: int, s: int) -> int:
+        a, e, c1, c2 = self.phases[phase]
+        return round(a + e * s + b * (c1 * s + c2 * s * s))
 
 
 _FITS: OrderedDict[tuple[str, str], dict[int, PeakFit | str]] = OrderedDict()
@@ -146,13 +148,13 @@ def fitted_phases(fit: PeakFit, req: PlanRequest, static: dict[str, int], worksp
     """The estimate's phases from the fitted remainders (see the module docstring); the optimizer phase (and
     every phase's gradient bytes) stay ``analytic``'s."""
     resident = static["weights"] + static["constants"] + static["adapters"] + static["optimizer"]
-    b, s, r = req.training.micro_batch_size, req.training.seq_len, req.lora.r if req.uses_adapter else fit.r
+    b, s = req.training.micro_batch_size, req.training.seq_len
     out = []
     for phase in analytic:
         if phase.name not in FIT_PHASES:
             out.append(phase)
             continue
         comm = static["comm_buffers"] if phase.name == "backward" else 0
-        nbytes = resident + workspace + gathered + comm + fit.remainder(phase.name, b, s, r)
+        nbytes = resident + workspace + gathered + comm + fit.remainder(phase.name, b, s)
         out.append(Phase(name=phase.name, bytes=nbytes, gradient_bytes=phase.gradient_bytes))
     return out

@@ -17,11 +17,9 @@ and over the probes it is solved exactly for
 
     R(b, s) = A + E·s + b·(C₁·s + C₂·s²)
 
-(``A``: per-step constants such as cached weight casts; ``E``: per-position tensors shared by the batch, e.g.
-rotary tables; ``C₁``: per-token activations; ``C₂``: per-sequence s² terms — eager attention scores,
-materialised sliding-window masks, chunked-scan decay matrices), plus, with an adapter, ``(r − r₀)·(G + H·b·s)``
-(LoRA's bytes per rank: its weight casts and gradients per layer, ``A·x`` per token), from two more probes at
-rank 2·r₀. A phase's peak is the largest of
+(``A``: per-step constants such as logits of nothing and cached casts; ``E``: per-position tensors shared by
+the batch, e.g. rotary tables; ``C₁``: per-token activations; ``C₂``: per-sequence s² terms — eager attention
+scores, materialised sliding-window masks, chunked-scan decay matrices). A phase's peak is the largest of
 several moments (e.g. a gated-DeltaNet layer's backward vs the loss), each linear in the length, so the peak
 is piecewise in ``s``: the probes bracket the request's length, so requests of a bucket are interpolated.
 
@@ -67,10 +65,9 @@ def _remainders(req: PlanRequest, layers: list[int]) -> dict[str, int]:
     return {p: result.phases[p] - resident for p in FIT_PHASES}
 
 
-def _solve(points: list[tuple[int, int, int, int]], r0: int) -> list[float]:
-    """[A, E, C₁, C₂, G, H] of R = A + E·s + b·(C₁·s + C₂·s²) + (r − r₀)·(G + H·b·s) through the probes
-    (b, s, r, R), exactly."""
-    (_, s1, _, r1), (_, s2, _, r2), (_, s3, _, r3), (_, _, _, r4), *at_rank = points
+def _solve(points: list[tuple[int, int, int]]) -> list[float]:
+    """[A, E, C₁, C₂] of R(b, s) = A + E·s + b·(C₁·s + C₂·s²) through the probes (b, s, R), exactly."""
+    (_, s1, r1), (_, s2, r2), (_, s3, r3), (_, _, r4) = points
     # b = 1: R = A + (E + C₁)·s + C₂·s², a parabola through three points (divided differences)
     d12 = Fraction(r2 - r1, s2 - s1)
     d23 = Fraction(r3 - r2, s3 - s2)
@@ -79,23 +76,7 @@ def _solve(points: list[tuple[int, int, int, int]], r0: int) -> list[float]:
     a = r1 - linear * s1 - c2 * s1 * s1
     # b = 2 at s₁ adds one more sequence's C₁·s₁ + C₂·s₁²
     c1 = (Fraction(r4 - r1) - c2 * s1 * s1) / s1
-    g = h = Fraction(0)
-    if at_rank:  # the same (1, S/2) and (1, S) probes at rank r₁: LoRA's per-rank bytes, per layer and per token
-        (_, _, rank, q1), (_, _, _, q3) = at_rank
-        per_rank_1, per_rank_3 = Fraction(q1 - r1, rank - r0), Fraction(q3 - r3, rank - r0)
-        h = (per_rank_3 - per_rank_1) / (s3 - s1)
-        g = per_rank_1 - h * s1
-    return [float(a), float(linear - c1), float(c1), float(c2), float(g), float(h)]
-
-
-def _probes(req: PlanRequest) -> list[tuple[int, int, int]]:
-    """(b, s, r) of the traces: the bucket's four sizes at the request's rank r₀, and with an adapter, (1, S/2)
-    and (1, S) at rank 2·r₀."""
-    r0 = req.lora.r
-    sizes = [(b, s, r0) for b, s in probe_sizes(length_bucket(req))]
-    if req.uses_adapter:
-        sizes += [(1, sizes[0][1], 2 * r0), (1, sizes[2][1], 2 * r0)]
-    return sizes
+    return [float(a), float(linear - c1), float(c1), float(c2)]
 
 
 def fit_peak(cfg: dict[str, Any], req_json: str, max_modules: int) -> dict[str, Any]:
@@ -116,11 +97,10 @@ def fit_peak(cfg: dict[str, Any], req_json: str, max_modules: int) -> dict[str, 
         if len(base) > MAX_KINDS:
             return {"error": f"the model has {len(base)} distinct decoder layer kinds; the fit traces at most "
                              f"{MAX_KINDS}"}
-        per_phase: dict[str, list[tuple[int, int, int, int]]] = {p: [] for p in FIT_PHASES}
-        for b, s, r in _probes(req):
+        per_phase: dict[str, list[tuple[int, int, int]]] = {p: [] for p in FIT_PHASES}
+        for b, s in probe_sizes(length_bucket(req)):
             probe = req.model_copy(update={"training": req.training.model_copy(
-                update={"micro_batch_size": b, "seq_len": s, "optim": "adamw_torch"}),
-                "lora": req.lora.model_copy(update={"r": r})})
+                update={"micro_batch_size": b, "seq_len": s, "optim": "adamw_torch"})})
             at_base = _remainders(probe, base)
             total = dict(at_base)
             for count, layers in extra.values():
@@ -128,16 +108,16 @@ def fit_peak(cfg: dict[str, Any], req_json: str, max_modules: int) -> dict[str, 
                 for p in FIT_PHASES:
                     total[p] += (count - 1) * (at_kind[p] - at_base[p])
             for p in FIT_PHASES:
-                per_phase[p].append((b, s, r, total[p]))
+                per_phase[p].append((b, s, total[p]))
     except (PlanError, UnsupportedStep, ValueError) as exc:
         return {"error": f"{type(exc).__name__}: {getattr(exc, 'message', exc)}"}
     except Exception as exc:  # whatever the libraries raise on a variant: the peak stays provisional
         return {"error": f"the trace of a small variant failed: {type(exc).__name__}: {exc}"}
     return {
-        "phases": {p: _solve(points, req.lora.r) for p, points in per_phase.items()},
+        "phases": {p: _solve(points) for p, points in per_phase.items()},
         "r": req.lora.r,
         "kinds": dict(Counter(kinds)),
-        "traces": len(_probes(req)) * (1 + len(extra)),
+        "traces": len(probe_sizes(length_bucket(req))) * (1 + len(extra)),
         "layers_traced": [base, *(layers for _, layers in extra.values())],
         "seconds": round(time.perf_counter() - started, 3),
     }
