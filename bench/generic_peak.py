@@ -87,7 +87,7 @@ def main() -> None:
     _pool().submit(int).result()  # spawn the worker once
     print(f"worker_start_s {time.perf_counter() - started:.1f}; {args.layers} layers, seq_len {args.seq_len}, "
           f"micro-batch {args.batch}, LoRA r=16 all-linear, bf16, gradient checkpointing")
-    print(f"| {'config':42} | kinds | trace GiB | generic GiB | error % | first s | later ms | store ms |")
+    print(f"| {'config':42} | peak  | trace GiB | generic GiB | error % | first s | later ms | store ms |")
     print(f"|{'-' * 44}|-------|-----------|-------------|---------|---------|----------|----------|")
     errors = []
     for path in sorted(CONFIGS.glob("*.json")):
