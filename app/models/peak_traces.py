@@ -9,19 +9,20 @@ keep a few of its decoder layers (:mod:`app.trace.variants`):
 - for each kind with ``N_k ≥ 2`` layers, a variant with one more layer of that kind.
 
 Each variant is traced at the probe sizes ``(b, s)`` = (1, S/2), (1, 3S/4), (1, S), (2, S/2) around the
-request's length (:func:`app.core.fitted_activations.length_bucket`). What a phase
-(forward, loss, backward) holds beyond the resident state (weights, quantization constants, adapters,
-optimizer states, as the trace reports them) is ``R`` = phase peak − resident. Per probe it is extrapolated to
-the real layer counts, ``R = R_base + Σ_k (N_k − 1)·(R_k − R_base)`` (each layer of a kind adds what one did),
-and over the probes it is solved exactly for
+request's length (:func:`app.core.fitted_activations.length_bucket`). What a phase (forward, loss, backward)
+holds beyond the resident state (weights, quantization constants and adapters as the trace reports them; one
+step is traced, before which no optimizer state exists) is ``R`` = phase peak − resident. Per probe it is
+extrapolated to the real layer counts, ``R = R_base + Σ_k (N_k − 1)·(R_k − R_base)`` (each layer of a kind
+adds what one did), and over the probes it is solved exactly for
 
     R(b, s) = A + E·s + b·(C₁·s + C₂·s²)
 
-(``A``: per-step constants such as logits of nothing and cached casts; ``E``: per-position tensors shared by
-the batch, e.g. rotary tables; ``C₁``: per-token activations; ``C₂``: per-sequence s² terms — eager attention
-scores, materialised sliding-window masks, chunked-scan decay matrices). A phase's peak is the largest of
-several moments (e.g. a gated-DeltaNet layer's backward vs the loss), each linear in the length, so the peak
-is piecewise in ``s``: the probes bracket the request's length, so requests of a bucket are interpolated.
+(``A``: per-step constants such as autocast's cached weight casts and LoRA's weight gradients; ``E``:
+per-position tensors shared by the batch, e.g. rotary tables; ``C₁``: per-token activations; ``C₂``:
+per-sequence s² terms — eager attention scores, materialised sliding-window masks, chunked-scan decay
+matrices). A phase's peak is the largest of several moments (e.g. a gated-DeltaNet layer's backward vs the
+loss), each linear in the length, so the peak is piecewise in ``s``: the probes bracket the request's length,
+so requests of a bucket are interpolated.
 
 Imports torch (through the trace engine): only ever import this module in a worker.
 """
