@@ -123,19 +123,21 @@ def _kill_pool() -> None:
         _POOL = None
 
 
-def run_in_worker(fn: Callable[..., dict[str, Any]], *args: Any) -> dict[str, Any]:
-    """``fn(*args)`` in the build worker, stopped after ``generic_timeout_s`` (call it holding ``LOCK``)."""
+def run_in_worker(fn: Callable[..., dict[str, Any]], *args: Any, timeout_s: float | None = None) -> dict[str, Any]:
+    """``fn(*args)`` in the build worker, stopped after ``timeout_s`` (default ``generic_timeout_s``; call it
+    holding ``LOCK``)."""
     settings = get_settings()
+    timeout_s = settings.generic_timeout_s if timeout_s is None else timeout_s
     try:
         try:
             future = _pool().submit(fn, *args)
         except BrokenProcessPool:  # broken between the check and the submit: once more on a fresh pool
             _kill_pool()
             future = _pool().submit(fn, *args)
-        return future.result(timeout=settings.generic_timeout_s)
+        return future.result(timeout=timeout_s)
     except FutureTimeout:
         _kill_pool()
-        raise PlanError(("model", "config"), f"building this model ran past {settings.generic_timeout_s:g} s "
+        raise PlanError(("model", "config"), f"building this model ran past {timeout_s:g} s "
                                              "and was stopped") from None
     except BrokenProcessPool:  # the worker died (e.g. out of host memory): a fresh one serves the next build
         _kill_pool()

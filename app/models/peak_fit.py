@@ -9,7 +9,7 @@
 2. in the persistent store (the generic store's ``peak_fits`` table, keyed by the config hash — which includes
    the library versions —, the settings and the length bucket): one indexed read;
 3. else :func:`app.models.peak_traces.fit_peak` traces small variants of the model in the build worker (one
-   job at a time, ``generic_timeout_s``).
+   job at a time, stopped after ``generic_peak_fit_timeout_s``).
 
 A fit that cannot be made (a variant transformers cannot run on fake tensors, LLM.int8, a timeout) is stored
 with its reason: the estimate stays analytic and ``peak.provisional`` says so; it is never a 4xx, since the
@@ -55,7 +55,9 @@ def ensure_peak_fit(req: PlanRequest) -> None:
 
             BUILDS["fits"] += 1
             try:
-                data = run_in_worker(fit_peak, cfg, req.model_dump_json(), get_settings().generic_max_modules)
+                settings_ = get_settings()
+                data = run_in_worker(fit_peak, cfg, req.model_dump_json(), settings_.generic_max_modules,
+                                     timeout_s=settings_.generic_peak_fit_timeout_s)
             except PlanError as exc:  # timed out or the worker died: analytic and provisional, with the reason
                 data = {"error": exc.message}
             store().save_fit(key, settings, bucket, data)
