@@ -28,6 +28,11 @@ class Settings(BaseSettings):
                                      description="SQLite store of inventories built from the real libraries")
     generic_timeout_s: float = Field(300.0, gt=0, description="per-build wall-clock limit; the worker is killed")
     generic_max_modules: int = Field(200_000, description="largest model (named_modules) the generic path builds")
+    generic_peak_fit: bool = Field(True, description="fit a generic model's activations from traces of small "
+                                   "variants on its first request per setting (docs/generic-models.md); off: "
+                                   "the rules' formulas, flagged provisional")
+    generic_peak_fit_timeout_s: float = Field(900.0, gt=0, description="per-fit wall-clock limit (8-16 traces); "
+                                              "the worker is killed and the peak stays provisional")
     trace_timeout_s: float = Field(120.0, gt=0, description="per-trace limit (s), counted after the worker has "
                                    "imported torch/transformers/PEFT")
     trace_import_timeout_s: float = Field(300.0, gt=0, description="limit (s) for a new trace worker's imports")

@@ -13,6 +13,9 @@ import pytest
 # Models built by the generic path go to a store of this test session, never the checkout's var/.
 os.environ.setdefault("PEFT_PLANNER_GENERIC_CACHE_PATH",
                       os.path.join(tempfile.mkdtemp(prefix="peft-planner-generic-"), "generic.sqlite3"))
+# Fitting a generic model's activations traces small variants of it (seconds to minutes): only the tests of that
+# fit (tests/test_generic_peak.py) turn it on.
+os.environ.setdefault("PEFT_PLANNER_GENERIC_PEAK_FIT", "false")
 # Tests never reach the Hub: a Hub id outside the catalog reads huggingface_hub's (empty, private) cache only.
 # tests/test_hub.py serves a stand-in Hub on 127.0.0.1 to the subprocesses it starts, with its own HF_* values.
 os.environ["HF_HUB_OFFLINE"] = "1"

@@ -105,8 +105,9 @@ PEFT_DEFAULT_TARGET_MODULES: dict[str, list[str] | None] = {
 }
 
 
-# transformers 5.24 model classes with ``_supports_sdpa = False`` (Gemma2: softcapping); their default is eager.
-NO_SDPA: frozenset[str] = frozenset({"gemma2"})
+# transformers 5.24 model classes with ``_supports_sdpa = False``, and why; their default is eager (gpt-oss:
+# ``GptOssPreTrainedModel``, whose attention adds learned sinks to the softmax).
+NO_SDPA: dict[str, str] = {"gemma2": "attention softcapping", "gpt_oss": "attention sinks"}
 
 
 def attention_for(model_type: str, requested: str | None) -> str:
@@ -118,7 +119,7 @@ def attention_for(model_type: str, requested: str | None) -> str:
         return "eager" if model_type in NO_SDPA else "sdpa"
     if requested == "sdpa" and model_type in NO_SDPA:
         raise PlanError(("training", "attn_implementation"),
-                        f"transformers' {model_type} does not support sdpa (attention softcapping); "
+                        f"transformers' {model_type} does not support sdpa ({NO_SDPA[model_type]}); "
                         "use eager or flash_attention_2")
     return requested
 

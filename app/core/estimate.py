@@ -12,6 +12,7 @@ from app.core.alloc_conf import parse_alloc_conf
 from app.core.architectures import ArchSpec, attention_for
 from app.core.catalog import gpu, gpus
 from app.core.errors import PlanError
+from app.core.fitted_activations import PeakFit, fit_note, fitted_phases, usable_fit
 from app.core.generic import generic_key, model_inventory
 from app.core.inventory import Inventory
 from app.core.overhead import cublas_workspace_bytes, outside_allocator_bytes
@@ -253,7 +254,8 @@ def _quant_report(inv: Inventory, req: PlanRequest, sm: StaticMemory) -> Quantiz
     )
 
 
-def _assumptions(req: PlanRequest, dt: Dtypes, plan: AdapterPlan, inv: Inventory) -> list[str]:
+def _assumptions(req: PlanRequest, dt: Dtypes, plan: AdapterPlan, inv: Inventory,
+                 fit_note: str) -> list[str]:
     out = [
         "All memory figures are bytes per GPU; 'peak' predicts torch.cuda.max_memory_allocated() of a steady "
         "step (step ≥ 2, optimizer states resident, zero_grad(set_to_none=True)).",
@@ -265,8 +267,7 @@ def _assumptions(req: PlanRequest, dt: Dtypes, plan: AdapterPlan, inv: Inventory
     if inv.generic_key is not None:
         out.append(f"{inv.arch.model_type} is outside the hand-written rules: its inventory, bitsandbytes modules "
                    f"and PEFT targets come from transformers' {inv.model_class} on the meta device and PEFT's "
-                   "get_peft_model (exact parameters and static bytes); activations use the rules' decoder "
-                   "formulas and are provisional (docs/generic-models.md).")
+                   f"get_peft_model (exact parameters and static bytes); {fit_note} (docs/generic-models.md).")
     if req.uses_adapter:
         out.append("PEFT adapters (LoRA A/B, DoRA magnitude) are fp32 (autocast_adapter_dtype=True, PEFT ≥ 0.12).")
         out.append(f"Adapted: {len(plan.targets)} modules, {len(plan.param_targets)} parameters (target_parameters).")
@@ -372,6 +373,9 @@ def estimate(req: PlanRequest) -> EstimateResult:
     workspace = cublas_workspace_bytes(target_gpu.arch)
     gathered = _gathered(inv, sm, req, dt)
     phases = _phases(static, sm, act, workspace, gathered)
+    fit, own_bucket = usable_fit(inv.generic_key, req)
+    if isinstance(fit, PeakFit):  # a model outside the rules whose activations were fitted from traces
+        phases = fitted_phases(fit, req, static, workspace, gathered, phases)
     top = max(phases, key=lambda p: p.bytes)
     peak = top.bytes
     resident = sum(static[k] for k in ("weights", "constants", "adapters", "optimizer"))
@@ -419,12 +423,13 @@ def estimate(req: PlanRequest) -> EstimateResult:
             overhead=context + reserve,
             total=peak + context + reserve,
         ),
-        peak=PeakInfo(phase=top.name, phases=phases, provisional=inv.generic_key is not None),
+        peak=PeakInfo(phase=top.name, phases=phases,
+                      provisional=inv.generic_key is not None and not (isinstance(fit, PeakFit) and own_bucket)),
         breakdown=_breakdown(sm, act, top.name, activations - workspace - gathered, context, allocator, workspace),
         quantization=quant_report,
         fits=fits,
         allocator=allocator,
-        assumptions=_assumptions(req, dt, plan, inv),
+        assumptions=_assumptions(req, dt, plan, inv, fit_note(fit, own_bucket)),
         versions={"planner": PLANNER_VERSION, **{f"models_{k}": v for k, v in MODELLED_VERSIONS.items()},
                   "models_transformers": TRANSFORMERS_RELEASES[req.transformers_version]},
     )

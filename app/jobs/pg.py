@@ -136,6 +136,17 @@ MIGRATIONS: tuple[str, ...] = (
         PRIMARY KEY (endpoint, repo_id, revision)
     );
     """,
+    # 4: the generic path's peak fits (app/models/peak_fit.py) beside the inventories, as the SQLite store's
+    # ``peak_fits`` table keeps them
+    """
+    CREATE TABLE generic_peak_fits (
+        key TEXT NOT NULL,
+        settings TEXT NOT NULL,
+        bucket INTEGER NOT NULL,
+        data TEXT NOT NULL,
+        PRIMARY KEY (key, settings, bucket)
+    );
+    """,
 )
 KINDS = ("calibration", "trace")
 

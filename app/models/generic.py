@@ -20,6 +20,7 @@ import json
 import multiprocessing
 import sqlite3
 import threading
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from concurrent.futures.process import BrokenProcessPool
@@ -43,7 +44,7 @@ from app.core.generic import (
 from app.core.request import PlanRequest
 from app.settings import get_settings
 
-_LOCK = threading.Lock()  # one build at a time (a build holds a whole model on meta plus PEFT copies)
+LOCK = threading.Lock()  # one build at a time (a build holds a whole model on meta plus PEFT copies)
 _POOL: ProcessPoolExecutor | None = None
 
 
@@ -64,6 +65,8 @@ class GenericStore:
             db.execute("CREATE TABLE IF NOT EXISTS inventories (key TEXT PRIMARY KEY, data TEXT NOT NULL)")
             db.execute("CREATE TABLE IF NOT EXISTS resolutions (key TEXT NOT NULL, target TEXT NOT NULL, "
                        "data TEXT NOT NULL, PRIMARY KEY (key, target))")
+            db.execute("CREATE TABLE IF NOT EXISTS peak_fits (key TEXT NOT NULL, settings TEXT NOT NULL, "
+                       "bucket INTEGER NOT NULL, data TEXT NOT NULL, PRIMARY KEY (key, settings, bucket))")
 
     def _connect(self) -> sqlite3.Connection:
         return sqlite3.connect(self.path, timeout=30)
@@ -85,12 +88,25 @@ class GenericStore:
                            [(key, t, canonical_json(d)) for t, d in resolutions.items()])
 
     def building(self, key: str) -> AbstractContextManager[None]:
-        """Held while ``key`` is looked up and built: on one machine ``_LOCK`` serialises builds already (the
+        """Held while ``key`` is looked up and built: on one machine ``LOCK`` serialises builds already (the
         PostgreSQL store locks across replicas)."""
         return nullcontext()
 
+    def load_fits(self, key: str, settings: str) -> dict[int, dict[str, Any]]:
+        """The peak fits (:mod:`app.models.peak_fit`) of config ``key`` under request ``settings``, by length
+        bucket."""
+        with closing(self._connect()) as db:
+            rows = db.execute("SELECT bucket, data FROM peak_fits WHERE key = ? AND settings = ?",
+                              (key, settings)).fetchall()
+        return {int(b): json.loads(d) for b, d in rows}
 
-def _store() -> Any:
+    def save_fit(self, key: str, settings: str, bucket: int, data: dict[str, Any]) -> None:
+        with closing(self._connect()) as db, db:
+            db.execute("INSERT OR REPLACE INTO peak_fits VALUES (?, ?, ?, ?)",
+                       (key, settings, bucket, canonical_json(data)))
+
+
+def store() -> Any:
     """The configured store: :class:`GenericStore`, or with a database URL the fleet's
     :class:`app.models.shared_cache.PgGenericStore` (same methods)."""
     settings = get_settings()
@@ -121,20 +137,21 @@ def _kill_pool() -> None:
         _POOL = None
 
 
-def _run_build(cfg: dict[str, Any], key: str, specs: list[dict[str, Any]]) -> dict[str, Any]:
-    from app.models.build import build
-
+def run_in_worker(fn: Callable[..., dict[str, Any]], *args: Any, timeout_s: float | None = None) -> dict[str, Any]:
+    """``fn(*args)`` in the build worker, stopped after ``timeout_s`` (default ``generic_timeout_s``; call it
+    holding ``LOCK``)."""
     settings = get_settings()
+    timeout_s = settings.generic_timeout_s if timeout_s is None else timeout_s
     try:
         try:
-            future = _pool().submit(build, cfg, key, specs, settings.generic_max_modules)
+            future = _pool().submit(fn, *args)
         except BrokenProcessPool:  # broken between the check and the submit: once more on a fresh pool
             _kill_pool()
-            future = _pool().submit(build, cfg, key, specs, settings.generic_max_modules)
-        return future.result(timeout=settings.generic_timeout_s)
+            future = _pool().submit(fn, *args)
+        return future.result(timeout=timeout_s)
     except FutureTimeout:
         _kill_pool()
-        raise PlanError(("model", "config"), f"building this model ran past {settings.generic_timeout_s:g} s "
+        raise PlanError(("model", "config"), f"building this model ran past {timeout_s:g} s "
                                              "and was stopped") from None
     except BrokenProcessPool:  # the worker died (e.g. out of host memory): a fresh one serves the next build
         _kill_pool()
@@ -150,19 +167,21 @@ def ensure_config(cfg: dict[str, Any], specs: list[dict[str, Any]]) -> None:
     targets = [canonical_json(s) for s in specs]
     if registered(key) is not None and all(registered_resolution(key, t) for t in targets):
         return
-    store = _store()
-    with _LOCK, store.building(key):
-        inv_data, found = store.load(key, targets)
+    cache = store()
+    with LOCK, cache.building(key):
+        inv_data, found = cache.load(key, targets)
         if inv_data is not None:
             register(key, inventory_from_data(inv_data), found)
         missing = [s for s, t in zip(specs, targets, strict=True) if t not in found]
         if inv_data is not None and not missing:
             return
-        result = _run_build(cfg, key, missing)
+        from app.models.build import build
+
+        result = run_in_worker(build, cfg, key, missing, get_settings().generic_max_modules)
         if "error" in result:
             loc, message = result["error"]
             raise PlanError(tuple(loc), message)
-        store.save(key, None if inv_data is not None else result["inventory"], result["resolutions"])
+        cache.save(key, None if inv_data is not None else result["inventory"], result["resolutions"])
         register(key, inventory_from_data(inv_data or result["inventory"]),
                  {t: Resolution.from_data(d) for t, d in result["resolutions"].items()})
 

@@ -23,6 +23,7 @@ from app.core.request import ModelConfig, PlanRequest
 from app.core.result import EstimateResult, ModelSource
 from app.models.generic import ensure_generic
 from app.models.hub import hub_config, hub_error, parse_hub_id
+from app.models.peak_fit import ensure_peak_fit
 
 
 def _catalog_id(text: str) -> str | None:
@@ -32,10 +33,12 @@ def _catalog_id(text: str) -> str | None:
     return {k.lower(): k for k in configs}.get(text.strip().lower())
 
 
-def resolve_request(req: PlanRequest) -> tuple[PlanRequest, ModelSource]:
+def resolve_request(req: PlanRequest, *, fit_peak: bool = True) -> tuple[PlanRequest, ModelSource]:
     """The request the core can answer (a Hub id replaced by its config) and the config's :class:`ModelSource`;
     a model_type outside the hand-written rules is built once from the real libraries
-    (:func:`app.models.generic.ensure_generic`) before the core is asked.
+    (:func:`app.models.generic.ensure_generic`), and its activations fitted once per setting from traces of small
+    variants (:func:`app.models.peak_fit.ensure_peak_fit`; not with ``fit_peak=False``, e.g. before a full trace),
+    before the core is asked.
 
     Raises :class:`PlanError` on ``("model", …)`` (→ 422) when the Hub cannot give the config, the config
     needs remote code, or transformers/PEFT refuse it. An unknown id that is not ``org/name`` is left to the
@@ -43,6 +46,8 @@ def resolve_request(req: PlanRequest) -> tuple[PlanRequest, ModelSource]:
     """
     resolved, source = _resolve(req)
     ensure_generic(resolved)
+    if fit_peak:
+        ensure_peak_fit(resolved)
     return resolved, source
 
 

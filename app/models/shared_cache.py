@@ -7,6 +7,7 @@ Two stores with the interfaces of the one-machine ones, so that callers do not k
   ``generic_resolutions``. :meth:`PgGenericStore.building` holds a transaction-level advisory lock on the key
   while a replica builds it, so a model is built once across the fleet: a replica asking for the same key waits
   and then reads the row. ``generic_inventories.builds`` counts the saves of a key (1 when it was built once).
+  The generic path's peak fits (:mod:`app.models.peak_fit`) live beside them in ``generic_peak_fits``.
 - :class:`PgHubCache` is the in-process LRU of :mod:`app.models.hub` (``get(key, ttl_s)`` / ``put``) in the
   table ``hub_configs``: a config.json one replica fetched from the Hub is answered by the others until it is
   ``hub_cache_ttl_s`` old (database time), without asking the Hub.
@@ -52,6 +53,19 @@ class PgGenericStore:
                 conn.execute("INSERT INTO generic_resolutions (key, target, data) VALUES (%s, %s, %s)"
                              " ON CONFLICT (key, target) DO UPDATE SET data = EXCLUDED.data",
                              (key, target, canonical_json(data)))
+
+    def load_fits(self, key: str, settings: str) -> dict[int, dict[str, Any]]:
+        """The peak fits of config ``key`` under request ``settings``, by length bucket (GenericStore's)."""
+        with self.db.transaction() as conn:
+            rows = conn.execute("SELECT bucket, data FROM generic_peak_fits WHERE key = %s AND settings = %s",
+                                (key, settings)).fetchall()
+        return {int(r["bucket"]): json.loads(r["data"]) for r in rows}
+
+    def save_fit(self, key: str, settings: str, bucket: int, data: dict[str, Any]) -> None:
+        with self.db.transaction() as conn:
+            conn.execute("INSERT INTO generic_peak_fits (key, settings, bucket, data) VALUES (%s, %s, %s, %s)"
+                         " ON CONFLICT (key, settings, bucket) DO UPDATE SET data = EXCLUDED.data",
+                         (key, settings, bucket, canonical_json(data)))
 
     @contextmanager
     def building(self, key: str) -> Iterator[None]:

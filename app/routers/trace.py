@@ -27,7 +27,8 @@ async def post_trace(req: PlanRequest, request: Request, service: TraceServiceDe
     estimate of the same tensors for comparison. Bounded: a supervised worker, a queue, a timeout, a cache;
     a trace whose client disconnects is stopped. With PostgreSQL the trace may run on a fleet worker (same
     answer; docs/deployment.md)."""
-    req = (await run_in_threadpool(resolve_request, req))[0]  # a Hub id or a model outside the rules
+    # a Hub id or a model outside the rules (no peak fit: the trace itself is the full answer)
+    req = (await run_in_threadpool(resolve_request, req, fit_peak=False))[0]
     result_estimate = estimate(req)  # validates the request (422) before any heavy work
     work = asyncio.ensure_future(service.trace(req))
     try:

@@ -35,9 +35,10 @@ def _round_up(x: int, m: int) -> int:
 class _FlashAttention(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lse_round: int) -> torch.Tensor:
-        # q: (b, heads, s, d); k, v: (b, kv_heads, s, d). Output in flash layout (b, s, heads, d).
-        b, h, s, d = q.shape
-        out = torch.empty((b, s, h, d), dtype=q.dtype, device=q.device)
+        # q, k: (b, heads, s, d); v: (b, kv_heads, s, dv) (dv < d for multi-head latent attention). Output in
+        # flash layout (b, s, heads, dv).
+        b, h, s, _d = q.shape
+        out = torch.empty((b, s, h, v.shape[-1]), dtype=q.dtype, device=q.device)
         lse = torch.empty((b, h, _round_up(s, lse_round)), dtype=torch.float32, device=q.device)
         ctx.save_for_backward(q, k, v, out, lse)
         ctx.lse_round = lse_round

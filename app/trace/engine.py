@@ -13,6 +13,7 @@ from __future__ import annotations
 import gc
 import time
 import warnings
+from collections.abc import Sequence
 from contextlib import ExitStack, nullcontext
 from dataclasses import dataclass, field
 from typing import Any
@@ -21,6 +22,7 @@ import torch
 
 from app.core.architectures import attention_for
 from app.core.catalog import gpu, model_config
+from app.core.generic import uses_rules
 from app.core.overhead import cublas_workspace_bytes
 from app.core.precision import dtypes_for
 from app.core.request import PlanRequest
@@ -35,6 +37,7 @@ from app.trace.cuda_kernels import (
     register_attention,
     transient_rules,
 )
+from app.trace.variants import keep_layers
 
 TORCH_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 COMPUTE_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
@@ -83,18 +86,36 @@ def _hf_config(req: PlanRequest) -> Any:
     from transformers import AutoConfig
 
     cfg = model_config(req.model) if isinstance(req.model, str) else req.model.config
-    config = AutoConfig.for_model(cfg["model_type"], **{k: v for k, v in cfg.items() if k not in _CONFIG_META_KEYS})
+    if uses_rules(cfg):
+        config = AutoConfig.for_model(cfg["model_type"],
+                                      **{k: v for k, v in cfg.items() if k not in _CONFIG_META_KEYS})
+    else:  # a model outside the hand-written rules: as the generic path builds it
+        from app.models.build import hf_config
+
+        config = hf_config(cfg)
     config.use_cache = False
     config._attn_implementation = attention_name(attention_for(cfg["model_type"], req.training.attn_implementation))
     return config
 
 
-def _meta_model(req: PlanRequest, config: Any, torch_dtype: torch.dtype) -> torch.nn.Module:
-    """The transformers model on the meta device; for QLoRA with transformers' own ``replace_with_bnb_linear``."""
+def _meta_model(req: PlanRequest, config: Any, torch_dtype: torch.dtype,
+                layers: Sequence[int] | None = None) -> torch.nn.Module:
+    """The transformers model on the meta device (the class the fine-tuner loads: ``AutoModelForCausalLM`` for
+    the rules' model types, :func:`app.models.build.model_class` for others, e.g. a vision-language
+    ``…ForConditionalGeneration``), keeping only the decoder layers ``layers`` when given
+    (:func:`app.trace.variants.keep_layers`); for QLoRA with transformers' own ``replace_with_bnb_linear``."""
     from transformers import AutoModelForCausalLM
 
+    cfg = model_config(req.model) if isinstance(req.model, str) else req.model.config
     with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(config, dtype=torch_dtype)
+        if uses_rules(cfg):
+            model = AutoModelForCausalLM.from_config(config, dtype=torch_dtype)
+        else:
+            from app.models.build import model_class
+
+            model = model_class(config, cfg.get("architectures"))._from_config(config, dtype=torch_dtype)
+    if layers is not None:
+        keep_layers(model, layers)
     if req.quantized:
         from transformers import BitsAndBytesConfig
         from transformers.integrations.bitsandbytes import replace_with_bnb_linear
@@ -259,8 +280,10 @@ def _static(model: torch.nn.Module, optimizer: torch.optim.Optimizer, full: bool
     return out
 
 
-def run_trace(req: PlanRequest, *, fake: bool = True, steps: int = 2, seed: int = 0) -> TraceResult:
-    """Trace ``steps`` training steps of ``req`` and return the last one's memory (bytes)."""
+def run_trace(req: PlanRequest, *, fake: bool = True, steps: int = 2, seed: int = 0,
+              layers: Sequence[int] | None = None) -> TraceResult:
+    """Trace ``steps`` training steps of ``req`` and return the last one's memory (bytes); ``layers``: keep only
+    these decoder layers of the model (the small variants :mod:`app.models.peak_fit` traces)."""
     if req.transformers_version != "5.24":
         raise UnsupportedStep("the trace engine runs the installed transformers 5.24; the transformers 4.57 "
                               "module tree (per-expert MoE linears) is estimated analytically")
@@ -280,7 +303,7 @@ def run_trace(req: PlanRequest, *, fake: bool = True, steps: int = 2, seed: int 
     with ExitStack() as stack:
         stack.enter_context(warnings.catch_warnings())
         warnings.simplefilter("ignore")
-        model = _meta_model(req, config, torch_dtype)
+        model = _meta_model(req, config, torch_dtype, layers)
         if fake:
             # Fake CPU tensors: shapes, dtypes and storages without data; CPU autocast applies to them.
             stack.enter_context(fake_swap_tensors())
@@ -328,7 +351,7 @@ def run_trace(req: PlanRequest, *, fake: bool = True, steps: int = 2, seed: int 
             gc.collect()
             if step == steps - 1:
                 counter.reset_peak()
-            input_ids = torch.randint(0, config.vocab_size, (tr.micro_batch_size, tr.seq_len))
+            input_ids = torch.randint(0, config.get_text_config().vocab_size, (tr.micro_batch_size, tr.seq_len))
             counter.set_phase("forward")
             if step == 0:
                 # the first matmul makes cuBLAS allocate one workspace per handle (forward and backward
