@@ -33,6 +33,9 @@ class Settings(BaseSettings):
                                    "the rules' formulas, flagged provisional")
     generic_peak_fit_timeout_s: float = Field(900.0, gt=0, description="per-fit wall-clock limit (8-16 traces); "
                                               "the worker is killed and the peak stays provisional")
+    generic_peak_fit_wait_s: float = Field(15.0, ge=0, description="how long the request that starts a peak fit "
+                                           "waits for it; past that it is answered with the provisional peak and "
+                                           "the fit finishes in the background for later requests")
     trace_timeout_s: float = Field(120.0, gt=0, description="per-trace limit (s), counted after the worker has "
                                    "imported torch/transformers/PEFT")
     trace_import_timeout_s: float = Field(300.0, gt=0, description="limit (s) for a new trace worker's imports")

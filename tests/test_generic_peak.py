@@ -12,6 +12,7 @@ micro-batch and length than the fit's traces (the real step, run here).
 from __future__ import annotations
 
 import copy
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -32,6 +33,7 @@ pytestmark = pytest.mark.slow
 def _peak_fit_on(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """tests/conftest.py turns the fit off for every other test; here it is on."""
     monkeypatch.setenv("PEFT_PLANNER_GENERIC_PEAK_FIT", "true")
+    monkeypatch.setenv("PEFT_PLANNER_GENERIC_PEAK_FIT_WAIT_S", "900")  # the first request waits for its fit
     get_settings.cache_clear()
     yield
     get_settings.cache_clear()
@@ -107,3 +109,23 @@ def test_a_fit_that_cannot_be_made_leaves_the_peak_provisional() -> None:
     result = estimate(resolve_request(req)[0])
     assert result.peak.provisional
     assert any("LLM.int8" in a and "provisional" in a for a in result.assumptions)
+
+
+def test_a_fit_past_the_wait_finishes_in_the_background(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The request that starts a fit waits at most generic_peak_fit_wait_s (0 here): it is answered provisional,
+    the fit goes on, and a request after it gets the fitted peak without tracing again."""
+    monkeypatch.setenv("PEFT_PLANNER_GENERIC_PEAK_FIT_WAIT_S", "0")
+    get_settings.cache_clear()
+    req = _request(GPT_OSS, seq_len=700)
+    req = req.model_copy(update={"lora": req.lora.model_copy(update={"r": 8})})  # settings no other test fits
+    fits = peak_fit.BUILDS["fits"]
+    first = estimate(resolve_request(req)[0])
+    assert first.peak.provisional and any("no traced fit for these settings yet" in a for a in first.assumptions)
+    deadline = time.monotonic() + 600
+    while peak_fit._RUNNING:  # the background fit (bounded by generic_peak_fit_timeout_s)
+        assert time.monotonic() < deadline, "the background fit did not finish"
+        time.sleep(0.5)
+    ours, provisional = _tensor_peak(req)
+    assert peak_fit.BUILDS["fits"] == fits + 1 and not provisional
+    traced = run_trace(req).peak_bytes
+    assert abs(ours - traced) <= 0.03 * traced, (ours, traced)

@@ -128,7 +128,8 @@ def usable_fit(generic_key: str | None, req: PlanRequest) -> tuple[PeakFit | str
         return fits[bucket], True
     traced = [b for b, f in fits.items() if isinstance(f, PeakFit)]
     if not traced:
-        return "no traced fit for these settings yet", False
+        return ("no traced fit for these settings yet: the first request starts one, which takes minutes; "
+                "ask again then"), False
     return fits[min(traced, key=lambda b: abs(b.bit_length() - bucket.bit_length()))], False
 
 

@@ -9,7 +9,10 @@
 2. in the persistent store (the generic store's ``peak_fits`` table, keyed by the config hash — which includes
    the library versions —, the settings and the length bucket): one indexed read;
 3. else :func:`app.models.peak_traces.fit_peak` traces small variants of the model in the build worker (one
-   job at a time, stopped after ``generic_peak_fit_timeout_s``).
+   job at a time, stopped after ``generic_peak_fit_timeout_s``). A fit takes minutes on CPU (8-16 traces), so it
+   runs in a background thread: the request that starts it waits at most ``generic_peak_fit_wait_s``, then is
+   answered with the provisional peak ("no traced fit for these settings yet"); requests arriving while the fit
+   runs do not wait, and every request after it gets the fitted peak.
 
 A fit that cannot be made (a variant transformers cannot run on fake tensors, LLM.int8, a timeout) is stored
 with its reason: the estimate stays analytic and ``peak.provisional`` says so; it is never a 4xx, since the
@@ -19,6 +22,9 @@ Off with the setting ``generic_peak_fit`` (``PEFT_PLANNER_GENERIC_PEAK_FIT=false
 
 from __future__ import annotations
 
+import logging
+import threading
+
 from app.core.errors import PlanError
 from app.core.fitted_activations import PeakFit, fit_key, length_bucket, register_fit, registered_fit
 from app.core.generic import config_key, uses_rules
@@ -27,6 +33,9 @@ from app.models.generic import LOCK, request_config, run_in_worker, store
 from app.settings import get_settings
 
 BUILDS = {"fits": 0}  # worker fits run by this process (tests check a second request runs none)
+_RUNNING: dict[tuple[str, str, int], threading.Event] = {}  # fits being made, set when each is registered
+_RUNNING_LOCK = threading.Lock()
+log = logging.getLogger("peft_planner.peak_fit")
 
 
 def _register(key: str, settings: str, bucket: int, data: dict) -> None:
@@ -39,26 +48,47 @@ def ensure_peak_fit(req: PlanRequest) -> None:
     if not isinstance(cfg, dict) or uses_rules(cfg) or not isinstance(cfg.get("model_type"), str):
         return
     hw = req.hardware
-    if (req.transformers_version != "5.24" or not get_settings().generic_peak_fit
+    settings_ = get_settings()
+    if (req.transformers_version != "5.24" or not settings_.generic_peak_fit
             or (hw.num_gpus > 1 and hw.sharding not in ("none", "ddp"))):  # the fit would not be used
         return
-    key, settings, bucket = config_key(cfg), fit_key(req), length_bucket(req)
-    if registered_fit(key, settings, bucket) is not None:
+    job = config_key(cfg), fit_key(req), length_bucket(req)
+    if registered_fit(*job) is not None:
         return
-    with LOCK:
-        stored = store().load_fits(key, settings)  # every length bucket of these settings, for the nearest one
-        for other, other_data in stored.items():
-            _register(key, settings, other, other_data)
-        data = stored.get(bucket)
-        if data is None:
-            from app.models.peak_traces import fit_peak
+    with _RUNNING_LOCK:
+        done = _RUNNING.get(job)
+        starts = done is None
+        if done is None:
+            done = _RUNNING[job] = threading.Event()
+            threading.Thread(target=_fit, args=(job, cfg, req.model_dump_json(), done), name="peak-fit",
+                             daemon=True).start()
+    done.wait(settings_.generic_peak_fit_wait_s if starts else 0)
 
-            BUILDS["fits"] += 1
-            try:
-                settings_ = get_settings()
-                data = run_in_worker(fit_peak, cfg, req.model_dump_json(), settings_.generic_max_modules,
-                                     timeout_s=settings_.generic_peak_fit_timeout_s)
-            except PlanError as exc:  # timed out or the worker died: analytic and provisional, with the reason
-                data = {"error": exc.message}
-            store().save_fit(key, settings, bucket, data)
-            _register(key, settings, bucket, data)
+
+def _fit(job: tuple[str, str, int], cfg: dict, request_json: str, done: threading.Event) -> None:
+    """Load or make the fit of ``job`` (config key, settings, length bucket) and register it (background)."""
+    key, settings, bucket = job
+    try:
+        with LOCK:
+            stored = store().load_fits(key, settings)  # every length bucket of these settings, for the nearest one
+            for other, other_data in stored.items():
+                _register(key, settings, other, other_data)
+            data = stored.get(bucket)
+            if data is None:
+                from app.models.peak_traces import fit_peak
+
+                BUILDS["fits"] += 1
+                try:
+                    settings_ = get_settings()
+                    data = run_in_worker(fit_peak, cfg, request_json, settings_.generic_max_modules,
+                                         timeout_s=settings_.generic_peak_fit_timeout_s)
+                except PlanError as exc:  # timed out or the worker died: analytic and provisional, with the reason
+                    data = {"error": exc.message}
+                store().save_fit(key, settings, bucket, data)
+                _register(key, settings, bucket, data)
+    except Exception:  # the store is unavailable: no fit registered, a later request starts it again
+        log.exception("peak fit of %s failed", key[:12])
+    finally:
+        with _RUNNING_LOCK:
+            _RUNNING.pop(job, None)
+        done.set()
