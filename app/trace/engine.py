@@ -26,6 +26,7 @@ from app.core.precision import dtypes_for
 from app.core.request import PlanRequest
 from app.core.reserved import trace_report
 from app.trace.counter import LiveBytesCounter, LiveTensor
+from app.trace.frameworks import recipe
 from app.trace.cuda_kernels import (
     attention_name,
     bnb_dequantize_patch,
@@ -264,7 +265,7 @@ def run_trace(req: PlanRequest, *, fake: bool = True, steps: int = 2, seed: int 
     if req.transformers_version != "5.24":
         raise UnsupportedStep("the trace engine runs the installed transformers 5.24; the transformers 4.57 "
                               "module tree (per-expert MoE linears) is estimated analytically")
-    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+    from peft import LoraConfig, get_peft_model
     from torch._subclasses.fake_tensor import FakeTensorMode, unset_fake_temporarily
     from transformers.utils import logging as hf_logging
 
@@ -277,6 +278,7 @@ def run_trace(req: PlanRequest, *, fake: bool = True, steps: int = 2, seed: int 
     torch.manual_seed(seed)
     counter = LiveBytesCounter(transient_rules() if req.quantized else None)
     tr = req.training
+    framework = recipe(req)
     with ExitStack() as stack:
         stack.enter_context(warnings.catch_warnings())
         warnings.simplefilter("ignore")
@@ -287,14 +289,15 @@ def run_trace(req: PlanRequest, *, fake: bool = True, steps: int = 2, seed: int 
             # bitsandbytes builds its 8-bit code tables with data-dependent ops (.tolist()): those few
             # real tables are made outside the fake mode (_real_tables) and may meet fake tensors.
             stack.enter_context(FakeTensorMode(allow_non_fake_inputs=True))
+        for context in framework.contexts():  # the framework's CUDA kernels, below the counter
+            stack.enter_context(context)
         stack.enter_context(counter)
         stack.enter_context(cuda_dropout())
         stack.enter_context(bnb_dequantize_patch())
         stack.enter_context(grouped_mm_for_any_dtype())
         _real_tables(counter)
         _materialize(model, req, torch_dtype, fake)
-        if req.quantized and req.quantization.prepare_kbit:
-            model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+        model = framework.before_adapters(model, req)
         if req.method == "full":
             model.requires_grad_(True)
         else:
@@ -305,6 +308,7 @@ def run_trace(req: PlanRequest, *, fake: bool = True, steps: int = 2, seed: int 
                 layers_to_transform=lora.layers_to_transform, bias=lora.bias,
                 modules_to_save=lora.modules_to_save, use_rslora=lora.use_rslora, use_dora=req.uses_dora,
             ))
+        model = framework.after_adapters(model, req)
         if fake:
             _own_storage_for_copies(model)
         base = model.get_base_model() if hasattr(model, "get_base_model") else model
@@ -336,12 +340,7 @@ def run_trace(req: PlanRequest, *, fake: bool = True, steps: int = 2, seed: int 
                 for _ in range(2):
                     counter.inject(cublas_workspace_bytes(gpu(req.hardware.gpu).arch) // 2)
             with autocast:
-                out = model(input_ids=input_ids, labels=input_ids)
-            if dt.compute != "fp32":
-                logits32 = out.logits.float()  # accelerate convert_outputs_to_fp32 under HF Trainer
-                del logits32
-            loss = out.loss
-            del out
+                loss = framework.loss(model, input_ids, req)
             counter.set_phase("backward")
             loss.backward()
             del loss
