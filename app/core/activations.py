@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from app.core.adapters import AdapterPlan
 from app.core.architectures import ArchSpec, attention_for
+from app.core.frameworks import framework, trl_loss_path
 from app.core.inventory import CONV1D, EMBEDDING, LINEAR, Inventory, Module, Tensor
 from app.core.precision import Dtypes
 from app.core.request import PlanRequest
@@ -48,6 +49,7 @@ class _Ctx:
     c: int  # autocast compute bytes (4 when no autocast)
     a: int  # residual stream bytes
     lo: int  # projection output bytes
+    la: int  # LoRA A/B bytes (fp32; bf16 under TRL with a k-bit base)
     autocast: bool
     quantized: bool
     full: bool
@@ -68,6 +70,7 @@ def _ctx(req: PlanRequest, dt: Dtypes, arch: ArchSpec) -> _Ctx:
         a = DTYPE_BYTES[dt.weights]
     lo = a if req.quantized else (c if autocast else DTYPE_BYTES[dt.weights])
     return _Ctx(t=tr.micro_batch_size * tr.seq_len, b=tr.micro_batch_size, s=tr.seq_len, c=c, a=a, lo=lo,
+                la=DTYPE_BYTES[dt.adapters],
                 autocast=autocast, quantized=req.quantized, full=req.method == "full",
                 dropout=req.uses_adapter and req.lora.lora_dropout > 0, dora=req.uses_dora, r=req.lora.r,
                 checkpointed=tr.gradient_checkpointing, top_k=arch.num_experts_per_tok, experts=arch.num_experts)
@@ -85,7 +88,7 @@ def _adapter_saved(x: _Ctx, targets: list[Module], shared_inputs: int) -> int:
     ``shared_inputs`` is the number of distinct inputs the adapted linears read (q/k/v share one).
     """
     total = 0
-    lora_c = x.c if x.autocast else 4
+    lora_c = x.c if x.autocast else x.la
     copies_per_linear = x.autocast and (not x.quantized or x.a != x.c)
     for m in targets:
         k, n, t = m.in_features, m.out_features, _tokens(x, m)
@@ -96,7 +99,7 @@ def _adapter_saved(x: _Ctx, targets: list[Module], shared_inputs: int) -> int:
         if x.dropout:
             total += t * k  # CUDA native_dropout keeps a bool mask
         total += lora_c * t * x.r  # lora_A output, saved by lora_B
-        if x.autocast:
+        if x.autocast and x.la != x.c:
             total += x.c * x.r * (k + n)  # autocast's cached bf16 copies of lora_A / lora_B weights
         if x.dora:
             # DoRA keeps base_result and lora_result; with dropout > 0 it recomputes base_result as
@@ -318,6 +321,18 @@ def activation_model(inv: Inventory, plan: AdapterPlan, req: PlanRequest, dt: Dt
     loss_forward = (logits + 4 + 4) * t * v if logits != 4 else 8 * t * v
     softcap = logits * t * v if arch.final_logit_softcapping else 0  # tanh output, saved until its backward
     loss_forward += softcap
+    loss_backward = 12 * t * v + softcap
+    loss = framework(req).loss
+    if loss == "logits+argmax":
+        loss_forward += 8 * t  # ms-swift _compute_acc: logits.argmax(-1), int64 (b, s)
+    elif loss == "trl-chunked":
+        # TRL's fused LM head replaces lm_head's forward: no logits, no saved cast of an fp32 lm_head weight,
+        # and its input is the saved compact copy of the scored rows (app/core/frameworks.py trl_loss_path)
+        head_trainable = x.full or "lm_head" in (req.lora.modules_to_save or [])
+        lp = trl_loss_path(req, h, v, x.a, x.c if x.autocast else x.a, DTYPE_BYTES[head_dtype], head_trainable)
+        head += lp.saved - head_cast - (x.c if x.autocast else x.a) * t * h * x.full
+        head_cast = 0
+        loss_forward, loss_backward = lp.forward, lp.backward
     transient = 0
     out_f, in_f = _largest_linear(inv)
     if req.quantized and t > BNB_FUSED_MAX_ROWS:
@@ -338,7 +353,7 @@ def activation_model(inv: Inventory, plan: AdapterPlan, req: PlanRequest, dt: Dt
         saved_head=head,
         head_weight_cast=head_cast,
         loss_forward=loss_forward,
-        loss_backward=12 * t * v + softcap,
+        loss_backward=loss_backward,
         forward_transient=transient,
         backward_transient=backward_transient,
         backward_layer=backward_layer + x.a * t * max(h, arch.intermediate_size),  # + one activation gradient

@@ -77,7 +77,10 @@ def _axolotl_before_adapters(model: Model, req: PlanRequest) -> Model:
         return model
     from peft import prepare_model_for_kbit_training
 
-    load_dtype = next(p.dtype for p in model.parameters() if p.dtype.is_floating_point)
+    from app.core.precision import dtypes_for
+    from app.trace.engine import TORCH_DTYPES
+
+    load_dtype = TORCH_DTYPES[dtypes_for(req).weights]
     model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
     embedding_modules = ("embed_tokens", "lm_head", "wte", "wpe")
     for name, module in model.named_modules():
