@@ -284,6 +284,33 @@ def _dora_extra(inv: Inventory, x: _Ctx, dt: Dtypes, targets: list[Module], *, g
     return best
 
 
+def _last_linears(inv: Inventory) -> dict[int, str]:
+    """Each decoder layer's last linear in registration order (the MLP's down projection)."""
+    last: dict[int, str] = {}
+    for mod in inv.modules:
+        if mod.layer is not None and mod.kind in (LINEAR, CONV1D):
+            last[mod.layer] = mod.name
+    return last
+
+
+def _lora_cast_extra(inv: Inventory, x: _Ctx, targets: list[Module]) -> int:
+    """Bytes alive while the layer's last adapted linear (the MLP down projection, K = I) runs its LoRA branch,
+    beyond what the finished layer saves: PEFT ``lora.Linear.forward`` (0.21.2 ``tuners/lora/layer.py``) casts
+    its input to lora_A's dtype (``_cast_input_dtype``): under autocast with fp32 adapters and a 16-bit input, an
+    fp32 copy (la·T·K, and with dropout the fp32 dropout output) lives until the forward returns, beside the base
+    layer's result (lo·T·N) and the input itself, which nothing saves (the MLP product). Found in the trace of TRL
+    steps, whose fused LM head leaves a layer's recompute as the peak; 0 for DoRA (:func:`_dora_extra`)."""
+    if not x.autocast or x.dora or x.la == x.lo:
+        return 0
+    last = _last_linears(inv)
+    best = 0
+    for m in targets:
+        if m.name == last.get(m.layer):
+            k, n, t = m.in_features, m.out_features, _tokens(x, m)
+            best = max(best, (x.la * (1 + x.dropout) + x.lo) * t * k + x.lo * t * n)
+    return best
+
+
 def _largest_linear(inv: Inventory) -> tuple[int, int]:
     best = (0, 0)
     for m in inv.modules:
@@ -339,8 +366,14 @@ def activation_model(inv: Inventory, plan: AdapterPlan, req: PlanRequest, dt: Dt
         transient = out_f * in_f * DTYPE_BYTES[dt.bnb_compute]  # bitsandbytes dequantize-then-matmul fallback
     dequant_backward = out_f * in_f * DTYPE_BYTES[dt.weights] if req.quantized else 0  # MatMul4Bit.backward
     backward_transient = dequant_backward
+    targets = [m for m in plan.targets if m.kind != EMBEDDING]
+    cast = _lora_cast_extra(inv, x, targets)
+    transient = max(transient, cast)
+    if x.checkpointed:
+        # the recompute runs with only the incoming gradient (h wide) alive, where backward_layer counts the
+        # widest activation gradient
+        backward_transient = max(backward_transient, cast - x.a * t * (max(h, arch.intermediate_size) - h))
     if req.uses_dora:
-        targets = [m for m in plan.targets if m.kind != EMBEDDING]
         transient = max(transient, _dora_extra(inv, x, dt, targets, grad_enabled=not x.checkpointed))
         if x.checkpointed:
             # the recompute of a layer runs with autograd on; only the incoming gradient (h wide) is alive

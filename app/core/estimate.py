@@ -12,6 +12,7 @@ from app.core.alloc_conf import parse_alloc_conf
 from app.core.architectures import ArchSpec, attention_for
 from app.core.catalog import gpu, gpus
 from app.core.errors import PlanError
+from app.core.frameworks import assumption as framework_assumption
 from app.core.generic import generic_key, model_inventory
 from app.core.inventory import Inventory
 from app.core.overhead import cublas_workspace_bytes, outside_allocator_bytes
@@ -268,7 +269,9 @@ def _assumptions(req: PlanRequest, dt: Dtypes, plan: AdapterPlan, inv: Inventory
                    "get_peft_model (exact parameters and static bytes); activations use the rules' decoder "
                    "formulas and are provisional (docs/generic-models.md).")
     if req.uses_adapter:
-        out.append("PEFT adapters (LoRA A/B, DoRA magnitude) are fp32 (autocast_adapter_dtype=True, PEFT ≥ 0.12).")
+        out.append("PEFT adapters (LoRA A/B, DoRA magnitude) are fp32 (autocast_adapter_dtype=True, PEFT ≥ 0.12)."
+                   if dt.adapters == "fp32" else
+                   f"LoRA A/B are {dt.adapters} (cast by the framework), DoRA's magnitude {dt.magnitude}.")
         out.append(f"Adapted: {len(plan.targets)} modules, {len(plan.param_targets)} parameters (target_parameters).")
     if req.quantized:
         q = req.quantization
@@ -284,11 +287,12 @@ def _assumptions(req: PlanRequest, dt: Dtypes, plan: AdapterPlan, inv: Inventory
             )
         out.append(
             "prepare_model_for_kbit_training upcasts non-quantized fp16/bf16 parameters to fp32."
-            if q.prepare_kbit else "prepare_model_for_kbit_training's fp32 upcast is off."
+            if dt.unquantized == "fp32" else "Non-quantized parameters stay in the load dtype (no fp32 upcast)."
         )
     if req.training.optim.startswith("paged_"):
         out.append("Paged optimizer states of tensors with ≥1e5 elements live in CUDA unified memory and are "
                    "not counted in peak or total (they can page out to host RAM).")
+    out.append(framework_assumption(req))
     if req.hardware.sharding != "none":
         out.append(f"{req.hardware.sharding} over {req.hardware.num_gpus} GPUs: static state partitioned as "
                    "DeepSpeed/FSDP do; activations are per GPU for the micro-batch.")

@@ -113,6 +113,7 @@ def _meta_model(req: PlanRequest, config: Any, torch_dtype: torch.dtype) -> torc
         replace_with_bnb_linear(model, modules_to_not_convert=get_keys_to_not_convert(model),
                                 quantization_config=bnb_config)
         model.is_loaded_in_4bit = True
+        model.quantization_method = bnb_config.quant_method  # as quantizers/base.py preprocess_model sets it
     return model
 
 
@@ -265,7 +266,7 @@ def run_trace(req: PlanRequest, *, fake: bool = True, steps: int = 2, seed: int 
     if req.transformers_version != "5.24":
         raise UnsupportedStep("the trace engine runs the installed transformers 5.24; the transformers 4.57 "
                               "module tree (per-expert MoE linears) is estimated analytically")
-    from peft import LoraConfig, get_peft_model
+    from peft import LoraConfig
     from torch._subclasses.fake_tensor import FakeTensorMode, unset_fake_temporarily
     from transformers.utils import logging as hf_logging
 
@@ -298,17 +299,14 @@ def run_trace(req: PlanRequest, *, fake: bool = True, steps: int = 2, seed: int 
         _real_tables(counter)
         _materialize(model, req, torch_dtype, fake)
         model = framework.before_adapters(model, req)
-        if req.method == "full":
-            model.requires_grad_(True)
-        else:
-            lora = req.lora
-            model = get_peft_model(model, LoraConfig(
-                r=lora.r, lora_alpha=lora.lora_alpha, lora_dropout=lora.lora_dropout,
-                target_modules=lora.target_modules, target_parameters=lora.target_parameters,
-                layers_to_transform=lora.layers_to_transform, bias=lora.bias,
-                modules_to_save=lora.modules_to_save, use_rslora=lora.use_rslora, use_dora=req.uses_dora,
-            ))
-        model = framework.after_adapters(model, req)
+        lora = req.lora
+        lora_config = None if req.method == "full" else LoraConfig(
+            r=lora.r, lora_alpha=lora.lora_alpha, lora_dropout=lora.lora_dropout,
+            target_modules=lora.target_modules, target_parameters=lora.target_parameters,
+            layers_to_transform=lora.layers_to_transform, bias=lora.bias,
+            modules_to_save=lora.modules_to_save, use_rslora=lora.use_rslora, use_dora=req.uses_dora,
+        )
+        model = framework.adapt(model, req, lora_config)
         if fake:
             _own_storage_for_copies(model)
         base = model.get_base_model() if hasattr(model, "get_base_model") else model

@@ -1,15 +1,14 @@
 """What each training framework does to the model and the step, for the trace engine (docs/frameworks.md).
 
 :func:`recipe` gives the engine three hooks for ``training.framework``: ``before_adapters`` (between
-loading/quantizing and PEFT), ``after_adapters`` (after ``get_peft_model``) and ``loss`` (the forward and
+loading/quantizing and PEFT), ``adapt`` (PEFT, or the framework's own trainer set-up) and ``loss`` (the forward and
 the loss of one micro-batch), plus ``contexts`` (stand-ins for CUDA-only kernels the framework calls).
 
 - ``hf-trainer``: transformers ``Trainer`` with PEFT's ``prepare_model_for_kbit_training`` for k-bit bases
   (when ``quantization.prepare_kbit``); the model's own loss and accelerate's fp32 copy of the logits.
-- ``trl``: TRL 1.16.0 (the optional ``trl`` extra) runs its own code: ``trl.trainer.utils.add_fused_lm_head``
-  (the chunked log-probability head SFTTrainer installs, ``sft_trainer.py`` ``__init__``), TRL's
-  ``ChunkedLogProbFunction`` (``kernels/chunked_logprob.py``) and ``SFTTrainer.compute_loss`` itself.
-  Two lines of ``SFTTrainer.__init__`` that act on the model are inline there and replayed here.
+- ``trl``: TRL 1.16.0 (the ``trl`` extra) runs its own code: a real ``SFTTrainer`` is built on the model
+  (``trl/trainer/sft_trainer.py`` ``__init__``: PEFT, input grads, the k-bit bf16 cast, ``add_fused_lm_head``),
+  and the step calls its ``compute_loss`` (TRL's ``ChunkedLogProbFunction``, ``kernels/chunked_logprob.py``).
 - ``axolotl`` 0.18.0, ``llama-factory`` 0.9.5 (commit ff6d4d1), ``ms-swift`` 4.5.2: they pin transformers,
   PEFT and TRL releases other than this project's (docs/frameworks.md), so their preparation is replayed
   from their source, cited per hook.
@@ -35,13 +34,22 @@ class Recipe:
     """The engine's hooks for one framework."""
 
     before_adapters: Callable[[Model, PlanRequest], Model]
-    after_adapters: Callable[[Model, PlanRequest], Model]
+    adapt: Callable[[Model, PlanRequest, Any], Model]  # (model, request, PEFT LoraConfig or None for full)
     loss: Callable[[Model, torch.Tensor, PlanRequest], torch.Tensor]
     contexts: Callable[[], list[AbstractContextManager[Any]]] = field(default=lambda: [])
 
 
 def _no_change(model: Model, req: PlanRequest) -> Model:
     return model
+
+
+def _peft_adapt(model: Model, req: PlanRequest, lora_config: Any) -> Model:
+    """PEFT ``get_peft_model`` (adapters fp32: ``autocast_adapter_dtype=True``); full fine-tuning unfreezes all."""
+    if lora_config is None:
+        return model.requires_grad_(True)
+    from peft import get_peft_model
+
+    return get_peft_model(model, lora_config)
 
 
 def _kbit_prepare(model: Model, req: PlanRequest) -> Model:
@@ -109,72 +117,60 @@ def _swift_loss(model: Model, input_ids: torch.Tensor, req: PlanRequest) -> torc
 # --- TRL 1.16.0 ------------------------------------------------------------------------------------------------
 
 
-def _trl_after_adapters(model: Model, req: PlanRequest) -> Model:
-    """``trl/trainer/sft_trainer.py`` (1.16.0) ``SFTTrainer.__init__`` on a model instance with a ``peft_config``:
-    no ``prepare_model_for_kbit_training`` (TRL never calls it); ``get_peft_model`` (the engine's); with
-    checkpointing ``model.enable_input_require_grads()`` (line 899-900); for a k-bit base every trainable
-    parameter except DoRA's magnitude is cast to bf16 (lines 903-911, inline there and replayed here); then
-    ``add_fused_lm_head(base, outputs=("log_probs", "entropy", "is_top1"))`` (TRL's own function, line 1144)."""
-    from peft import PeftModel
-    from trl.trainer.utils import add_fused_lm_head
+def _trl_adapt(model: Model, req: PlanRequest, lora_config: Any) -> Model:
+    """TRL's own ``SFTTrainer.__init__`` (``trl/trainer/sft_trainer.py``, 1.16.0) on the model: with a
+    ``peft_config`` it calls ``get_peft_model`` (no ``prepare_model_for_kbit_training``: TRL never calls it),
+    ``model.enable_input_require_grads()`` under checkpointing, casts a k-bit base's trainable parameters to
+    bf16 except DoRA's magnitude, and installs ``add_fused_lm_head`` (log_probs, entropy, is_top1). The trainer
+    gets a two-row dataset and a word-level tokenizer built in memory (no Hub access); ``bf16`` and the
+    optimizer are left to the engine (the step's autocast and HF Trainer's optimizer). Returns ``trainer.model``.
+    """
+    import tempfile
+    import warnings
 
-    peft = isinstance(model, PeftModel)
-    if peft and req.training.gradient_checkpointing:
-        model.enable_input_require_grads()
-    if req.quantized:
-        for name, param in model.named_parameters():
-            if param.requires_grad and "lora_magnitude_vector" not in name:
-                param.data = param.data.to(torch.bfloat16)
-    add_fused_lm_head(model.get_base_model() if peft else model, outputs=("log_probs", "entropy", "is_top1"))
-    return model
-
-
-class _MetricsGather:
-    """The one ``Accelerator`` method ``SFTTrainer.compute_loss`` calls: ``gather_for_metrics`` of logging scalars
-    (one process gathers nothing). Its result feeds ``.item()`` and ``> 0`` tests, which a FakeTensor cannot
-    answer, so a fake scalar comes back as a constant one FakeTensorMode can read (``torch.tensor`` in the mode)."""
-
-    parallelism_config = None
-
-    @staticmethod
-    def gather_for_metrics(t: torch.Tensor) -> torch.Tensor:
-        from torch._subclasses.fake_tensor import is_fake
-
-        return torch.tensor(1, dtype=t.dtype) if is_fake(t) else t
-
-
-def _trl_trainer(model: Model) -> Any:
-    """An ``SFTTrainer`` object holding what ``compute_loss`` reads (its ``__init__`` needs a dataset and a
-    tokenizer; what it derives for this step is replayed in :func:`_trl_after_adapters`)."""
-    from collections import defaultdict
-
+    from datasets import Dataset
+    from tokenizers import Tokenizer
+    from tokenizers.models import WordLevel
+    from tokenizers.pre_tokenizers import Whitespace
+    from transformers import PreTrainedTokenizerFast
     from trl import SFTConfig, SFTTrainer
 
-    trainer = SFTTrainer.__new__(SFTTrainer)
-    defaults = SFTConfig.__dataclass_fields__
-    trainer.args = types.SimpleNamespace(loss_type=defaults["loss_type"].default,
-                                         average_tokens_across_devices=False)
-    trainer.model = model
-    trainer.accelerator = _MetricsGather()
-    trainer.compute_loss_func = None
-    trainer.label_smoother = None  # SFTConfig.label_smoothing_factor defaults to 0
-    trainer.aux_loss_enabled = False
-    trainer.router_aux_loss_coef = 0.0
-    trainer._metrics = {"train": defaultdict(list), "eval": defaultdict(list)}
-    trainer._total_train_tokens = 0
-    trainer._tp_size = 1
-    return trainer
+    if lora_config is None:
+        model.requires_grad_(True)
+    words = {f"w{i}": i for i in range(8)} | {"<unk>": 8, "<eos>": 9, "<pad>": 10}
+    tokenizer = Tokenizer(WordLevel(words, unk_token="<unk>"))
+    tokenizer.pre_tokenizer = Whitespace()
+    tokenizer_fast = PreTrainedTokenizerFast(tokenizer_object=tokenizer, eos_token="<eos>", pad_token="<pad>",
+                                             unk_token="<unk>")
+    with tempfile.TemporaryDirectory() as out, warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # TRL's deprecation notes (gradient_checkpointing in transformers 5)
+        args = SFTConfig(output_dir=out, report_to=[], use_cpu=True, bf16=False,
+                         gradient_checkpointing=req.training.gradient_checkpointing, max_length=req.training.seq_len,
+                         per_device_train_batch_size=req.training.micro_batch_size, save_strategy="no")
+        trainer = SFTTrainer(model=model, args=args, processing_class=tokenizer_fast, peft_config=lora_config,
+                             train_dataset=Dataset.from_dict({"text": ["w1 w2 w3", "w4 w5"]}))
+    trainer.accelerator.gather_for_metrics = _gather_metric  # type: ignore[method-assign]
+    trainer.model.planner_trainer = trainer  # what _trl_loss calls compute_loss on
+    return trainer.model
+
+
+def _gather_metric(t: torch.Tensor) -> torch.Tensor:
+    """``Accelerator.gather_for_metrics`` of the logging scalars ``SFTTrainer.compute_loss`` reads back with
+    ``.item()`` and ``> 0`` (one process gathers nothing). A FakeTensor cannot answer those, so a fake scalar
+    comes back as a constant FakeTensorMode can read (``torch.tensor`` made in the mode); real ones unchanged."""
+    from torch._subclasses.fake_tensor import is_fake
+
+    return torch.tensor(1, dtype=t.dtype) if is_fake(t) else t
 
 
 def _trl_loss(model: Model, input_ids: torch.Tensor, req: PlanRequest) -> torch.Tensor:
-    """``SFTTrainer.compute_loss`` (TRL's own) on the batch TRL's ``DataCollatorForLanguageModeling`` makes for
-    unpadded rows: ``input_ids``, ``labels`` and ``position_ids`` (the collator's ``return_position_ids``)."""
-    from trl import SFTTrainer
-
+    """TRL's own ``SFTTrainer.compute_loss`` on the batch its ``DataCollatorForLanguageModeling`` makes for unpadded
+    rows of ``seq_len`` tokens: ``input_ids``, ``labels`` and ``position_ids`` (the collator's
+    ``return_position_ids``, default on)."""
     b, s = input_ids.shape
     position_ids = torch.arange(s).unsqueeze(0).expand(b, s)
     inputs = {"input_ids": input_ids, "labels": input_ids, "position_ids": position_ids}
-    return SFTTrainer.compute_loss(_trl_trainer(model), model, inputs)
+    return model.planner_trainer.compute_loss(model, inputs)
 
 
 @contextmanager
@@ -263,15 +259,15 @@ def _every_position(shape: torch.Size) -> torch.Tensor:
 # --- the table -------------------------------------------------------------------------------------------------
 
 RECIPES: dict[str, Recipe] = {
-    "hf-trainer": Recipe(_kbit_prepare, _no_change, _model_loss),
-    "trl": Recipe(_no_change, _trl_after_adapters, _trl_loss, lambda: [_triton_on_cuda()]),
-    "axolotl": Recipe(_axolotl_before_adapters, _no_change, _model_loss),
+    "hf-trainer": Recipe(_kbit_prepare, _peft_adapt, _model_loss),
+    "trl": Recipe(_no_change, _trl_adapt, _trl_loss, lambda: [_triton_on_cuda()]),
+    "axolotl": Recipe(_axolotl_before_adapters, _peft_adapt, _model_loss),
     # LLaMA-Factory src/llamafactory/model/adapter.py init_adapter: no prepare_model_for_kbit_training, trainable
     # parameters cast to fp32 (cast_trainable_params_to_fp32, not pure_bf16); model_utils/checkpointing.py
     # prepare_model_for_training: upcast_layernorm and upcast_lmhead_output default False (hparams/model_args.py).
-    "llama-factory": Recipe(_no_change, _no_change, _model_loss),
+    "llama-factory": Recipe(_no_change, _peft_adapt, _model_loss),
     # ms-swift swift/pipelines/train/tuner.py: no prepare_model_for_kbit_training; lora_dtype None keeps PEFT's fp32.
-    "ms-swift": Recipe(_no_change, _no_change, _swift_loss),
+    "ms-swift": Recipe(_no_change, _peft_adapt, _swift_loss),
 }
 
 
