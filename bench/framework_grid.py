@@ -62,19 +62,24 @@ def bodies() -> list[dict[str, Any]]:
     return [body(*case) for case in CASES]
 
 
-def regenerate() -> list[dict[str, Any]]:
+def regenerate(only: set[int] | None = None) -> list[dict[str, Any]]:
+    """Trace every case (or the cases whose index is in ``only``, keeping the others from the cache)."""
     from app.core import PlanRequest
     from app.trace.engine import run_trace
 
+    old = json.loads(CACHE.read_text()) if only is not None and CACHE.exists() else []
     rows = []
-    for b in bodies():
+    for i, b in enumerate(bodies()):
+        if only is not None and i not in only and i < len(old) and old[i]["request"] == b:
+            rows.append(old[i])
+            continue
         t0 = time.perf_counter()
         result = run_trace(PlanRequest.model_validate(b))
         rows.append({"request": b, "trace_peak_bytes": result.peak_bytes, "trace_phase": result.peak_phase,
                      "seconds": round(time.perf_counter() - t0, 1)})
         print(f"traced {b['training']['framework']} {b['model']} {b['method']}: {result.peak_bytes} B "
               f"({rows[-1]['seconds']} s)", flush=True)
-        CACHE.write_text(json.dumps(rows, indent=1) + "\n")
+        CACHE.write_text(json.dumps(rows, indent=1) + "\n")  # progress survives an interrupted run
     return rows
 
 
@@ -100,12 +105,73 @@ def table(rows: list[dict[str, Any]]) -> list[float]:
     return errors
 
 
+# Unsloth's README (commit c60636695c^, "Context length benchmarks"): Llama 3.1 8B Instruct / Llama 3.3 70B Instruct,
+# 4-bit QLoRA on all linear layers, rank 32, batch 1, padded sequences; the longest context that fits each card,
+# under Unsloth and under "Hugging Face + FA2". None: OOM.
+UNSLOTH_PUBLISHED: list[tuple[str, int, int, int | None]] = [
+    ("meta-llama/Llama-3.1-8B", 12, 21848, 932),
+    ("meta-llama/Llama-3.1-8B", 16, 40724, 2551),
+    ("meta-llama/Llama-3.1-8B", 24, 78475, 5789),
+    ("meta-llama/Llama-3.1-8B", 40, 153977, 12264),
+    ("meta-llama/Llama-3.1-8B", 48, 191728, 15502),
+    ("meta-llama/Llama-3.1-8B", 80, 342733, 28454),
+    ("meta-llama/Llama-3.1-70B", 48, 12106, None),
+    ("meta-llama/Llama-3.1-70B", 80, 89389, 6916),
+]
+
+
+# a catalog card of each size in the table (8 GB: none in the catalog)
+CARDS = {12: "nvidia-rtx-3060-12gb", 16: "nvidia-rtx-4060-ti-16gb", 24: "nvidia-rtx-4090", 40: "nvidia-a100-40gb",
+         48: "nvidia-rtx-a6000", 80: "nvidia-a100-80gb"}
+
+
+def max_context(model: str, framework: str, vram_gib: int) -> int:
+    """Longest seq_len (batch 1) whose estimated total (peak + CUDA context + allocator reserve) fits the catalog
+    card of ``vram_gib`` GB."""
+    from app.core.catalog import gpu
+
+    card = CARDS[vram_gib]
+    from app.core import PlanRequest, estimate
+
+    def total(seq_len: int) -> int:
+        req = PlanRequest.model_validate({
+            "model": model, "method": "qlora", "lora": {"r": 32, "lora_alpha": 32, "target_modules": "all-linear"},
+            "training": {"framework": framework, "seq_len": seq_len, "micro_batch_size": 1,
+                         "attn_implementation": "flash_attention_2"}, "hardware": {"gpu": card}})
+        return estimate(req).memory.total
+
+    lo, hi = 0, 1_048_576
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if total(mid) <= gpu(card).vram_bytes:
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo
+
+
+def unsloth_table() -> None:
+    """Unsloth's published longest contexts against the planner's (unsloth and hf-trainer frameworks)."""
+    print(f"\n{'model':22} {'GB':>4} {'Unsloth':>9} {'ours':>9} {'err %':>7}   {'HF+FA2':>8} {'ours':>8} {'err %':>7}")
+    for model, gib, unsloth, hf in UNSLOTH_PUBLISHED:
+        ours_u, ours_hf = max_context(model, "unsloth", gib), max_context(model, "hf-trainer", gib)
+        hf_err = f"{100 * (ours_hf - hf) / hf:+7.1f}" if hf else "    OOM" if ours_hf == 0 else "       "
+        print(f"{model.split('/')[-1]:22} {gib:>4} {unsloth:>9,} {ours_u:>9,} {100 * (ours_u - unsloth) / unsloth:+7.1f}"
+              f"   {hf or 'OOM':>8} {ours_hf:>8,} {hf_err}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--regen", action="store_true", help="re-run every trace and rewrite the cache")
+    parser.add_argument("--only", type=int, nargs="*",
+                        help="with --regen: re-trace only these case indexes (and cases missing from the cache)")
     args = parser.parse_args()
-    rows = regenerate() if args.regen or not CACHE.exists() else json.loads(CACHE.read_text())
+    if args.regen or not CACHE.exists():
+        rows = regenerate(set(args.only) if args.only is not None else None)
+    else:
+        rows = json.loads(CACHE.read_text())
     table(rows)
+    unsloth_table()
 
 
 if __name__ == "__main__":

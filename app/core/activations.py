@@ -14,7 +14,17 @@ from dataclasses import dataclass
 
 from app.core.adapters import AdapterPlan
 from app.core.architectures import ArchSpec, attention_for
-from app.core.frameworks import framework, trl_loss_path
+from app.core.catalog import gpu
+from app.core.frameworks import (
+    UNSLOTH_FAST_TYPES,
+    UNSLOTH_GPU_BUFFERS,
+    framework,
+    trl_loss_path,
+    unsloth_fast_lora,
+    unsloth_layer_saved,
+    unsloth_loss_path,
+)
+from app.core.overhead import outside_allocator_bytes
 from app.core.inventory import CONV1D, EMBEDDING, LINEAR, Inventory, Module, Tensor
 from app.core.precision import Dtypes
 from app.core.request import PlanRequest
@@ -39,6 +49,7 @@ class ActivationModel:
     backward_layer: int  # live bytes of one layer's backward beyond what stays saved (recompute + grads)
     tied_embedding_grad: int  # full fine-tuning of tied embeddings: the embedding's gradient and its sum
     checkpointed: bool
+    logits_block: int = 0  # fp32 bytes of the largest block of logits the loss builds (the allocator rule's feature)
 
 
 @dataclass(frozen=True)
@@ -299,8 +310,9 @@ def _lora_cast_extra(inv: Inventory, x: _Ctx, targets: list[Module]) -> int:
     its input to lora_A's dtype (``_cast_input_dtype``): under autocast with fp32 adapters and a 16-bit input, an
     fp32 copy (la·T·K, and with dropout the fp32 dropout output) lives until the forward returns, beside the base
     layer's result (lo·T·N) and the input itself, which nothing saves (the MLP product). Found in the trace of TRL
-    steps, whose fused LM head leaves a layer's recompute as the peak; 0 for DoRA (:func:`_dora_extra`)."""
-    if not x.autocast or x.dora or x.la == x.lo:
+    steps, whose fused LM head leaves a layer's recompute as the peak; 0 for DoRA (:func:`_dora_extra`) and for
+    bitsandbytes layers, which skip the cast under autocast (``tuners/lora/bnb.py`` ``requires_conversion``)."""
+    if not x.autocast or x.dora or x.quantized or x.la == x.lo:
         return 0
     last = _last_linears(inv)
     best = 0
@@ -319,7 +331,10 @@ def _largest_linear(inv: Inventory) -> tuple[int, int]:
     return best
 
 
-def activation_model(inv: Inventory, plan: AdapterPlan, req: PlanRequest, dt: Dtypes) -> ActivationModel:
+def activation_model(inv: Inventory, plan: AdapterPlan, req: PlanRequest, dt: Dtypes,
+                     resident_bytes: int = 0) -> ActivationModel:
+    """``resident_bytes``: static bytes on the GPU (weights, constants, adapters, optimizer states); Unsloth sizes
+    its loss chunks from the memory left free."""
     arch = inv.arch
     x = _ctx(req, dt, arch)
     t, h, v = x.t, arch.hidden_size, arch.vocab_size
@@ -328,6 +343,9 @@ def activation_model(inv: Inventory, plan: AdapterPlan, req: PlanRequest, dt: Dt
         else _layer_saved(inv, plan.targets, plan.param_targets, x, req, dt, i)
         for i in range(arch.num_hidden_layers)
     ]
+    if framework(req).name == "unsloth" and unsloth_fast_lora(req) and arch.model_type in UNSLOTH_FAST_TYPES:
+        per_layer = [unsloth_layer_saved(h, arch.intermediate_size, arch.q_dim, arch.kv_dim,
+                                         arch.num_attention_heads, t, x.a)] * arch.num_hidden_layers
     largest_layer = max(per_layer, default=0)
     # Shared across layers: rotary cos/sin in the residual dtype (b, s, head_dim), the final norm, and
     # (full fine-tuning) lm_head's input.
@@ -338,7 +356,12 @@ def activation_model(inv: Inventory, plan: AdapterPlan, req: PlanRequest, dt: Dt
     head += head_cast  # lm_head's fp32 weight cast to bf16 by autocast, saved until lm_head's backward
     if x.full:
         head += x.a * t * h + (x.c if x.autocast else x.a) * t * h
-    if req.training.gradient_checkpointing:
+    if req.training.gradient_checkpointing and framework(req).name == "unsloth":
+        # "unsloth" checkpointing offloads each layer's input to pinned host memory and brings it back through
+        # GPU buffers sized to one layer input (unsloth_zoo gradient_checkpointing.py, double-buffered)
+        saved_layers = UNSLOTH_GPU_BUFFERS * x.a * t * h
+        backward_layer = largest_layer
+    elif req.training.gradient_checkpointing:
         saved_layers = arch.num_hidden_layers * x.a * t * h  # only each layer's input is kept
         backward_layer = largest_layer
     else:
@@ -349,6 +372,7 @@ def activation_model(inv: Inventory, plan: AdapterPlan, req: PlanRequest, dt: Dt
     softcap = logits * t * v if arch.final_logit_softcapping else 0  # tanh output, saved until its backward
     loss_forward += softcap
     loss_backward = 12 * t * v + softcap
+    logits_block = 4 * t * v
     loss = framework(req).loss
     if loss == "logits+argmax":
         loss_forward += 8 * t  # ms-swift _compute_acc: logits.argmax(-1), int64 (b, s)
@@ -357,6 +381,14 @@ def activation_model(inv: Inventory, plan: AdapterPlan, req: PlanRequest, dt: Dt
         # and its input is the saved compact copy of the scored rows (app/core/frameworks.py trl_loss_path)
         head_trainable = x.full or "lm_head" in (req.lora.modules_to_save or [])
         lp = trl_loss_path(req, h, v, x.a, x.c if x.autocast else x.a, DTYPE_BYTES[head_dtype], head_trainable)
+        logits_block = 4 * lp.block
+        head += lp.saved - head_cast - (x.c if x.autocast else x.a) * t * h * x.full
+        head_cast = 0
+        loss_forward, loss_backward = lp.forward, lp.backward
+    elif loss == "unsloth-chunked":
+        free = gpu(req.hardware.gpu).vram_bytes - outside_allocator_bytes(req.hardware.num_gpus) - resident_bytes
+        lp = unsloth_loss_path(req, h, v, x.a, x.c if x.autocast else x.a, free - saved_layers - head)
+        logits_block = 4 * lp.block
         head += lp.saved - head_cast - (x.c if x.autocast else x.a) * t * h * x.full
         head_cast = 0
         loss_forward, loss_backward = lp.forward, lp.backward
@@ -367,7 +399,9 @@ def activation_model(inv: Inventory, plan: AdapterPlan, req: PlanRequest, dt: Dt
     dequant_backward = out_f * in_f * DTYPE_BYTES[dt.weights] if req.quantized else 0  # MatMul4Bit.backward
     backward_transient = dequant_backward
     targets = [m for m in plan.targets if m.kind != EMBEDDING]
-    cast = _lora_cast_extra(inv, x, targets)
+    # Unsloth's fused LoRA kernels do not copy their input to the adapter dtype
+    unsloth = framework(req).name == "unsloth" and unsloth_fast_lora(req) and arch.model_type in UNSLOTH_FAST_TYPES
+    cast = 0 if unsloth else _lora_cast_extra(inv, x, targets)
     transient = max(transient, cast)
     if x.checkpointed:
         # the recompute runs with only the incoming gradient (h wide) alive, where backward_layer counts the
@@ -392,4 +426,5 @@ def activation_model(inv: Inventory, plan: AdapterPlan, req: PlanRequest, dt: Dt
         backward_layer=backward_layer + x.a * t * max(h, arch.intermediate_size),  # + one activation gradient
         tied_embedding_grad=2 * v * h * DTYPE_BYTES[dt.weights] if x.full and arch.tie_word_embeddings else 0,
         checkpointed=req.training.gradient_checkpointing,
+        logits_block=logits_block,
     )

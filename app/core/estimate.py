@@ -371,8 +371,9 @@ def estimate(req: PlanRequest) -> EstimateResult:
     _check_request(req, arch)
     target_gpu = gpu(req.hardware.gpu)
     dt = dtypes_for(req)
-    act = activation_model(inv, plan, req, dt)
     static = _shard(sm, req, plan.trainable_params, arch.hidden_size, arch.num_hidden_layers)
+    act = activation_model(inv, plan, req, dt, sum(static[k] for k in ("weights", "constants", "adapters",
+                                                                       "optimizer")))
     workspace = cublas_workspace_bytes(target_gpu.arch)
     gathered = _gathered(inv, sm, req, dt)
     phases = _phases(static, sm, act, workspace, gathered)

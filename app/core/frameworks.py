@@ -31,8 +31,9 @@ TRL_TOKEN_CHUNK = 4096
 """trl/kernels/chunked_logprob.py TOKEN_CHUNK_SIZE: tokens per projection tile."""
 TRL_VOCAB_CHUNK = 32768
 """trl/trainer/utils.py _CHUNKED_LOGPROB_CHUNK_SIZE: vocabulary columns per tile (the tile buffer is always this wide)."""
-UNSLOTH_CE_CHUNK = 65536
-"""unsloth_zoo fused cross-entropy: logits are built in chunks of at most 65,536 vocabulary columns per row block."""
+UNSLOTH_CE_TARGET_BYTES = 4 * 2**30
+"""unsloth_zoo ``fused_losses/cross_entropy_loss.py _get_chunk_multiplier``: each chunk's fp32 logits are kept under
+``target_gb = min(free VRAM / 2, 4.0)`` GiB; the cap (4 GiB) applies whenever 8 GiB are free at the loss."""
 
 
 @dataclass(frozen=True)
@@ -92,6 +93,7 @@ class LossPath:
     saved: int  # saved for backward from the loss until its backward (beyond the final norm's own tensors)
     forward: int  # live during the loss forward beyond ``saved``
     backward: int  # live at the start of backward beyond ``saved`` (the loss gradients)
+    block: int  # elements of the largest block of logits built at once (a tile or chunk)
 
 
 def trl_loss_path(req: PlanRequest, hidden: int, vocab: int, hidden_bytes: int, compute_bytes: int,
@@ -118,7 +120,63 @@ def trl_loss_path(req: PlanRequest, hidden: int, vocab: int, hidden_bytes: int, 
     grad_weight = 4 * vocab * hidden + (vocab * hidden * head_bytes if head_bytes != 4 else 0) if head_trainable else 0
     back_hidden = n * hidden * (4 + (hidden_bytes if hidden_bytes != 4 else 0))
     backward = back_hidden + grad_weight + tile + hidden_cast + head_cast + 4 * n
-    return LossPath(saved=saved, forward=forward, backward=backward)
+    return LossPath(saved=saved, forward=forward, backward=backward, block=rows * TRL_VOCAB_CHUNK)
+
+
+UNSLOTH_FAST_TYPES = ("llama", "mistral", "qwen2", "qwen3")
+"""Decoder types whose layers unsloth/models/llama.py ``patch_peft_model`` maps to ``apply_lora_mlp_swiglu`` and the
+fused QKV/O kernels (others: HF modelling rules apply)."""
+UNSLOTH_GPU_BUFFERS = 2
+"""unsloth_zoo ``gradient_checkpointing.py``: ``GPU_BUFFERS`` and ``GPU_BUFFERS_B`` (double buffering in backward),
+each resized to one layer input, receive the offloaded layer inputs back from pinned host memory."""
+
+
+def unsloth_fast_lora(req: PlanRequest) -> bool:
+    """Unsloth patches a layer with its fused LoRA kernels (``FastLlamaModel.patch_peft_model``: LoRA_QKV, LoRA_W,
+    LoRA_MLP) when the adapter is plain LoRA without dropout or bias on every linear of the layer."""
+    return req.uses_adapter and not req.uses_dora and req.lora.lora_dropout == 0 and req.lora.bias == "none"
+
+
+def unsloth_layer_saved(hidden: int, intermediate: int, q_dim: int, kv_dim: int, heads: int, tokens: int,
+                        act_bytes: int) -> int:
+    """Bytes one decoder layer saves for backward under Unsloth's kernels (unsloth ``kernels/fast_lora.py``,
+    ``kernels/rms_layernorm.py``, ``kernels/rope_embedding.py`` at 2026.8.19), T tokens, activations in the
+    model dtype: ``Fast_RMS_Layernorm`` saves its input and the fp32 rstd (the first norm's input is the layer
+    input, already held); ``LoRA_QKV`` saves its input; RoPE saves only the shared cos/sin; flash attention
+    keeps q, k, v, its output (which ``LoRA_W`` saves as o_proj's input) and the fp32 LSE; ``LoRA_MLP`` saves its
+    input and the gate and up outputs (the SwiGLU product is recomputed in backward)."""
+    t, a = tokens, act_bytes
+    norms = a * t * hidden + 2 * 4 * t
+    attention = a * t * hidden + a * t * (2 * q_dim + 2 * kv_dim) + 4 * t * heads
+    mlp = a * t * hidden + 2 * a * t * intermediate
+    return norms + attention + mlp
+
+
+def unsloth_chunks(tokens: int, vocab: int, target_bytes: int) -> int:
+    """unsloth_zoo ``get_chunk_size``: chunks needed to keep each chunk's fp32 logits under ``target_bytes``, rounded
+    up to a multiple of 4 (1 when the whole fits); at most one chunk per row."""
+    full = tokens * vocab * 4
+    if full <= target_bytes:
+        return 1
+    return min(-(-full // (4 * max(target_bytes, 1))) * 4, tokens)
+
+
+def unsloth_loss_path(req: PlanRequest, hidden: int, vocab: int, hidden_bytes: int, compute_bytes: int,
+                      free_bytes: int) -> LossPath:
+    """Unsloth's fused cross-entropy (unsloth_zoo 2026.8.13 ``fused_losses/cross_entropy_loss.py``
+    ``UnslothFusedLoss.forward``): loss and gradient are computed in the forward, chunk by chunk
+    (``torch.func.grad_and_value`` per ``torch.chunk`` of the rows), into ``grad_inputs`` (``empty_like`` the hidden
+    states, kept for backward). The chunk target is ``min(free VRAM / 2, 4 GiB)`` of fp32 logits
+    (``_get_chunk_multiplier``), ``free_bytes`` being the card's memory not yet in use at the loss. Per chunk of
+    ⌈T/n⌉ rows, ``accumulate_chunk`` is ``torch.compile``d (``torch_compile=True``): the fp32 upcast and softmax of
+    ``compute_fused_ce_loss`` fuse into the kernels, leaving the chunk's logits and their gradient in the compute
+    dtype. Backward scales ``grad_inputs`` by the incoming gradient (one hidden-sized tensor). Analytic only."""
+    tokens = req.training.micro_batch_size * req.training.seq_len
+    target = min(max(free_bytes, 0) // 2, UNSLOTH_CE_TARGET_BYTES)
+    rows = -(-tokens // unsloth_chunks(tokens, vocab, target))
+    grad_inputs = tokens * hidden * hidden_bytes
+    return LossPath(saved=grad_inputs, forward=rows * vocab * 2 * compute_bytes, backward=grad_inputs,
+                    block=rows * vocab)
 
 
 def assumption(req: PlanRequest) -> str:

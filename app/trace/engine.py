@@ -30,6 +30,7 @@ from app.trace.frameworks import recipe
 from app.trace.cuda_kernels import (
     attention_name,
     bnb_dequantize_patch,
+    cuda_autocast_query,
     cuda_dropout,
     fake_swap_tensors,
     grouped_mm_for_any_dtype,
@@ -294,6 +295,7 @@ def run_trace(req: PlanRequest, *, fake: bool = True, steps: int = 2, seed: int 
             stack.enter_context(context)
         stack.enter_context(counter)
         stack.enter_context(cuda_dropout())
+        stack.enter_context(cuda_autocast_query())
         stack.enter_context(bnb_dequantize_patch())
         stack.enter_context(grouped_mm_for_any_dtype())
         _real_tables(counter)
