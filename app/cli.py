@@ -86,7 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
     training.add_argument("--precision", choices=PRECISIONS)
     training.add_argument("--attn", choices=ATTN_IMPLS, dest="attn_implementation", help="attn_implementation")
     training.add_argument("--framework", choices=FRAMEWORKS,
-                          help="the trainer whose preparation and step are modelled (docs/frameworks.md); default hf-trainer")
+                          help="the trainer modelled (docs/frameworks.md); default hf-trainer")
     training.add_argument("--gradient-checkpointing", action=argparse.BooleanOptionalAction, default=None,
                           help="default: on (or as the files say)")
     hardware = inputs.add_argument_group("hardware")

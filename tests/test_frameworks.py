@@ -72,3 +72,71 @@ def test_analytic_peak_within_2_percent_of_framework_trace(framework: str, famil
     body = _body(framework, family, method, lora, training)
     traced = run_trace(PlanRequest.model_validate(body))
     assert _analytic(body) == pytest.approx(traced.peak_bytes, rel=TOLERANCE)
+
+
+@pytest.mark.slow
+def test_trl_fake_step_equals_real_cpu_step() -> None:
+    """TRL's own SFTTrainer, fused LM head and compute_loss on fake tensors allocate what the real CPU step does."""
+    req = PlanRequest.model_validate(_body("trl", "llama", "qlora", {"lora_dropout": 0.05}, {}))
+    fake, real = run_trace(req, fake=True), run_trace(req, fake=False)
+    assert fake.peak_bytes == real.peak_bytes
+    assert fake.phases == real.phases
+    assert fake.static == real.static
+
+
+@pytest.mark.slow
+def test_trl_trace_is_trls_own_preparation() -> None:
+    """The traced TRL model is what SFTTrainer makes of a k-bit base: no fp32 upcast of the non-quantized weights
+    (TRL never calls prepare_model_for_kbit_training), LoRA A/B in bf16, and the analytic static bytes agree."""
+    body = _body("trl", "llama", "qlora", {}, {})
+    traced = run_trace(PlanRequest.model_validate(body))
+    hf = run_trace(PlanRequest.model_validate({**body, "training": {**body["training"], "framework": "hf-trainer"}}))
+    cfg = TINY_CONFIGS["llama"]
+    h, v = cfg["hidden_size"], cfg["vocab_size"]
+    # embeddings + lm_head + 2 norms per layer + final norm stay bf16 under TRL, fp32 under the HF recipe
+    unquantized = 2 * v * h + (2 * cfg["num_hidden_layers"] + 1) * h
+    assert hf.static["weights"] - traced.static["weights"] == 2 * unquantized
+    # LoRA A/B: bf16 under TRL, fp32 under PEFT's default
+    assert 2 * traced.static["adapter_weights"] == hf.static["adapter_weights"]
+    result = estimate(PlanRequest.model_validate(body))
+    assert result.memory.weights == traced.static["weights"]
+    assert result.memory.adapter_weights == traced.static["adapter_weights"]
+
+
+def test_unsloth_is_analytic_and_says_so() -> None:
+    body = _body("unsloth", "llama", "qlora", {}, {})
+    result = estimate(PlanRequest.model_validate(body))
+    assert any("estimated analytically, not traced" in a for a in result.assumptions)
+    with pytest.raises(UnsupportedStep, match="CUDA GPU"):
+        run_trace(PlanRequest.model_validate(body))
+
+
+@pytest.mark.parametrize(("model", "gb", "published", "_hf"), [row for row in UNSLOTH_PUBLISHED if row[1] >= 16])
+def test_unsloth_matches_its_published_context_lengths(model: str, gb: int, published: int, _hf: int | None) -> None:
+    """Unsloth's README table (Llama 3.1 8B / 3.3 70B QLoRA r=32, batch 1): the longest context our Unsloth
+    model says fits the card is within 10% of Unsloth's measured one (bench/framework_grid.py prints all rows)."""
+
+    assert max_context(model, "unsloth", gb) == pytest.approx(published, rel=0.10)
+
+
+def test_framework_in_assumptions_and_versions() -> None:
+    for framework in ("hf-trainer", "trl", "axolotl", "llama-factory", "ms-swift", "unsloth"):
+        result = estimate(PlanRequest.model_validate(_body(framework, "llama", "lora", {}, {})))
+        assert sum(a.startswith(f"Framework: {framework} ") for a in result.assumptions) == 1
+
+
+def test_bench_cache_is_current() -> None:
+    """bench/framework_grid.py's cache holds a trace of every case it lists (re-run it with --regen)."""
+    assert [row["request"] for row in json.loads(CACHE.read_text())] == bodies()
+
+
+def test_bench_grid_within_2_percent() -> None:
+    """The cached real-size traces (bench/framework_grid.py) against the analytic estimate."""
+    from bench.trace_grid import analytic_tensor_peak
+
+    rows = json.loads(CACHE.read_text())
+    assert len(rows) >= 12
+    misses = {f"{r['request']['training']['framework']} {r['request']['model']} {r['request']['method']}":
+              round(100 * (analytic_tensor_peak(r["request"]) / r["trace_peak_bytes"] - 1), 2)
+              for r in rows if abs(analytic_tensor_peak(r["request"]) / r["trace_peak_bytes"] - 1) > TOLERANCE}
+    assert not misses

@@ -24,8 +24,8 @@ from app.core.frameworks import (
     unsloth_layer_saved,
     unsloth_loss_path,
 )
-from app.core.overhead import outside_allocator_bytes
 from app.core.inventory import CONV1D, EMBEDDING, LINEAR, Inventory, Module, Tensor
+from app.core.overhead import outside_allocator_bytes
 from app.core.precision import Dtypes
 from app.core.request import PlanRequest
 from app.core.units import DTYPE_BYTES

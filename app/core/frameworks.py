@@ -30,7 +30,7 @@ from app.core.request import PlanRequest
 TRL_TOKEN_CHUNK = 4096
 """trl/kernels/chunked_logprob.py TOKEN_CHUNK_SIZE: tokens per projection tile."""
 TRL_VOCAB_CHUNK = 32768
-"""trl/trainer/utils.py _CHUNKED_LOGPROB_CHUNK_SIZE: vocabulary columns per tile (the tile buffer is always this wide)."""
+"""trl/trainer/utils.py _CHUNKED_LOGPROB_CHUNK_SIZE: vocabulary columns per tile (the tile buffer is this wide)."""
 UNSLOTH_CE_TARGET_BYTES = 4 * 2**30
 """unsloth_zoo ``fused_losses/cross_entropy_loss.py _get_chunk_multiplier``: each chunk's fp32 logits are kept under
 ``target_gb = min(free VRAM / 2, 4.0)`` GiB; the cap (4 GiB) applies whenever 8 GiB are free at the loss."""

@@ -26,7 +26,6 @@ from app.core.precision import dtypes_for
 from app.core.request import PlanRequest
 from app.core.reserved import trace_report
 from app.trace.counter import LiveBytesCounter, LiveTensor
-from app.trace.frameworks import recipe
 from app.trace.cuda_kernels import (
     attention_name,
     bnb_dequantize_patch,
@@ -37,6 +36,7 @@ from app.trace.cuda_kernels import (
     register_attention,
     transient_rules,
 )
+from app.trace.frameworks import recipe
 
 TORCH_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 COMPUTE_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}

@@ -16,6 +16,7 @@ the loss of one micro-batch), plus ``contexts`` (stand-ins for CUDA-only kernels
 
 from __future__ import annotations
 
+import importlib.util
 import types
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
@@ -128,6 +129,7 @@ def _trl_adapt(model: Model, req: PlanRequest, lora_config: Any) -> Model:
     import tempfile
     import warnings
 
+    import datasets
     from datasets import Dataset
     from tokenizers import Tokenizer
     from tokenizers.models import WordLevel
@@ -142,6 +144,8 @@ def _trl_adapt(model: Model, req: PlanRequest, lora_config: Any) -> Model:
     tokenizer.pre_tokenizer = Whitespace()
     tokenizer_fast = PreTrainedTokenizerFast(tokenizer_object=tokenizer, eos_token="<eos>", pad_token="<pad>",
                                              unk_token="<unk>")
+    bars = datasets.is_progress_bar_enabled()
+    datasets.disable_progress_bars()  # the two-row dataset's map() calls
     with tempfile.TemporaryDirectory() as out, warnings.catch_warnings():
         warnings.simplefilter("ignore")  # TRL's deprecation notes (gradient_checkpointing in transformers 5)
         args = SFTConfig(output_dir=out, report_to=[], use_cpu=True, bf16=False,
@@ -149,6 +153,8 @@ def _trl_adapt(model: Model, req: PlanRequest, lora_config: Any) -> Model:
                          per_device_train_batch_size=req.training.micro_batch_size, save_strategy="no")
         trainer = SFTTrainer(model=model, args=args, processing_class=tokenizer_fast, peft_config=lora_config,
                              train_dataset=Dataset.from_dict({"text": ["w1 w2 w3", "w4 w5"]}))
+    if bars:
+        datasets.enable_progress_bars()
     trainer.accelerator.gather_for_metrics = _gather_metric  # type: ignore[method-assign]
     trainer.model.planner_trainer = trainer  # what _trl_loss calls compute_loss on
     return trainer.model
@@ -279,4 +285,7 @@ def recipe(req: PlanRequest) -> Recipe:
     if framework not in RECIPES:
         raise UnsupportedStep(f"{framework} runs Triton kernels and offloaded checkpointing that need a CUDA GPU; "
                               "it is estimated analytically (docs/frameworks.md)")
+    if framework == "trl" and importlib.util.find_spec("trl") is None:
+        raise UnsupportedStep("training.framework 'trl' runs TRL's own SFTTrainer: install the 'trl' extra "
+                              "(pip install '.[trl]')")
     return RECIPES[framework]
