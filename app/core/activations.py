@@ -292,6 +292,11 @@ def _dora_extra(inv: Inventory, x: _Ctx, dt: Dtypes, targets: list[Module], *, g
         elif m.layer not in arch.sparse_layers:
             later += mlp_acts
         best = max(best, _dora_transient(x, dt, m, grad_enabled=grad_enabled) + present - later)
+        # The combination ``(mag_norm_scale - 1) * base_result + mag_norm_scale * lora_result * scaling``: the fp32
+        # magnitude promotes each product to fp32 (T×N); three are alive at once (the second product, its scaled
+        # copy and the first), after m's own tensors are saved (base_result is one of them).
+        combine = 3 * max(DTYPE_BYTES[dt.magnitude], x.lo) * t * n
+        best = max(best, combine + present - t * n * x.lo - (later - _adapter_saved(x, [m], 0)))
     return best
 
 
