@@ -125,7 +125,9 @@ def test_framework_in_assumptions_and_versions() -> None:
     for framework in ("hf-trainer", "trl", "axolotl", "llama-factory", "ms-swift", "unsloth"):
         result = estimate(PlanRequest.model_validate(_body(framework, "llama", "lora", {}, {})))
         assert sum(a.startswith(f"Framework: {framework} ") for a in result.assumptions) == 1
-
+        assert result.versions["models_framework"].startswith(f"{framework}: ")
+    trl = estimate(PlanRequest.model_validate(_body("trl", "llama", "lora", {}, {})))
+    assert trl.versions["models_framework"] == "trl: TRL 1.16.0"
 
 def test_bench_cache_is_current() -> None:
     """bench/framework_grid.py's cache holds a trace of every case it lists (re-run it with --regen): ≥12 TRL

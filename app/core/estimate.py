@@ -13,6 +13,7 @@ from app.core.architectures import ArchSpec, attention_for
 from app.core.catalog import gpu, gpus
 from app.core.errors import PlanError
 from app.core.frameworks import assumption as framework_assumption
+from app.core.frameworks import framework
 from app.core.generic import generic_key, model_inventory
 from app.core.inventory import Inventory
 from app.core.overhead import cublas_workspace_bytes, outside_allocator_bytes
@@ -431,5 +432,6 @@ def estimate(req: PlanRequest) -> EstimateResult:
         allocator=allocator,
         assumptions=_assumptions(req, dt, plan, inv),
         versions={"planner": PLANNER_VERSION, **{f"models_{k}": v for k, v in MODELLED_VERSIONS.items()},
-                  "models_transformers": TRANSFORMERS_RELEASES[req.transformers_version]},
+                  "models_transformers": TRANSFORMERS_RELEASES[req.transformers_version],
+                  "models_framework": f"{req.training.framework}: {framework(req).release}"},
     )
