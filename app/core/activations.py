@@ -378,6 +378,8 @@ def activation_model(inv: Inventory, plan: AdapterPlan, req: PlanRequest, dt: Dt
     loss_forward += softcap
     loss_backward = 12 * t * v + softcap
     logits_block = 4 * t * v
+    eager = arch.model_type != "gpt2" and attention_for(arch.model_type, req.training.attn_implementation) == "eager"
+    eager_grad = max(x.lo, x.a) * x.b * arch.num_attention_heads * x.s * x.s if eager else 0
     loss = framework(req).loss
     if loss == "logits+argmax":
         loss_forward += 8 * t  # ms-swift _compute_acc: logits.argmax(-1), int64 (b, s)
@@ -428,7 +430,8 @@ def activation_model(inv: Inventory, plan: AdapterPlan, req: PlanRequest, dt: Dt
         loss_backward=loss_backward,
         forward_transient=transient,
         backward_transient=backward_transient,
-        backward_layer=backward_layer + x.a * t * max(h, arch.intermediate_size),  # + one activation gradient
+        # + one activation gradient; eager attention's backward also holds the gradient of its s×s probabilities
+        backward_layer=backward_layer + x.a * t * max(h, arch.intermediate_size) + eager_grad,
         tied_embedding_grad=2 * v * h * DTYPE_BYTES[dt.weights] if x.full and arch.tie_word_embeddings else 0,
         checkpointed=req.training.gradient_checkpointing,
         logits_block=logits_block,
