@@ -1,5 +1,5 @@
-# peft-planner API: the planner (pure Python) plus the '[step]' extra (torch CPU, transformers, PEFT,
-# bitsandbytes) for the trace engine. No CUDA in this image: torch comes from the CPU wheel index.
+# peft-planner API: the planner (pure Python) plus the '[step]' and '[trl]' extras (torch CPU, transformers,
+# PEFT, bitsandbytes, TRL) for the trace engine. No CUDA in this image: torch comes from the CPU wheel index.
 #   docker build -t peft-planner .
 #   docker run --rm -p 127.0.0.1:8000:8000 -v planner-data:/data peft-planner
 FROM python:3.11-slim
@@ -25,7 +25,7 @@ COPY app/ app/
 COPY templates/ templates/
 COPY static/ static/
 # torch==2.13.0 in '[step]' is already satisfied by the CPU wheel above (2.13.0+cpu).
-RUN pip install --no-cache-dir '.[step]'
+RUN pip install --no-cache-dir '.[step,trl]'
 # uvicorn puts its --app-dir (default: the working directory) first on sys.path, so app/ is imported
 # from here, next to templates/ and static/ that app/main.py and app/routers/pages.py read.
 

@@ -43,6 +43,7 @@ OPTIMS = ("adamw_torch", "adamw_torch_fused", "adamw_bnb_8bit", "paged_adamw_8bi
           "adafactor", "sgd", "lion_32bit", "lion_8bit")
 SHARDINGS = ("none", "ddp", "zero1", "zero2", "zero3", "fsdp")
 ATTN_IMPLS = ("flash_attention_2", "sdpa", "eager")
+FRAMEWORKS = ("hf-trainer", "trl", "axolotl", "llama-factory", "ms-swift", "unsloth")
 MODEL_KEYS = frozenset({"base_model", "base_model_config", "base_model_name_or_path", "model_name_or_path", "model"})
 
 
@@ -84,6 +85,8 @@ def build_parser() -> argparse.ArgumentParser:
     training.add_argument("--optim", choices=OPTIMS, help="HF TrainingArguments.optim")
     training.add_argument("--precision", choices=PRECISIONS)
     training.add_argument("--attn", choices=ATTN_IMPLS, dest="attn_implementation", help="attn_implementation")
+    training.add_argument("--framework", choices=FRAMEWORKS,
+                          help="the trainer modelled (docs/frameworks.md); default hf-trainer")
     training.add_argument("--gradient-checkpointing", action=argparse.BooleanOptionalAction, default=None,
                           help="default: on (or as the files say)")
     hardware = inputs.add_argument_group("hardware")
@@ -183,6 +186,7 @@ def build_body(args: argparse.Namespace) -> tuple[dict[str, Any], list[Any]]:
     put("training", "optim", args.optim)
     put("training", "precision", args.precision)
     put("training", "attn_implementation", args.attn_implementation)
+    put("training", "framework", args.framework)
     put("training", "gradient_checkpointing", args.gradient_checkpointing)
     put("hardware", "gpu", args.gpu)
     put("hardware", "num_gpus", args.num_gpus)

@@ -199,6 +199,7 @@ def test_choices_match_the_request_model() -> None:
     assert get_args(core_request.Optim) == cli.OPTIMS
     assert get_args(core_request.Sharding) == cli.SHARDINGS
     assert get_args(core_request.AttnImpl) == cli.ATTN_IMPLS
+    assert get_args(core_request.Framework) == cli.FRAMEWORKS
 
 
 def test_help_is_light_and_estimate_never_loads_torch() -> None:

@@ -14,7 +14,18 @@ from dataclasses import dataclass
 
 from app.core.adapters import AdapterPlan
 from app.core.architectures import ArchSpec, attention_for
+from app.core.catalog import gpu
+from app.core.frameworks import (
+    UNSLOTH_FAST_TYPES,
+    UNSLOTH_GPU_BUFFERS,
+    framework,
+    trl_loss_path,
+    unsloth_fast_lora,
+    unsloth_layer_saved,
+    unsloth_loss_path,
+)
 from app.core.inventory import CONV1D, EMBEDDING, LINEAR, Inventory, Module, Tensor
+from app.core.overhead import outside_allocator_bytes
 from app.core.precision import Dtypes
 from app.core.request import PlanRequest
 from app.core.units import DTYPE_BYTES
@@ -38,6 +49,7 @@ class ActivationModel:
     backward_layer: int  # live bytes of one layer's backward beyond what stays saved (recompute + grads)
     tied_embedding_grad: int  # full fine-tuning of tied embeddings: the embedding's gradient and its sum
     checkpointed: bool
+    logits_block: int = 0  # fp32 bytes of the largest block of logits the loss builds (the allocator rule's feature)
 
 
 @dataclass(frozen=True)
@@ -48,6 +60,7 @@ class _Ctx:
     c: int  # autocast compute bytes (4 when no autocast)
     a: int  # residual stream bytes
     lo: int  # projection output bytes
+    la: int  # LoRA A/B bytes (fp32; bf16 under TRL with a k-bit base)
     autocast: bool
     quantized: bool
     full: bool
@@ -68,6 +81,7 @@ def _ctx(req: PlanRequest, dt: Dtypes, arch: ArchSpec) -> _Ctx:
         a = DTYPE_BYTES[dt.weights]
     lo = a if req.quantized else (c if autocast else DTYPE_BYTES[dt.weights])
     return _Ctx(t=tr.micro_batch_size * tr.seq_len, b=tr.micro_batch_size, s=tr.seq_len, c=c, a=a, lo=lo,
+                la=DTYPE_BYTES[dt.adapters],
                 autocast=autocast, quantized=req.quantized, full=req.method == "full",
                 dropout=req.uses_adapter and req.lora.lora_dropout > 0, dora=req.uses_dora, r=req.lora.r,
                 checkpointed=tr.gradient_checkpointing, top_k=arch.num_experts_per_tok, experts=arch.num_experts)
@@ -85,7 +99,7 @@ def _adapter_saved(x: _Ctx, targets: list[Module], shared_inputs: int) -> int:
     ``shared_inputs`` is the number of distinct inputs the adapted linears read (q/k/v share one).
     """
     total = 0
-    lora_c = x.c if x.autocast else 4
+    lora_c = x.c if x.autocast else x.la
     copies_per_linear = x.autocast and (not x.quantized or x.a != x.c)
     for m in targets:
         k, n, t = m.in_features, m.out_features, _tokens(x, m)
@@ -96,7 +110,7 @@ def _adapter_saved(x: _Ctx, targets: list[Module], shared_inputs: int) -> int:
         if x.dropout:
             total += t * k  # CUDA native_dropout keeps a bool mask
         total += lora_c * t * x.r  # lora_A output, saved by lora_B
-        if x.autocast:
+        if x.autocast and x.la != x.c:
             total += x.c * x.r * (k + n)  # autocast's cached bf16 copies of lora_A / lora_B weights
         if x.dora:
             # DoRA keeps base_result and lora_result; with dropout > 0 it recomputes base_result as
@@ -278,6 +292,39 @@ def _dora_extra(inv: Inventory, x: _Ctx, dt: Dtypes, targets: list[Module], *, g
         elif m.layer not in arch.sparse_layers:
             later += mlp_acts
         best = max(best, _dora_transient(x, dt, m, grad_enabled=grad_enabled) + present - later)
+        # The combination ``(mag_norm_scale - 1) * base_result + mag_norm_scale * lora_result * scaling``: the fp32
+        # magnitude promotes each product to fp32 (T×N); three are alive at once (the second product, its scaled
+        # copy and the first), after m's own tensors are saved (base_result is one of them).
+        combine = 3 * max(DTYPE_BYTES[dt.magnitude], x.lo) * t * n
+        best = max(best, combine + present - t * n * x.lo - (later - _adapter_saved(x, [m], 0)))
+    return best
+
+
+def _last_linears(inv: Inventory) -> dict[int, str]:
+    """Each decoder layer's last linear in registration order (the MLP's down projection)."""
+    last: dict[int, str] = {}
+    for mod in inv.modules:
+        if mod.layer is not None and mod.kind in (LINEAR, CONV1D):
+            last[mod.layer] = mod.name
+    return last
+
+
+def _lora_cast_extra(inv: Inventory, x: _Ctx, targets: list[Module]) -> int:
+    """Bytes alive while the layer's last adapted linear (the MLP down projection, K = I) runs its LoRA branch,
+    beyond what the finished layer saves: PEFT ``lora.Linear.forward`` (0.21.2 ``tuners/lora/layer.py``) casts
+    its input to lora_A's dtype (``_cast_input_dtype``): under autocast with fp32 adapters and a 16-bit input, an
+    fp32 copy (la·T·K, and with dropout the fp32 dropout output) lives until the forward returns, beside the base
+    layer's result (lo·T·N) and the input itself, which nothing saves (the MLP product). Found in the trace of TRL
+    steps, whose fused LM head leaves a layer's recompute as the peak; 0 for DoRA (:func:`_dora_extra`) and for
+    bitsandbytes layers, which skip the cast under autocast (``tuners/lora/bnb.py`` ``requires_conversion``)."""
+    if not x.autocast or x.dora or x.quantized or x.la == x.lo:
+        return 0
+    last = _last_linears(inv)
+    best = 0
+    for m in targets:
+        if m.name == last.get(m.layer):
+            k, n, t = m.in_features, m.out_features, _tokens(x, m)
+            best = max(best, (x.la * (1 + x.dropout) + x.lo) * t * k + x.lo * t * n)
     return best
 
 
@@ -289,7 +336,10 @@ def _largest_linear(inv: Inventory) -> tuple[int, int]:
     return best
 
 
-def activation_model(inv: Inventory, plan: AdapterPlan, req: PlanRequest, dt: Dtypes) -> ActivationModel:
+def activation_model(inv: Inventory, plan: AdapterPlan, req: PlanRequest, dt: Dtypes,
+                     resident_bytes: int = 0) -> ActivationModel:
+    """``resident_bytes``: static bytes on the GPU (weights, constants, adapters, optimizer states); Unsloth sizes
+    its loss chunks from the memory left free."""
     arch = inv.arch
     x = _ctx(req, dt, arch)
     t, h, v = x.t, arch.hidden_size, arch.vocab_size
@@ -298,6 +348,9 @@ def activation_model(inv: Inventory, plan: AdapterPlan, req: PlanRequest, dt: Dt
         else _layer_saved(inv, plan.targets, plan.param_targets, x, req, dt, i)
         for i in range(arch.num_hidden_layers)
     ]
+    if framework(req).name == "unsloth" and unsloth_fast_lora(req) and arch.model_type in UNSLOTH_FAST_TYPES:
+        per_layer = [unsloth_layer_saved(h, arch.intermediate_size, arch.q_dim, arch.kv_dim,
+                                         arch.num_attention_heads, t, x.a)] * arch.num_hidden_layers
     largest_layer = max(per_layer, default=0)
     # Shared across layers: rotary cos/sin in the residual dtype (b, s, head_dim), the final norm, and
     # (full fine-tuning) lm_head's input.
@@ -308,7 +361,12 @@ def activation_model(inv: Inventory, plan: AdapterPlan, req: PlanRequest, dt: Dt
     head += head_cast  # lm_head's fp32 weight cast to bf16 by autocast, saved until lm_head's backward
     if x.full:
         head += x.a * t * h + (x.c if x.autocast else x.a) * t * h
-    if req.training.gradient_checkpointing:
+    if req.training.gradient_checkpointing and framework(req).name == "unsloth":
+        # "unsloth" checkpointing offloads each layer's input to pinned host memory and brings it back through
+        # GPU buffers sized to one layer input (unsloth_zoo gradient_checkpointing.py, double-buffered)
+        saved_layers = UNSLOTH_GPU_BUFFERS * x.a * t * h
+        backward_layer = largest_layer
+    elif req.training.gradient_checkpointing:
         saved_layers = arch.num_hidden_layers * x.a * t * h  # only each layer's input is kept
         backward_layer = largest_layer
     else:
@@ -318,14 +376,45 @@ def activation_model(inv: Inventory, plan: AdapterPlan, req: PlanRequest, dt: Dt
     loss_forward = (logits + 4 + 4) * t * v if logits != 4 else 8 * t * v
     softcap = logits * t * v if arch.final_logit_softcapping else 0  # tanh output, saved until its backward
     loss_forward += softcap
+    loss_backward = 12 * t * v + softcap
+    logits_block = 4 * t * v
+    eager = arch.model_type != "gpt2" and attention_for(arch.model_type, req.training.attn_implementation) == "eager"
+    eager_grad = max(x.lo, x.a) * x.b * arch.num_attention_heads * x.s * x.s if eager else 0
+    loss = framework(req).loss
+    if loss == "logits+argmax":
+        loss_forward += 8 * t  # ms-swift _compute_acc: logits.argmax(-1), int64 (b, s)
+    elif loss == "trl-chunked":
+        # TRL's fused LM head replaces lm_head's forward: no logits, no saved cast of an fp32 lm_head weight,
+        # and its input is the saved compact copy of the scored rows (app/core/frameworks.py trl_loss_path)
+        head_trainable = x.full or "lm_head" in (req.lora.modules_to_save or [])
+        lp = trl_loss_path(req, h, v, x.a, x.c if x.autocast else x.a, DTYPE_BYTES[head_dtype], head_trainable)
+        logits_block = 4 * lp.block
+        head += lp.saved - head_cast - (x.c if x.autocast else x.a) * t * h * x.full
+        head_cast = 0
+        loss_forward, loss_backward = lp.forward, lp.backward
+    elif loss == "unsloth-chunked":
+        free = gpu(req.hardware.gpu).vram_bytes - outside_allocator_bytes(req.hardware.num_gpus) - resident_bytes
+        lp = unsloth_loss_path(req, h, v, x.a, x.c if x.autocast else x.a, free - saved_layers - head)
+        logits_block = 4 * lp.block
+        head += lp.saved - head_cast - (x.c if x.autocast else x.a) * t * h * x.full
+        head_cast = 0
+        loss_forward, loss_backward = lp.forward, lp.backward
     transient = 0
     out_f, in_f = _largest_linear(inv)
     if req.quantized and t > BNB_FUSED_MAX_ROWS:
         transient = out_f * in_f * DTYPE_BYTES[dt.bnb_compute]  # bitsandbytes dequantize-then-matmul fallback
     dequant_backward = out_f * in_f * DTYPE_BYTES[dt.weights] if req.quantized else 0  # MatMul4Bit.backward
     backward_transient = dequant_backward
+    targets = [m for m in plan.targets if m.kind != EMBEDDING]
+    # Unsloth's fused LoRA kernels do not copy their input to the adapter dtype
+    unsloth = framework(req).name == "unsloth" and unsloth_fast_lora(req) and arch.model_type in UNSLOTH_FAST_TYPES
+    cast = 0 if unsloth else _lora_cast_extra(inv, x, targets)
+    transient = max(transient, cast)
+    if x.checkpointed:
+        # the recompute runs with only the incoming gradient (h wide) alive, where backward_layer counts the
+        # widest activation gradient
+        backward_transient = max(backward_transient, cast - x.a * t * (max(h, arch.intermediate_size) - h))
     if req.uses_dora:
-        targets = [m for m in plan.targets if m.kind != EMBEDDING]
         transient = max(transient, _dora_extra(inv, x, dt, targets, grad_enabled=not x.checkpointed))
         if x.checkpointed:
             # the recompute of a layer runs with autograd on; only the incoming gradient (h wide) is alive
@@ -338,10 +427,12 @@ def activation_model(inv: Inventory, plan: AdapterPlan, req: PlanRequest, dt: Dt
         saved_head=head,
         head_weight_cast=head_cast,
         loss_forward=loss_forward,
-        loss_backward=12 * t * v + softcap,
+        loss_backward=loss_backward,
         forward_transient=transient,
         backward_transient=backward_transient,
-        backward_layer=backward_layer + x.a * t * max(h, arch.intermediate_size),  # + one activation gradient
+        # + one activation gradient; eager attention's backward also holds the gradient of its s×s probabilities
+        backward_layer=backward_layer + x.a * t * max(h, arch.intermediate_size) + eager_grad,
         tied_embedding_grad=2 * v * h * DTYPE_BYTES[dt.weights] if x.full and arch.tie_word_embeddings else 0,
         checkpointed=req.training.gradient_checkpointing,
+        logits_block=logits_block,
     )

@@ -13,6 +13,8 @@ from app.core.architectures import ArchSpec, attention_for
 from app.core.catalog import gpu, gpus
 from app.core.errors import PlanError
 from app.core.fitted_activations import PeakFit, fit_note, fitted_phases, usable_fit
+from app.core.frameworks import assumption as framework_assumption
+from app.core.frameworks import framework
 from app.core.generic import generic_key, model_inventory
 from app.core.inventory import Inventory
 from app.core.overhead import cublas_workspace_bytes, outside_allocator_bytes
@@ -269,7 +271,9 @@ def _assumptions(req: PlanRequest, dt: Dtypes, plan: AdapterPlan, inv: Inventory
                    f"and PEFT targets come from transformers' {inv.model_class} on the meta device and PEFT's "
                    f"get_peft_model (exact parameters and static bytes); {fit_note} (docs/generic-models.md).")
     if req.uses_adapter:
-        out.append("PEFT adapters (LoRA A/B, DoRA magnitude) are fp32 (autocast_adapter_dtype=True, PEFT ≥ 0.12).")
+        out.append("PEFT adapters (LoRA A/B, DoRA magnitude) are fp32 (autocast_adapter_dtype=True, PEFT ≥ 0.12)."
+                   if dt.adapters == "fp32" else
+                   f"LoRA A/B are {dt.adapters} (cast by the framework), DoRA's magnitude {dt.magnitude}.")
         out.append(f"Adapted: {len(plan.targets)} modules, {len(plan.param_targets)} parameters (target_parameters).")
     if req.quantized:
         q = req.quantization
@@ -285,11 +289,12 @@ def _assumptions(req: PlanRequest, dt: Dtypes, plan: AdapterPlan, inv: Inventory
             )
         out.append(
             "prepare_model_for_kbit_training upcasts non-quantized fp16/bf16 parameters to fp32."
-            if q.prepare_kbit else "prepare_model_for_kbit_training's fp32 upcast is off."
+            if dt.unquantized == "fp32" else "Non-quantized parameters stay in the load dtype (no fp32 upcast)."
         )
     if req.training.optim.startswith("paged_"):
         out.append("Paged optimizer states of tensors with ≥1e5 elements live in CUDA unified memory and are "
                    "not counted in peak or total (they can page out to host RAM).")
+    out.append(framework_assumption(req))
     if req.hardware.sharding != "none":
         out.append(f"{req.hardware.sharding} over {req.hardware.num_gpus} GPUs: static state partitioned as "
                    "DeepSpeed/FSDP do; activations are per GPU for the micro-batch.")
@@ -368,8 +373,9 @@ def estimate(req: PlanRequest) -> EstimateResult:
     _check_request(req, arch)
     target_gpu = gpu(req.hardware.gpu)
     dt = dtypes_for(req)
-    act = activation_model(inv, plan, req, dt)
     static = _shard(sm, req, plan.trainable_params, arch.hidden_size, arch.num_hidden_layers)
+    act = activation_model(inv, plan, req, dt, sum(static[k] for k in ("weights", "constants", "adapters",
+                                                                       "optimizer")))
     workspace = cublas_workspace_bytes(target_gpu.arch)
     gathered = _gathered(inv, sm, req, dt)
     phases = _phases(static, sm, act, workspace, gathered)
@@ -431,5 +437,6 @@ def estimate(req: PlanRequest) -> EstimateResult:
         allocator=allocator,
         assumptions=_assumptions(req, dt, plan, inv, fit_note(fit, own_bucket)),
         versions={"planner": PLANNER_VERSION, **{f"models_{k}": v for k, v in MODELLED_VERSIONS.items()},
-                  "models_transformers": TRANSFORMERS_RELEASES[req.transformers_version]},
+                  "models_transformers": TRANSFORMERS_RELEASES[req.transformers_version],
+                  "models_framework": f"{req.training.framework}: {framework(req).release}"},
     )

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from app.core.frameworks import framework, kbit_upcast_groups, stays_in_load_dtype
 from app.core.request import PlanRequest
 from app.core.units import DTYPE_BYTES
 
@@ -27,18 +28,30 @@ class Dtypes:
     unquantized: str  # QLoRA: parameters bitsandbytes does not quantize; else == weights
     compute: str  # matmul/activation dtype under autocast
     bnb_compute: str = "bf16"  # bitsandbytes Linear4bit compute dtype (QLoRA)
-    adapters: str = "fp32"
+    adapters: str = "fp32"  # LoRA A/B
+    magnitude: str = "fp32"  # DoRA's magnitude vector
+    kbit_upcast: str = "none"  # k-bit base: which non-quantized parameters are fp32 (app/core/frameworks.py)
 
     def bytes_of(self, dtype: str) -> int:
         return DTYPE_BYTES[dtype]
+
+    def unquantized_for(self, tensor_name: str) -> str:
+        """The dtype of a non-quantized parameter of a k-bit base (axolotl keeps norms/embeddings in the load dtype)."""
+        if self.kbit_upcast == "non-norm" and not stays_in_load_dtype(tensor_name):
+            return "fp32"
+        return self.unquantized
 
 
 def dtypes_for(req: PlanRequest) -> Dtypes:
     precision = req.training.precision
     weights = "bf16" if precision == "bf16" else "fp32"
     compute = {"bf16": "bf16", "bf16-mixed": "bf16", "fp16-mixed": "fp16", "fp32": "fp32"}[precision]
-    unquantized = weights
-    if req.quantized and req.quantization.prepare_kbit:
-        unquantized = "fp32"
+    fw = framework(req)
+    if fw.name == "llama-factory" and req.method == "full":
+        weights = "fp32"  # LLaMA-Factory _setup_full_tuning: trainable parameters cast to fp32 (not pure_bf16)
+    upcast = kbit_upcast_groups(req) if req.quantized else "none"
+    unquantized = "fp32" if upcast == "all" else weights
+    adapters = fw.qlora_adapter_dtype if req.quantized and fw.qlora_adapter_dtype else "fp32"
     bnb_compute = {"bfloat16": "bf16", "float16": "fp16", "float32": "fp32"}[req.quantization.bnb_4bit_compute_dtype]
-    return Dtypes(weights=weights, unquantized=unquantized, compute=compute, bnb_compute=bnb_compute)
+    return Dtypes(weights=weights, unquantized=unquantized, compute=compute, bnb_compute=bnb_compute,
+                  adapters=adapters, kbit_upcast=upcast)

@@ -59,7 +59,8 @@ def reserve_features(req: PlanRequest, vocab_size: int, act: ActivationModel, ac
                      peak: int) -> dict[str, int]:
     """The block-size pattern the rule reads (bytes): see the module docstring."""
     t = req.training
-    return {"logits": t.micro_batch_size * t.seq_len * vocab_size * 4,
+    # fp32 size of the largest block of logits (the full b·s·V unless the framework's loss works in chunks)
+    return {"logits": act.logits_block or t.micro_batch_size * t.seq_len * vocab_size * 4,
             "layer": act.backward_layer + act.backward_transient, "activations": activations, "peak": peak}
 
 

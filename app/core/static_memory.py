@@ -64,12 +64,14 @@ def quantized_modules(inv: Inventory) -> list[str]:
 
 
 def _trainable_dtype(t: TrainableTensor, dt: Dtypes, four_bit: set[str]) -> str:
-    if t.kind in ("lora", "dora_magnitude"):
+    if t.kind == "lora":
         return dt.adapters
+    if t.kind == "dora_magnitude":
+        return dt.magnitude
     if t.kind == "bias" and t.name.rsplit(".", 1)[0] in four_bit:
         return dt.bnb_compute
     if t.kind in ("modules_to_save", "bias"):
-        return dt.unquantized
+        return dt.unquantized_for(t.name)
     return dt.weights
 
 
@@ -98,7 +100,7 @@ def static_memory(inv: Inventory, plan: AdapterPlan, req: PlanRequest, dt: Dtype
                 largest = t.numel
                 sm.largest_quantized_weight = (mod.out_features, mod.in_features)
         else:
-            dtype = dt.unquantized if req.quantized else dt.weights
+            dtype = dt.unquantized_for(t.name) if req.quantized else dt.weights
             sm.weights.add(t.group, t.numel * DTYPE_BYTES[dtype], t.numel, dtype)
 
     # HF Trainer.create_optimizer: with an 8-bit bitsandbytes optimizer every nn.Embedding weight (and a

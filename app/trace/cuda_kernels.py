@@ -203,3 +203,23 @@ def grouped_mm_for_any_dtype() -> Iterator[None]:
         yield
     finally:
         moe._can_use_grouped_mm = original
+
+
+@contextmanager
+def cuda_autocast_query() -> Iterator[None]:
+    """``torch.is_autocast_enabled()`` without a device asks about CUDA autocast: on the GPU the step runs under, it
+    is the autocast the trace applies on CPU. PEFT's bitsandbytes LoRA layers read it (``tuners/lora/bnb.py``
+    ``requires_conversion = not torch.is_autocast_enabled()``) to decide whether to copy their input to the
+    adapter dtype, so the no-argument form answers for the CPU autocast while the trace runs."""
+    original = torch.is_autocast_enabled
+
+    def is_autocast_enabled(*args: Any, **kwargs: Any) -> bool:
+        if not args and not kwargs:
+            return original("cpu")
+        return original(*args, **kwargs)
+
+    torch.is_autocast_enabled = is_autocast_enabled  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        torch.is_autocast_enabled = original  # type: ignore[assignment]

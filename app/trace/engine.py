@@ -31,12 +31,14 @@ from app.trace.counter import LiveBytesCounter, LiveTensor
 from app.trace.cuda_kernels import (
     attention_name,
     bnb_dequantize_patch,
+    cuda_autocast_query,
     cuda_dropout,
     fake_swap_tensors,
     grouped_mm_for_any_dtype,
     register_attention,
     transient_rules,
 )
+from app.trace.frameworks import recipe
 from app.trace.variants import keep_layers
 
 TORCH_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
@@ -133,6 +135,7 @@ def _meta_model(req: PlanRequest, config: Any, torch_dtype: torch.dtype,
         replace_with_bnb_linear(model, modules_to_not_convert=get_keys_to_not_convert(model),
                                 quantization_config=bnb_config)
         model.is_loaded_in_4bit = True
+        model.quantization_method = bnb_config.quant_method  # as quantizers/base.py preprocess_model sets it
     return model
 
 
@@ -287,7 +290,7 @@ def run_trace(req: PlanRequest, *, fake: bool = True, steps: int = 2, seed: int 
     if req.transformers_version != "5.24":
         raise UnsupportedStep("the trace engine runs the installed transformers 5.24; the transformers 4.57 "
                               "module tree (per-expert MoE linears) is estimated analytically")
-    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+    from peft import LoraConfig
     from torch._subclasses.fake_tensor import FakeTensorMode, unset_fake_temporarily
     from transformers.utils import logging as hf_logging
 
@@ -300,6 +303,7 @@ def run_trace(req: PlanRequest, *, fake: bool = True, steps: int = 2, seed: int 
     torch.manual_seed(seed)
     counter = LiveBytesCounter(transient_rules() if req.quantized else None)
     tr = req.training
+    framework = recipe(req)
     with ExitStack() as stack:
         stack.enter_context(warnings.catch_warnings())
         warnings.simplefilter("ignore")
@@ -310,24 +314,24 @@ def run_trace(req: PlanRequest, *, fake: bool = True, steps: int = 2, seed: int 
             # bitsandbytes builds its 8-bit code tables with data-dependent ops (.tolist()): those few
             # real tables are made outside the fake mode (_real_tables) and may meet fake tensors.
             stack.enter_context(FakeTensorMode(allow_non_fake_inputs=True))
+        for context in framework.contexts():  # the framework's CUDA kernels, below the counter
+            stack.enter_context(context)
         stack.enter_context(counter)
         stack.enter_context(cuda_dropout())
+        stack.enter_context(cuda_autocast_query())
         stack.enter_context(bnb_dequantize_patch())
         stack.enter_context(grouped_mm_for_any_dtype())
         _real_tables(counter)
         _materialize(model, req, torch_dtype, fake)
-        if req.quantized and req.quantization.prepare_kbit:
-            model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
-        if req.method == "full":
-            model.requires_grad_(True)
-        else:
-            lora = req.lora
-            model = get_peft_model(model, LoraConfig(
-                r=lora.r, lora_alpha=lora.lora_alpha, lora_dropout=lora.lora_dropout,
-                target_modules=lora.target_modules, target_parameters=lora.target_parameters,
-                layers_to_transform=lora.layers_to_transform, bias=lora.bias,
-                modules_to_save=lora.modules_to_save, use_rslora=lora.use_rslora, use_dora=req.uses_dora,
-            ))
+        model = framework.before_adapters(model, req)
+        lora = req.lora
+        lora_config = None if req.method == "full" else LoraConfig(
+            r=lora.r, lora_alpha=lora.lora_alpha, lora_dropout=lora.lora_dropout,
+            target_modules=lora.target_modules, target_parameters=lora.target_parameters,
+            layers_to_transform=lora.layers_to_transform, bias=lora.bias,
+            modules_to_save=lora.modules_to_save, use_rslora=lora.use_rslora, use_dora=req.uses_dora,
+        )
+        model = framework.adapt(model, req, lora_config)
         if fake:
             _own_storage_for_copies(model)
         base = model.get_base_model() if hasattr(model, "get_base_model") else model
@@ -359,12 +363,7 @@ def run_trace(req: PlanRequest, *, fake: bool = True, steps: int = 2, seed: int 
                 for _ in range(2):
                     counter.inject(cublas_workspace_bytes(gpu(req.hardware.gpu).arch) // 2)
             with autocast:
-                out = model(input_ids=input_ids, labels=input_ids)
-            if dt.compute != "fp32":
-                logits32 = out.logits.float()  # accelerate convert_outputs_to_fp32 under HF Trainer
-                del logits32
-            loss = out.loss
-            del out
+                loss = framework.loss(model, input_ids, req)
             counter.set_phase("backward")
             loss.backward()
             del loss
