@@ -32,6 +32,7 @@ from app.core.result import (
     QuantizationReport,
 )
 from app.core.static_memory import Bucket, StaticMemory, quantized_modules, static_memory
+from app.core.switches import liger_activations
 from app.core.units import format_bytes
 from app.core.versions import MODELLED_VERSIONS
 
@@ -367,7 +368,7 @@ def estimate(req: PlanRequest) -> EstimateResult:
     _check_request(req, arch)
     target_gpu = gpu(req.hardware.gpu)
     dt = dtypes_for(req)
-    act = activation_model(inv, plan, req, dt)
+    act = liger_activations(activation_model(inv, plan, req, dt), inv, plan.targets, req, dt)
     static = _shard(sm, req, plan.trainable_params, arch.hidden_size, arch.num_hidden_layers)
     workspace = cublas_workspace_bytes(target_gpu.arch)
     gathered = _gathered(inv, sm, req, dt)

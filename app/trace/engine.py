@@ -25,7 +25,7 @@ from app.core.overhead import cublas_workspace_bytes
 from app.core.precision import dtypes_for
 from app.core.request import PlanRequest
 from app.core.reserved import trace_report
-from app.core.switches import padding_free
+from app.core.switches import LIGER_MODEL_TYPES, padding_free
 from app.trace.counter import LiveBytesCounter, LiveTensor
 from app.trace.cuda_kernels import (
     attention_name,
@@ -37,7 +37,6 @@ from app.trace.cuda_kernels import (
     transient_rules,
 )
 from app.trace.switches import (
-    LIGER_MODEL_TYPES,
     apply_liger,
     liger_loss,
     offload_activations,

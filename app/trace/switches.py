@@ -30,17 +30,11 @@ from typing import Any
 
 import torch
 
+from app.core.switches import flce_chunk_size
+
 IGNORE_INDEX = -100
 OFFLOAD_MIN_BYTES = 1024  # TRL get_act_offloading_ctx_manager(min_offload_size=1024)
 OFFLOAD_FWD_STASH = 5  # TRL get_act_offloading_ctx_manager(max_fwd_stash_size=5)
-
-
-def flce_chunk_size(tokens: int, hidden: int, vocab: int) -> int:
-    """Liger's chunk rule: ``inc_factor = ceil(V / H)``, ``chunk = next_power_of_2(ceil(BT / inc_factor))``,
-    at most BT (``_CHUNK_MEM_CONST = 1``)."""
-    inc = -(-vocab // hidden)
-    per = -(-tokens // inc)
-    return min(1 << (per - 1).bit_length(), tokens)
 
 
 class _FusedLinearCrossEntropy(torch.autograd.Function):
@@ -115,11 +109,6 @@ def _mlp_forward(self: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
     else:
         gate, up = self.gate_proj(x), self.up_proj(x)
     return self.down_proj(_GatedActMul.apply(gate, up))
-
-
-LIGER_MODEL_TYPES = ("llama", "mistral", "mixtral", "qwen2", "qwen3", "qwen3_moe", "gemma", "gemma2",
-                     "gemma3_text", "phi3")
-"""Model types with an ``apply_liger_kernel_to_<model>`` in Liger 0.8.5 (HF Trainer skips the others)."""
 
 
 def apply_liger(model: torch.nn.Module) -> None:
