@@ -10,16 +10,22 @@ from __future__ import annotations
 from dataclasses import replace
 
 from app.core.activations import GEMMA_NORMS, QK_NORM, ActivationModel, _ctx
-from app.core.architectures import ArchSpec
+from app.core.architectures import ArchSpec, attention_for
+from app.core.errors import PlanError
 from app.core.inventory import Inventory, Module
 from app.core.precision import Dtypes
 from app.core.request import PlanRequest
+from app.core.static_memory import StaticMemory
 from app.core.units import DTYPE_BYTES
 
 LIGER_MODEL_TYPES = ("llama", "mistral", "mixtral", "qwen2", "qwen3", "qwen3_moe", "gemma", "gemma2",
                      "gemma3_text", "phi3")
 """Model types with an ``apply_liger_kernel_to_<model>`` in Liger-Kernel 0.8.5
 (``liger_kernel/transformers/monkey_patch.py``); HF Trainer applies nothing to other models."""
+
+OFFLOAD_STASH_LAYERS = 2
+"""Checkpointed layer inputs still on the GPU when the forward ends: TRL keeps the tensors of its last 5
+saves (``max_fwd_stash_size``) and a checkpointed layer saves its input, cos and sin (2-3 ids per layer)."""
 
 
 def padding_free(req: PlanRequest) -> bool:
@@ -101,3 +107,88 @@ def liger_activations(act: ActivationModel, inv: Inventory, plan_targets: list[M
         backward_layer = act.backward_layer
     return replace(act, saved_layers=saved_layers, saved_head=saved_head, head_weight_cast=0, loss_forward=loss,
                    loss_backward=0, backward_layer=backward_layer)
+
+
+def check_switches(req: PlanRequest, arch: ArchSpec) -> None:
+    """422 for switch combinations the libraries do not run (the field named in ``loc``)."""
+    hw, tr = req.hardware, req.training
+    if hw.offload_optimizer == "cpu" and hw.sharding not in ("zero1", "zero2", "zero3", "fsdp"):
+        raise PlanError(("hardware", "offload_optimizer"),
+                        "optimizer offload needs DeepSpeed ZeRO (sharding zero1, zero2 or zero3: "
+                        "zero_optimization.offload_optimizer) or FSDP (sharding fsdp: cpu_offload)")
+    if hw.offload_param == "cpu" and hw.sharding not in ("zero3", "fsdp"):
+        raise PlanError(("hardware", "offload_param"),
+                        "parameter offload needs DeepSpeed ZeRO-3 (sharding zero3: zero_optimization.offload_param) "
+                        "or FSDP (sharding fsdp: cpu_offload)")
+    if hw.sharding == "fsdp" and hw.offload_param != hw.offload_optimizer:
+        raise PlanError(("hardware", "offload_param"),
+                        "FSDP's CPUOffload(offload_params=True) moves parameters, gradients and the optimizer step to "
+                        "the CPU together: set offload_param and offload_optimizer both to 'cpu' (or both to 'none')")
+    if padding_free(req) and attention_for(arch.model_type, tr.attn_implementation) != "flash_attention_2":
+        field = "padding_free" if tr.padding_free else "packing"
+        raise PlanError(("training", field),
+                        "padding-free batches (TRL padding_free, or packing with its default 'bfd' strategy) need "
+                        "attn_implementation 'flash_attention_2' (TRL SFTConfig.padding_free: variable-length "
+                        "FlashAttention; other kernels would attend over the whole flattened row)")
+
+
+def offload_static(static: dict[str, int], sm: StaticMemory, req: PlanRequest,
+                   trainable_params: int) -> tuple[dict[str, int], int]:
+    """Per-GPU static bytes with DeepSpeed ZeRO-Offload / ZeRO-Infinity or FSDP CPU offload, and the host RAM
+    those states take (bytes, all GPUs of the run together: per node when they share one host).
+
+    - DeepSpeed ``offload_optimizer`` (``runtime/zero/stage_1_and_2.py`` ``cpu_offload``, ``stage3.py``
+      ``offload_optimizer``): the fp32 master partition, its fp32 gradient and the optimizer states live in
+      host memory and ``DeepSpeedCPUAdam`` steps there; reduced gradients are copied into the host fp32
+      partition bucket by bucket (stage 2/3: no GPU gradient buffer; stage 1 keeps its bf16 gradients). The
+      GPU keeps the bf16 parameters and the reduce bucket. Host: 4 + 4 bytes per trainable parameter plus
+      the fp32 optimizer state (DeepSpeed's ``estimate_zero2_model_states_mem_needs`` multiplies its host
+      figure by a 1.5 buffer factor; the exact states are given here).
+    - DeepSpeed ``offload_param`` (ZeRO-Infinity, stage 3): the bf16 parameter partitions live in host memory;
+      a GPU holds only the gathered modules (the live/prefetch set of ``_gathered``).
+    - FSDP ``cpu_offload`` (torch ``CPUOffload(offload_params=True)``): parameters, gradients and optimizer
+      states of every shard live in host memory, the optimizer steps there; the GPU holds the gathered units
+      and one layer's unsharded gradients before their reduce-scatter. bitsandbytes' quantization constants
+      are not parameters and stay on the GPU.
+    """
+    hw = req.hardware
+    out = dict(static)
+    host = 0
+    if hw.sharding == "fsdp" and hw.offload_param == "cpu":
+        host = sm.weights.total + sm.adapters.total + sm.gradients.total + sm.optimizer.total
+        for key in ("weights", "adapters", "gradients", "optimizer", "paged_optimizer", "step_transient"):
+            out[key] = 0
+        return out, host
+    if hw.offload_optimizer == "cpu" and hw.sharding.startswith("zero"):
+        host += 8 * trainable_params + sm.optimizer_fp32_master_bytes
+        out["optimizer"] = out["step_transient"] = out["paged_optimizer"] = 0
+        if hw.sharding != "zero1":
+            out["gradients"] = 0
+    if hw.offload_param == "cpu" and hw.sharding == "zero3":
+        host += sm.weights.total - sm.trainable_base_bytes + 2 * trainable_params
+        out["weights"] = 0
+    return out, host
+
+
+def activation_offload(act: ActivationModel, req: PlanRequest, arch: ArchSpec,
+                       dt: Dtypes) -> tuple[ActivationModel, int]:
+    """TRL ``activation_offloading`` (``trl/models/activation_offloading.py``): saved tensors of ≥1024 bytes
+    are copied to host memory during the forward (lm_head's excluded); the GPU keeps the tensors of the last
+    ``max_fwd_stash_size = 5`` saves until the copies finish, and brings each back for its backward node.
+
+    Returns the activation terms on the GPU and the host bytes of the offloaded tensors.
+    """
+    if not req.training.activation_offloading:
+        return act, 0
+    x = _ctx(req, dt, arch)
+    layer_input = x.a * x.t * arch.hidden_size
+    layers = arch.num_hidden_layers
+    if req.training.gradient_checkpointing:
+        kept = min(layers, OFFLOAD_STASH_LAYERS) * layer_input  # the stash: the last layers' inputs
+        offloaded = max(act.saved_layers - kept, 0)
+        return replace(act, saved_layers=act.saved_layers - offloaded), offloaded
+    per_layer = act.saved_layers // max(layers, 1)
+    kept = per_layer  # the stash holds the last layer's largest saves; backward brings one layer back at a time
+    offloaded = max(act.saved_layers - kept, 0)
+    return replace(act, saved_layers=act.saved_layers - offloaded,
+                   backward_layer=act.backward_layer + per_layer), offloaded
