@@ -23,11 +23,6 @@ LIGER_MODEL_TYPES = ("llama", "mistral", "mixtral", "qwen2", "qwen3", "qwen3_moe
 """Model types with an ``apply_liger_kernel_to_<model>`` in Liger-Kernel 0.8.5
 (``liger_kernel/transformers/monkey_patch.py``); HF Trainer applies nothing to other models."""
 
-OFFLOAD_STASH_LAYERS = 2
-"""Checkpointed layer inputs still on the GPU when the forward ends: TRL keeps the tensors of its last 5
-saves (``max_fwd_stash_size``) and a checkpointed layer saves its input, cos and sin (2-3 ids per layer)."""
-
-
 def padding_free(req: PlanRequest) -> bool:
     """TRL ``SFTTrainer``: ``padding_free or (packing and packing_strategy in {"bfd", "bfd_split"})``; the
     default ``packing_strategy`` is ``"bfd"``, so ``packing`` flattens the batch too (trl/trainer/sft_trainer.py)."""
@@ -172,23 +167,35 @@ def offload_static(static: dict[str, int], sm: StaticMemory, req: PlanRequest,
 
 def activation_offload(act: ActivationModel, req: PlanRequest, arch: ArchSpec,
                        dt: Dtypes) -> tuple[ActivationModel, int]:
-    """TRL ``activation_offloading`` (``trl/models/activation_offloading.py``): saved tensors of ≥1024 bytes
-    are copied to host memory during the forward (lm_head's excluded); the GPU keeps the tensors of the last
-    ``max_fwd_stash_size = 5`` saves until the copies finish, and brings each back for its backward node.
+    """TRL ``activation_offloading`` (``trl/models/activation_offloading.py``, ``OffloadActivations`` with
+    ``use_streams=True``): every saved tensor of ≥1024 bytes that is not a parameter is copied to host memory
+    in the forward and brought back for its backward node; lm_head's are not (``NoOpManager``). A storage
+    saved again while its first copy is still in the forward stash (the last ``max_fwd_stash_size = 5``
+    saves) keeps a GPU reference instead: transformers' RMSNorm saves its fp32 input copy and its rstd twice
+    in a row (pow and mul), so those stay on the GPU. The stash is freed when the forward ends.
 
-    Returns the activation terms on the GPU and the host bytes of the offloaded tensors.
+    - With checkpointing the saved tensors are the layer inputs: all leave the GPU, and at the backward peak
+      the input of the layer being recomputed is back.
+    - Without it each layer keeps its norms' fp32 inputs and rstd; the layer being back-propagated is
+      brought back.
+
+    Returns the activation terms on the GPU and the host bytes of the offloaded layer activations.
     """
     if not req.training.activation_offloading:
         return act, 0
     x = _ctx(req, dt, arch)
-    layer_input = x.a * x.t * arch.hidden_size
-    layers = arch.num_hidden_layers
+    t, h = x.t, arch.hidden_size
+    layers = max(arch.num_hidden_layers, 1)
     if req.training.gradient_checkpointing:
-        kept = min(layers, OFFLOAD_STASH_LAYERS) * layer_input  # the stash: the last layers' inputs
+        kept = x.a * t * h  # the recomputed layer's input, brought back
         offloaded = max(act.saved_layers - kept, 0)
-        return replace(act, saved_layers=act.saved_layers - offloaded), offloaded
-    per_layer = act.saved_layers // max(layers, 1)
-    kept = per_layer  # the stash holds the last layer's largest saves; backward brings one layer back at a time
-    offloaded = max(act.saved_layers - kept, 0)
+        return replace(act, saved_layers=kept), offloaded
+    kept = 0
+    if arch.model_type != "gpt2":  # RMSNorm models (GPT-2's LayerNorm saves each tensor once)
+        norms = 4 if arch.model_type in ("gemma2", "gemma3_text") else 2
+        kept = norms * (4 * t * h + 4 * t)
+        if arch.model_type in QK_NORM:
+            kept += 4 * t * (arch.q_dim + arch.kv_dim) + 4 * t * (arch.num_attention_heads + arch.num_key_value_heads)
+    offloaded = max(act.saved_layers - layers * kept, 0)
     return replace(act, saved_layers=act.saved_layers - offloaded,
-                   backward_layer=act.backward_layer + per_layer), offloaded
+                   backward_layer=act.backward_layer + offloaded // layers), offloaded

@@ -139,6 +139,9 @@ def offload_activations(model: torch.nn.Module, host: Callable[[], Any]) -> Iter
     """TRL's ``OffloadActivations`` rules as saved-tensor hooks; ``host()`` is a context in which new storages
     are host memory (not counted). lm_head's saved tensors stay on the GPU (TRL's ``NoOpManager``)."""
     params = {id(p.untyped_storage()) for p in model.parameters()}
+    # TRL compares storage pointers; fake tensors all have pointer 0 and fake mode can wrap a parameter's
+    # storage in a fresh object, so a view of a parameter (``weight.t()``) is recognised by its base
+    param_ids = {id(p) for p in model.parameters()}
     stash: dict[int, torch.Tensor] = {}
     seen: dict[Any, int] = {}
     state = {"id": 0, "off": False}
@@ -147,10 +150,11 @@ def offload_activations(model: torch.nn.Module, host: Callable[[], Any]) -> Iter
         state["id"] += 1
         tid = state["id"]
         st = t.untyped_storage()
+        key = (id(st), t.storage_offset(), t.dtype)  # TRL's _get_unique_tensor_key: (data_ptr + offset, dtype)
         if (state["off"] or isinstance(t, torch.nn.Parameter) or t.element_size() * t.numel() < OFFLOAD_MIN_BYTES
-                or id(st) in params or seen.get(id(st)) in stash):
+                or id(st) in params or id(t._base) in param_ids or seen.get(key) in stash):
             return t  # kept on the GPU (small, a parameter, or a storage still in the forward stash)
-        seen[id(st)] = tid
+        seen[key] = tid
         if not t.is_contiguous() or t.storage_offset():
             t = t.contiguous() if not t.storage_offset() else t.clone(memory_format=torch.contiguous_format)
         for old in [k for k in stash if k <= tid - OFFLOAD_FWD_STASH]:
