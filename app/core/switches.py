@@ -97,11 +97,14 @@ def liger_activations(act: ActivationModel, inv: Inventory, plan_targets: list[M
     if req.training.gradient_checkpointing:
         saved_layers = act.saved_layers
         backward_layer = act.backward_layer - max(savings, default=0) + max(recompute, 0)
+        forward_transient = act.forward_transient
     else:
         saved_layers = act.saved_layers - sum(savings)
         backward_layer = act.backward_layer
+        # the last layer's down projection: its input and the fp32 cast beside everything saved
+        forward_transient = max(act.forward_transient, recompute + a * t * inter if recompute else 0)
     return replace(act, saved_layers=saved_layers, saved_head=saved_head, head_weight_cast=0, loss_forward=loss,
-                   loss_backward=0, backward_layer=backward_layer)
+                   loss_backward=0, backward_layer=backward_layer, forward_transient=forward_transient)
 
 
 def check_switches(req: PlanRequest, arch: ArchSpec) -> None:
