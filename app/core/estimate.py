@@ -32,7 +32,13 @@ from app.core.result import (
     QuantizationReport,
 )
 from app.core.static_memory import Bucket, StaticMemory, quantized_modules, static_memory
-from app.core.switches import activation_offload, check_switches, liger_activations, offload_static
+from app.core.switches import (
+    activation_offload,
+    check_switches,
+    liger_activations,
+    offload_static,
+    switch_assumptions,
+)
 from app.core.units import format_bytes
 from app.core.versions import MODELLED_VERSIONS
 
@@ -294,7 +300,7 @@ def _assumptions(req: PlanRequest, dt: Dtypes, plan: AdapterPlan, inv: Inventory
     if req.hardware.sharding != "none":
         out.append(f"{req.hardware.sharding} over {req.hardware.num_gpus} GPUs: static state partitioned as "
                    "DeepSpeed/FSDP do; activations are per GPU for the micro-batch.")
-    return out
+    return out + switch_assumptions(req, inv.arch)
 
 
 def _static_key(req: PlanRequest) -> str:

@@ -202,3 +202,38 @@ def activation_offload(act: ActivationModel, req: PlanRequest, arch: ArchSpec,
     offloaded = max(act.saved_layers - layers * kept, 0)
     return replace(act, saved_layers=act.saved_layers - offloaded,
                    backward_layer=act.backward_layer + offloaded // layers), offloaded
+
+
+def switch_assumptions(req: PlanRequest, arch: ArchSpec) -> list[str]:
+    """What the estimate assumes for each switch that is on (the ``assumptions`` of the result)."""
+    tr, hw = req.training, req.hardware
+    out = []
+    if tr.use_liger_kernel:
+        out.append(
+            "use_liger_kernel: Liger-Kernel 0.8.5's fused linear cross-entropy (no logits: lm_head + loss in chunks "
+            "of next_power_of_2(ceil(tokens / ceil(vocab / hidden))) tokens), RMSNorm and SwiGLU/GeGLU kernels; "
+            "its Triton kernels do not run on CPU, so the trace engine checks them with torch ops that allocate "
+            "and save what the kernels do; RoPE as transformers runs it; MoE experts unpatched."
+            if liger_applies(req, arch) else
+            f"use_liger_kernel: Liger-Kernel has no kernels for {arch.model_type}; HF Trainer applies none.")
+    if tr.activation_offloading:
+        out.append("activation_offloading (TRL): saved activations of ≥1 KiB are copied to host RAM in the forward "
+                   "and brought back per layer in backward; RMSNorm's twice-saved fp32 input stays on the GPU "
+                   "(TRL's deduplication); memory.host_ram counts the offloaded bytes.")
+    if tr.gradient_checkpointing and tr.gradient_checkpointing_kwargs.use_reentrant:
+        out.append("use_reentrant=True: reentrant checkpointing recomputes each layer in backward as the "
+                   "non-reentrant default does; the traced peaks are equal (transformers enables input grads "
+                   "either way).")
+    if padding_free(req):
+        out.append("packing / padding_free (TRL): each batch is one row of micro_batch_size·seq_len tokens with "
+                   "per-document positions; variable-length FlashAttention keeps attention per document, so "
+                   "memory equals micro_batch_size full rows of seq_len (the planner's rows carry no padding).")
+    if tr.torch_compile:
+        out.append("torch_compile: not modelled (the estimate is that of the eager step): Inductor's fused "
+                   "kernels and its own activation recomputation change which intermediates are kept, and the "
+                   "trace engine cannot compile on fake tensors here.")
+    if "cpu" in (hw.offload_optimizer, hw.offload_param):
+        out.append("CPU offload: memory.host_ram is what the offloaded states take in host RAM for all GPUs "
+                   "together (per node when they share one host), without pinned staging buffers; DeepSpeed's "
+                   "own estimator adds a 1.5× buffer factor.")
+    return out
