@@ -112,7 +112,8 @@ SWITCH_KEYS = ("use_liger_kernel", "activation_offloading", "gradient_checkpoint
 def switch_name(request_body: dict[str, Any]) -> str:
     """The switch a case turns on ('-' for a base run)."""
     tr = request_body["training"]
-    return ",".join(k for k in SWITCH_KEYS if tr.get(k)) or "-"
+    names = {"gradient_checkpointing_kwargs": "use_reentrant"}
+    return ",".join(names.get(k, k) for k in SWITCH_KEYS if tr.get(k)) or "-"
 
 
 def body(model: str, method: str, lora: dict[str, Any], training: dict[str, Any]) -> dict[str, Any]:

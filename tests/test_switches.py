@@ -16,10 +16,9 @@ import pytest
 from fastapi.testclient import TestClient
 
 from app.core import PlanRequest, estimate
-from app.core.catalog import gpu
-from app.core.overhead import cublas_workspace_bytes
 from app.main import create_app
 from app.trace.engine import run_trace
+from bench.trace_grid import SWITCH_CACHE, SWITCH_CASES, analytic_tensor_peak, bodies, switch_name
 
 from .conftest import TINY_CONFIGS
 
@@ -46,10 +45,7 @@ def _traced(body_json: str) -> int:
     return run_trace(PlanRequest.model_validate_json(body_json)).peak_bytes
 
 
-def _analytic(body: dict[str, Any]) -> int:
-    """The estimate's peak without the cuBLAS workspaces (the trace counts tensors only)."""
-    req = PlanRequest.model_validate(body)
-    return estimate(req).memory.peak - cublas_workspace_bytes(gpu(req.hardware.gpu).arch)
+_analytic = analytic_tensor_peak  # the estimate's peak without the cuBLAS workspaces (the trace counts tensors)
 
 
 FA2 = {"attn_implementation": "flash_attention_2"}
@@ -81,6 +77,23 @@ def test_switch_changes_the_estimate_by_what_the_trace_measures(family: str, met
                                                        abs=TOLERANCE * traced_on)
     if "use_liger_kernel" in switch or ("activation_offloading" in switch and not checkpointing):
         assert traced_off - traced_on > 0.04 * traced_off  # a real saving: the logits / the saved layers
+
+
+SWITCH_ROWS: list[dict[str, Any]] = json.loads(SWITCH_CACHE.read_text())
+
+
+def test_switch_grid_cache_is_current() -> None:
+    """bench/trace_grid.py --switches: the real-size traces cover every switch next to its base run."""
+    assert [r["request"] for r in SWITCH_ROWS] == bodies(SWITCH_CASES), \
+        "cache is stale: run bench/trace_grid.py --switches --regen"
+    assert {switch_name(r["request"]) for r in SWITCH_ROWS} >= {
+        "-", "use_liger_kernel", "activation_offloading", "use_reentrant", "packing", "padding_free"}
+
+
+@pytest.mark.parametrize("row", SWITCH_ROWS,
+                         ids=lambda r: f"{r['request']['model']}-{r['request']['method']}-{switch_name(r['request'])}")
+def test_switch_grid_analytic_within_2_percent_of_trace(row: dict[str, Any]) -> None:
+    assert _analytic(row["request"]) == pytest.approx(row["trace_peak_bytes"], rel=TOLERANCE)
 
 
 @pytest.mark.slow
