@@ -23,6 +23,7 @@ LIGER_MODEL_TYPES = ("llama", "mistral", "mixtral", "qwen2", "qwen3", "qwen3_moe
 """Model types with an ``apply_liger_kernel_to_<model>`` in Liger-Kernel 0.8.5
 (``liger_kernel/transformers/monkey_patch.py``); HF Trainer applies nothing to other models."""
 
+
 def padding_free(req: PlanRequest) -> bool:
     """TRL ``SFTTrainer``: ``padding_free or (packing and packing_strategy in {"bfd", "bfd_split"})``; the
     default ``packing_strategy`` is ``"bfd"``, so ``packing`` flattens the batch too (trl/trainer/sft_trainer.py)."""
@@ -30,6 +31,7 @@ def padding_free(req: PlanRequest) -> bool:
 
 
 def liger_applies(req: PlanRequest, arch: ArchSpec) -> bool:
+    """``use_liger_kernel`` on a model type Liger has kernels for."""
     return req.training.use_liger_kernel and arch.model_type in LIGER_MODEL_TYPES
 
 
