@@ -16,6 +16,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from app.core import PlanRequest, estimate
+from app.core.switches import flce_bytes
 from app.main import create_app
 from app.trace.engine import run_trace
 from bench.trace_grid import SWITCH_CACHE, SWITCH_CASES, analytic_tensor_peak, bodies, switch_name
@@ -190,3 +191,51 @@ def test_invalid_switch_combinations_are_a_422_naming_the_field(client: TestClie
     assert r.status_code == 422, r.text
     detail = r.json()["detail"]
     assert any(d["loc"][: len(loc)] == loc and needle in d["msg"] for d in detail), detail
+
+
+FLCE_SHAPE = (4096, 2048, 128256)  # tokens, hidden, vocab: Llama-3.2-1B at 2 × 2048 tokens
+
+
+def test_flce_stand_in_allocates_what_the_model_says() -> None:
+    """CPU twin of the GPU test below: the trace's fused linear cross-entropy stand-in (fake tensors, bf16,
+    frozen lm_head, no autocast: Liger's ``_can_use_mm_out`` path) peaks at :func:`flce_bytes` above its
+    inputs."""
+    import torch
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    from app.trace.counter import LiveBytesCounter
+    from app.trace.switches import _FusedLinearCrossEntropy
+
+    t, h, v = FLCE_SHAPE
+    with FakeTensorMode():
+        x = torch.empty(t, h, dtype=torch.bfloat16, requires_grad=True)
+        w = torch.empty(v, h, dtype=torch.bfloat16)
+        y = torch.zeros(t, dtype=torch.long)
+        with LiveBytesCounter() as counter:
+            counter.track([x, w, y])
+            before = counter.live
+            loss = _FusedLinearCrossEntropy.apply(x, w, y, None)
+        del loss
+    assert counter.peak - before == pytest.approx(flce_bytes(t, h, v, 2, 2, mm_out=True), abs=64)  # + scalars
+
+
+@pytest.mark.gpu
+def test_liger_flce_on_cuda_allocates_what_the_model_says() -> None:
+    """Liger's own kernel on a GPU peaks at :func:`flce_bytes` above its inputs (within its small scalars)."""
+    import torch
+
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA device: Liger's kernels are Triton (the CPU twin is the test above)")
+    ops = pytest.importorskip("liger_kernel.ops.fused_linear_cross_entropy",
+                              reason="Liger-Kernel is not installed: pip install '.[liger]'")
+    t, h, v = FLCE_SHAPE
+    x = torch.randn(t, h, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+    w = torch.randn(v, h, device="cuda", dtype=torch.bfloat16)
+    y = torch.randint(0, v, (t,), device="cuda")
+    torch.cuda.synchronize()
+    before = torch.cuda.memory_allocated()
+    torch.cuda.reset_peak_memory_stats()
+    loss = ops.LigerFusedLinearCrossEntropyFunction.apply(x, w, y)
+    torch.cuda.synchronize()
+    assert torch.cuda.max_memory_allocated() - before == pytest.approx(flce_bytes(t, h, v, 2, 2, mm_out=True), rel=0.01)
+    del loss

@@ -43,6 +43,17 @@ def flce_chunk_size(tokens: int, hidden: int, vocab: int) -> int:
     return min(1 << (per - 1).bit_length(), tokens)
 
 
+def flce_bytes(tokens: int, hidden: int, vocab: int, input_bytes: int, compute_bytes: int, *, mm_out: bool) -> int:
+    """Peak bytes Liger's fused linear cross-entropy forward allocates for a frozen lm_head
+    (``ops/fused_linear_cross_entropy.py: fused_linear_cross_entropy_forward``): ``grad_input`` (the input's
+    shape and dtype), the fp32 per-token loss, the bool ``target_mask``, and for one chunk the logits
+    (``compute_bytes``, overwritten by their gradient); without ``_can_use_mm_out`` (input, weight and
+    autocast dtypes differ) also ``grad_logits @ W`` (chunk × hidden) before it is copied into ``grad_input``."""
+    chunk = flce_chunk_size(tokens, hidden, vocab)
+    temp = 0 if mm_out else compute_bytes * chunk * hidden
+    return input_bytes * tokens * hidden + 4 * tokens + tokens + compute_bytes * chunk * vocab + temp
+
+
 def _liger_layer_saving(arch: ArchSpec, req: PlanRequest, dt: Dtypes, layer: int) -> int:
     """Bytes one decoder layer saves less under Liger's RMSNorm and SwiGLU/GeGLU kernels.
 
@@ -83,13 +94,15 @@ def liger_activations(act: ActivationModel, inv: Inventory, plan_targets: list[M
     x = _ctx(req, dt, arch)
     t, h, v, a, c = x.t, arch.hidden_size, arch.vocab_size, x.a, x.c
     savings = [_liger_layer_saving(arch, req, dt, i) for i in range(arch.num_hidden_layers)]
-    chunk = flce_chunk_size(t, h, v)
     head_dtype = dt.unquantized if req.quantized else dt.weights
     weight_cast = c * v * h if x.autocast and head_dtype == "fp32" else 0
     grad_weight = v * h * DTYPE_BYTES[head_dtype] if x.full else 0
     rotary = 2 * a * t * arch.head_dim
     saved_head = rotary + a * t * h + 4 * t + a * t * h + grad_weight  # norm input + rstd, grad_input
-    loss = a * t * h + 4 * t + t + c * chunk * (v + h) + weight_cast  # FLCE input, loss, mask, chunk, cast
+    residual = dt.unquantized if req.quantized else dt.weights
+    mm_out = residual == head_dtype and (not x.autocast or residual == dt.compute)
+    # the FLCE input (a·T·h) and its buffers but grad_input (in saved_head), and the weight cast
+    loss = flce_bytes(t, h, v, a, c, mm_out=mm_out) + weight_cast
     # In a layer's (re)computed forward, an adapted down projection casts its input to the fp32 adapter dtype
     # (PEFT ``_cast_input_dtype``) while the activation's output is alive: beyond the saved tensors that is
     # (lo + 4)·T·I where one activation gradient (a·T·I) is counted. Dominant once the logits are gone.

@@ -46,15 +46,26 @@ class _FusedLinearCrossEntropy(torch.autograd.Function):
         grad_input = torch.zeros_like(x)
         grad_weight = torch.zeros_like(weight) if weight.requires_grad else None
         loss_1d = torch.zeros(bt, dtype=torch.float32, device=x.device)
-        target_mask = target != IGNORE_INDEX
-        del target_mask  # only its count is read (an .item())
+        _target_mask = target != IGNORE_INDEX  # alive through the loop (Liger reads its count with .item())
+        # _can_use_mm_out: the operands already have the dtype autocast would give them, so one logits buffer
+        # is reused and the input gradient is written in place (out=); otherwise autocast matmuls
+        autocast = torch.is_autocast_enabled(x.device.type)
+        mm_out = x.dtype == weight.dtype and (not autocast or x.dtype == torch.get_autocast_dtype(x.device.type))
+        storage = torch.empty((chunk, weight.shape[0]), dtype=x.dtype, device=x.device) if mm_out else None
         for start in range(0, bt, chunk):
             x_chunk = x[start:start + chunk]
-            logits = x_chunk @ weight.t()  # under autocast: the compute dtype
+            if storage is not None:
+                logits = storage[: x_chunk.shape[0]]
+                torch.mm(x_chunk, weight.t(), out=logits)
+            else:
+                logits = x_chunk @ weight.t()  # under autocast: the compute dtype
             if softcap is not None:
                 logits.div_(softcap).tanh_().mul_(softcap)
             # the cross-entropy kernel writes the loss into loss_1d and d(loss)/d(logits) into logits, in place
-            grad_input[start:start + chunk] = logits @ weight
+            if storage is not None:
+                torch.mm(logits, weight, out=grad_input[start:start + chunk])
+            else:
+                grad_input[start:start + chunk] = logits @ weight
             if grad_weight is not None:
                 with torch.autocast(x.device.type, enabled=False):
                     grad_weight.addmm_(logits.t().to(grad_weight.dtype), x_chunk.to(grad_weight.dtype))
