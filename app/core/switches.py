@@ -103,21 +103,23 @@ def liger_activations(act: ActivationModel, inv: Inventory, plan_targets: list[M
     mm_out = residual == head_dtype and (not x.autocast or residual == dt.compute)
     # the FLCE input (a·T·h) and its buffers but grad_input (in saved_head), and the weight cast
     loss = flce_bytes(t, h, v, a, c, mm_out=mm_out) + weight_cast
-    # In a layer's (re)computed forward, an adapted down projection casts its input to the fp32 adapter dtype
-    # (PEFT ``_cast_input_dtype``) while the activation's output is alive: beyond the saved tensors that is
-    # (lo + 4)·T·I where one activation gradient (a·T·I) is counted. Dominant once the logits are gone.
-    inter = arch.intermediate_size
+    # In a layer's (re)computed forward the gated MLP's output (lo·T·I) is alive while the down projection
+    # runs, and an adapted down projection casts it to the fp32 adapter dtype (PEFT ``_cast_input_dtype``; no
+    # copy when it is fp32 already). With the logits gone this sets the peak; with checkpointing one
+    # activation gradient (a·T·I) is already counted in backward_layer.
+    dense = any(i not in arch.sparse_layers for i in range(arch.num_hidden_layers))
+    inter = arch.intermediate_size if dense else 0
     adapted_down = any(m.leaf in ("down_proj", "c_proj", "fc2") and m.layer is not None for m in plan_targets)
-    recompute = (x.lo + 4 - a) * t * inter if adapted_down and x.autocast and dt.adapters == "fp32" else 0
+    cast = 4 if adapted_down and dt.adapters == "fp32" and x.lo != 4 else 0
+    mlp_transient = (x.lo + cast) * t * inter
     if req.training.gradient_checkpointing:
         saved_layers = act.saved_layers
-        backward_layer = act.backward_layer - max(savings, default=0) + max(recompute, 0)
+        backward_layer = act.backward_layer - max(savings, default=0) + max(mlp_transient - a * t * inter, 0)
         forward_transient = act.forward_transient
     else:
         saved_layers = act.saved_layers - sum(savings)
         backward_layer = act.backward_layer
-        # the last layer's down projection: its input and the fp32 cast beside everything saved
-        forward_transient = max(act.forward_transient, recompute + a * t * inter if recompute else 0)
+        forward_transient = max(act.forward_transient, mlp_transient)
     return replace(act, saved_layers=saved_layers, saved_head=saved_head, head_weight_cast=0, loss_forward=loss,
                    loss_backward=0, backward_layer=backward_layer, forward_transient=forward_transient)
 
