@@ -153,6 +153,7 @@ def regenerate(only: set[int] | None = None, *, switches: bool = False) -> list[
                      "trace_phases": result.phases, "seconds": round(time.perf_counter() - t0, 1)})
         print(f"traced {b['model']} {b['method']}: {result.peak_bytes} B ({rows[-1]['seconds']} s)", flush=True)
         cache.write_text(json.dumps(rows, indent=1) + "\n")  # progress survives an interrupted run
+    cache.write_text(json.dumps(rows, indent=1) + "\n")  # with the cached cases after the last traced one
     return rows
 
 
