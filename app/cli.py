@@ -89,10 +89,20 @@ def build_parser() -> argparse.ArgumentParser:
                           help="the trainer modelled (docs/frameworks.md); default hf-trainer")
     training.add_argument("--gradient-checkpointing", action=argparse.BooleanOptionalAction, default=None,
                           help="default: on (or as the files say)")
+    for flag, text in (("use-liger-kernel", "Liger kernels (fused linear cross-entropy, RMSNorm, SwiGLU)"),
+                       ("activation-offloading", "TRL: saved activations in host RAM"),
+                       ("packing", "TRL: packed, padding-free rows (needs --attn flash_attention_2)"),
+                       ("padding-free", "TRL: one flattened row per batch (needs --attn flash_attention_2)")):
+        training.add_argument(f"--{flag}", action=argparse.BooleanOptionalAction, default=None,
+                              help=f"{text}; docs/switches.md")
     hardware = inputs.add_argument_group("hardware")
     hardware.add_argument("--gpu", help="catalog GPU id (GET /api/v1/gpus), e.g. nvidia-rtx-4090")
     hardware.add_argument("--num-gpus", type=int)
     hardware.add_argument("--sharding", choices=SHARDINGS)
+    hardware.add_argument("--offload-optimizer", choices=("none", "cpu"),
+                          help="ZeRO-Offload / FSDP cpu_offload: optimizer states in host RAM (docs/switches.md)")
+    hardware.add_argument("--offload-param", choices=("none", "cpu"),
+                          help="ZeRO-3 offload_param / FSDP cpu_offload: parameters in host RAM")
     hardware.add_argument("--alloc-conf", metavar="PYTORCH_CUDA_ALLOC_CONF",
                           help="the run's PYTORCH_CUDA_ALLOC_CONF, e.g. expandable_segments:True (default: torch's)")
     other = inputs.add_argument_group("output and server")
@@ -188,10 +198,14 @@ def build_body(args: argparse.Namespace) -> tuple[dict[str, Any], list[Any]]:
     put("training", "attn_implementation", args.attn_implementation)
     put("training", "framework", args.framework)
     put("training", "gradient_checkpointing", args.gradient_checkpointing)
+    for switch in ("use_liger_kernel", "activation_offloading", "packing", "padding_free"):
+        put("training", switch, getattr(args, switch))
     put("hardware", "gpu", args.gpu)
     put("hardware", "num_gpus", args.num_gpus)
     put("hardware", "sharding", args.sharding)
     put("hardware", "pytorch_cuda_alloc_conf", args.alloc_conf)
+    put("hardware", "offload_optimizer", args.offload_optimizer)
+    put("hardware", "offload_param", args.offload_param)
     for item in args.set:
         path, sep, raw = item.partition("=")
         if not sep or not path.strip():

@@ -61,6 +61,9 @@ def render_estimate(req: dict[str, Any], res: dict[str, Any]) -> str:
             ("total", "total")]
     for label, key in rows:
         lines.append(f"  {label:<26}{gib(m[key]):>13}{m[key]:>19,}")
+    if m.get("host_ram"):
+        host = m["host_ram"]
+        lines.append(f"  {'host RAM (offloaded)':<26}{gib(host):>13}{host:>19,}   all GPUs, not in total")
     alloc = res.get("allocator")
     if alloc:
         lines.append(f"  allocator reserve: {alloc['rule']}")

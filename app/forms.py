@@ -54,9 +54,11 @@ def form_to_body(form: Mapping[str, str], config_text: str | None = None) -> dic
         "quantization": {**pick("bnb_4bit_quant_type", "bnb_4bit_compute_dtype", "blocksize"),
                          **flags("bnb_4bit_use_double_quant", "prepare_kbit", "load_in_8bit")},
         "training": {**pick("precision", "optim", "micro_batch_size", "seq_len", "attn_implementation",
-                                  "framework"),
-                     **flags("gradient_checkpointing")},
-        "hardware": pick("gpu", "num_gpus", "sharding", "pytorch_cuda_alloc_conf"),
+                            "framework"),
+                     **flags("gradient_checkpointing", "use_liger_kernel", "activation_offloading", "packing",
+                             "padding_free")},
+        "hardware": pick("gpu", "num_gpus", "sharding", "pytorch_cuda_alloc_conf", "offload_optimizer",
+                         "offload_param"),
     }
     if config_text and config_text.strip():
         try:

@@ -540,10 +540,18 @@ def python_snippet(req: PlanRequest) -> str:
         args.append("    bf16=True,")
     elif t.precision == "fp16-mixed":
         args.append("    fp16=True,")
+    reentrant = t.gradient_checkpointing_kwargs.use_reentrant
+    if t.gradient_checkpointing and reentrant is not None:
+        args.append(f"    gradient_checkpointing_kwargs={{'use_reentrant': {reentrant}}},")
+    if t.use_liger_kernel:
+        args.append("    use_liger_kernel=True,")
+    offload = hw.offload_optimizer == "cpu" or hw.offload_param == "cpu"
     if hw.sharding == "fsdp":
-        args.append("    fsdp='full_shard',")
+        args.append("    fsdp='full_shard offload'," if offload else "    fsdp='full_shard',")
     elif hw.sharding.startswith("zero"):
-        args.append(f"    deepspeed='ds_{hw.sharding}.json',  # a DeepSpeed ZeRO stage-{hw.sharding[-1]} config")
+        args.append(f"    deepspeed='ds_{hw.sharding}.json',  # a DeepSpeed ZeRO stage-{hw.sharding[-1]} config"
+                    + (f" with offload_optimizer {hw.offload_optimizer}, offload_param {hw.offload_param}"
+                       if offload else ""))
     lines += ["", f"# sequences of {t.seq_len} tokens: tokenize/pack to this length (e.g. TRL SFTConfig(max_length="
                   f"{t.seq_len}))", "args = TrainingArguments(", *args, ")"]
     if hw.num_gpus > 1:

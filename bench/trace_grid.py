@@ -2,9 +2,12 @@
 
     .venv/bin/python bench/trace_grid.py            # compare the analytic model with the cached traces
     .venv/bin/python bench/trace_grid.py --regen    # re-run every trace (minutes) and rewrite the cache
+    .venv/bin/python bench/trace_grid.py --switches [--regen]   # the switch cases (docs/switches.md)
 
 The cache (tests/data/trace_grid.json) is what tests/test_activation_model.py checks the analytic model
-against; it stores each case's request body and the traced peak in bytes.
+against; it stores each case's request body and the traced peak in bytes. The switch cases (Liger,
+activation offloading, packing / padding-free, reentrant checkpointing, each beside its base run) are
+cached in tests/data/trace_grid_switches.json and checked by tests/test_switches.py.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 CACHE = ROOT / "tests" / "data" / "trace_grid.json"
+SWITCH_CACHE = ROOT / "tests" / "data" / "trace_grid_switches.json"
 
 # (model, method, lora overrides, training overrides); every family × method × GC × batch × seq × dropout × optim
 # fmt: off
@@ -77,7 +81,39 @@ CASES: list[tuple[str, str, dict[str, Any], dict[str, Any]]] = [
     ("mistralai/Mistral-7B-v0.3", "dora", {}, {"micro_batch_size": 1, "seq_len": 1024}),
     ("mistralai/Mistral-7B-v0.3", "qdora", {"lora_dropout": 0.05}, {"micro_batch_size": 1, "seq_len": 1024}),
 ]
+
+# The switches of issue 13 on real models, each next to the same run without it (training overrides only).
+_L1B, _Q06, _M7B, _Q8B = "meta-llama/Llama-3.2-1B", "Qwen/Qwen3-0.6B", "mistralai/Mistral-7B-v0.3", "Qwen/Qwen3-8B"
+_FA2 = {"attn_implementation": "flash_attention_2"}
+SWITCH_CASES: list[tuple[str, str, dict[str, Any], dict[str, Any]]] = [
+    (_L1B, "lora", {}, {"micro_batch_size": 2, "seq_len": 2048}),
+    (_L1B, "lora", {}, {"micro_batch_size": 2, "seq_len": 2048, "use_liger_kernel": True}),
+    (_L1B, "lora", {}, {"micro_batch_size": 2, "seq_len": 2048, "activation_offloading": True}),
+    (_L1B, "lora", {}, {"micro_batch_size": 2, "seq_len": 2048, "gradient_checkpointing_kwargs": {"use_reentrant": True}}),
+    (_L1B, "lora", {}, {"micro_batch_size": 2, "seq_len": 2048, **_FA2}),
+    (_L1B, "lora", {}, {"micro_batch_size": 2, "seq_len": 2048, "packing": True, **_FA2}),
+    (_L1B, "lora", {}, {"micro_batch_size": 2, "seq_len": 1024, "gradient_checkpointing": False}),
+    (_L1B, "lora", {}, {"micro_batch_size": 2, "seq_len": 1024, "gradient_checkpointing": False, "use_liger_kernel": True}),
+    (_L1B, "lora", {}, {"micro_batch_size": 2, "seq_len": 1024, "gradient_checkpointing": False, "activation_offloading": True}),
+    (_Q06, "qlora", {}, {"micro_batch_size": 4, "seq_len": 2048}),
+    (_Q06, "qlora", {}, {"micro_batch_size": 4, "seq_len": 2048, "use_liger_kernel": True}),
+    (_Q06, "qlora", {}, {"micro_batch_size": 4, "seq_len": 2048, "activation_offloading": True}),
+    (_Q06, "qlora", {}, {"micro_batch_size": 4, "seq_len": 2048, "padding_free": True, **_FA2}),
+    (_M7B, "qlora", {}, {"micro_batch_size": 1, "seq_len": 4096}),
+    (_M7B, "qlora", {}, {"micro_batch_size": 1, "seq_len": 4096, "use_liger_kernel": True}),
+    (_Q8B, "lora", {}, {"micro_batch_size": 1, "seq_len": 4096}),
+    (_Q8B, "lora", {}, {"micro_batch_size": 1, "seq_len": 4096, "use_liger_kernel": True}),
+    (_Q8B, "lora", {}, {"micro_batch_size": 1, "seq_len": 4096, "activation_offloading": True}),
+]
+SWITCH_KEYS = ("use_liger_kernel", "activation_offloading", "gradient_checkpointing_kwargs", "packing", "padding_free")
 # fmt: on
+
+
+def switch_name(request_body: dict[str, Any]) -> str:
+    """The switch a case turns on ('-' for a base run)."""
+    tr = request_body["training"]
+    names = {"gradient_checkpointing_kwargs": "use_reentrant"}
+    return ",".join(names.get(k, k) for k in SWITCH_KEYS if tr.get(k)) or "-"
 
 
 def body(model: str, method: str, lora: dict[str, Any], training: dict[str, Any]) -> dict[str, Any]:
@@ -85,8 +121,8 @@ def body(model: str, method: str, lora: dict[str, Any], training: dict[str, Any]
             "training": training}
 
 
-def bodies() -> list[dict[str, Any]]:
-    return [body(*case) for case in CASES]
+def bodies(cases: list[tuple[str, str, dict[str, Any], dict[str, Any]]] = CASES) -> list[dict[str, Any]]:
+    return [body(*case) for case in cases]
 
 
 def analytic_tensor_peak(request_body: dict[str, Any]) -> int:
@@ -99,14 +135,15 @@ def analytic_tensor_peak(request_body: dict[str, Any]) -> int:
     return estimate(req).memory.peak - cublas_workspace_bytes(gpu(req.hardware.gpu).arch)
 
 
-def regenerate(only: set[int] | None = None) -> list[dict[str, Any]]:
+def regenerate(only: set[int] | None = None, *, switches: bool = False) -> list[dict[str, Any]]:
     """Trace every case (or the cases whose index is in ``only``, keeping the others from the cache)."""
     from app.core import PlanRequest
     from app.trace.engine import run_trace
 
-    old = json.loads(CACHE.read_text()) if only is not None and CACHE.exists() else []
+    cache = SWITCH_CACHE if switches else CACHE
+    old = json.loads(cache.read_text()) if only is not None and cache.exists() else []
     rows = []
-    for i, b in enumerate(bodies()):
+    for i, b in enumerate(bodies(SWITCH_CASES if switches else CASES)):
         if only is not None and i not in only and i < len(old) and old[i]["request"] == b:
             rows.append(old[i])
             continue
@@ -115,13 +152,14 @@ def regenerate(only: set[int] | None = None) -> list[dict[str, Any]]:
         rows.append({"request": b, "trace_peak_bytes": result.peak_bytes, "trace_phase": result.peak_phase,
                      "trace_phases": result.phases, "seconds": round(time.perf_counter() - t0, 1)})
         print(f"traced {b['model']} {b['method']}: {result.peak_bytes} B ({rows[-1]['seconds']} s)", flush=True)
-        CACHE.write_text(json.dumps(rows, indent=1) + "\n")  # progress survives an interrupted run
+        cache.write_text(json.dumps(rows, indent=1) + "\n")  # progress survives an interrupted run
+    cache.write_text(json.dumps(rows, indent=1) + "\n")  # with the cached cases after the last traced one
     return rows
 
 
 def table(rows: list[dict[str, Any]]) -> list[float]:
     errors = []
-    print(f"{'model':34} {'method':6} {'b':>3} {'s':>5} {'gc':>3} {'drop':>4} {'optim':18} "
+    print(f"{'model':34} {'method':6} {'b':>3} {'s':>5} {'gc':>3} {'drop':>4} {'optim':18} {'switch':22} "
           f"{'trace GiB':>9} {'analytic GiB':>12} {'err %':>7} phase")
     for row in rows:
         b = row["request"]
@@ -131,10 +169,18 @@ def table(rows: list[dict[str, Any]]) -> list[float]:
         errors.append(err)
         print(f"{b['model'][:34]:34} {b['method']:6} {tr.get('micro_batch_size', 1):>3} {tr.get('seq_len', 2048):>5} "
               f"{'on' if tr.get('gradient_checkpointing', True) else 'off':>3} {b['lora'].get('lora_dropout', 0):>4} "
-              f"{tr.get('optim', 'adamw_torch'):18} {row['trace_peak_bytes'] / 2**30:9.3f} {analytic / 2**30:12.3f} "
+              f"{tr.get('optim', 'adamw_torch'):18} {switch_name(b):22} {row['trace_peak_bytes'] / 2**30:9.3f} "
+              f"{analytic / 2**30:12.3f} "
               f"{err:+7.2f} {row['trace_phase']}")
     abs_err = [abs(e) for e in errors]
     print(f"\n{len(errors)} cases: median |error| {statistics.median(abs_err):.2f}%, max |error| {max(abs_err):.2f}%")
+    by_switch: dict[str, list[float]] = {}
+    for row, err in zip(rows, abs_err, strict=True):
+        by_switch.setdefault(switch_name(row["request"]), []).append(err)
+    if len(by_switch) > 1:
+        for name, errs in by_switch.items():
+            print(f"  {name:30} {len(errs):3} cases: median |error| {statistics.median(errs):.2f}%, "
+                  f"max {max(errs):.2f}%")
     return errors
 
 
@@ -143,11 +189,13 @@ def main() -> None:
     parser.add_argument("--regen", action="store_true", help="re-run every trace and rewrite the cache")
     parser.add_argument("--only", type=int, nargs="*",
                         help="with --regen: re-trace only these case indexes (and cases missing from the cache)")
+    parser.add_argument("--switches", action="store_true", help="the switch cases (tests/data/trace_grid_switches.json)")
     args = parser.parse_args()
-    if args.regen or not CACHE.exists():
-        rows = regenerate(set(args.only) if args.only is not None else None)
+    cache = SWITCH_CACHE if args.switches else CACHE
+    if args.regen or not cache.exists():
+        rows = regenerate(set(args.only) if args.only is not None else None, switches=args.switches)
     else:
-        rows = json.loads(CACHE.read_text())
+        rows = json.loads(cache.read_text())
     table(rows)
 
 

@@ -34,8 +34,9 @@ def test_estimate_contract(client: TestClient) -> None:
     data = r.json()
     assert set(data["parameters"]) >= {"total", "trainable", "trainable_percent"}
     assert set(data["memory"]) == {"weights", "quantization_constants", "adapter_weights", "gradients",
-                                   "optimizer_states", "paged_optimizer_states", "activations", "peak", "reserved",
-                                   "overhead", "total"}
+                                   "optimizer_states", "paged_optimizer_states", "host_ram", "activations", "peak",
+                                   "reserved", "overhead", "total"}
+    assert data["memory"]["host_ram"] == 0  # nothing offloaded
     assert all(isinstance(v, int) for v in data["memory"].values())
     assert data["parameters"]["total"] == 8_030_261_248  # Llama-3.1-8B, transformers num_parameters()
     # r=16 on every q,k,v,o,gate,up,down of 32 layers: 16·Σ(in+out) = 16·32·(4096+4096 + 4096+1024 ·2

@@ -35,6 +35,13 @@ from app.core.result import (
     QuantizationReport,
 )
 from app.core.static_memory import Bucket, StaticMemory, quantized_modules, static_memory
+from app.core.switches import (
+    activation_offload,
+    check_switches,
+    liger_activations,
+    offload_static,
+    switch_assumptions,
+)
 from app.core.units import format_bytes
 from app.core.versions import MODELLED_VERSIONS
 
@@ -151,7 +158,8 @@ def _gathered(inv: Inventory, sm: StaticMemory, req: PlanRequest, dt: Dtypes) ->
       its backward: one decoder layer (or the largest module, e.g. the embedding) plus the bucket, in bf16,
       capped by ``stage3_max_live_parameters`` (default 1e9 elements).
     """
-    if req.hardware.num_gpus < 2 or req.hardware.sharding not in ("zero3", "fsdp"):
+    offloaded = req.hardware.offload_param == "cpu"  # parameters gathered from host memory, even on one GPU
+    if (req.hardware.num_gpus < 2 and not offloaded) or req.hardware.sharding not in ("zero3", "fsdp"):
         return 0
     arch = inv.arch
     if req.hardware.sharding == "fsdp":
@@ -298,7 +306,7 @@ def _assumptions(req: PlanRequest, dt: Dtypes, plan: AdapterPlan, inv: Inventory
     if req.hardware.sharding != "none":
         out.append(f"{req.hardware.sharding} over {req.hardware.num_gpus} GPUs: static state partitioned as "
                    "DeepSpeed/FSDP do; activations are per GPU for the micro-batch.")
-    return out
+    return out + switch_assumptions(req, inv.arch)
 
 
 def _static_key(req: PlanRequest) -> str:
@@ -371,11 +379,15 @@ def estimate(req: PlanRequest) -> EstimateResult:
     model_id, inv, plan, sm, quant_report = _static_parts(req)
     arch = inv.arch
     _check_request(req, arch)
+    check_switches(req, arch)
     target_gpu = gpu(req.hardware.gpu)
     dt = dtypes_for(req)
-    static = _shard(sm, req, plan.trainable_params, arch.hidden_size, arch.num_hidden_layers)
+    static, host_states = offload_static(_shard(sm, req, plan.trainable_params, arch.hidden_size,
+                                                arch.num_hidden_layers), sm, req, plan.trainable_params)
     act = activation_model(inv, plan, req, dt, sum(static[k] for k in ("weights", "constants", "adapters",
                                                                        "optimizer")))
+    act = liger_activations(act, inv, plan.targets, req, dt)
+    act, host_activations = activation_offload(act, req, arch, dt)
     workspace = cublas_workspace_bytes(target_gpu.arch)
     gathered = _gathered(inv, sm, req, dt)
     phases = _phases(static, sm, act, workspace, gathered)
@@ -423,6 +435,7 @@ def estimate(req: PlanRequest) -> EstimateResult:
             gradients=static["gradients"],
             optimizer_states=static["optimizer"],
             paged_optimizer_states=static["paged_optimizer"],
+            host_ram=host_states + host_activations,
             activations=activations,
             peak=peak,
             reserved=peak + reserve,

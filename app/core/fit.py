@@ -216,7 +216,17 @@ def _with(req: PlanRequest, section: str, **values: object) -> PlanRequest:
 
 
 def _on_hardware(req: PlanRequest, gpu_id: str, num_gpus: int, sharding: str) -> PlanRequest:
-    return _with(req, "hardware", gpu=gpu_id, num_gpus=num_gpus, sharding=sharding)
+    """``req`` on ``num_gpus`` × ``gpu_id`` with ``sharding``; CPU offload kept where that sharding has it
+    (none on one unsharded card; FSDP offloads parameters and optimizer together: app/core/switches.py)."""
+    hw = req.hardware
+    offload = "cpu" if "cpu" in (hw.offload_optimizer, hw.offload_param) else "none"
+    if sharding == "none":
+        kept = {"offload_optimizer": "none", "offload_param": "none"}
+    elif sharding == "fsdp":
+        kept = {"offload_optimizer": offload, "offload_param": offload}
+    else:
+        kept = {"offload_param": hw.offload_param if sharding == "zero3" else "none"}
+    return _with(req, "hardware", gpu=gpu_id, num_gpus=num_gpus, sharding=sharding, **kept)
 
 
 # ------------------------------------------------------------------------------------------- gpu plan

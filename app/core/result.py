@@ -26,6 +26,11 @@ class Memory(BaseModel):
         0, description="paged optimizer state (bitsandbytes paged_* optimizers, tensors with ≥1e5 elements) in CUDA "
         "unified memory, per GPU: on the GPU while it has room, in host RAM otherwise (slow when evicted); "
         "not part of peak or total")
+    host_ram: int = Field(
+        0, description="host (CPU) RAM the offloaded state needs, all GPUs of the run together (per node when "
+        "they share one host): DeepSpeed ZeRO-Offload's fp32 master weights, gradients and optimizer states, "
+        "ZeRO-Infinity's / FSDP's offloaded parameters, activation_offloading's saved tensors (docs/switches.md); "
+        "not part of peak or total")
     activations: int = Field(description="everything else alive at the peak: activations, temporaries, cuBLAS "
                              "workspaces (peak minus weights, constants, adapters, optimizer states and the "
                              "gradients alive then)")

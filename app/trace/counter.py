@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import heapq
 from array import array
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -113,6 +114,7 @@ class LiveBytesCounter(TorchDispatchMode):
         self._top = top
         self.stream = AllocationStream()
         self._next_id = 0
+        self._host = False
 
     # --- phases -------------------------------------------------------------------------------
     def set_phase(self, name: str) -> None:
@@ -140,6 +142,10 @@ class LiveBytesCounter(TorchDispatchMode):
                               ident=self._new_id())
             self.stream.add(info.ident, info.nbytes)
             self._info[st] = info
+            if self._host:
+                info.counted = False
+                self.stream.excluded.add(info.ident)
+                continue
             self.live += info.nbytes
             self.live_rounded += _round(info.nbytes)
             self._refs.append(weakref.ref(st, self._released(info)))
@@ -154,6 +160,15 @@ class LiveBytesCounter(TorchDispatchMode):
                 self.stream.excluded.add(info.ident)
                 self.live -= info.nbytes
                 self.live_rounded -= _round(info.nbytes)
+
+    @contextmanager
+    def host(self) -> Iterator[None]:
+        """Storages made inside are host memory (activation offloading's CPU copies): not counted."""
+        self._host = True
+        try:
+            yield
+        finally:
+            self._host = False
 
     def _new_id(self) -> int:
         self._next_id += 1

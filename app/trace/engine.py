@@ -2,7 +2,7 @@
 
 The step: transformers model from the config in the load dtype; for QLoRA/QDoRA transformers'
 ``replace_with_bnb_linear`` + bitsandbytes ``Params4bit`` quantization; ``prepare_model_for_kbit_training``
-when on; PEFT ``get_peft_model``; non-reentrant gradient checkpointing when on; forward with labels
+when on; PEFT ``get_peft_model``; gradient checkpointing when on (non-reentrant unless asked); forward with labels
 (transformers' own loss) under autocast for mixed/bf16 precision, accelerate's fp32 copy of the logits
 (HF Trainer's ``convert_outputs_to_fp32``), backward, ``clip_grad_norm_``, optimizer step and
 ``zero_grad(set_to_none=True)`` — twice. The second step's peak is reported (states resident).
@@ -27,6 +27,7 @@ from app.core.overhead import cublas_workspace_bytes
 from app.core.precision import dtypes_for
 from app.core.request import PlanRequest
 from app.core.reserved import trace_report
+from app.core.switches import LIGER_MODEL_TYPES, padding_free
 from app.trace.counter import LiveBytesCounter, LiveTensor
 from app.trace.cuda_kernels import (
     attention_name,
@@ -39,6 +40,12 @@ from app.trace.cuda_kernels import (
     transient_rules,
 )
 from app.trace.frameworks import recipe
+from app.trace.switches import (
+    apply_liger,
+    liger_loss,
+    offload_activations,
+    padding_free_inputs,
+)
 from app.trace.variants import keep_layers
 
 TORCH_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
@@ -336,7 +343,11 @@ def run_trace(req: PlanRequest, *, fake: bool = True, steps: int = 2, seed: int 
             _own_storage_for_copies(model)
         base = model.get_base_model() if hasattr(model, "get_base_model") else model
         if tr.gradient_checkpointing:
-            base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            reentrant = tr.gradient_checkpointing_kwargs.use_reentrant
+            base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": bool(reentrant)})
+        liger = tr.use_liger_kernel and config.model_type in LIGER_MODEL_TYPES
+        if liger:
+            apply_liger(base)
         model.train()
         head = base.get_output_embeddings()
         head.register_forward_hook(lambda *_: counter.set_phase("loss"))
@@ -355,15 +366,24 @@ def run_trace(req: PlanRequest, *, fake: bool = True, steps: int = 2, seed: int 
             gc.collect()
             if step == steps - 1:
                 counter.reset_peak()
-            input_ids = torch.randint(0, config.get_text_config().vocab_size, (tr.micro_batch_size, tr.seq_len))
+            vocab = config.get_text_config().vocab_size
+            if padding_free(req):
+                inputs = padding_free_inputs(tr.micro_batch_size, tr.seq_len, vocab)
+            else:
+                inputs = {"input_ids": torch.randint(0, vocab, (tr.micro_batch_size, tr.seq_len))}
+            input_ids = inputs["input_ids"]
             counter.set_phase("forward")
             if step == 0:
                 # the first matmul makes cuBLAS allocate one workspace per handle (forward and backward
                 # threads) through the caching allocator, kept for the process (CublasHandlePool.cpp)
                 for _ in range(2):
                     counter.inject(cublas_workspace_bytes(gpu(req.hardware.gpu).arch) // 2)
-            with autocast:
-                loss = framework.loss(model, input_ids, req)
+            offload = offload_activations(model, counter.host) if tr.activation_offloading else nullcontext()
+            with autocast, offload:
+                if liger:  # Liger's lce_forward replaces the framework's loss path: no logits to convert
+                    loss = liger_loss(base, labels=input_ids, on_loss=lambda: counter.set_phase("loss"), **inputs)
+                else:
+                    loss = framework.loss(model, inputs, req)
             counter.set_phase("backward")
             loss.backward()
             del loss
@@ -374,7 +394,7 @@ def run_trace(req: PlanRequest, *, fake: bool = True, steps: int = 2, seed: int 
             if step == 0:
                 excluded = _off_device_states(optimizer, req.training.optim)
                 counter.exclude(excluded)
-            del input_ids
+            del input_ids, inputs
         static = _static(model, optimizer, req.method == "full")
         static["optimizer_states"] -= sum(t.untyped_storage().nbytes() for t in excluded)
     allocator = _replay_stream(counter, req)

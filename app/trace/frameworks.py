@@ -36,7 +36,7 @@ class Recipe:
 
     before_adapters: Callable[[Model, PlanRequest], Model]
     adapt: Callable[[Model, PlanRequest, Any], Model]  # (model, request, PEFT LoraConfig or None for full)
-    loss: Callable[[Model, torch.Tensor, PlanRequest], torch.Tensor]
+    loss: Callable[[Model, dict[str, torch.Tensor], PlanRequest], torch.Tensor]
     contexts: Callable[[], list[AbstractContextManager[Any]]] = field(default=lambda: [])
 
 
@@ -63,10 +63,11 @@ def _kbit_prepare(model: Model, req: PlanRequest) -> Model:
     return prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
 
 
-def _model_loss(model: Model, input_ids: torch.Tensor, req: PlanRequest) -> torch.Tensor:
+def _model_loss(model: Model, inputs: dict[str, torch.Tensor], req: PlanRequest) -> torch.Tensor:
     """HF ``Trainer.compute_loss``: the model's own loss from ``labels``; accelerate's ``convert_outputs_to_fp32``
-    (bf16/fp16 mixed precision) makes an fp32 copy of the logits."""
-    out = model(input_ids=input_ids, labels=input_ids)
+    (bf16/fp16 mixed precision) makes an fp32 copy of the logits. ``inputs``: ``input_ids`` (the labels too) and,
+    padding-free, ``position_ids``."""
+    out = model(labels=inputs["input_ids"], **inputs)
     if out.logits.dtype != torch.float32:
         logits32 = out.logits.float()
         del logits32
@@ -101,11 +102,12 @@ def _axolotl_before_adapters(model: Model, req: PlanRequest) -> Model:
 # --- ms-swift 4.5.2 --------------------------------------------------------------------------------------------
 
 
-def _swift_loss(model: Model, input_ids: torch.Tensor, req: PlanRequest) -> torch.Tensor:
+def _swift_loss(model: Model, inputs: dict[str, torch.Tensor], req: PlanRequest) -> torch.Tensor:
     """ms-swift ``swift/trainers/seq2seq_trainer.py`` (v4.5.2) ``compute_loss``: the model's own loss (labels left
     in the inputs), then ``_compute_acc`` (``swift/trainers/mixin.py``) takes ``logits.argmax(dim=-1)`` while the
     logits are alive (an int64 (b, s) tensor) for the token-accuracy metric."""
-    out = model(input_ids=input_ids, labels=input_ids)
+    input_ids = inputs["input_ids"]
+    out = model(labels=input_ids, **inputs)
     preds = out.logits.argmax(dim=-1)
     acc = (preds[:, :-1] == input_ids[:, 1:]).float().mean()
     del preds, acc
@@ -169,14 +171,15 @@ def _gather_metric(t: torch.Tensor) -> torch.Tensor:
     return torch.tensor(1, dtype=t.dtype) if is_fake(t) else t
 
 
-def _trl_loss(model: Model, input_ids: torch.Tensor, req: PlanRequest) -> torch.Tensor:
+def _trl_loss(model: Model, inputs: dict[str, torch.Tensor], req: PlanRequest) -> torch.Tensor:
     """TRL's own ``SFTTrainer.compute_loss`` on the batch its ``DataCollatorForLanguageModeling`` makes for unpadded
     rows of ``seq_len`` tokens: ``input_ids``, ``labels`` and ``position_ids`` (the collator's
-    ``return_position_ids``, default on)."""
+    ``return_position_ids``, default on; padding-free: restarting per document, as ``inputs`` has them)."""
+    input_ids = inputs["input_ids"]
     b, s = input_ids.shape
-    position_ids = torch.arange(s).unsqueeze(0).expand(b, s)
-    inputs = {"input_ids": input_ids, "labels": input_ids, "position_ids": position_ids}
-    return model.planner_trainer.compute_loss(model, inputs)
+    position_ids = inputs.get("position_ids", torch.arange(s).unsqueeze(0).expand(b, s))
+    return model.planner_trainer.compute_loss(model, {"input_ids": input_ids, "labels": input_ids,
+                                                      "position_ids": position_ids})
 
 
 @contextmanager
