@@ -223,15 +223,19 @@ def test_sft_config_is_detected_and_liger_mapped(sft_config_json: Path) -> None:
     lines = out.stderr.splitlines()
     assert f"note: {sft_config_json}: detected TRL SFTConfig (max_length, packing, dataset_text_field, …)" in lines
     assert not any("use_liger_kernel" in line for line in lines)  # mapped to training.use_liger_kernel
-    assert any(line.startswith(f"warning: {sft_config_json}: loss_type: unsupported") for line in lines)
+    assert not any("loss_type" in line for line in lines)  # TRL's fused LM head loss: training.framework 'trl'
     data = json.loads(out.stdout)
-    assert "training.seq_len" not in {a["field"] for a in data.pop("assumed")}  # max_length is given
+    assumed = {a["field"]: a["value"] for a in data.pop("assumed")}
+    assert "training.seq_len" not in assumed  # max_length is given
+    # packed rows and no attn_implementation in model_init_kwargs: FlashAttention-2's varlen kernel
+    assert assumed["training.attn_implementation"] == "flash_attention_2"
     # max_length 4096 packed → seq_len 4096; batch 2; SFTConfig's activation checkpointing default (on);
     # model_init_kwargs dtype bfloat16 → precision bf16
     expected = PlanRequest(model=LLAMA, method="lora",
                            training={"micro_batch_size": 2, "seq_len": 4096, "gradient_checkpointing": True,
                                      "optim": "adamw_torch", "precision": "bf16", "framework": "trl",
-                                     "packing": True, "use_liger_kernel": True})
+                                     "packing": True, "use_liger_kernel": True,
+                                     "attn_implementation": "flash_attention_2"})
     assert data == estimate(expected).model_dump(mode="json")
 
 

@@ -70,13 +70,16 @@ def test_notes_and_legacy_names() -> None:
                                     "optim": "adamw_8bit", "torch_compile": True, "lora_rank": 8}, "old.json")
     assert body["training"]["seq_len"] == 512 and body["training"]["micro_batch_size"] == 4
     assert body["training"]["optim"] == "adamw_bnb_8bit"  # transformers' alias
-    by_key = {n.key: n for n in notes}
+    by_key = {n.key: n for n in notes if n.field != "training.attn_implementation"}
     assert by_key["max_seq_length"].message == "the older name of max_length"
     assert by_key["lora_rank"].kind == "unknown"
     # switches with a request field of their own (TrainingArguments.torch_compile, SFTConfig.padding_free)
     assert body["training"]["torch_compile"] is True and body["training"]["padding_free"] is True
     assert body["training"]["framework"] == "trl"  # an SFTConfig
     assert "worst case" in by_key["padding_free"].message
+    # no kernel named: padding-free rows on FlashAttention-2's variable-length kernel, noted as assumed
+    assert body["training"]["attn_implementation"] == "flash_attention_2"
+    assert [n.kind for n in notes if n.field == "training.attn_implementation"] == ["assumed"]
     # SFTConfig's activation checkpointing default (on) is assumed, named as such
     assert by_key["activation_checkpointing"].kind == "assumed" and body["training"]["gradient_checkpointing"]
 

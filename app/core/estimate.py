@@ -386,7 +386,7 @@ def estimate(req: PlanRequest) -> EstimateResult:
                                                 arch.num_hidden_layers), sm, req, plan.trainable_params)
     act = activation_model(inv, plan, req, dt, sum(static[k] for k in ("weights", "constants", "adapters",
                                                                        "optimizer")))
-    act = liger_activations(act, inv, plan.targets, req, dt)
+    act = liger_activations(act, inv, req, dt)
     act, host_activations = activation_offload(act, req, arch, dt)
     workspace = cublas_workspace_bytes(target_gpu.arch)
     gathered = _gathered(inv, sm, req, dt)

@@ -12,7 +12,7 @@ from dataclasses import replace
 from app.core.activations import GEMMA_NORMS, QK_NORM, ActivationModel, _ctx
 from app.core.architectures import ArchSpec, attention_for
 from app.core.errors import PlanError
-from app.core.inventory import Inventory, Module
+from app.core.inventory import Inventory
 from app.core.precision import Dtypes
 from app.core.request import PlanRequest
 from app.core.static_memory import StaticMemory
@@ -76,8 +76,7 @@ def _liger_layer_saving(arch: ArchSpec, req: PlanRequest, dt: Dtypes, layer: int
     return saving
 
 
-def liger_activations(act: ActivationModel, inv: Inventory, plan_targets: list[Module], req: PlanRequest,
-                      dt: Dtypes) -> ActivationModel:
+def liger_activations(act: ActivationModel, inv: Inventory, req: PlanRequest, dt: Dtypes) -> ActivationModel:
     """The activation terms with Liger's kernels (``use_liger_kernel``); unchanged for other model types.
 
     Fused linear cross-entropy (``ops/fused_linear_cross_entropy.py``) never materialises the logits: the
@@ -104,14 +103,12 @@ def liger_activations(act: ActivationModel, inv: Inventory, plan_targets: list[M
     # the FLCE input (a·T·h) and its buffers but grad_input (in saved_head), and the weight cast
     loss = flce_bytes(t, h, v, a, c, mm_out=mm_out) + weight_cast
     # In a layer's (re)computed forward the gated MLP's output (lo·T·I) is alive while the down projection
-    # runs, and an adapted down projection casts it to the fp32 adapter dtype (PEFT ``_cast_input_dtype``; no
-    # copy when it is fp32 already). With the logits gone this sets the peak; with checkpointing one
-    # activation gradient (a·T·I) is already counted in backward_layer.
+    # runs. With the logits gone this sets the peak; with checkpointing one activation gradient (a·T·I) is
+    # already counted in backward_layer. An adapted down projection's fp32 copy of it (PEFT
+    # ``_cast_input_dtype``) is activation_model's LoRA cast transient.
     dense = any(i not in arch.sparse_layers for i in range(arch.num_hidden_layers))
     inter = arch.intermediate_size if dense else 0
-    adapted_down = any(m.leaf in ("down_proj", "c_proj", "fc2") and m.layer is not None for m in plan_targets)
-    cast = 4 if adapted_down and dt.adapters == "fp32" and x.lo != 4 else 0
-    mlp_transient = (x.lo + cast) * t * inter
+    mlp_transient = x.lo * t * inter
     if req.training.gradient_checkpointing:
         saved_layers = act.saved_layers
         backward_layer = act.backward_layer - max(savings, default=0) + max(mlp_transient - a * t * inter, 0)
@@ -142,9 +139,10 @@ def check_switches(req: PlanRequest, arch: ArchSpec) -> None:
     if padding_free(req) and attention_for(arch.model_type, tr.attn_implementation) != "flash_attention_2":
         field = "padding_free" if tr.padding_free else "packing"
         raise PlanError(("training", field),
-                        "padding-free batches (TRL padding_free, or packing with its default 'bfd' strategy) need "
-                        "attn_implementation 'flash_attention_2' (TRL SFTConfig.padding_free: variable-length "
-                        "FlashAttention; other kernels would attend over the whole flattened row)")
+                        "padding-free batches (TRL padding_free, or packing with its default 'bfd' strategy) are "
+                        "modelled with attn_implementation 'flash_attention_2' (variable-length FlashAttention, "
+                        "what the trainers document for them); with sdpa or eager transformers builds a "
+                        "block-diagonal mask over the whole flattened row, which the planner does not model")
 
 
 def offload_static(static: dict[str, int], sm: StaticMemory, req: PlanRequest,

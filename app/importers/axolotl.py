@@ -10,7 +10,15 @@ from pathlib import Path
 from typing import Any
 
 from app.importers.bnb import bnb_keys
-from app.importers.common import ConfigImportError, ImportNote, NoteKind, is_unset, resolve_model, use_reentrant
+from app.importers.common import (
+    ConfigImportError,
+    ImportNote,
+    NoteKind,
+    is_unset,
+    resolve_model,
+    use_reentrant,
+    varlen_attention,
+)
 from app.importers.optim import map_optimizer
 from app.importers.sharding import deepspeed_sharding, fsdp_config_keys
 
@@ -358,6 +366,7 @@ def from_axolotl(data: Mapping[str, Any], source: str = "axolotl config",
         else:
             note(key, "unknown", "not an axolotl option the importer knows; ignored")
 
+    varlen_attention(training, notes, source)
     for name, section in (("lora", lora), ("quantization", quant), ("training", training), ("hardware", hardware)):
         if section:
             body[name] = section

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -50,6 +50,58 @@ class Imported:
     body: dict[str, Any]
     notes: list[ImportNote]
     detected: str = ""  # e.g. 'axolotl config', 'HF TrainingArguments (per_device_train_batch_size, optim)'
+
+
+@dataclass
+class Draft:
+    """The request body one trainer-config importer is building, section by section, and its notes."""
+
+    source: str
+    training: dict[str, Any] = field(default_factory=dict)
+    notes: list[ImportNote] = field(default_factory=list)
+    body: dict[str, Any] = field(default_factory=dict)
+    lora: dict[str, Any] = field(default_factory=dict)
+    quant: dict[str, Any] = field(default_factory=dict)
+    hardware: dict[str, Any] = field(default_factory=dict)
+
+    def note(self, key: str, kind: NoteKind, message: str) -> None:
+        self.notes.append(ImportNote(self.source, key, kind, message))
+
+    def assumed(self, key: str, field: str, value: Any, why: str) -> None:
+        """``field`` ('lora.r', 'training.seq_len') takes the trainer's default ``value`` for the absent ``key``."""
+        section, _, name = field.partition(".")
+        {"lora": self.lora, "training": self.training}[section][name] = value
+        self.notes.append(ImportNote(self.source, key, "assumed", why, field=field, value=value))
+
+    def model(self, value: Any, key: str, base_dir: Path | None) -> None:
+        """The file's model (see :func:`resolve_model`), when it names one."""
+        if value:
+            model, notes = resolve_model(value, self.source, key, base_dir)
+            self.notes += notes
+            if model is not None:
+                self.body["model"] = model
+
+    def finish(self) -> tuple[dict[str, Any], list[ImportNote]]:
+        """The body with its non-empty sections (packed rows on FlashAttention-2 unless the file names a kernel:
+        :func:`varlen_attention`), and the notes."""
+        varlen_attention(self.training, self.notes, self.source)
+        for name, section in zip(SECTIONS, (self.lora, self.quant, self.training, self.hardware), strict=True):
+            if section:
+                self.body[name] = section
+        return self.body, self.notes
+
+
+def varlen_attention(training: dict[str, Any], notes: list[ImportNote], source: str) -> None:
+    """Packed / padding-free rows (``training.packing`` or ``padding_free``) of a file that names no attention
+    kernel run on FlashAttention-2's variable-length kernel, the one these trainers document for them (TRL
+    ``padding_free``, axolotl ``sample_packing``, LLaMA-Factory ``neat_packing``, ms-swift ``padding_free``); the
+    planner models packed rows only with it (app/core/switches.py)."""
+    packed = "padding_free" if training.get("padding_free") else "packing" if training.get("packing") else None
+    if packed is not None and "attn_implementation" not in training:
+        training["attn_implementation"] = "flash_attention_2"
+        notes.append(ImportNote(source, packed, "assumed", "packed rows attend per document with FlashAttention-2's "
+                                "variable-length kernel; the file names no attention implementation",
+                                field="training.attn_implementation", value="flash_attention_2"))
 
 
 def bool_key(data: Any, key: str, source: str) -> bool | None:

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from app.importers.bnb import compute_dtype, from_bnb
-from app.importers.common import ImportNote, NoteKind, is_unset, use_reentrant
+from app.importers.common import ImportNote, NoteKind, is_unset, use_reentrant, varlen_attention
 from app.importers.optim import map_optimizer
 from app.importers.sharding import deepspeed_sharding, fsdp_config_keys
 
@@ -236,8 +236,6 @@ def from_hf_training(data: Mapping[str, Any], source: str = "training_args.json"
             else:
                 note("packing", "note", "not packed: rows are padded to the longest in the batch, at most max_length; "
                      "modelled at max_length, the worst case")
-        note("loss_type", "unsupported", "TRL 1.16's SFTTrainer computes the loss through a fused LM head in chunks, "
-             "without the full logits; the planner counts the full logits, so its loss phase is an upper bound")
     found = given("optim")
     if found is None:
         training["optim"] = defaults["optim"]
@@ -286,6 +284,7 @@ def from_hf_training(data: Mapping[str, Any], source: str = "training_args.json"
         else:
             note(key, "unknown", "not a transformers 5.24 TrainingArguments or TRL 1.16 SFTConfig field; ignored")
 
+    varlen_attention(training, notes, source)
     for name, section in (("training", training), ("hardware", hardware)):
         if section:
             body[name] = section

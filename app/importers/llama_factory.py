@@ -29,7 +29,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from app.importers.common import ConfigImportError, ImportNote, NoteKind, bool_key, is_unset, resolve_model
+from app.importers.common import ConfigImportError, Draft, ImportNote, bool_key, is_unset
 from app.importers.framework_fields import (
     LF_DATA_FIELDS,
     LF_FINETUNING_FIELDS,
@@ -95,26 +95,11 @@ def from_llama_factory(data: Mapping[str, Any], source: str = "LLaMA-Factory con
     """A LLaMA-Factory YAML (as a dict) → a full body with ``training.framework`` 'llama-factory' (or 'unsloth'
     with ``use_unsloth``). Absent memory-relevant keys take LLaMA-Factory's defaults, each noted; a value
     LLaMA-Factory itself would refuse raises :class:`ConfigImportError` naming the key."""
-    notes: list[ImportNote] = []
-    body: dict[str, Any] = {}
-    lora: dict[str, Any] = {}
-    quant: dict[str, Any] = {}
-    training: dict[str, Any] = {"framework": "llama-factory"}
-    hardware: dict[str, Any] = {}
-
-    def note(key: str, kind: NoteKind, message: str) -> None:
-        notes.append(ImportNote(source, key, kind, message))
-
-    def assumed(key: str, field: str, value: Any, why: str) -> None:
-        section, _, name = field.partition(".")
-        {"lora": lora, "training": training}[section][name] = value
-        notes.append(ImportNote(source, key, "assumed", why, field=field, value=value))
-
-    if data.get("model_name_or_path"):
-        model, model_notes = resolve_model(data["model_name_or_path"], source, "model_name_or_path", base_dir)
-        notes += model_notes
-        if model is not None:
-            body["model"] = model
+    draft = Draft(source, training={"framework": "llama-factory"})
+    body, notes, lora, quant = draft.body, draft.notes, draft.lora, draft.quant
+    training, hardware = draft.training, draft.hardware
+    note, assumed = draft.note, draft.assumed
+    draft.model(data.get("model_name_or_path"), "model_name_or_path", base_dir)
 
     # method
     ftype = data.get("finetuning_type", "lora")
@@ -286,7 +271,4 @@ def from_llama_factory(data: Mapping[str, Any], source: str = "LLaMA-Factory con
         else:
             note(key, "unknown", "not a LLaMA-Factory v0.9.5 argument; ignored")
 
-    for name, section in (("lora", lora), ("quantization", quant), ("training", training), ("hardware", hardware)):
-        if section:
-            body[name] = section
-    return body, notes
+    return draft.finish()

@@ -33,11 +33,10 @@ from app.importers.bnb import compute_dtype
 from app.importers.cli_args import CliArgs
 from app.importers.common import (
     ConfigImportError,
+    Draft,
     ImportNote,
-    NoteKind,
     bool_key,
     is_unset,
-    resolve_model,
     use_reentrant,
 )
 from app.importers.framework_fields import (
@@ -112,26 +111,11 @@ def from_ms_swift(data: Mapping[str, Any], source: str = "ms-swift arguments",
     """ms-swift ``swift sft`` arguments (a dict, or :class:`CliArgs` parsed from the command) → a full body with
     ``training.framework`` 'ms-swift'. Absent memory-relevant keys take ms-swift's defaults, each noted; a value
     ms-swift refuses raises :class:`ConfigImportError` naming the key."""
-    notes: list[ImportNote] = []
-    body: dict[str, Any] = {}
-    lora: dict[str, Any] = {}
-    quant: dict[str, Any] = {}
-    training: dict[str, Any] = {"framework": "ms-swift"}
-    hardware: dict[str, Any] = {}
-
-    def note(key: str, kind: NoteKind, message: str) -> None:
-        notes.append(ImportNote(source, key, kind, message))
-
-    def assumed(key: str, field: str, value: Any, why: str) -> None:
-        section, _, name = field.partition(".")
-        {"lora": lora, "training": training}[section][name] = value
-        notes.append(ImportNote(source, key, "assumed", why, field=field, value=value))
-
-    if data.get("model"):
-        model, model_notes = resolve_model(data["model"], source, "model", base_dir)
-        notes += model_notes
-        if model is not None:
-            body["model"] = model
+    draft = Draft(source, training={"framework": "ms-swift"})
+    body, notes, lora, quant = draft.body, draft.notes, draft.lora, draft.quant
+    training, hardware = draft.training, draft.hardware
+    note, assumed = draft.note, draft.assumed
+    draft.model(data.get("model"), "model", base_dir)
     env = data.env if isinstance(data, CliArgs) else {}
     if env.get("NPROC_PER_NODE", "").isdigit() and int(env["NPROC_PER_NODE"]) > 1:
         hardware["num_gpus"] = int(env["NPROC_PER_NODE"])
@@ -310,7 +294,4 @@ def from_ms_swift(data: Mapping[str, Any], source: str = "ms-swift arguments",
         else:
             note(key, "unknown", "not an ms-swift v4.5.2 sft argument; ignored")
 
-    for name, section in (("lora", lora), ("quantization", quant), ("training", training), ("hardware", hardware)):
-        if section:
-            body[name] = section
-    return body, notes
+    return draft.finish()
