@@ -28,10 +28,10 @@ def client() -> TestClient:
 def test_listing_and_page_build_no_model(client: TestClient, monkeypatch: pytest.MonkeyPatch) -> None:
     """GET /api/v1/models and the page's model suggestions read the catalog only: a build would be a
     worker start and seconds per model, so any build here fails the test."""
-    def no_build(*_: Any) -> dict[str, Any]:
+    def no_build(*_: Any, **__: Any) -> dict[str, Any]:
         raise AssertionError("a model was built while listing the catalog")
 
-    monkeypatch.setattr(generic_path, "_run_build", no_build)
+    monkeypatch.setattr(generic_path, "run_in_worker", no_build)
     rows = client.get("/api/v1/models").json()
     assert len(rows) == len(model_configs()) >= 100
     generic = [r for r in rows if r["model_type"] not in SUPPORTED_MODEL_TYPES]
