@@ -81,6 +81,28 @@ class Draft:
             if model is not None:
                 self.body["model"] = model
 
+    def bitsandbytes(self, data: Any, qmethod: Any, bits: Any, *, method_key: str, type_key: str,
+                     double_key: str) -> int:
+        """A quantized base as these trainers load it for (Q)LoRA: bitsandbytes 8-bit, or 4-bit with the file's
+        quant type (NF4 by default) and double quantization (on by default); any other method or width is noted
+        and estimated as bitsandbytes 4-bit. Neither trainer calls ``prepare_model_for_kbit_training``
+        (``quantization.prepare_kbit`` false). Returns the bits modelled (4 or 8)."""
+        if qmethod != "bnb" or bits not in (4, 8):
+            self.note(method_key, "unsupported", f"{qmethod} {bits}-bit base weights are not modelled; estimated as "
+                      "bitsandbytes 4-bit (NF4)")
+            bits = 4
+        if bits == 8:
+            self.quant["load_in_8bit"] = True
+        else:
+            qtype = data.get(type_key, "nf4")
+            if qtype not in ("nf4", "fp4"):
+                raise ConfigImportError(self.source, type_key, f"{qtype!r} is not nf4 or fp4")
+            self.quant["bnb_4bit_quant_type"] = qtype
+            double = bool_key(data, double_key, self.source)
+            self.quant["bnb_4bit_use_double_quant"] = True if double is None else double
+        self.quant["prepare_kbit"] = False
+        return int(bits)
+
     def finish(self) -> tuple[dict[str, Any], list[ImportNote]]:
         """The body with its non-empty sections (packed rows on FlashAttention-2 unless the file names a kernel:
         :func:`varlen_attention`), and the notes."""

@@ -96,7 +96,7 @@ def from_llama_factory(data: Mapping[str, Any], source: str = "LLaMA-Factory con
     with ``use_unsloth``). Absent memory-relevant keys take LLaMA-Factory's defaults, each noted; a value
     LLaMA-Factory itself would refuse raises :class:`ConfigImportError` naming the key."""
     draft = Draft(source, training={"framework": "llama-factory"})
-    body, notes, lora, quant = draft.body, draft.notes, draft.lora, draft.quant
+    body, notes, lora = draft.body, draft.notes, draft.lora
     training, hardware = draft.training, draft.hardware
     note, assumed = draft.note, draft.assumed
     draft.model(data.get("model_name_or_path"), "model_name_or_path", base_dir)
@@ -128,20 +128,8 @@ def from_llama_factory(data: Mapping[str, Any], source: str = "LLaMA-Factory con
                  "bound)")
     elif bits is not None:
         body["method"] = "qdora" if use_dora else "qlora"
-        if qmethod != "bnb" or bits not in (4, 8):
-            note("quantization_method", "unsupported", f"{qmethod} {bits}-bit base weights are not modelled; "
-                 "estimated as bitsandbytes 4-bit (NF4)")
-            bits = 4
-        if bits == 8:
-            quant["load_in_8bit"] = True
-        else:
-            qtype = data.get("quantization_type", "nf4")
-            if qtype not in ("nf4", "fp4"):
-                raise ConfigImportError(source, "quantization_type", f"{qtype!r} is not nf4 or fp4")
-            quant["bnb_4bit_quant_type"] = qtype
-            dq = bool_key(data, "double_quantization", source)
-            quant["bnb_4bit_use_double_quant"] = True if dq is None else dq
-        quant["prepare_kbit"] = False
+        draft.bitsandbytes(data, qmethod, bits, method_key="quantization_method", type_key="quantization_type",
+                           double_key="double_quantization")
         note("quantization_bit", "note", "LLaMA-Factory does not call prepare_model_for_kbit_training: the "
              "non-quantized weights stay 16-bit, only the trainable (LoRA) parameters are float32 "
              "(quantization.prepare_kbit false)")

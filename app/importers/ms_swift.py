@@ -144,24 +144,12 @@ def from_ms_swift(data: Mapping[str, Any], source: str = "ms-swift arguments",
             raise ConfigImportError(source, "quant_method", "quantized base weights need an adapter (tuner_type lora)")
     elif qmethod is not None:
         body["method"] = "qdora" if use_dora else "qlora"
-        if qmethod != "bnb" or bits not in (4, 8):
-            note("quant_method", "unsupported", f"{qmethod} {bits}-bit base weights are not modelled; estimated as "
-                 "bitsandbytes 4-bit")
-            bits = 4
-        if bits == 8:
-            quant["load_in_8bit"] = True
-        else:
-            qtype = data.get("bnb_4bit_quant_type", "nf4")
-            if qtype not in ("nf4", "fp4"):
-                raise ConfigImportError(source, "bnb_4bit_quant_type", f"{qtype!r} is not nf4 or fp4")
-            quant["bnb_4bit_quant_type"] = qtype
-            dq = bool_key(data, "bnb_4bit_use_double_quant", source)
-            quant["bnb_4bit_use_double_quant"] = True if dq is None else dq
+        if draft.bitsandbytes(data, qmethod, bits, method_key="quant_method", type_key="bnb_4bit_quant_type",
+                              double_key="bnb_4bit_use_double_quant") == 4:
             for key in ("bnb_4bit_compute_dtype", "bnb_4bit_quant_storage"):
                 if data.get(key) is not None:
                     quant[key] = ("uint8" if str(data[key]).lower() == "uint8" and key.endswith("storage")
                                   else _dtype_name(data[key], source, key))
-        quant["prepare_kbit"] = False
         note("quant_method", "note", "ms-swift does not call prepare_model_for_kbit_training: the non-quantized "
              "weights keep torch_dtype (quantization.prepare_kbit false)")
     else:
