@@ -33,6 +33,12 @@ FULL_8B_4090 = {"model": "meta-llama/Llama-3.1-8B", "method": "full",
                 "hardware": {"gpu": "nvidia-rtx-4090"}}
 LORA_8B_MBS = {"model": "meta-llama/Llama-3.1-8B", "method": "lora", "lora": {"r": 256},
                "training": {"seq_len": 1024, "micro_batch_size": 12}, "hardware": {"gpu": "nvidia-rtx-4090"}}
+# TRL SFT of Llama-3.1-8B at 16k tokens on one RTX 4090: the logits (16k × 128,256) and the saved layers do not fit
+TRL_8B_16K = {"model": "meta-llama/Llama-3.1-8B", "method": "lora",
+              "training": {"framework": "trl", "seq_len": 16384}, "hardware": {"gpu": "nvidia-rtx-4090"}}
+# full fine-tuning of Llama-3.1-70B over 4 A100 80GB with ZeRO-3: 16 bytes per parameter / 4 > 80 GB
+ZERO3_70B = {"model": "meta-llama/Llama-3.1-70B", "method": "full", "training": {"seq_len": 2048},
+             "hardware": {"gpu": "nvidia-a100-80gb", "num_gpus": 4, "sharding": "zero3"}}
 
 
 def _apply(body: dict[str, Any], changes: dict[str, Any]) -> PlanRequest:
@@ -47,7 +53,8 @@ def _apply(body: dict[str, Any], changes: dict[str, Any]) -> PlanRequest:
     return PlanRequest.model_validate(out)
 
 
-@pytest.mark.parametrize("body", [QWEN32_5090, FULL_8B_4090, LORA_8B_MBS], ids=["qwen32-qlora", "full-8b", "lora-mbs"])
+@pytest.mark.parametrize("body", [QWEN32_5090, FULL_8B_4090, LORA_8B_MBS, TRL_8B_16K, ZERO3_70B],
+                         ids=["qwen32-qlora", "full-8b", "lora-mbs", "trl-16k", "zero3-70b"])
 def test_each_lever_total_is_the_estimate_of_the_changed_request(body: dict[str, Any]) -> None:
     req = PlanRequest.model_validate(body)
     out = levers(req)
@@ -88,6 +95,46 @@ def test_qwen32_on_5090_no_upcast_is_the_fitting_lever() -> None:
     fitting = [f for f in estimate(PlanRequest.model_validate(QWEN32_5090)).fits if f.fits]
     prices = [gpu(f.gpu).price_usd_per_hour for f in fitting if gpu(f.gpu).price_usd_per_hour is not None]
     assert g.price_usd_per_hour == min(prices)
+
+
+def test_switch_levers_liger_and_activation_offloading() -> None:
+    """TRL at 16k tokens: Liger's fused linear cross-entropy and TRL's activation offloading are offered, each
+    with the estimate of the switched plan; offloading names the host RAM it adds (memory.host_ram)."""
+    out = levers(PlanRequest.model_validate(TRL_8B_16K))
+    by_id = {lv.id: lv for lv in out.levers}
+    assert by_id["use_liger_kernel"].changes == {"training.use_liger_kernel": True}
+    off = by_id["activation_offloading"]
+    assert off.changes == {"training.activation_offloading": True}
+    host = estimate(_apply(TRL_8B_16K, off.changes)).memory.host_ram - estimate(
+        PlanRequest.model_validate(TRL_8B_16K)).memory.host_ram
+    assert host > 0 and f"{format_bytes(host)} more host RAM" in off.cost
+    # the HF Trainer has no activation_offloading argument: the lever is TRL's only
+    hf = {**TRL_8B_16K, "training": {"seq_len": 16384}}
+    assert "activation_offloading" not in {lv.id for lv in levers(PlanRequest.model_validate(hf)).levers}
+
+
+def test_liger_lever_left_out_where_liger_has_no_kernels() -> None:
+    """Liger-Kernel has no apply_liger_kernel_to_gpt2: switching it on saves nothing, so no lever."""
+    body = {"model": "openai-community/gpt2", "method": "full",
+            "training": {"seq_len": 1024, "micro_batch_size": 64}, "hardware": {"gpu": "nvidia-rtx-4090"}}
+    req = PlanRequest.model_validate(body)
+    assert estimate(_apply(body, {"training.use_liger_kernel": True})).memory.total == estimate(req).memory.total
+    assert "use_liger_kernel" not in {lv.id for lv in levers(req).levers}
+
+
+def test_offload_levers_on_a_sharded_run() -> None:
+    """ZeRO-3 over 4 cards: ZeRO-Offload (optimizer) and ZeRO-Infinity (parameters too) are offered, each saving
+    what the estimate of the offloaded plan says and naming the host RAM it adds."""
+    out = levers(PlanRequest.model_validate(ZERO3_70B))
+    by_id = {lv.id: lv for lv in out.levers}
+    assert by_id["offload_optimizer"].changes == {"hardware.offload_optimizer": "cpu"}
+    assert by_id["offload_param"].changes == {"hardware.offload_param": "cpu", "hardware.offload_optimizer": "cpu"}
+    assert by_id["offload_param"].saves_bytes > by_id["offload_optimizer"].saves_bytes > 0
+    for lv in (by_id["offload_optimizer"], by_id["offload_param"]):
+        assert "more host RAM (memory.host_ram)" in lv.cost
+    # a run that does not shard has no offload lever (the planner refuses offload without ZeRO/FSDP)
+    assert not {"offload_optimizer", "offload_param"} & {lv.id for lv in levers(
+        PlanRequest.model_validate(FULL_8B_4090)).levers}
 
 
 def test_micro_batch_lever_keeps_the_batch_with_accumulation() -> None:

@@ -10,7 +10,16 @@ Levers, from the cheapest in fidelity and speed to the most expensive:
 - ``no_fp32_upcast``: ``quantization.prepare_kbit = false`` (QLoRA/QDoRA): PEFT's
   ``prepare_model_for_kbit_training`` casts every non-quantized fp16/bf16 parameter (embeddings, norms,
   an untied lm_head, fused MoE experts) to fp32 (peft/utils/other.py); without it they stay 16-bit.
+- ``use_liger_kernel``: Liger-Kernel's fused linear cross-entropy (no logits), RMSNorm and SwiGLU/GeGLU kernels
+  (``app.core.switches``); offered under the HF-Trainer-based frameworks, whose ``use_liger_kernel`` /
+  ``enable_liger_kernel`` / ``liger_kernel`` settings apply them (Unsloth has its own kernels). It is dropped
+  where it saves nothing (a model type Liger has no kernels for).
 - ``gradient_checkpointing``: on: keeps each decoder layer's input and recomputes the rest in the backward.
+- ``activation_offloading``: TRL's ``SFTConfig.activation_offloading`` (``trl/models/activation_offloading.py``):
+  saved activations go to host RAM in the forward and come back per layer in the backward.
+- ``offload_optimizer`` / ``offload_param``: DeepSpeed ZeRO-Offload / ZeRO-Infinity (``zero_optimization``
+  ``offload_optimizer`` / ``offload_param``) or FSDP ``CPUOffload(offload_params=True)`` on a run that already
+  shards; the optimizer step runs on the CPU.
 - ``optim_8bit`` / ``optim_paged_8bit``: bitsandbytes ``adamw_bnb_8bit`` / ``paged_adamw_8bit``
   (8-bit blockwise states, Dettmers et al. 2022; paged states live in CUDA unified memory).
 - ``seq_len``, ``micro_batch_size`` (a divisor of the current one, with gradient accumulation keeping the
@@ -21,6 +30,8 @@ Levers, from the cheapest in fidelity and speed to the most expensive:
 - ``gpu``: the cheapest catalog card (rental price, else VRAM) on which the plan fits as it is.
 - ``combined``: when no single lever fits, the cheap switches above applied together (then the
   largest seq_len of the combination).
+
+A lever that moves bytes to host memory says how much more host RAM the run then needs (``memory.host_ram``).
 
 Each lever's ``time_factor`` is the modelled wall-clock ratio (``app.core.throughput``: FLOPs, MFU, the
 QLoRA/DoRA slowdown, cards) of the changed plan over the current one on their GPUs.
@@ -43,6 +54,7 @@ from app.core.fit import max_lora_r, max_micro_batch_size, max_seq_len, smallest
 from app.core.request import PlanRequest
 from app.core.result import EstimateResult
 from app.core.throughput import throughput
+from app.core.units import format_bytes
 
 CostKind = Literal["speed", "fidelity", "money", "memory"]
 
@@ -122,6 +134,9 @@ class _Builder:
         factor = hours / self.hours if hours is not None and self.hours else None
         if factor is not None and cost_kind == "speed" and "%" not in cost:
             cost = f"{cost} ({_percent(factor)})"
+        host = result.memory.host_ram - self.current.memory.host_ram
+        if host > 0:
+            cost = f"{cost}; {format_bytes(host)} more host RAM (memory.host_ram)"
         out = Lever(id=lever_id, title=title, changes=changes, request=new, total_bytes=total, budget_bytes=limit,
                     fits=total <= limit, saves_bytes=self.current.memory.total - total,
                     paged_optimizer_bytes=result.memory.paged_optimizer_states, cost_kind=cost_kind, cost=cost,
@@ -139,15 +154,36 @@ def _switches(req: PlanRequest) -> list[tuple[str, str, dict[str, Any], CostKind
                     {"quantization.prepare_kbit": False}, "fidelity",
                     "the weights bitsandbytes leaves unquantized (embeddings, norms, lm_head, fused MoE experts) "
                     "stay 16-bit instead of fp32: PEFT upcasts them for numerical stability"))
+    if not t.use_liger_kernel and t.framework != "unsloth":
+        out.append(("use_liger_kernel", "Turn on Liger kernels (use_liger_kernel)",
+                    {"training.use_liger_kernel": True}, "speed",
+                    "the liger-kernel package's Triton kernels (CUDA) replace the loss, RMSNorm and SwiGLU/GeGLU: "
+                    "the same math in other kernels; their speed is not in the time model"))
     if not t.gradient_checkpointing:
         out.append(("gradient_checkpointing", "Turn on gradient checkpointing",
                     {"training.gradient_checkpointing": True}, "speed",
                     "each decoder layer's forward runs again in the backward"))
+    if not t.activation_offloading and t.framework == "trl":
+        out.append(("activation_offloading", "Offload saved activations to CPU (SFTConfig.activation_offloading)",
+                    {"training.activation_offloading": True}, "speed",
+                    "saved activations cross PCIe twice per step on a side stream (not in the time model)"))
     if t.optim in ("adamw_torch", "adamw_torch_fused", "paged_adamw_32bit", "lion_32bit", "adafactor"):
         out.append(("optim_8bit", "Use the 8-bit AdamW of bitsandbytes (optim=adamw_bnb_8bit)",
                     {"training.optim": "adamw_bnb_8bit"}, "fidelity",
                     "optimizer moments stored in 8 bits per block of 256 (Dettmers et al. 2022 report parity "
                     "with 32-bit Adam)"))
+    hw = req.hardware
+    if hw.sharding in ("zero1", "zero2", "zero3") and hw.offload_optimizer == "none":
+        out.append(("offload_optimizer", "Offload the optimizer to CPU (DeepSpeed ZeRO-Offload)",
+                    {"hardware.offload_optimizer": "cpu"}, "speed",
+                    "DeepSpeedCPUAdam steps on the CPU and gradients cross PCIe every step (not in the time model)"))
+    if (hw.sharding == "zero3" and hw.offload_param == "none") or (hw.sharding == "fsdp"
+                                                                  and hw.offload_optimizer == "none"):
+        name = "DeepSpeed ZeRO-Infinity" if hw.sharding == "zero3" else "FSDP CPUOffload"
+        out.append(("offload_param", f"Offload parameters and optimizer to CPU ({name})",
+                    {"hardware.offload_param": "cpu", "hardware.offload_optimizer": "cpu"}, "speed",
+                    "every layer's parameters cross PCIe in each forward and backward and the optimizer steps on "
+                    "the CPU (not in the time model)"))
     if t.optim != "paged_adamw_8bit":
         out.append(("optim_paged_8bit", "Use paged 8-bit AdamW (optim=paged_adamw_8bit)",
                     {"training.optim": "paged_adamw_8bit"}, "memory",
