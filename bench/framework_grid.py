@@ -43,10 +43,12 @@ CASES: list[tuple[str, str, str, dict[str, Any], dict[str, Any]]] = [
     ("trl", "meta-llama/Llama-3.1-8B", "qlora", {}, {"micro_batch_size": 1, "seq_len": 8192}),
     ("trl", "meta-llama/Llama-3.1-8B", "lora", {}, {"micro_batch_size": 2, "seq_len": 2048, "optim": "paged_adamw_8bit"}),
     ("trl", "google/gemma-2-2b", "qlora", {}, {"micro_batch_size": 1, "seq_len": 4096}),
+    ("trl", "meta-llama/Llama-3.2-1B", "qdora", {}, {"micro_batch_size": 1, "seq_len": 4096}),
     ("axolotl", "meta-llama/Llama-3.2-1B", "qlora", {}, {"micro_batch_size": 2, "seq_len": 4096}),
     ("axolotl", "Qwen/Qwen2.5-0.5B", "qlora", {"lora_dropout": 0.05}, {"micro_batch_size": 4, "seq_len": 2048, "gradient_checkpointing": False}),
     ("llama-factory", "meta-llama/Llama-3.2-1B", "qlora", {}, {"micro_batch_size": 2, "seq_len": 4096}),
     ("llama-factory", "Qwen/Qwen2.5-0.5B", "full", {}, {"micro_batch_size": 2, "seq_len": 2048}),
+    ("llama-factory", "Qwen/Qwen2.5-0.5B", "qdora", {}, {"micro_batch_size": 2, "seq_len": 2048}),
     ("ms-swift", "meta-llama/Llama-3.2-1B", "lora", {}, {"micro_batch_size": 2, "seq_len": 4096}),
     ("ms-swift", "Qwen/Qwen2.5-0.5B", "qlora", {}, {"micro_batch_size": 4, "seq_len": 2048}),
 ]
@@ -63,15 +65,18 @@ def bodies() -> list[dict[str, Any]]:
 
 
 def regenerate(only: set[int] | None = None) -> list[dict[str, Any]]:
-    """Trace every case (or the cases whose index is in ``only``, keeping the others from the cache)."""
+    """Trace every case (or the cases whose index is in ``only``, keeping the others' cached traces: a case is
+    found in the cache by its request, so inserting a case re-traces only that one)."""
     from app.core import PlanRequest
     from app.trace.engine import run_trace
 
     old = json.loads(CACHE.read_text()) if only is not None and CACHE.exists() else []
+    cached = {json.dumps(row["request"], sort_keys=True): row for row in old}
     rows = []
     for i, b in enumerate(bodies()):
-        if only is not None and i not in only and i < len(old) and old[i]["request"] == b:
-            rows.append(old[i])
+        hit = cached.get(json.dumps(b, sort_keys=True))
+        if only is not None and i not in only and hit is not None:
+            rows.append(hit)
             continue
         t0 = time.perf_counter()
         result = run_trace(PlanRequest.model_validate(b))
@@ -80,6 +85,7 @@ def regenerate(only: set[int] | None = None) -> list[dict[str, Any]]:
         print(f"traced {b['training']['framework']} {b['model']} {b['method']}: {result.peak_bytes} B "
               f"({rows[-1]['seconds']} s)", flush=True)
         CACHE.write_text(json.dumps(rows, indent=1) + "\n")  # progress survives an interrupted run
+    CACHE.write_text(json.dumps(rows, indent=1) + "\n")  # cached rows after the last traced one too
     return rows
 
 

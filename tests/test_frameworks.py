@@ -37,9 +37,11 @@ CASES: list[tuple[str, str, str, dict[str, Any], dict[str, Any]]] = [
     ("trl", "gemma2", "lora", {}, {}),
     ("trl", "qwen3", "dora", {}, {"gradient_checkpointing": False}),
     ("trl", "phi3", "qlora", {}, {}),
+    ("trl", "qwen2", "qdora", {}, {}),
     ("axolotl", "llama", "qlora", {}, {}),
     ("llama-factory", "qwen2", "qlora", {}, {}),
     ("llama-factory", "llama", "full", {}, {}),
+    ("llama-factory", "qwen2", "qdora", {}, {"gradient_checkpointing": False}),
     ("ms-swift", "mistral", "lora", {}, {}),
 ]
 
@@ -59,7 +61,7 @@ def _analytic(body: dict[str, Any]) -> int:
 def test_grid_covers_frameworks_methods_and_switches() -> None:
     assert len(CASES) >= 12
     trl = [c for c in CASES if c[0] == "trl"]
-    assert len(trl) >= 12 and {c[2] for c in trl} == {"lora", "qlora", "full", "dora"}
+    assert len(trl) >= 12 and {c[2] for c in trl} == {"lora", "qlora", "full", "dora", "qdora"}
     assert len({c[1] for c in trl}) >= 5
     assert {c[0] for c in CASES} == {"trl", "axolotl", "llama-factory", "ms-swift"}
 
@@ -135,24 +137,13 @@ def test_bench_cache_is_current() -> None:
     requests = [row["request"] for row in json.loads(CACHE.read_text())]
     assert requests == bodies()
     trl = [r for r in requests if r["training"]["framework"] == "trl"]
-    assert len(trl) >= 12 and {r["method"] for r in trl} == {"lora", "qlora", "full", "dora"}
-
-
-# Rows of bench/framework_grid.py the analytic model misses, with why (strict xfail: a fix must remove them).
-KNOWN_MISSES = {
-    ("trl", "Qwen/Qwen2.5-0.5B", "dora"): "DoRA at 8k tokens under checkpointing: with no logits the peak is in the "
-    "backward of the MLP's DoRA layers (fp32 gradient chain), where the analytic DoRA terms are 5.4% short",
-}
+    assert len(trl) >= 12 and {r["method"] for r in trl} == {"lora", "qlora", "full", "dora", "qdora"}
 
 
 def _bench_rows() -> list[Any]:
     rows = json.loads(CACHE.read_text())
-    out = []
-    for row in rows:
-        key = (row["request"]["training"]["framework"], row["request"]["model"], row["request"]["method"])
-        marks = [pytest.mark.xfail(reason=KNOWN_MISSES[key], strict=True)] if key in KNOWN_MISSES else []
-        out.append(pytest.param(row, id="-".join(key), marks=marks))
-    return out
+    return [pytest.param(row, id="-".join((row["request"]["training"]["framework"], row["request"]["model"],
+                                           row["request"]["method"]))) for row in rows]
 
 
 @pytest.mark.parametrize("row", _bench_rows())

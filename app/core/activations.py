@@ -10,10 +10,10 @@ a projection's output (``c``; for a bitsandbytes 4-bit layer the dtype of its in
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from app.core.adapters import AdapterPlan
-from app.core.architectures import ArchSpec, attention_for
+from app.core.architectures import PEFT_DEFAULT_TARGET_MODULES, ArchSpec, attention_for
 from app.core.catalog import gpu
 from app.core.frameworks import (
     UNSLOTH_FAST_TYPES,
@@ -26,6 +26,7 @@ from app.core.frameworks import (
 )
 from app.core.inventory import CONV1D, EMBEDDING, LINEAR, Inventory, Module, Tensor
 from app.core.overhead import outside_allocator_bytes
+from app.core.patterns import compile_target_regex
 from app.core.precision import Dtypes
 from app.core.request import PlanRequest
 from app.core.units import DTYPE_BYTES
@@ -59,6 +60,7 @@ class _Ctx:
     s: int
     c: int  # autocast compute bytes (4 when no autocast)
     a: int  # residual stream bytes
+    a_first: int  # bytes of the first decoder layer's input (the embedding output; ``a`` unless QDoRA promotes)
     lo: int  # projection output bytes
     la: int  # LoRA A/B bytes (fp32; bf16 under TRL with a k-bit base)
     autocast: bool
@@ -80,11 +82,42 @@ def _ctx(req: PlanRequest, dt: Dtypes, arch: ArchSpec) -> _Ctx:
     if req.method == "full" or not req.quantized:
         a = DTYPE_BYTES[dt.weights]
     lo = a if req.quantized else (c if autocast else DTYPE_BYTES[dt.weights])
-    return _Ctx(t=tr.micro_batch_size * tr.seq_len, b=tr.micro_batch_size, s=tr.seq_len, c=c, a=a, lo=lo,
+    a_first = a
+    if req.quantized and req.uses_dora and autocast and DTYPE_BYTES[dt.magnitude] > lo:
+        # PEFT 0.21.2 tuners/lora/bnb.py Linear4bit.forward converts the adapter's result back to the base
+        # result's dtype only when autocast is off (``requires_conversion``); DoRA's combination with the fp32
+        # magnitude (tuners/lora/dora.py DoraLinearLayer.forward) is fp32, so under autocast every QDoRA
+        # projection returns fp32, and once an adapted output projection (o_proj, down_proj) adds into it,
+        # so does the residual stream.
+        lo = DTYPE_BYTES[dt.magnitude]
+        if _adapts_output_projection(req, arch):
+            a = lo
+    return _Ctx(t=tr.micro_batch_size * tr.seq_len, b=tr.micro_batch_size, s=tr.seq_len, c=c, a=a, a_first=a_first,
+                lo=lo,
                 la=DTYPE_BYTES[dt.adapters],
                 autocast=autocast, quantized=req.quantized, full=req.method == "full",
                 dropout=req.uses_adapter and req.lora.lora_dropout > 0, dora=req.uses_dora, r=req.lora.r,
                 checkpointed=tr.gradient_checkpointing, top_k=arch.num_experts_per_tok, experts=arch.num_experts)
+
+
+OUTPUT_PROJECTIONS = ("o_proj", "down_proj", "out_proj", "dense", "c_proj", "wo", "w2", "fc2", "dense_4h_to_h")
+"""Leaf names of the linears whose output is added to the residual stream (attention output, MLP down)."""
+
+
+def _adapts_output_projection(req: PlanRequest, arch: ArchSpec) -> bool:
+    """Whether ``lora.target_modules`` adapts an output projection: 'all-linear' does; a list by leaf name; a
+    regex as PEFT matches it (``re.fullmatch`` on the module name) on the Llama names of the attention and MLP
+    output projections; unset: PEFT's default targets for the model type."""
+    targets = req.lora.target_modules
+    if targets is None:
+        targets = PEFT_DEFAULT_TARGET_MODULES.get(arch.model_type) or []
+    if targets == "all-linear":
+        return True
+    if isinstance(targets, str):
+        regex = compile_target_regex(targets)
+        names = ("model.layers.0.self_attn.o_proj", "model.layers.0.mlp.down_proj")
+        return any(regex.fullmatch(name) for name in names)
+    return any(name.split(".")[-1] in OUTPUT_PROJECTIONS for name in targets)
 
 
 def _tokens(x: _Ctx, m: Module) -> int:
@@ -300,6 +333,39 @@ def _dora_extra(inv: Inventory, x: _Ctx, dt: Dtypes, targets: list[Module], *, g
     return best
 
 
+def _dora_backward_extra(inv: Inventory, x: _Ctx, dt: Dtypes, targets: list[Module]) -> int:
+    """Bytes the backward of a gated MLP's DoRA input projection (gate_proj / up_proj, N = I out features) holds
+    beyond the layer's saved bytes and the one activation gradient ``backward_layer`` counts.
+
+    DoRA's output ``result.to(bf16)`` of ``result + (s - 1)·base + s·lora·scaling`` (PEFT 0.21.2
+    ``tuners/lora/layer.py`` ``Linear.forward``, ``tuners/lora/dora.py`` ``DoraLinearLayer.forward``; ``s`` the
+    fp32 magnitude scale) back-propagates through a chain of magnitude-dtype T×N tensors alive together: the
+    gradient's cast (when the output was 16-bit), the ``scaling`` product, the lora_result gradient and the
+    product reduced into the magnitude's gradient; the base result's gradient is cast back to its dtype beside
+    them. Up_proj runs first (autograd runs the later-created node first); by then the product's backward
+    freed the activation and up outputs (two of the MLP's three saved T×I tensors) and down_proj's saved
+    tensors are gone. Found in the trace (bench/framework_grid.py TRL DoRA 8k case)."""
+    arch = inv.arch
+    if arch.model_type == "gpt2":
+        return 0
+    mb = DTYPE_BYTES[dt.magnitude]
+    best = 0
+    for layer in {m.layer for m in targets if m.layer is not None and m.layer not in arch.sparse_layers}:
+        mlp_in = [m for m in targets if m.layer == layer and _INPUT_GROUPS.get(m.leaf) == "mlp_in"]
+        if not mlp_in:
+            continue
+        n = max(m.out_features for m in mlp_in)
+        t = x.t
+        converted = x.lo != mb  # the output was cast back to the base dtype: its gradient is cast up, and the
+        chain = (4 if converted else 3) * mb * t * n  # base result's gradient cast back down
+        base_grad = x.lo * t * n if converted else 0
+        freed = 2 * x.lo * t * arch.intermediate_size
+        down = [m for m in targets if m.layer == layer and m.leaf in ("down_proj",)]
+        freed += _adapter_saved(x, down, 0)
+        best = max(best, chain + base_grad - freed)
+    return best
+
+
 def _last_linears(inv: Inventory) -> dict[int, str]:
     """Each decoder layer's last linear in registration order (the MLP's down projection)."""
     last: dict[int, str] = {}
@@ -345,7 +411,7 @@ def activation_model(inv: Inventory, plan: AdapterPlan, req: PlanRequest, dt: Dt
     t, h, v = x.t, arch.hidden_size, arch.vocab_size
     per_layer = [
         _gpt2_layer_saved(inv, plan.targets, x, i) if arch.model_type == "gpt2"
-        else _layer_saved(inv, plan.targets, plan.param_targets, x, req, dt, i)
+        else _layer_saved(inv, plan.targets, plan.param_targets, replace(x, a=x.a_first) if i == 0 else x, req, dt, i)
         for i in range(arch.num_hidden_layers)
     ]
     if framework(req).name == "unsloth" and unsloth_fast_lora(req) and arch.model_type in UNSLOTH_FAST_TYPES:
@@ -367,7 +433,8 @@ def activation_model(inv: Inventory, plan: AdapterPlan, req: PlanRequest, dt: Dt
         saved_layers = UNSLOTH_GPU_BUFFERS * x.a * t * h
         backward_layer = largest_layer
     elif req.training.gradient_checkpointing:
-        saved_layers = arch.num_hidden_layers * x.a * t * h  # only each layer's input is kept
+        # only each layer's input is kept (the first one as the embedding made it)
+        saved_layers = (max(arch.num_hidden_layers - 1, 0) * x.a + x.a_first) * t * h
         backward_layer = largest_layer
     else:
         saved_layers = sum(per_layer)
@@ -422,6 +489,7 @@ def activation_model(inv: Inventory, plan: AdapterPlan, req: PlanRequest, dt: Dt
             recompute = _dora_extra(inv, x, dt, targets, grad_enabled=True)
             recompute -= x.a * t * (max(h, arch.intermediate_size) - h)
             backward_transient = max(backward_transient, recompute)
+        backward_transient = max(backward_transient, _dora_backward_extra(inv, x, dt, targets))
     return ActivationModel(
         saved_layers=saved_layers,
         saved_head=head,
