@@ -1,6 +1,7 @@
-"""Benchmark (not a test): the generic path's latency for the real config.json files in tests/data/configs.
+"""Benchmark (not a test): the generic path's latency for the config.json files in tests/data/configs.
 
-For every config (or those named with ``--only``), with a fresh store (a temporary SQLite file):
+For every config (or those named with ``--only``; ``--copy real`` for the real copies of Hub files only, the
+``copy`` column says which each row is), with a fresh store (a temporary SQLite file):
 
 - ``first_s``: the first request for that architecture, ``ensure_generic`` + ``estimate`` of a LoRA r=16
   all-linear request: one worker build (the transformers model on the meta device, PEFT's
@@ -15,7 +16,7 @@ For every config (or those named with ``--only``), with a fresh store (a tempora
   part is recomputed from the stored inventory (no worker).
 - a last row gives both figures for the catalog model meta-llama/Llama-3.1-8B, for comparison.
 
-    .venv/bin/python bench/generic_models.py [--only openai--gpt-oss-20b ...] [--repeat 20]
+    .venv/bin/python bench/generic_models.py [--only openai--gpt-oss-20b ...] [--copy real] [--repeat 20]
 """
 
 from __future__ import annotations
@@ -32,8 +33,6 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
-
-CONFIGS = ROOT / "tests" / "data" / "configs"
 
 
 def _request(model: dict | str, method: str, r: int, seq_len: int = 1024):  # -> PlanRequest (imported late)
@@ -63,21 +62,21 @@ def _timed(ensure, estimate, requests: list) -> float:  # the app's functions, i
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", nargs="*", default=None, help="config file stems")
+    parser.add_argument("--copy", choices=["real", "reconstructed"], default=None, help="only files of this kind")
     parser.add_argument("--repeat", type=int, default=20)
     args = parser.parse_args()
     os.environ["PEFT_PLANNER_GENERIC_CACHE_PATH"] = str(Path(tempfile.mkdtemp()) / "generic.sqlite3")
     from app.core import PlanError, estimate
     from app.core import generic as registry
     from app.models.generic import _pool, ensure_generic
+    from bench.config_files import config_files
 
     started = time.perf_counter()
     _pool().submit(int).result()  # spawn the worker once
     print(f"worker_start_s {time.perf_counter() - started:.1f}")
-    print(f"{'config':48} {'modules':>8} {'first_s':>8} {'store_ms':>9} {'later_ms':>9} {'new_r_ms':>9}")
-    paths = sorted(CONFIGS.glob("*.json"))
-    for path in paths:
-        if args.only and path.stem not in args.only:
-            continue
+    print(f"{'config':48} {'copy':>5} {'modules':>8} {'first_s':>8} {'store_ms':>9} {'later_ms':>9} {'new_r_ms':>9}")
+    for path, kind in config_files(args.only, args.copy):
+        kind = kind[:4]  # real | reco(nstructed)
         cfg = json.loads(path.read_text())
         req = _request(cfg, "lora", 16)
         t0 = time.perf_counter()
@@ -85,7 +84,7 @@ def main() -> None:
             ensure_generic(req)
             estimate(req)
         except PlanError as exc:
-            print(f"{path.stem:48} refused: {exc.message[:80]}")
+            print(f"{path.stem:48} {kind:>5} refused: {exc.message[:80]}")
             continue
         first = time.perf_counter() - t0
         key = registry.config_key(cfg)
@@ -99,12 +98,12 @@ def main() -> None:
         later = _timed(ensure_generic, estimate, [_request(cfg, "lora", 16, 256 * (1 + i)) for i in range(args.repeat)])
         new_r = _timed(ensure_generic, estimate, [_request(cfg, ("lora", "qlora", "dora", "qdora")[i % 4], 8 + i)
                                                   for i in range(args.repeat)])
-        print(f"{path.stem:48} {modules:>8} {first:>8.1f} {1000 * store:>9.1f} {later:>9.2f} {new_r:>9.2f}")
+        print(f"{path.stem:48} {kind:>5} {modules:>8} {first:>8.1f} {1000 * store:>9.1f} {later:>9.2f} {new_r:>9.2f}")
     catalog = "meta-llama/Llama-3.1-8B"
     later = _timed(ensure_generic, estimate, [_request(catalog, "lora", 16, 256 * (1 + i)) for i in range(args.repeat)])
     new_r = _timed(ensure_generic, estimate, [_request(catalog, ("lora", "qlora", "dora", "qdora")[i % 4], 8 + i)
                                               for i in range(args.repeat)])
-    print(f"{'catalog ' + catalog:48} {'':>8} {'':>8} {'':>9} {later:>9.2f} {new_r:>9.2f}")
+    print(f"{'catalog ' + catalog:48} {'':>5} {'':>8} {'':>8} {'':>9} {later:>9.2f} {new_r:>9.2f}")
     _pool().shutdown()
 
 

@@ -8,26 +8,30 @@ import warnings
 from typing import Any
 
 import torch
-import transformers
 from peft import LoraConfig, get_peft_model
 from transformers import AutoConfig, BitsAndBytesConfig
 from transformers.integrations.bitsandbytes import replace_with_bnb_linear
 from transformers.quantizers.quantizer_bnb_4bit import Bnb4BitHfQuantizer
+
+from .hf import architecture_class, auto_class
 
 _META_KEYS = {"architectures", "transformers_version", "auto_map", "model_type", "_name_or_path",
               "quantization_config", "torch_dtype", "dtype"}
 
 
 def fine_tuner_model(cfg: dict[str, Any]) -> torch.nn.Module:
-    """``<architectures[0]>._from_config(config)`` on the meta device (every test config names a class
-    transformers 5.24 has)."""
+    """``<architectures[0]>._from_config(config)`` on the meta device, in bf16; when transformers 5.24 has no
+    class of that name (LightOnOCR's ``LightOnOCRForConditionalGeneration``), the Auto class a fine-tuner
+    falls back to (:func:`tests.reference.hf.auto_class`)."""
     cfg = copy.deepcopy(cfg)  # transformers standardises nested dicts (rope parameters) in place
     config = AutoConfig.for_model(cfg["model_type"], **{k: v for k, v in cfg.items() if k not in _META_KEYS})
     config.use_cache = False
-    cls = getattr(transformers, cfg["architectures"][0])
+    cls = architecture_class(cfg)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         with torch.device("meta"):
+            if cls is None:
+                return auto_class(cfg).from_config(config, dtype=torch.bfloat16)
             return cls._from_config(config, dtype=torch.bfloat16)
 
 

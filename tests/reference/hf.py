@@ -22,18 +22,30 @@ def architecture_model(cfg: dict[str, Any]) -> torch.nn.Module:
     """The class a fine-tuner loads (the config's ``architectures[0]``, e.g. ``...ForConditionalGeneration`` for a
     vision-language model; when transformers has no class of that name, what ``AutoModelForImageTextToText``
     (configs with a ``vision_config``) or ``AutoModelForCausalLM`` builds), on the meta device."""
-    import transformers
-
     config = hf_config(cfg)
-    names = cfg.get("architectures") or []
-    cls = getattr(transformers, names[0], None) if names else None
-    auto = transformers.AutoModelForImageTextToText if "vision_config" in cfg else AutoModelForCausalLM
+    cls = architecture_class(cfg)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         with torch.device("meta"):
             if cls is None:
-                return auto.from_config(config)
+                return auto_class(cfg).from_config(config)
             return cls._from_config(config)
+
+
+def architecture_class(cfg: dict[str, Any]) -> type | None:
+    """transformers' class named by the config's ``architectures[0]``, or None when transformers has none."""
+    import transformers
+
+    names = cfg.get("architectures") or []
+    return getattr(transformers, names[0], None) if names else None
+
+
+def auto_class(cfg: dict[str, Any]) -> type:
+    """The Auto class a fine-tuner falls back to: ``AutoModelForImageTextToText`` for a config with a
+    ``vision_config``, else ``AutoModelForCausalLM``."""
+    import transformers
+
+    return transformers.AutoModelForImageTextToText if "vision_config" in cfg else AutoModelForCausalLM
 
 
 def meta_model(cfg: dict[str, Any], dtype: torch.dtype = torch.float32) -> torch.nn.Module:
