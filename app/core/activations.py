@@ -291,6 +291,19 @@ def _dora_transient(x: _Ctx, dt: Dtypes, m: Module, *, grad_enabled: bool) -> in
     return max(stage1, stage2)
 
 
+def _by_layer(targets: list[Module]) -> dict[int | None, list[Module]]:
+    """The targets grouped by decoder layer, each group in registration order."""
+    groups: dict[int | None, list[Module]] = {}
+    for m in targets:
+        groups.setdefault(m.layer, []).append(m)
+    return groups
+
+
+def _with_later_in_layer(targets: list[Module]) -> list[tuple[Module, list[Module]]]:
+    """Each target with the targets registered after it in its layer (one pass per layer, not per target)."""
+    return [(m, group[j + 1:]) for group in _by_layer(targets).values() for j, m in enumerate(group)]
+
+
 def _dora_extra(inv: Inventory, x: _Ctx, dt: Dtypes, targets: list[Module], *, grad_enabled: bool) -> int:
     """The largest DoRA transient of a layer beyond the layer's saved bytes (which count the finished layer).
 
@@ -306,19 +319,16 @@ def _dora_extra(inv: Inventory, x: _Ctx, dt: Dtypes, targets: list[Module], *, g
     down projection) is the last.
     """
     arch = inv.arch
-    last_linear: dict[int, str] = {}
-    for mod in inv.modules:
-        if mod.layer is not None and mod.kind in (LINEAR, CONV1D):
-            last_linear[mod.layer] = mod.name
+    last_linear = _last_linears(inv)
     la = DTYPE_BYTES[dt.adapters]
     mlp_acts = (4 if arch.model_type == "gpt2" else 3) * x.lo * x.t * arch.intermediate_size
     best = 0
-    for i, m in enumerate(targets):
+    for m, rest in _with_later_in_layer(targets):
         k, n, t = m.in_features, m.out_features, _tokens(x, m)
         present = t * n * x.lo + (la * t * k if x.a != la or not x.quantized else 0)
         if x.dropout:
             present += la * t * k + t * k
-        later = _adapter_saved(x, [m, *(o for o in targets[i + 1:] if o.layer == m.layer)], 0)
+        later = _adapter_saved(x, [m, *rest], 0)
         if m.name == last_linear.get(m.layer):
             if x.dropout or (x.autocast and (not x.quantized or x.a != x.c)):  # the adapter copies its input
                 present += x.lo * t * k
@@ -350,9 +360,9 @@ def _dora_backward_extra(inv: Inventory, x: _Ctx, dt: Dtypes, targets: list[Modu
         return 0
     mb = DTYPE_BYTES[dt.magnitude]
     best = 0
-    for layer in {m.layer for m in targets if m.layer is not None and m.layer not in arch.sparse_layers}:
-        mlp_in = [m for m in targets if m.layer == layer and _INPUT_GROUPS.get(m.leaf) == "mlp_in"]
-        if not mlp_in:
+    for layer, group in _by_layer(targets).items():
+        mlp_in = [m for m in group if _INPUT_GROUPS.get(m.leaf) == "mlp_in"]
+        if layer is None or layer in arch.sparse_layers or not mlp_in:
             continue
         n = max(m.out_features for m in mlp_in)
         t = x.t
@@ -360,7 +370,7 @@ def _dora_backward_extra(inv: Inventory, x: _Ctx, dt: Dtypes, targets: list[Modu
         chain = (4 if converted else 3) * mb * t * n  # base result's gradient cast back down
         base_grad = x.lo * t * n if converted else 0
         freed = 2 * x.lo * t * arch.intermediate_size
-        down = [m for m in targets if m.layer == layer and m.leaf in ("down_proj",)]
+        down = [m for m in group if m.leaf == "down_proj"]
         freed += _adapter_saved(x, down, 0)
         best = max(best, chain + base_grad - freed)
     return best
