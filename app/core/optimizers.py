@@ -20,6 +20,7 @@ Sources:
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 from math import prod
 
 from app.core.units import ceil_div
@@ -52,6 +53,7 @@ def _bnb_state(numel: int, n_states: int, eight_bit: bool, paged: bool) -> State
     return StateBytes(device=n_states * (per_state + absmax))
 
 
+@lru_cache(maxsize=8192)
 def state_bytes(
     optim: str, shape: tuple[int, ...], itemsize: int, *, momentum: float = 0.0, force_32bit: bool = False
 ) -> StateBytes:

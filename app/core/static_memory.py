@@ -6,8 +6,9 @@ Every figure is exact tensor bytes (``numel · itemsize``, or bitsandbytes' stor
 
 from __future__ import annotations
 
-from collections import defaultdict
+from collections import Counter, defaultdict
 from dataclasses import dataclass, field
+from math import prod
 
 from app.core.adapters import AdapterPlan, TrainableTensor
 from app.core.inventory import CONV1D, LINEAR, Inventory
@@ -75,16 +76,34 @@ def _trainable_dtype(t: TrainableTensor, dt: Dtypes, four_bit: set[str]) -> str:
     return dt.weights
 
 
-def static_memory(inv: Inventory, plan: AdapterPlan, req: PlanRequest, dt: Dtypes) -> StaticMemory:
-    sm = StaticMemory()
+_WEIGHTS_CACHE: dict[tuple[int, str], tuple[Inventory, tuple[Bucket, Bucket, int, tuple[int, int]]]] = {}
+_WEIGHTS_CACHE_SIZE = 64
+"""The base weights' buckets per (inventory, quantization and dtype settings): they do not depend on the rank,
+targets, method within quantized/not or optimizer, so a later request for the same model skips the per-tensor
+loop (thousands of tensors for a 27B model). The inventory is kept with its entry so its id stays its own."""
+
+
+def _weights_key(req: PlanRequest, dt: Dtypes) -> str:
+    q = req.quantization
+    return repr((req.quantized, req.training.framework, q.load_in_8bit, q.blocksize, q.bnb_4bit_use_double_quant,
+                 q.bnb_4bit_quant_type, dt))
+
+
+def _base_weights(inv: Inventory, req: PlanRequest, dt: Dtypes) -> tuple[Bucket, Bucket, int, tuple[int, int]]:
+    """(weights, quantization constants, quantized parameters, (out, in) of the largest quantized weight)."""
+    key = (id(inv), _weights_key(req, dt))
+    hit = _WEIGHTS_CACHE.get(key)
+    if hit is not None and hit[0] is inv:
+        return hit[1]
     q = req.quantization
     quantized = set(quantized_modules(inv)) if req.quantized else set()
-    largest = 0
+    weights, constants = Bucket(), Bucket()
+    quantized_params, largest, largest_shape = 0, 0, (0, 0)
     for t in inv.unique_tensors():
         if t.module in quantized and t.is_bias and not q.load_in_8bit:
             # Linear4bit.forward: `bias.data = bias.data.to(x.dtype)` after x is cast to the compute dtype,
             # so from the first step on the bias is stored in bnb_4bit_compute_dtype.
-            sm.weights.add(t.group, t.numel * DTYPE_BYTES[dt.bnb_compute], t.numel, dt.bnb_compute)
+            weights.add(t.group, t.numel * DTYPE_BYTES[dt.bnb_compute], t.numel, dt.bnb_compute)
         elif t.module in quantized and not t.is_bias:
             mod = inv.module_by_name[t.module]
             if q.load_in_8bit:
@@ -93,15 +112,36 @@ def static_memory(inv: Inventory, plan: AdapterPlan, req: PlanRequest, dt: Dtype
             else:
                 qb = nf4_bytes(t.numel, blocksize=q.blocksize, double_quant=q.bnb_4bit_use_double_quant)
                 kind = q.bnb_4bit_quant_type
-            sm.weights.add(t.group, qb.data, t.numel, kind)
-            sm.constants.add(t.group, qb.constants, 0, "fp32/uint8")
-            sm.quantized_params += t.numel
+            weights.add(t.group, qb.data, t.numel, kind)
+            constants.add(t.group, qb.constants, 0, "fp32/uint8")
+            quantized_params += t.numel
             if t.numel > largest:
                 largest = t.numel
-                sm.largest_quantized_weight = (mod.out_features, mod.in_features)
+                largest_shape = (mod.out_features, mod.in_features)
         else:
             dtype = dt.unquantized_for(t.name) if req.quantized else dt.weights
-            sm.weights.add(t.group, t.numel * DTYPE_BYTES[dtype], t.numel, dtype)
+            weights.add(t.group, t.numel * DTYPE_BYTES[dtype], t.numel, dtype)
+    out = (weights, constants, quantized_params, largest_shape)
+    if len(_WEIGHTS_CACHE) >= _WEIGHTS_CACHE_SIZE:
+        _WEIGHTS_CACHE.pop(next(iter(_WEIGHTS_CACHE)))
+    _WEIGHTS_CACHE[key] = (inv, out)
+    return out
+
+
+def _copy(bucket: Bucket) -> Bucket:
+    out = Bucket()
+    out.by_group.update(bucket.by_group)
+    out.params.update(bucket.params)
+    out.dtype.update(bucket.dtype)
+    return out
+
+
+def static_memory(inv: Inventory, plan: AdapterPlan, req: PlanRequest, dt: Dtypes) -> StaticMemory:
+    sm = StaticMemory()
+    q = req.quantization
+    quantized = set(quantized_modules(inv)) if req.quantized else set()
+    weights, constants, sm.quantized_params, sm.largest_quantized_weight = _base_weights(inv, req, dt)
+    sm.weights, sm.constants = _copy(weights), _copy(constants)
 
     # HF Trainer.create_optimizer: with an 8-bit bitsandbytes optimizer every nn.Embedding weight (and a
     # modules_to_save copy of one) keeps 32-bit state (GlobalOptimManager.register_module_override).
@@ -110,25 +150,32 @@ def static_memory(inv: Inventory, plan: AdapterPlan, req: PlanRequest, dt: Dtype
     no_decay: list[tuple[tuple[int, ...], int]] = []
     decay32: list[tuple[tuple[int, ...], int]] = []
     no_decay32: list[tuple[tuple[int, ...], int]] = []
+    # Trainable tensors of one kind, group, shape and dtype cost the same: count them once (a 27B all-linear
+    # plan has thousands of identical adapter tensors).
+    same: Counter[tuple[str, str, tuple[int, ...], bool, str, bool]] = Counter()
+    four_bit = set() if q.load_in_8bit else quantized
     for t in plan.trainable:
-        dtype = _trainable_dtype(t, dt, set() if q.load_in_8bit else quantized)
-        size = DTYPE_BYTES[dtype]
-        nbytes = t.numel * size
-        if t.new:
-            key = {"lora": t.group, "dora_magnitude": "dora_magnitude", "modules_to_save": "modules_to_save"}
-            sm.adapters.add(key.get(t.kind, t.group), nbytes, t.numel, dtype)
-        sm.gradients.add(t.group, nbytes, t.numel, dtype)
-        force_32bit = eight_bit and t.group == "embedding" and t.kind in ("base", "modules_to_save")
-        st = state_bytes(req.training.optim, t.shape, size, momentum=req.training.momentum, force_32bit=force_32bit)
-        sm.optimizer.add(t.group, st.device, t.numel)
-        sm.paged_optimizer_bytes += st.paged
-        master = state_bytes(req.training.optim, t.shape, 4, momentum=req.training.momentum, force_32bit=force_32bit)
-        sm.optimizer_fp32_master_bytes += master.device + master.paged
-        if not t.new:
-            sm.trainable_base_bytes += nbytes
         # HF Trainer's two parameter groups: no weight decay for biases and norm weights.
-        (no_decay if t.name.endswith("bias") or t.group == "norms" else decay).append((t.shape, size))
-        (no_decay32 if t.name.endswith("bias") or t.group == "norms" else decay32).append((t.shape, 4))
+        no_wd = t.name.endswith("bias") or t.group == "norms"
+        same[(t.kind, t.group, t.shape, t.new, _trainable_dtype(t, dt, four_bit), no_wd)] += 1
+    for (kind, group, shape, new, dtype, no_wd), n in same.items():
+        size = DTYPE_BYTES[dtype]
+        numel = prod(shape)
+        nbytes = numel * size
+        if new:
+            key = {"lora": group, "dora_magnitude": "dora_magnitude", "modules_to_save": "modules_to_save"}
+            sm.adapters.add(key.get(kind, group), n * nbytes, n * numel, dtype)
+        sm.gradients.add(group, n * nbytes, n * numel, dtype)
+        force_32bit = eight_bit and group == "embedding" and kind in ("base", "modules_to_save")
+        st = state_bytes(req.training.optim, shape, size, momentum=req.training.momentum, force_32bit=force_32bit)
+        sm.optimizer.add(group, n * st.device, n * numel)
+        sm.paged_optimizer_bytes += n * st.paged
+        master = state_bytes(req.training.optim, shape, 4, momentum=req.training.momentum, force_32bit=force_32bit)
+        sm.optimizer_fp32_master_bytes += n * (master.device + master.paged)
+        if not new:
+            sm.trainable_base_bytes += n * nbytes
+        (no_decay if no_wd else decay).extend([(shape, size)] * n)
+        (no_decay32 if no_wd else decay32).extend([(shape, 4)] * n)
     # bitsandbytes moves its 8-bit maps to the GPU only when some tensor gets 8-bit state (init_state).
     fixed = fixed_state_bytes(req.training.optim)
     if fixed and any(t.numel >= BNB_MIN_8BIT_SIZE and not (t.group == "embedding" and t.kind != "lora")
