@@ -16,6 +16,7 @@ from app.core.fitted_activations import PeakFit, fit_note, fitted_phases, usable
 from app.core.frameworks import assumption as framework_assumption
 from app.core.frameworks import framework
 from app.core.generic import generic_key, model_inventory
+from app.core.torchtune import check_request as torchtune_check
 from app.core.inventory import Inventory
 from app.core.overhead import cublas_workspace_bytes, outside_allocator_bytes
 from app.core.precision import Dtypes, dtypes_for
@@ -68,7 +69,8 @@ def _check_request(req: PlanRequest, arch: ArchSpec) -> None:
     hw = req.hardware
     if hw.sharding == "none" and hw.num_gpus > 1:
         raise PlanError(("hardware", "sharding"), "num_gpus > 1 needs a sharding: ddp, zero1, zero2, zero3 or fsdp")
-    if (hw.sharding == "fsdp" and hw.num_gpus > 1 and req.quantized and not req.quantization.load_in_8bit
+    torchtune_check(req)
+    if (hw.sharding == "fsdp" and hw.num_gpus > 1 and req.quantized and req.training.framework != "torchtune" and not req.quantization.load_in_8bit
             and req.quantization.bnb_4bit_quant_storage == "uint8"):
         # torch fsdp/_flat_param.py _validate_tensors_to_flatten: "Must flatten tensors with uniform dtype"
         raise PlanError(("quantization", "bnb_4bit_quant_storage"),
@@ -110,15 +112,25 @@ def _shard(sm: StaticMemory, req: PlanRequest, trainable_params: int, hidden_siz
     def part(x: int) -> int:
         return -(-x // n)
 
+    if req.training.optimizer_in_bwd:
+        # torchtune register_optim_in_bwd_hooks (training/memory.py): one optimizer per parameter, stepped and
+        # zeroed in the parameter's post-accumulate-grad hook: one gradient and its step temporary at a time
+        out["gradients"] = sm.largest_gradient
+        out["step_transient"] = sm.largest_step_transient
     if mode == "ddp":
         out["comm_buffers"] = sm.gradients.total
     elif mode == "fsdp":
         # bitsandbytes' quantization constants live in each Params4bit's quant_state, not in a parameter:
-        # FSDP flattens and shards parameters only, so every GPU keeps all constants.
-        for key in ("weights", "adapters", "gradients", "optimizer", "paged_optimizer"):
+        # FSDP flattens and shards parameters only, so every GPU keeps all constants. torchtune's NF4 weights are
+        # torchao NF4Tensor parameters, which FSDP2's fully_shard splits with their scalers (nf4tensor.py
+        # implements aten.split / new_zeros for it).
+        keys = ["weights", "adapters", "gradients", "optimizer", "paged_optimizer"]
+        if req.training.framework == "torchtune":
+            keys.append("constants")
+        for key in keys:
             out[key] = part(out[key])
         # the optimizer steps on the local shard: foreach temporaries are a shard's, not the model's
-        out["step_transient"] = part(sm.optimizer_step_transient)
+        out["step_transient"] = part(out["step_transient"])
         # a layer's unsharded gradients exist until its reduce-scatter (FlatParamHandle, FULL_SHARD)
         out["comm_buffers"] = _layer_bytes(sm.gradients, num_layers)
     elif mode.startswith("zero"):
@@ -236,7 +248,8 @@ def _breakdown(sm: StaticMemory, act: ActivationModel, peak_phase: str, activati
 
 
 def _quant_report(inv: Inventory, req: PlanRequest, sm: StaticMemory) -> QuantizationReport | None:
-    if not req.quantized or req.quantization.load_in_8bit:
+    """bitsandbytes' double-quantization report (None for torchtune, whose NF4 is torchao's)."""
+    if not req.quantized or req.quantization.load_in_8bit or req.training.framework == "torchtune":
         return None
     bs = req.quantization.blocksize
     no_dq = dq = data = 0

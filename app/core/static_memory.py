@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections import defaultdict
 from dataclasses import dataclass, field
 
+from app.core import torchtune
 from app.core.adapters import AdapterPlan, TrainableTensor
 from app.core.inventory import CONV1D, LINEAR, Inventory
 from app.core.optimizers import BNB_8BIT, BNB_MIN_8BIT_SIZE, fixed_state_bytes, state_bytes, step_transient_bytes
@@ -51,6 +52,8 @@ class StaticMemory:
     optimizer_step_transient: int = 0
     optimizer_step_transient_fp32: int = 0  # the same step on fp32 copies (DeepSpeed's fp32 partitions)
     quantized_params: int = 0
+    largest_gradient: int = 0  # bytes of the largest trainable tensor's gradient (torchtune optimizer_in_bwd)
+    largest_step_transient: int = 0  # the optimizer step's temporary for that tensor alone
     largest_quantized_weight: tuple[int, int] = (0, 0)  # (out, in) of the largest 4/8-bit layer
 
 
@@ -78,6 +81,7 @@ def _trainable_dtype(t: TrainableTensor, dt: Dtypes, four_bit: set[str]) -> str:
 def static_memory(inv: Inventory, plan: AdapterPlan, req: PlanRequest, dt: Dtypes) -> StaticMemory:
     sm = StaticMemory()
     q = req.quantization
+    tt = req.training.framework == "torchtune"
     quantized = set(quantized_modules(inv)) if req.quantized else set()
     largest = 0
     for t in inv.unique_tensors():
@@ -90,6 +94,9 @@ def static_memory(inv: Inventory, plan: AdapterPlan, req: PlanRequest, dt: Dtype
             if q.load_in_8bit:
                 qb = int8_bytes(mod.out_features, mod.in_features)
                 kind = "int8"
+            elif tt:  # torchtune's qlora builders: torchao NF4Tensor, quantized from the model dtype
+                qb = torchtune.nf4_bytes(t.numel, DTYPE_BYTES[dt.weights])
+                kind = "nf4 (torchao)"
             else:
                 qb = nf4_bytes(t.numel, blocksize=q.blocksize, double_quant=q.bnb_4bit_use_double_quant)
                 kind = q.bnb_4bit_quant_type
@@ -104,8 +111,9 @@ def static_memory(inv: Inventory, plan: AdapterPlan, req: PlanRequest, dt: Dtype
             sm.weights.add(t.group, t.numel * DTYPE_BYTES[dtype], t.numel, dtype)
 
     # HF Trainer.create_optimizer: with an 8-bit bitsandbytes optimizer every nn.Embedding weight (and a
-    # modules_to_save copy of one) keeps 32-bit state (GlobalOptimManager.register_module_override).
-    eight_bit = req.training.optim in BNB_8BIT
+    # modules_to_save copy of one) keeps 32-bit state (GlobalOptimManager.register_module_override); torchtune
+    # instantiates the optimizer on model.parameters() with no override.
+    eight_bit = req.training.optim in BNB_8BIT and not tt
     decay: list[tuple[tuple[int, ...], int]] = []
     no_decay: list[tuple[tuple[int, ...], int]] = []
     decay32: list[tuple[tuple[int, ...], int]] = []
@@ -126,6 +134,9 @@ def static_memory(inv: Inventory, plan: AdapterPlan, req: PlanRequest, dt: Dtype
         sm.optimizer_fp32_master_bytes += master.device + master.paged
         if not t.new:
             sm.trainable_base_bytes += nbytes
+        if nbytes > sm.largest_gradient:
+            sm.largest_gradient = nbytes
+            sm.largest_step_transient = step_transient_bytes(req.training.optim, [[(t.shape, size)]])
         # HF Trainer's two parameter groups: no weight decay for biases and norm weights.
         (no_decay if t.name.endswith("bias") or t.group == "norms" else decay).append((t.shape, size))
         (no_decay32 if t.name.endswith("bias") or t.group == "norms" else decay32).append((t.shape, 4))

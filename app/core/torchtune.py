@@ -1,0 +1,184 @@
+"""torchtune's model, loss and step, for the analytic estimate (pure Python; ``training.framework='torchtune'``).
+
+Read at torchtune v0.4.0 (2024-12, the release of the published "Optimization flags" table; the 2024 recipes of the
+other published rows share these modules) with torchao 0.10.0's ``NF4Tensor`` (same storage layout since 0.1):
+
+- ``dtype: bf16``: recipes build the model under ``training.set_default_dtype(self._dtype)``
+  (``recipes/lora_finetune_single_device.py _setup_model``): base weights *and* LoRA A/B are bf16, there is no
+  autocast, so gradients and ``torch.optim.AdamW`` states are bf16 (:mod:`app.core.precision`).
+- Layers (``torchtune/modules/transformer.py TransformerSelfAttentionLayer``, ``attention.py``, ``feed_forward.py``,
+  ``rms_norm.py``, ``position_embeddings.py``): RMSNorm upcasts to fp32 (``x.float()`` and the rsqrt are saved) like
+  transformers' LlamaRMSNorm; RoPE computes in fp32 and returns ``type_as(x)``; under GQA ``k`` and ``v`` are
+  expanded to every query head *before* ``scaled_dot_product_attention`` (``k.unsqueeze(2).expand(...).flatten(1,
+  2)``: copies), so attention saves q, k, v all ``q_dim`` wide (:func:`gqa_expansion_bytes`); with packed batches
+  (``input_pos`` given) RoPE gathers ``cache[input_pos]`` per call (fp32, saved by its products).
+- ``LoRALinear.forward`` (``torchtune/modules/peft/lora.py``): ``lora_a(dropout(x))`` in the model dtype (no copy
+  of ``x``); QLoRA's ``linear_nf4`` (torchao ``LinearNF4``) saves the NF4 weight and dequantizes it in forward and
+  backward (:func:`nf4_dequant_transient`).
+- QLoRA builders (``qlora_llama*``, ``_component_builders.py``): every attention and MLP linear is NF4
+  (``LoRALinear(quantize_base=True)``, ``FrozenNF4Linear`` for the others); embeddings and the output stay bf16.
+- Loss (:func:`loss_path`): ``CEWithChunkedOutputLoss`` (``torchtune/modules/loss/ce_chunked_output_loss.py``) or
+  ``torch.nn.CrossEntropyLoss`` over ``self.output(h).float()``; ``compile: True`` compiles it
+  (``training/_compile.py compile_loss``).
+- ``optimizer_in_bwd`` (``training/memory.py register_optim_in_bwd_hooks``): one optimizer per parameter, stepped
+  and zeroed in its ``register_post_accumulate_grad_hook``.
+- ``enable_activation_offloading`` (``training/_activation_offload.py OffloadActivations``, which TRL copied): the
+  planner's ``activation_offloading`` rules (:func:`app.core.switches.activation_offload`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from app.core.errors import PlanError
+from app.core.quantization import QuantBytes
+from app.core.request import PlanRequest
+from app.core.units import ceil_div
+
+RELEASE = "torchtune 0.4.0 (torchao 0.10.0 NF4Tensor)"
+SOURCE = ("torchtune/modules/{transformer,attention,rms_norm,position_embeddings}.py, modules/peft/lora.py, "
+          "modules/loss/ce_chunked_output_loss.py, training/_compile.py, training/memory.py; "
+          "torchao/dtypes/nf4tensor.py")
+DEFAULT_OUTPUT_CHUNKS = 8
+"""``CEWithChunkedOutputLoss.__init__(num_output_chunks=8)``: the loss every torchtune config names since 0.3."""
+NF4_BLOCK_SIZE = 64
+"""torchao ``to_nf4(tensor, block_size=64, scaler_block_size=256)`` (torchtune ``LoRALinear``/``FrozenNF4Linear``)."""
+NF4_SCALER_BLOCK_SIZE = 256
+NF4_TABLE_ENTRIES = 16
+"""torchao ``NF4Tensor.from_tensor``: the 16-value NF4 code table, built in the input dtype, kept per tensor."""
+NF4_DEQUANT_BYTES_PER_ELEMENT = 14
+"""Peak bytes per element of torchao ``NF4Tensor.get_original_weight`` (the ``_to_copy`` that ``LinearNF4`` calls):
+two int64 index tensors of n/2 elements (``(quantized_data >> 4).to(torch.long)``, ``(quantized_data & 0b1111)
+.to(torch.long)``: 4n + 4n bytes), their bf16 table lookups (n + n), the two scaled halves (n + n) and the bf16
+``torch.stack`` of them (2n), all locals alive until it returns: 14n bytes for a bf16 weight of n elements."""
+
+
+def nf4_bytes(numel: int, itemsize: int = 2) -> QuantBytes:
+    """Storage of one torchao ``NF4Tensor`` built from a weight of ``numel`` elements in a dtype of ``itemsize``
+    bytes (``NF4Tensor.from_tensor``, ``double_quantize_scalers``): ``quantized_data`` uint8 numel/2; double-quantized
+    block scalers: ``quantized_scalers`` int8, one per 64-element block; ``quantization_factor`` (input dtype) one per
+    256 scalers; ``scaler_mean`` a 0-dim tensor (input dtype); the ``nf4`` code table (16 entries, input dtype).
+    Differs from bitsandbytes (fp32 nested absmax, a 256-entry fp32 code, an fp32 offset, an fp32 NF4 table)."""
+    blocks = ceil_div(numel, NF4_BLOCK_SIZE)
+    constants = blocks + itemsize * ceil_div(blocks, NF4_SCALER_BLOCK_SIZE) + itemsize + itemsize * NF4_TABLE_ENTRIES
+    return QuantBytes(data=numel // 2, constants=constants)
+
+
+def nf4_dequant_transient(out_features: int, in_features: int) -> int:
+    """Bytes alive while ``LinearNF4`` dequantizes an (out, in) NF4 weight (forward and backward):
+    :data:`NF4_DEQUANT_BYTES_PER_ELEMENT` per element."""
+    return NF4_DEQUANT_BYTES_PER_ELEMENT * out_features * in_features
+
+
+def output_chunks(req: PlanRequest) -> int:
+    """The request's ``num_output_chunks`` (0: plain CrossEntropyLoss), torchtune's default when not given."""
+    n = req.training.num_output_chunks
+    return DEFAULT_OUTPUT_CHUNKS if n is None else n
+
+
+def gqa_expansion_bytes(tokens: int, q_dim: int, kv_dim: int, act_bytes: int) -> int:
+    """Bytes a layer saves beyond transformers' attention because torchtune's ``MultiHeadAttention.forward``
+    expands ``k`` and ``v`` to every query head (a copy each, ``q_dim`` wide instead of ``kv_dim``) before
+    ``scaled_dot_product_attention``, which saves them; 0 without GQA (the expand is skipped)."""
+    return 2 * act_bytes * tokens * (q_dim - kv_dim) if q_dim != kv_dim else 0
+
+
+def packed_rope_bytes(tokens: int, head_dim: int) -> int:
+    """Packed batches give RoPE ``input_pos``: ``self.cache[input_pos]`` gathers an fp32 (b, s, head_dim/2, 2) table
+    per call (q and k), saved by the rotation's products (``position_embeddings.py RotaryPositionalEmbeddings``)."""
+    return 2 * 4 * tokens * head_dim
+
+
+@dataclass(frozen=True)
+class TorchtuneLoss:
+    """Bytes of torchtune's loss path beyond the final norm (a T-token micro-batch, vocabulary V)."""
+
+    forward: int  # live at the loss's forward peak, beyond the saved activations
+    backward: int  # live at the start of backward (before the output projection's backward)
+    block: int  # elements of the largest fp32 block of logits built at once
+
+
+def loss_path(req: PlanRequest, vocab: int, act_bytes: int) -> TorchtuneLoss:
+    """torchtune's loss, T = b·s (labels are shifted with an ignore index, ``torch.hstack``; the logits are not
+    sliced), logits in the model dtype (``act_bytes``); the recipe ``del logits`` before ``backward``:
+
+    - chunked (``CEWithChunkedOutputLoss``, n chunks): ``TransformerDecoder.chunked_output`` builds n logit chunks in
+      the model dtype (``a·T·V`` in all); ``compute_cross_entropy`` runs ``F.cross_entropy(chunk.float(), ...)`` per
+      chunk: the fp32 copy (4·T·V/n) is freed, ``log_softmax`` saves its fp32 output (4·T·V/n per chunk, all chunks
+      kept until backward). Backward: the saved fp32 outputs, and per chunk the gradient of ``log_softmax`` and of
+      its input (2 · 4·T·V/n). Compiled (``compile_loss`` compiles ``compute_cross_entropy``): AOTAutograd's
+      partitioner saves the graph input (the chunk, already alive) and the row log-sum-exp, and the backward kernel
+      writes the chunk's gradient in the model dtype: a·T·V saved, a·T·V/n in backward.
+    - plain (``CrossEntropyLoss``, ``num_output_chunks`` 0): ``self.output(h).float()`` (a·T·V, then 4·T·V);
+      ``log_softmax`` saves 4·T·V. Backward: that output, its gradient and the logits' gradient (12·T·V), then the
+      cast back. Compiled (the whole loss): the fp32 logits are the saved input, one fp32 gradient (8·T·V).
+    """
+    tr = req.training
+    t = tr.micro_batch_size * tr.seq_len
+    n = output_chunks(req)
+    a = act_bytes
+    tv = t * vocab
+    if n:
+        per = -(-t // n) * vocab
+        if tr.torch_compile:
+            return TorchtuneLoss(forward=a * tv + 4 * per, backward=a * tv + (4 + a) * per, block=per)
+        return TorchtuneLoss(forward=a * tv + 4 * tv + 4 * per, backward=4 * tv + 2 * 4 * per, block=per)
+    if tr.torch_compile:
+        return TorchtuneLoss(forward=max((a + 4) * tv, 4 * tv + 4 * t), backward=8 * tv, block=tv)
+    return TorchtuneLoss(forward=max((a + 4) * tv, 8 * tv), backward=12 * tv, block=tv)
+
+
+def optimizer_in_bwd_gradients(largest_trainable_bytes: int) -> int:
+    """Gradient bytes alive at once under ``optimizer_in_bwd``: the hook steps and frees each parameter's gradient
+    as soon as it is accumulated, so at most one (the largest) exists."""
+    return largest_trainable_bytes
+
+
+def assumption(req: PlanRequest) -> str:
+    """The ``assumptions`` line for torchtune."""
+    n = output_chunks(req)
+    loss = (f"CEWithChunkedOutputLoss ({n} chunks of logits in the model dtype, each upcast to fp32 inside the loss)"
+            if n else "CrossEntropyLoss over the full fp32 logits (self.output(h).float())")
+    text = (f"torchtune recipe: the whole model (LoRA weights included) built in {req.training.precision} without "
+            f"autocast, so gradients and AdamW states share that dtype; {loss}; under GQA k and v are expanded to "
+            "every query head before attention")
+    if req.quantized:
+        text += ("; QLoRA: every attention and MLP linear is a torchao NF4Tensor (block 64, int8 scalers "
+                 "double-quantized per 256), dequantized to bf16 in forward and backward")
+    if req.training.optimizer_in_bwd:
+        text += "; optimizer_in_bwd: each parameter is stepped and its gradient freed as soon as it is ready"
+    if req.training.torch_compile:
+        text += ("; compile: the loss as Inductor compiles it (saves its input and the row log-sum-exp); the "
+                 "compiled decoder layers are estimated as eager")
+    return text + (". Estimated analytically from torchtune's source (not traced here); the published torchtune "
+                   "rows are compared in bench/published_check.py.")
+
+
+def check_request(req: PlanRequest) -> None:
+    """422 for settings torchtune's recipes do not have (the field in ``loc``), and for its config keys under
+    another framework."""
+    tr = req.training
+    if tr.framework != "torchtune":
+        for name in ("optimizer_in_bwd", "num_output_chunks"):
+            if getattr(tr, name) not in (False, None):
+                raise PlanError(("training", name), f"{name} is a torchtune recipe setting: set training.framework "
+                                "to 'torchtune', or leave it unset")
+        return
+    if tr.precision not in ("bf16", "fp32"):
+        raise PlanError(("training", "precision"), "torchtune's recipes take dtype bf16 or fp32 (the whole model in "
+                        "that dtype, no autocast; training.precision 'bf16' or 'fp32')")
+    if tr.optimizer_in_bwd and req.uses_adapter:
+        raise PlanError(("training", "optimizer_in_bwd"), "torchtune's LoRA recipes have no optimizer_in_bwd (it is a "
+                        "full fine-tuning setting of full_finetune_single_device / full_finetune_distributed)")
+    if tr.use_liger_kernel:
+        raise PlanError(("training", "use_liger_kernel"), "use_liger_kernel is an HF Trainer switch; torchtune runs "
+                        "its own modules (its chunked loss is training.num_output_chunks)")
+    if tr.attn_implementation == "eager":
+        raise PlanError(("training", "attn_implementation"), "torchtune always calls scaled_dot_product_attention "
+                        "(flex_attention for packed batches): leave attn_implementation unset, or 'sdpa' / "
+                        "'flash_attention_2'")
+    q = req.quantization
+    if req.quantized and (q.load_in_8bit or q.bnb_4bit_quant_type != "nf4"):
+        field = "load_in_8bit" if q.load_in_8bit else "bnb_4bit_quant_type"
+        raise PlanError(("quantization", field), "torchtune's QLoRA quantizes with torchao's NF4Tensor only "
+                        "(bnb_4bit_quant_type 'nf4', load_in_8bit false)")
