@@ -447,6 +447,8 @@ def _torchtune_training(row: dict[str, str], training: dict[str, Any], hardware:
     if not init_only and (not opt.strip() or "not stated" in opt):
         raise Skip("optimizer not stated", row["notes"][:70])
     training["optim"] = _torchtune_optim(opt)
+    if training["optim"] == "adamw_torch" and row["source_id"] in TORCHTUNE_FUSED_ADAMW and not row["method"].startswith("FFT"):
+        training["optim"] = "adamw_torch_fused"
     training["optimizer_in_bwd"] = "optimizer_in_bwd" in opt and "no optimizer_in_bwd" not in opt
     ckpt = row["grad_ckpt"]
     if "not stated" in ckpt and not ckpt.startswith("on"):
@@ -454,6 +456,9 @@ def _torchtune_training(row: dict[str, str], training: dict[str, Any], hardware:
     training["gradient_checkpointing"] = ckpt.startswith("on")
     training["activation_offloading"] = "activation offloading" in ckpt
     note = row["seq_note"].lower()
+    if "unpacked" in note and not row["seq_len"].startswith("<="):
+        raise Skip("sequence length unknown (unpacked samples padded to the batch's longest; only the cap is given)",
+                   row["seq_note"][:70])
     training["packing"] = "packed" in note and "unpacked" not in note
     training["num_output_chunks"] = _torchtune_output_chunks(row)
     if "cpu offload" in row["parallelism"].lower() and hardware.get("sharding") == "fsdp":
@@ -463,6 +468,11 @@ def _torchtune_training(row: dict[str, str], training: dict[str, Any], hardware:
         notes.append("torchtune pads each batch to its longest sample: the bound is an upper estimate")
 
 
+TORCHTUNE_FUSED_ADAMW = ("TT-README-2024-09", "TT-README-2024-11-flags")
+"""Sources whose LoRA/QLoRA configs give ``torch.optim.AdamW`` ``fused: True`` (llama3_1/{8B_lora,8B_qlora,70B_lora,
+405B_qlora}.yaml @30b8519e8, llama3_2/3B_{lora,qlora}_single_device.yaml @1814feb17, whose README command overrides
+only ``optimizer._component_``); their full fine-tuning configs name bitsandbytes optimizers (overridden to
+``torch.optim.AdamW`` without ``fused`` in the flags table) or no ``fused`` (70B_full)."""
 TORCHTUNE_CHUNKED_SOURCES = ("TT-README-2024-09",)
 """Sources whose configs name ``torchtune.modules.loss.CEWithChunkedOutputLoss`` (recipes/configs/llama3_1/{8B,70B}_*
 .yaml @30b8519e8; its 405B_qlora.yaml names ``torch.nn.CrossEntropyLoss``); the 2024-04/05 configs name
@@ -471,7 +481,7 @@ Entropy' on (the row's notes name it)."""
 
 
 def _torchtune_output_chunks(row: dict[str, str]) -> int:
-    if "CEWithChunkedOutputLoss" in row["notes"]:
+    if "CEWithChunkedOutputLoss" in row["notes"] or "chunked ce" in row["notes"].lower():
         return 8
     if row["source_id"] in TORCHTUNE_CHUNKED_SOURCES and "405B" not in row["model"]:
         return 8

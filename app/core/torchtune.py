@@ -121,7 +121,7 @@ def loss_path(req: PlanRequest, vocab: int, act_bytes: int) -> TorchtuneLoss:
     if n:
         per = -(-t // n) * vocab
         if tr.torch_compile:
-            return TorchtuneLoss(forward=a * tv + 4 * per, backward=a * tv + (4 + a) * per, block=per)
+            return TorchtuneLoss(forward=a * tv + 4 * per, backward=a * tv + a * per, block=per)
         return TorchtuneLoss(forward=a * tv + 4 * tv + 4 * per, backward=4 * tv + 2 * 4 * per, block=per)
     if tr.torch_compile:
         return TorchtuneLoss(forward=max((a + 4) * tv, 4 * tv + 4 * t), backward=8 * tv, block=tv)
