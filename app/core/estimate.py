@@ -114,9 +114,11 @@ def _shard(sm: StaticMemory, req: PlanRequest, trainable_params: int, hidden_siz
 
     if req.training.optimizer_in_bwd:
         # torchtune register_optim_in_bwd_hooks (training/memory.py): one optimizer per parameter, stepped and
-        # zeroed in the parameter's post-accumulate-grad hook: one gradient and its step temporary at a time
-        out["gradients"] = sm.largest_gradient
-        out["step_transient"] = sm.largest_step_transient
+        # zeroed in the parameter's post-accumulate-grad hook. No gradient set and no step phase: what stays is a
+        # tied embedding's gradient (the output projection's part waits for the embedding's); one parameter's
+        # gradient and step temporary are a moment of a layer's backward (app/core/torchtune.py in_bwd_step_bytes)
+        out["gradients"] = sm.tied_gradient
+        out["step_transient"] = 0
     if mode == "ddp":
         out["comm_buffers"] = sm.gradients.total
     elif mode == "fsdp":

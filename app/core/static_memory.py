@@ -52,8 +52,7 @@ class StaticMemory:
     optimizer_step_transient: int = 0
     optimizer_step_transient_fp32: int = 0  # the same step on fp32 copies (DeepSpeed's fp32 partitions)
     quantized_params: int = 0
-    largest_gradient: int = 0  # bytes of the largest trainable tensor's gradient (torchtune optimizer_in_bwd)
-    largest_step_transient: int = 0  # the optimizer step's temporary for that tensor alone
+    tied_gradient: int = 0  # gradient bytes of a trainable tied embedding (kept from the loss to the embedding's backward)
     largest_quantized_weight: tuple[int, int] = (0, 0)  # (out, in) of the largest 4/8-bit layer
 
 
@@ -134,9 +133,8 @@ def static_memory(inv: Inventory, plan: AdapterPlan, req: PlanRequest, dt: Dtype
         sm.optimizer_fp32_master_bytes += master.device + master.paged
         if not t.new:
             sm.trainable_base_bytes += nbytes
-        if nbytes > sm.largest_gradient:
-            sm.largest_gradient = nbytes
-            sm.largest_step_transient = step_transient_bytes(req.training.optim, [[(t.shape, size)]])
+        if inv.arch.tie_word_embeddings and t.group == "embedding" and t.kind == "base":
+            sm.tied_gradient += nbytes
         # HF Trainer's two parameter groups: no weight decay for biases and norm weights.
         (no_decay if t.name.endswith("bias") or t.group == "norms" else decay).append((t.shape, size))
         (no_decay32 if t.name.endswith("bias") or t.group == "norms" else decay32).append((t.shape, 4))

@@ -29,11 +29,17 @@ other published rows share these modules) with torchao 0.10.0's ``NF4Tensor`` (s
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from app.core.errors import PlanError
+from app.core.optimizers import step_transient_bytes
 from app.core.quantization import QuantBytes
 from app.core.request import PlanRequest
-from app.core.units import ceil_div
+from app.core.units import DTYPE_BYTES, ceil_div
+
+if TYPE_CHECKING:  # precision imports frameworks, which imports this module
+    from app.core.adapters import AdapterPlan
+    from app.core.precision import Dtypes
 
 RELEASE = "torchtune 0.4.0 (torchao 0.10.0 NF4Tensor)"
 SOURCE = ("torchtune/modules/{transformer,attention,rms_norm,position_embeddings}.py, modules/peft/lora.py, "
@@ -89,6 +95,31 @@ def packed_rope_bytes(tokens: int, head_dim: int) -> int:
     return 2 * 4 * tokens * head_dim
 
 
+def swiglu_backward_bytes(tokens: int, intermediate: int, act_bytes: int) -> int:
+    """Bytes a layer's backward holds beyond one activation gradient while the SwiGLU product
+    ``activation(w1(x)) * w3(x)`` (``feed_forward.py FeedForward.forward``) back-propagates: ``mul``'s backward
+    returns the gradients of both factors (two T×I tensors) while the incoming gradient (T×I, the one activation
+    gradient the planner counts) and the saved factors are alive. Found in the trace of torchtune's step
+    (bench/torchtune_grid.py), where the chunked loss leaves a layer's backward as the peak."""
+    return 2 * act_bytes * tokens * intermediate
+
+
+def in_bwd_step_bytes(req: PlanRequest, plan: AdapterPlan, dt: Dtypes, tied: bool) -> int:
+    """Under ``optimizer_in_bwd`` the largest moment of one parameter's step inside backward: its gradient and the
+    step's temporary (``torch.optim.AdamW`` foreach on a one-tensor list: ``_foreach_sqrt`` of its second moment;
+    fused and bitsandbytes steps: none). A tied embedding's own step comes after the last layer (not a layer's
+    moment); 0 without ``optimizer_in_bwd``."""
+    if not req.training.optimizer_in_bwd:
+        return 0
+    size = DTYPE_BYTES[dt.weights]
+    best = 0
+    for t in plan.trainable:
+        if tied and t.group == "embedding" and t.kind == "base":
+            continue
+        best = max(best, t.numel * size + step_transient_bytes(req.training.optim, [[(t.shape, size)]]))
+    return best
+
+
 @dataclass(frozen=True)
 class TorchtuneLoss:
     """Bytes of torchtune's loss path beyond the final norm (a T-token micro-batch, vocabulary V)."""
@@ -126,12 +157,6 @@ def loss_path(req: PlanRequest, vocab: int, act_bytes: int) -> TorchtuneLoss:
     if tr.torch_compile:
         return TorchtuneLoss(forward=max((a + 4) * tv, 4 * tv + 4 * t), backward=8 * tv, block=tv)
     return TorchtuneLoss(forward=max((a + 4) * tv, 8 * tv), backward=12 * tv, block=tv)
-
-
-def optimizer_in_bwd_gradients(largest_trainable_bytes: int) -> int:
-    """Gradient bytes alive at once under ``optimizer_in_bwd``: the hook steps and frees each parameter's gradient
-    as soon as it is accumulated, so at most one (the largest) exists."""
-    return largest_trainable_bytes
 
 
 def assumption(req: PlanRequest) -> str:
