@@ -456,6 +456,9 @@ def _torchtune_training(row: dict[str, str], training: dict[str, Any], hardware:
     training["gradient_checkpointing"] = ckpt.startswith("on")
     training["activation_offloading"] = "activation offloading" in ckpt
     note = row["seq_note"].lower()
+    if "must be forced" in note or row["source_id"] in TORCHTUNE_UNFORCED_LENGTHS:
+        raise Skip("sequence length unknown (a README table setting; PR #961: the runs' alpaca samples were shorter, "
+                   "inputs must be forced to that length to reproduce)", row["seq_note"][:70])
     if "unpacked" in note and not row["seq_len"].startswith("<="):
         raise Skip("sequence length unknown (unpacked samples padded to the batch's longest; only the cap is given)",
                    row["seq_note"][:70])
@@ -468,6 +471,10 @@ def _torchtune_training(row: dict[str, str], training: dict[str, Any], hardware:
         notes.append("torchtune pads each batch to its longest sample: the bound is an upper estimate")
 
 
+TORCHTUNE_UNFORCED_LENGTHS = ("TT-README-2024-05",)
+"""The README table @0217d44c2 gives 'Seq Length = 2048/4096' as a setting, but its runs took alpaca samples padded to
+the batch's longest (PR #961: inputs must be forced to that length to reproduce; row 6's 70B LoRA at 4×4096 tokens
+would hold 20 GiB of checkpointed layer inputs per GPU alone, above the 24.6 GiB published)."""
 TORCHTUNE_FUSED_ADAMW = ("TT-README-2024-09", "TT-README-2024-11-flags")
 """Sources whose LoRA/QLoRA configs give ``torch.optim.AdamW`` ``fused: True`` (llama3_1/{8B_lora,8B_qlora,70B_lora,
 405B_qlora}.yaml @30b8519e8, llama3_2/3B_{lora,qlora}_single_device.yaml @1814feb17, whose README command overrides

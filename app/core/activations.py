@@ -218,6 +218,8 @@ def _layer_saved(inv: Inventory, plan_targets: list[Module], param_targets: list
     layer_targets = [m for m in plan_targets if m.layer == layer and m.kind != EMBEDDING]
     total += _adapter_saved(x, layer_targets, _shared_inputs(layer_targets, a * t))
     total += _param_wrapper_saved(arch, param_targets, x, layer)
+    if tt and req.training.torch_compile:
+        total -= torchtune.compiled_layer_saving(t, h, arch.intermediate_size, a, x.full)
     return total
 
 
@@ -417,7 +419,7 @@ def activation_model(inv: Inventory, plan: AdapterPlan, req: PlanRequest, dt: Dt
     out_f, in_f = _largest_linear(inv)
     if req.quantized and loss == "torchtune":
         # torchao LinearNF4 dequantizes the NF4 weight in its forward and again in its backward
-        transient = dequant_backward = torchtune.nf4_dequant_transient(out_f, in_f)
+        transient = dequant_backward = torchtune.nf4_dequant_transient(out_f, in_f, req.training.torch_compile)
     else:
         if req.quantized and t > BNB_FUSED_MAX_ROWS:
             transient = out_f * in_f * DTYPE_BYTES[dt.bnb_compute]  # bitsandbytes dequantize-then-matmul fallback
