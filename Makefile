@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q --disable-pip-version-check --upgrade pip setuptools
 	# torch first and pinned: 2.13.0 resolves to the local CPU wheel here, never a multi-GB CUDA build.
 	$(BIN)/python -m pip install -q --disable-pip-version-check torch==2.13.0
-	$(BIN)/python -m pip install -q --disable-pip-version-check -e '.[step,trl,dev]'
+	$(BIN)/python -m pip install -q --disable-pip-version-check -e '.[step,trl,torchtune,dev]'
 	rm -f $(VENV)/.installed-*
 	touch $@
 

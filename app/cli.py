@@ -97,7 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
         training.add_argument(f"--{flag}", action=argparse.BooleanOptionalAction, default=None,
                               help=f"{text}; docs/switches.md")
     training.add_argument("--num-output-chunks", type=int,
-                          help="torchtune CEWithChunkedOutputLoss chunks (0: plain CrossEntropyLoss); docs/frameworks.md")
+                          help="torchtune CEWithChunkedOutputLoss chunks (0: CrossEntropyLoss); docs/frameworks.md")
     hardware = inputs.add_argument_group("hardware")
     hardware.add_argument("--gpu", help="catalog GPU id (GET /api/v1/gpus), e.g. nvidia-rtx-4090")
     hardware.add_argument("--num-gpus", type=int)

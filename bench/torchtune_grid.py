@@ -80,7 +80,8 @@ def label(case: TorchtuneCase) -> str:
     switches = [f"r{case.r} {targets}" if case.method != "full" else "",
                 "gc" if case.gradient_checkpointing else "no-gc",
                 f"chunks={case.num_output_chunks}", "in_bwd" if case.optimizer_in_bwd else ""]
-    return f"{shape:<9} {case.method:<6} b{case.micro_batch_size} s{case.seq_len:<5} " + " ".join(s for s in switches if s)
+    head = f"{shape:<9} {case.method:<6} b{case.micro_batch_size} s{case.seq_len:<5} "
+    return head + " ".join(s for s in switches if s)
 
 
 def main() -> None:

@@ -447,7 +447,8 @@ def _torchtune_training(row: dict[str, str], training: dict[str, Any], hardware:
     if not init_only and (not opt.strip() or "not stated" in opt):
         raise Skip("optimizer not stated", row["notes"][:70])
     training["optim"] = _torchtune_optim(opt)
-    if training["optim"] == "adamw_torch" and row["source_id"] in TORCHTUNE_FUSED_ADAMW and not row["method"].startswith("FFT"):
+    fused = row["source_id"] in TORCHTUNE_FUSED_ADAMW and not row["method"].startswith("FFT")
+    if training["optim"] == "adamw_torch" and fused:
         training["optim"] = "adamw_torch_fused"
     training["optimizer_in_bwd"] = "optimizer_in_bwd" in opt and "no optimizer_in_bwd" not in opt
     ckpt = row["grad_ckpt"]

@@ -16,7 +16,6 @@ from app.core.fitted_activations import PeakFit, fit_note, fitted_phases, usable
 from app.core.frameworks import assumption as framework_assumption
 from app.core.frameworks import framework
 from app.core.generic import generic_key, model_inventory
-from app.core.torchtune import check_request as torchtune_check
 from app.core.inventory import Inventory
 from app.core.overhead import cublas_workspace_bytes, outside_allocator_bytes
 from app.core.precision import Dtypes, dtypes_for
@@ -43,6 +42,7 @@ from app.core.switches import (
     offload_static,
     switch_assumptions,
 )
+from app.core.torchtune import check_request as torchtune_check
 from app.core.units import format_bytes
 from app.core.versions import MODELLED_VERSIONS
 
@@ -70,7 +70,9 @@ def _check_request(req: PlanRequest, arch: ArchSpec) -> None:
     if hw.sharding == "none" and hw.num_gpus > 1:
         raise PlanError(("hardware", "sharding"), "num_gpus > 1 needs a sharding: ddp, zero1, zero2, zero3 or fsdp")
     torchtune_check(req)
-    if (hw.sharding == "fsdp" and hw.num_gpus > 1 and req.quantized and req.training.framework != "torchtune" and not req.quantization.load_in_8bit
+    # torchtune's NF4Tensor is itself an FSDP2-shardable parameter: no storage dtype to choose
+    if (hw.sharding == "fsdp" and hw.num_gpus > 1 and req.quantized and req.training.framework != "torchtune"
+            and not req.quantization.load_in_8bit
             and req.quantization.bnb_4bit_quant_storage == "uint8"):
         # torch fsdp/_flat_param.py _validate_tensors_to_flatten: "Must flatten tensors with uniform dtype"
         raise PlanError(("quantization", "bnb_4bit_quant_storage"),

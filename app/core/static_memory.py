@@ -52,7 +52,7 @@ class StaticMemory:
     optimizer_step_transient: int = 0
     optimizer_step_transient_fp32: int = 0  # the same step on fp32 copies (DeepSpeed's fp32 partitions)
     quantized_params: int = 0
-    tied_gradient: int = 0  # gradient bytes of a trainable tied embedding (kept from the loss to the embedding's backward)
+    tied_gradient: int = 0  # a trainable tied embedding's gradient bytes (alive from the loss to its own backward)
     largest_quantized_weight: tuple[int, int] = (0, 0)  # (out, in) of the largest 4/8-bit layer
 
 

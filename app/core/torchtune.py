@@ -66,7 +66,10 @@ def nf4_bytes(numel: int, itemsize: int = 2) -> QuantBytes:
     256 scalers; ``scaler_mean`` a 0-dim tensor (input dtype); the ``nf4`` code table (16 entries, input dtype).
     Differs from bitsandbytes (fp32 nested absmax, a 256-entry fp32 code, an fp32 offset, an fp32 NF4 table)."""
     blocks = ceil_div(numel, NF4_BLOCK_SIZE)
-    constants = blocks + itemsize * ceil_div(blocks, NF4_SCALER_BLOCK_SIZE) + itemsize + itemsize * NF4_TABLE_ENTRIES
+    scaler_blocks = ceil_div(blocks, NF4_SCALER_BLOCK_SIZE)
+    # with one scaler block (numel ≤ 16,384) the factor stays a view of the (1, 256) tensor it was sliced from
+    factors = itemsize * (NF4_SCALER_BLOCK_SIZE if scaler_blocks == 1 else scaler_blocks)
+    constants = blocks + factors + itemsize + itemsize * NF4_TABLE_ENTRIES
     return QuantBytes(data=numel // 2, constants=constants)
 
 
