@@ -408,6 +408,9 @@ def activation_model(inv: Inventory, plan: AdapterPlan, req: PlanRequest, dt: Dt
         head += 4 * (arch.max_position_embeddings or req.training.seq_len) * arch.head_dim - 2 * x.a * t * arch.head_dim
         tl = torchtune.loss_path(req, v, logits)
         loss_forward, loss_backward, logits_block = tl.forward, tl.backward, 4 * tl.block
+        if x.full:
+            loss_backward += torchtune.output_weight_grad_bytes(req, v * h * DTYPE_BYTES[dt.weights],
+                                                                arch.tie_word_embeddings)
     elif loss == "unsloth-chunked":
         free = gpu(req.hardware.gpu).vram_bytes - outside_allocator_bytes(req.hardware.num_gpus) - resident_bytes
         lp = unsloth_loss_path(req, h, v, x.a, x.c if x.autocast else x.a, free - saved_layers - head)

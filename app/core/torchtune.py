@@ -160,9 +160,10 @@ def loss_path(req: PlanRequest, vocab: int, act_bytes: int) -> TorchtuneLoss:
       the model dtype (``a·T·V`` in all); ``compute_cross_entropy`` runs ``F.cross_entropy(chunk.float(), ...)`` per
       chunk: the fp32 copy (4·T·V/n) is freed, ``log_softmax`` saves its fp32 output (4·T·V/n per chunk, all chunks
       kept until backward). Backward: the saved fp32 outputs, and per chunk the gradient of ``log_softmax`` and of
-      its input (2 · 4·T·V/n). Compiled (``compile_loss`` compiles ``compute_cross_entropy``): AOTAutograd's
-      partitioner saves the graph input (the chunk, already alive) and the row log-sum-exp, and the backward kernel
-      writes the chunk's gradient in the model dtype: a·T·V saved, a·T·V/n in backward.
+      its input (2 · 4·T·V/n). Compiled (``compile_loss`` compiles ``compute_cross_entropy``): the upcast and the
+      reductions fuse (no fp32 chunk), AOTAutograd's partitioner saves the graph input (the chunk, already alive) and
+      two fp32 row statistics (8·T), and the backward kernel writes the chunk's gradient in the model dtype: a·T·V
+      saved, a·T·V/n in backward (tests/test_torchtune.py checks what the compiled loss saves).
     - plain (``CrossEntropyLoss``, ``num_output_chunks`` 0): ``self.output(h).float()`` (a·T·V, then 4·T·V);
       ``log_softmax`` saves 4·T·V. Backward: that output, its gradient and the logits' gradient (12·T·V), then the
       cast back. Compiled (the whole loss): the fp32 logits are the saved input, one fp32 gradient (8·T·V).
@@ -175,11 +176,24 @@ def loss_path(req: PlanRequest, vocab: int, act_bytes: int) -> TorchtuneLoss:
     if n:
         per = -(-t // n) * vocab
         if tr.torch_compile:
-            return TorchtuneLoss(forward=a * tv + 4 * per, backward=a * tv + a * per, block=per)
+            return TorchtuneLoss(forward=a * tv + 8 * t, backward=a * tv + a * per, block=per)
         return TorchtuneLoss(forward=a * tv + 4 * tv + 4 * per, backward=4 * tv + 2 * 4 * per, block=per)
     if tr.torch_compile:
         return TorchtuneLoss(forward=max((a + 4) * tv, 4 * tv + 4 * t), backward=8 * tv, block=tv)
     return TorchtuneLoss(forward=max((a + 4) * tv, 8 * tv), backward=12 * tv, block=tv)
+
+
+def output_weight_grad_bytes(req: PlanRequest, weight_bytes: int, tied: bool) -> int:
+    """Full fine-tuning: the output projection's weight gradient at the start of backward beyond what the phases
+    count (an untied ``lm_head`` gradient). Autograd sums the gradients flowing into one ``AccumulateGrad`` node in
+    its input buffer: each of the n chunks' ``output(chunk)`` adds a V×h contribution to the buffer (the buffer and
+    the new contribution alive together); a tied weight's node waits for the embedding's contribution at the end of
+    backward, so its buffer stays too (``TiedLinear``, llama3_2 builders). Plain CrossEntropyLoss: the one
+    contribution comes after the loss's own backward has freed its fp32 buffers, so it adds nothing there (the trace
+    of bench/torchtune_grid.py shows both)."""
+    if not output_chunks(req):
+        return 0
+    return weight_bytes + (weight_bytes if tied else 0)  # a tied weight's sum is no lm_head gradient of the phases
 
 
 def assumption(req: PlanRequest) -> str:
