@@ -240,11 +240,26 @@ def test_chunked_loss_by_hand() -> None:
     ({"framework": "torchtune", "precision": "bf16-mixed"}, ["training", "precision"]),
     ({"framework": "torchtune", "optimizer_in_bwd": True}, ["training", "optimizer_in_bwd"]),
     ({"framework": "torchtune", "attn_implementation": "eager"}, ["training", "attn_implementation"]),
+    ({"framework": "torchtune", "custom_sharded_layers": ["output"]}, ["training", "custom_sharded_layers"]),
 ])
 def test_settings_torchtune_does_not_have_are_refused(training: dict[str, Any], loc: list[str]) -> None:
     with pytest.raises(PlanError) as exc:
         estimate(PlanRequest(model=LLAMA_1B, method="lora", training=training))
     assert list(exc.value.loc) == loc
+
+
+def test_custom_sharded_layers_gather_embeddings_and_output_only_while_they_run() -> None:
+    hw = {"num_gpus": 8, "sharding": "fsdp"}
+    root = estimate(PlanRequest(model="meta-llama/Llama-3.1-8B", method="full", training=_tt(), hardware=hw))
+    own = estimate(PlanRequest(model="meta-llama/Llama-3.1-8B", method="full", hardware=hw,
+                               training=_tt(custom_sharded_layers=["tok_embeddings", "output"])))
+    # FSDP2 keeps the root's embedding and output (128256×4096 bf16 each) gathered; as their own units one of them
+    # is gathered at a time, in place of the prefetched layer: the peak drops by one of them minus nothing else
+    # (a layer is smaller than the 1,050,673,152-byte output): root + 2 layers → output + layer
+    v_h = 128256 * 4096 * 2
+    per_layer = (2 * 4096 * 4096 + 2 * 4096 * 1024 + 3 * 4096 * 14336) * 2 + 2 * 4096 * 2  # linears + 2 norms
+    layer = (32 * per_layer + 4096 * 2) // 32  # the planner's layer share: non-embedding weights (final norm too) / 32
+    assert root.memory.peak - own.memory.peak == (2 * v_h + 2 * layer) - (v_h + layer)
 
 
 def test_api_estimate_with_torchtune() -> None:
@@ -275,6 +290,7 @@ def test_published_rows_map_to_their_recipe() -> None:
     lora = map_row(_row(24))  # 3B_lora_single_device: torch.optim.AdamW fused=True, offloading
     assert lora.req.training.optim == "adamw_torch_fused" and lora.req.training.activation_offloading
     assert map_row(_row(15)).req.training.num_output_chunks == 0  # 405B_qlora.yaml: torch.nn.CrossEntropyLoss
+    assert map_row(_row(13)).req.training.custom_sharded_layers == ["tok_embeddings", "output"]  # 70B_full.yaml
     assert map_row(_row(38)).kind == "init"  # memory after model init: static bytes, not in the medians
     with pytest.raises(Skip, match="PR #961"):
         map_row(_row(3))

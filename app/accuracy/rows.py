@@ -465,6 +465,9 @@ def _torchtune_training(row: dict[str, str], training: dict[str, Any], hardware:
                    row["seq_note"][:70])
     training["packing"] = "packed" in note and "unpacked" not in note
     training["num_output_chunks"] = _torchtune_output_chunks(row)
+    if row["source_id"] in TORCHTUNE_CUSTOM_SHARDED and hardware.get("sharding") == "fsdp" and "70B" in row["model"] \
+            and row["method"].startswith("FFT"):
+        training["custom_sharded_layers"] = ["tok_embeddings", "output"]
     if "cpu offload" in row["parallelism"].lower() and hardware.get("sharding") == "fsdp":
         # fsdp_cpu_offload: FSDP CPUOffload(offload_params=True): parameters, gradients and the optimizer on the CPU
         hardware["offload_param"] = hardware["offload_optimizer"] = "cpu"
@@ -476,6 +479,9 @@ TORCHTUNE_UNFORCED_LENGTHS = ("TT-README-2024-05",)
 """The README table @0217d44c2 gives 'Seq Length = 2048/4096' as a setting, but its runs took alpaca samples padded to
 the batch's longest (PR #961: inputs must be forced to that length to reproduce; row 6's 70B LoRA at 4×4096 tokens
 would hold 20 GiB of checkpointed layer inputs per GPU alone, above the 24.6 GiB published)."""
+TORCHTUNE_CUSTOM_SHARDED = ("TT-README-2024-09",)
+"""llama3_1/70B_full.yaml @30b8519e8: ``custom_sharded_layers: ['tok_embeddings', 'output']`` (70B_lora.yaml and
+405B_qlora.yaml set none)."""
 TORCHTUNE_FUSED_ADAMW = ("TT-README-2024-09", "TT-README-2024-11-flags")
 """Sources whose LoRA/QLoRA configs give ``torch.optim.AdamW`` ``fused: True`` (llama3_1/{8B_lora,8B_qlora,70B_lora,
 405B_qlora}.yaml @30b8519e8, llama3_2/3B_{lora,qlora}_single_device.yaml @1814feb17, whose README command overrides

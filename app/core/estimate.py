@@ -43,6 +43,7 @@ from app.core.switches import (
     switch_assumptions,
 )
 from app.core.torchtune import check_request as torchtune_check
+from app.core.torchtune import fsdp_gathered as torchtune_gathered
 from app.core.units import format_bytes
 from app.core.versions import MODELLED_VERSIONS
 
@@ -181,6 +182,8 @@ def _gathered(inv: Inventory, sm: StaticMemory, req: PlanRequest, dt: Dtypes) ->
     if req.hardware.sharding == "fsdp":
         root = sm.weights.by_group.get("embedding", 0) + sm.weights.by_group.get("lm_head", 0)
         layer = _layer_bytes(sm.weights, arch.num_hidden_layers) + sm.adapters.total // max(arch.num_hidden_layers, 1)
+        if req.training.framework == "torchtune":
+            return torchtune_gathered(req, sm.weights.by_group, layer)
         return root + 2 * layer
     names = set(quantized_modules(inv)) if req.quantized else set()
     by_module: dict[str, int] = {}

@@ -229,6 +229,10 @@ class TrainingSpec(_Strict):
         None, ge=0, le=1024, description="torchtune CEWithChunkedOutputLoss num_output_chunks; 0: torch "
         "CrossEntropyLoss over the full fp32 logits; null: torchtune's default (8) (framework 'torchtune' only)"
     )
+    custom_sharded_layers: list[Literal["tok_embeddings", "output"]] | None = Field(
+        None, max_length=2, description="torchtune custom_sharded_layers: modules FSDP shards as their own units, "
+        "gathered only while they run, instead of keeping them with the root (framework 'torchtune', sharding fsdp)"
+    )
 
 
 class HardwareSpec(_Strict):

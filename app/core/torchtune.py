@@ -196,6 +196,22 @@ def output_weight_grad_bytes(req: PlanRequest, weight_bytes: int, tied: bool) ->
     return weight_bytes + (weight_bytes if tied else 0)  # a tied weight's sum is no lm_head gradient of the phases
 
 
+CUSTOM_SHARDED_GROUPS = {"tok_embeddings": "embedding", "output": "lm_head"}
+"""torchtune module names in ``custom_sharded_layers`` → the planner's parameter groups."""
+
+
+def fsdp_gathered(req: PlanRequest, weight_groups: dict[str, int], layer_bytes: int) -> int:
+    """Unsharded bytes alive at once under torchtune's FSDP2 (``training.shard_model``: ``fully_shard`` on each
+    decoder layer, on each module named in ``custom_sharded_layers``, then on the whole model, all with
+    ``reshard_after_forward=True``). FSDP2 never reshards the root after forward (``_lazy_init``: the root's
+    ``post_forward_mesh_info`` is None), so the embeddings and output stay gathered unless they are units of their
+    own; those are gathered only while they run (one at a time, instead of a layer and its prefetched successor)."""
+    custom = [CUSTOM_SHARDED_GROUPS[m] for m in req.training.custom_sharded_layers or []]
+    root = sum(weight_groups.get(g, 0) for g in ("embedding", "lm_head") if g not in custom)
+    own = max((weight_groups.get(g, 0) for g in custom), default=0)
+    return root + max(2 * layer_bytes, own + layer_bytes)
+
+
 def assumption(req: PlanRequest) -> str:
     """The ``assumptions`` line for torchtune."""
     n = output_chunks(req)
@@ -222,11 +238,14 @@ def check_request(req: PlanRequest) -> None:
     another framework."""
     tr = req.training
     if tr.framework != "torchtune":
-        for name in ("optimizer_in_bwd", "num_output_chunks"):
+        for name in ("optimizer_in_bwd", "num_output_chunks", "custom_sharded_layers"):
             if getattr(tr, name) not in (False, None):
                 raise PlanError(("training", name), f"{name} is a torchtune recipe setting: set training.framework "
                                 "to 'torchtune', or leave it unset")
         return
+    if tr.custom_sharded_layers and req.hardware.sharding != "fsdp":
+        raise PlanError(("training", "custom_sharded_layers"), "custom_sharded_layers names FSDP units: it needs "
+                        "hardware.sharding 'fsdp'")
     if tr.precision not in ("bf16", "fp32"):
         raise PlanError(("training", "precision"), "torchtune's recipes take dtype bf16 or fp32 (the whole model in "
                         "that dtype, no autocast; training.precision 'bf16' or 'fp32')")
