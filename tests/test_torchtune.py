@@ -23,6 +23,8 @@ needs_compiler = pytest.mark.skipif(shutil.which("g++") is None and shutil.which
 compile_import = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
 LLAMA_1B = "meta-llama/Llama-3.2-1B"
+OVERLAY = ("torchtune 0.4.0 and torchao 0.10.0 live in .venv-torchtune (PEFT 0.21.2 refuses torchao < 0.16 in .venv): "
+           "`make test` runs this file there too")
 
 
 def _tt(**training: Any) -> dict[str, Any]:
@@ -35,7 +37,7 @@ def _tt(**training: Any) -> dict[str, Any]:
 @pytest.mark.parametrize("shape", [(2048, 2048), (512, 2048), (8192, 2048), (64, 256)])
 def test_nf4_bytes_equal_torchao_storage(shape: tuple[int, int]) -> None:
     torch = pytest.importorskip("torch")
-    nf4 = pytest.importorskip("torchao.dtypes.nf4tensor")
+    nf4 = pytest.importorskip("torchao.dtypes.nf4tensor", reason=OVERLAY)
     w = nf4.to_nf4(torch.randn(*shape, dtype=torch.bfloat16))  # what LoRALinear(quantize_base=True) stores
     parts = (w.quantized_data, w.quantized_scalers, w.quantization_factor, w.scaler_mean, w.nf4)
     q = nf4_bytes(shape[0] * shape[1])
@@ -67,7 +69,7 @@ def _peak_transient(fn: Any, *args: Any) -> int:
 
 def test_nf4_dequantization_peak_eager() -> None:
     torch = pytest.importorskip("torch")
-    nf4 = pytest.importorskip("torchao.dtypes.nf4tensor")
+    nf4 = pytest.importorskip("torchao.dtypes.nf4tensor", reason=OVERLAY)
     w = nf4.to_nf4(torch.randn(3072, 1024, dtype=torch.bfloat16))
     x = torch.randn(16, 1024, dtype=torch.bfloat16)
     peak = _peak_transient(nf4.linear_nf4, x, w)
@@ -81,7 +83,7 @@ def test_nf4_dequantization_peak_eager() -> None:
 @compile_import
 def test_nf4_dequantization_fused_when_compiled() -> None:
     torch = pytest.importorskip("torch")
-    nf4 = pytest.importorskip("torchao.dtypes.nf4tensor")
+    nf4 = pytest.importorskip("torchao.dtypes.nf4tensor", reason=OVERLAY)
     w = nf4.to_nf4(torch.randn(3072, 1024, dtype=torch.bfloat16))
     x = torch.randn(16, 1024, dtype=torch.bfloat16)
     compiled = torch.compile(lambda x: nf4.linear_nf4(x, w))
@@ -139,6 +141,7 @@ def test_compiled_cross_entropy_saves_its_input_and_row_statistics() -> None:
 @pytest.mark.parametrize("full", [False, True])
 def test_compiled_layer_saves_what_compiled_layer_saving_says(full: bool) -> None:
     torch = pytest.importorskip("torch")
+    pytest.importorskip("torchtune", reason=OVERLAY)
     from torchtune import training
     from torchtune.models.llama3_2._component_builders import llama3_2, lora_llama3_2
     from torchtune.modules.peft import get_adapter_params, set_trainable_params
@@ -165,7 +168,7 @@ def test_compiled_layer_saves_what_compiled_layer_saving_says(full: bool) -> Non
 @pytest.mark.slow
 @pytest.mark.parametrize("index", [0, 2, 4, 8])  # lora+gc+chunked, qlora all, full+in_bwd (tied), mha lora plain
 def test_trace_of_torchtune_step_matches_analytic(index: int) -> None:
-    pytest.importorskip("torchtune")
+    pytest.importorskip("torchtune", reason=OVERLAY)
     from app.trace.torchtune import trace
 
     case = CASES[index]

@@ -9,8 +9,10 @@ backward), ``torch.optim.AdamW`` (foreach, as on CUDA) and ``optimizer_in_bwd`` 
 ``training.register_optim_in_bwd_hooks``. Two steps run on real CPU tensors; the peak of the second (optimizer states
 resident) is the figure, as in :func:`app.trace.engine.run_trace`.
 
-torchtune 0.4.0 and torchao 0.10.0 are the optional ``torchtune`` extra (they install beside the pinned libraries
-without changing them); imported lazily, so the rest of the project runs without them. CPU stand-ins: PyTorch's CPU
+torchtune 0.4.0 and torchao 0.10.0 are the ``torchtune`` extra, installed in ``.venv-torchtune`` (``make
+torchtune-venv``: it sees ``.venv``'s pinned packages through a ``.pth``; PEFT 0.21.2 refuses the torchao < 0.16 that
+every torchtune release needs, so they cannot share ``.venv``); imported lazily, so the rest of the project runs
+without them. CPU stand-ins: PyTorch's CPU
 flash attention keeps what the CUDA kernel keeps (q, k, v, output, fp32 log-sum-exp); ``torch.compile``, packing
 (flex attention) and activation offloading (CUDA streams) are not traced.
 """
