@@ -6,8 +6,9 @@
 Each case builds torchtune 0.4.0's Llama decoder (llama2 builders: MHA, untied output; llama3_2 builders: GQA, tied
 output) with LoRA / QLoRA (torchao NF4) / full fine-tuning and the recipe's loss, checkpointing and
 ``optimizer_in_bwd`` (app/trace/torchtune.py), and runs two steps on real CPU tensors under the live-bytes counter
-(needs the ``torchtune`` extra, which lives in ``.venv-torchtune``: ``make torchtune-venv``). The cache (tests/data/torchtune_grid.json) stores each case's request and
-traced peak (bytes); the analytic figure is the estimate's peak without the cuBLAS workspace.
+(needs the ``torchtune`` extra, which lives in ``.venv-torchtune``: ``make torchtune-venv``). The cache
+(tests/data/torchtune_grid.json) stores each case's request and traced peak (bytes); the analytic figure is the
+estimate's peak without the cuBLAS workspace.
 """
 
 from __future__ import annotations
