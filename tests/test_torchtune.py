@@ -244,10 +244,12 @@ def test_chunked_loss_by_hand() -> None:
     ({"framework": "torchtune", "optimizer_in_bwd": True}, ["training", "optimizer_in_bwd"]),
     ({"framework": "torchtune", "attn_implementation": "eager"}, ["training", "attn_implementation"]),
     ({"framework": "torchtune", "custom_sharded_layers": ["output"]}, ["training", "custom_sharded_layers"]),
+    ({"framework": "torchtune", "hardware": {"num_gpus": 2, "sharding": "zero3"}}, ["hardware", "sharding"]),
 ])
 def test_settings_torchtune_does_not_have_are_refused(training: dict[str, Any], loc: list[str]) -> None:
+    spec = {k: v for k, v in training.items() if k != "hardware"}
     with pytest.raises(PlanError) as exc:
-        estimate(PlanRequest(model=LLAMA_1B, method="lora", training=training))
+        estimate(PlanRequest(model=LLAMA_1B, method="lora", training=spec, hardware=training.get("hardware", {})))
     assert list(exc.value.loc) == loc
 
 

@@ -243,6 +243,9 @@ def check_request(req: PlanRequest) -> None:
                 raise PlanError(("training", name), f"{name} is a torchtune recipe setting: set training.framework "
                                 "to 'torchtune', or leave it unset")
         return
+    if req.hardware.sharding not in ("none", "fsdp"):
+        raise PlanError(("hardware", "sharding"), "torchtune's distributed recipes shard with FSDP2 (fully_shard): "
+                        "hardware.sharding 'fsdp', or 'none' on one GPU")
     if tr.custom_sharded_layers and req.hardware.sharding != "fsdp":
         raise PlanError(("training", "custom_sharded_layers"), "custom_sharded_layers names FSDP units: it needs "
                         "hardware.sharding 'fsdp'")
