@@ -4,10 +4,14 @@ PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
+# torchtune's trace needs torchao < 0.16, which PEFT 0.21.2 refuses to import beside: a second venv that sees .venv's
+# packages (a .pth) and adds only the 'torchtune' extra (docs/frameworks.md)
+TT_VENV := .venv-torchtune
+TT_STAMP := $(TT_VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: run test lint bench venv clean browser postgres
+.PHONY: run test lint bench venv torchtune-venv clean browser postgres
 
 venv: $(STAMP)
 
@@ -18,6 +22,16 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q --disable-pip-version-check torch==2.13.0
 	$(BIN)/python -m pip install -q --disable-pip-version-check -e '.[step,trl,dev]'
 	rm -f $(VENV)/.installed-*
+	touch $@
+
+torchtune-venv: $(TT_STAMP)
+
+$(TT_STAMP): $(STAMP)
+	test -x $(TT_VENV)/bin/python || $(PYTHON) -m venv $(TT_VENV)
+	$(BIN)/python -c "import site; print(site.getsitepackages()[0])" > \
+		$$($(TT_VENV)/bin/python -c "import site; print(site.getsitepackages()[0])")/peft_planner_main_venv.pth
+	$(TT_VENV)/bin/python -m pip install -q --disable-pip-version-check -e '.[torchtune]'
+	rm -f $(TT_VENV)/.installed-*
 	touch $@
 
 run: $(STAMP)
@@ -35,11 +49,12 @@ browser:
 postgres:
 	ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq postgresql)
 
-test: $(STAMP) lint browser postgres
+test: $(STAMP) $(TT_STAMP) lint browser postgres
 	$(BIN)/python -m pytest
+	$(TT_VENV)/bin/python -m pytest tests/test_torchtune.py
 
 bench: $(STAMP)
 	$(BIN)/python bench/estimate_latency.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(TT_VENV) .pytest_cache .ruff_cache

@@ -43,7 +43,7 @@ OPTIMS = ("adamw_torch", "adamw_torch_fused", "adamw_bnb_8bit", "paged_adamw_8bi
           "adafactor", "sgd", "lion_32bit", "lion_8bit")
 SHARDINGS = ("none", "ddp", "zero1", "zero2", "zero3", "fsdp")
 ATTN_IMPLS = ("flash_attention_2", "sdpa", "eager")
-FRAMEWORKS = ("hf-trainer", "trl", "axolotl", "llama-factory", "ms-swift", "unsloth")
+FRAMEWORKS = ("hf-trainer", "trl", "axolotl", "llama-factory", "ms-swift", "unsloth", "torchtune")
 MODEL_KEYS = frozenset({"base_model", "base_model_config", "base_model_name_or_path", "model_name_or_path", "model"})
 
 
@@ -92,9 +92,12 @@ def build_parser() -> argparse.ArgumentParser:
     for flag, text in (("use-liger-kernel", "Liger kernels (fused linear cross-entropy, RMSNorm, SwiGLU)"),
                        ("activation-offloading", "TRL: saved activations in host RAM"),
                        ("packing", "TRL: packed, padding-free rows (needs --attn flash_attention_2)"),
-                       ("padding-free", "TRL: one flattened row per batch (needs --attn flash_attention_2)")):
+                       ("padding-free", "TRL: one flattened row per batch (needs --attn flash_attention_2)"),
+                       ("optimizer-in-bwd", "torchtune: optimizer step fused into backward")):
         training.add_argument(f"--{flag}", action=argparse.BooleanOptionalAction, default=None,
                               help=f"{text}; docs/switches.md")
+    training.add_argument("--num-output-chunks", type=int,
+                          help="torchtune CEWithChunkedOutputLoss chunks (0: CrossEntropyLoss); docs/frameworks.md")
     hardware = inputs.add_argument_group("hardware")
     hardware.add_argument("--gpu", help="catalog GPU id (GET /api/v1/gpus), e.g. nvidia-rtx-4090")
     hardware.add_argument("--num-gpus", type=int)
@@ -198,8 +201,9 @@ def build_body(args: argparse.Namespace) -> tuple[dict[str, Any], list[Any]]:
     put("training", "attn_implementation", args.attn_implementation)
     put("training", "framework", args.framework)
     put("training", "gradient_checkpointing", args.gradient_checkpointing)
-    for switch in ("use_liger_kernel", "activation_offloading", "packing", "padding_free"):
+    for switch in ("use_liger_kernel", "activation_offloading", "packing", "padding_free", "optimizer_in_bwd"):
         put("training", switch, getattr(args, switch))
+    put("training", "num_output_chunks", args.num_output_chunks)
     put("hardware", "gpu", args.gpu)
     put("hardware", "num_gpus", args.num_gpus)
     put("hardware", "sharding", args.sharding)

@@ -113,7 +113,10 @@ COUNTER = {
     "nvidia-smi": "total",
     "unstated": "total",
     "weights": "weights",
+    "init": "weights + quant constants + adapters",
 }
+NOT_A_STEP = ("weights", "init")
+"""Kinds compared on static memory, outside the training-step medians."""
 
 
 class Skip(Exception):
@@ -316,7 +319,10 @@ def map_row(row: dict[str, str], stand_in: str | None = None) -> Mapped:
     quant = row["quant"]
     if "gptq" in quant.lower():
         raise Skip("GPTQ int4 base weights: the planner models bitsandbytes only", quant)
-    if method_text.startswith("inference") or "model init only" in method_text:
+    init_only = framework == "torchtune" and "model init only" in method_text
+    if framework == "torchtune":
+        kind = "init" if init_only else _torchtune_kind(row["measures"], notes)
+    if method_text.startswith("inference") or ("model init only" in method_text and not init_only):
         raise Skip("not a training step (inference, or memory after model init)", method_text)
 
     gpu_id = _gpu(row["gpu"], notes)
@@ -350,7 +356,7 @@ def map_row(row: dict[str, str], stand_in: str | None = None) -> Mapped:
                  "bnb_4bit_compute_dtype": "bfloat16"}
         if "quant_storage bf16" in q:
             qspec["bnb_4bit_quant_storage"] = "bfloat16"
-        if sharding in ("zero3", "fsdp"):
+        if sharding in ("zero3", "fsdp") and framework != "torchtune":
             # TRL SFTTrainer skips prepare_model_for_kbit_training for sharded QLoRA (Params4bit on cpu/meta)
             qspec["prepare_kbit"] = False
             notes.append("sharded QLoRA: TRL skips prepare_model_for_kbit_training (no fp32 upcast)")
@@ -366,14 +372,15 @@ def map_row(row: dict[str, str], stand_in: str | None = None) -> Mapped:
     attn = row["attn"].lower()  # not stated: transformers' default for the model (sdpa; eager for gemma2)
     if not row["grad_ckpt"]:
         notes.append("gradient checkpointing not given: off assumed")
-    if not row["seq_len"].strip():
+    if not row["seq_len"].strip() and not init_only:
         raise Skip("sequence length not stated", row["seq_note"][:80])
     training: dict[str, Any] = {
         "framework": framework,
         "precision": precision,
         "optim": _optim(row["optimizer"]),
-        "micro_batch_size": _first_int(row["micro_batch"], "micro_batch"),
-        "seq_len": _seq_len(row["seq_len"]),
+        # memory after model init does not depend on the batch (a placeholder batch of 1 × 2048 tokens)
+        "micro_batch_size": 1 if init_only else _first_int(row["micro_batch"], "micro_batch"),
+        "seq_len": 2048 if init_only else _seq_len(row["seq_len"]),
         "gradient_checkpointing": row["grad_ckpt"] == "on",
         "attn_implementation": ("flash_attention_2" if "flash" in attn else "eager" if "eager" in attn
                                 else "sdpa" if "sdpa" in attn else None),
@@ -382,7 +389,9 @@ def map_row(row: dict[str, str], stand_in: str | None = None) -> Mapped:
         training["packing"] = True
     if row["compile"] == "on":
         training["torch_compile"] = True
-    if not row["seq_len"].strip().isdigit():
+    if framework == "torchtune":
+        _torchtune_training(row, training, hardware, init_only, notes)
+    if not row["seq_len"].strip().isdigit() and not init_only:
         notes.append(f"seq_len {row['seq_len']!r}: upper bound used ({row['seq_note']})")
 
     if published is not None:
@@ -400,6 +409,97 @@ def map_row(row: dict[str, str], stand_in: str | None = None) -> Mapped:
     req = PlanRequest(model=model, method=method, lora=lora, quantization=qspec, training=training,
                       hardware=hardware)
     return Mapped(row, req, label, kind, published, notes, via_config)
+
+
+def _torchtune_kind(measures: str, notes: list[str]) -> str:
+    """The counter of a torchtune figure. torchtune's memory log (``training.get_memory_stats``: peak active, alloc
+    and reserved bytes of torch's allocator) never includes the CUDA context, so an unnamed one is compared with
+    ``peak`` (active ≈ allocated), not ``total``."""
+    t = measures.lower()
+    if "not specified" not in t and "not stated" not in t:
+        if "reserved" in t:
+            return "reserved"
+        if "active" in t or "alloc" in t:
+            return "allocated"
+    notes.append("torchtune memory log, counter not named: a torch allocator peak (no CUDA context), compared with "
+                 "peak (active ≈ allocated)")
+    return "allocated"
+
+
+def _torchtune_optim(text: str) -> str:
+    """torchtune config optimizers (``_component_``) → training.optim."""
+    t = text.lower().replace(" ", "")
+    if "pagedadamw8bit" in t:
+        return "paged_adamw_8bit"  # bitsandbytes.optim.PagedAdamW8bit
+    if "pagedadamw" in t:
+        return "paged_adamw_32bit"  # bitsandbytes.optim.PagedAdamW (32-bit states)
+    if "8-bitadamw" in t or "adamw8bit" in t:
+        return "adamw_bnb_8bit"  # bitsandbytes.optim.AdamW8bit
+    return "adamw_torch"  # torch.optim.AdamW
+
+
+def _torchtune_training(row: dict[str, str], training: dict[str, Any], hardware: dict[str, Any], init_only: bool,
+                        notes: list[str]) -> None:
+    """A torchtune row's recipe settings (its config yaml at the commit the source names): optimizer and
+    ``optimizer_in_bwd``, the loss (``num_output_chunks``), activation checkpointing / offloading, packing,
+    ``fsdp_cpu_offload``."""
+    opt = row["optimizer"]
+    if not init_only and (not opt.strip() or "not stated" in opt):
+        raise Skip("optimizer not stated", row["notes"][:70])
+    training["optim"] = _torchtune_optim(opt)
+    fused = row["source_id"] in TORCHTUNE_FUSED_ADAMW and not row["method"].startswith("FFT")
+    if training["optim"] == "adamw_torch" and fused:
+        training["optim"] = "adamw_torch_fused"
+    training["optimizer_in_bwd"] = "optimizer_in_bwd" in opt and "no optimizer_in_bwd" not in opt
+    ckpt = row["grad_ckpt"]
+    if "not stated" in ckpt and not ckpt.startswith("on"):
+        raise Skip("activation checkpointing not stated", row["notes"][:70])
+    training["gradient_checkpointing"] = ckpt.startswith("on")
+    training["activation_offloading"] = "activation offloading" in ckpt
+    note = row["seq_note"].lower()
+    if "must be forced" in note or row["source_id"] in TORCHTUNE_UNFORCED_LENGTHS:
+        raise Skip("sequence length unknown (a README table setting; PR #961: the runs' alpaca samples were shorter, "
+                   "inputs must be forced to that length to reproduce)", row["seq_note"][:70])
+    if "unpacked" in note and not row["seq_len"].startswith("<="):
+        raise Skip("sequence length unknown (unpacked samples padded to the batch's longest; only the cap is given)",
+                   row["seq_note"][:70])
+    training["packing"] = "packed" in note and "unpacked" not in note
+    training["num_output_chunks"] = _torchtune_output_chunks(row)
+    if row["source_id"] in TORCHTUNE_CUSTOM_SHARDED and hardware.get("sharding") == "fsdp" and "70B" in row["model"] \
+            and row["method"].startswith("FFT"):
+        training["custom_sharded_layers"] = ["tok_embeddings", "output"]
+    if "cpu offload" in row["parallelism"].lower() and hardware.get("sharding") == "fsdp":
+        # fsdp_cpu_offload: FSDP CPUOffload(offload_params=True): parameters, gradients and the optimizer on the CPU
+        hardware["offload_param"] = hardware["offload_optimizer"] = "cpu"
+    if "<=" in row["seq_len"]:
+        notes.append("torchtune pads each batch to its longest sample: the bound is an upper estimate")
+
+
+TORCHTUNE_UNFORCED_LENGTHS = ("TT-README-2024-05",)
+"""The README table @0217d44c2 gives 'Seq Length = 2048/4096' as a setting, but its runs took alpaca samples padded to
+the batch's longest (PR #961: inputs must be forced to that length to reproduce; row 6's 70B LoRA at 4×4096 tokens
+would hold 20 GiB of checkpointed layer inputs per GPU alone, above the 24.6 GiB published)."""
+TORCHTUNE_CUSTOM_SHARDED = ("TT-README-2024-09",)
+"""llama3_1/70B_full.yaml @30b8519e8: ``custom_sharded_layers: ['tok_embeddings', 'output']`` (70B_lora.yaml and
+405B_qlora.yaml set none)."""
+TORCHTUNE_FUSED_ADAMW = ("TT-README-2024-09", "TT-README-2024-11-flags")
+"""Sources whose LoRA/QLoRA configs give ``torch.optim.AdamW`` ``fused: True`` (llama3_1/{8B_lora,8B_qlora,70B_lora,
+405B_qlora}.yaml @30b8519e8, llama3_2/3B_{lora,qlora}_single_device.yaml @1814feb17, whose README command overrides
+only ``optimizer._component_``); their full fine-tuning configs name bitsandbytes optimizers (overridden to
+``torch.optim.AdamW`` without ``fused`` in the flags table) or no ``fused`` (70B_full)."""
+TORCHTUNE_CHUNKED_SOURCES = ("TT-README-2024-09",)
+"""Sources whose configs name ``torchtune.modules.loss.CEWithChunkedOutputLoss`` (recipes/configs/llama3_1/{8B,70B}_*
+.yaml @30b8519e8; its 405B_qlora.yaml names ``torch.nn.CrossEntropyLoss``); the 2024-04/05 configs name
+``torch.nn.CrossEntropyLoss``, and the 2024-11 flags table adds the chunked loss from its row '+ Chunked Cross
+Entropy' on (the row's notes name it)."""
+
+
+def _torchtune_output_chunks(row: dict[str, str]) -> int:
+    if "CEWithChunkedOutputLoss" in row["notes"] or "chunked ce" in row["notes"].lower():
+        return 8
+    if row["source_id"] in TORCHTUNE_CHUNKED_SOURCES and "405B" not in row["model"]:
+        return 8
+    return 0
 
 
 def _weights_row(row: dict[str, str], model: Any, label: str, quant: str, gpu_id: str, framework: str,
@@ -431,7 +531,8 @@ def run(mp: Mapped) -> None:
     by_key = {b.key: b.bytes for b in res.breakdown}
     rsv = by_key.get("overhead/allocator_reserve", 0)
     match = {"allocated": mem.peak, "reserved": mem.peak + rsv, "nvidia-smi": mem.total, "unstated": mem.total,
-             "weights": mem.weights}[mp.kind]
+             "weights": mem.weights,
+             "init": mem.weights + mem.quantization_constants + mem.adapter_weights}[mp.kind]
     mp.ours = {
         "peak": mem.peak / GIB,
         "total": mem.total / GIB,

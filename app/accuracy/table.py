@@ -19,7 +19,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, Field
 
-from app.accuracy.rows import COUNTER, CSV_PATH, Mapped, Skip, map_row, read_rows, run, settings_text
+from app.accuracy.rows import COUNTER, CSV_PATH, NOT_A_STEP, Mapped, Skip, map_row, read_rows, run, settings_text
 from app.core.errors import PlanError
 from app.core.versions import MODELLED_VERSIONS
 
@@ -131,7 +131,7 @@ def summary_of(group: str, errors: list[float], oom_verdicts: Sequence[bool | No
 
 def summarise(group: str, rows: list[Mapped]) -> Summary:
     """:func:`summary_of` the group's measured training-step rows and its OOM rows."""
-    return summary_of(group, [mp.error for mp in rows if mp.error is not None and mp.kind != "weights"],
+    return summary_of(group, [mp.error for mp in rows if mp.error is not None and mp.kind not in NOT_A_STEP],
                       [mp.predicted_fits for mp in rows if mp.oom])
 
 
@@ -144,7 +144,7 @@ def _groups(rows: list[Mapped], key: Callable[[Mapped], str]) -> list[Summary]:
 
 def _row(mp: Mapped) -> ComparedRow:
     r = mp.row
-    weights = mp.kind == "weights"
+    weights = mp.kind in NOT_A_STEP
     return ComparedRow(
         row_id=int(r["row_id"]), source_id=r["source_id"], source=r["source"], framework_published=r["framework"],
         framework=mp.req.training.framework, model=mp.model_label, method=r["method"],

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
+from app.core import torchtune
 from app.core.adapters import AdapterPlan
 from app.core.architectures import PEFT_DEFAULT_TARGET_MODULES, ArchSpec, attention_for
 from app.core.catalog import gpu
@@ -76,7 +77,7 @@ class _Ctx:
 
 def _ctx(req: PlanRequest, dt: Dtypes, arch: ArchSpec) -> _Ctx:
     tr = req.training
-    autocast = dt.compute != "fp32"
+    autocast = dt.autocast and dt.compute != "fp32"
     c = DTYPE_BYTES[dt.compute]
     a = DTYPE_BYTES[dt.unquantized if req.quantized else dt.weights]
     if req.method == "full" or not req.quantized:
@@ -208,7 +209,14 @@ def _layer_saved(inv: Inventory, plan_targets: list[Module], param_targets: list
     q_rot = max(lo, a)
     gqa = kv != q
     v_store = q + 2 * kv if mt == "phi3" else kv
-    impl = attention_for(arch.model_type, req.training.attn_implementation)
+    tt = req.training.framework == "torchtune"
+    # torchtune calls scaled_dot_product_attention itself (flex_attention when packed): transformers' choice of
+    # attention does not apply (check_request refuses 'eager')
+    impl = "sdpa" if tt else attention_for(arch.model_type, req.training.attn_implementation)
+    if tt:
+        total += torchtune.gqa_expansion_bytes(t, q, kv, q_rot)
+        if req.training.packing:
+            total += torchtune.packed_rope_bytes(t, arch.head_dim)
     if impl == "eager":
         kv_saved = q_rot * t * q + (lo if not gqa else q_rot) * t * (q if gqa else v_store)  # repeat_kv copies
         total += q_rot * t * q + kv_saved + lo * t * q  # q, K and V (expanded under GQA), output copy
@@ -243,6 +251,8 @@ def _layer_saved(inv: Inventory, plan_targets: list[Module], param_targets: list
     layer_targets = [m for m in plan_targets if m.layer == layer and m.kind != EMBEDDING]
     total += _adapter_saved(x, layer_targets, _shared_inputs(layer_targets, a * t))
     total += _param_wrapper_saved(arch, param_targets, x, layer)
+    if tt and req.training.torch_compile:
+        total -= torchtune.compiled_layer_saving(t, h, arch.intermediate_size, a, x.full)
     return total
 
 
@@ -469,6 +479,15 @@ def activation_model(inv: Inventory, plan: AdapterPlan, req: PlanRequest, dt: Dt
         head += lp.saved - head_cast - (x.c if x.autocast else x.a) * t * h * x.full
         head_cast = 0
         loss_forward, loss_backward = lp.forward, lp.backward
+    elif loss == "torchtune":
+        # torchtune's RoPE keeps one fp32 cache buffer (max_seq_len, head_dim/2, 2) for all layers, no per-step
+        # cos/sin tensors; its loss replaces the HF logits terms (app/core/torchtune.py loss_path)
+        head += 4 * (arch.max_position_embeddings or req.training.seq_len) * arch.head_dim - 2 * x.a * t * arch.head_dim
+        tl = torchtune.loss_path(req, v, logits)
+        loss_forward, loss_backward, logits_block = tl.forward, tl.backward, 4 * tl.block
+        if x.full:
+            loss_backward += torchtune.output_weight_grad_bytes(req, v * h * DTYPE_BYTES[dt.weights],
+                                                                arch.tie_word_embeddings)
     elif loss == "unsloth-chunked":
         free = gpu(req.hardware.gpu).vram_bytes - outside_allocator_bytes(req.hardware.num_gpus) - resident_bytes
         lp = unsloth_loss_path(req, h, v, x.a, x.c if x.autocast else x.a, free - saved_layers - head)
@@ -478,9 +497,13 @@ def activation_model(inv: Inventory, plan: AdapterPlan, req: PlanRequest, dt: Dt
         loss_forward, loss_backward = lp.forward, lp.backward
     transient = 0
     out_f, in_f = _largest_linear(inv)
-    if req.quantized and t > BNB_FUSED_MAX_ROWS:
-        transient = out_f * in_f * DTYPE_BYTES[dt.bnb_compute]  # bitsandbytes dequantize-then-matmul fallback
-    dequant_backward = out_f * in_f * DTYPE_BYTES[dt.weights] if req.quantized else 0  # MatMul4Bit.backward
+    if req.quantized and loss == "torchtune":
+        # torchao LinearNF4 dequantizes the NF4 weight in its forward and again in its backward
+        transient = dequant_backward = torchtune.nf4_dequant_transient(out_f, in_f, req.training.torch_compile)
+    else:
+        if req.quantized and t > BNB_FUSED_MAX_ROWS:
+            transient = out_f * in_f * DTYPE_BYTES[dt.bnb_compute]  # bitsandbytes dequantize-then-matmul fallback
+        dequant_backward = out_f * in_f * DTYPE_BYTES[dt.weights] if req.quantized else 0  # MatMul4Bit.backward
     backward_transient = dequant_backward
     targets = [m for m in plan.targets if m.kind != EMBEDDING]
     # Unsloth's fused LoRA kernels do not copy their input to the adapter dtype
@@ -500,6 +523,11 @@ def activation_model(inv: Inventory, plan: AdapterPlan, req: PlanRequest, dt: Dt
             recompute -= x.a * t * (max(h, arch.intermediate_size) - h)
             backward_transient = max(backward_transient, recompute)
         backward_transient = max(backward_transient, _dora_backward_extra(inv, x, dt, targets))
+    if loss == "torchtune":
+        # moments of a layer's backward besides a linear's NF4 dequantization: the SwiGLU product's backward, and
+        # under optimizer_in_bwd one parameter's gradient with its optimizer step
+        backward_transient = max(backward_transient, torchtune.swiglu_backward_bytes(t, arch.intermediate_size, x.a),
+                                 torchtune.in_bwd_step_bytes(req, plan, dt, arch.tie_word_embeddings))
     return ActivationModel(
         saved_layers=saved_layers,
         saved_head=head,

@@ -42,6 +42,8 @@ from app.core.switches import (
     offload_static,
     switch_assumptions,
 )
+from app.core.torchtune import check_request as torchtune_check
+from app.core.torchtune import fsdp_gathered as torchtune_gathered
 from app.core.units import format_bytes
 from app.core.versions import MODELLED_VERSIONS
 
@@ -68,7 +70,10 @@ def _check_request(req: PlanRequest, arch: ArchSpec) -> None:
     hw = req.hardware
     if hw.sharding == "none" and hw.num_gpus > 1:
         raise PlanError(("hardware", "sharding"), "num_gpus > 1 needs a sharding: ddp, zero1, zero2, zero3 or fsdp")
-    if (hw.sharding == "fsdp" and hw.num_gpus > 1 and req.quantized and not req.quantization.load_in_8bit
+    torchtune_check(req)
+    # torchtune's NF4Tensor is itself an FSDP2-shardable parameter: no storage dtype to choose
+    if (hw.sharding == "fsdp" and hw.num_gpus > 1 and req.quantized and req.training.framework != "torchtune"
+            and not req.quantization.load_in_8bit
             and req.quantization.bnb_4bit_quant_storage == "uint8"):
         # torch fsdp/_flat_param.py _validate_tensors_to_flatten: "Must flatten tensors with uniform dtype"
         raise PlanError(("quantization", "bnb_4bit_quant_storage"),
@@ -110,15 +115,27 @@ def _shard(sm: StaticMemory, req: PlanRequest, trainable_params: int, hidden_siz
     def part(x: int) -> int:
         return -(-x // n)
 
+    if req.training.optimizer_in_bwd:
+        # torchtune register_optim_in_bwd_hooks (training/memory.py): one optimizer per parameter, stepped and
+        # zeroed in the parameter's post-accumulate-grad hook. No gradient set and no step phase: what stays is a
+        # tied embedding's gradient (the output projection's part waits for the embedding's); one parameter's
+        # gradient and step temporary are a moment of a layer's backward (app/core/torchtune.py in_bwd_step_bytes)
+        out["gradients"] = sm.tied_gradient
+        out["step_transient"] = 0
     if mode == "ddp":
         out["comm_buffers"] = sm.gradients.total
     elif mode == "fsdp":
         # bitsandbytes' quantization constants live in each Params4bit's quant_state, not in a parameter:
-        # FSDP flattens and shards parameters only, so every GPU keeps all constants.
-        for key in ("weights", "adapters", "gradients", "optimizer", "paged_optimizer"):
+        # FSDP flattens and shards parameters only, so every GPU keeps all constants. torchtune's NF4 weights are
+        # torchao NF4Tensor parameters, which FSDP2's fully_shard splits with their scalers (nf4tensor.py
+        # implements aten.split / new_zeros for it).
+        keys = ["weights", "adapters", "gradients", "optimizer", "paged_optimizer"]
+        if req.training.framework == "torchtune":
+            keys.append("constants")
+        for key in keys:
             out[key] = part(out[key])
         # the optimizer steps on the local shard: foreach temporaries are a shard's, not the model's
-        out["step_transient"] = part(sm.optimizer_step_transient)
+        out["step_transient"] = part(out["step_transient"])
         # a layer's unsharded gradients exist until its reduce-scatter (FlatParamHandle, FULL_SHARD)
         out["comm_buffers"] = _layer_bytes(sm.gradients, num_layers)
     elif mode.startswith("zero"):
@@ -165,6 +182,8 @@ def _gathered(inv: Inventory, sm: StaticMemory, req: PlanRequest, dt: Dtypes) ->
     if req.hardware.sharding == "fsdp":
         root = sm.weights.by_group.get("embedding", 0) + sm.weights.by_group.get("lm_head", 0)
         layer = _layer_bytes(sm.weights, arch.num_hidden_layers) + sm.adapters.total // max(arch.num_hidden_layers, 1)
+        if req.training.framework == "torchtune":
+            return torchtune_gathered(req, sm.weights.by_group, layer)
         return root + 2 * layer
     names = set(quantized_modules(inv)) if req.quantized else set()
     by_module: dict[str, int] = {}
@@ -236,7 +255,8 @@ def _breakdown(sm: StaticMemory, act: ActivationModel, peak_phase: str, activati
 
 
 def _quant_report(inv: Inventory, req: PlanRequest, sm: StaticMemory) -> QuantizationReport | None:
-    if not req.quantized or req.quantization.load_in_8bit:
+    """bitsandbytes' double-quantization report (None for torchtune, whose NF4 is torchao's)."""
+    if not req.quantized or req.quantization.load_in_8bit or req.training.framework == "torchtune":
         return None
     bs = req.quantization.blocksize
     no_dq = dq = data = 0

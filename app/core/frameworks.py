@@ -16,6 +16,8 @@
   ``prepare_model_for_kbit_training``; trainable parameters fp32; ``upcast_layernorm`` off. Loss: HF Trainer's.
 - ``ms-swift`` (4.5.2, ``swift/trainers/seq2seq_trainer.py``, ``swift/trainers/mixin.py``): no k-bit upcast;
   the model's loss plus ``logits.argmax(-1)`` for the token-accuracy metric.
+- ``torchtune`` (v0.4.0, its own Llama modules, not transformers/PEFT): the model and LoRA weights in the recipe
+  dtype without autocast, torchao NF4 for QLoRA, chunked cross-entropy, ``optimizer_in_bwd``: :mod:`app.core.torchtune`.
 - ``unsloth``: not runnable here (Triton kernels, CUDA-only); modelled analytically: its fused chunked
   cross-entropy (no full logits), "unsloth" gradient checkpointing that offloads each layer's input to host
   RAM, its 4-bit loading without fp32 upcasts. See :func:`unsloth_terms`.
@@ -25,6 +27,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from app.core import torchtune
 from app.core.request import PlanRequest
 
 TRL_TOKEN_CHUNK = 4096
@@ -44,7 +47,8 @@ class Framework:
     release: str
     kbit_upcast: str  # "request" (prepare_kbit), "none", or "non-norm" (axolotl: all but norms/embeddings)
     qlora_adapter_dtype: str | None  # dtype trainable params are cast to under a k-bit base (None: PEFT's fp32)
-    loss: str  # "logits" (HF model loss + fp32 copy), "logits+argmax" (ms-swift), "trl-chunked", "unsloth-chunked"
+    loss: str  # "logits" (HF model loss + fp32 copy), "logits+argmax" (ms-swift), "trl-chunked", "unsloth-chunked",
+    # "torchtune" (app/core/torchtune.py loss_path)
     traced: str  # how the trace engine runs it: "own code", "replayed", "analytic only"
     source: str
 
@@ -64,6 +68,8 @@ FRAMEWORKS: dict[str, Framework] = {
     "unsloth": Framework("unsloth", "Unsloth 2026.8 (v0.1.801-beta)", "none", None, "unsloth-chunked",
                          "analytic only", "unsloth/models/_utils.py, unsloth_zoo/loss_utils.py, "
                          "unsloth_zoo/gradient_checkpointing.py"),
+    "torchtune": Framework("torchtune", torchtune.RELEASE, "none", "bf16", "torchtune", "analytic only",
+                           torchtune.SOURCE),
 }
 
 
@@ -185,6 +191,8 @@ def assumption(req: PlanRequest) -> str:
     text = f"Framework: {fw.name} ({fw.release}; {fw.source}). "
     if fw.name == "hf-trainer":
         return text + "HF Trainer recipe: the model's own loss over the full logits plus accelerate's fp32 copy."
+    if fw.name == "torchtune":
+        return text + torchtune.assumption(req)
     if fw.name == "unsloth":
         return text + ("Unsloth needs a CUDA GPU (Triton kernels), so it is estimated analytically, not traced: "
                        "no fp32 upcast of the base, fused chunked cross-entropy (no full logits), and 'unsloth' "

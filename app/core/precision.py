@@ -31,6 +31,7 @@ class Dtypes:
     adapters: str = "fp32"  # LoRA A/B
     magnitude: str = "fp32"  # DoRA's magnitude vector
     kbit_upcast: str = "none"  # k-bit base: which non-quantized parameters are fp32 (app/core/frameworks.py)
+    autocast: bool = True  # compute under autocast when ``compute`` is 16-bit (torchtune never autocasts)
 
     def bytes_of(self, dtype: str) -> int:
         return DTYPE_BYTES[dtype]
@@ -47,6 +48,11 @@ def dtypes_for(req: PlanRequest) -> Dtypes:
     weights = "bf16" if precision == "bf16" else "fp32"
     compute = {"bf16": "bf16", "bf16-mixed": "bf16", "fp16-mixed": "fp16", "fp32": "fp32"}[precision]
     fw = framework(req)
+    if fw.name == "torchtune":
+        # torchtune recipes build the whole model, LoRA/DoRA weights included, under
+        # training.set_default_dtype(dtype) and never autocast (recipes/lora_finetune_single_device.py _setup_model)
+        return Dtypes(weights=weights, unquantized=weights, compute=weights, bnb_compute=weights, adapters=weights,
+                      magnitude=weights, autocast=False)
     if fw.name == "llama-factory" and req.method == "full":
         weights = "fp32"  # LLaMA-Factory _setup_full_tuning: trainable parameters cast to fp32 (not pure_bf16)
     upcast = kbit_upcast_groups(req) if req.quantized else "none"

@@ -31,7 +31,7 @@ Optim = Literal[
 ]
 Sharding = Literal["none", "ddp", "zero1", "zero2", "zero3", "fsdp"]
 AttnImpl = Literal["flash_attention_2", "sdpa", "eager"]
-Framework = Literal["hf-trainer", "trl", "axolotl", "llama-factory", "ms-swift", "unsloth"]
+Framework = Literal["hf-trainer", "trl", "axolotl", "llama-factory", "ms-swift", "unsloth", "torchtune"]
 OffloadDevice = Literal["none", "cpu"]
 
 MAX_CONFIG_KEYS = 512
@@ -220,6 +220,19 @@ class TrainingSpec(_Strict):
         False, description="TRL SFTConfig.padding_free: one flattened row per batch (variable-length attention)"
     )
     torch_compile: bool = Field(False, description="HF TrainingArguments.torch_compile")
+    # torchtune recipe config keys (framework 'torchtune' only; docs/frameworks.md)
+    optimizer_in_bwd: bool = Field(
+        False, description="torchtune optimizer_in_bwd: each parameter's optimizer step runs in backward as soon as "
+        "its gradient is ready, so no full set of gradients exists (framework 'torchtune', full fine-tuning)"
+    )
+    num_output_chunks: int | None = Field(
+        None, ge=0, le=1024, description="torchtune CEWithChunkedOutputLoss num_output_chunks; 0: torch "
+        "CrossEntropyLoss over the full fp32 logits; null: torchtune's default (8) (framework 'torchtune' only)"
+    )
+    custom_sharded_layers: list[Literal["tok_embeddings", "output"]] | None = Field(
+        None, max_length=2, description="torchtune custom_sharded_layers: modules FSDP shards as their own units, "
+        "gathered only while they run, instead of keeping them with the root (framework 'torchtune', sharding fsdp)"
+    )
 
 
 class HardwareSpec(_Strict):

@@ -10,6 +10,7 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from math import prod
 
+from app.core import torchtune
 from app.core.adapters import AdapterPlan, TrainableTensor
 from app.core.inventory import CONV1D, LINEAR, Inventory
 from app.core.optimizers import BNB_8BIT, BNB_MIN_8BIT_SIZE, fixed_state_bytes, state_bytes, step_transient_bytes
@@ -52,6 +53,7 @@ class StaticMemory:
     optimizer_step_transient: int = 0
     optimizer_step_transient_fp32: int = 0  # the same step on fp32 copies (DeepSpeed's fp32 partitions)
     quantized_params: int = 0
+    tied_gradient: int = 0  # a trainable tied embedding's gradient bytes (alive from the loss to its own backward)
     largest_quantized_weight: tuple[int, int] = (0, 0)  # (out, in) of the largest 4/8-bit layer
 
 
@@ -96,6 +98,7 @@ def _base_weights(inv: Inventory, req: PlanRequest, dt: Dtypes) -> tuple[Bucket,
     if hit is not None and hit[0] is inv:
         return hit[1]
     q = req.quantization
+    tt = req.training.framework == "torchtune"
     quantized = set(quantized_modules(inv)) if req.quantized else set()
     weights, constants = Bucket(), Bucket()
     quantized_params, largest, largest_shape = 0, 0, (0, 0)
@@ -109,6 +112,9 @@ def _base_weights(inv: Inventory, req: PlanRequest, dt: Dtypes) -> tuple[Bucket,
             if q.load_in_8bit:
                 qb = int8_bytes(mod.out_features, mod.in_features)
                 kind = "int8"
+            elif tt:  # torchtune's qlora builders: torchao NF4Tensor, quantized from the model dtype
+                qb = torchtune.nf4_bytes(t.numel, DTYPE_BYTES[dt.weights])
+                kind = "nf4 (torchao)"
             else:
                 qb = nf4_bytes(t.numel, blocksize=q.blocksize, double_quant=q.bnb_4bit_use_double_quant)
                 kind = q.bnb_4bit_quant_type
@@ -139,13 +145,15 @@ def _copy(bucket: Bucket) -> Bucket:
 def static_memory(inv: Inventory, plan: AdapterPlan, req: PlanRequest, dt: Dtypes) -> StaticMemory:
     sm = StaticMemory()
     q = req.quantization
+    tt = req.training.framework == "torchtune"
     quantized = set(quantized_modules(inv)) if req.quantized else set()
     weights, constants, sm.quantized_params, sm.largest_quantized_weight = _base_weights(inv, req, dt)
     sm.weights, sm.constants = _copy(weights), _copy(constants)
 
     # HF Trainer.create_optimizer: with an 8-bit bitsandbytes optimizer every nn.Embedding weight (and a
-    # modules_to_save copy of one) keeps 32-bit state (GlobalOptimManager.register_module_override).
-    eight_bit = req.training.optim in BNB_8BIT
+    # modules_to_save copy of one) keeps 32-bit state (GlobalOptimManager.register_module_override); torchtune
+    # instantiates the optimizer on model.parameters() with no override.
+    eight_bit = req.training.optim in BNB_8BIT and not tt
     decay: list[tuple[tuple[int, ...], int]] = []
     no_decay: list[tuple[tuple[int, ...], int]] = []
     decay32: list[tuple[tuple[int, ...], int]] = []
@@ -174,6 +182,8 @@ def static_memory(inv: Inventory, plan: AdapterPlan, req: PlanRequest, dt: Dtype
         sm.optimizer_fp32_master_bytes += n * (master.device + master.paged)
         if not new:
             sm.trainable_base_bytes += n * nbytes
+        if inv.arch.tie_word_embeddings and group == "embedding" and kind == "base":
+            sm.tied_gradient += n * nbytes
         (no_decay if no_wd else decay).extend([(shape, size)] * n)
         (no_decay32 if no_wd else decay32).extend([(shape, 4)] * n)
     # bitsandbytes moves its 8-bit maps to the GPU only when some tensor gets 8-bit state (init_state).

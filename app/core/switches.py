@@ -136,7 +136,8 @@ def check_switches(req: PlanRequest, arch: ArchSpec) -> None:
         raise PlanError(("hardware", "offload_param"),
                         "FSDP's CPUOffload(offload_params=True) moves parameters, gradients and the optimizer step to "
                         "the CPU together: set offload_param and offload_optimizer both to 'cpu' (or both to 'none')")
-    if padding_free(req) and attention_for(arch.model_type, tr.attn_implementation) != "flash_attention_2":
+    if (padding_free(req) and tr.framework != "torchtune"
+            and attention_for(arch.model_type, tr.attn_implementation) != "flash_attention_2"):
         field = "padding_free" if tr.padding_free else "packing"
         raise PlanError(("training", field),
                         "padding-free batches (TRL padding_free, or packing with its default 'bfd' strategy) are "

@@ -1,0 +1,269 @@
+"""torchtune's model, loss and step, for the analytic estimate (pure Python; ``training.framework='torchtune'``).
+
+Read at torchtune v0.4.0 (2024-12, the release of the published "Optimization flags" table; the 2024 recipes of the
+other published rows share these modules) with torchao 0.10.0's ``NF4Tensor`` (same storage layout since 0.1):
+
+- ``dtype: bf16``: recipes build the model under ``training.set_default_dtype(self._dtype)``
+  (``recipes/lora_finetune_single_device.py _setup_model``): base weights *and* LoRA A/B are bf16, there is no
+  autocast, so gradients and ``torch.optim.AdamW`` states are bf16 (:mod:`app.core.precision`).
+- Layers (``torchtune/modules/transformer.py TransformerSelfAttentionLayer``, ``attention.py``, ``feed_forward.py``,
+  ``rms_norm.py``, ``position_embeddings.py``): RMSNorm upcasts to fp32 (``x.float()`` and the rsqrt are saved) like
+  transformers' LlamaRMSNorm; RoPE computes in fp32 and returns ``type_as(x)``; under GQA ``k`` and ``v`` are
+  expanded to every query head *before* ``scaled_dot_product_attention`` (``k.unsqueeze(2).expand(...).flatten(1,
+  2)``: copies), so attention saves q, k, v all ``q_dim`` wide (:func:`gqa_expansion_bytes`); with packed batches
+  (``input_pos`` given) RoPE gathers ``cache[input_pos]`` per call (fp32, saved by its products).
+- ``LoRALinear.forward`` (``torchtune/modules/peft/lora.py``): ``lora_a(dropout(x))`` in the model dtype (no copy
+  of ``x``); QLoRA's ``linear_nf4`` (torchao ``LinearNF4``) saves the NF4 weight and dequantizes it in forward and
+  backward (:func:`nf4_dequant_transient`).
+- QLoRA builders (``qlora_llama*``, ``_component_builders.py``): every attention and MLP linear is NF4
+  (``LoRALinear(quantize_base=True)``, ``FrozenNF4Linear`` for the others); embeddings and the output stay bf16.
+- Loss (:func:`loss_path`): ``CEWithChunkedOutputLoss`` (``torchtune/modules/loss/ce_chunked_output_loss.py``) or
+  ``torch.nn.CrossEntropyLoss`` over ``self.output(h).float()``; ``compile: True`` compiles it
+  (``training/_compile.py compile_loss``).
+- ``optimizer_in_bwd`` (``training/memory.py register_optim_in_bwd_hooks``): one optimizer per parameter, stepped
+  and zeroed in its ``register_post_accumulate_grad_hook``.
+- ``enable_activation_offloading`` (``training/_activation_offload.py OffloadActivations``, which TRL copied): the
+  planner's ``activation_offloading`` rules (:func:`app.core.switches.activation_offload`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from app.core.errors import PlanError
+from app.core.optimizers import step_transient_bytes
+from app.core.quantization import QuantBytes
+from app.core.request import PlanRequest
+from app.core.units import DTYPE_BYTES, ceil_div
+
+if TYPE_CHECKING:  # precision imports frameworks, which imports this module
+    from app.core.adapters import AdapterPlan
+    from app.core.precision import Dtypes
+
+RELEASE = "torchtune 0.4.0 (torchao 0.10.0 NF4Tensor)"
+SOURCE = ("torchtune/modules/{transformer,attention,rms_norm,position_embeddings}.py, modules/peft/lora.py, "
+          "modules/loss/ce_chunked_output_loss.py, training/_compile.py, training/memory.py; "
+          "torchao/dtypes/nf4tensor.py")
+DEFAULT_OUTPUT_CHUNKS = 8
+"""``CEWithChunkedOutputLoss.__init__(num_output_chunks=8)``: the loss every torchtune config names since 0.3."""
+NF4_BLOCK_SIZE = 64
+"""torchao ``to_nf4(tensor, block_size=64, scaler_block_size=256)`` (torchtune ``LoRALinear``/``FrozenNF4Linear``)."""
+NF4_SCALER_BLOCK_SIZE = 256
+NF4_TABLE_ENTRIES = 16
+"""torchao ``NF4Tensor.from_tensor``: the 16-value NF4 code table, built in the input dtype, kept per tensor."""
+NF4_DEQUANT_BYTES_PER_ELEMENT = 14
+"""Peak bytes per element of torchao ``NF4Tensor.get_original_weight`` (the ``_to_copy`` that ``LinearNF4`` calls):
+two int64 index tensors of n/2 elements (``(quantized_data >> 4).to(torch.long)``, ``(quantized_data & 0b1111)
+.to(torch.long)``: 4n + 4n bytes), their bf16 table lookups (n + n), the two scaled halves (n + n) and the bf16
+``torch.stack`` of them (2n), all locals alive until it returns: 14n bytes for a bf16 weight of n elements."""
+
+
+def nf4_bytes(numel: int, itemsize: int = 2) -> QuantBytes:
+    """Storage of one torchao ``NF4Tensor`` built from a weight of ``numel`` elements in a dtype of ``itemsize``
+    bytes (``NF4Tensor.from_tensor``, ``double_quantize_scalers``): ``quantized_data`` uint8 numel/2; double-quantized
+    block scalers: ``quantized_scalers`` int8, one per 64-element block; ``quantization_factor`` (input dtype) one per
+    256 scalers; ``scaler_mean`` a 0-dim tensor (input dtype); the ``nf4`` code table (16 entries, input dtype).
+    Differs from bitsandbytes (fp32 nested absmax, a 256-entry fp32 code, an fp32 offset, an fp32 NF4 table)."""
+    blocks = ceil_div(numel, NF4_BLOCK_SIZE)
+    scaler_blocks = ceil_div(blocks, NF4_SCALER_BLOCK_SIZE)
+    # with one scaler block (numel ≤ 16,384) the factor stays a view of the (1, 256) tensor it was sliced from
+    factors = itemsize * (NF4_SCALER_BLOCK_SIZE if scaler_blocks == 1 else scaler_blocks)
+    constants = blocks + factors + itemsize + itemsize * NF4_TABLE_ENTRIES
+    return QuantBytes(data=numel // 2, constants=constants)
+
+
+NF4_DEQUANT_COMPILED_BYTES_PER_ELEMENT = 2
+"""Under ``torch.compile`` Inductor fuses ``get_original_weight``'s shifts, casts, table lookups and scaling into the
+kernel that writes the bf16 weight: only that weight (2n bytes) is allocated. Measured with torch.profiler's memory
+events on CPU (tests/test_torchtune.py): 14.0 bytes per element eager, 2.2 compiled (the weight and the output)."""
+
+
+def nf4_dequant_transient(out_features: int, in_features: int, compiled: bool = False) -> int:
+    """Bytes alive while ``LinearNF4`` dequantizes an (out, in) NF4 weight (forward and backward):
+    :data:`NF4_DEQUANT_BYTES_PER_ELEMENT` per element eager, :data:`NF4_DEQUANT_COMPILED_BYTES_PER_ELEMENT`
+    compiled."""
+    per = NF4_DEQUANT_COMPILED_BYTES_PER_ELEMENT if compiled else NF4_DEQUANT_BYTES_PER_ELEMENT
+    return per * out_features * in_features
+
+
+def compiled_layer_saving(tokens: int, hidden: int, intermediate: int, act_bytes: int, full: bool) -> int:
+    """Bytes a decoder layer saves less when torchtune compiles it (``training.compile_model``: each
+    ``TransformerSelfAttentionLayer`` through ``torch.compile``; AOTAutograd's min-cut partitioner recomputes cheap
+    pointwise results in backward): the SiLU output (a·T·I; the gate and up outputs stay), both RMSNorms' fp32 input
+    copies (2 · 4·T·h; the fp32 rstd stays) and, when the norm scales train, their normalised inputs (2 · a·T·h);
+    the second norm's input (the residual stream after attention, a·T·h) is saved instead. Measured with
+    ``torch.autograd.graph.saved_tensors_hooks`` on torchtune's layer, eager against compiled (Inductor, CPU):
+    LoRA 18,504 → 12,360 bytes per token, full fine-tuning 24,616 → 16,424 (h 512, I 1536), as this gives."""
+    saving = act_bytes * tokens * intermediate + 2 * 4 * tokens * hidden - act_bytes * tokens * hidden
+    return saving + (2 * act_bytes * tokens * hidden if full else 0)
+
+
+def output_chunks(req: PlanRequest) -> int:
+    """The request's ``num_output_chunks`` (0: plain CrossEntropyLoss), torchtune's default when not given."""
+    n = req.training.num_output_chunks
+    return DEFAULT_OUTPUT_CHUNKS if n is None else n
+
+
+def gqa_expansion_bytes(tokens: int, q_dim: int, kv_dim: int, act_bytes: int) -> int:
+    """Bytes a layer saves beyond transformers' attention because torchtune's ``MultiHeadAttention.forward``
+    expands ``k`` and ``v`` to every query head (a copy each, ``q_dim`` wide instead of ``kv_dim``) before
+    ``scaled_dot_product_attention``, which saves them; 0 without GQA (the expand is skipped)."""
+    return 2 * act_bytes * tokens * (q_dim - kv_dim) if q_dim != kv_dim else 0
+
+
+def packed_rope_bytes(tokens: int, head_dim: int) -> int:
+    """Packed batches give RoPE ``input_pos``: ``self.cache[input_pos]`` gathers an fp32 (b, s, head_dim/2, 2) table
+    per call (q and k), saved by the rotation's products (``position_embeddings.py RotaryPositionalEmbeddings``)."""
+    return 2 * 4 * tokens * head_dim
+
+
+def swiglu_backward_bytes(tokens: int, intermediate: int, act_bytes: int) -> int:
+    """Bytes a layer's backward holds beyond one activation gradient while the SwiGLU product
+    ``activation(w1(x)) * w3(x)`` (``feed_forward.py FeedForward.forward``) back-propagates: ``mul``'s backward
+    returns the gradients of both factors (two T×I tensors) while the incoming gradient (T×I, the one activation
+    gradient the planner counts) and the saved factors are alive. Found in the trace of torchtune's step
+    (bench/torchtune_grid.py), where the chunked loss leaves a layer's backward as the peak."""
+    return 2 * act_bytes * tokens * intermediate
+
+
+def in_bwd_step_bytes(req: PlanRequest, plan: AdapterPlan, dt: Dtypes, tied: bool) -> int:
+    """Under ``optimizer_in_bwd`` the largest moment of one parameter's step inside backward: its gradient and the
+    step's temporary (``torch.optim.AdamW`` foreach on a one-tensor list: ``_foreach_sqrt`` of its second moment;
+    fused and bitsandbytes steps: none). A tied embedding's own step comes after the last layer (not a layer's
+    moment); 0 without ``optimizer_in_bwd``."""
+    if not req.training.optimizer_in_bwd:
+        return 0
+    size = DTYPE_BYTES[dt.weights]
+    best = 0
+    for t in plan.trainable:
+        if tied and t.group == "embedding" and t.kind == "base":
+            continue
+        best = max(best, t.numel * size + step_transient_bytes(req.training.optim, [[(t.shape, size)]]))
+    return best
+
+
+@dataclass(frozen=True)
+class TorchtuneLoss:
+    """Bytes of torchtune's loss path beyond the final norm (a T-token micro-batch, vocabulary V)."""
+
+    forward: int  # live at the loss's forward peak, beyond the saved activations
+    backward: int  # live at the start of backward (before the output projection's backward)
+    block: int  # elements of the largest fp32 block of logits built at once
+
+
+def loss_path(req: PlanRequest, vocab: int, act_bytes: int) -> TorchtuneLoss:
+    """torchtune's loss, T = b·s (labels are shifted with an ignore index, ``torch.hstack``; the logits are not
+    sliced), logits in the model dtype (``act_bytes``); the recipe ``del logits`` before ``backward``:
+
+    - chunked (``CEWithChunkedOutputLoss``, n chunks): ``TransformerDecoder.chunked_output`` builds n logit chunks in
+      the model dtype (``a·T·V`` in all); ``compute_cross_entropy`` runs ``F.cross_entropy(chunk.float(), ...)`` per
+      chunk: the fp32 copy (4·T·V/n) is freed, ``log_softmax`` saves its fp32 output (4·T·V/n per chunk, all chunks
+      kept until backward). Backward: the saved fp32 outputs, and per chunk the gradient of ``log_softmax`` and of
+      its input (2 · 4·T·V/n). Compiled (``compile_loss`` compiles ``compute_cross_entropy``): the upcast and the
+      reductions fuse (no fp32 chunk), AOTAutograd's partitioner saves the graph input (the chunk, already alive) and
+      two fp32 row statistics (8·T), and the backward kernel writes the chunk's gradient in the model dtype: a·T·V
+      saved, a·T·V/n in backward (tests/test_torchtune.py checks what the compiled loss saves).
+    - plain (``CrossEntropyLoss``, ``num_output_chunks`` 0): ``self.output(h).float()`` (a·T·V, then 4·T·V);
+      ``log_softmax`` saves 4·T·V. Backward: that output, its gradient and the logits' gradient (12·T·V), then the
+      cast back. Compiled (the whole loss): the fp32 logits are the saved input, one fp32 gradient (8·T·V).
+    """
+    tr = req.training
+    t = tr.micro_batch_size * tr.seq_len
+    n = output_chunks(req)
+    a = act_bytes
+    tv = t * vocab
+    if n:
+        per = -(-t // n) * vocab
+        if tr.torch_compile:
+            return TorchtuneLoss(forward=a * tv + 8 * t, backward=a * tv + a * per, block=per)
+        return TorchtuneLoss(forward=a * tv + 4 * tv + 4 * per, backward=4 * tv + 2 * 4 * per, block=per)
+    if tr.torch_compile:
+        return TorchtuneLoss(forward=max((a + 4) * tv, 4 * tv + 4 * t), backward=8 * tv, block=tv)
+    return TorchtuneLoss(forward=max((a + 4) * tv, 8 * tv), backward=12 * tv, block=tv)
+
+
+def output_weight_grad_bytes(req: PlanRequest, weight_bytes: int, tied: bool) -> int:
+    """Full fine-tuning: the output projection's weight gradient at the start of backward beyond what the phases
+    count (an untied ``lm_head`` gradient). Autograd sums the gradients flowing into one ``AccumulateGrad`` node in
+    its input buffer: each of the n chunks' ``output(chunk)`` adds a V×h contribution to the buffer (the buffer and
+    the new contribution alive together); a tied weight's node waits for the embedding's contribution at the end of
+    backward, so its buffer stays too (``TiedLinear``, llama3_2 builders). Plain CrossEntropyLoss: the one
+    contribution comes after the loss's own backward has freed its fp32 buffers, so it adds nothing there (the trace
+    of bench/torchtune_grid.py shows both)."""
+    if not output_chunks(req):
+        return 0
+    return weight_bytes + (weight_bytes if tied else 0)  # a tied weight's sum is no lm_head gradient of the phases
+
+
+CUSTOM_SHARDED_GROUPS = {"tok_embeddings": "embedding", "output": "lm_head"}
+"""torchtune module names in ``custom_sharded_layers`` → the planner's parameter groups."""
+
+
+def fsdp_gathered(req: PlanRequest, weight_groups: dict[str, int], layer_bytes: int) -> int:
+    """Unsharded bytes alive at once under torchtune's FSDP2 (``training.shard_model``: ``fully_shard`` on each
+    decoder layer, on each module named in ``custom_sharded_layers``, then on the whole model, all with
+    ``reshard_after_forward=True``). FSDP2 never reshards the root after forward (``_lazy_init``: the root's
+    ``post_forward_mesh_info`` is None), so the embeddings and output stay gathered unless they are units of their
+    own; those are gathered only while they run (one at a time, instead of a layer and its prefetched successor)."""
+    custom = [CUSTOM_SHARDED_GROUPS[m] for m in req.training.custom_sharded_layers or []]
+    root = sum(weight_groups.get(g, 0) for g in ("embedding", "lm_head") if g not in custom)
+    own = max((weight_groups.get(g, 0) for g in custom), default=0)
+    return root + max(2 * layer_bytes, own + layer_bytes)
+
+
+def assumption(req: PlanRequest) -> str:
+    """The ``assumptions`` line for torchtune."""
+    n = output_chunks(req)
+    loss = (f"CEWithChunkedOutputLoss ({n} chunks of logits in the model dtype, each upcast to fp32 inside the loss)"
+            if n else "CrossEntropyLoss over the full fp32 logits (self.output(h).float())")
+    text = (f"torchtune recipe: the whole model (LoRA weights included) built in {req.training.precision} without "
+            f"autocast, so gradients and AdamW states share that dtype; {loss}; under GQA k and v are expanded to "
+            "every query head before attention")
+    if req.quantized:
+        text += ("; QLoRA: every attention and MLP linear is a torchao NF4Tensor (block 64, int8 scalers "
+                 "double-quantized per 256), dequantized to bf16 in forward and backward")
+    if req.training.optimizer_in_bwd:
+        text += "; optimizer_in_bwd: each parameter is stepped and its gradient freed as soon as it is ready"
+    if req.training.torch_compile:
+        text += ("; compile: the loss saves its input and the row log-sum-exp, the layers recompute SiLU and the "
+                 "norms' fp32 copies, NF4 dequantization is one fused kernel (what Inductor's partitioner and "
+                 "fusion do, measured on CPU)")
+    return text + (". Estimated analytically from torchtune's source (not traced here); the published torchtune "
+                   "rows are compared in bench/published_check.py.")
+
+
+def check_request(req: PlanRequest) -> None:
+    """422 for settings torchtune's recipes do not have (the field in ``loc``), and for its config keys under
+    another framework."""
+    tr = req.training
+    if tr.framework != "torchtune":
+        for name in ("optimizer_in_bwd", "num_output_chunks", "custom_sharded_layers"):
+            if getattr(tr, name) not in (False, None):
+                raise PlanError(("training", name), f"{name} is a torchtune recipe setting: set training.framework "
+                                "to 'torchtune', or leave it unset")
+        return
+    if req.hardware.sharding not in ("none", "fsdp"):
+        raise PlanError(("hardware", "sharding"), "torchtune's distributed recipes shard with FSDP2 (fully_shard): "
+                        "hardware.sharding 'fsdp', or 'none' on one GPU")
+    if tr.custom_sharded_layers and req.hardware.sharding != "fsdp":
+        raise PlanError(("training", "custom_sharded_layers"), "custom_sharded_layers names FSDP units: it needs "
+                        "hardware.sharding 'fsdp'")
+    if tr.precision not in ("bf16", "fp32"):
+        raise PlanError(("training", "precision"), "torchtune's recipes take dtype bf16 or fp32 (the whole model in "
+                        "that dtype, no autocast; training.precision 'bf16' or 'fp32')")
+    if tr.optimizer_in_bwd and req.uses_adapter:
+        raise PlanError(("training", "optimizer_in_bwd"), "torchtune's LoRA recipes have no optimizer_in_bwd (it is a "
+                        "full fine-tuning setting of full_finetune_single_device / full_finetune_distributed)")
+    if tr.use_liger_kernel:
+        raise PlanError(("training", "use_liger_kernel"), "use_liger_kernel is an HF Trainer switch; torchtune runs "
+                        "its own modules (its chunked loss is training.num_output_chunks)")
+    if tr.attn_implementation == "eager":
+        raise PlanError(("training", "attn_implementation"), "torchtune always calls scaled_dot_product_attention "
+                        "(flex_attention for packed batches): leave attn_implementation unset, or 'sdpa' / "
+                        "'flash_attention_2'")
+    q = req.quantization
+    if req.quantized and (q.load_in_8bit or q.bnb_4bit_quant_type != "nf4"):
+        field = "load_in_8bit" if q.load_in_8bit else "bnb_4bit_quant_type"
+        raise PlanError(("quantization", field), "torchtune's QLoRA quantizes with torchao's NF4Tensor only "
+                        "(bnb_4bit_quant_type 'nf4', load_in_8bit false)")
