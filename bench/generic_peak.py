@@ -4,8 +4,8 @@ For each config.json in tests/data/configs (or those named with ``--only``; ``--
 Hub files only, the ``copy`` column says which each row is), cut to its first
 ``--layers`` decoder layers (every per-layer list, e.g. ``layer_types``, sliced with it; real widths, heads,
 experts and vocabulary kept: a full trace of 40-90 layers takes minutes on CPU, and fake tensors cost no
-memory, so the cut is for time only), and one request (LoRA r=16 all-linear, bf16, gradient checkpointing,
-``--seq-len`` tokens, micro-batch 1 unless ``--batch``):
+memory, so the cut is for time only), and one request (LoRA r=16 on ``--targets``, all-linear unless given; bf16,
+gradient checkpointing, ``--seq-len`` tokens, micro-batch 1 unless ``--batch``):
 
 - ``trace``: :func:`app.trace.engine.run_trace` of the cut config (the real step, fake tensors), in GiB;
 - ``generic``: the generic path's peak (``resolve_request`` + ``estimate``, fitted from traces of small variants
@@ -60,12 +60,13 @@ def cut_config(cfg: dict[str, Any], layers: int) -> dict[str, Any]:
     return cfg
 
 
-def request(cfg: dict[str, Any], seq_len: int, batch: int = 1, r: int = 16):  # -> PlanRequest (imported late)
+def request(cfg: dict[str, Any], seq_len: int, batch: int = 1, r: int = 16,
+            targets: str | list[str] = "all-linear"):  # -> PlanRequest (imported late)
     from app.core import PlanRequest
 
     return PlanRequest.model_validate({"model": {"config": cfg}, "method": "lora",
                                        "training": {"seq_len": seq_len, "micro_batch_size": batch},
-                                       "lora": {"r": r, "lora_alpha": 2 * r, "target_modules": "all-linear"}})
+                                       "lora": {"r": r, "lora_alpha": 2 * r, "target_modules": targets}})
 
 
 def main() -> None:
@@ -76,6 +77,9 @@ def main() -> None:
     parser.add_argument("--seq-len", type=int, default=2048)
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--repeat", type=int, default=20)
+    parser.add_argument("--targets", default="all-linear",
+                        help="LoRA target_modules: 'all-linear' or comma-separated names (PEFT refuses all-linear on "
+                        "Mamba mixers' out_proj: e.g. in_proj,q_proj,k_proj,v_proj,o_proj,up_proj,down_proj)")
     args = parser.parse_args()
     os.environ["PEFT_PLANNER_GENERIC_CACHE_PATH"] = str(Path(tempfile.mkdtemp()) / "generic.sqlite3")
     # the service answers the request that starts a fit provisionally after generic_peak_fit_wait_s (15 s); the
@@ -92,14 +96,15 @@ def main() -> None:
     started = time.perf_counter()
     _pool().submit(int).result()  # spawn the worker once
     print(f"worker_start_s {time.perf_counter() - started:.1f}; {args.layers} layers, seq_len {args.seq_len}, "
-          f"micro-batch {args.batch}, LoRA r=16 all-linear, bf16, gradient checkpointing")
+          f"micro-batch {args.batch}, LoRA r=16 {args.targets}, bf16, gradient checkpointing")
     print(f"| {'config':42} | copy | peak  | trace GiB | generic GiB | error % | first s | later ms | store ms |")
     print(f"|{'-' * 44}|------|-------|-----------|-------------|---------|---------|----------|----------|")
     errors = []
     for path, kind in config_files(args.only, args.copy):
         kind = kind[:4]  # real | reco(nstructed)
         cfg = cut_config(json.loads(path.read_text()), args.layers)
-        req = request(cfg, args.seq_len, args.batch)
+        targets = args.targets if args.targets == "all-linear" else args.targets.split(",")
+        req = request(cfg, args.seq_len, args.batch, targets=targets)
         t0 = time.perf_counter()
         try:
             result = estimate(resolve_request(req)[0])
@@ -110,7 +115,7 @@ def main() -> None:
         workspace = cublas_workspace_bytes(gpu(req.hardware.gpu).arch)
         ours = result.memory.peak - workspace
         # the same settings (rank included) at other lengths of the same length bucket and other micro-batches
-        later_reqs = [request(cfg, args.seq_len - 64 * (i % 8), 1 + i % 3) for i in range(args.repeat)]
+        later_reqs = [request(cfg, args.seq_len - 64 * (i % 8), 1 + i % 3, targets=targets) for i in range(args.repeat)]
         times = []
         for later in later_reqs:
             t0 = time.perf_counter()
