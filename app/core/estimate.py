@@ -166,7 +166,7 @@ def _gathered(inv: Inventory, sm: StaticMemory, req: PlanRequest, dt: Dtypes) ->
         root = sm.weights.by_group.get("embedding", 0) + sm.weights.by_group.get("lm_head", 0)
         layer = _layer_bytes(sm.weights, arch.num_hidden_layers) + sm.adapters.total // max(arch.num_hidden_layers, 1)
         return root + 2 * layer
-    names = set(quantized_modules(inv)) if req.quantized else set()
+    names = set(quantized_modules(inv, req)) if req.quantized else set()
     by_module: dict[str, int] = {}
     by_layer: dict[int, int] = {}
     for t in inv.unique_tensors():
@@ -240,7 +240,7 @@ def _quant_report(inv: Inventory, req: PlanRequest, sm: StaticMemory) -> Quantiz
         return None
     bs = req.quantization.blocksize
     no_dq = dq = data = 0
-    names = set(quantized_modules(inv))
+    names = set(quantized_modules(inv, req))
     for t in inv.unique_tensors():
         if t.module in names and not t.is_bias:
             no_dq += nf4_bytes(t.numel, blocksize=bs, double_quant=False).constants
@@ -407,7 +407,7 @@ def estimate(req: PlanRequest) -> EstimateResult:
     all_params = total_params + plan.added_params
     if req.quantized and not req.quantization.load_in_8bit:
         # PEFT counts a Params4bit as numel·2 of its packed ((n+1)//2, 1) storage
-        names = set(quantized_modules(inv))
+        names = set(quantized_modules(inv, req))
         all_params += sum(1 for t in inv.unique_tensors() if t.module in names and not t.is_bias and t.numel % 2)
     trainable = plan.trainable_params
     fits = []

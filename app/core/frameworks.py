@@ -44,7 +44,8 @@ class Framework:
     release: str
     kbit_upcast: str  # "request" (prepare_kbit), "none", or "non-norm" (axolotl: all but norms/embeddings)
     qlora_adapter_dtype: str | None  # dtype trainable params are cast to under a k-bit base (None: PEFT's fp32)
-    loss: str  # "logits" (HF model loss + fp32 copy), "logits+argmax" (ms-swift), "trl-chunked", "unsloth-chunked"
+    loss: str  # "logits" (HF model loss + fp32 copy), "logits+argmax" (ms-swift), "trl-chunked", "unsloth-chunked",
+    # "litgpt-chunked" (litgpt's own GPT and loop: app/core/litgpt.py)
     traced: str  # how the trace engine runs it: "own code", "replayed", "analytic only"
     source: str
 
@@ -64,6 +65,14 @@ FRAMEWORKS: dict[str, Framework] = {
     "unsloth": Framework("unsloth", "Unsloth 2026.8 (v0.1.801-beta)", "none", None, "unsloth-chunked",
                          "analytic only", "unsloth/models/_utils.py, unsloth_zoo/loss_utils.py, "
                          "unsloth_zoo/gradient_checkpointing.py"),
+    "litgpt": Framework("litgpt", "litgpt 0.4.13.dev1 (commit 00af8b0d, 2024-09-27)", "none", None,
+                        "litgpt-chunked", "analytic (bench/litgpt_trace.py runs its code)",
+                        "litgpt/model.py GPT, litgpt/lora.py LoRAQKVLinear, litgpt/finetune/lora.py, "
+                        "litgpt/utils.py chunked_cross_entropy, lightning fabric/plugins/precision/bitsandbytes.py"),
+    "lit-gpt": Framework("lit-gpt", "lit-gpt commit 8641822 (2023-10-20)", "none", None, "litgpt-chunked",
+                         "analytic (bench/litgpt_trace.py runs its code)",
+                         "lit_gpt/model.py GPT, lit_gpt/lora.py LoRAQKVLinear, finetune/lora.py, "
+                         "lit_gpt/utils.py chunked_cross_entropy, lightning fabric/plugins/precision/bitsandbytes.py"),
 }
 
 
@@ -185,6 +194,13 @@ def assumption(req: PlanRequest) -> str:
     text = f"Framework: {fw.name} ({fw.release}; {fw.source}). "
     if fw.name == "hf-trainer":
         return text + "HF Trainer recipe: the model's own loss over the full logits plus accelerate's fp32 copy."
+    if fw.loss == "litgpt-chunked":
+        return text + ("litgpt trains its own GPT (fused qkv linear, LoRAQKVLinear), not a transformers model, under "
+                       "Fabric: with precision bf16 (bf16-true) every parameter, LoRA A/B, gradient and AdamW state is "
+                       "bf16; QLoRA quantizes every nn.Linear including lm_head and uses bnb PagedAdamW; the loss "
+                       "runs on 128-position logits chunks kept with the previous step's logits. Estimated "
+                       "analytically from its source (app/core/litgpt.py); bench/litgpt_trace.py traces its real "
+                       "code for comparison.")
     if fw.name == "unsloth":
         return text + ("Unsloth needs a CUDA GPU (Triton kernels), so it is estimated analytically, not traced: "
                        "no fp32 upcast of the base, fused chunked cross-entropy (no full logits), and 'unsloth' "

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 from app.core.adapters import AdapterPlan, TrainableTensor
 from app.core.inventory import CONV1D, LINEAR, Inventory
+from app.core.litgpt import is_litgpt
 from app.core.optimizers import BNB_8BIT, BNB_MIN_8BIT_SIZE, fixed_state_bytes, state_bytes, step_transient_bytes
 from app.core.precision import Dtypes
 from app.core.quantization import int8_bytes, nf4_bytes
@@ -54,10 +55,13 @@ class StaticMemory:
     largest_quantized_weight: tuple[int, int] = (0, 0)  # (out, in) of the largest 4/8-bit layer
 
 
-def quantized_modules(inv: Inventory) -> list[str]:
+def quantized_modules(inv: Inventory, req: PlanRequest | None = None) -> list[str]:
     """Modules transformers' bitsandbytes integration replaces: every ``nn.Linear``/``Conv1D`` except the
     output embedding (``quantizers/base.py: get_keys_to_not_convert`` skips lm_head and tied keys); for an
-    inventory built from the real model, the modules ``replace_with_bnb_linear`` converted there."""
+    inventory built from the real model, the modules ``replace_with_bnb_linear`` converted there. Under litgpt
+    (``req``), Fabric's ``BitsandbytesPrecision._convert_layers`` replaces every ``torch.nn.Linear``, lm_head too."""
+    if req is not None and is_litgpt(req):
+        return [m.name for m in inv.modules if m.kind == LINEAR]
     if inv.quantizable is not None:
         return list(inv.quantizable)
     return [m.name for m in inv.modules if m.kind in (LINEAR, CONV1D) and m.name != "lm_head"]
@@ -78,7 +82,7 @@ def _trainable_dtype(t: TrainableTensor, dt: Dtypes, four_bit: set[str]) -> str:
 def static_memory(inv: Inventory, plan: AdapterPlan, req: PlanRequest, dt: Dtypes) -> StaticMemory:
     sm = StaticMemory()
     q = req.quantization
-    quantized = set(quantized_modules(inv)) if req.quantized else set()
+    quantized = set(quantized_modules(inv, req)) if req.quantized else set()
     largest = 0
     for t in inv.unique_tensors():
         if t.module in quantized and t.is_bias and not q.load_in_8bit:
@@ -134,6 +138,8 @@ def static_memory(inv: Inventory, plan: AdapterPlan, req: PlanRequest, dt: Dtype
     if fixed and any(t.numel >= BNB_MIN_8BIT_SIZE and not (t.group == "embedding" and t.kind != "lora")
                      for t in plan.trainable):
         sm.optimizer.add("quantization_maps", fixed)
+    if is_litgpt(req):  # finetune/*.py: one parameter group of every trainable parameter
+        decay, no_decay, decay32, no_decay32 = decay + no_decay, [], decay32 + no_decay32, []
     sm.optimizer_step_transient = step_transient_bytes(req.training.optim, [decay, no_decay])
     sm.optimizer_step_transient_fp32 = step_transient_bytes(req.training.optim, [decay32, no_decay32])
     return sm
