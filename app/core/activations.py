@@ -55,6 +55,7 @@ class ActivationModel:
     tied_embedding_grad: int  # full fine-tuning of tied embeddings: the embedding's gradient and its sum
     checkpointed: bool
     logits_block: int = 0  # fp32 bytes of the largest block of logits the loss builds (the allocator rule's feature)
+    at_step: int = 0  # activations still alive during optimizer.step() (litgpt's loop keeps its logits)
 
 
 @dataclass(frozen=True)
@@ -382,6 +383,7 @@ def _litgpt_model(inv: Inventory, plan: AdapterPlan, req: PlanRequest, dt: Dtype
         tied_embedding_grad=0,
         checkpointed=tr.gradient_checkpointing,
         logits_block=4 * head.block,
+        at_step=head.at_step,
     )
 
 

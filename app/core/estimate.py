@@ -204,7 +204,7 @@ def _phases(static: dict[str, int], sm: StaticMemory, act: ActivationModel, work
                                      act.backward_layer + act.backward_transient - act.head_weight_cast)
     end = static["gradients"] + max(act.backward_layer + act.backward_transient, act.tied_embedding_grad)
     bwd = resident + static["comm_buffers"] + max(start, end)
-    opt = resident + static["gradients"] + static["comm_buffers"] + static["step_transient"]
+    opt = resident + static["gradients"] + static["comm_buffers"] + static["step_transient"] + act.at_step
     bwd_grads = static["gradients"] if end > start else head_grads
     return [Phase(name="forward", bytes=fwd, gradient_bytes=0), Phase(name="loss", bytes=loss, gradient_bytes=0),
             Phase(name="backward", bytes=bwd, gradient_bytes=bwd_grads),

@@ -173,6 +173,7 @@ class LitgptHead:
     loss_forward: int  # logits (this step's and the previous step's, or the full-FT copies) + saved CE outputs
     loss_backward: int  # at the start of backward: logits, the saved CE outputs and the first chunk's gradients
     block: int  # elements of the largest logits block (the allocator rule's feature)
+    at_step: int  # the loop's ``logits`` variable, alive through ``optimizer.step()``
 
 
 def head_terms(arch: ArchSpec, x: Shape, tg: Targets, *, old: bool, head_quantized: bool) -> LitgptHead:
@@ -181,7 +182,8 @@ def head_terms(arch: ArchSpec, x: Shape, tg: Targets, *, old: bool, head_quantiz
     LoRA: the loop's ``logits`` list (a·T·V) and each chunk's saved ``log_softmax`` output (a·T·V in total) at
     the loss; the previous step's logits are alive with the new ones until the forward returns (the same 2·a·T·V);
     backward starts with both plus one chunk's gradients (NLL's and log_softmax's, 2·a·b·128·V). A 4-bit lm_head
-    (QLoRA) dequantizes its V×h weight for every chunk, forward and backward (bitsandbytes ≤ 0.42).
+    (QLoRA) dequantizes its V×h weight for every chunk, forward and backward (bitsandbytes ≤ 0.42). The loop's
+    ``logits`` variable still holds this step's logits while ``optimizer.step()`` runs.
     Full fine-tuning: the whole logits, the ``[..., :-1, :]`` reshape copy (b > 1) and the saved log_softmax
     outputs at the loss; in backward the chunk gradients, their concatenation and the slice's gradient.
     """
@@ -198,8 +200,11 @@ def head_terms(arch: ArchSpec, x: Shape, tg: Targets, *, old: bool, head_quantiz
     logits = a * t * v
     if x.full:
         copy = a * b * (x.s - 1) * v if b > 1 else 0
-        return LitgptHead(saved=saved, loss_forward=2 * logits + copy, loss_backward=3 * logits, block=t * v)
+        return LitgptHead(saved=saved, loss_forward=2 * logits + copy, loss_backward=3 * logits, block=t * v,
+                          at_step=logits)
     chunk = a * b * min(LM_HEAD_CHUNK, x.s) * v
     dequant = a * v * h if head_quantized else 0
-    return LitgptHead(saved=saved, loss_forward=2 * logits + dequant, loss_backward=2 * logits + 2 * chunk + dequant,
-                      block=b * min(LM_HEAD_CHUNK, x.s) * v)
+    # backward: a chunk's log_softmax gradient is built while its NLL gradient and saved output are alive; by
+    # lm_head's backward (dequantizing a 4-bit weight again) that chunk's saved output is gone
+    return LitgptHead(saved=saved, loss_forward=2 * logits + dequant, loss_backward=2 * logits + max(2 * chunk, dequant),
+                      block=b * min(LM_HEAD_CHUNK, x.s) * v, at_step=logits)
