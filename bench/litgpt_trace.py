@@ -60,7 +60,7 @@ def trace(src: str, name: str, method: str, mb: int, seq: int, r: int = 8, alpha
           steps: int = 2, dump: bool = False) -> dict[str, Any]:
     """Trace ``steps`` steps of litgpt's loop; the last step's peak (bytes) and phase."""
     import torch
-    from torch._subclasses.fake_tensor import FakeTensorMode, unset_fake_temporarily
+    from torch._subclasses.fake_tensor import FakeTensorMode
 
     from app.core import PlanRequest
     from app.trace.counter import LiveBytesCounter
@@ -99,7 +99,7 @@ def trace(src: str, name: str, method: str, mb: int, seq: int, r: int = 8, alpha
 
         torch.set_default_dtype(torch.bfloat16)  # Fabric bf16-true init_module: parameters created in bf16
         with torch.device("meta"):
-            model = L.GPT(config) if method != "full" else L.GPT(config)
+            model = L.GPT(config)
         torch.set_default_dtype(torch.float32)
         if method != "full":
             L.mark_only_lora_as_trainable(model)
@@ -131,12 +131,9 @@ def trace(src: str, name: str, method: str, mb: int, seq: int, r: int = 8, alpha
                     print("   ", i.nbytes, i.shape, i.dtype, i.op)
             model.transformer.ln_f.register_forward_pre_hook(show)
         params = [p for p in model.parameters() if p.requires_grad]
-        with unset_fake_temporarily():
-            pass
-        if quant:
-            optimizer: Any = torch.optim.AdamW(params, lr=1e-4, foreach=True)  # stand-in; paged states excluded
-        else:
-            optimizer = torch.optim.AdamW(params, lr=1e-4, foreach=True)
+        # QLoRA: torch AdamW with its states made fp32 stands in for bnb PagedAdamW (32-bit states; those of
+        # tensors with >= 1e5 elements are paged, outside the allocator, and excluded below)
+        optimizer = torch.optim.AdamW(params, lr=1e-4, foreach=True)
         logits = None
         for step in range(steps):
             gc.collect()
@@ -241,8 +238,8 @@ def analytic(req: Any, method: str, mb: int, seq: int, r: int, alpha: int, dropo
                   "mlp": ["gate_proj", "up_proj", "down_proj"], "head": ["lm_head"]}
     body = req.model_dump(exclude_unset=True)
     body["method"] = method
-    body["training"] = {"framework": req.training.framework, "micro_batch_size": mb, "seq_len": seq, "precision": "bf16",
-                        "gradient_checkpointing": False}
+    body["training"] = {"framework": req.training.framework, "micro_batch_size": mb, "seq_len": seq,
+                        "precision": "bf16", "gradient_checkpointing": False}
     if method != "full":
         body["lora"] = {"r": r, "lora_alpha": alpha, "lora_dropout": dropout,
                         "target_modules": [m for t in targets for m in hf_targets[t]]}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import OrderedDict
+from dataclasses import replace
 from functools import lru_cache
 from typing import NamedTuple
 
@@ -16,7 +17,8 @@ from app.core.fitted_activations import PeakFit, fit_note, fitted_phases, usable
 from app.core.frameworks import assumption as framework_assumption
 from app.core.frameworks import framework
 from app.core.generic import generic_key, model_inventory
-from app.core.inventory import Inventory
+from app.core.inventory import Inventory, build_inventory
+from app.core.litgpt import is_litgpt
 from app.core.overhead import cublas_workspace_bytes, outside_allocator_bytes
 from app.core.precision import Dtypes, dtypes_for
 from app.core.quantization import constants_bits_per_param, nf4_bytes
@@ -60,8 +62,15 @@ TRANSFORMERS_RELEASES = {"5.24": "5.24.0", "4.57": "4.57"}
 
 def resolve_inventory(req: PlanRequest) -> tuple[str | None, Inventory]:
     """The hand-written rules' inventory (catalog ones cached; with the transformers 4.57 MoE layout when asked),
-    or the registered one built from the real model for other model types (:mod:`app.core.generic`)."""
-    return model_inventory(req.model, legacy_moe=req.transformers_version == "4.57")
+    or the registered one built from the real model for other model types (:mod:`app.core.generic`).
+
+    litgpt's GPT never ties lm_head to the embedding: its ``scripts/convert_hf_checkpoint.py`` copies
+    ``transformer.wte.weight`` into ``lm_head.weight`` when a checkpoint has none (Gemma, Llama 3.2), so both are
+    separate tensors in training."""
+    model_id, inv = model_inventory(req.model, legacy_moe=req.transformers_version == "4.57")
+    if is_litgpt(req) and inv.arch.tie_word_embeddings and inv.quantizable is None:
+        inv = build_inventory(replace(inv.arch, tie_word_embeddings=False))
+    return model_id, inv
 
 
 def _check_request(req: PlanRequest, arch: ArchSpec) -> None:

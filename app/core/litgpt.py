@@ -78,8 +78,10 @@ class Targets:
 
     @classmethod
     def from_names(cls, names: set[str]) -> Targets:
-        return cls("q_proj" in names, "k_proj" in names, "v_proj" in names, "o_proj" in names,
-                   bool(names & {"gate_proj", "up_proj", "down_proj"}), "lm_head" in names)
+        """HF leaf names (Phi-3's fused ``qkv_proj`` / ``gate_up_proj`` stand for all of q, k, v / the MLP)."""
+        qkv = "qkv_proj" in names
+        return cls("q_proj" in names or qkv, "k_proj" in names or qkv, "v_proj" in names or qkv, "o_proj" in names,
+                   bool(names & {"gate_proj", "up_proj", "down_proj", "gate_up_proj"}), "lm_head" in names)
 
 
 @dataclass(frozen=True)
@@ -206,5 +208,6 @@ def head_terms(arch: ArchSpec, x: Shape, tg: Targets, *, old: bool, head_quantiz
     dequant = a * v * h if head_quantized else 0
     # backward: a chunk's log_softmax gradient is built while its NLL gradient and saved output are alive; by
     # lm_head's backward (dequantizing a 4-bit weight again) that chunk's saved output is gone
-    return LitgptHead(saved=saved, loss_forward=2 * logits + dequant, loss_backward=2 * logits + max(2 * chunk, dequant),
-                      block=b * min(LM_HEAD_CHUNK, x.s) * v, at_step=logits)
+    return LitgptHead(saved=saved, loss_forward=2 * logits + dequant,
+                      loss_backward=2 * logits + max(2 * chunk, dequant), block=b * min(LM_HEAD_CHUNK, x.s) * v,
+                      at_step=logits)
