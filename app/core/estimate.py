@@ -18,6 +18,7 @@ from app.core.frameworks import assumption as framework_assumption
 from app.core.frameworks import framework
 from app.core.generic import generic_key, model_inventory
 from app.core.inventory import Inventory, build_inventory
+from app.core.litgpt import check as litgpt_check
 from app.core.litgpt import is_litgpt
 from app.core.overhead import cublas_workspace_bytes, outside_allocator_bytes
 from app.core.precision import Dtypes, dtypes_for
@@ -84,7 +85,9 @@ def _check_request(req: PlanRequest, arch: ArchSpec) -> None:
                         "FSDP flattens each layer's parameters into one tensor of one dtype, so 4-bit weights "
                         "stored as uint8 cannot be sharded: set bnb_4bit_quant_storage to the model's dtype "
                         "(bfloat16, float16 or float32)")
-    attention_for(arch.model_type, req.training.attn_implementation)  # 422 where transformers refuses
+    litgpt_check(req, arch)
+    if not is_litgpt(req):  # litgpt runs its own attention
+        attention_for(arch.model_type, req.training.attn_implementation)  # 422 where transformers refuses
     if arch.model_type == "gpt2" and req.training.seq_len > arch.n_positions:
         raise PlanError(
             ("training", "seq_len"),

@@ -46,6 +46,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from app.core.architectures import ArchSpec
+from app.core.errors import PlanError
 from app.core.request import PlanRequest
 
 LITGPT_FRAMEWORKS = ("litgpt", "lit-gpt")
@@ -58,6 +59,35 @@ HF configs of these types carry ``sliding_window``. Gemma-2 (every second layer)
 
 def is_litgpt(req: PlanRequest) -> bool:
     return req.training.framework in LITGPT_FRAMEWORKS
+
+
+SUPPORTED_TYPES = ("llama", "mistral", "gemma", "gemma2", "phi3")
+"""HF model types whose litgpt configs use ``RMSNorm`` + ``LLaMAMLP``/``GemmaMLP`` (the blocks modelled here)."""
+
+
+def check(req: PlanRequest, arch: ArchSpec) -> None:
+    """422 for what the litgpt model here does not cover: other block types, DoRA, HF-Trainer switches, sharding."""
+    if not is_litgpt(req):
+        return
+    fw = req.training.framework
+    if arch.model_type not in SUPPORTED_TYPES:
+        raise PlanError(("training", "framework"), f"{fw} is modelled for {', '.join(SUPPORTED_TYPES)} models "
+                        f"(RMSNorm + LLaMA/Gemma MLP blocks), not {arch.model_type!r}")
+    if req.uses_dora or req.quantization.load_in_8bit:
+        raise PlanError(("method",), f"{fw} is modelled for full, lora and qlora (bnb nf4/fp4), not DoRA or 8-bit")
+    tr = req.training
+    for name in ("use_liger_kernel", "activation_offloading", "packing", "padding_free", "torch_compile"):
+        if getattr(tr, name):
+            raise PlanError(("training", name), f"{name} is a transformers/TRL switch; {fw}'s own loop has none "
+                            "(set it to false)")
+    if req.hardware.num_gpus > 1 or req.hardware.sharding != "none":
+        raise PlanError(("hardware", "sharding"), f"{fw} is modelled on one GPU (its FSDPStrategy is not)")
+
+
+def litgpt_optim(req: PlanRequest) -> str:
+    """The optimizer the run builds: litgpt's ``finetune/lora.py`` replaces any optimizer by
+    ``bnb.optim.PagedAdamW`` (32-bit) under ``BitsandbytesPrecision`` (QLoRA); otherwise ``training.optim``."""
+    return "paged_adamw_32bit" if is_litgpt(req) and req.quantized else req.training.optim
 
 
 def old_norm(req: PlanRequest) -> bool:

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 from app.core.adapters import AdapterPlan, TrainableTensor
 from app.core.inventory import CONV1D, LINEAR, Inventory
-from app.core.litgpt import is_litgpt
+from app.core.litgpt import is_litgpt, litgpt_optim
 from app.core.optimizers import BNB_8BIT, BNB_MIN_8BIT_SIZE, fixed_state_bytes, state_bytes, step_transient_bytes
 from app.core.precision import Dtypes
 from app.core.quantization import int8_bytes, nf4_bytes
@@ -109,7 +109,8 @@ def static_memory(inv: Inventory, plan: AdapterPlan, req: PlanRequest, dt: Dtype
 
     # HF Trainer.create_optimizer: with an 8-bit bitsandbytes optimizer every nn.Embedding weight (and a
     # modules_to_save copy of one) keeps 32-bit state (GlobalOptimManager.register_module_override).
-    eight_bit = req.training.optim in BNB_8BIT
+    optim = litgpt_optim(req)
+    eight_bit = optim in BNB_8BIT
     decay: list[tuple[tuple[int, ...], int]] = []
     no_decay: list[tuple[tuple[int, ...], int]] = []
     decay32: list[tuple[tuple[int, ...], int]] = []
@@ -123,10 +124,10 @@ def static_memory(inv: Inventory, plan: AdapterPlan, req: PlanRequest, dt: Dtype
             sm.adapters.add(key.get(t.kind, t.group), nbytes, t.numel, dtype)
         sm.gradients.add(t.group, nbytes, t.numel, dtype)
         force_32bit = eight_bit and t.group == "embedding" and t.kind in ("base", "modules_to_save")
-        st = state_bytes(req.training.optim, t.shape, size, momentum=req.training.momentum, force_32bit=force_32bit)
+        st = state_bytes(optim, t.shape, size, momentum=req.training.momentum, force_32bit=force_32bit)
         sm.optimizer.add(t.group, st.device, t.numel)
         sm.paged_optimizer_bytes += st.paged
-        master = state_bytes(req.training.optim, t.shape, 4, momentum=req.training.momentum, force_32bit=force_32bit)
+        master = state_bytes(optim, t.shape, 4, momentum=req.training.momentum, force_32bit=force_32bit)
         sm.optimizer_fp32_master_bytes += master.device + master.paged
         if not t.new:
             sm.trainable_base_bytes += nbytes
@@ -134,12 +135,12 @@ def static_memory(inv: Inventory, plan: AdapterPlan, req: PlanRequest, dt: Dtype
         (no_decay if t.name.endswith("bias") or t.group == "norms" else decay).append((t.shape, size))
         (no_decay32 if t.name.endswith("bias") or t.group == "norms" else decay32).append((t.shape, 4))
     # bitsandbytes moves its 8-bit maps to the GPU only when some tensor gets 8-bit state (init_state).
-    fixed = fixed_state_bytes(req.training.optim)
+    fixed = fixed_state_bytes(optim)
     if fixed and any(t.numel >= BNB_MIN_8BIT_SIZE and not (t.group == "embedding" and t.kind != "lora")
                      for t in plan.trainable):
         sm.optimizer.add("quantization_maps", fixed)
     if is_litgpt(req):  # finetune/*.py: one parameter group of every trainable parameter
         decay, no_decay, decay32, no_decay32 = decay + no_decay, [], decay32 + no_decay32, []
-    sm.optimizer_step_transient = step_transient_bytes(req.training.optim, [decay, no_decay])
-    sm.optimizer_step_transient_fp32 = step_transient_bytes(req.training.optim, [decay32, no_decay32])
+    sm.optimizer_step_transient = step_transient_bytes(optim, [decay, no_decay])
+    sm.optimizer_step_transient_fp32 = step_transient_bytes(optim, [decay32, no_decay32])
     return sm
