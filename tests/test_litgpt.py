@@ -1,0 +1,123 @@
+"""training.framework litgpt / lit-gpt: litgpt's own GPT model and loop, analytic (app/core/litgpt.py).
+
+Expected figures are derived by hand from litgpt's source (cited in app/core/litgpt.py) in the comments; the same
+formulas were checked against litgpt's real code traced on fake tensors (bench/litgpt_trace.py: 12 cases per
+commit, 23 of 24 within 2%), which needs a litgpt source tree and is not run here.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from app.accuracy.rows import Skip, map_row, read_rows
+from app.core import PlanRequest, estimate
+from app.core.architectures import parse_config
+from app.core.errors import PlanError
+from app.core.litgpt import Shape, Targets, head_terms, layer_saved
+from app.core.quantization import nf4_bytes
+
+# A tiny MHA llama: h 64, MLP 160, 4 heads of 16 (q = kv = 64), vocab 256.
+TINY = {"model_type": "llama", "hidden_size": 64, "intermediate_size": 160, "num_hidden_layers": 2,
+        "num_attention_heads": 4, "num_key_value_heads": 4, "vocab_size": 256, "tie_word_embeddings": False}
+# b 2, s 8 → T 16 tokens; bf16 (a = 2); LoRA r 2 on q and v with dropout.
+X = Shape(b=2, s=8, a=2, r=2, dropout=True, quantized=False, full=False)
+QV = Targets(query=True, key=False, value=True, projection=False, mlp=False, head=False)
+
+
+def test_layer_saved_by_hand() -> None:
+    """litgpt 00af8b0d, a middle layer (bytes, T = 16, h = q = kv = 64, I = 160, a = 2):
+    two RMSNorms on x.float(): 2·(4·T·h + 4·T) = 8320; LoRAQKVLinear: dropout output a·T·h = 2048 + bool mask
+    T·h = 1024 + after_A a·T·r·2 = 128 + conv output kept by zero_pad (q and v only) a·T·(q+kv) = 4096; MHA
+    attention: the fused qkv output kept by the v view a·T·(q+2kv) = 6144, RoPE'd q and k 2·a·T·q = 4096, flash
+    output a·T·q = 2048, fp32 logsumexp 4·b·heads·s = 256; LLaMAMLP 3·a·T·I = 15360. Total 43520. The first layer's
+    input needs no gradient: no norm_1 copy (4160) and no mask (1024): 38336. lit-gpt 8641822's RMSNorm keeps its
+    bf16 input and rsqrt (a·T·h + a·T = 2080 per norm): 43520 − 2·4160 + 2·2080 = 39360, first layer 36256."""
+    arch = parse_config(TINY)
+    assert layer_saved(arch, X, QV, old=False, layer=1) == 43520
+    assert layer_saved(arch, X, QV, old=False, layer=0) == 38336
+    assert layer_saved(arch, X, QV, old=True, layer=1) == 39360
+    assert layer_saved(arch, X, QV, old=True, layer=0) == 36256
+
+
+def test_gqa_and_no_dropout_by_hand() -> None:
+    """GQA (2 kv heads: kv = 32): k and v are expanded and copied by reshape, q/k/v saved at full width
+    3·a·T·q = 6144 and the fused output is freed; without dropout lora_A keeps norm_1's output itself (a·T·h = 2048)
+    and there is no mask. 8320 + (128 + 2048 + a·T·(q+kv) = 3072) + 6144 + 2048 + 256 + 15360 = 37376."""
+    arch = parse_config({**TINY, "num_key_value_heads": 2})
+    x = Shape(b=2, s=8, a=2, r=2, dropout=False, quantized=False, full=False)
+    assert layer_saved(arch, x, QV, old=False, layer=1) == 37376
+
+
+def test_chunked_loss_by_hand() -> None:
+    """ln_f on x.float(): 4·T·h + 4·T = 4160 saved (a frozen bf16 lm_head keeps no input). Logits a·T·V = 8192:
+    at the loss this step's chunks and the saved log_softmax outputs (or the previous step's logits): 16384;
+    backward starts with both and one 128-position chunk's two gradients (2·a·b·8·V = 16384): 32768. A 4-bit
+    lm_head (QLoRA) also keeps its input (a·T·h = 2048) and dequantizes V×h (a·V·h = 32768) per call."""
+    arch = parse_config(TINY)
+    lp = head_terms(arch, X, QV, old=False, head_quantized=False)
+    assert (lp.saved, lp.loss_forward, lp.loss_backward, lp.at_step) == (4160, 16384, 32768, 8192)
+    q = head_terms(arch, Shape(2, 8, 2, 2, True, True, False), QV, old=False, head_quantized=True)
+    assert (q.saved, q.loss_forward, q.loss_backward) == (4160 + 2048, 16384 + 32768, 16384 + 32768)
+
+
+def _req(**training: object) -> PlanRequest:
+    return PlanRequest.model_validate({
+        "model": {"config": {**TINY, "tie_word_embeddings": True}}, "method": "qlora",
+        "lora": {"r": 2, "target_modules": ["q_proj", "v_proj"]},
+        "training": {"framework": "litgpt", "micro_batch_size": 2, "seq_len": 8, **training}})
+
+
+def test_static_memory_follows_fabric() -> None:
+    """QLoRA under litgpt: every nn.Linear including lm_head is 4-bit (Fabric _convert_layers); the lm_head is its
+    own tensor (litgpt never ties it: convert_hf_checkpoint copies wte into lm_head); LoRA A/B are bf16 (created
+    with the model under bf16-true): 2 layers × (A 2×64 + B 64×2) × 2 (q, v) = 1024 params = 2048 bytes."""
+    res = estimate(_req())
+    by_key = {b.key: b for b in res.breakdown}
+    assert by_key["weights/lm_head"].bytes == nf4_bytes(256 * 64, double_quant=False).data
+    assert by_key["weights/embedding"].bytes == 256 * 64 * 2
+    assert res.memory.adapter_weights == 2 * 1024
+    hf = estimate(PlanRequest.model_validate({**_req().model_dump(), "training": {"framework": "hf-trainer"}}))
+    assert "weights/lm_head" not in {b.key for b in hf.breakdown}  # tied and not quantized in the HF recipe
+
+
+def test_paged_adamw_under_qlora() -> None:
+    """finetune/lora.py builds bnb PagedAdamW under BitsandbytesPrecision whatever training.optim says: 32-bit
+    states, paged (outside the allocator) for tensors of ≥ 1e5 elements. LoRA r 64 on a 4096-wide model: each
+    A (64×4096 = 262144 elements) and B is paged: 2 states × 4 bytes × 262144 × 2 tensors × 2 targets × layers."""
+    cfg = {**TINY, "hidden_size": 4096, "intermediate_size": 4096, "num_attention_heads": 32,
+           "num_key_value_heads": 32}
+    req = PlanRequest.model_validate({"model": {"config": cfg}, "method": "qlora",
+                                      "lora": {"r": 64, "target_modules": ["q_proj", "v_proj"]},
+                                      "training": {"framework": "litgpt", "seq_len": 8}})
+    res = estimate(req)
+    paged = next(b.bytes for b in res.breakdown if b.key == "optimizer/paged")
+    assert paged == 2 * 4 * 262144 * 2 * 2 * 2
+    assert res.memory.optimizer_states == 0
+
+
+@pytest.mark.parametrize(("training", "loc"), [
+    ({"use_liger_kernel": True}, ("training", "use_liger_kernel")),
+    ({"packing": True}, ("training", "packing")),
+])
+def test_switches_it_does_not_have_are_422(training: dict[str, object], loc: tuple[str, ...]) -> None:
+    with pytest.raises(PlanError) as err:
+        estimate(_req(**training))
+    assert err.value.loc == loc
+
+
+def test_published_rows_map() -> None:
+    """Rows 121/122 (config hub Llama-2-7B, r 32 on q,v, micro batch 2, 512 tokens, A10G): bf16-true and torch
+    AdamW / bnb PagedAdamW with nf4 *without* double quantization; lit-gpt FSDP rows and inference rows are skipped
+    with their reasons."""
+    rows = {int(r["row_id"]): r for r in read_rows()}
+    lora, qlora = map_row(rows[121]), map_row(rows[122])
+    assert lora.req.training.framework == "litgpt" and lora.req.training.precision == "bf16"
+    assert lora.req.lora.lora_dropout > 0 and lora.req.lora.target_modules == ["q_proj", "v_proj"]
+    assert qlora.req.training.optim == "paged_adamw_32bit"
+    assert qlora.req.quantization.bnb_4bit_use_double_quant is False
+    assert map_row(rows[71]).req.quantization.bnb_4bit_use_double_quant is True
+    assert map_row(rows[69]).req.training.framework == "lit-gpt"
+    for rid, reason in ((87, "lit-gpt FSDP"), (98, "not a training step")):
+        with pytest.raises(Skip) as sk:
+            map_row(rows[rid])
+        assert sk.value.reason.startswith(reason)
