@@ -120,6 +120,7 @@ def trace(src: str, name: str, method: str, mb: int, seq: int, r: int = 8, alpha
         del model.cos, model.sin
         model.max_seq_length = seq
         counter.track(list(model.parameters()) + list(model.buffers()))
+        static_live = counter.live
         model.train()
         model.lm_head.register_forward_hook(lambda *_: counter.set_phase("loss"))
         if dump:
@@ -160,8 +161,8 @@ def trace(src: str, name: str, method: str, mb: int, seq: int, r: int = 8, alpha
                                  if k != "step" and t.numel() >= 100_000])
         del logits, loss
     sys.path.remove(src)
-    return {"peak": counter.peak, "phase": counter.snapshot.phase, "req": req,
-            "largest": counter.snapshot.largest[:6]}
+    return {"peak": counter.peak, "phase": counter.snapshot.phase, "req": req, "static": static_live,
+            "largest": counter.snapshot.largest}
 
 
 class _MatMul4Bit042:
@@ -300,6 +301,7 @@ def main() -> None:
               f"{n_layer or '-':>3} {res['peak'] / GIB:10.3f} {ours / GIB:9.3f} {err:+7.2f}  {res['phase']} "
               f"({time.perf_counter() - t0:.0f}s)")
         if not args.grid:
+            print("    static bytes (weights, constants, adapters, buffers):", res["static"])
             for t in res["largest"]:
                 print("   ", t)
     errs.sort()
