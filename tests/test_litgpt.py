@@ -121,3 +121,42 @@ def test_published_rows_map() -> None:
         with pytest.raises(Skip) as sk:
             map_row(rows[rid])
         assert sk.value.reason.startswith(reason)
+
+
+def test_litgpt_config_importer(tmp_path: object) -> None:
+    """A config_hub/finetune/<model>/qlora.yaml-shaped file (litgpt 00af8b0d keys): checkpoint_dir → Hub id,
+    bf16-true → bf16, bnb.nf4 → qlora without double quant, the six lora_* flags → HF targets, train.micro_batch_size
+    and max_seq_length; a file without lora_* keys is finetune_full's."""
+    from pathlib import Path
+
+    from app.importers import load_plan_files
+
+    base = Path(str(tmp_path))
+    qlora = base / "qlora.yaml"
+    qlora.write_text("checkpoint_dir: checkpoints/meta-llama/Llama-2-7b-hf\nprecision: bf16-true\nquantize: bnb.nf4\n"
+                     "lora_r: 32\nlora_alpha: 16\nlora_dropout: 0.05\nlora_query: true\nlora_key: false\n"
+                     "lora_value: true\nlora_projection: false\nlora_mlp: true\nlora_head: false\nlogger_name: csv\n"
+                     "train:\n  micro_batch_size: 2\n  max_seq_length: 512\n  epochs: 4\n"
+                     "optimizer:\n  class_path: torch.optim.AdamW\n")
+    body, notes = load_plan_files([qlora])
+    assert notes[0].message.startswith("detected litgpt finetune config")
+    assert body["model"] == "meta-llama/Llama-2-7b-hf" and body["method"] == "qlora"
+    assert body["lora"] == {"r": 32, "lora_alpha": 16, "lora_dropout": 0.05,
+                            "target_modules": ["q_proj", "v_proj", "gate_proj", "up_proj", "down_proj"]}
+    assert body["quantization"]["bnb_4bit_use_double_quant"] is False
+    assert body["training"] == {"framework": "litgpt", "gradient_checkpointing": False, "precision": "bf16",
+                                "micro_batch_size": 2, "seq_len": 512, "optim": "adamw_torch"}
+    estimate(PlanRequest.model_validate(body))  # a valid request
+    full = base / "full.yaml"
+    full.write_text("checkpoint_dir: checkpoints/meta-llama/Llama-3.2-1B\nprecision: bf16-true\nlogger_name: csv\n"
+                    "train:\n  micro_batch_size: 4\n  max_seq_length: 512\n")
+    body, _ = load_plan_files([full])
+    assert body["method"] == "full" and "lora" not in body
+
+
+def test_cli_framework_litgpt() -> None:
+    from .test_cli import run
+
+    out = run("estimate", "--model", "meta-llama/Llama-3.2-1B", "--method", "qlora", "--framework", "litgpt", "--json")
+    assert out.returncode == 0, out.stderr
+    assert '"Framework: litgpt (litgpt 0.4.13.dev1' in out.stdout
