@@ -160,3 +160,11 @@ def test_cli_framework_litgpt() -> None:
     out = run("estimate", "--model", "meta-llama/Llama-3.2-1B", "--method", "qlora", "--framework", "litgpt", "--json")
     assert out.returncode == 0, out.stderr
     assert '"Framework: litgpt (litgpt 0.4.13.dev1' in out.stdout
+
+
+def test_no_activation_checkpointing_on_one_gpu() -> None:
+    """finetune/lora.py sets activation_checkpointing_policy only on its multi-GPU FSDPStrategy: on one GPU the
+    request's gradient_checkpointing does not change litgpt's estimate, and the assumptions say so."""
+    on, off = estimate(_req(gradient_checkpointing=True)), estimate(_req(gradient_checkpointing=False))
+    assert on.memory.peak == off.memory.peak
+    assert any("no activation checkpointing" in a for a in on.assumptions)

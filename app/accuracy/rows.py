@@ -4,7 +4,7 @@ The CSV (``app/accuracy/data``, see its README) gives every setting its source s
 its settings can be known:
 
 - its ``framework`` column names a trainer the planner has a ``training.framework`` value for
-  (:data:`FRAMEWORKS`; values missing from :data:`app.core.request.Framework` — torchtune, litgpt — are skipped
+  (:data:`FRAMEWORKS`; values missing from :data:`app.core.request.Framework` — torchtune — are skipped
   with that reason and come in as soon as the planner gains them);
 - a catalog model, or one shape-for-shape equal (:data:`EQUIVALENTS`), or Qwen (v1) through a qwen2-shaped
   ``config.json`` (:data:`QWEN1`);

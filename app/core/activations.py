@@ -343,10 +343,12 @@ def _largest_linear(inv: Inventory) -> tuple[int, int]:
 
 
 def _litgpt_model(inv: Inventory, plan: AdapterPlan, req: PlanRequest, dt: Dtypes) -> ActivationModel:
-    """litgpt's own GPT and loop (app/core/litgpt.py): per-layer saved bytes, the chunked loss path; with
-    checkpointing only each layer's input stays. Under ``*-mixed`` precision the frozen fp32 weights are cast to
-    the autocast dtype at each use and the cast is saved (``mm`` keeps it for the input's gradient). bitsandbytes
-    ≤ 0.42 dequantizes a 4-bit weight in every forward and backward call (``MatMul4Bit``): the largest layer's."""
+    """litgpt's own GPT and loop (app/core/litgpt.py): per-layer saved bytes, the chunked loss path. Its one-GPU
+    fine-tuning has no activation checkpointing (``finetune/*.py`` set ``activation_checkpointing_policy`` only
+    on the multi-GPU FSDPStrategy), so ``training.gradient_checkpointing`` does not apply. Under ``*-mixed``
+    precision the frozen fp32 weights are cast to the autocast dtype at each use and the cast is saved (``mm``
+    keeps it for the input's gradient). bitsandbytes ≤ 0.42 dequantizes a 4-bit weight in every forward and
+    backward call (``MatMul4Bit``): the largest layer's."""
     arch = inv.arch
     tr = req.training
     a = DTYPE_BYTES[dt.compute]
@@ -365,23 +367,19 @@ def _litgpt_model(inv: Inventory, plan: AdapterPlan, req: PlanRequest, dt: Dtype
     head_quantized = req.quantized
     head = litgpt_head_terms(arch, x, tg, old=old, head_quantized=head_quantized)
     t, h = x.t, arch.hidden_size
-    if tr.gradient_checkpointing:
-        saved_layers, backward_layer = arch.num_hidden_layers * a * t * h, max(per_layer, default=0)
-    else:
-        saved_layers, backward_layer = sum(per_layer), 0
     out_f, in_f = _largest_linear(inv)
     dequant = out_f * in_f * a if req.quantized else 0
     return ActivationModel(
-        saved_layers=saved_layers,
+        saved_layers=sum(per_layer),
         saved_head=head.saved,
         head_weight_cast=0,
         loss_forward=head.loss_forward,
         loss_backward=head.loss_backward,
         forward_transient=dequant,
         backward_transient=dequant,
-        backward_layer=backward_layer + a * t * max(h, arch.intermediate_size),
+        backward_layer=a * t * max(h, arch.intermediate_size),
         tied_embedding_grad=0,
-        checkpointed=tr.gradient_checkpointing,
+        checkpointed=False,
         logits_block=4 * head.block,
         at_step=head.at_step,
     )
