@@ -261,6 +261,8 @@ GRID = [
     ("tiny-llama-1.1b", "lora", 4, 512, 32, 0.05, ("query", "key", "value", "projection", "mlp", "head"), 2),
     ("Mistral-7B-v0.1", "lora", 2, 512, 32, 0.05, ("query", "value"), 2),
     ("Llama-2-13b-hf", "lora", 1, 1304, 8, 0.05, ("query", "value"), 3),
+    ("Llama-2-7b-hf", "qlora", 2, 512, 32, 0.05, ("query", "value"), 8),
+    ("Gemma-2b", "lora", 2, 512, 8, 0.1, ("query", "key", "value", "projection", "mlp", "head"), 2),
 ]
 
 

@@ -13,7 +13,7 @@ from app.accuracy.rows import Skip, map_row, read_rows
 from app.core import PlanRequest, estimate
 from app.core.architectures import parse_config
 from app.core.errors import PlanError
-from app.core.litgpt import Shape, Targets, head_terms, layer_saved
+from app.core.litgpt import Shape, Targets, head_terms, layer_saved, previous_step_inputs
 from app.core.quantization import nf4_bytes
 
 # A tiny MHA llama: h 64, MLP 160, 4 heads of 16 (q = kv = 64), vocab 256.
@@ -58,6 +58,14 @@ def test_chunked_loss_by_hand() -> None:
     assert (lp.saved, lp.loss_forward, lp.loss_backward, lp.at_step) == (4160, 16384, 32768, 8192)
     q = head_terms(arch, Shape(2, 8, 2, 2, True, True, False), QV, old=False, head_quantized=True)
     assert (q.saved, q.loss_forward, q.loss_backward) == (4160 + 2048, 16384 + 32768, 16384 + 32768)
+
+
+def test_previous_steps_4bit_inputs_by_hand() -> None:
+    """bitsandbytes ≤ 0.42 keeps each MatMul4Bit input as a ctx attribute until litgpt's ``loss`` variable drops the
+    previous graph: per layer norm_1's output, the attention output, norm_2's output, the MLP product
+    a·T·(h + q + h + I) = 2·16·352 = 11264, two layers 22528 (the first layer's norm_1 output is not kept, the final
+    norm's output is: same size)."""
+    assert previous_step_inputs(parse_config(TINY), Shape(2, 8, 2, 2, True, True, False)) == 22528
 
 
 def _req(**training: object) -> PlanRequest:

@@ -30,6 +30,7 @@ from app.core.litgpt import Targets as LitTargets
 from app.core.litgpt import head_terms as litgpt_head_terms
 from app.core.litgpt import is_litgpt, old_norm
 from app.core.litgpt import layer_saved as litgpt_layer_saved
+from app.core.litgpt import previous_step_inputs as litgpt_previous_inputs
 from app.core.overhead import outside_allocator_bytes
 from app.core.precision import Dtypes
 from app.core.request import PlanRequest
@@ -369,13 +370,14 @@ def _litgpt_model(inv: Inventory, plan: AdapterPlan, req: PlanRequest, dt: Dtype
     t, h = x.t, arch.hidden_size
     out_f, in_f = _largest_linear(inv)
     dequant = out_f * in_f * a if req.quantized else 0
+    previous = litgpt_previous_inputs(arch, x) if req.quantized else 0  # alive until the new loss exists
     return ActivationModel(
         saved_layers=sum(per_layer),
         saved_head=head.saved,
         head_weight_cast=0,
-        loss_forward=head.loss_forward,
+        loss_forward=head.loss_forward + previous,
         loss_backward=head.loss_backward,
-        forward_transient=dequant,
+        forward_transient=dequant + previous,
         backward_transient=dequant,
         backward_layer=a * t * max(h, arch.intermediate_size),
         tied_embedding_grad=0,

@@ -197,6 +197,17 @@ def layer_saved(arch: ArchSpec, x: Shape, tg: Targets, *, old: bool, layer: int)
     return total
 
 
+def previous_step_inputs(arch: ArchSpec, x: Shape) -> int:
+    """QLoRA with bitsandbytes ≤ 0.42: ``MatMul4Bit.forward`` keeps its input as a ctx attribute
+    (``ctx.tensors = (A, B)``), which backward never releases, so the inputs live as long as the graph; litgpt's
+    loop keeps the graph through its ``loss`` variable until the next step's ``chunked_cross_entropy`` returns.
+    Through the next forward and loss, the previous step's 4-bit inputs that needed a gradient are alive: per layer
+    norm_1's output, the attention output, norm_2's output and the MLP product; and the final norm's output
+    (lm_head's input) — as many bytes as the first layer's norm_1 output, which needs no gradient and is not kept."""
+    t, a, h = x.t, x.a, arch.hidden_size
+    return arch.num_hidden_layers * a * t * (h + arch.q_dim + h + arch.intermediate_size)
+
+
 @dataclass(frozen=True)
 class LitgptHead:
     """Bytes of the final norm, lm_head and loss (replacing the HF recipe's terms of ``ActivationModel``)."""
