@@ -6,9 +6,9 @@ published rows used, extracted from the Lightning-AI/litgpt repository (``git ar
 resource tables, ``git archive 00af8b0d litgpt`` for the config hub) or an installed ``litgpt`` — builds the
 model as ``finetune/lora.py`` / ``finetune/full.py`` do under Fabric ``bf16-true`` (every parameter bf16; QLoRA:
 every ``nn.Linear`` replaced by a bitsandbytes 4-bit layer, as Fabric's ``BitsandbytesPrecision._convert_layers``
-does), and runs the training loop of ``finetune/lora.py`` (``model(x, lm_head_chunk_size=128)``, the last chunk
-shifted, ``chunked_cross_entropy``, ``backward``, ``optimizer.step``) under the trace engine's
-:class:`app.trace.counter.LiveBytesCounter` with the engine's CUDA stand-ins (flash attention, ``native_dropout``,
+does), and runs the training loop of ``finetune/lora.py`` (``model(x, lm_head_chunk_size=128)`` through
+Fabric's ``convert_output``, the last chunk shifted, ``chunked_cross_entropy``, ``backward``, ``optimizer.step``)
+under the trace engine's :class:`app.trace.counter.LiveBytesCounter` with the engine's CUDA stand-ins (flash attention, ``native_dropout``,
 bitsandbytes' dequantize fallback). It prints the traced peak and its phase next to the planner's analytic
 ``memory.peak`` for the same request (``training.framework = "litgpt"``).
 
@@ -135,6 +135,9 @@ def trace(src: str, name: str, method: str, mb: int, seq: int, r: int = 8, alpha
         # QLoRA: torch AdamW with its states made fp32 stands in for bnb PagedAdamW (32-bit states; those of
         # tensors with >= 1e5 elements are paged, outside the allocator, and excluded below)
         optimizer = torch.optim.AdamW(params, lr=1e-4, foreach=True)
+        from lightning.fabric.plugins.precision import HalfPrecision
+
+        fabric_precision = HalfPrecision("bf16-true")
         logits = None
         for step in range(steps):
             gc.collect()
@@ -143,11 +146,13 @@ def trace(src: str, name: str, method: str, mb: int, seq: int, r: int = 8, alpha
             x = torch.randint(0, config.padded_vocab_size, (mb, seq))
             y = torch.randint(0, config.padded_vocab_size, (mb, seq))
             counter.set_phase("forward")
+            # Fabric's _FabricModule.forward: the output goes through precision.convert_output (lightning's own
+            # HalfPrecision for bf16-true; BitsandbytesPrecision does the same) before the loop gets it
             if method == "full":  # finetune/full.py: whole logits, the loss chunked over a shifted copy
-                logits = model(x)
+                logits = fabric_precision.convert_output(model(x))
                 loss = chunked_cross_entropy(logits[..., :-1, :], y[..., 1:])
             else:  # finetune/lora.py
-                logits = model(x, lm_head_chunk_size=128)
+                logits = fabric_precision.convert_output(model(x, lm_head_chunk_size=128))
                 logits[-1] = logits[-1][..., :-1, :]
                 loss = chunked_cross_entropy(logits, y[..., 1:])
             counter.set_phase("backward")

@@ -49,15 +49,17 @@ def test_gqa_and_no_dropout_by_hand() -> None:
 
 
 def test_chunked_loss_by_hand() -> None:
-    """ln_f on x.float(): 4·T·h + 4·T = 4160 saved (a frozen bf16 lm_head keeps no input). Logits a·T·V = 8192:
-    at the loss this step's chunks and the saved log_softmax outputs (or the previous step's logits): 16384;
-    backward starts with both and one 128-position chunk's two gradients (2·a·b·8·V = 16384): 32768. A 4-bit
-    lm_head (QLoRA) also keeps its input (a·T·h = 2048) and dequantizes V×h (a·V·h = 32768) per call."""
+    """ln_f on x.float(): 4·T·h + 4·T = 4160 saved (a frozen bf16 lm_head keeps no input). The model makes bf16
+    logits (a·T·V = 8192); Fabric's convert_output hands the loop fp32 ones (L = 4·T·V = 16384). Forward end: the
+    previous step's L, this step's L and the bf16 originals: 40960. Backward: the fp32 logits, the saved fp32
+    log_softmax outputs and one 8-position chunk's two fp32 gradients (2·4·b·8·V = 32768): 65536. optimizer.step:
+    the loop's fp32 logits (16384). A 4-bit lm_head (QLoRA) keeps its input (a·T·h = 2048) and dequantizes V×h
+    (a·V·h = 32768) at the last chunk beside the previous L and the bf16 chunks: 16384 + 8192 + 32768 = 57344."""
     arch = parse_config(TINY)
     lp = head_terms(arch, X, QV, old=False, head_quantized=False)
-    assert (lp.saved, lp.loss_forward, lp.loss_backward, lp.at_step) == (4160, 16384, 32768, 8192)
+    assert (lp.saved, lp.loss_forward, lp.loss_backward, lp.at_step) == (4160, 40960, 65536, 16384)
     q = head_terms(arch, Shape(2, 8, 2, 2, True, True, False), QV, old=False, head_quantized=True)
-    assert (q.saved, q.loss_forward, q.loss_backward) == (4160 + 2048, 16384 + 32768, 16384 + 32768)
+    assert (q.saved, q.loss_forward, q.loss_backward) == (4160 + 2048, 57344, 65536)
 
 
 def test_previous_steps_4bit_inputs_by_hand() -> None:

@@ -57,6 +57,7 @@ class ActivationModel:
     checkpointed: bool
     logits_block: int = 0  # fp32 bytes of the largest block of logits the loss builds (the allocator rule's feature)
     at_step: int = 0  # activations still alive during optimizer.step() (litgpt's loop keeps its logits)
+    head_grad_at_loss: bool = True  # lm_head's weight gradient exists while the loss gradients do (not litgpt's)
 
 
 @dataclass(frozen=True)
@@ -384,6 +385,7 @@ def _litgpt_model(inv: Inventory, plan: AdapterPlan, req: PlanRequest, dt: Dtype
         checkpointed=False,
         logits_block=4 * head.block,
         at_step=head.at_step,
+        head_grad_at_loss=False,
     )
 
 

@@ -209,7 +209,7 @@ def _phases(static: dict[str, int], sm: StaticMemory, act: ActivationModel, work
     fwd = resident + saved + act.forward_transient
     loss = resident + saved + act.loss_forward
     # lm_head's gradient (full fine-tuning, a modules_to_save copy) appears with the loss gradients
-    head_grads = sm.gradients.by_group.get("lm_head", 0) if static["gradients"] else 0
+    head_grads = sm.gradients.by_group.get("lm_head", 0) if static["gradients"] and act.head_grad_at_loss else 0
     # Without checkpointing, saved activations are freed layer by layer while gradients accumulate, so the
     # backward peak is at its start or at its end; with checkpointing a recomputed layer adds to either.
     start = saved + head_grads + max(act.loss_backward,

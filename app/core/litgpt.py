@@ -220,15 +220,22 @@ class LitgptHead:
 
 
 def head_terms(arch: ArchSpec, x: Shape, tg: Targets, *, old: bool, head_quantized: bool) -> LitgptHead:
-    """``ln_f`` → ``lm_head`` (per 128-position chunk for LoRA, whole for full fine-tuning) → ``chunked_cross_entropy``.
+    """``ln_f`` → ``lm_head`` (per 128-position chunk for LoRA, whole for full fine-tuning) → Fabric's output
+    conversion → ``chunked_cross_entropy``.
 
-    LoRA: the loop's ``logits`` list (a·T·V) and each chunk's saved ``log_softmax`` output (a·T·V in total) at
-    the loss; the previous step's logits are alive with the new ones until the forward returns (the same 2·a·T·V);
-    backward starts with both plus one chunk's gradients (NLL's and log_softmax's, 2·a·b·128·V). A 4-bit lm_head
-    (QLoRA) dequantizes its V×h weight for every chunk, forward and backward (bitsandbytes ≤ 0.42). The loop's
-    ``logits`` variable still holds this step's logits while ``optimizer.step()`` runs.
-    Full fine-tuning: the whole logits, the ``[..., :-1, :]`` reshape copy (b > 1) and the saved log_softmax
-    outputs at the loss; in backward the chunk gradients, their concatenation and the slice's gradient.
+    Fabric's ``_FabricModule.forward`` (lightning ``fabric/wrappers.py``) passes the model's output through
+    ``precision.convert_output`` — for ``bf16-true`` (``HalfPrecision``), ``*-mixed`` and ``BitsandbytesPrecision``
+    a ``.to(torch.get_default_dtype())``: the loop receives **fp32** logits (L = 4·T·V) while the model made them
+    in the compute dtype (a·T·V, alive during the conversion). The loop's ``logits`` variable holds them through
+    backward and ``optimizer.step()`` and until the next step's forward has returned, so at the end of a forward
+    the previous step's fp32 logits, this step's and their compute-dtype originals are alive together.
+
+    LoRA: the cross-entropy runs per chunk on the fp32 logits and keeps each chunk's fp32 ``log_softmax`` output
+    (L in total); backward starts with both plus one chunk's two gradients (NLL's and log_softmax's, fp32). A 4-bit
+    lm_head (QLoRA) dequantizes its V×h weight for every chunk, forward and backward (bitsandbytes ≤ 0.42).
+    Full fine-tuning: the ``[..., :-1, :]`` reshape copy (b > 1) and the saved log_softmax outputs beside the
+    logits at the loss; in backward the chunk gradients, their concatenation and the slice's gradient (3·L), all
+    before lm_head's backward, so lm_head's weight gradient does not exist yet (``head_grad_at_loss`` False).
     """
     t, a, b, h, v = x.t, x.a, x.b, arch.hidden_size, arch.vocab_size
     saved = (a * t * h + a * t) if old else (4 * t * h + 4 * t)
@@ -240,15 +247,20 @@ def head_terms(arch: ArchSpec, x: Shape, tg: Targets, *, old: bool, head_quantiz
         saved += own
         keep_input = keep_input or keeps
     saved += a * t * h * keep_input
-    logits = a * t * v
+    made = a * t * v  # the model's logits, in the compute dtype
+    logits = 4 * t * v  # after Fabric's conversion to fp32
+    converting = made if a != 4 else 0  # the originals alive while the fp32 copies are made (none when fp32)
     if x.full:
-        copy = a * b * (x.s - 1) * v if b > 1 else 0
-        return LitgptHead(saved=saved, loss_forward=2 * logits + copy, loss_backward=3 * logits, block=t * v,
-                          at_step=logits)
-    chunk = a * b * min(LM_HEAD_CHUNK, x.s) * v
+        copy = 4 * b * (x.s - 1) * v if b > 1 else 0
+        return LitgptHead(saved=saved, loss_forward=max(2 * logits + converting, 2 * logits + copy),
+                          loss_backward=3 * logits, block=t * v, at_step=logits)
+    chunk = 4 * b * min(LM_HEAD_CHUNK, x.s) * v
     dequant = a * v * h if head_quantized else 0
-    # backward: a chunk's log_softmax gradient is built while its NLL gradient and saved output are alive; by
-    # lm_head's backward (dequantizing a 4-bit weight again) that chunk's saved output is gone
-    return LitgptHead(saved=saved, loss_forward=2 * logits + dequant,
-                      loss_backward=2 * logits + max(2 * chunk, dequant), block=b * min(LM_HEAD_CHUNK, x.s) * v,
-                      at_step=logits)
+    # forward end: previous + this step's fp32 logits + the originals (or, at the last chunk, lm_head's dequantized
+    # weight); during the loss: the fp32 logits and the saved log_softmax outputs. Backward runs in reverse creation
+    # order: every chunk's cross-entropy backward first (a chunk's log_softmax gradient is built while its NLL
+    # gradient and saved output are alive), then the conversions back to the compute dtype, then lm_head's chunks
+    # (a 4-bit weight dequantized again) beside the fp32 logits and the compute-dtype gradients (a·T·V).
+    return LitgptHead(saved=saved, loss_forward=logits + max(logits + converting, made + dequant, logits),
+                      loss_backward=max(2 * logits + 2 * chunk, logits + made + dequant),
+                      block=b * min(LM_HEAD_CHUNK, x.s) * v, at_step=logits)
