@@ -6,11 +6,12 @@ published rows used, extracted from the Lightning-AI/litgpt repository (``git ar
 resource tables, ``git archive 00af8b0d litgpt`` for the config hub) or an installed ``litgpt`` — builds the
 model as ``finetune/lora.py`` / ``finetune/full.py`` do under Fabric ``bf16-true`` (every parameter bf16; QLoRA:
 every ``nn.Linear`` replaced by a bitsandbytes 4-bit layer, as Fabric's ``BitsandbytesPrecision._convert_layers``
-does), and runs the training loop of ``finetune/lora.py`` (``model(x, lm_head_chunk_size=128)`` through
-Fabric's ``convert_output``, the last chunk shifted, ``chunked_cross_entropy``, ``backward``, ``optimizer.step``)
-under the trace engine's :class:`app.trace.counter.LiveBytesCounter` with the engine's CUDA stand-ins (flash attention, ``native_dropout``,
-bitsandbytes' dequantize fallback). It prints the traced peak and its phase next to the planner's analytic
-``memory.peak`` for the same request (``training.framework = "litgpt"``).
+does), and runs the loop of ``finetune/lora.py``: ``model(x, lm_head_chunk_size=128)`` through Fabric's
+``convert_output`` (lightning's own ``HalfPrecision``), the last chunk shifted, ``chunked_cross_entropy``,
+``backward``, ``optimizer.step``. It runs under the trace engine's :class:`app.trace.counter.LiveBytesCounter`
+with the engine's CUDA stand-ins (flash attention, ``native_dropout``) and bitsandbytes 0.42's ``MatMul4Bit``
+replayed, and prints the traced peak and its phase next to the planner's analytic ``memory.peak`` for the same
+request (``training.framework`` ``litgpt``, or ``lit-gpt`` for the 8641822 tree).
 
     PYTHONPATH=/tmp/litgpt-site .venv/bin/python bench/litgpt_trace.py --src /tmp/litgpt-8641822 --grid
     .venv/bin/python bench/litgpt_trace.py --src PATH --model Llama-2-7b-hf --method lora --mb 1 --seq 1304
