@@ -197,8 +197,8 @@ def assumption(req: PlanRequest) -> str:
     if fw.loss == "litgpt-chunked":
         return text + ("litgpt trains its own GPT (fused qkv linear, LoRAQKVLinear), not a transformers model, under "
                        "Fabric: with precision bf16 (bf16-true) every parameter, LoRA A/B, gradient and AdamW state is "
-                       "bf16; QLoRA quantizes every nn.Linear including lm_head and uses bnb PagedAdamW; the loss "
-                       "runs on 128-position logits chunks kept with the previous step's logits; one-GPU fine-tuning "
+                       "bf16; QLoRA quantizes every nn.Linear including lm_head and uses bnb PagedAdamW; Fabric hands "
+                       "the loop fp32 logits (128-position chunks), kept with the previous step's; one-GPU fine-tuning "
                        "has no activation checkpointing (training.gradient_checkpointing does not apply). Estimated "
                        "analytically from its source (app/core/litgpt.py); bench/litgpt_trace.py traces its real "
                        "code for comparison.")

@@ -28,12 +28,13 @@ model, under Lightning Fabric. Sources read at those commits (docs/frameworks.md
   (lora_A's saved input) and a bool mask; ``after_A`` (T·r per enabled part) is saved by the grouped
   ``conv1d``; when not all of q, k, v are enabled ``zero_pad``'s ``index_copy`` keeps the conv output (its
   ``source``) for backward. Frozen base linears save nothing (their input is needed only for a weight gradient).
-- Loss: ``model(input_ids, lm_head_chunk_size=128)`` returns a list of 128-position logits chunks, kept by the
-  loop's ``logits`` variable through backward and until the next step's forward has returned (so the previous
-  step's logits and the new ones are alive together); ``chunked_cross_entropy`` (``utils.py``) runs
-  ``cross_entropy`` per chunk in bf16: each ``log_softmax`` output (logits-sized in total) is saved. Full
-  fine-tuning (``finetune/full.py``) computes the whole (b, s, V) logits and chunks the loss over
-  ``logits[..., :-1, :].reshape(-1, V)`` (a copy when b > 1).
+- Loss: ``model(input_ids, lm_head_chunk_size=128)`` returns a list of 128-position logits chunks; Fabric's
+  ``_FabricModule.forward`` casts the output to the default dtype (``precision.convert_output``: fp32), and the
+  loop's ``logits`` variable keeps the fp32 chunks through backward and ``optimizer.step()`` until the next step's
+  forward has returned; ``chunked_cross_entropy`` (``utils.py``) keeps each chunk's fp32 ``log_softmax`` output.
+  Full fine-tuning (``finetune/full.py``) computes the whole logits and chunks the loss over
+  ``logits[..., :-1, :].reshape(-1, V)`` (a copy when b > 1). With bitsandbytes ≤ 0.42 the previous step's 4-bit
+  inputs stay alive with its graph (:func:`previous_step_inputs`).
 
 What is analytic: everything here; ``bench/litgpt_trace.py`` runs litgpt's real model and loop (the two commits'
 source, fake tensors, the trace engine's counter) for comparison. The first layer's input needs no gradient
