@@ -178,3 +178,14 @@ def test_no_activation_checkpointing_on_one_gpu() -> None:
     on, off = estimate(_req(gradient_checkpointing=True)), estimate(_req(gradient_checkpointing=False))
     assert on.memory.peak == off.memory.peak
     assert any("no activation checkpointing" in a for a in on.assumptions)
+
+
+def test_full_fine_tuning_loss_by_hand() -> None:
+    """finetune/full.py, b 2 × s 8: ln_f keeps its fp32 input and (trainable weight) its fp32 normalised output
+    (2·4·T·h + 4·T = 8256) and lm_head its bf16 input (a·T·h = 2048): 10304. Loss: the previous and this step's fp32
+    logits (2·L = 32768) with either the bf16 originals (8192) or the shifted reshape copy 4·b·(s−1)·V = 14336:
+    47104. Backward: the logits, the chunk gradients' concatenation and the slice's gradient, 3·L = 49152."""
+    full = Shape(b=2, s=8, a=2, r=2, dropout=False, quantized=False, full=True)
+    lp = head_terms(parse_config(TINY), full, Targets(False, False, False, False, False, False), old=False,
+                    head_quantized=False)
+    assert (lp.saved, lp.loss_forward, lp.loss_backward) == (10304, 47104, 49152)
