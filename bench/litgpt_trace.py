@@ -43,6 +43,11 @@ def hf_config(cfg: Any) -> dict[str, Any]:
     model_type = {"LLaMAMLP": "llama", "GemmaMLP": "gemma"}[mlp]
     if getattr(cfg, "sliding_window_size", None) and model_type == "llama":
         model_type = "mistral"  # the HF type whose litgpt configs use a sliding window
+    extra: dict[str, Any] = {}
+    if getattr(cfg, "attention_logit_softcapping", None):  # Gemma-2: soft-capped (eager) attention
+        model_type = "gemma2"
+        extra = {"attn_logit_softcapping": cfg.attention_logit_softcapping,
+                 "final_logit_softcapping": cfg.final_logit_softcapping}
     return {
         "model_type": model_type,
         "hidden_size": cfg.n_embd,
@@ -53,6 +58,7 @@ def hf_config(cfg: Any) -> dict[str, Any]:
         "head_dim": cfg.head_size,
         "vocab_size": cfg.padded_vocab_size,
         "tie_word_embeddings": False,
+        **extra,
     }
 
 
@@ -269,6 +275,7 @@ GRID = [
     ("Llama-2-13b-hf", "lora", 1, 1304, 8, 0.05, ("query", "value"), 3),
     ("Llama-2-7b-hf", "qlora", 2, 512, 32, 0.05, ("query", "value"), 8),
     ("Gemma-2b", "lora", 2, 512, 8, 0.1, ("query", "key", "value", "projection", "mlp", "head"), 2),
+    ("Gemma-2-2b", "lora", 2, 512, 8, 0.1, ("query", "key", "value", "projection", "mlp", "head"), 2),
 ]
 
 
