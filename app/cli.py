@@ -43,7 +43,8 @@ OPTIMS = ("adamw_torch", "adamw_torch_fused", "adamw_bnb_8bit", "paged_adamw_8bi
           "adafactor", "sgd", "lion_32bit", "lion_8bit")
 SHARDINGS = ("none", "ddp", "zero1", "zero2", "zero3", "fsdp")
 ATTN_IMPLS = ("flash_attention_2", "sdpa", "eager")
-FRAMEWORKS = ("hf-trainer", "trl", "axolotl", "llama-factory", "ms-swift", "unsloth", "torchtune")
+FRAMEWORKS = ("hf-trainer", "trl", "axolotl", "llama-factory", "ms-swift", "unsloth", "torchtune", "litgpt",
+              "lit-gpt")
 MODEL_KEYS = frozenset({"base_model", "base_model_config", "base_model_name_or_path", "model_name_or_path", "model"})
 
 

@@ -4,7 +4,7 @@ The CSV (``app/accuracy/data``, see its README) gives every setting its source s
 its settings can be known:
 
 - its ``framework`` column names a trainer the planner has a ``training.framework`` value for
-  (:data:`FRAMEWORKS`; values missing from :data:`app.core.request.Framework` — torchtune, litgpt — are skipped
+  (:data:`FRAMEWORKS`; values missing from :data:`app.core.request.Framework` — torchtune — are skipped
   with that reason and come in as soon as the planner gains them);
 - a catalog model, or one shape-for-shape equal (:data:`EQUIVALENTS`), or Qwen (v1) through a qwen2-shaped
   ``config.json`` (:data:`QWEN1`);
@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any, get_args
 
 from app.core import EstimateResult, PlanRequest, estimate, model_configs
+from app.core.litgpt import LITGPT_FRAMEWORKS
 from app.core.request import Framework
 
 CSV_PATH = Path(__file__).resolve().parent / "data" / "published_peak_memory.csv"
@@ -50,8 +51,8 @@ FRAMEWORKS: dict[str, tuple[str | None, str]] = {
     "TRL SFTTrainer + PEFT + Accelerate": ("trl", ""),
     "torchtune": ("torchtune", ""),
     "litgpt": ("litgpt", ""),
-    "lit-gpt": ("litgpt", ""),
-    "lit-gpt (Lightning Fabric)": ("litgpt", ""),
+    "lit-gpt": ("lit-gpt", ""),
+    "lit-gpt (Lightning Fabric)": ("lit-gpt", ""),
     "OpenAI internal (model parallel, V100s)": (None, "closed code: its recipe cannot be known"),
     "OpenAI internal": (None, "closed code: its recipe cannot be known"),
 }
@@ -62,6 +63,22 @@ EQUIVALENTS: dict[str, tuple[str, str]] = {
         "HuggingFaceTB/SmolLM2-135M",
         "SmolLM-135M = SmolLM2-135M shapes (llama, 30L, h576, 9/3 heads, ffn 1536, vocab 49152, tied; "
         "134,515,008 params)",
+    ),
+    # litgpt config names (litgpt/config.py) → the Hub checkpoints they convert (config_hub checkpoint_dir)
+    "Mistral-7B": ("mistralai/Mistral-7B-v0.1", "litgpt Mistral-7B = mistralai/Mistral-7B-v0.1"),
+    "Mistral-7B-v0.2": (
+        "mistralai/Mistral-7B-Instruct-v0.2",
+        "litgpt Mistral-7B-v0.2 (base) = Mistral-7B-Instruct-v0.2 shapes (32L, h4096, ffn 14336, 32/8 heads, "
+        "vocab 32000)",
+    ),
+}
+
+# Models outside the catalog given by their Hub config.json values (litgpt config_hub checkpoint_dir).
+CONFIGS: dict[str, tuple[dict[str, Any], str]] = {
+    "TinyLlama-1.1B": (
+        dict(model_type="llama", hidden_size=2048, intermediate_size=5632, num_hidden_layers=22,
+             num_attention_heads=32, num_key_value_heads=4, vocab_size=32000, tie_word_embeddings=False),
+        "TinyLlama/TinyLlama-1.1B-intermediate-step-1431k-3T config.json (a llama)",
     ),
 }
 
@@ -301,9 +318,14 @@ def map_row(row: dict[str, str], stand_in: str | None = None) -> Mapped:
     notes: list[str] = []
     framework = _framework(row, notes, stand_in)
     base = re.sub(r"\s*\(.*\)\s*$", "", row["model"]).strip()
+    if row["method"].startswith("inference") or ("model init only" in row["method"] and framework != "torchtune"):
+        raise Skip("not a training step (inference, or memory after model init)", row["method"])
     model: str | dict[str, Any]
-    via_config = base in QWEN1
-    if via_config:
+    via_config = base in QWEN1 or base in CONFIGS
+    if base in CONFIGS:
+        model, label = {"config": CONFIGS[base][0]}, f"{base} (cfg)"
+        notes.append(CONFIGS[base][1])
+    elif via_config:
         cfg = {"model_type": "qwen2", "num_key_value_heads": QWEN1[base]["num_attention_heads"],
                "tie_word_embeddings": False, **QWEN1[base]}
         model, label = {"config": cfg}, f"{base} (cfg)"
@@ -322,8 +344,6 @@ def map_row(row: dict[str, str], stand_in: str | None = None) -> Mapped:
     init_only = framework == "torchtune" and "model init only" in method_text
     if framework == "torchtune":
         kind = "init" if init_only else _torchtune_kind(row["measures"], notes)
-    if method_text.startswith("inference") or ("model init only" in method_text and not init_only):
-        raise Skip("not a training step (inference, or memory after model init)", method_text)
 
     gpu_id = _gpu(row["gpu"], notes)
     published = None if row["outcome"] == "OOM" else float(row["value_gib"])
@@ -352,7 +372,7 @@ def map_row(row: dict[str, str], stand_in: str | None = None) -> Mapped:
         q = quant.lower()
         if "nf4" not in q:
             raise Skip("4-bit type not stated", quant)
-        qspec = {"bnb_4bit_quant_type": "nf4", "bnb_4bit_use_double_quant": "double" in q,
+        qspec = {"bnb_4bit_quant_type": "nf4", "bnb_4bit_use_double_quant": "double" in q and "no double" not in q,
                  "bnb_4bit_compute_dtype": "bfloat16"}
         if "quant_storage bf16" in q:
             qspec["bnb_4bit_quant_storage"] = "bfloat16"
@@ -406,6 +426,8 @@ def map_row(row: dict[str, str], stand_in: str | None = None) -> Mapped:
             if pct:
                 notes.append(f"99th-percentile step reserved {pct.group(1)} GiB (max includes eval generation)")
 
+    if framework in LITGPT_FRAMEWORKS:
+        _litgpt_settings(row, method, lora, training, notes)
     req = PlanRequest(model=model, method=method, lora=lora, quantization=qspec, training=training,
                       hardware=hardware)
     return Mapped(row, req, label, kind, published, notes, via_config)
@@ -500,6 +522,32 @@ def _torchtune_output_chunks(row: dict[str, str]) -> int:
     if row["source_id"] in TORCHTUNE_CHUNKED_SOURCES and "405B" not in row["model"]:
         return 8
     return 0
+
+
+def _litgpt_settings(row: dict[str, str], method: str, lora: dict[str, Any], training: dict[str, Any],
+                     notes: list[str]) -> None:
+    """The settings of litgpt's scripts the CSV states in its own words (lit-gpt 8641822 ``finetune/lora.py``;
+    litgpt 00af8b0d ``config_hub/finetune/*/*.yaml``): Fabric precision, bnb PagedAdamW for QLoRA, checkpointing
+    under FSDP (``activation_checkpointing_policy={Block}``), LoRA dropout > 0 (0.05; Gemma's configs 0.1: the
+    same bytes, a mask and the dropout output per adapted input)."""
+    if "fsdp" in row["parallelism"].lower():
+        raise Skip("lit-gpt FSDP (Fabric FSDPStrategy, Block wrap) is not modelled: its published per-GPU peaks "
+                   "(7B over 2 GPUs 20.7 GiB, about the unsharded 1-GPU run) do not follow the planner's FSDP "
+                   "sharding", row["parallelism"])
+    wd = row["weight_dtype"].lower()
+    training["precision"] = "bf16-mixed" if "bf16-mixed" in wd else "bf16"  # bf16-true: everything bf16
+    training["attn_implementation"] = None  # litgpt's own attention (SDPA; eager for soft-capping), not HF's
+    if "pagedadamw" in row["optimizer"].lower().replace(" ", ""):
+        training["optim"] = "paged_adamw_32bit"
+    training["gradient_checkpointing"] = row["grad_ckpt"].startswith("on")
+    if method != "full":
+        lora["lora_dropout"] = 0.05
+        tm = lora.get("target_modules")
+        if "Phi-3" in row["model"] and isinstance(tm, list):  # transformers' phi3 fuses qkv_proj and gate_up_proj
+            fused = {"q_proj": "qkv_proj", "k_proj": "qkv_proj", "v_proj": "qkv_proj", "gate_proj": "gate_up_proj",
+                     "up_proj": "gate_up_proj"}
+            lora["target_modules"] = list(dict.fromkeys(fused.get(m, m) for m in tm))
+    notes.append("litgpt: LoRA dropout 0.05 (litgpt default; Gemma configs 0.1, same bytes)")
 
 
 def _weights_row(row: dict[str, str], model: Any, label: str, quant: str, gpu_id: str, framework: str,

@@ -26,6 +26,12 @@ from app.core.frameworks import (
     unsloth_loss_path,
 )
 from app.core.inventory import CONV1D, EMBEDDING, LINEAR, Inventory, Module, Tensor
+from app.core.litgpt import Shape as LitShape
+from app.core.litgpt import Targets as LitTargets
+from app.core.litgpt import head_terms as litgpt_head_terms
+from app.core.litgpt import is_litgpt, old_norm
+from app.core.litgpt import layer_saved as litgpt_layer_saved
+from app.core.litgpt import previous_step_inputs as litgpt_previous_inputs
 from app.core.overhead import outside_allocator_bytes
 from app.core.patterns import compile_target_regex
 from app.core.precision import Dtypes
@@ -52,6 +58,8 @@ class ActivationModel:
     tied_embedding_grad: int  # full fine-tuning of tied embeddings: the embedding's gradient and its sum
     checkpointed: bool
     logits_block: int = 0  # fp32 bytes of the largest block of logits the loss builds (the allocator rule's feature)
+    at_step: int = 0  # activations still alive during optimizer.step() (litgpt's loop keeps its logits)
+    head_grad_at_loss: bool = True  # lm_head's weight gradient exists while the loss gradients do (not litgpt's)
 
 
 @dataclass(frozen=True)
@@ -422,10 +430,57 @@ def _largest_linear(inv: Inventory) -> tuple[int, int]:
     return best
 
 
+def _litgpt_model(inv: Inventory, plan: AdapterPlan, req: PlanRequest, dt: Dtypes) -> ActivationModel:
+    """litgpt's own GPT and loop (app/core/litgpt.py): per-layer saved bytes, the chunked loss path. Its one-GPU
+    fine-tuning has no activation checkpointing (``finetune/*.py`` set ``activation_checkpointing_policy`` only
+    on the multi-GPU FSDPStrategy), so ``training.gradient_checkpointing`` does not apply. Under ``*-mixed``
+    precision the frozen fp32 weights are cast to the autocast dtype at each use and the cast is saved (``mm``
+    keeps it for the input's gradient). bitsandbytes ≤ 0.42 dequantizes a 4-bit weight in every forward and
+    backward call (``MatMul4Bit``): the largest layer's."""
+    arch = inv.arch
+    tr = req.training
+    a = DTYPE_BYTES[dt.compute]
+    x = LitShape(b=tr.micro_batch_size, s=tr.seq_len, a=a, r=req.lora.r,
+                 dropout=req.uses_adapter and req.lora.lora_dropout > 0, quantized=req.quantized,
+                 full=req.method == "full")
+    tg = LitTargets.from_names({m.leaf for m in plan.targets} if req.uses_adapter else set())
+    old = old_norm(req)
+    per_layer = [litgpt_layer_saved(arch, x, tg, old=old, layer=i) for i in range(arch.num_hidden_layers)]
+    if dt.weights == "fp32" and dt.compute != "fp32" and not req.quantized:
+        casts = {}
+        for m in inv.modules:
+            if m.layer is not None and m.kind == LINEAR:
+                casts[m.layer] = casts.get(m.layer, 0) + a * m.in_features * m.out_features
+        per_layer = [p + casts.get(i, 0) for i, p in enumerate(per_layer)]
+    head_quantized = req.quantized
+    head = litgpt_head_terms(arch, x, tg, old=old, head_quantized=head_quantized)
+    t, h = x.t, arch.hidden_size
+    out_f, in_f = _largest_linear(inv)
+    dequant = out_f * in_f * a if req.quantized else 0
+    previous = litgpt_previous_inputs(arch, x) if req.quantized else 0  # alive until the new loss exists
+    return ActivationModel(
+        saved_layers=sum(per_layer),
+        saved_head=head.saved,
+        head_weight_cast=0,
+        loss_forward=head.loss_forward + previous,
+        loss_backward=head.loss_backward,
+        forward_transient=dequant + previous,
+        backward_transient=dequant,
+        backward_layer=a * t * max(h, arch.intermediate_size),
+        tied_embedding_grad=0,
+        checkpointed=False,
+        logits_block=4 * head.block,
+        at_step=head.at_step,
+        head_grad_at_loss=False,
+    )
+
+
 def activation_model(inv: Inventory, plan: AdapterPlan, req: PlanRequest, dt: Dtypes,
                      resident_bytes: int = 0) -> ActivationModel:
     """``resident_bytes``: static bytes on the GPU (weights, constants, adapters, optimizer states); Unsloth sizes
     its loss chunks from the memory left free."""
+    if is_litgpt(req):
+        return _litgpt_model(inv, plan, req, dt)
     arch = inv.arch
     x = _ctx(req, dt, arch)
     t, h, v = x.t, arch.hidden_size, arch.vocab_size

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import OrderedDict
+from dataclasses import replace
 from functools import lru_cache
 from typing import NamedTuple
 
@@ -16,7 +17,9 @@ from app.core.fitted_activations import PeakFit, fit_note, fitted_phases, usable
 from app.core.frameworks import assumption as framework_assumption
 from app.core.frameworks import framework
 from app.core.generic import generic_key, model_inventory
-from app.core.inventory import Inventory
+from app.core.inventory import Inventory, build_inventory
+from app.core.litgpt import check as litgpt_check
+from app.core.litgpt import is_litgpt
 from app.core.overhead import cublas_workspace_bytes, outside_allocator_bytes
 from app.core.precision import Dtypes, dtypes_for
 from app.core.quantization import constants_bits_per_param, nf4_bytes
@@ -62,8 +65,15 @@ TRANSFORMERS_RELEASES = {"5.24": "5.24.0", "4.57": "4.57"}
 
 def resolve_inventory(req: PlanRequest) -> tuple[str | None, Inventory]:
     """The hand-written rules' inventory (catalog ones cached; with the transformers 4.57 MoE layout when asked),
-    or the registered one built from the real model for other model types (:mod:`app.core.generic`)."""
-    return model_inventory(req.model, legacy_moe=req.transformers_version == "4.57")
+    or the registered one built from the real model for other model types (:mod:`app.core.generic`).
+
+    litgpt's GPT never ties lm_head to the embedding: its ``scripts/convert_hf_checkpoint.py`` copies
+    ``transformer.wte.weight`` into ``lm_head.weight`` when a checkpoint has none (Gemma, Llama 3.2), so both are
+    separate tensors in training."""
+    model_id, inv = model_inventory(req.model, legacy_moe=req.transformers_version == "4.57")
+    if is_litgpt(req) and inv.arch.tie_word_embeddings and inv.quantizable is None:
+        inv = build_inventory(replace(inv.arch, tie_word_embeddings=False))
+    return model_id, inv
 
 
 def _check_request(req: PlanRequest, arch: ArchSpec) -> None:
@@ -80,7 +90,9 @@ def _check_request(req: PlanRequest, arch: ArchSpec) -> None:
                         "FSDP flattens each layer's parameters into one tensor of one dtype, so 4-bit weights "
                         "stored as uint8 cannot be sharded: set bnb_4bit_quant_storage to the model's dtype "
                         "(bfloat16, float16 or float32)")
-    attention_for(arch.model_type, req.training.attn_implementation)  # 422 where transformers refuses
+    litgpt_check(req, arch)
+    if not is_litgpt(req):  # litgpt runs its own attention
+        attention_for(arch.model_type, req.training.attn_implementation)  # 422 where transformers refuses
     if arch.model_type == "gpt2" and req.training.seq_len > arch.n_positions:
         raise PlanError(
             ("training", "seq_len"),
@@ -185,7 +197,7 @@ def _gathered(inv: Inventory, sm: StaticMemory, req: PlanRequest, dt: Dtypes) ->
         if req.training.framework == "torchtune":
             return torchtune_gathered(req, sm.weights.by_group, layer)
         return root + 2 * layer
-    names = set(quantized_modules(inv)) if req.quantized else set()
+    names = set(quantized_modules(inv, req)) if req.quantized else set()
     by_module: dict[str, int] = {}
     by_layer: dict[int, int] = {}
     for t in inv.unique_tensors():
@@ -216,14 +228,14 @@ def _phases(static: dict[str, int], sm: StaticMemory, act: ActivationModel, work
     fwd = resident + saved + act.forward_transient
     loss = resident + saved + act.loss_forward
     # lm_head's gradient (full fine-tuning, a modules_to_save copy) appears with the loss gradients
-    head_grads = sm.gradients.by_group.get("lm_head", 0) if static["gradients"] else 0
+    head_grads = sm.gradients.by_group.get("lm_head", 0) if static["gradients"] and act.head_grad_at_loss else 0
     # Without checkpointing, saved activations are freed layer by layer while gradients accumulate, so the
     # backward peak is at its start or at its end; with checkpointing a recomputed layer adds to either.
     start = saved + head_grads + max(act.loss_backward,
                                      act.backward_layer + act.backward_transient - act.head_weight_cast)
     end = static["gradients"] + max(act.backward_layer + act.backward_transient, act.tied_embedding_grad)
     bwd = resident + static["comm_buffers"] + max(start, end)
-    opt = resident + static["gradients"] + static["comm_buffers"] + static["step_transient"]
+    opt = resident + static["gradients"] + static["comm_buffers"] + static["step_transient"] + act.at_step
     bwd_grads = static["gradients"] if end > start else head_grads
     return [Phase(name="forward", bytes=fwd, gradient_bytes=0), Phase(name="loss", bytes=loss, gradient_bytes=0),
             Phase(name="backward", bytes=bwd, gradient_bytes=bwd_grads),
@@ -260,7 +272,7 @@ def _quant_report(inv: Inventory, req: PlanRequest, sm: StaticMemory) -> Quantiz
         return None
     bs = req.quantization.blocksize
     no_dq = dq = data = 0
-    names = set(quantized_modules(inv))
+    names = set(quantized_modules(inv, req))
     for t in inv.unique_tensors():
         if t.module in names and not t.is_bias:
             no_dq += nf4_bytes(t.numel, blocksize=bs, double_quant=False).constants
@@ -427,7 +439,7 @@ def estimate(req: PlanRequest) -> EstimateResult:
     all_params = total_params + plan.added_params
     if req.quantized and not req.quantization.load_in_8bit:
         # PEFT counts a Params4bit as numel·2 of its packed ((n+1)//2, 1) storage
-        names = set(quantized_modules(inv))
+        names = set(quantized_modules(inv, req))
         all_params += sum(1 for t in inv.unique_tensors() if t.module in names and not t.is_bias and t.numel % 2)
     trainable = plan.trainable_params
     fits = []

@@ -49,6 +49,7 @@ class Framework:
     qlora_adapter_dtype: str | None  # dtype trainable params are cast to under a k-bit base (None: PEFT's fp32)
     loss: str  # "logits" (HF model loss + fp32 copy), "logits+argmax" (ms-swift), "trl-chunked", "unsloth-chunked",
     # "torchtune" (app/core/torchtune.py loss_path)
+    # "litgpt-chunked" (litgpt's own GPT and loop: app/core/litgpt.py)
     traced: str  # how the trace engine runs it: "own code", "replayed", "analytic only"
     source: str
 
@@ -70,6 +71,14 @@ FRAMEWORKS: dict[str, Framework] = {
                          "unsloth_zoo/gradient_checkpointing.py"),
     "torchtune": Framework("torchtune", torchtune.RELEASE, "none", "bf16", "torchtune", "analytic only",
                            torchtune.SOURCE),
+    "litgpt": Framework("litgpt", "litgpt 0.4.13.dev1 (commit 00af8b0d, 2024-09-27)", "none", None,
+                        "litgpt-chunked", "analytic (bench/litgpt_trace.py runs its code)",
+                        "litgpt/model.py GPT, litgpt/lora.py LoRAQKVLinear, litgpt/finetune/lora.py, "
+                        "litgpt/utils.py chunked_cross_entropy, lightning fabric/plugins/precision/bitsandbytes.py"),
+    "lit-gpt": Framework("lit-gpt", "lit-gpt commit 8641822 (2023-10-20)", "none", None, "litgpt-chunked",
+                         "analytic (bench/litgpt_trace.py runs its code)",
+                         "lit_gpt/model.py GPT, lit_gpt/lora.py LoRAQKVLinear, finetune/lora.py, "
+                         "lit_gpt/utils.py chunked_cross_entropy, lightning fabric/plugins/precision/bitsandbytes.py"),
 }
 
 
@@ -193,6 +202,14 @@ def assumption(req: PlanRequest) -> str:
         return text + "HF Trainer recipe: the model's own loss over the full logits plus accelerate's fp32 copy."
     if fw.name == "torchtune":
         return text + torchtune.assumption(req)
+    if fw.loss == "litgpt-chunked":
+        return text + ("litgpt trains its own GPT (fused qkv linear, LoRAQKVLinear), not a transformers model, under "
+                       "Fabric: with precision bf16 (bf16-true) every parameter, LoRA A/B, gradient and AdamW state is "
+                       "bf16; QLoRA quantizes every nn.Linear including lm_head and uses bnb PagedAdamW; Fabric hands "
+                       "the loop fp32 logits (128-position chunks), kept with the previous step's; one-GPU fine-tuning "
+                       "has no activation checkpointing (training.gradient_checkpointing does not apply). Estimated "
+                       "analytically from its source (app/core/litgpt.py); bench/litgpt_trace.py traces its real "
+                       "code for comparison.")
     if fw.name == "unsloth":
         return text + ("Unsloth needs a CUDA GPU (Triton kernels), so it is estimated analytically, not traced: "
                        "no fp32 upcast of the base, fused chunked cross-entropy (no full logits), and 'unsloth' "

@@ -58,6 +58,8 @@ def dtypes_for(req: PlanRequest) -> Dtypes:
     upcast = kbit_upcast_groups(req) if req.quantized else "none"
     unquantized = "fp32" if upcast == "all" else weights
     adapters = fw.qlora_adapter_dtype if req.quantized and fw.qlora_adapter_dtype else "fp32"
+    if fw.loss == "litgpt-chunked":
+        adapters = weights  # litgpt creates LoRA A/B with the model (Fabric init_module): bf16 under bf16-true
     bnb_compute = {"bfloat16": "bf16", "float16": "fp16", "float32": "fp32"}[req.quantization.bnb_4bit_compute_dtype]
     return Dtypes(weights=weights, unquantized=unquantized, compute=compute, bnb_compute=bnb_compute,
                   adapters=adapters, kbit_upcast=upcast)

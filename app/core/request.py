@@ -31,7 +31,8 @@ Optim = Literal[
 ]
 Sharding = Literal["none", "ddp", "zero1", "zero2", "zero3", "fsdp"]
 AttnImpl = Literal["flash_attention_2", "sdpa", "eager"]
-Framework = Literal["hf-trainer", "trl", "axolotl", "llama-factory", "ms-swift", "unsloth", "torchtune"]
+Framework = Literal["hf-trainer", "trl", "axolotl", "llama-factory", "ms-swift", "unsloth", "torchtune", "litgpt",
+                    "lit-gpt"]
 OffloadDevice = Literal["none", "cpu"]
 
 MAX_CONFIG_KEYS = 512

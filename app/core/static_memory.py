@@ -13,6 +13,7 @@ from math import prod
 from app.core import torchtune
 from app.core.adapters import AdapterPlan, TrainableTensor
 from app.core.inventory import CONV1D, LINEAR, Inventory
+from app.core.litgpt import is_litgpt, litgpt_optim
 from app.core.optimizers import BNB_8BIT, BNB_MIN_8BIT_SIZE, fixed_state_bytes, state_bytes, step_transient_bytes
 from app.core.precision import Dtypes
 from app.core.quantization import int8_bytes, nf4_bytes
@@ -57,10 +58,13 @@ class StaticMemory:
     largest_quantized_weight: tuple[int, int] = (0, 0)  # (out, in) of the largest 4/8-bit layer
 
 
-def quantized_modules(inv: Inventory) -> list[str]:
+def quantized_modules(inv: Inventory, req: PlanRequest | None = None) -> list[str]:
     """Modules transformers' bitsandbytes integration replaces: every ``nn.Linear``/``Conv1D`` except the
     output embedding (``quantizers/base.py: get_keys_to_not_convert`` skips lm_head and tied keys); for an
-    inventory built from the real model, the modules ``replace_with_bnb_linear`` converted there."""
+    inventory built from the real model, the modules ``replace_with_bnb_linear`` converted there. Under litgpt
+    (``req``), Fabric's ``BitsandbytesPrecision._convert_layers`` replaces every ``torch.nn.Linear``, lm_head too."""
+    if req is not None and is_litgpt(req):
+        return [m.name for m in inv.modules if m.kind == LINEAR]
     if inv.quantizable is not None:
         return list(inv.quantizable)
     return [m.name for m in inv.modules if m.kind in (LINEAR, CONV1D) and m.name != "lm_head"]
@@ -99,7 +103,7 @@ def _base_weights(inv: Inventory, req: PlanRequest, dt: Dtypes) -> tuple[Bucket,
         return hit[1]
     q = req.quantization
     tt = req.training.framework == "torchtune"
-    quantized = set(quantized_modules(inv)) if req.quantized else set()
+    quantized = set(quantized_modules(inv, req)) if req.quantized else set()
     weights, constants = Bucket(), Bucket()
     quantized_params, largest, largest_shape = 0, 0, (0, 0)
     for t in inv.unique_tensors():
@@ -146,14 +150,15 @@ def static_memory(inv: Inventory, plan: AdapterPlan, req: PlanRequest, dt: Dtype
     sm = StaticMemory()
     q = req.quantization
     tt = req.training.framework == "torchtune"
-    quantized = set(quantized_modules(inv)) if req.quantized else set()
+    quantized = set(quantized_modules(inv, req)) if req.quantized else set()
     weights, constants, sm.quantized_params, sm.largest_quantized_weight = _base_weights(inv, req, dt)
     sm.weights, sm.constants = _copy(weights), _copy(constants)
 
     # HF Trainer.create_optimizer: with an 8-bit bitsandbytes optimizer every nn.Embedding weight (and a
     # modules_to_save copy of one) keeps 32-bit state (GlobalOptimManager.register_module_override); torchtune
     # instantiates the optimizer on model.parameters() with no override.
-    eight_bit = req.training.optim in BNB_8BIT and not tt
+    optim = litgpt_optim(req)
+    eight_bit = optim in BNB_8BIT and not tt
     decay: list[tuple[tuple[int, ...], int]] = []
     no_decay: list[tuple[tuple[int, ...], int]] = []
     decay32: list[tuple[tuple[int, ...], int]] = []
@@ -175,10 +180,10 @@ def static_memory(inv: Inventory, plan: AdapterPlan, req: PlanRequest, dt: Dtype
             sm.adapters.add(key.get(kind, group), n * nbytes, n * numel, dtype)
         sm.gradients.add(group, n * nbytes, n * numel, dtype)
         force_32bit = eight_bit and group == "embedding" and kind in ("base", "modules_to_save")
-        st = state_bytes(req.training.optim, shape, size, momentum=req.training.momentum, force_32bit=force_32bit)
+        st = state_bytes(optim, shape, size, momentum=req.training.momentum, force_32bit=force_32bit)
         sm.optimizer.add(group, n * st.device, n * numel)
         sm.paged_optimizer_bytes += n * st.paged
-        master = state_bytes(req.training.optim, shape, 4, momentum=req.training.momentum, force_32bit=force_32bit)
+        master = state_bytes(optim, shape, 4, momentum=req.training.momentum, force_32bit=force_32bit)
         sm.optimizer_fp32_master_bytes += n * (master.device + master.paged)
         if not new:
             sm.trainable_base_bytes += n * nbytes
@@ -187,10 +192,12 @@ def static_memory(inv: Inventory, plan: AdapterPlan, req: PlanRequest, dt: Dtype
         (no_decay if no_wd else decay).extend([(shape, size)] * n)
         (no_decay32 if no_wd else decay32).extend([(shape, 4)] * n)
     # bitsandbytes moves its 8-bit maps to the GPU only when some tensor gets 8-bit state (init_state).
-    fixed = fixed_state_bytes(req.training.optim)
+    fixed = fixed_state_bytes(optim)
     if fixed and any(t.numel >= BNB_MIN_8BIT_SIZE and not (t.group == "embedding" and t.kind != "lora")
                      for t in plan.trainable):
         sm.optimizer.add("quantization_maps", fixed)
-    sm.optimizer_step_transient = step_transient_bytes(req.training.optim, [decay, no_decay])
-    sm.optimizer_step_transient_fp32 = step_transient_bytes(req.training.optim, [decay32, no_decay32])
+    if is_litgpt(req):  # finetune/*.py: one parameter group of every trainable parameter
+        decay, no_decay, decay32, no_decay32 = decay + no_decay, [], decay32 + no_decay32, []
+    sm.optimizer_step_transient = step_transient_bytes(optim, [decay, no_decay])
+    sm.optimizer_step_transient_fp32 = step_transient_bytes(optim, [decay32, no_decay32])
     return sm

@@ -16,6 +16,7 @@ Formats, detected by content (JSON or YAML, whatever the file is called; :mod:`.
   :mod:`.cli_args`); framework 'ms-swift'.
 - ``trl``: a TRL recipe (``trl sft --config recipe.yaml``: SFTConfig + ModelConfig keys, or the ``trl sft`` command)
   (:mod:`.trl`); framework 'trl'.
+- ``litgpt``: a litgpt fine-tuning config (``config_hub/finetune/*/*.yaml``) (:mod:`.litgpt`); framework 'litgpt'.
 - ``model_config``: a model's ``config.json`` (becomes ``{"model": {"config": …}}``; a bitsandbytes
   ``quantization_config`` inside it is imported as ``bnb``) (:mod:`.model_config`).
 

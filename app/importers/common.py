@@ -12,7 +12,8 @@ from typing import Any, Literal
 # field that no input gave, filled with a default (``field`` and ``value`` say which); detected: the format
 # a file was read as.
 NoteKind = Literal["unknown", "unsupported", "ignored", "note", "assumed", "detected"]
-Format = Literal["plan", "peft", "bnb", "axolotl", "hf_training", "model_config", "llama_factory", "ms_swift", "trl"]
+Format = Literal["plan", "peft", "bnb", "axolotl", "hf_training", "model_config", "llama_factory", "ms_swift", "trl",
+                 "litgpt"]
 
 PLAN_KEYS = frozenset({"model", "method", "lora", "quantization", "training", "hardware"})
 SECTIONS = ("lora", "quantization", "training", "hardware")

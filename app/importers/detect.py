@@ -10,6 +10,7 @@ from app.importers.bnb import BNB_KEYS
 from app.importers.cli_args import CliArgs
 from app.importers.common import PLAN_KEYS, ConfigImportError, Format
 from app.importers.hf_training import HF_TRAINING_FIELDS, LEGACY_FIELDS, is_sft_config
+from app.importers.litgpt import LITGPT_MARKERS
 from app.importers.llama_factory import LF_MARKERS
 from app.importers.ms_swift import SWIFT_MARKERS
 from app.importers.trl import TRL_MARKERS
@@ -22,6 +23,7 @@ NAMES: dict[str, str] = {
     "plan": "PlanRequest body", "peft": "PEFT adapter_config.json", "bnb": "transformers BitsAndBytesConfig",
     "axolotl": "axolotl config", "hf_training": "HF TrainingArguments", "model_config": "model config.json",
     "llama_factory": "LLaMA-Factory config", "ms_swift": "ms-swift arguments", "trl": "TRL recipe",
+    "litgpt": "litgpt finetune config",
 }
 
 
@@ -54,6 +56,7 @@ def detect(data: Any, source: str = "input") -> tuple[Format, str]:
         (len(keys & LF_MARKERS), "llama_factory", keys & LF_MARKERS),
         (len(keys & SWIFT_MARKERS), "ms_swift", keys & SWIFT_MARKERS),
         (len(keys & TRL_MARKERS), "trl", keys & TRL_MARKERS),
+        (len(keys & LITGPT_MARKERS), "litgpt", keys & LITGPT_MARKERS),
     ]
     count, fmt, why = max(marked, key=lambda m: m[0])
     if count > len(keys & AXOLOTL_ONLY):
@@ -77,7 +80,8 @@ def detect(data: Any, source: str = "input") -> tuple[Format, str]:
     raise ConfigImportError(
         source, None,
         "not a PlanRequest body, PEFT adapter_config.json, BitsAndBytesConfig, axolotl YAML, HF TrainingArguments / "
-        "TRL SFTConfig, TRL recipe, LLaMA-Factory YAML, ms-swift arguments or config.json (top-level keys: "
+        "TRL SFTConfig, TRL recipe, LLaMA-Factory YAML, ms-swift arguments, litgpt config or config.json "
+        "(top-level keys: "
         f"{_shown(keys, 12)})",
     )
 

@@ -15,6 +15,7 @@ from app.importers.cli_args import parse_command
 from app.importers.common import ConfigImportError, Format, Imported, ImportNote
 from app.importers.detect import NAMES, detect
 from app.importers.hf_training import from_hf_training
+from app.importers.litgpt import from_litgpt
 from app.importers.llama_factory import from_llama_factory
 from app.importers.model_config import from_model_config
 from app.importers.ms_swift import from_ms_swift
@@ -48,6 +49,8 @@ def import_data(data: Any, source: str = "input", fmt: Format | None = None,
         body, notes = from_ms_swift(data, source, base_dir)
     elif fmt == "trl":
         body, notes = from_trl(data, source, base_dir)
+    elif fmt == "litgpt":
+        body, notes = from_litgpt(data, source, base_dir)
     else:  # pragma: no cover - Literal exhausted
         raise ConfigImportError(source, None, f"unknown format {fmt!r}")
     return Imported(source, fmt, body, notes, detected or NAMES[fmt])

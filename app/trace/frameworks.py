@@ -285,6 +285,10 @@ def recipe(req: PlanRequest) -> Recipe:
     from app.trace.engine import UnsupportedStep
 
     framework = req.training.framework
+    if framework in ("litgpt", "lit-gpt"):
+        raise UnsupportedStep(f"{framework} trains its own GPT model (not transformers'); it is estimated "
+                              "analytically, and bench/litgpt_trace.py traces litgpt's code from a source tree "
+                              "(docs/frameworks.md)")
     if framework not in RECIPES:
         raise UnsupportedStep(f"{framework} runs Triton kernels and offloaded checkpointing that need a CUDA GPU; "
                               "it is estimated analytically (docs/frameworks.md)")

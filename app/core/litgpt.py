@@ -1,0 +1,267 @@
+"""litgpt's own GPT model and training loop: activation and loss-path bytes (pure Python, analytic).
+
+``training.framework`` ``litgpt`` is litgpt 0.4.13.dev1 (commit 00af8b0d, 2024-09-27: ``config_hub/finetune``),
+``lit-gpt`` the project before its rename (commit 8641822, 2023-10-20: ``tutorials/resource-tables.md``). Both
+train litgpt's ``GPT`` (``litgpt/model.py``, ``litgpt/lora.py``; ``lit_gpt/`` at 8641822), not a transformers
+model, under Lightning Fabric. Sources read at those commits (docs/frameworks.md):
+
+- Fabric ``bf16-true`` (``precision`` of ``finetune/lora.py`` / ``full.py``): the model is created in bf16
+  (``fabric.init_module``) — base weights, LoRA A/B, their gradients and torch AdamW's ``zeros_like`` states are
+  bf16; no fp32 master copy, no autocast. QLoRA: ``BitsandbytesPrecision`` (lightning
+  ``fabric/plugins/precision/bitsandbytes.py`` ``_convert_layers``) replaces **every** ``torch.nn.Linear``,
+  lm_head included, by a 4-bit layer; ``finetune/lora.py`` then builds ``bnb.optim.PagedAdamW`` (32-bit states;
+  ``instantiate_bnb_optimizer`` at 00af8b0d). bitsandbytes ≤ 0.42 (the releases those commits pinned)
+  ``MatMul4Bit.forward`` dequantizes the weight for every call and keeps its input ``A`` for backward
+  (``ctx.tensors = (A, B)``).
+- ``Block.forward``: ``x + attn(norm_1(x))``, then ``x + mlp(norm_2(x))``. ``CausalSelfAttention``: one fused
+  ``attn`` linear (q, k, v per query group), ``qkv.view → permute → split``; under GQA the k/v ``expand`` and
+  every ``reshape`` copy (each (b, heads, s, hs)); under MHA they are views that keep the fused qkv output alive.
+  RoPE (``apply_rope``) builds new q and k (``torch.cat``); the fp32 rope cache promotes only temporaries.
+  ``F.scaled_dot_product_attention(is_causal=True)`` runs the flash kernel for bf16 (saves q, k, v, its output
+  and an fp32 logsumexp); with a sliding window (Mistral v0.1, Phi-3) each layer builds an (s, s) mask and the
+  memory-efficient kernel saves it. Gemma-2's logit soft-capping takes the eager path: tanh scores, fp32
+  softmax and its cast are saved ((2a + 4)·b·heads·s²).
+- ``RMSNorm``: at 8641822 ``x * rsqrt(mean(x·x))`` on the input (input and rsqrt saved); at 00af8b0d on
+  ``x.float()`` (an fp32 copy and the fp32 rsqrt saved). ``LLaMAMLP`` / ``GemmaMLP``: ``act(fc_1(x)) * fc_2(x)``
+  saves fc_1's output, the activation's output and fc_2's output.
+- LoRA (``LoRALinear``, ``LoRAQKVLinear``): ``lora_dropout`` (0.05 in both releases' defaults) keeps its output
+  (lora_A's saved input) and a bool mask; ``after_A`` (T·r per enabled part) is saved by the grouped
+  ``conv1d``; when not all of q, k, v are enabled ``zero_pad``'s ``index_copy`` keeps the conv output (its
+  ``source``) for backward. Frozen base linears save nothing (their input is needed only for a weight gradient).
+- Loss: ``model(input_ids, lm_head_chunk_size=128)`` returns a list of 128-position logits chunks; Fabric's
+  ``_FabricModule.forward`` casts the output to the default dtype (``precision.convert_output``: fp32), and the
+  loop's ``logits`` variable keeps the fp32 chunks through backward and ``optimizer.step()`` until the next step's
+  forward has returned; ``chunked_cross_entropy`` (``utils.py``) keeps each chunk's fp32 ``log_softmax`` output.
+  Full fine-tuning (``finetune/full.py``) computes the whole logits and chunks the loss over
+  ``logits[..., :-1, :].reshape(-1, V)`` (a copy when b > 1). With bitsandbytes ≤ 0.42 the previous step's 4-bit
+  inputs stay alive with its graph (:func:`previous_step_inputs`).
+
+What is analytic: everything here; ``bench/litgpt_trace.py`` runs litgpt's real model and loop (the two commits'
+source, fake tensors, the trace engine's counter) for comparison. The first layer's input needs no gradient
+(a frozen embedding): its norm_1 and dropout mask keep nothing (modelled when q, k or v are adapted, as in
+every published litgpt recipe).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from app.core.architectures import ArchSpec
+from app.core.errors import PlanError
+from app.core.request import PlanRequest
+
+LITGPT_FRAMEWORKS = ("litgpt", "lit-gpt")
+LM_HEAD_CHUNK = 128
+"""``finetune/lora.py``: ``model(input_ids, lm_head_chunk_size=128)`` (both commits)."""
+SLIDING_WINDOW_TYPES = ("mistral", "phi3")
+"""litgpt configs with ``sliding_window_size`` (Mistral-7B-v0.1: 4096; Phi-3-mini-4k: 2048, every layer);
+HF configs of these types carry ``sliding_window``. Gemma-2 (every second layer) takes the soft-capping path."""
+
+
+def is_litgpt(req: PlanRequest) -> bool:
+    return req.training.framework in LITGPT_FRAMEWORKS
+
+
+SUPPORTED_TYPES = ("llama", "mistral", "gemma", "gemma2", "phi3")
+"""HF model types whose litgpt configs use ``RMSNorm`` + ``LLaMAMLP``/``GemmaMLP`` (the blocks modelled here)."""
+
+
+def check(req: PlanRequest, arch: ArchSpec) -> None:
+    """422 for what the litgpt model here does not cover: other block types, DoRA, HF-Trainer switches, sharding."""
+    if not is_litgpt(req):
+        return
+    fw = req.training.framework
+    if arch.model_type not in SUPPORTED_TYPES:
+        raise PlanError(("training", "framework"), f"{fw} is modelled for {', '.join(SUPPORTED_TYPES)} models "
+                        f"(RMSNorm + LLaMA/Gemma MLP blocks), not {arch.model_type!r}")
+    if req.uses_dora or req.quantization.load_in_8bit:
+        raise PlanError(("method",), f"{fw} is modelled for full, lora and qlora (bnb nf4/fp4), not DoRA or 8-bit")
+    tr = req.training
+    for name in ("use_liger_kernel", "activation_offloading", "packing", "padding_free", "torch_compile"):
+        if getattr(tr, name):
+            raise PlanError(("training", name), f"{name} is a transformers/TRL switch; {fw}'s own loop has none "
+                            "(set it to false)")
+    if req.hardware.num_gpus > 1 or req.hardware.sharding != "none":
+        raise PlanError(("hardware", "sharding"), f"{fw} is modelled on one GPU (its FSDPStrategy is not)")
+
+
+def litgpt_optim(req: PlanRequest) -> str:
+    """The optimizer the run builds: litgpt's ``finetune/lora.py`` replaces any optimizer by
+    ``bnb.optim.PagedAdamW`` (32-bit) under ``BitsandbytesPrecision`` (QLoRA); otherwise ``training.optim``."""
+    return "paged_adamw_32bit" if is_litgpt(req) and req.quantized else req.training.optim
+
+
+def old_norm(req: PlanRequest) -> bool:
+    """lit-gpt 8641822's RMSNorm works in the input dtype; litgpt 00af8b0d's upcasts to fp32."""
+    return req.training.framework == "lit-gpt"
+
+
+@dataclass(frozen=True)
+class Targets:
+    """litgpt's LoRA flags (``lora_query`` ... ``lora_head``) from HF target module names."""
+
+    query: bool
+    key: bool
+    value: bool
+    projection: bool
+    mlp: bool
+    head: bool
+
+    @classmethod
+    def from_names(cls, names: set[str]) -> Targets:
+        """HF leaf names (Phi-3's fused ``qkv_proj`` / ``gate_up_proj`` stand for all of q, k, v / the MLP)."""
+        qkv = "qkv_proj" in names
+        return cls("q_proj" in names or qkv, "k_proj" in names or qkv, "v_proj" in names or qkv, "o_proj" in names,
+                   bool(names & {"gate_proj", "up_proj", "down_proj", "gate_up_proj"}), "lm_head" in names)
+
+
+@dataclass(frozen=True)
+class Shape:
+    """One step's sizes: T = b·s tokens, ``a`` bytes per activation element (the weights' dtype under
+    ``*-true`` precision, the autocast dtype under ``*-mixed``)."""
+
+    b: int
+    s: int
+    a: int
+    r: int
+    dropout: bool
+    quantized: bool  # bitsandbytes 4-bit base (MatMul4Bit keeps its input)
+    full: bool  # every parameter trainable
+
+    @property
+    def t(self) -> int:
+        return self.b * self.s
+
+
+def _adapter(x: Shape, in_features: int, parts: int = 1) -> tuple[int, bool]:
+    """(bytes a LoRA branch saves beyond its input, whether it saves the input tensor itself): with dropout the
+    dropout output and its bool mask; the T×r product(s) of lora_A."""
+    t, a = x.t, x.a
+    own = (a * t * in_features + t * in_features) if x.dropout else 0
+    return own + a * t * x.r * parts, not x.dropout
+
+
+def layer_saved(arch: ArchSpec, x: Shape, tg: Targets, *, old: bool, layer: int) -> int:
+    """Bytes one litgpt ``Block`` keeps for backward (module docstring for the source of each term)."""
+    t, a, b, s = x.t, x.a, x.b, x.s
+    h, inter, q, kv, nh = arch.hidden_size, arch.intermediate_size, arch.q_dim, arch.kv_dim, arch.num_attention_heads
+    norms = 4 if arch.model_type == "gemma2" else 2  # Gemma-2: post_attention_norm, post_mlp_norm
+    norm = (a * t * h + a * t) if old else (4 * t * h + 4 * t)
+    if x.full:  # weight * x_normed keeps x_normed for the weight's gradient
+        norm += (a if old else 4) * t * h
+    total = norms * norm
+    # the first layer's input (a frozen embedding's output) needs no gradient: norm_1 keeps nothing, and the
+    # dropout before lora_A has no backward (no mask); its output is still lora_A's saved input
+    first = layer == 0 and not x.full
+    total -= norm if first else 0
+    base_keeps_input = x.full or x.quantized
+    # fused qkv linear
+    parts = [q] * tg.query + [kv] * tg.key + [kv] * tg.value
+    keep_n1 = base_keeps_input
+    if parts:
+        own, keeps = _adapter(x, h, len(parts))
+        total += own - (t * h if first and x.dropout else 0)
+        keep_n1 = keep_n1 or keeps
+        if len(parts) < 3:
+            total += a * t * sum(parts)  # the conv output, zero_pad's index_copy source
+    total += a * t * h if keep_n1 else 0
+    # attention: q and k after RoPE (cat), v; MHA: the fused output kept by the v view
+    gqa = kv != q
+    total += 3 * a * t * q if gqa else a * t * (q + 2 * kv) + 2 * a * t * q
+    eager = arch.attn_logit_softcapping
+    if eager:
+        total += (2 * a + 4) * b * nh * s * s  # tanh(scores), fp32 softmax, its cast (saved by probs @ v)
+        keep_y = base_keeps_input
+    else:
+        total += a * t * q  # flash output (o_proj's input is a view of it)
+        sliding = not old and arch.model_type in SLIDING_WINDOW_TYPES  # 8641822 has no sliding window
+        total += 4 * b * nh * (-(-s // 32) * 32 if sliding else s)  # logsumexp (efficient kernel: rows of 32)
+        if sliding:
+            total += a * s * s  # the layer's (s, s) mask, saved by the memory-efficient kernel
+        keep_y = False  # already counted
+    if tg.projection:
+        own, keeps = _adapter(x, q)
+        total += own
+        keep_y = keep_y or keeps
+    total += a * t * q if keep_y and eager else 0
+    # MLP: fc_1 and fc_2 read norm_2's output; proj reads the product
+    keep_n2, keep_prod = base_keeps_input, base_keeps_input
+    if tg.mlp:
+        own, keeps = _adapter(x, h)
+        total += 2 * own
+        keep_n2 = keep_n2 or keeps
+        own, keeps = _adapter(x, inter)
+        total += own
+        keep_prod = keep_prod or keeps
+    total += a * t * h * keep_n2 + a * t * inter * keep_prod
+    total += 3 * a * t * inter  # fc_1 output, activation output, fc_2 output
+    return total
+
+
+def previous_step_inputs(arch: ArchSpec, x: Shape) -> int:
+    """QLoRA with bitsandbytes ≤ 0.42: ``MatMul4Bit.forward`` keeps its input as a ctx attribute
+    (``ctx.tensors = (A, B)``), which backward never releases, so the inputs live as long as the graph; litgpt's
+    loop keeps the graph through its ``loss`` variable until the next step's ``chunked_cross_entropy`` returns.
+    Through the next forward and loss, the previous step's 4-bit inputs that needed a gradient are alive: per layer
+    norm_1's output, the attention output, norm_2's output and the MLP product; and the final norm's output
+    (lm_head's input) — as many bytes as the first layer's norm_1 output, which needs no gradient and is not kept."""
+    t, a, h = x.t, x.a, arch.hidden_size
+    return arch.num_hidden_layers * a * t * (h + arch.q_dim + h + arch.intermediate_size)
+
+
+@dataclass(frozen=True)
+class LitgptHead:
+    """Bytes of the final norm, lm_head and loss (replacing the HF recipe's terms of ``ActivationModel``)."""
+
+    saved: int  # final norm + lm_head inputs kept for backward
+    loss_forward: int  # logits (this step's and the previous step's, or the full-FT copies) + saved CE outputs
+    loss_backward: int  # at the start of backward: logits, the saved CE outputs and the first chunk's gradients
+    block: int  # elements of the largest logits block (the allocator rule's feature)
+    at_step: int  # the loop's ``logits`` variable, alive through ``optimizer.step()``
+
+
+def head_terms(arch: ArchSpec, x: Shape, tg: Targets, *, old: bool, head_quantized: bool) -> LitgptHead:
+    """``ln_f`` → ``lm_head`` (per 128-position chunk for LoRA, whole for full fine-tuning) → Fabric's output
+    conversion → ``chunked_cross_entropy``.
+
+    Fabric's ``_FabricModule.forward`` (lightning ``fabric/wrappers.py``) passes the model's output through
+    ``precision.convert_output`` — for ``bf16-true`` (``HalfPrecision``), ``*-mixed`` and ``BitsandbytesPrecision``
+    a ``.to(torch.get_default_dtype())``: the loop receives **fp32** logits (L = 4·T·V) while the model made them
+    in the compute dtype (a·T·V, alive during the conversion). The loop's ``logits`` variable holds them through
+    backward and ``optimizer.step()`` and until the next step's forward has returned, so at the end of a forward
+    the previous step's fp32 logits, this step's and their compute-dtype originals are alive together.
+
+    LoRA: the cross-entropy runs per chunk on the fp32 logits and keeps each chunk's fp32 ``log_softmax`` output
+    (L in total); backward starts with both plus one chunk's two gradients (NLL's and log_softmax's, fp32). A 4-bit
+    lm_head (QLoRA) dequantizes its V×h weight for every chunk, forward and backward (bitsandbytes ≤ 0.42).
+    Full fine-tuning: the ``[..., :-1, :]`` reshape copy (b > 1) and the saved log_softmax outputs beside the
+    logits at the loss; in backward the chunk gradients, their concatenation and the slice's gradient (3·L), all
+    before lm_head's backward, so lm_head's weight gradient does not exist yet (``head_grad_at_loss`` False).
+    """
+    t, a, b, h, v = x.t, x.a, x.b, arch.hidden_size, arch.vocab_size
+    saved = (a * t * h + a * t) if old else (4 * t * h + 4 * t)
+    keep_input = x.full or head_quantized
+    if x.full:
+        saved += (a if old else 4) * t * h
+    if tg.head:
+        own, keeps = _adapter(x, h)
+        saved += own
+        keep_input = keep_input or keeps
+    saved += a * t * h * keep_input
+    made = a * t * v  # the model's logits, in the compute dtype
+    logits = 4 * t * v  # after Fabric's conversion to fp32
+    converting = made if a != 4 else 0  # the originals alive while the fp32 copies are made (none when fp32)
+    if x.full:
+        copy = 4 * b * (x.s - 1) * v if b > 1 else 0
+        return LitgptHead(saved=saved, loss_forward=max(2 * logits + converting, 2 * logits + copy),
+                          loss_backward=3 * logits, block=t * v, at_step=logits)
+    chunk = 4 * b * min(LM_HEAD_CHUNK, x.s) * v
+    dequant = a * v * h if head_quantized else 0
+    # forward end: previous + this step's fp32 logits + the originals (or, at the last chunk, lm_head's dequantized
+    # weight); during the loss: the fp32 logits and the saved log_softmax outputs. Backward runs in reverse creation
+    # order: every chunk's cross-entropy backward first (a chunk's log_softmax gradient is built while its NLL
+    # gradient and saved output are alive), then the conversions back to the compute dtype, then lm_head's chunks
+    # (a 4-bit weight dequantized again) beside the fp32 logits and the compute-dtype gradients (a·T·V).
+    return LitgptHead(saved=saved, loss_forward=logits + max(logits + converting, made + dequant, logits),
+                      loss_backward=max(2 * logits + 2 * chunk, logits + made + dequant),
+                      block=b * min(LM_HEAD_CHUNK, x.s) * v, at_step=logits)

@@ -1,0 +1,136 @@
+"""litgpt fine-tuning configs (``litgpt finetune_lora --config config_hub/finetune/<model>/lora.yaml``, ``qlora.yaml``,
+``full.yaml``) → a full PlanRequest body, framework 'litgpt'.
+
+Keys and defaults as litgpt 0.4.13.dev1 (commit 00af8b0d) reads them: ``litgpt/finetune/lora.py`` ``setup()``
+(``precision``, ``quantize``, ``devices``, ``lora_r`` 8, ``lora_alpha`` 16, ``lora_dropout`` 0.05, ``lora_query``
+true, ``lora_key`` false, ``lora_value`` true, ``lora_projection`` / ``lora_mlp`` / ``lora_head`` false,
+``optimizer`` 'AdamW'), ``litgpt/args.py`` ``TrainArgs`` (``micro_batch_size``, ``max_seq_length``):
+
+- ``checkpoint_dir`` 'checkpoints/<org>/<name>' (``litgpt download`` lays Hub checkpoints out so) → the Hub id;
+- ``precision`` 'bf16-true' → bf16 (every parameter bf16), 'bf16-mixed' → bf16-mixed, '32-true' → fp32 (litgpt's
+  default: bf16-true where the GPU supports it, ``get_default_supported_precision``);
+- ``quantize`` 'bnb.nf4' / 'bnb.nf4-dq' / 'bnb.fp4' / 'bnb.fp4-dq' → qlora (bitsandbytes quant type, double quant);
+  litgpt then trains with ``bnb.optim.PagedAdamW`` whatever ``optimizer`` says;
+- the six ``lora_*`` flags → HF target modules (q/k/v_proj, o_proj, gate/up/down_proj, lm_head); a file without
+  any ``lora_*`` key is ``finetune_full``'s → full fine-tuning;
+- ``train.micro_batch_size``; ``train.max_seq_length`` → ``seq_len`` (batches are padded to their longest sample,
+  truncated at max_seq_length).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from app.importers.common import ConfigImportError, ImportNote, NoteKind, resolve_model
+
+LORA_DEFAULTS: dict[str, Any] = {"lora_r": 8, "lora_alpha": 16, "lora_dropout": 0.05, "lora_query": True,
+                                 "lora_key": False, "lora_value": True, "lora_projection": False, "lora_mlp": False,
+                                 "lora_head": False}
+TARGETS = {"lora_query": ("q_proj",), "lora_key": ("k_proj",), "lora_value": ("v_proj",),
+           "lora_projection": ("o_proj",), "lora_mlp": ("gate_proj", "up_proj", "down_proj"),
+           "lora_head": ("lm_head",)}
+# Keys only litgpt's finetune configs spell (detect.py reads a file with any of them as litgpt).
+LITGPT_MARKERS = frozenset({"checkpoint_dir", "lora_query", "lora_key", "lora_value", "lora_projection",
+                            "lora_mlp", "lora_head", "logger_name"})
+PRECISIONS = {"bf16-true": "bf16", "bf16-mixed": "bf16-mixed", "32-true": "fp32"}
+QUANTIZE = {"bnb.nf4": ("nf4", False), "bnb.nf4-dq": ("nf4", True), "bnb.fp4": ("fp4", False),
+            "bnb.fp4-dq": ("fp4", True)}
+IGNORED = frozenset({"out_dir", "num_nodes", "data", "eval", "logger_name", "seed", "access_token", "resume"})
+TRAIN_IGNORED = frozenset({"save_interval", "log_interval", "global_batch_size", "lr_warmup_steps",
+                           "lr_warmup_fraction", "epochs", "max_tokens", "max_steps", "max_norm", "min_lr",
+                           "learning_rate", "weight_decay", "beta1", "beta2"})
+
+
+def from_litgpt(data: Mapping[str, Any], source: str = "litgpt config",
+                base_dir: Path | None = None) -> tuple[dict[str, Any], list[ImportNote]]:
+    notes: list[ImportNote] = []
+
+    def note(key: str, kind: NoteKind, message: str, **kw: Any) -> None:
+        notes.append(ImportNote(source, key, kind, message, **kw))
+
+    body: dict[str, Any] = {}
+    training: dict[str, Any] = {"framework": "litgpt", "gradient_checkpointing": False}
+    ckpt = data.get("checkpoint_dir")
+    if isinstance(ckpt, str) and ckpt.strip():
+        hub = re.sub(r"^(\./)?checkpoints/", "", ckpt.strip().rstrip("/"))
+        model, model_notes = resolve_model(hub, source, "checkpoint_dir", base_dir)
+        notes += model_notes
+        if model is not None:
+            body["model"] = model
+    precision = data.get("precision")
+    if precision is None:
+        note("precision", "assumed", "litgpt's default on a bf16-capable GPU: bf16-true", field="training.precision",
+             value="bf16")
+        precision = "bf16-true"
+    if precision not in PRECISIONS:
+        raise ConfigImportError(source, "precision", f"{precision!r} is not one of {', '.join(PRECISIONS)} "
+                                "(16-bit float precisions are not modelled for litgpt)")
+    training["precision"] = PRECISIONS[precision]
+
+    quantize = data.get("quantize")
+    if quantize is not None and quantize not in QUANTIZE:
+        raise ConfigImportError(source, "quantize", f"{quantize!r} is not one of {', '.join(QUANTIZE)}")
+    lora_keys = [k for k in LORA_DEFAULTS if k in data]
+    if not lora_keys:
+        if quantize is not None:
+            raise ConfigImportError(source, "quantize", "a quantized model cannot be fully fine-tuned (no lora_* "
+                                    "keys: this reads as finetune_full's config)")
+        body["method"] = "full"
+        note("lora_r", "note", "no lora_* keys: litgpt finetune_full (full fine-tuning)")
+    else:
+        body["method"] = "qlora" if quantize else "lora"
+        values = {k: data.get(k, v) for k, v in LORA_DEFAULTS.items()}
+        targets = [m for k, mods in TARGETS.items() if values[k] for m in mods]
+        if not targets:
+            raise ConfigImportError(source, "lora_query", "every lora_* target flag is false")
+        body["lora"] = {"r": values["lora_r"], "lora_alpha": values["lora_alpha"],
+                        "lora_dropout": values["lora_dropout"], "target_modules": targets}
+        for key in LORA_DEFAULTS:
+            if key not in data:
+                note(key, "assumed", f"finetune_lora's default {key} {LORA_DEFAULTS[key]!r}")
+    if quantize:
+        qt, dq = QUANTIZE[quantize]
+        body["quantization"] = {"bnb_4bit_quant_type": qt, "bnb_4bit_use_double_quant": dq,
+                                "bnb_4bit_compute_dtype": "bfloat16"}
+        note("quantize", "note", "litgpt trains a quantized model with bnb.optim.PagedAdamW (32-bit)")
+
+    devices = data.get("devices", 1)
+    if devices not in (1, "1"):
+        note("devices", "unsupported", f"devices {devices!r}: litgpt's FSDP strategy is not modelled; one GPU is "
+             "estimated")
+    train = data.get("train") or {}
+    if not isinstance(train, Mapping):
+        raise ConfigImportError(source, "train", f"expected a mapping, got {type(train).__name__}")
+    for key, value in train.items():
+        if key == "micro_batch_size":
+            training["micro_batch_size"] = value
+        elif key == "max_seq_length":
+            if value is None:
+                note("train.max_seq_length", "assumed", "not set: the longest sample decides; the planner's "
+                     "default seq_len is used")
+            else:
+                training["seq_len"] = value
+        elif key == "tie_embeddings" and value:
+            note("train.tie_embeddings", "unsupported", "finetune scripts refuse tie_embeddings")
+        elif key not in TRAIN_IGNORED and key != "tie_embeddings":
+            note(f"train.{key}", "unknown", "not a litgpt TrainArgs field")
+    if "micro_batch_size" not in train:
+        note("train.micro_batch_size", "assumed", "finetune_lora's default 1", field="training.micro_batch_size",
+             value=1)
+        training["micro_batch_size"] = 1
+    optimizer = data.get("optimizer", "AdamW")
+    name = optimizer.get("class_path", "") if isinstance(optimizer, Mapping) else str(optimizer)
+    if name.rsplit(".", 1)[-1] != "AdamW":
+        note("optimizer", "unsupported", f"{name!r}: torch AdamW is estimated")
+    training["optim"] = "adamw_torch"
+    for key in data:
+        if key in IGNORED:
+            note(key, "ignored", "does not change per-GPU training memory")
+        elif key not in LORA_DEFAULTS and key not in {"checkpoint_dir", "precision", "quantize", "devices", "train",
+                                                       "optimizer"}:
+            note(key, "unknown", "not a litgpt finetune argument")
+    body["training"] = training
+    return body, notes
