@@ -1,0 +1,126 @@
+"""The published rows' recipe settings of the trainers with their own model code (torchtune, litgpt / lit-gpt),
+read from each source's config at the commit it names: :func:`app.accuracy.rows.map_row` calls these for rows of
+those frameworks. Pure Python."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from app.accuracy.skip import Skip
+
+
+def torchtune_kind(measures: str, notes: list[str]) -> str:
+    """The counter of a torchtune figure. torchtune's memory log (``training.get_memory_stats``: peak active, alloc
+    and reserved bytes of torch's allocator) never includes the CUDA context, so an unnamed one is compared with
+    ``peak`` (active ≈ allocated), not ``total``."""
+    t = measures.lower()
+    if "not specified" not in t and "not stated" not in t:
+        if "reserved" in t:
+            return "reserved"
+        if "active" in t or "alloc" in t:
+            return "allocated"
+    notes.append("torchtune memory log, counter not named: a torch allocator peak (no CUDA context), compared with "
+                 "peak (active ≈ allocated)")
+    return "allocated"
+
+
+def _torchtune_optim(text: str) -> str:
+    """torchtune config optimizers (``_component_``) → training.optim."""
+    t = text.lower().replace(" ", "")
+    if "pagedadamw8bit" in t:
+        return "paged_adamw_8bit"  # bitsandbytes.optim.PagedAdamW8bit
+    if "pagedadamw" in t:
+        return "paged_adamw_32bit"  # bitsandbytes.optim.PagedAdamW (32-bit states)
+    if "8-bitadamw" in t or "adamw8bit" in t:
+        return "adamw_bnb_8bit"  # bitsandbytes.optim.AdamW8bit
+    return "adamw_torch"  # torch.optim.AdamW
+
+
+def torchtune_training(row: dict[str, str], training: dict[str, Any], hardware: dict[str, Any], init_only: bool,
+                        notes: list[str]) -> None:
+    """A torchtune row's recipe settings (its config yaml at the commit the source names): optimizer and
+    ``optimizer_in_bwd``, the loss (``num_output_chunks``), activation checkpointing / offloading, packing,
+    ``fsdp_cpu_offload``."""
+    opt = row["optimizer"]
+    if not init_only and (not opt.strip() or "not stated" in opt):
+        raise Skip("optimizer not stated", row["notes"][:70])
+    training["optim"] = _torchtune_optim(opt)
+    fused = row["source_id"] in TORCHTUNE_FUSED_ADAMW and not row["method"].startswith("FFT")
+    if training["optim"] == "adamw_torch" and fused:
+        training["optim"] = "adamw_torch_fused"
+    training["optimizer_in_bwd"] = "optimizer_in_bwd" in opt and "no optimizer_in_bwd" not in opt
+    ckpt = row["grad_ckpt"]
+    if "not stated" in ckpt and not ckpt.startswith("on"):
+        raise Skip("activation checkpointing not stated", row["notes"][:70])
+    training["gradient_checkpointing"] = ckpt.startswith("on")
+    training["activation_offloading"] = "activation offloading" in ckpt
+    note = row["seq_note"].lower()
+    if "must be forced" in note or row["source_id"] in TORCHTUNE_UNFORCED_LENGTHS:
+        raise Skip("sequence length unknown (a README table setting; PR #961: the runs' alpaca samples were shorter, "
+                   "inputs must be forced to that length to reproduce)", row["seq_note"][:70])
+    if "unpacked" in note and not row["seq_len"].startswith("<="):
+        raise Skip("sequence length unknown (unpacked samples padded to the batch's longest; only the cap is given)",
+                   row["seq_note"][:70])
+    training["packing"] = "packed" in note and "unpacked" not in note
+    training["num_output_chunks"] = _torchtune_output_chunks(row)
+    if row["source_id"] in TORCHTUNE_CUSTOM_SHARDED and hardware.get("sharding") == "fsdp" and "70B" in row["model"] \
+            and row["method"].startswith("FFT"):
+        training["custom_sharded_layers"] = ["tok_embeddings", "output"]
+    if "cpu offload" in row["parallelism"].lower() and hardware.get("sharding") == "fsdp":
+        # fsdp_cpu_offload: FSDP CPUOffload(offload_params=True): parameters, gradients and the optimizer on the CPU
+        hardware["offload_param"] = hardware["offload_optimizer"] = "cpu"
+    if "<=" in row["seq_len"]:
+        notes.append("torchtune pads each batch to its longest sample: the bound is an upper estimate")
+
+
+TORCHTUNE_UNFORCED_LENGTHS = ("TT-README-2024-05",)
+"""The README table @0217d44c2 gives 'Seq Length = 2048/4096' as a setting, but its runs took alpaca samples padded to
+the batch's longest (PR #961: inputs must be forced to that length to reproduce; row 6's 70B LoRA at 4×4096 tokens
+would hold 20 GiB of checkpointed layer inputs per GPU alone, above the 24.6 GiB published)."""
+TORCHTUNE_CUSTOM_SHARDED = ("TT-README-2024-09",)
+"""llama3_1/70B_full.yaml @30b8519e8: ``custom_sharded_layers: ['tok_embeddings', 'output']`` (70B_lora.yaml and
+405B_qlora.yaml set none)."""
+TORCHTUNE_FUSED_ADAMW = ("TT-README-2024-09", "TT-README-2024-11-flags")
+"""Sources whose LoRA/QLoRA configs give ``torch.optim.AdamW`` ``fused: True`` (llama3_1/{8B_lora,8B_qlora,70B_lora,
+405B_qlora}.yaml @30b8519e8, llama3_2/3B_{lora,qlora}_single_device.yaml @1814feb17, whose README command overrides
+only ``optimizer._component_``); their full fine-tuning configs name bitsandbytes optimizers (overridden to
+``torch.optim.AdamW`` without ``fused`` in the flags table) or no ``fused`` (70B_full)."""
+TORCHTUNE_CHUNKED_SOURCES = ("TT-README-2024-09",)
+"""Sources whose configs name ``torchtune.modules.loss.CEWithChunkedOutputLoss`` (recipes/configs/llama3_1/{8B,70B}_*
+.yaml @30b8519e8; its 405B_qlora.yaml names ``torch.nn.CrossEntropyLoss``); the 2024-04/05 configs name
+``torch.nn.CrossEntropyLoss``, and the 2024-11 flags table adds the chunked loss from its row '+ Chunked Cross
+Entropy' on (the row's notes name it)."""
+
+
+def _torchtune_output_chunks(row: dict[str, str]) -> int:
+    if "CEWithChunkedOutputLoss" in row["notes"] or "chunked ce" in row["notes"].lower():
+        return 8
+    if row["source_id"] in TORCHTUNE_CHUNKED_SOURCES and "405B" not in row["model"]:
+        return 8
+    return 0
+
+
+def litgpt_settings(row: dict[str, str], method: str, lora: dict[str, Any], training: dict[str, Any],
+                     notes: list[str]) -> None:
+    """The settings of litgpt's scripts the CSV states in its own words (lit-gpt 8641822 ``finetune/lora.py``;
+    litgpt 00af8b0d ``config_hub/finetune/*/*.yaml``): Fabric precision, bnb PagedAdamW for QLoRA, checkpointing
+    under FSDP (``activation_checkpointing_policy={Block}``), LoRA dropout > 0 (0.05; Gemma's configs 0.1: the
+    same bytes, a mask and the dropout output per adapted input)."""
+    if "fsdp" in row["parallelism"].lower():
+        raise Skip("lit-gpt FSDP (Fabric FSDPStrategy, Block wrap) is not modelled: its published per-GPU peaks "
+                   "(7B over 2 GPUs 20.7 GiB, about the unsharded 1-GPU run) do not follow the planner's FSDP "
+                   "sharding", row["parallelism"])
+    wd = row["weight_dtype"].lower()
+    training["precision"] = "bf16-mixed" if "bf16-mixed" in wd else "bf16"  # bf16-true: everything bf16
+    training["attn_implementation"] = None  # litgpt's own attention (SDPA; eager for soft-capping), not HF's
+    if "pagedadamw" in row["optimizer"].lower().replace(" ", ""):
+        training["optim"] = "paged_adamw_32bit"
+    training["gradient_checkpointing"] = row["grad_ckpt"].startswith("on")
+    if method != "full":
+        lora["lora_dropout"] = 0.05
+        tm = lora.get("target_modules")
+        if "Phi-3" in row["model"] and isinstance(tm, list):  # transformers' phi3 fuses qkv_proj and gate_up_proj
+            fused = {"q_proj": "qkv_proj", "k_proj": "qkv_proj", "v_proj": "qkv_proj", "gate_proj": "gate_up_proj",
+                     "up_proj": "gate_up_proj"}
+            lora["target_modules"] = list(dict.fromkeys(fused.get(m, m) for m in tm))
+    notes.append("litgpt: LoRA dropout 0.05 (litgpt default; Gemma configs 0.1, same bytes)")
