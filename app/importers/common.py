@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -67,6 +68,23 @@ class Draft:
 
     def note(self, key: str, kind: NoteKind, message: str) -> None:
         self.notes.append(ImportNote(self.source, key, kind, message))
+
+    def leftovers(self, data: dict[str, Any], handled: Collection[str], unsupported: dict[str, str],
+                  known: Collection[str], unknown: str, *, unset: Callable[[str, Any], bool] | None = None) -> None:
+        """Notes for the keys no section read: an ``unsupported`` key that is set (its reason and value; unset, or
+        ``unset(key, value)``, is 'not set'), a ``known`` key that does not affect memory, anything else ``unknown``."""
+        for key, value in data.items():
+            if key in handled:
+                continue
+            if key in unsupported:
+                if is_unset(value) or (unset is not None and unset(key, value)):
+                    self.note(key, "ignored", "not set")
+                else:
+                    self.note(key, "unsupported", f"{unsupported[key]} (value {value!r})")
+            elif key in known:
+                self.note(key, "ignored", "does not affect per-GPU training memory")
+            else:
+                self.note(key, "unknown", unknown)
 
     def assumed(self, key: str, field: str, value: Any, why: str) -> None:
         """``field`` ('lora.r', 'training.seq_len') takes the trainer's default ``value`` for the absent ``key``."""

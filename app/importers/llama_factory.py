@@ -246,17 +246,6 @@ def from_llama_factory(data: Mapping[str, Any], source: str = "LLaMA-Factory con
     deepspeed_sharding(data.get("deepspeed"), source, base_dir, hardware, notes)
     fsdp_sharding(data, source, training, hardware, notes)
 
-    for key, value in data.items():
-        if key in _HANDLED:
-            continue
-        if key in LF_UNSUPPORTED:
-            if is_unset(value):
-                note(key, "ignored", "not set")
-            else:
-                note(key, "unsupported", f"{LF_UNSUPPORTED[key]} (value {value!r})")
-        elif key in LF_KNOWN:
-            note(key, "ignored", "does not affect per-GPU training memory")
-        else:
-            note(key, "unknown", "not a LLaMA-Factory v0.9.5 argument; ignored")
+    draft.leftovers(data, _HANDLED, LF_UNSUPPORTED, LF_KNOWN, "not a LLaMA-Factory v0.9.5 argument; ignored")
 
     return draft.finish()

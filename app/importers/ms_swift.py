@@ -269,17 +269,7 @@ def from_ms_swift(data: Mapping[str, Any], source: str = "ms-swift arguments",
         fsdp = "full_shard auto_wrap" + (" offload" if "offload" in fsdp else "")
     fsdp_sharding({**data, "fsdp": fsdp}, source, training, hardware, notes)
 
-    for key, value in data.items():
-        if key in _HANDLED:
-            continue
-        if key in SWIFT_UNSUPPORTED:
-            if is_unset(value) or (key == "sequence_parallel_size" and value == 1):
-                note(key, "ignored", "not set")
-            else:
-                note(key, "unsupported", f"{SWIFT_UNSUPPORTED[key]} (value {value!r})")
-        elif key in SWIFT_KNOWN:
-            note(key, "ignored", "does not affect per-GPU training memory")
-        else:
-            note(key, "unknown", "not an ms-swift v4.5.2 sft argument; ignored")
+    draft.leftovers(data, _HANDLED, SWIFT_UNSUPPORTED, SWIFT_KNOWN, "not an ms-swift v4.5.2 sft argument; ignored",
+                    unset=lambda k, v: k == "sequence_parallel_size" and v == 1)
 
     return draft.finish()
