@@ -214,30 +214,71 @@ def _gathered(inv: Inventory, sm: StaticMemory, req: PlanRequest, dt: Dtypes) ->
     return min(largest + prefetch, ZERO3_MAX_LIVE_PARAMETERS * ZERO_PARAM_BYTES)
 
 
+class Accumulated(NamedTuple):
+    """Gradient bytes per GPU that a micro-batch after the first of an accumulation window runs beside."""
+
+    gradients: int  # the earlier micro-batches' gradients: alive through forward, loss and backward
+    transient: int  # one tensor's new gradient, before it is added in place to the accumulated one
+
+
+NO_ACCUMULATION = Accumulated(0, 0)
+
+
+def _accumulated(static: dict[str, int], sm: StaticMemory, req: PlanRequest) -> Accumulated:
+    """What ``training.gradient_accumulation_steps`` > 1 keeps alive (bytes per GPU).
+
+    The first micro-batch runs as a single-batch step (no gradients yet, ``zero_grad(set_to_none=True)``); every
+    later one runs with the accumulated gradients, and its backward computes each tensor's new gradient beside the
+    old one before ``AccumulateGrad`` adds it in place (torch ``csrc/autograd/functions/accumulate_grad.h``: the
+    first gradient is stolen, later ones go through ``variable_grad += new_grad``): the largest trainable tensor's.
+
+    - Under FSDP, HF Trainer (``_inner_training_loop``: ``accelerator.no_sync`` on every micro-batch but the last
+      one, unless DeepSpeed or accelerate's ``sync_each_batch``) and litgpt (Fabric ``no_backward_sync``, which
+      calls FSDP's ``no_sync``) skip the reduce-scatter, so the whole model's gradients accumulate unsharded on
+      every GPU (torch ``FullyShardedDataParallel.no_sync``: "FSDP will accumulate the full model gradients
+      (instead of gradient shards)"; FSDP2's ``set_requires_gradient_sync(False)`` likewise). torchtune's
+      distributed recipes reduce-scatter every micro-batch: the sharded gradients.
+    - Otherwise the gradients the step keeps: a replica's (one GPU, DDP), DeepSpeed ZeRO-1/2's bf16 gradients;
+      ZeRO-3 reduces each micro-batch into the fp32 partitions it keeps anyway, and ZeRO-Offload's live on the host.
+    """
+    if req.training.gradient_accumulation_steps < 2:
+        return NO_ACCUMULATION
+    grads = static["gradients"]
+    if req.hardware.sharding == "fsdp" and req.hardware.num_gpus > 1 and req.training.framework != "torchtune":
+        grads = sm.gradients.total
+    return Accumulated(grads, sm.largest_gradient if grads else 0)
+
+
 def _phases(static: dict[str, int], sm: StaticMemory, act: ActivationModel, workspace: int,
-            gathered_layer: int) -> list[Phase]:
+            gathered_layer: int, accumulated: Accumulated = NO_ACCUMULATION) -> list[Phase]:
     """Allocated bytes at each phase's high-water mark (steady step: optimizer states resident).
 
     forward: saved activations + the largest in-layer temporary; loss: + logits and loss buffers;
     backward: the start (gradient buffers of the loss) or a layer's backward with all gradients;
-    optimizer: gradients + the optimizer's step temporary.
+    optimizer: gradients + the optimizer's step temporary. With gradient accumulation the forward, loss and
+    backward phases are those of a later micro-batch: ``accumulated`` gradients alive throughout.
     """
     resident = static["weights"] + static["constants"] + static["adapters"] + static["optimizer"] + workspace
     resident += gathered_layer
     saved = act.saved_layers + act.saved_head
-    fwd = resident + saved + act.forward_transient
-    loss = resident + saved + act.loss_forward
+    acc, acc_new = accumulated
+    fwd = resident + saved + act.forward_transient + acc
+    loss = resident + saved + act.loss_forward + acc
     # lm_head's gradient (full fine-tuning, a modules_to_save copy) appears with the loss gradients
     head_grads = sm.gradients.by_group.get("lm_head", 0) if static["gradients"] and act.head_grad_at_loss else 0
     # Without checkpointing, saved activations are freed layer by layer while gradients accumulate, so the
-    # backward peak is at its start or at its end; with checkpointing a recomputed layer adds to either.
-    start = saved + head_grads + max(act.loss_backward,
-                                     act.backward_layer + act.backward_transient - act.head_weight_cast)
-    end = static["gradients"] + max(act.backward_layer + act.backward_transient, act.tied_embedding_grad)
+    # backward peak is at its start or at its end; with checkpointing a recomputed layer adds to either. With
+    # accumulated gradients every gradient exists from the start, and a new one waits beside its accumulated one
+    # (lm_head's at the start; at the end the embedding's, beside a tied embedding's two parts and their sum).
+    start = saved + acc + head_grads + max(act.loss_backward,
+                                           act.backward_layer + act.backward_transient - act.head_weight_cast)
+    embedding_new = sm.gradients.by_group.get("embedding", 0) if acc else 0
+    end = max(static["gradients"], acc) + max(act.backward_layer + act.backward_transient,
+                                              act.tied_embedding_grad + embedding_new, acc_new)
     bwd = resident + static["comm_buffers"] + max(start, end)
     opt = resident + static["gradients"] + static["comm_buffers"] + static["step_transient"] + act.at_step
-    bwd_grads = static["gradients"] if end > start else head_grads
-    return [Phase(name="forward", bytes=fwd, gradient_bytes=0), Phase(name="loss", bytes=loss, gradient_bytes=0),
+    bwd_grads = max(static["gradients"], acc) if end > start else acc + head_grads
+    return [Phase(name="forward", bytes=fwd, gradient_bytes=acc), Phase(name="loss", bytes=loss, gradient_bytes=acc),
             Phase(name="backward", bytes=bwd, gradient_bytes=bwd_grads),
             Phase(name="optimizer", bytes=opt, gradient_bytes=static["gradients"])]
 
@@ -335,6 +376,14 @@ def _assumptions(req: PlanRequest, dt: Dtypes, plan: AdapterPlan, inv: Inventory
         out.append("Paged optimizer states of tensors with ≥1e5 elements live in CUDA unified memory and are "
                    "not counted in peak or total (they can page out to host RAM).")
     out.append(framework_assumption(req))
+    steps = req.training.gradient_accumulation_steps
+    if steps > 1:
+        fsdp_sync = (req.hardware.sharding == "fsdp" and req.hardware.num_gpus > 1
+                     and req.training.framework != "torchtune")
+        out.append(f"gradient_accumulation_steps {steps}: forward, loss and backward are those of a micro-batch after "
+                   "the first, with the earlier micro-batches' gradients allocated"
+                   + (" — unsharded on every GPU: the trainer runs FSDP's no_sync until the last micro-batch "
+                      "(accelerate's sync_each_batch would keep them sharded)." if fsdp_sync else "."))
     if req.hardware.sharding != "none":
         out.append(f"{req.hardware.sharding} over {req.hardware.num_gpus} GPUs: static state partitioned as "
                    "DeepSpeed/FSDP do; activations are per GPU for the micro-batch.")
@@ -422,10 +471,16 @@ def estimate(req: PlanRequest) -> EstimateResult:
     act, host_activations = activation_offload(act, req, arch, dt)
     workspace = cublas_workspace_bytes(target_gpu.arch)
     gathered = _gathered(inv, sm, req, dt)
-    phases = _phases(static, sm, act, workspace, gathered)
+    single = phases = _phases(static, sm, act, workspace, gathered)
     fit, own_bucket = usable_fit(inv.generic_key, req)
     if isinstance(fit, PeakFit):  # a model outside the rules whose activations were fitted from traces
-        phases = fitted_phases(fit, req, static, workspace, gathered, phases)
+        phases = fitted_phases(fit, req, static, workspace, gathered, single)
+    accumulated = _accumulated(static, sm, req)
+    if accumulated.gradients:
+        # a later micro-batch's phases: what the accumulated gradients add to each single-batch phase
+        later = _phases(static, sm, act, workspace, gathered, accumulated)
+        phases = [Phase(name=p.name, bytes=p.bytes + q.bytes - a.bytes, gradient_bytes=q.gradient_bytes)
+                  for p, q, a in zip(phases, later, single, strict=True)]
     top = max(phases, key=lambda p: p.bytes)
     peak = top.bytes
     resident = sum(static[k] for k in ("weights", "constants", "adapters", "optimizer"))

@@ -61,7 +61,9 @@ def probe_sizes(bucket: int) -> tuple[tuple[int, int], ...]:
 
 def fit_settings(req: PlanRequest) -> dict[str, Any]:
     """The request fields the fitted terms depend on (see the module docstring)."""
-    training = req.training.model_dump(mode="json", exclude={"seq_len", "micro_batch_size", "optim", "momentum"})
+    # gradient accumulation is added to the fitted single-micro-batch phases analytically
+    training = req.training.model_dump(mode="json", exclude={"seq_len", "micro_batch_size", "optim", "momentum",
+                                                             "gradient_accumulation_steps"})
     return {
         "method": req.method,
         "quantization": req.quantization.model_dump(mode="json") if req.quantized else None,

@@ -200,6 +200,10 @@ class TrainingSpec(_Strict):
     optim: Optim = "adamw_torch"
     momentum: float = Field(0.0, ge=0.0, lt=1.0, description="SGD momentum (optim='sgd' only)")
     micro_batch_size: int = Field(1, ge=1, le=4096)
+    gradient_accumulation_steps: int = Field(
+        1, ge=1, le=65_536, description="HF TrainingArguments.gradient_accumulation_steps: micro-batches per optimizer "
+        "step; from the second one on, the gradients of the earlier ones stay allocated through forward and backward"
+    )
     seq_len: int = Field(2048, ge=1, le=1_048_576)
     gradient_checkpointing: bool = True
     attn_implementation: AttnImpl | None = Field(

@@ -56,6 +56,7 @@ class StaticMemory:
     quantized_params: int = 0
     tied_gradient: int = 0  # a trainable tied embedding's gradient bytes (alive from the loss to its own backward)
     largest_quantized_weight: tuple[int, int] = (0, 0)  # (out, in) of the largest 4/8-bit layer
+    largest_gradient: int = 0  # bytes of the largest single trainable tensor's gradient
 
 
 def quantized_modules(inv: Inventory, req: PlanRequest | None = None) -> list[str]:
@@ -179,6 +180,7 @@ def static_memory(inv: Inventory, plan: AdapterPlan, req: PlanRequest, dt: Dtype
             key = {"lora": group, "dora_magnitude": "dora_magnitude", "modules_to_save": "modules_to_save"}
             sm.adapters.add(key.get(kind, group), n * nbytes, n * numel, dtype)
         sm.gradients.add(group, n * nbytes, n * numel, dtype)
+        sm.largest_gradient = max(sm.largest_gradient, nbytes)
         force_32bit = eight_bit and group == "embedding" and kind in ("base", "modules_to_save")
         st = state_bytes(optim, shape, size, momentum=req.training.momentum, force_32bit=force_32bit)
         sm.optimizer.add(group, n * st.device, n * numel)

@@ -255,6 +255,11 @@ def check_request(req: PlanRequest) -> None:
     if tr.optimizer_in_bwd and req.uses_adapter:
         raise PlanError(("training", "optimizer_in_bwd"), "torchtune's LoRA recipes have no optimizer_in_bwd (it is a "
                         "full fine-tuning setting of full_finetune_single_device / full_finetune_distributed)")
+    if tr.optimizer_in_bwd and tr.gradient_accumulation_steps > 1:
+        # recipes/full_finetune_*.py __init__: "Gradient accumulation is not supported with optimizer in bwd."
+        raise PlanError(("training", "gradient_accumulation_steps"), "torchtune refuses gradient accumulation with "
+                        "optimizer_in_bwd (each gradient is freed by its step in backward): set "
+                        "gradient_accumulation_steps to 1, or optimizer_in_bwd to false")
     if tr.use_liger_kernel:
         raise PlanError(("training", "use_liger_kernel"), "use_liger_kernel is an HF Trainer switch; torchtune runs "
                         "its own modules (its chunked loss is training.num_output_chunks)")

@@ -92,6 +92,8 @@ def fit_peak(cfg: dict[str, Any], req_json: str, max_modules: int) -> dict[str, 
     hf_logging.set_verbosity_error()
     started = time.perf_counter()
     req = PlanRequest.model_validate_json(req_json)
+    # the fit prices one micro-batch; the estimate adds what gradient accumulation keeps (app/core/estimate.py)
+    req = req.model_copy(update={"training": req.training.model_copy(update={"gradient_accumulation_steps": 1})})
     try:
         kinds = layer_kinds(meta_model(cfg, max_modules))
         base, extra = _variants(kinds)

@@ -5,7 +5,8 @@ The step: transformers model from the config in the load dtype; for QLoRA/QDoRA 
 when on; PEFT ``get_peft_model``; gradient checkpointing when on (non-reentrant unless asked); forward with labels
 (transformers' own loss) under autocast for mixed/bf16 precision, accelerate's fp32 copy of the logits
 (HF Trainer's ``convert_outputs_to_fp32``), backward, ``clip_grad_norm_``, optimizer step and
-``zero_grad(set_to_none=True)`` — twice. The second step's peak is reported (states resident).
+``zero_grad(set_to_none=True)`` — twice. The second step's peak is reported (states resident). With
+``gradient_accumulation_steps`` > 1 each step runs two micro-batches (forward and backward) before the optimizer.
 """
 
 from __future__ import annotations
@@ -378,15 +379,20 @@ def run_trace(req: PlanRequest, *, fake: bool = True, steps: int = 2, seed: int 
                 # threads) through the caching allocator, kept for the process (CublasHandlePool.cpp)
                 for _ in range(2):
                     counter.inject(cublas_workspace_bytes(gpu(req.hardware.gpu).arch) // 2)
-            offload = offload_activations(model, counter.host) if tr.activation_offloading else nullcontext()
-            with autocast, offload:
-                if liger:  # Liger's lce_forward replaces the framework's loss path: no logits to convert
-                    loss = liger_loss(base, labels=input_ids, on_loss=lambda: counter.set_phase("loss"), **inputs)
-                else:
-                    loss = framework.loss(model, inputs, req)
-            counter.set_phase("backward")
-            loss.backward()
-            del loss
+            # gradient accumulation: every micro-batch after the first runs beside the accumulated gradients, and
+            # all of them alike, so two stand for any number (HF Trainer divides each loss by the count: a scalar)
+            for _ in range(min(tr.gradient_accumulation_steps, 2)):
+                counter.set_phase("forward")
+                offload = offload_activations(model, counter.host) if tr.activation_offloading else nullcontext()
+                with autocast, offload:
+                    if liger:  # Liger's lce_forward replaces the framework's loss path: no logits to convert
+                        loss = liger_loss(base, labels=input_ids, on_loss=lambda: counter.set_phase("loss"),
+                                          **inputs)
+                    else:
+                        loss = framework.loss(model, inputs, req)
+                counter.set_phase("backward")
+                loss.backward()
+                del loss
             counter.set_phase("optimizer")
             torch.nn.utils.clip_grad_norm_(params, 1.0)  # per-tensor norms: scalars only
             optimizer.step()
