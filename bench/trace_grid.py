@@ -104,8 +104,19 @@ SWITCH_CASES: list[tuple[str, str, dict[str, Any], dict[str, Any]]] = [
     (_Q8B, "lora", {}, {"micro_batch_size": 1, "seq_len": 4096}),
     (_Q8B, "lora", {}, {"micro_batch_size": 1, "seq_len": 4096, "use_liger_kernel": True}),
     (_Q8B, "lora", {}, {"micro_batch_size": 1, "seq_len": 4096, "activation_offloading": True}),
+    # gradient accumulation (a later micro-batch beside the accumulated gradients), next to the single-batch step
+    (_L1B, "full", {}, {"micro_batch_size": 1, "seq_len": 1024}),
+    (_L1B, "full", {}, {"micro_batch_size": 1, "seq_len": 1024, "gradient_accumulation_steps": 4}),
+    (_L1B, "full", {}, {"micro_batch_size": 2, "seq_len": 2048, "gradient_checkpointing": False,
+                        "gradient_accumulation_steps": 8}),
+    (_Q06, "qlora", {}, {"micro_batch_size": 4, "seq_len": 2048, "gradient_accumulation_steps": 4}),
+    (_Q8B, "lora", {"modules_to_save": ["lm_head"]}, {"micro_batch_size": 1, "seq_len": 4096}),
+    (_Q8B, "lora", {"modules_to_save": ["lm_head"]}, {"micro_batch_size": 1, "seq_len": 4096,
+                                                      "gradient_accumulation_steps": 8}),
+    ("meta-llama/Llama-3.1-8B", "full", {}, {"micro_batch_size": 1, "seq_len": 1024, "gradient_accumulation_steps": 2}),
 ]
-SWITCH_KEYS = ("use_liger_kernel", "activation_offloading", "gradient_checkpointing_kwargs", "packing", "padding_free")
+SWITCH_KEYS = ("use_liger_kernel", "activation_offloading", "gradient_checkpointing_kwargs", "packing", "padding_free",
+               "gradient_accumulation_steps")
 # fmt: on
 
 

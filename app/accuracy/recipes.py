@@ -63,6 +63,8 @@ def torchtune_training(row: dict[str, str], training: dict[str, Any], hardware: 
                    row["seq_note"][:70])
     training["packing"] = "packed" in note and "unpacked" not in note
     training["num_output_chunks"] = _torchtune_output_chunks(row)
+    if not row["grad_accum"].strip():
+        training["gradient_accumulation_steps"] = _torchtune_grad_accum(row)
     if row["source_id"] in TORCHTUNE_CUSTOM_SHARDED and hardware.get("sharding") == "fsdp" and "70B" in row["model"] \
             and row["method"].startswith("FFT"):
         training["custom_sharded_layers"] = ["tok_embeddings", "output"]
@@ -90,6 +92,31 @@ TORCHTUNE_CHUNKED_SOURCES = ("TT-README-2024-09",)
 .yaml @30b8519e8; its 405B_qlora.yaml names ``torch.nn.CrossEntropyLoss``); the 2024-04/05 configs name
 ``torch.nn.CrossEntropyLoss``, and the 2024-11 flags table adds the chunked loss from its row '+ Chunked Cross
 Entropy' on (the row's notes name it)."""
+
+
+TORCHTUNE_ADAPTER_GRAD_ACCUM = {
+    ("TT-README-2024-09", "Llama-3.1-8B", "LoRA"): 64,  # llama3_1/8B_lora_single_device.yaml @30b8519e8
+    ("TT-README-2024-09", "Llama-3.1-8B", "QLoRA"): 16,  # llama3_1/8B_qlora_single_device.yaml
+    ("TT-README-2024-09", "Llama-3.1-70B", "LoRA"): 1,  # llama3_1/70B_lora.yaml
+    ("TT-README-2024-09", "Llama-3.1-405B", "QLoRA"): 16,  # llama3_1/405B_qlora.yaml
+    ("TT-QLoRA-tutorial", "Llama-2-7b", "LoRA"): 64,  # llama2/7B_lora_single_device.yaml @0914d5cfb
+    ("TT-QLoRA-tutorial", "Llama-2-7b", "QLoRA"): 16,  # llama2/7B_qlora_single_device.yaml @0914d5cfb
+    ("TT-LoRA-tutorial", "Llama-2-7b", "LoRA"): 64,  # llama2/7B_lora_single_device.yaml @0914d5cfb
+    ("TT-Llama3-tutorial", "Meta-Llama-3-8B", "LoRA"): 64,  # llama3/8B_lora_single_device.yaml @20747cd87
+    ("TT-README-2024-05-02", "Llama-2-7b", "QLoRA"): 16,  # llama2/7B_qlora_single_device.yaml @7d05579fe
+}
+"""``gradient_accumulation_steps`` of the LoRA/QLoRA configs the torchtune rows name, at the commit each source names.
+Every full fine-tuning config there (llama2/7B_full, 7B_full_low_memory, llama3_1/8B_full_single_device, 70B_full)
+sets 1 (``optimizer_in_bwd`` requires it)."""
+
+
+def _torchtune_grad_accum(row: dict[str, str]) -> int:
+    if row["method"].startswith("FFT"):
+        return 1
+    model = row["model"].split("/")[-1]
+    method = "QLoRA" if row["method"].startswith("QLoRA") else "LoRA"
+    return next((v for (src, m, meth), v in TORCHTUNE_ADAPTER_GRAD_ACCUM.items()
+                 if src == row["source_id"] and model.startswith(m) and meth == method), 1)
 
 
 def _torchtune_output_chunks(row: dict[str, str]) -> int:
@@ -124,3 +151,18 @@ def litgpt_settings(row: dict[str, str], method: str, lora: dict[str, Any], trai
                      "up_proj": "gate_up_proj"}
             lora["target_modules"] = list(dict.fromkeys(fused.get(m, m) for m in tm))
     notes.append("litgpt: LoRA dropout 0.05 (litgpt default; Gemma configs 0.1, same bytes)")
+    if row["source_id"] == "LITGPT-config-hub":
+        # litgpt/args.py TrainArgs.gradient_accumulation_iters: global_batch_size // devices // micro_batch_size,
+        # on the table's one GPU
+        gbs = LITGPT_GLOBAL_BATCH_SIZE.get((row["model"].split(" ")[0], method))
+        if gbs is None:
+            gbs = 6 if row["model"].lower().startswith("gemma") else 8
+        training["gradient_accumulation_steps"] = max(gbs // training["micro_batch_size"], 1)
+
+
+LITGPT_GLOBAL_BATCH_SIZE = {
+    ("Llama-3.1-8B", "full"): 64, ("Llama-3.2-1B", "full"): 64, ("Llama-3.2-3B", "full"): 64,
+    ("Phi-3-mini-4k-instruct", "full"): 8, ("TinyLlama-1.1B", "full"): 32,
+}
+"""``train.global_batch_size`` of litgpt 00af8b0d ``config_hub/finetune/*/full.yaml`` (llama-3.1-8b, llama-3.2-1B,
+llama-3.2-3B, phi-3, tiny-llama); every lora.yaml / qlora.yaml there sets 8, the Gemma ones 6."""

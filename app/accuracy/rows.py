@@ -207,6 +207,17 @@ def _short_name(model_id: str) -> str:
     return model_id.split("/")[-1].lower().removeprefix("meta-").removesuffix("-hf")
 
 
+def _grad_accum(row: dict[str, str], micro_batch: int) -> int:
+    """The CSV's gradient accumulation: a count, or lit-gpt's ``batch_size // micro_batch_size`` ("128/micro_batch":
+    lit-gpt 8641822 ``finetune/lora.py``: ``batch_size = 128``, ``gradient_accumulation_iters = batch_size //
+    micro_batch_size``); 1 where the column is empty (litgpt and torchtune rows take their configs' values in
+    :mod:`app.accuracy.recipes`)."""
+    text = row["grad_accum"].strip()
+    if m := re.fullmatch(r"(\d+)\s*/\s*micro_batch", text):
+        return max(int(m.group(1)) // micro_batch, 1)
+    return int(text) if text.isdigit() else 1
+
+
 def _measure_kind(text: str) -> str:
     t = text.lower()
     if "get_memory_footprint" in t:
@@ -402,6 +413,7 @@ def map_row(row: dict[str, str], stand_in: str | None = None) -> Mapped:
         training["packing"] = True
     if row["compile"] == "on":
         training["torch_compile"] = True
+    training["gradient_accumulation_steps"] = _grad_accum(row, training["micro_batch_size"])
     if framework == "torchtune":
         torchtune_training(row, training, hardware, init_only, notes)
     if not row["seq_len"].strip().isdigit() and not init_only:

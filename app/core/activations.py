@@ -60,6 +60,9 @@ class ActivationModel:
     logits_block: int = 0  # fp32 bytes of the largest block of logits the loss builds (the allocator rule's feature)
     at_step: int = 0  # activations still alive during optimizer.step() (litgpt's loop keeps its logits)
     head_grad_at_loss: bool = True  # lm_head's weight gradient exists while the loss gradients do (not litgpt's)
+    # live at lm_head's own backward beside its new weight gradient, once the loss's buffers are freed (the logits'
+    # gradient and lm_head's input gradient); None: the weight gradient is counted on top of ``loss_backward``
+    head_backward: int | None = None
 
 
 @dataclass(frozen=True)
@@ -596,4 +599,7 @@ def activation_model(inv: Inventory, plan: AdapterPlan, req: PlanRequest, dt: Dt
         tied_embedding_grad=2 * v * h * DTYPE_BYTES[dt.weights] if x.full and arch.tie_word_embeddings else 0,
         checkpointed=req.training.gradient_checkpointing,
         logits_block=logits_block,
+        # the model's own loss: cross_entropy's fp32 buffers are freed before lm_head's backward computes its weight
+        # gradient from the logits' gradient (in the logits' dtype) and its input
+        head_backward=(logits * t * v + x.a * t * h) if loss in ("logits", "logits+argmax") else None,
     )

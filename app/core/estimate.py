@@ -270,8 +270,9 @@ def _phases(static: dict[str, int], sm: StaticMemory, act: ActivationModel, work
     # backward peak is at its start or at its end; with checkpointing a recomputed layer adds to either. With
     # accumulated gradients every gradient exists from the start, and a new one waits beside its accumulated one
     # (lm_head's at the start; at the end the embedding's, beside a tied embedding's two parts and their sum).
-    start = saved + acc + head_grads + max(act.loss_backward,
-                                           act.backward_layer + act.backward_transient - act.head_weight_cast)
+    at_head = act.loss_backward if act.head_backward is None else act.head_backward
+    layer = act.backward_layer + act.backward_transient - act.head_weight_cast
+    start = saved + acc + max(act.loss_backward, head_grads + at_head, layer + (0 if acc else head_grads))
     embedding_new = sm.gradients.by_group.get("embedding", 0) if acc else 0
     end = max(static["gradients"], acc) + max(act.backward_layer + act.backward_transient,
                                               act.tied_embedding_grad + embedding_new, acc_new)

@@ -118,7 +118,8 @@ def liger_activations(act: ActivationModel, inv: Inventory, req: PlanRequest, dt
         backward_layer = act.backward_layer
         forward_transient = max(act.forward_transient, mlp_transient)
     return replace(act, saved_layers=saved_layers, saved_head=saved_head, head_weight_cast=0, loss_forward=loss,
-                   loss_backward=0, backward_layer=backward_layer, forward_transient=forward_transient)
+                   loss_backward=0, backward_layer=backward_layer, forward_transient=forward_transient,
+                   head_backward=None)
 
 
 def check_switches(req: PlanRequest, arch: ArchSpec) -> None:
