@@ -51,6 +51,8 @@ CASES: list[tuple[str, str, str, dict[str, Any], dict[str, Any]]] = [
     ("llama-factory", "Qwen/Qwen2.5-0.5B", "qdora", {}, {"micro_batch_size": 2, "seq_len": 2048}),
     ("ms-swift", "meta-llama/Llama-3.2-1B", "lora", {}, {"micro_batch_size": 2, "seq_len": 4096}),
     ("ms-swift", "Qwen/Qwen2.5-0.5B", "qlora", {}, {"micro_batch_size": 4, "seq_len": 2048}),
+    ("trl", "Qwen/Qwen2.5-0.5B", "full", {}, {"micro_batch_size": 2, "seq_len": 2048, "gradient_accumulation_steps": 4}),
+    ("llama-factory", "Qwen/Qwen2.5-0.5B", "full", {}, {"micro_batch_size": 2, "seq_len": 2048, "gradient_accumulation_steps": 8}),
 ]
 # fmt: on
 

@@ -57,6 +57,8 @@ CASES: list[TorchtuneCase] = [
     TorchtuneCase(MHA, "qlora", ("q_proj", "k_proj", "v_proj", "o_proj"), gradient_checkpointing=False),
     TorchtuneCase(MHA, "full", micro_batch_size=1, seq_len=512, gradient_checkpointing=False, num_output_chunks=0),
     TorchtuneCase(MHA, "full", optimizer_in_bwd=True),
+    TorchtuneCase(GQA_TIED, "full", gradient_accumulation_steps=4),
+    TorchtuneCase(MHA, "lora", seq_len=512, num_output_chunks=0, gradient_accumulation_steps=8),
 ]
 # fmt: on
 
@@ -80,7 +82,8 @@ def label(case: TorchtuneCase) -> str:
                                                                            for m in case.target_modules)
     switches = [f"r{case.r} {targets}" if case.method != "full" else "",
                 "gc" if case.gradient_checkpointing else "no-gc",
-                f"chunks={case.num_output_chunks}", "in_bwd" if case.optimizer_in_bwd else ""]
+                f"chunks={case.num_output_chunks}", "in_bwd" if case.optimizer_in_bwd else "",
+                f"ga={case.gradient_accumulation_steps}" if case.gradient_accumulation_steps > 1 else ""]
     head = f"{shape:<9} {case.method:<6} b{case.micro_batch_size} s{case.seq_len:<5} "
     return head + " ".join(s for s in switches if s)
 

@@ -43,6 +43,7 @@ CASES: list[tuple[str, str, str, dict[str, Any], dict[str, Any]]] = [
     ("llama-factory", "llama", "full", {}, {}),
     ("llama-factory", "qwen2", "qdora", {}, {"gradient_checkpointing": False}),
     ("ms-swift", "mistral", "lora", {}, {}),
+    ("trl", "llama", "full", {}, {"gradient_accumulation_steps": 3}),
 ]
 
 

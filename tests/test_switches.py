@@ -60,6 +60,10 @@ CASES = [
     ("llama", "lora", True, FA2, {"packing": True}),
     ("llama", "lora", False, FA2, {"padding_free": True}),
     ("llama", "lora", True, {}, {"gradient_checkpointing_kwargs": {"use_reentrant": True}}),
+    # gradient accumulation: a later micro-batch runs beside the accumulated gradients
+    ("llama", "full", True, {}, {"gradient_accumulation_steps": 4}),
+    ("qwen3", "full", False, {}, {"gradient_accumulation_steps": 2}),
+    ("llama", "qlora", True, {}, {"gradient_accumulation_steps": 8}),
 ]
 
 
@@ -78,6 +82,8 @@ def test_switch_changes_the_estimate_by_what_the_trace_measures(family: str, met
                                                        abs=TOLERANCE * traced_on)
     if "use_liger_kernel" in switch or ("activation_offloading" in switch and not checkpointing):
         assert traced_off - traced_on > 0.04 * traced_off  # a real saving: the logits / the saved layers
+    if "gradient_accumulation_steps" in switch and method == "full":
+        assert traced_on - traced_off > 0.04 * traced_off  # a real cost: the bf16 gradients of the whole model
 
 
 SWITCH_ROWS: list[dict[str, Any]] = json.loads(SWITCH_CACHE.read_text())
@@ -88,7 +94,8 @@ def test_switch_grid_cache_is_current() -> None:
     assert [r["request"] for r in SWITCH_ROWS] == bodies(SWITCH_CASES), \
         "cache is stale: run bench/trace_grid.py --switches --regen"
     assert {switch_name(r["request"]) for r in SWITCH_ROWS} >= {
-        "-", "use_liger_kernel", "activation_offloading", "use_reentrant", "packing", "padding_free"}
+        "-", "use_liger_kernel", "activation_offloading", "use_reentrant", "packing", "padding_free",
+        "gradient_accumulation_steps"}
 
 
 # Known gap (docs/switches.md): with the logits gone, a QLoRA layer's backward through the adapted gate/up

@@ -166,7 +166,7 @@ def test_compiled_layer_saves_what_compiled_layer_saving_says(full: bool) -> Non
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("index", [0, 2, 4, 8])  # lora+gc+chunked, qlora all, full+in_bwd (tied), mha lora plain
+@pytest.mark.parametrize("index", [0, 2, 4, 8, 14])  # lora+gc+chunked, qlora all, full+in_bwd (tied), mha lora, full+GA
 def test_trace_of_torchtune_step_matches_analytic(index: int) -> None:
     pytest.importorskip("torchtune", reason=OVERLAY)
     from app.trace.torchtune import trace

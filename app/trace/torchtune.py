@@ -40,6 +40,7 @@ class TorchtuneCase:
     gradient_checkpointing: bool = True
     num_output_chunks: int = 8
     optimizer_in_bwd: bool = False
+    gradient_accumulation_steps: int = 1
 
     def request(self) -> dict[str, Any]:
         """The PlanRequest body of this case (framework 'torchtune')."""
@@ -47,7 +48,8 @@ class TorchtuneCase:
             "model": {"config": self.config}, "method": self.method,
             "training": {"framework": "torchtune", "micro_batch_size": self.micro_batch_size, "seq_len": self.seq_len,
                          "gradient_checkpointing": self.gradient_checkpointing,
-                         "num_output_chunks": self.num_output_chunks, "optimizer_in_bwd": self.optimizer_in_bwd},
+                         "num_output_chunks": self.num_output_chunks, "optimizer_in_bwd": self.optimizer_in_bwd,
+                         "gradient_accumulation_steps": self.gradient_accumulation_steps},
         }
         if self.method != "full":
             body["lora"] = {"r": self.r, "lora_alpha": 2 * self.r, "target_modules": list(self.target_modules)}
@@ -154,19 +156,22 @@ def trace(case: TorchtuneCase, *, steps: int = 2, seed: int = 0) -> TorchtuneTra
         for step in range(steps):
             if step == steps - 1:
                 counter.reset_peak()
-            counter.set_phase("forward")
-            logits = model(tokens)
-            # recipes/lora_finetune_single_device.py _loss_step: shift the labels, not the logits
-            shifted = torch.hstack((labels[..., 1:], ignore))
-            if not isinstance(logits, list):
-                shifted = shifted.reshape(-1)
-                logits = logits.reshape(-1, logits.size(-1))
-            counter.set_phase("loss")
-            loss = loss_fn(logits, shifted)
-            del logits  # "free logits otherwise it peaks backward memory"
-            counter.set_phase("backward")
-            loss.backward()
-            del loss
+            # the recipes step the optimizer every gradient_accumulation_steps batches; every batch after the first
+            # runs beside the accumulated gradients, all alike, so two stand for any number
+            for _ in range(min(case.gradient_accumulation_steps, 2)):
+                counter.set_phase("forward")
+                logits = model(tokens)
+                # recipes/lora_finetune_single_device.py _loss_step: shift the labels, not the logits
+                shifted = torch.hstack((labels[..., 1:], ignore))
+                if not isinstance(logits, list):
+                    shifted = shifted.reshape(-1)
+                    logits = logits.reshape(-1, logits.size(-1))
+                counter.set_phase("loss")
+                loss = loss_fn(logits, shifted)
+                del logits  # "free logits otherwise it peaks backward memory"
+                counter.set_phase("backward")
+                loss.backward()
+                del loss
             counter.set_phase("optimizer")
             if optimizer is not None:
                 optimizer.step()
