@@ -75,6 +75,8 @@ def build_parser() -> argparse.ArgumentParser:
     files.add_argument("--method", choices=METHODS)
     files.add_argument("--transformers-version", choices=("5.24", "4.57"),
                        help="module tree to model: 4.57 builds MoE experts as one nn.Linear each (docs/accuracy.md)")
+    files.add_argument("--torch-version", choices=("2.13", "2.0"),
+                       help="optimizer step to model: 2.0 keeps two foreach AdamW intermediates (docs/accuracy.md)")
     lora = inputs.add_argument_group("LoRA (PEFT LoraConfig)")
     lora.add_argument("--r", type=int, help="LoRA rank")
     lora.add_argument("--lora-alpha", type=float)
@@ -190,6 +192,9 @@ def build_body(args: argparse.Namespace) -> tuple[dict[str, Any], list[Any]]:
     if args.transformers_version is not None:
         body["transformers_version"] = args.transformers_version
         flagged.add("transformers_version")
+    if args.torch_version is not None:
+        body["torch_version"] = args.torch_version
+        flagged.add("torch_version")
     put("lora", "r", args.r)
     put("lora", "lora_alpha", args.lora_alpha)
     put("lora", "lora_dropout", args.lora_dropout)

@@ -433,8 +433,17 @@ def map_row(row: dict[str, str], stand_in: str | None = None) -> Mapped:
 
     if framework in LITGPT_FRAMEWORKS:
         litgpt_settings(row, method, lora, training, notes)
+    versions: dict[str, Any] = {}
+    if row["source_id"] == "QWEN-README":
+        # README 'Profiling of Memory and Speed': "we use CUDA 11.8 and Pytorch 2.0"; finetune.py LoraArguments:
+        # lora_dropout 0.05 (the finetune/*.sh scripts do not set it)
+        versions["torch_version"] = "2.0"
+        if method != "full":
+            lora["lora_dropout"] = 0.05
+        notes.append("Qwen README: PyTorch 2.0 (torch_version '2.0': two foreach AdamW intermediates); "
+                     "finetune.py lora_dropout 0.05")
     req = PlanRequest(model=model, method=method, lora=lora, quantization=qspec, training=training,
-                      hardware=hardware)
+                      hardware=hardware, **versions)
     return Mapped(row, req, label, kind, published, notes, via_config)
 
 

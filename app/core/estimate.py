@@ -61,6 +61,8 @@ PLANNER_VERSION = "0.1.0"
 
 # transformers releases whose module trees the planner builds (PlanRequest.transformers_version)
 TRANSFORMERS_RELEASES = {"5.24": "5.24.0", "4.57": "4.57"}
+# torch releases whose optimizer step the planner models (PlanRequest.torch_version)
+TORCH_RELEASES = {"2.13": "2.13.0", "2.0": "2.0 (foreach AdamW intermediates; the rest as 2.13.0)"}
 
 
 def resolve_inventory(req: PlanRequest) -> tuple[str | None, Inventory]:
@@ -373,6 +375,10 @@ def _assumptions(req: PlanRequest, dt: Dtypes, plan: AdapterPlan, inv: Inventory
             "prepare_model_for_kbit_training upcasts non-quantized fp16/bf16 parameters to fp32."
             if dt.unquantized == "fp32" else "Non-quantized parameters stay in the load dtype (no fp32 upcast)."
         )
+    if req.torch_version != "2.13":
+        out.append(f"torch {req.torch_version}: the foreach AdamW step keeps two full-size intermediates per dtype "
+                   "group (one since torch 2.1, pytorch/pytorch#104898); the rest of the step is modelled as torch "
+                   "2.13.")
     if req.training.optim.startswith("paged_"):
         out.append("Paged optimizer states of tensors with ≥1e5 elements live in CUDA unified memory and are "
                    "not counted in peak or total (they can page out to host RAM).")
@@ -539,5 +545,6 @@ def estimate(req: PlanRequest) -> EstimateResult:
         assumptions=_assumptions(req, dt, plan, inv, fit_note(fit, own_bucket)),
         versions={"planner": PLANNER_VERSION, **{f"models_{k}": v for k, v in MODELLED_VERSIONS.items()},
                   "models_transformers": TRANSFORMERS_RELEASES[req.transformers_version],
+                  "models_torch": TORCH_RELEASES[req.torch_version],
                   "models_framework": f"{req.training.framework}: {framework(req).release}"},
     )

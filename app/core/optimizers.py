@@ -89,13 +89,21 @@ def fixed_state_bytes(optim: str) -> int:
     return 0
 
 
-def step_transient_bytes(optim: str, groups: list[list[tuple[tuple[int, ...], int]]]) -> int:
+FOREACH_ADAMW_INTERMEDIATES = {"2.13": 1, "2.0": 2}
+"""Full-size intermediates of torch's foreach AdamW step (``_multi_tensor_adamw``), per dtype group: torch ≤ 2.0 made
+``exp_avg_sq_sqrt = _foreach_sqrt(exp_avg_sqs)`` and then ``denom = _foreach_add(exp_avg_sq_sqrt, eps)`` (both alive
+at ``_foreach_addcdiv_``); pytorch/pytorch#104898 (July 2023, torch 2.1) adds eps in place, leaving one."""
+
+
+def step_transient_bytes(optim: str, groups: list[list[tuple[tuple[int, ...], int]]],
+                         torch_version: str = "2.13") -> int:
     """Extra bytes alive during ``optimizer.step()`` beyond the resident states.
 
     ``groups`` are the optimizer's parameter groups, each a list of (shape, itemsize). For
     ``adamw_torch`` (foreach) the temporary is one second-moment copy of the largest group
-    (tensors of one dtype are batched together). Adafactor works one tensor at a time with a
-    float32 gradient copy, a float32 update and, for 16-bit tensors, a float32 parameter copy.
+    (tensors of one dtype are batched together), two under torch ≤ 2.0 (:data:`FOREACH_ADAMW_INTERMEDIATES`).
+    Adafactor works one tensor at a time with a float32 gradient copy, a float32 update and, for 16-bit tensors, a
+    float32 parameter copy.
     """
     if optim == "adamw_torch":
         best = 0
@@ -104,7 +112,7 @@ def step_transient_bytes(optim: str, groups: list[list[tuple[tuple[int, ...], in
             for shape, itemsize in group:
                 by_dtype[itemsize] = by_dtype.get(itemsize, 0) + prod(shape) * itemsize
             best = max(best, *by_dtype.values(), 0)
-        return best
+        return best * FOREACH_ADAMW_INTERMEDIATES[torch_version]
     if optim == "adafactor":
         return max((prod(s) * (12 if size < 4 else 8) for g in groups for s, size in g), default=0)
     return 0

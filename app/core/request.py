@@ -304,6 +304,12 @@ class PlanRequest(_Strict):
         "(Mixtral, Qwen3-MoE) as one nn.Linear per expert (quantized by bitsandbytes, adaptable by "
         "LoRA/DoRA by name); '5.24' fuses them into 3-D parameters",
     )
+    torch_version: Literal["2.13", "2.0"] = Field(
+        "2.13",
+        description="torch release whose optimizer step is modelled: '2.0' (and older): the foreach Adam/AdamW step "
+        "keeps two full-size intermediates (exp_avg_sq.sqrt() and the denominator with eps) where 2.1+ keeps one "
+        "(pytorch/pytorch#104898); everything else is modelled as torch 2.13",
+    )
     method: Method = "lora"
     lora: LoraSpec = Field(default_factory=LoraSpec)
     quantization: QuantizationSpec = Field(default_factory=QuantizationSpec)

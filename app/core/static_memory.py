@@ -200,6 +200,6 @@ def static_memory(inv: Inventory, plan: AdapterPlan, req: PlanRequest, dt: Dtype
         sm.optimizer.add("quantization_maps", fixed)
     if is_litgpt(req):  # finetune/*.py: one parameter group of every trainable parameter
         decay, no_decay, decay32, no_decay32 = decay + no_decay, [], decay32 + no_decay32, []
-    sm.optimizer_step_transient = step_transient_bytes(optim, [decay, no_decay])
-    sm.optimizer_step_transient_fp32 = step_transient_bytes(optim, [decay32, no_decay32])
+    sm.optimizer_step_transient = step_transient_bytes(optim, [decay, no_decay], req.torch_version)
+    sm.optimizer_step_transient_fp32 = step_transient_bytes(optim, [decay32, no_decay32], req.torch_version)
     return sm

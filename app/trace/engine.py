@@ -295,6 +295,9 @@ def run_trace(req: PlanRequest, *, fake: bool = True, steps: int = 2, seed: int 
               layers: Sequence[int] | None = None) -> TraceResult:
     """Trace ``steps`` training steps of ``req`` and return the last one's memory (bytes); ``layers``: keep only
     these decoder layers of the model (the small variants :mod:`app.models.peak_fit` traces)."""
+    if req.torch_version != "2.13":
+        raise UnsupportedStep("the trace engine runs the installed torch 2.13; torch 2.0's optimizer step is "
+                              "estimated analytically")
     if req.transformers_version != "5.24":
         raise UnsupportedStep("the trace engine runs the installed transformers 5.24; the transformers 4.57 "
                               "module tree (per-expert MoE linears) is estimated analytically")
