@@ -10,6 +10,7 @@ from __future__ import annotations
 import pytest
 
 from app.core import PlanRequest, estimate
+from app.core.result import EstimateResult
 
 MODEL = "meta-llama/Llama-3.2-1B"
 PSI = 1_235_814_400  # Llama-3.2-1B parameters (transformers num_parameters, tied embeddings once)
@@ -104,3 +105,23 @@ def test_70b_fsdp_qlora_on_two_24gb_cards_does_not_fit() -> None:
     fits = {f.gpu: f.fits for f in res.fits}
     assert fits["nvidia-rtx-4090"] is False
     assert res.memory.total > 24 * 10**9
+
+
+def test_fsdp_mixed_precision_computes_on_bf16_copies_of_fp32_shards() -> None:
+    """accelerate's FSDP plugin sets ``MixedPrecision(param_dtype=bf16, reduce_dtype=bf16)`` for bf16 mixed precision:
+    the step runs on bf16 copies of the all-gathered layers and reduce-scatters bf16 gradients, so everything but the
+    fp32 shards is what the bf16 recipe has: the same activations, gathered layers and reduce buffers. The shards:
+    fp32 weights and gradients (4 bytes per parameter each) and AdamW's two fp32 states, over 4 GPUs."""
+    def run(precision: str) -> EstimateResult:
+        return estimate(PlanRequest(model=MODEL, method="full", training={"precision": precision},
+                                    hardware={"num_gpus": 4, "sharding": "fsdp"}))
+
+    mixed, bf16 = run("bf16-mixed"), run("bf16")
+    assert mixed.memory.activations == bf16.memory.activations
+    assert mixed.peak.phase == bf16.peak.phase
+    assert mixed.memory.weights == mixed.memory.gradients == pytest.approx(4 * PSI / 4, abs=4)
+    assert mixed.memory.optimizer_states == pytest.approx(8 * PSI / 4, abs=8)
+    # without FSDP the autocast recipe keeps its fp32 residual stream: more activations than bf16's
+    single = {p: estimate(PlanRequest(model=MODEL, method="full", training={"precision": p})).memory.activations
+              for p in ("bf16-mixed", "bf16")}
+    assert single["bf16-mixed"] > single["bf16"]

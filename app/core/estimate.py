@@ -21,7 +21,7 @@ from app.core.inventory import Inventory, build_inventory
 from app.core.litgpt import check as litgpt_check
 from app.core.litgpt import is_litgpt
 from app.core.overhead import cublas_workspace_bytes, outside_allocator_bytes
-from app.core.precision import Dtypes, dtypes_for
+from app.core.precision import Dtypes, compute_dtypes, dtypes_for, fsdp_mixed_precision
 from app.core.quantization import constants_bits_per_param, nf4_bytes
 from app.core.request import HardwareSpec, PlanRequest
 from app.core.reserved import allocator_reserve, expandable_variant, reserve_features
@@ -150,8 +150,11 @@ def _shard(sm: StaticMemory, req: PlanRequest, trainable_params: int, hidden_siz
             out[key] = part(out[key])
         # the optimizer steps on the local shard: foreach temporaries are a shard's, not the model's
         out["step_transient"] = part(out["step_transient"])
-        # a layer's unsharded gradients exist until its reduce-scatter (FlatParamHandle, FULL_SHARD)
+        # a layer's unsharded gradients exist until its reduce-scatter (FlatParamHandle, FULL_SHARD), in the
+        # mixed-precision reduce_dtype (16-bit) when the shards are fp32
         out["comm_buffers"] = _layer_bytes(sm.gradients, num_layers)
+        if fsdp_mixed_precision(req):
+            out["comm_buffers"] = _half(out["comm_buffers"])
     elif mode.startswith("zero"):
         out["optimizer"] = part(8 * trainable_params + sm.optimizer_fp32_master_bytes)
         out["paged_optimizer"] = 0  # DeepSpeed keeps its own (fp32 master) optimizer states, counted above
@@ -165,6 +168,12 @@ def _shard(sm: StaticMemory, req: PlanRequest, trainable_params: int, hidden_siz
         out["step_transient"] = part(sm.optimizer_step_transient_fp32)
         out["comm_buffers"] = 2 * hidden_size * hidden_size
     return out
+
+
+def _half(fp32_bytes: int) -> int:
+    """Bytes of the 16-bit copies of fp32 tensors (FSDP mixed precision's all-gathered parameters and reduced
+    gradients)."""
+    return fp32_bytes // 2
 
 
 def _layer_bytes(bucket: Bucket, num_layers: int) -> int:
@@ -198,6 +207,8 @@ def _gathered(inv: Inventory, sm: StaticMemory, req: PlanRequest, dt: Dtypes) ->
         layer = _layer_bytes(sm.weights, arch.num_hidden_layers) + sm.adapters.total // max(arch.num_hidden_layers, 1)
         if req.training.framework == "torchtune":
             return torchtune_gathered(req, sm.weights.by_group, layer)
+        if fsdp_mixed_precision(req):  # all-gathered in param_dtype: 16-bit copies of the fp32 shards
+            root, layer = _half(root), _half(layer)
         return root + 2 * layer
     names = set(quantized_modules(inv, req)) if req.quantized else set()
     by_module: dict[str, int] = {}
@@ -472,10 +483,11 @@ def estimate(req: PlanRequest) -> EstimateResult:
     dt = dtypes_for(req)
     static, host_states = offload_static(_shard(sm, req, plan.trainable_params, arch.hidden_size,
                                                 arch.num_hidden_layers), sm, req, plan.trainable_params)
-    act = activation_model(inv, plan, req, dt, sum(static[k] for k in ("weights", "constants", "adapters",
-                                                                       "optimizer")))
-    act = liger_activations(act, inv, req, dt)
-    act, host_activations = activation_offload(act, req, arch, dt)
+    run_dt = compute_dtypes(req, dt)  # FSDP mixed precision computes on 16-bit copies of the fp32 shards
+    act = activation_model(inv, plan, req, run_dt, sum(static[k] for k in ("weights", "constants", "adapters",
+                                                                           "optimizer")))
+    act = liger_activations(act, inv, req, run_dt)
+    act, host_activations = activation_offload(act, req, arch, run_dt)
     workspace = cublas_workspace_bytes(target_gpu.arch)
     gathered = _gathered(inv, sm, req, dt)
     single = phases = _phases(static, sm, act, workspace, gathered)

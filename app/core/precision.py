@@ -13,7 +13,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from app.core.frameworks import framework, kbit_upcast_groups, stays_in_load_dtype
 from app.core.request import PlanRequest
@@ -63,3 +63,25 @@ def dtypes_for(req: PlanRequest) -> Dtypes:
     bnb_compute = {"bfloat16": "bf16", "float16": "fp16", "float32": "fp32"}[req.quantization.bnb_4bit_compute_dtype]
     return Dtypes(weights=weights, unquantized=unquantized, compute=compute, bnb_compute=bnb_compute,
                   adapters=adapters, kbit_upcast=upcast)
+
+
+def fsdp_mixed_precision(req: PlanRequest) -> bool:
+    """Whether the step computes on 16-bit copies of fp32 FSDP shards: ``bf16-mixed`` / ``fp16-mixed`` under FSDP on
+    several GPUs with an accelerate-based trainer. accelerate's ``FullyShardedDataParallelPlugin.set_mixed_precision``
+    (called by ``AcceleratorState`` for ``mixed_precision`` bf16/fp16) sets ``MixedPrecision(param_dtype=dtype,
+    reduce_dtype=dtype, buffer_dtype=dtype)``: every all-gathered parameter, adapters included, is 16-bit, and
+    gradients are reduce-scattered in 16 bits before the fp32 shard's gradient. torchtune and litgpt choose their
+    own FSDP policies. Not for a 4-bit base: FSDP flattens its packed weights in ``bnb_4bit_quant_storage`` with the
+    other parameters, and a 16-bit ``param_dtype`` cast would rewrite them (FSDP-QLoRA recipes load in bf16)."""
+    hw = req.hardware
+    return (hw.sharding == "fsdp" and hw.num_gpus > 1 and req.training.precision in ("bf16-mixed", "fp16-mixed")
+            and not req.quantized and framework(req).name not in ("torchtune", "litgpt", "lit-gpt"))
+
+
+def compute_dtypes(req: PlanRequest, dt: Dtypes) -> Dtypes:
+    """The dtypes the forward and backward run with: ``dt``, or under FSDP mixed precision
+    (:func:`fsdp_mixed_precision`) the 16-bit copies of every parameter (the activations of the 16-bit recipe)."""
+    if not fsdp_mixed_precision(req):
+        return dt
+    half = dt.compute
+    return replace(dt, weights=half, unquantized=half, adapters=half, magnitude=half)
