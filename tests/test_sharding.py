@@ -119,6 +119,7 @@ def test_fsdp_mixed_precision_computes_on_bf16_copies_of_fp32_shards() -> None:
     mixed, bf16 = run("bf16-mixed"), run("bf16")
     assert mixed.memory.activations == bf16.memory.activations
     assert mixed.peak.phase == bf16.peak.phase
+    assert any(a.startswith("FSDP mixed precision") for a in mixed.assumptions)
     assert mixed.memory.weights == mixed.memory.gradients == pytest.approx(4 * PSI / 4, abs=4)
     assert mixed.memory.optimizer_states == pytest.approx(8 * PSI / 4, abs=8)
     # without FSDP the autocast recipe keeps its fp32 residual stream: more activations than bf16's

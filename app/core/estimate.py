@@ -405,6 +405,9 @@ def _assumptions(req: PlanRequest, dt: Dtypes, plan: AdapterPlan, inv: Inventory
     if req.hardware.sharding != "none":
         out.append(f"{req.hardware.sharding} over {req.hardware.num_gpus} GPUs: static state partitioned as "
                    "DeepSpeed/FSDP do; activations are per GPU for the micro-batch.")
+    if fsdp_mixed_precision(req):
+        out.append(f"FSDP mixed precision (accelerate: MixedPrecision(param_dtype={dt.compute}, reduce_dtype="
+                   f"{dt.compute})): forward and backward run on {dt.compute} copies of the fp32 shards.")
     return out + switch_assumptions(req, inv.arch)
 
 
