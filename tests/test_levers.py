@@ -138,11 +138,26 @@ def test_offload_levers_on_a_sharded_run() -> None:
 
 
 def test_micro_batch_lever_keeps_the_batch_with_accumulation() -> None:
-    out = levers(PlanRequest.model_validate(LORA_8B_MBS))
-    lv = next(lv for lv in out.levers if lv.id == "micro_batch_size")
-    d = lv.changes["training.micro_batch_size"]
-    assert 12 % d == 0 and d < 12
-    assert f"gradient_accumulation_steps × {12 // d}" in lv.title
+    """The lever divides the micro-batch and multiplies training.gradient_accumulation_steps by the same factor, so
+    its total is that of the accumulating run (the earlier micro-batches' gradients held: more than the same
+    micro-batch without accumulation)."""
+    for steps in (1, 3):
+        body = {**LORA_8B_MBS, "training": {**LORA_8B_MBS["training"], "gradient_accumulation_steps": steps}}
+        lv = next(lv for lv in levers(PlanRequest.model_validate(body)).levers if lv.id == "micro_batch_size")
+        d = lv.changes["training.micro_batch_size"]
+        assert 12 % d == 0 and d < 12
+        assert f"gradient_accumulation_steps × {12 // d}" in lv.title
+        assert lv.changes["training.gradient_accumulation_steps"] == steps * (12 // d)
+        once = _apply(body, {"training.micro_batch_size": d, "training.gradient_accumulation_steps": 1})
+        assert lv.total_bytes == estimate(_apply(body, lv.changes)).memory.total > estimate(once).memory.total
+    # the micro-batch is searched with accumulation on: a budget that holds micro-batch 3 alone but not with the
+    # accumulated gradients gets micro-batch 2 (the next divisor of 12), which fits
+    three = estimate(_apply(LORA_8B_MBS, {"training.micro_batch_size": 3})).memory.total
+    three_acc = estimate(_apply(LORA_8B_MBS, {"training.micro_batch_size": 3,
+                                              "training.gradient_accumulation_steps": 4})).memory.total
+    assert three < three_acc
+    lv = next(lv for lv in levers(PlanRequest.model_validate(LORA_8B_MBS), three).levers if lv.id == "micro_batch_size")
+    assert lv.changes == {"training.micro_batch_size": 2, "training.gradient_accumulation_steps": 6} and lv.fits
 
 
 def test_combined_lever_when_no_single_one_fits() -> None:
