@@ -219,6 +219,23 @@ def test_page_links_apply_each_lever() -> None:
     assert page.status_code == 200 and "Fits on RTX 5090" in page.text
 
 
+def test_page_link_of_the_micro_batch_lever_sets_the_accumulation() -> None:
+    """The micro-batch lever's link carries gradient_accumulation_steps too: following it gives its plan."""
+    form = {"model": "meta-llama/Llama-3.1-8B", "method": "lora", "r": "256", "lora_alpha": "512", "seq_len": "1024",
+            "micro_batch_size": "12", "gradient_accumulation_steps": "2", "gpu": "nvidia-rtx-4090",
+            "target_modules": "q_proj,v_proj"}
+    req, _ = parse_form(form)
+    assert req is not None
+    lv = next(lv for lv in levers(req).levers if lv.id == "micro_batch_size")
+    steps = lv.changes["training.gradient_accumulation_steps"]
+    assert steps == 2 * 12 // lv.changes["training.micro_batch_size"]
+    section = client.get("/", params=form).text
+    hrefs = [unescape(h) for h in re.findall(r'<a href="(/\?[^"]+)#make-it-fit" data-apply>', section)]
+    queries = [dict(parse_qsl(urlsplit(h).query, keep_blank_values=True)) for h in hrefs]
+    [query] = [q for q in queries if q["gradient_accumulation_steps"] == str(steps)]
+    assert parse_form(query)[0] == lv.request
+
+
 def test_notes_explain_qlora_above_lora_and_optimizer_peaks() -> None:
     body = {"model": "Qwen/Qwen3-30B-A3B", "lora": {"target_modules": "all-linear"}}
     results = {m: estimate(PlanRequest.model_validate({**body, "method": m})) for m in ("full", "lora", "qlora")}
