@@ -1,7 +1,7 @@
-"""LLaMA-Factory, ms-swift, TRL and litgpt recipe importers on the frameworks' own example files (tests/data/frameworks,
-sources in its SOURCES.md): detected, mapped to the body each framework's code implies (expectations derived by
-hand from the files and the frameworks' argument defaults, cited in app/importers/*), framework set, every key
-accounted for, bad values refused naming the key."""
+"""axolotl, LLaMA-Factory, ms-swift, TRL and litgpt recipe importers on the frameworks' own example files
+(tests/data/frameworks, sources in its SOURCES.md): detected, mapped to the body each framework's code implies
+(expectations derived by hand from the files and the frameworks' argument defaults, cited in app/importers/*),
+framework set, every key accounted for, bad values refused naming the key."""
 
 from __future__ import annotations
 
@@ -310,3 +310,15 @@ def test_litgpt_config_hub_accumulation() -> None:
             import_data({"checkpoint_dir": "checkpoints/x/y", "logger_name": "csv", "devices": devices,
                          "train": train}, "c.yaml")
         assert err.value.key == key, (train, devices)
+
+
+def test_axolotl_examples_accumulation() -> None:
+    """axolotl's examples/llama-3/qlora.yml: gradient_accumulation_steps 4 (micro_batch_size 2). The archived
+    falcon/config-7b-lora.yml sets batch_size 2 and micro_batch_size 1 instead: normalize_config's
+    batch_size // micro_batch_size = 2 // 1 = 2."""
+    llama = import_file(DATA / "axolotl--examples--llama-3--qlora.yml")
+    assert llama.format == "axolotl"
+    assert (llama.body["training"]["micro_batch_size"], llama.body["training"]["gradient_accumulation_steps"]) == (2, 4)
+    falcon = import_file(DATA / "axolotl--examples--archived--falcon--config-7b-lora.yml")
+    assert falcon.format == "axolotl" and falcon.body["training"]["gradient_accumulation_steps"] == 2
+    assert [n.kind for n in falcon.notes if n.key == "batch_size"] == ["note"]
