@@ -88,8 +88,8 @@ LEGACY_IGNORED = frozenset({
 _HANDLED = frozenset({
     "per_device_train_batch_size", "per_gpu_train_batch_size", "gradient_accumulation_steps", "max_length",
     "max_seq_length", "bf16", "fp16", "activation_checkpointing", "gradient_checkpointing", "optim", "deepspeed",
-    "fsdp", "fsdp_config",
-    "use_liger_kernel", "liger_kernel_config", "torch_compile", "activation_offloading", "packing", "padding_free",
+    "fsdp", "fsdp_config", "use_liger_kernel", "liger_kernel_config", "torch_compile", "activation_offloading",
+    "packing", "padding_free",
     "gradient_checkpointing_kwargs", "activation_checkpointing_kwargs",
     "model_init_kwargs", "parallelism_config", "loss_type", "auto_find_batch_size",
 })
