@@ -85,6 +85,9 @@ def build_parser() -> argparse.ArgumentParser:
     training = inputs.add_argument_group("training")
     training.add_argument("--seq-len", type=int)
     training.add_argument("--micro-batch-size", type=int)
+    training.add_argument("--gradient-accumulation-steps", type=int, metavar="N",
+                          help="HF TrainingArguments.gradient_accumulation_steps: micro-batches per optimizer step "
+                               "(default 1; docs/frameworks.md)")
     training.add_argument("--optim", choices=OPTIMS, help="HF TrainingArguments.optim")
     training.add_argument("--precision", choices=PRECISIONS)
     training.add_argument("--attn", choices=ATTN_IMPLS, dest="attn_implementation", help="attn_implementation")
@@ -120,7 +123,8 @@ def build_parser() -> argparse.ArgumentParser:
     other.add_argument("-q", "--quiet", action="store_true",
                        help="on stderr, only warnings (unknown/unsupported keys), not notes and ignored keys")
     other.add_argument("--strict", action="store_true",
-                       help="exit 2 when a memory-relevant setting (seq_len, micro_batch_size, optim, precision, "
+                       help="exit 2 when a memory-relevant setting (seq_len, micro_batch_size, "
+                            "gradient_accumulation_steps, optim, precision, "
                             "gradient checkpointing, r, target_modules, the GPU, ...) was given by no file or flag, "
                             "instead of assuming a default")
 
@@ -202,6 +206,7 @@ def build_body(args: argparse.Namespace) -> tuple[dict[str, Any], list[Any]]:
         put("lora", "target_modules", parse_target_modules(args.target_modules))
     put("training", "seq_len", args.seq_len)
     put("training", "micro_batch_size", args.micro_batch_size)
+    put("training", "gradient_accumulation_steps", args.gradient_accumulation_steps)
     put("training", "optim", args.optim)
     put("training", "precision", args.precision)
     put("training", "attn_implementation", args.attn_implementation)

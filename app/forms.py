@@ -17,7 +17,7 @@ DEFAULT_TARGETS = "all-linear"  # the page's default; the API's is PEFT's per-ar
 _BOOL = {"on": True, "true": True, "1": True, "yes": True, "off": False, "false": False, "0": False, "no": False}
 
 
-_INT_FIELDS = frozenset({"r", "micro_batch_size", "seq_len", "blocksize", "num_gpus"})
+_INT_FIELDS = frozenset({"r", "micro_batch_size", "gradient_accumulation_steps", "seq_len", "blocksize", "num_gpus"})
 _FLOAT_FIELDS = frozenset({"lora_alpha", "lora_dropout"})
 
 
@@ -53,8 +53,8 @@ def form_to_body(form: Mapping[str, str], config_text: str | None = None) -> dic
         "lora": lora,
         "quantization": {**pick("bnb_4bit_quant_type", "bnb_4bit_compute_dtype", "blocksize"),
                          **flags("bnb_4bit_use_double_quant", "prepare_kbit", "load_in_8bit")},
-        "training": {**pick("precision", "optim", "micro_batch_size", "seq_len", "attn_implementation",
-                            "framework"),
+        "training": {**pick("precision", "optim", "micro_batch_size", "gradient_accumulation_steps", "seq_len",
+                            "attn_implementation", "framework"),
                      **flags("gradient_checkpointing", "use_liger_kernel", "activation_offloading", "packing",
                              "padding_free")},
         "hardware": pick("gpu", "num_gpus", "sharding", "pytorch_cuda_alloc_conf", "offload_optimizer",

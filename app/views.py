@@ -536,6 +536,8 @@ def python_snippet(req: PlanRequest) -> str:
                   "model.print_trainable_parameters()"]
     args = ["    output_dir='out',", f"    per_device_train_batch_size={t.micro_batch_size},",
             f"    gradient_checkpointing={t.gradient_checkpointing},", f"    optim={t.optim!r},"]
+    if t.gradient_accumulation_steps > 1:
+        args.insert(2, f"    gradient_accumulation_steps={t.gradient_accumulation_steps},")
     if t.precision in ("bf16", "bf16-mixed"):
         args.append("    bf16=True,")
     elif t.precision == "fp16-mixed":

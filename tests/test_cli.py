@@ -71,6 +71,9 @@ def test_check_defaults_to_the_gpu_vram_and_json() -> None:
     (["--set", "lora.surprise=1"], "error: lora.surprise: Extra inputs are not permitted"),
     (["missing.yaml"], "error: missing.yaml: no such file"),
     (["--alloc-conf", "max_split_size_mb:1"], "error: hardware.pytorch_cuda_alloc_conf:"),
+    (["--gradient-accumulation-steps", "0"], "error: training.gradient_accumulation_steps: Input should be greater "
+                                              "than or equal to 1"),
+    (["--gradient-accumulation-steps", "two"], "--gradient-accumulation-steps: invalid int value"),
 ])
 def test_bad_input_exits_2_naming_the_field(args: list[str], field: str) -> None:
     out = run("check", *LLAMA_QLORA, *args)
@@ -103,7 +106,8 @@ def test_estimate_json_is_the_api_response() -> None:
     assumed = data.pop("assumed")  # the defaults the CLI filled (tests/test_cli_inputs.py)
     assert data == with_source(estimate(req), source).model_dump(mode="json")
     assert data["source"]["kind"] == "catalog" and data["source"]["hub_id"] == "meta-llama/Llama-3.1-8B"
-    assert [a["field"] for a in assumed] == ["training.precision", "training.micro_batch_size", "training.seq_len",
+    assert [a["field"] for a in assumed] == ["training.precision", "training.micro_batch_size",
+                                             "training.gradient_accumulation_steps", "training.seq_len",
                                              "training.gradient_checkpointing", "training.attn_implementation",
                                              "hardware.num_gpus", "lora.lora_dropout", "quantization.load_in_8bit",
                                              "quantization.bnb_4bit_use_double_quant",
@@ -121,6 +125,27 @@ def test_alloc_conf_flag() -> None:
     assert data == expected.model_dump(mode="json")
     assert expected.allocator.rule.startswith("expandable_segments/checkpointed")
     assert expected.allocator.expandable_segments_saves_bytes == 0  # already on
+
+
+def test_gradient_accumulation_steps_flag(tmp_path: Path) -> None:
+    """--gradient-accumulation-steps N is training.gradient_accumulation_steps: the API's numbers for that request
+    (the accumulated gradients held: more than without), and it overrides a file's value."""
+    out = run("estimate", *LLAMA_QLORA, "--gradient-accumulation-steps", "8", "--json")
+    assert out.returncode == 0, out.stderr
+    data = json.loads(out.stdout)
+    assert "training.gradient_accumulation_steps" not in {a["field"] for a in data.pop("assumed")}
+    req, source = resolve_request(PlanRequest(model="meta-llama/Llama-3.1-8B", method="qlora",
+                                              training={"gradient_accumulation_steps": 8}))
+    assert data == with_source(estimate(req), source).model_dump(mode="json")
+    once = estimate(req.model_copy(update={"training": req.training.model_copy(
+        update={"gradient_accumulation_steps": 1})}))
+    assert data["memory"]["total"] > once.memory.total
+    args = tmp_path / "training_args.json"
+    args.write_text(json.dumps({"output_dir": "o", "per_device_train_batch_size": 1, "gradient_accumulation_steps": 4}))
+    for flag, steps in ((["--gradient-accumulation-steps", "8"], 8), ([], 4)):
+        body, notes = cli.build_body(cli.build_parser().parse_args(["estimate", str(args), *LLAMA_QLORA, *flag]))
+        assert body["training"]["gradient_accumulation_steps"] == steps
+        assert "training.gradient_accumulation_steps" not in {n.field for n in notes if n.kind == "assumed"}
 
 
 def test_estimate_table() -> None:

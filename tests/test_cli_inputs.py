@@ -57,8 +57,8 @@ def training_args_json(tmp_path_factory: pytest.TempPathFactory) -> Path:
     transformers, _ = _quiet_import()
     out = tmp_path_factory.mktemp("hf")
     args = transformers.TrainingArguments(output_dir=str(out), per_device_train_batch_size=2,
-                                          activation_checkpointing=True, optim="paged_adamw_8bit", bf16=True,
-                                          learning_rate=2e-4, use_cpu=True)
+                                          gradient_accumulation_steps=4, activation_checkpointing=True,
+                                          optim="paged_adamw_8bit", bf16=True, learning_rate=2e-4, use_cpu=True)
     path = out / "training_args.json"
     path.write_text(args.to_json_string())
     return path
@@ -156,12 +156,13 @@ def test_strict_refuses_assumed_settings_naming_each(adapter_dir: Path, bnb_json
     assert out.returncode == 2 and out.stdout == ""
     errors = [line for line in out.stderr.splitlines() if line.startswith("error: --strict: ")]
     named = {line.split()[2] for line in errors}
-    assert named == {"training.precision", "training.optim", "training.micro_batch_size", "training.seq_len",
-                     "training.gradient_checkpointing", "training.attn_implementation", "hardware.gpu",
-                     "hardware.num_gpus", "quantization.prepare_kbit"}
+    assert named == {"training.precision", "training.optim", "training.micro_batch_size",
+                     "training.gradient_accumulation_steps", "training.seq_len", "training.gradient_checkpointing",
+                     "training.attn_implementation", "hardware.gpu", "hardware.num_gpus", "quantization.prepare_kbit"}
     # everything given: strict passes and prints no assumption
     full = run("check", str(adapter_dir), str(bnb_json), "--budget", "24GiB", "--strict", "--precision", "bf16",
-               "--optim", "paged_adamw_8bit", "--micro-batch-size", "1", "--seq-len", "2048",
+               "--optim", "paged_adamw_8bit", "--micro-batch-size", "1", "--gradient-accumulation-steps", "1",
+               "--seq-len", "2048",
                "--gradient-checkpointing", "--attn", "sdpa", "--gpu", "nvidia-rtx-4090", "--num-gpus", "1",
                "--set", "quantization.prepare_kbit=true")
     assert full.returncode == 0, full.stderr
@@ -169,7 +170,8 @@ def test_strict_refuses_assumed_settings_naming_each(adapter_dir: Path, bnb_json
     # a file's own defaults count as assumed too: axolotl's sequence_len 512
     yml = tmp_path / "qlora.yml"
     yml.write_text(f"base_model: {LLAMA}\nadapter: qlora\nload_in_4bit: true\nlora_r: 16\nlora_target_linear: true\n"
-                   "micro_batch_size: 1\ngradient_checkpointing: true\noptimizer: paged_adamw_8bit\nbf16: true\n")
+                   "micro_batch_size: 1\ngradient_accumulation_steps: 8\ngradient_checkpointing: true\n"
+                   "optimizer: paged_adamw_8bit\nbf16: true\n")
     ax = run("estimate", str(yml), "--strict", "--gpu", "nvidia-rtx-4090", "--num-gpus", "1", "--attn", "sdpa")
     assert ax.returncode == 2
     assert (f"error: --strict: training.seq_len was not given ({yml}: assumed training.seq_len=512 (axolotl's "
@@ -191,14 +193,14 @@ def test_training_arguments_json_is_detected_and_mapped(training_args_json: Path
     assumed = {a["field"]: a for a in data.pop("assumed")}
     assert assumed["training.precision"]["source"] == str(training_args_json)  # the model dtype is not in it
     assert "training.seq_len" in assumed and assumed["training.seq_len"]["source"] == "planner"
-    # QLoRA stays QLoRA (LoRA + bitsandbytes), seq_len stays the planner's 2048, batch 2, checkpointing on,
-    # paged 8-bit AdamW: what the three files say
+    # QLoRA stays QLoRA (LoRA + bitsandbytes), seq_len stays the planner's 2048, batch 2 accumulated over 4
+    # micro-batches, checkpointing on, paged 8-bit AdamW: what the three files say
     expected = PlanRequest(model=LLAMA, method="qlora",
                            lora={"r": 16, "lora_alpha": 32, "target_modules": ["q_proj", "v_proj"]},
                            quantization={"bnb_4bit_quant_type": "nf4", "bnb_4bit_use_double_quant": True,
                                          "bnb_4bit_compute_dtype": "bfloat16"},
-                           training={"micro_batch_size": 2, "gradient_checkpointing": True,
-                                     "optim": "paged_adamw_8bit", "precision": "bf16"})
+                           training={"micro_batch_size": 2, "gradient_accumulation_steps": 4,
+                                     "gradient_checkpointing": True, "optim": "paged_adamw_8bit", "precision": "bf16"})
     assert data == estimate(expected).model_dump(mode="json")
 
 
@@ -212,7 +214,9 @@ def test_training_arguments_as_yaml_dict(training_args_json: Path, tmp_path: Pat
     out = run("estimate", str(path), "--model", LLAMA, "--method", "lora", "--json")
     assert out.returncode == 0, out.stderr
     assert "detected HF TrainingArguments" in out.stderr
-    expected = PlanRequest(model=LLAMA, method="lora", training={"micro_batch_size": 2, "optim": "paged_adamw_8bit"})
+    expected = PlanRequest(model=LLAMA, method="lora",
+                           training={"micro_batch_size": 2, "gradient_accumulation_steps": 4,
+                                     "optim": "paged_adamw_8bit"})
     assert {k: v for k, v in json.loads(out.stdout).items() if k != "assumed"} == estimate(expected).model_dump(
         mode="json")
 
@@ -253,6 +257,7 @@ def test_sft_config_without_dtype_is_trl_float32_load(tmp_path: Path) -> None:
     assert assumed["training.micro_batch_size"] == defaults.per_device_train_batch_size == 8
     assert assumed["training.gradient_checkpointing"] is defaults.activation_checkpointing is True
     assert assumed["training.optim"] == defaults.optim == "adamw_torch_fused"
+    assert assumed["training.gradient_accumulation_steps"] == defaults.gradient_accumulation_steps == 1
 
 
 # ------------------------------------------------------------------------------------------ did you mean

@@ -287,7 +287,7 @@ def test_axolotl_qlora_yaml(tmp_path: Path) -> None:
         "quantization": {"bnb_4bit_quant_type": "nf4", "bnb_4bit_use_double_quant": True,
                          "bnb_4bit_compute_dtype": "bfloat16", "load_in_8bit": False},
         "training": {"framework": "axolotl", "precision": "bf16", "seq_len": 4096, "micro_batch_size": 2,
-                     "gradient_checkpointing": True, "optim": "paged_adamw_32bit",
+                     "gradient_accumulation_steps": 4, "gradient_checkpointing": True, "optim": "paged_adamw_32bit",
                      "attn_implementation": "flash_attention_2", "packing": True, "use_liger_kernel": True},
     }
     found = kinds(notes)
@@ -295,9 +295,8 @@ def test_axolotl_qlora_yaml(tmp_path: Path) -> None:
     assert "unsupported" not in found  # sample_packing → packing, liger_fused_linear_cross_entropy → use_liger_kernel
     assert found["ignored"] == {
         "model_type", "tokenizer_type", "datasets", "dataset_prepared_path", "val_set_size", "output_dir",
-        "lora_model_dir", "pad_to_sequence_len", "wandb_project", "gradient_accumulation_steps",
-        "num_epochs", "lr_scheduler", "learning_rate", "train_on_inputs", "tf32", "xformers_attention",
-        "warmup_steps", "special_tokens",
+        "lora_model_dir", "pad_to_sequence_len", "wandb_project", "num_epochs", "lr_scheduler", "learning_rate",
+        "train_on_inputs", "tf32", "xformers_attention", "warmup_steps", "special_tokens",
     }
     assert found["note"] == {"sample_packing", "liger_fused_linear_cross_entropy"}  # what they were mapped to
     assert next(n for n in notes if n.key == "datasets").message == "does not affect memory"
@@ -309,13 +308,15 @@ def test_axolotl_absent_keys_take_axolotl_defaults() -> None:
                                 "peft_use_dora": True, "lora_target_modules": ["q_proj", "v_proj"]}, "min.yml")
     assert body["method"] == "dora"
     assert body["training"] == {"framework": "axolotl", "precision": "bf16", "seq_len": 512, "micro_batch_size": 1,
-                                "gradient_checkpointing": False, "optim": "adamw_torch_fused"}
-    assert kinds(notes) == {"assumed": {"bf16", "sequence_len", "micro_batch_size", "gradient_checkpointing",
-                                        "optimizer"}}
+                                "gradient_accumulation_steps": 1, "gradient_checkpointing": False,
+                                "optim": "adamw_torch_fused"}
+    assert kinds(notes) == {"assumed": {"bf16", "sequence_len", "micro_batch_size", "gradient_accumulation_steps",
+                                        "gradient_checkpointing", "optimizer"}}
     # axolotl's own defaults (its config schema), each named with the request field it fills
     assert {n.field: n.value for n in notes} == {
         "training.precision": "bf16", "training.seq_len": 512, "training.micro_batch_size": 1,
-        "training.gradient_checkpointing": False, "training.optim": "adamw_torch_fused"}
+        "training.gradient_accumulation_steps": 1, "training.gradient_checkpointing": False,
+        "training.optim": "adamw_torch_fused"}
     assert "quantization" not in body
 
 
@@ -420,7 +421,27 @@ def test_detect_format() -> None:
 
 def test_axolotl_float32_and_adapter_case() -> None:
     body, notes = from_axolotl({"base_model": LLAMA, "adapter": "LoRA", "float32": True, "micro_batch_size": 1,
-                                "sequence_len": 1024, "gradient_checkpointing": True, "optimizer": "adamw_torch"},
-                               "f32.yml")
+                                "gradient_accumulation_steps": 2, "sequence_len": 1024, "gradient_checkpointing": True,
+                                "optimizer": "adamw_torch"}, "f32.yml")
     assert body["method"] == "lora" and body["training"]["precision"] == "fp32"
     assert [(n.key, n.kind) for n in notes] == [("float32", "note")]
+
+
+def test_axolotl_gradient_accumulation_and_batch_size() -> None:
+    """gradient_accumulation_steps → training.gradient_accumulation_steps; with batch_size instead, axolotl's
+    normalize_config derives batch_size // micro_batch_size (32 // 4 = 8; 30 // 4 = 7); both set, or a value that is
+    not a positive integer, is refused naming the key (axolotl's check_gas_bsz validator refuses both)."""
+    base = {"base_model": LLAMA, "adapter": "lora", "micro_batch_size": 4}
+    body, _ = from_axolotl({**base, "gradient_accumulation_steps": 16}, "a.yml")
+    assert body["training"]["gradient_accumulation_steps"] == 16
+    for batch, steps in ((32, 8), (30, 7)):
+        body, notes = from_axolotl({**base, "batch_size": batch}, "b.yml")
+        assert body["training"]["gradient_accumulation_steps"] == steps
+        assert [n.kind for n in notes if n.key == "batch_size"] == ["note"]
+    for extra, key in (({"gradient_accumulation_steps": 2, "batch_size": 8}, "batch_size"),
+                       ({"batch_size": 2}, "batch_size"),  # smaller than one micro-batch
+                       ({"gradient_accumulation_steps": 0}, "gradient_accumulation_steps"),
+                       ({"gradient_accumulation_steps": "4"}, "gradient_accumulation_steps")):
+        with pytest.raises(ConfigImportError) as err:
+            from_axolotl({**base, **extra}, "c.yml")
+        assert err.value.key == key, extra

@@ -8,7 +8,7 @@ import warnings
 
 import pytest
 
-from app.importers import detect, from_hf_training
+from app.importers import ConfigImportError, detect, from_hf_training
 from app.importers.hf_training import SFT_CONFIG_FIELDS, SFT_DEFAULTS, TA_DEFAULTS, TRAINING_ARGUMENTS_FIELDS
 
 
@@ -23,8 +23,8 @@ def test_field_lists_are_the_libraries() -> None:
     assert set(ta) == TRAINING_ARGUMENTS_FIELDS
     assert set(sft) - set(ta) == SFT_CONFIG_FIELDS
     assert {k: ta[k].default for k in TA_DEFAULTS} == {**TA_DEFAULTS, "activation_checkpointing": None}  # → False
-    assert {k: sft[k].default for k in ("per_device_train_batch_size", "optim", "max_length")} == {
-        k: SFT_DEFAULTS[k] for k in ("per_device_train_batch_size", "optim", "max_length")}
+    shared = ("per_device_train_batch_size", "gradient_accumulation_steps", "optim", "max_length")
+    assert {k: sft[k].default for k in shared} == {k: SFT_DEFAULTS[k] for k in shared}
     assert sft["gradient_checkpointing"].default is SFT_DEFAULTS["activation_checkpointing"] is True
 
 
@@ -92,3 +92,18 @@ def test_quantization_config_in_model_init_kwargs() -> None:
     assert body["method"] == "qlora" and body["quantization"]["bnb_4bit_quant_type"] == "nf4"
     assert body["training"]["precision"] == "bf16" and body["training"]["attn_implementation"] == "sdpa"
     assert not [n for n in notes if n.kind in ("unknown", "assumed") and n.key.startswith("model_init_kwargs")]
+
+
+def test_gradient_accumulation_steps() -> None:
+    """TrainingArguments.gradient_accumulation_steps → training.gradient_accumulation_steps; absent: the dataclass
+    default 1, noted as assumed; anything but a positive integer is refused naming the key."""
+    body, notes = from_hf_training({"per_device_train_batch_size": 2, "gradient_accumulation_steps": 16}, "t.json")
+    assert body["training"]["gradient_accumulation_steps"] == 16
+    assert not [n for n in notes if n.key == "gradient_accumulation_steps"]
+    body, notes = from_hf_training({"per_device_train_batch_size": 2}, "t.json")
+    assert body["training"]["gradient_accumulation_steps"] == 1
+    assert [(n.kind, n.value) for n in notes if n.field == "training.gradient_accumulation_steps"] == [("assumed", 1)]
+    for bad in (0, -4, 2.5, "8", True):
+        with pytest.raises(ConfigImportError) as err:
+            from_hf_training({"per_device_train_batch_size": 2, "gradient_accumulation_steps": bad}, "t.json")
+        assert err.value.key == "gradient_accumulation_steps", bad

@@ -138,11 +138,26 @@ def test_offload_levers_on_a_sharded_run() -> None:
 
 
 def test_micro_batch_lever_keeps_the_batch_with_accumulation() -> None:
-    out = levers(PlanRequest.model_validate(LORA_8B_MBS))
-    lv = next(lv for lv in out.levers if lv.id == "micro_batch_size")
-    d = lv.changes["training.micro_batch_size"]
-    assert 12 % d == 0 and d < 12
-    assert f"gradient_accumulation_steps × {12 // d}" in lv.title
+    """The lever divides the micro-batch and multiplies training.gradient_accumulation_steps by the same factor, so
+    its total is that of the accumulating run (the earlier micro-batches' gradients held: more than the same
+    micro-batch without accumulation)."""
+    for steps in (1, 3):
+        body = {**LORA_8B_MBS, "training": {**LORA_8B_MBS["training"], "gradient_accumulation_steps": steps}}
+        lv = next(lv for lv in levers(PlanRequest.model_validate(body)).levers if lv.id == "micro_batch_size")
+        d = lv.changes["training.micro_batch_size"]
+        assert 12 % d == 0 and d < 12
+        assert f"gradient_accumulation_steps × {12 // d}" in lv.title
+        assert lv.changes["training.gradient_accumulation_steps"] == steps * (12 // d)
+        once = _apply(body, {"training.micro_batch_size": d, "training.gradient_accumulation_steps": 1})
+        assert lv.total_bytes == estimate(_apply(body, lv.changes)).memory.total > estimate(once).memory.total
+    # the micro-batch is searched with accumulation on: a budget that holds micro-batch 3 alone but not with the
+    # accumulated gradients gets micro-batch 2 (the next divisor of 12), which fits
+    three = estimate(_apply(LORA_8B_MBS, {"training.micro_batch_size": 3})).memory.total
+    three_acc = estimate(_apply(LORA_8B_MBS, {"training.micro_batch_size": 3,
+                                              "training.gradient_accumulation_steps": 4})).memory.total
+    assert three < three_acc
+    lv = next(lv for lv in levers(PlanRequest.model_validate(LORA_8B_MBS), three).levers if lv.id == "micro_batch_size")
+    assert lv.changes == {"training.micro_batch_size": 2, "training.gradient_accumulation_steps": 6} and lv.fits
 
 
 def test_combined_lever_when_no_single_one_fits() -> None:
@@ -202,6 +217,23 @@ def test_page_links_apply_each_lever() -> None:
     # following the first (fitting) link gives a page that fits
     page = client.get(hrefs[0])
     assert page.status_code == 200 and "Fits on RTX 5090" in page.text
+
+
+def test_page_link_of_the_micro_batch_lever_sets_the_accumulation() -> None:
+    """The micro-batch lever's link carries gradient_accumulation_steps too: following it gives its plan."""
+    form = {"model": "meta-llama/Llama-3.1-8B", "method": "lora", "r": "256", "lora_alpha": "512", "seq_len": "1024",
+            "micro_batch_size": "12", "gradient_accumulation_steps": "2", "gpu": "nvidia-rtx-4090",
+            "target_modules": "q_proj,v_proj"}
+    req, _ = parse_form(form)
+    assert req is not None
+    lv = next(lv for lv in levers(req).levers if lv.id == "micro_batch_size")
+    steps = lv.changes["training.gradient_accumulation_steps"]
+    assert steps == 2 * 12 // lv.changes["training.micro_batch_size"]
+    section = client.get("/", params=form).text
+    hrefs = [unescape(h) for h in re.findall(r'<a href="(/\?[^"]+)#make-it-fit" data-apply>', section)]
+    queries = [dict(parse_qsl(urlsplit(h).query, keep_blank_values=True)) for h in hrefs]
+    [query] = [q for q in queries if q["gradient_accumulation_steps"] == str(steps)]
+    assert parse_form(query)[0] == lv.request
 
 
 def test_notes_explain_qlora_above_lora_and_optimizer_peaks() -> None:

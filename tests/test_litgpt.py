@@ -154,8 +154,10 @@ def test_litgpt_config_importer(tmp_path: object) -> None:
     assert body["lora"] == {"r": 32, "lora_alpha": 16, "lora_dropout": 0.05,
                             "target_modules": ["q_proj", "v_proj", "gate_proj", "up_proj", "down_proj"]}
     assert body["quantization"]["bnb_4bit_use_double_quant"] is False
+    # no global_batch_size: the finetune scripts' 16, so 16 // devices 1 // micro_batch_size 2 = 8 accumulation steps
     assert body["training"] == {"framework": "litgpt", "gradient_checkpointing": False, "precision": "bf16",
-                                "micro_batch_size": 2, "seq_len": 512, "optim": "adamw_torch"}
+                                "micro_batch_size": 2, "seq_len": 512, "gradient_accumulation_steps": 8,
+                                "optim": "adamw_torch"}
     estimate(PlanRequest.model_validate(body))  # a valid request
     full = base / "full.yaml"
     full.write_text("checkpoint_dir: checkpoints/meta-llama/Llama-3.2-1B\nprecision: bf16-true\nlogger_name: csv\n"

@@ -210,6 +210,30 @@ def test_url_round_trip(client: TestClient) -> None:
     assert off.cell("lora", "activations") != page.cell("lora", "activations")
 
 
+def test_gradient_accumulation_steps_field(client: TestClient) -> None:
+    """The form's gradient_accumulation_steps is training.gradient_accumulation_steps: the page shows estimate()'s
+    numbers for it (more than without accumulation), keeps it in the form and the TrainingArguments snippet, and an
+    out-of-range or non-integer value re-renders the page naming the field (422), never a 500."""
+    import html as html_lib
+
+    page = Page(client.get("/", params=PLAN).text)
+    assert page.fields["gradient_accumulation_steps"] == "1"  # TrainingSpec's default, shown
+    form = {**PLAN, "gradient_accumulation_steps": "8"}
+    r = client.get("/", params=form)
+    assert r.status_code == 200
+    acc = Page(r.text)
+    assert acc.fields["gradient_accumulation_steps"] == "8"
+    expected = estimate(PlanRequest.model_validate({**form_to_body(form), "method": "qlora"}))
+    assert expected.memory.total > results_for(PLAN)["qlora"].memory.total  # type: ignore[union-attr]
+    assert acc.cell("qlora", "total") == format_bytes(expected.memory.total)
+    python = html_lib.unescape(re.search(r'<pre id="python-text"[^>]*>(.*?)</pre>', r.text, re.S).group(1))
+    assert "gradient_accumulation_steps=8," in python
+    for bad in ("0", "65537", "two", "2.5"):
+        r = client.get("/", params={**PLAN, "gradient_accumulation_steps": bad})
+        assert r.status_code == 422 and "training.gradient_accumulation_steps" in r.text, bad
+        assert Page(r.text).fields["gradient_accumulation_steps"] == bad  # the form keeps what was typed
+
+
 def test_alloc_conf_input_and_expandable_saving(client: TestClient) -> None:
     """The form carries PYTORCH_CUDA_ALLOC_CONF; the details say what expandable_segments:True would save."""
     req = PlanRequest(model=PLAN["model"], method="qlora", lora={"r": 32, "lora_alpha": 64,
@@ -327,7 +351,8 @@ def test_light_accessible_and_local(client: TestClient) -> None:
     text = client.get("/", params=PLAN).text
     page = Page(text)
     # every visible input has a label
-    for name in ("model", "r", "lora_alpha", "micro_batch_size", "seq_len", "gradient_checkpointing", "optim",
+    for name in ("model", "r", "lora_alpha", "micro_batch_size", "gradient_accumulation_steps", "seq_len",
+                 "gradient_checkpointing", "optim",
                  "precision", "gpu", "num_gpus", "sharding", "tokens", "mfu", "price"):
         assert name in page.labels, name
     assert 'aria-live="polite"' in text and 'role="status"' in text

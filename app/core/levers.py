@@ -22,8 +22,8 @@ Levers, from the cheapest in fidelity and speed to the most expensive:
   shards; the optimizer step runs on the CPU.
 - ``optim_8bit`` / ``optim_paged_8bit``: bitsandbytes ``adamw_bnb_8bit`` / ``paged_adamw_8bit``
   (8-bit blockwise states, Dettmers et al. 2022; paged states live in CUDA unified memory).
-- ``seq_len``, ``micro_batch_size`` (a divisor of the current one, with gradient accumulation keeping the
-  batch), ``r``: the largest value that fits, from :func:`app.core.fit.max_seq_len` and friends.
+- ``seq_len``, ``micro_batch_size`` (a divisor of the current one, ``gradient_accumulation_steps`` multiplied to
+  keep the batch), ``r``: the largest value that fits, from :func:`app.core.fit.max_seq_len` and friends.
 - ``method``: LoRA instead of full fine-tuning; QLoRA (QDoRA for DoRA) instead of a 16-bit base.
 - ``zero3`` / ``fsdp``: the fewest cards of the same GPU (2, 4, …, 64) whose per-GPU total fits with ZeRO-3
   (:func:`app.core.fit.smallest_group`), and FSDP at that count when it fits there too.
@@ -229,12 +229,16 @@ def levers(req: PlanRequest, budget_bytes: int | None = None) -> LeversResult:
             if b.lever("seq_len", f"Shorten sequences to {value:,} tokens (seq_len)", {"training.seq_len": value},
                        "fidelity", f"sequences longer than {value:,} tokens must be truncated or split"):
                 break
-    mbs = _searched(lambda: max_micro_batch_size(req, budget).value) if short and t.micro_batch_size > 1 else None
+    # a smaller micro-batch accumulates: searched with accumulation on (its bytes do not depend on the step count)
+    accumulating = _set(req, {"training.gradient_accumulation_steps": max(t.gradient_accumulation_steps, 2)})
+    mbs = (_searched(lambda: max_micro_batch_size(accumulating, budget).value) if short and t.micro_batch_size > 1
+           else None)
     if mbs is not None and mbs < t.micro_batch_size:
         d = max(k for k in range(1, mbs + 1) if t.micro_batch_size % k == 0)
         steps = t.micro_batch_size // d
         b.lever("micro_batch_size", f"Micro-batch {d} with gradient_accumulation_steps × {steps}",
-                {"training.micro_batch_size": d}, "speed",
+                {"training.micro_batch_size": d,
+                 "training.gradient_accumulation_steps": t.gradient_accumulation_steps * steps}, "speed",
                 f"the same {t.micro_batch_size} sequences per optimizer step in {steps} smaller passes (smaller "
                 "matmuls use the GPU less well; not in the time model)")
     if req.uses_adapter and short:

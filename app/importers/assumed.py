@@ -12,8 +12,8 @@ from app.importers.common import ImportNote
 # optimizers, activations, sharding, overhead), by the methods they apply to. Fields that change neither
 # (lora_alpha, bnb_4bit_quant_type: nf4 and fp4 take the same bytes) are not listed.
 ALWAYS = ("model", "method", "training.precision", "training.optim", "training.micro_batch_size",
-          "training.seq_len", "training.gradient_checkpointing", "training.attn_implementation", "hardware.gpu",
-          "hardware.num_gpus")
+          "training.gradient_accumulation_steps", "training.seq_len", "training.gradient_checkpointing",
+          "training.attn_implementation", "hardware.gpu", "hardware.num_gpus")
 ADAPTER = ("lora.r", "lora.target_modules", "lora.lora_dropout")
 QUANTIZED = ("quantization.load_in_8bit", "quantization.bnb_4bit_use_double_quant",
              "quantization.bnb_4bit_compute_dtype", "quantization.prepare_kbit")

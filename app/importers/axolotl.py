@@ -15,6 +15,7 @@ from app.importers.common import (
     ImportNote,
     NoteKind,
     is_unset,
+    positive_int,
     resolve_model,
     use_reentrant,
     varlen_attention,
@@ -41,7 +42,7 @@ AXOLOTL_IGNORED = frozenset({
     # schedule, optimizer hyper-parameters
     "num_epochs", "max_steps", "learning_rate", "lr_scheduler", "lr_scheduler_kwargs", "lr_quadratic_warmup",
     "cosine_min_lr_ratio", "cosine_constant_lr_ratio", "lr_div_factor", "lr_groups", "warmup_steps",
-    "warmup_ratio", "weight_decay", "gradient_accumulation_steps", "batch_size", "eval_batch_size",
+    "warmup_ratio", "weight_decay", "eval_batch_size",
     "auto_find_batch_size", "max_grad_norm", "adam_beta1", "adam_beta2", "adam_beta3", "adam_epsilon",
     "adam_epsilon2", "optim_args", "optim_target_modules", "torchdistx_path", "embedding_lr",
     "embedding_lr_scale", "loraplus_lr_ratio", "loraplus_lr_embedding", "dion_lr", "dion_momentum",
@@ -146,7 +147,8 @@ _AXOLOTL_HANDLED = frozenset({
     "base_model", "base_model_config", "adapter", "lora_r", "lora_alpha", "lora_dropout", "lora_target_modules",
     "lora_target_linear", "lora_target_parameters", "lora_modules_to_save", "peft_layers_to_transform",
     "peft_use_dora", "peft_use_rslora", "load_in_4bit", "load_in_8bit", "bnb_config_kwargs",
-    "skip_prepare_model_for_kbit_training", "sequence_len", "micro_batch_size", "gradient_checkpointing",
+    "skip_prepare_model_for_kbit_training", "sequence_len", "micro_batch_size", "gradient_accumulation_steps",
+    "batch_size", "gradient_checkpointing",
     "optimizer", "flash_attention", "sdp_attention", "eager_attention", "attn_implementation", "bf16", "fp16",
     "bfloat16", "float16", "float32", "deepspeed", "fsdp", "fsdp_config", "fsdp_version", "sample_packing",
     "activation_offloading", "torch_compile", "gradient_checkpointing_kwargs", *LIGER_KEYS,
@@ -160,8 +162,8 @@ _DTYPE_OF_PRECISION = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
 def from_axolotl(data: Mapping[str, Any], source: str = "axolotl config",
                  base_dir: Path | None = None) -> tuple[dict[str, Any], list[ImportNote]]:
     """An axolotl YAML (as a dict) → a full body. Absent memory-relevant keys take axolotl's defaults (noted):
-    sequence_len 512, micro_batch_size 1, gradient_checkpointing false, optimizer adamw_torch_fused,
-    bf16 auto (assumed supported), nf4 + double quantization for 4-bit."""
+    sequence_len 512, micro_batch_size 1, gradient_accumulation_steps 1, gradient_checkpointing false, optimizer
+    adamw_torch_fused, bf16 auto (assumed supported), nf4 + double quantization for 4-bit."""
     notes: list[ImportNote] = []
     lora: dict[str, Any] = {}
     quant: dict[str, Any] = {}
@@ -289,6 +291,9 @@ def from_axolotl(data: Mapping[str, Any], source: str = "axolotl config",
     if data.get("micro_batch_size") is not None:
         training["micro_batch_size"] = data["micro_batch_size"]
     default("micro_batch_size", "micro_batch_size", 1)
+    _accumulation(data, source, training, notes)
+    if "gradient_accumulation_steps" not in training:
+        default("gradient_accumulation_steps", "gradient_accumulation_steps", 1)
     gc = data.get("gradient_checkpointing")
     if gc is None:
         default("gradient_checkpointing", "gradient_checkpointing", False)
@@ -374,12 +379,34 @@ def from_axolotl(data: Mapping[str, Any], source: str = "axolotl config",
 
 
 
+def _accumulation(data: Mapping[str, Any], source: str, training: dict[str, Any], notes: list[ImportNote]) -> None:
+    """``gradient_accumulation_steps``, or when only ``batch_size`` is set, ``batch_size // micro_batch_size`` as
+    axolotl's ``normalize_config`` derives it (``src/axolotl/utils/config/__init__.py``); both set is refused, as
+    axolotl's ``check_gas_bsz`` validator refuses it. Neither set: the caller assumes axolotl's default 1
+    (``src/axolotl/utils/schemas/training.py``)."""
+    steps, batch = data.get("gradient_accumulation_steps"), data.get("batch_size")
+    if steps and batch:
+        raise ConfigImportError(source, "batch_size", "set only one of gradient_accumulation_steps or batch_size "
+                                "(axolotl refuses both)")
+    if steps is not None:
+        training["gradient_accumulation_steps"] = positive_int(steps, source, "gradient_accumulation_steps")
+    elif batch is not None:
+        micro = positive_int(training["micro_batch_size"], source, "micro_batch_size")
+        derived = positive_int(batch, source, "batch_size") // micro
+        if derived < 1:
+            raise ConfigImportError(source, "batch_size", f"{batch} is smaller than micro_batch_size {micro}: "
+                                    "batch_size // micro_batch_size is 0 gradient accumulation steps")
+        training["gradient_accumulation_steps"] = derived
+        notes.append(ImportNote(source, "batch_size", "note", f"gradient_accumulation_steps = batch_size // "
+                                f"micro_batch_size = {batch} // {micro} = {derived} (axolotl's normalize_config)"))
+
+
 def _axolotl_sharding(data: Mapping[str, Any], source: str, base_dir: Path | None, training: dict[str, Any],
                       hardware: dict[str, Any], notes: list[ImportNote]) -> None:
     def note(key: str, kind: NoteKind, message: str) -> None:
         notes.append(ImportNote(source, key, kind, message))
 
-    deepspeed_sharding(data.get("deepspeed"), source, base_dir, hardware, notes)
+    deepspeed_sharding(data.get("deepspeed"), source, base_dir, hardware, notes, training)
     fsdp = data.get("fsdp")
     fsdp_config = data.get("fsdp_config")
     if not is_unset(fsdp) or data.get("fsdp_version") or not is_unset(fsdp_config):

@@ -92,6 +92,17 @@ class Draft:
         {"lora": self.lora, "training": self.training}[section][name] = value
         self.notes.append(ImportNote(self.source, key, "assumed", why, field=field, value=value))
 
+    def accumulation(self, data: Any, default: int, why: str) -> None:
+        """``gradient_accumulation_steps`` (the HF TrainingArguments field these trainers extend) →
+        ``training.gradient_accumulation_steps``, a positive integer (else refused naming the key); absent: the
+        trainer's ``default``, noted as assumed with ``why``."""
+        value = data.get("gradient_accumulation_steps")
+        if value is None:
+            self.assumed("gradient_accumulation_steps", "training.gradient_accumulation_steps", default, why)
+        else:
+            self.training["gradient_accumulation_steps"] = positive_int(value, self.source,
+                                                                        "gradient_accumulation_steps")
+
     def model(self, value: Any, key: str, base_dir: Path | None) -> None:
         """The file's model (see :func:`resolve_model`), when it names one."""
         if value:
@@ -152,6 +163,14 @@ def bool_key(data: Any, key: str, source: str) -> bool | None:
     if value is None or isinstance(value, bool):
         return value
     raise ConfigImportError(source, key, f"expected true or false, got {value!r}")
+
+
+def positive_int(value: Any, source: str, key: str) -> int:
+    """A count the trainers' argument parsers take as a positive integer (``gradient_accumulation_steps``, litgpt's
+    batch sizes): 0, a negative number, a float, a bool or a string is refused naming the key."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigImportError(source, key, f"expected a positive integer, got {value!r}")
+    return value
 
 
 def use_reentrant(value: Any, source: str, key: str) -> bool | None:

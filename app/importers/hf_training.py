@@ -8,17 +8,20 @@ against the installed libraries).
 
 What the files say, and what they leave to the model loading code:
 
-- ``per_device_train_batch_size`` → ``micro_batch_size``; ``max_length`` (SFTConfig; ``max_seq_length`` before
-  TRL 0.20) → ``seq_len``; ``activation_checkpointing`` (``gradient_checkpointing``, its alias in transformers 5)
-  → ``gradient_checkpointing``; ``optim`` → ``optim``; ``deepspeed`` / ``fsdp`` → ``sharding``.
+- ``per_device_train_batch_size`` → ``micro_batch_size``; ``gradient_accumulation_steps`` → the same (a DeepSpeed
+  config's must be "auto" or equal: :func:`app.importers.sharding.deepspeed_accumulation`); ``max_length``
+  (SFTConfig; ``max_seq_length`` before TRL 0.20) → ``seq_len``; ``activation_checkpointing``
+  (``gradient_checkpointing``, its alias in transformers 5) → ``gradient_checkpointing``; ``optim`` → ``optim``;
+  ``deepspeed`` / ``fsdp`` → ``sharding``.
 - Precision: the dtype the model is loaded in is not a TrainingArguments field. SFTConfig: TRL loads a model given
   by name with ``model_init_kwargs["dtype"]``, float32 when absent (SFTTrainer's docstring), and ``bf16`` (default on
   unless ``fp16``) adds autocast: float32 + bf16 → ``bf16-mixed``, a bfloat16 load → ``bf16``. Plain
   TrainingArguments: the caller loads the model; transformers 5's ``from_pretrained`` keeps the checkpoint's dtype
   (bfloat16 for the catalog's models), so ``bf16`` (fp16: ``fp16-mixed``, float32 master weights) is assumed and
   said so.
-- Absent keys of a partial file take the dataclass defaults (an ``assumed`` note each): batch size 8, activation
-  checkpointing off (TrainingArguments) or on (SFTConfig), ``optim`` adamw_torch_fused, ``max_length`` 1024.
+- Absent keys of a partial file take the dataclass defaults (an ``assumed`` note each): batch size 8, gradient
+  accumulation 1, activation checkpointing off (TrainingArguments) or on (SFTConfig), ``optim`` adamw_torch_fused,
+  ``max_length`` 1024.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from app.importers.bnb import compute_dtype, from_bnb
-from app.importers.common import ImportNote, NoteKind, is_unset, use_reentrant, varlen_attention
+from app.importers.common import ImportNote, NoteKind, is_unset, positive_int, use_reentrant, varlen_attention
 from app.importers.optim import map_optimizer
 from app.importers.sharding import deepspeed_sharding, fsdp_config_keys
 
@@ -83,16 +86,18 @@ LEGACY_IGNORED = frozenset({
 })
 # Keys whose value the planner maps (or reports) itself; every other known key does not change per-GPU memory.
 _HANDLED = frozenset({
-    "per_device_train_batch_size", "per_gpu_train_batch_size", "max_length", "max_seq_length", "bf16", "fp16",
-    "activation_checkpointing", "gradient_checkpointing", "optim", "deepspeed", "fsdp", "fsdp_config",
-    "use_liger_kernel", "liger_kernel_config", "torch_compile", "activation_offloading", "packing", "padding_free",
+    "per_device_train_batch_size", "per_gpu_train_batch_size", "gradient_accumulation_steps", "max_length",
+    "max_seq_length", "bf16", "fp16", "activation_checkpointing", "gradient_checkpointing", "optim", "deepspeed",
+    "fsdp", "fsdp_config", "use_liger_kernel", "liger_kernel_config", "torch_compile", "activation_offloading",
+    "packing", "padding_free",
     "gradient_checkpointing_kwargs", "activation_checkpointing_kwargs",
     "model_init_kwargs", "parallelism_config", "loss_type", "auto_find_batch_size",
 })
 HF_TRAINING_FIELDS = TRAINING_ARGUMENTS_FIELDS | SFT_CONFIG_FIELDS
 
 # The defaults of absent keys: TrainingArguments / SFTConfig dataclass defaults (transformers 5.24, TRL 1.16).
-TA_DEFAULTS = {"per_device_train_batch_size": 8, "activation_checkpointing": False, "optim": "adamw_torch_fused"}
+TA_DEFAULTS = {"per_device_train_batch_size": 8, "gradient_accumulation_steps": 1, "activation_checkpointing": False,
+               "optim": "adamw_torch_fused"}
 SFT_DEFAULTS = {**TA_DEFAULTS, "activation_checkpointing": True, "max_length": 1024}
 
 
@@ -212,6 +217,8 @@ def from_hf_training(data: Mapping[str, Any], source: str = "training_args.json"
         return training.get(field)
 
     take("micro_batch_size", ("per_device_train_batch_size", "per_gpu_train_batch_size"), "per_device_train_batch_size")
+    steps = take("gradient_accumulation_steps", ("gradient_accumulation_steps",), "gradient_accumulation_steps")
+    training["gradient_accumulation_steps"] = positive_int(steps, source, "gradient_accumulation_steps")
     gc = take("gradient_checkpointing", ("activation_checkpointing", "gradient_checkpointing"),
               "activation_checkpointing")
     if gc is not None:
@@ -248,7 +255,7 @@ def from_hf_training(data: Mapping[str, Any], source: str = "training_args.json"
             training["optim"] = optim
     training["precision"] = _precision(data, sft, source, notes)
 
-    deepspeed_sharding(data.get("deepspeed"), source, base_dir, hardware, notes)
+    deepspeed_sharding(data.get("deepspeed"), source, base_dir, hardware, notes, training)
     fsdp_sharding(data, source, training, hardware, notes)
 
     kwargs = data.get("model_init_kwargs")

@@ -14,7 +14,12 @@ true, ``lora_key`` false, ``lora_value`` true, ``lora_projection`` / ``lora_mlp`
 - the six ``lora_*`` flags → HF target modules (q/k/v_proj, o_proj, gate/up/down_proj, lm_head); a file without
   any ``lora_*`` key is ``finetune_full``'s → full fine-tuning;
 - ``train.micro_batch_size``; ``train.max_seq_length`` → ``seq_len`` (batches are padded to their longest sample,
-  truncated at max_seq_length).
+  truncated at max_seq_length);
+- ``gradient_accumulation_steps`` is derived, as ``TrainArgs.gradient_accumulation_iters(devices)`` does
+  (``litgpt/args.py``): ``global_batch_size // devices // micro_batch_size``, each quotient asserted positive;
+  ``devices`` 1 when the file leaves it out (the ``setup()`` default; ``parse_devices`` turns 'auto' / -1 into the
+  machine's GPU count), and the finetune scripts' ``TrainArgs`` default ``global_batch_size`` 16, ``micro_batch_size``
+  1. (litgpt 0.5 divides by ``devices * num_nodes``; this commit ignores ``num_nodes``.)
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from app.importers.common import ConfigImportError, ImportNote, NoteKind, resolve_model
+from app.importers.common import ConfigImportError, ImportNote, NoteKind, positive_int, resolve_model
 
 LORA_DEFAULTS: dict[str, Any] = {"lora_r": 8, "lora_alpha": 16, "lora_dropout": 0.05, "lora_query": True,
                                  "lora_key": False, "lora_value": True, "lora_projection": False, "lora_mlp": False,
@@ -39,9 +44,44 @@ PRECISIONS = {"bf16-true": "bf16", "bf16-mixed": "bf16-mixed", "32-true": "fp32"
 QUANTIZE = {"bnb.nf4": ("nf4", False), "bnb.nf4-dq": ("nf4", True), "bnb.fp4": ("fp4", False),
             "bnb.fp4-dq": ("fp4", True)}
 IGNORED = frozenset({"out_dir", "num_nodes", "data", "eval", "logger_name", "seed", "access_token", "resume"})
-TRAIN_IGNORED = frozenset({"save_interval", "log_interval", "global_batch_size", "lr_warmup_steps",
+TRAIN_IGNORED = frozenset({"save_interval", "log_interval", "lr_warmup_steps",
                            "lr_warmup_fraction", "epochs", "max_tokens", "max_steps", "max_norm", "min_lr",
                            "learning_rate", "weight_decay", "beta1", "beta2"})
+
+
+GLOBAL_BATCH_SIZE = 16
+"""``TrainArgs(global_batch_size=16, micro_batch_size=1, …)``: the default ``train`` of litgpt's finetune scripts
+(``litgpt/finetune/lora.py``, ``full.py``, ``adapter.py``, ``adapter_v2.py`` ``setup()``, commit 00af8b0d)."""
+
+
+def _accumulation(train: Mapping[str, Any], devices: Any, source: str, training: dict[str, Any],
+                  notes: list[ImportNote]) -> None:
+    """``training.gradient_accumulation_steps`` = ``TrainArgs.gradient_accumulation_iters(devices)``:
+    ``global_batch_size // devices // micro_batch_size`` (litgpt/args.py, commit 00af8b0d); litgpt asserts both
+    quotients positive, so a global batch smaller than one micro-batch per device is refused naming the key.
+    ``devices`` 'auto' / -1 (``parse_devices``: the machine's GPU count) counts as one device, the estimate's."""
+    micro = positive_int(training["micro_batch_size"], source, "train.micro_batch_size")
+    given = train.get("global_batch_size")
+    global_batch = GLOBAL_BATCH_SIZE if given is None else positive_int(given, source, "train.global_batch_size")
+    ranks = int(devices) if isinstance(devices, str) and devices.isdigit() else devices
+    if ranks in ("auto", -1):
+        ranks = 1  # every GPU of the machine, unknown here: one, as the estimate (the 'devices' note says so)
+    elif isinstance(ranks, bool) or not isinstance(ranks, int) or ranks < 1:
+        raise ConfigImportError(source, "devices", f"{devices!r}: litgpt's parse_devices takes 'auto' or a positive "
+                                "integer")
+    steps = global_batch // ranks // micro
+    if steps < 1:
+        raise ConfigImportError(source, "train.global_batch_size", f"{global_batch} // devices {ranks} // "
+                                f"micro_batch_size {micro} is 0: litgpt asserts at least one micro-batch per step")
+    training["gradient_accumulation_steps"] = steps
+    formula = (f"global_batch_size // devices // micro_batch_size = {global_batch} // {ranks} // {micro} = {steps} "
+               "(litgpt TrainArgs.gradient_accumulation_iters)")
+    if given is None:
+        notes.append(ImportNote(source, "train.global_batch_size", "assumed", f"the finetune scripts' default "
+                                f"{GLOBAL_BATCH_SIZE}: {formula}", field="training.gradient_accumulation_steps",
+                                value=steps))
+    else:
+        notes.append(ImportNote(source, "train.global_batch_size", "note", formula))
 
 
 def from_litgpt(data: Mapping[str, Any], source: str = "litgpt config",
@@ -107,6 +147,8 @@ def from_litgpt(data: Mapping[str, Any], source: str = "litgpt config",
     for key, value in train.items():
         if key == "micro_batch_size":
             training["micro_batch_size"] = value
+        elif key == "global_batch_size":
+            continue  # read by _accumulation
         elif key == "max_seq_length":
             if value is None:
                 note("train.max_seq_length", "assumed", "not set: the longest sample decides; the planner's "
@@ -121,6 +163,7 @@ def from_litgpt(data: Mapping[str, Any], source: str = "litgpt config",
         note("train.micro_batch_size", "assumed", "finetune_lora's default 1", field="training.micro_batch_size",
              value=1)
         training["micro_batch_size"] = 1
+    _accumulation(train, devices, source, training, notes)
     optimizer = data.get("optimizer", "AdamW")
     name = optimizer.get("class_path", "") if isinstance(optimizer, Mapping) else str(optimizer)
     if name.rsplit(".", 1)[-1] != "AdamW":

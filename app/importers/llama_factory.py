@@ -20,7 +20,7 @@ Keys, defaults and what they do: LLaMA-Factory v0.9.5 (hiyouga/LLaMA-Factory @ t
   ``pure_bf16``, float16 with ``fp16``, else the checkpoint's (``patcher.py``, ``infer_optim_dtype``).
 
 The transformers ``Seq2SeqTrainingArguments`` keys in the same file (``per_device_train_batch_size`` 8,
-``optim``, ``deepspeed``, ``fsdp``…) are read as HF TrainingArguments.
+``gradient_accumulation_steps`` 1, ``optim``, ``deepspeed``, ``fsdp``…) are read as HF TrainingArguments.
 """
 
 from __future__ import annotations
@@ -57,9 +57,9 @@ _HANDLED = frozenset({
     "model_name_or_path", "finetuning_type", "lora_rank", "lora_alpha", "lora_dropout", "lora_target",
     "additional_target", "use_dora", "use_rslora", "quantization_bit", "quantization_method", "quantization_type",
     "double_quantization", "cutoff_len", "packing", "neat_packing", "per_device_train_batch_size",
-    "disable_gradient_checkpointing", "gradient_checkpointing", "use_reentrant_gc", "use_unsloth",
-    "use_unsloth_gc", "enable_liger_kernel", "use_liger_kernel", "flash_attn", "bf16", "fp16", "pure_bf16",
-    "optim", "deepspeed", "fsdp", "fsdp_config", "stage", "do_train",
+    "gradient_accumulation_steps", "disable_gradient_checkpointing", "gradient_checkpointing", "use_reentrant_gc",
+    "use_unsloth", "use_unsloth_gc", "enable_liger_kernel", "use_liger_kernel", "flash_attn", "bf16", "fp16",
+    "pure_bf16", "optim", "deepspeed", "fsdp", "fsdp_config", "stage", "do_train",
 })
 # Known keys whose non-default value changes memory in a way the planner does not model.
 LF_UNSUPPORTED: dict[str, str] = {
@@ -197,6 +197,7 @@ def from_llama_factory(data: Mapping[str, Any], source: str = "LLaMA-Factory con
     else:
         assumed("per_device_train_batch_size", "training.micro_batch_size", TA_DEFAULTS["per_device_train_batch_size"],
                 "TrainingArguments' default")
+    draft.accumulation(data, TA_DEFAULTS["gradient_accumulation_steps"], "TrainingArguments' default")
     packing, neat = bool_key(data, "packing", source), bool_key(data, "neat_packing", source)
     stage = data.get("stage", "sft")
     if neat or packing or (packing is None and stage == "pt"):
@@ -243,7 +244,7 @@ def from_llama_factory(data: Mapping[str, Any], source: str = "LLaMA-Factory con
     else:
         assumed("optim", "training.optim", TA_DEFAULTS["optim"], "TrainingArguments' default")
 
-    deepspeed_sharding(data.get("deepspeed"), source, base_dir, hardware, notes)
+    deepspeed_sharding(data.get("deepspeed"), source, base_dir, hardware, notes, training)
     fsdp_sharding(data, source, training, hardware, notes)
 
     draft.leftovers(data, _HANDLED, LF_UNSUPPORTED, LF_KNOWN, "not a LLaMA-Factory v0.9.5 argument; ignored")

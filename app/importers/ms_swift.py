@@ -16,7 +16,9 @@ Keys, defaults and what they do: ms-swift v4.5.2 (modelscope/ms-swift @ tag v4.5
 - ``swift/pipelines/train/tuner.py``: full fine-tuning trains the loaded weights in ``torch_dtype`` (bf16 weights,
   gradients and optimizer states); adapters' fp16 trainable parameters are cast to float32.
 - ``swift/trainers/arguments.py`` (``TrainArgumentsMixin``): ``per_device_train_batch_size`` 1,
-  ``gradient_checkpointing`` true, ``use_liger_kernel``; ``swift/arguments/template_args.py``: ``padding_free``.
+  ``gradient_accumulation_steps`` None → ``max(1, ceil(16 / per_device_train_batch_size / world_size))``
+  (``__post_init__``; world_size: the launched processes), ``gradient_checkpointing`` true, ``use_liger_kernel``;
+  ``swift/arguments/template_args.py``: ``padding_free``.
 - ``swift/arguments/sft_args.py``: ``deepspeed`` zero0/zero1/zero2/zero3/zero2_offload/zero3_offload (the
   configs in ``swift/config/``: offload puts the optimizer, at stage 3 also the parameters, on the CPU) or a path.
 - The launcher's ``NPROC_PER_NODE`` (processes per node) is the GPU count.
@@ -25,6 +27,7 @@ Keys, defaults and what they do: ms-swift v4.5.2 (modelscope/ms-swift @ tag v4.5
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -68,8 +71,8 @@ _HANDLED = frozenset({
     "target_parameters", "modules_to_save", "use_dora", "use_rslora", "lora_bias", "lora_dtype", "quant_method",
     "quant_bits", "bnb_4bit_compute_dtype", "bnb_4bit_quant_type", "bnb_4bit_use_double_quant",
     "bnb_4bit_quant_storage", "torch_dtype", "bf16", "fp16", "max_length", "per_device_train_batch_size",
-    "gradient_checkpointing", "gradient_checkpointing_kwargs", "use_liger_kernel", "packing", "padding_free",
-    "attn_impl", "optim", "deepspeed", "fsdp", "fsdp_config",
+    "gradient_accumulation_steps", "gradient_checkpointing", "gradient_checkpointing_kwargs", "use_liger_kernel",
+    "packing", "padding_free", "attn_impl", "optim", "deepspeed", "fsdp", "fsdp_config",
 })
 SWIFT_UNSUPPORTED: dict[str, str] = {
     "sequence_parallel_size": "sequence parallelism is not modelled (the whole sequence is counted)",
@@ -223,6 +226,11 @@ def from_ms_swift(data: Mapping[str, Any], source: str = "ms-swift arguments",
         training["micro_batch_size"] = data["per_device_train_batch_size"]
     else:
         assumed("per_device_train_batch_size", "training.micro_batch_size", 1, "ms-swift's default (1)")
+    batch, world = training["micro_batch_size"], hardware.get("num_gpus", 1)
+    batch = batch if isinstance(batch, int) and not isinstance(batch, bool) and batch > 0 else 1
+    draft.accumulation(data, max(1, math.ceil(16 / batch / world)), "not set: ms-swift's TrainArgumentsMixin sets "
+                       f"max(1, ceil(16 / per_device_train_batch_size / world_size)), world_size {world}"
+                       + ("" if "num_gpus" in hardware else " (no NPROC_PER_NODE: one process assumed)"))
     gc = bool_key(data, "gradient_checkpointing", source)
     if gc is None:
         assumed("gradient_checkpointing", "training.gradient_checkpointing", True, "ms-swift's default (true)")
@@ -255,7 +263,7 @@ def from_ms_swift(data: Mapping[str, Any], source: str = "ms-swift arguments",
             zero["offload_optimizer"] = {"device": "cpu"}
             if stage == 3:
                 zero["offload_param"] = {"device": "cpu"}
-        deepspeed_sharding({"zero_optimization": zero}, source, base_dir, hardware, notes)
+        deepspeed_sharding({"zero_optimization": zero}, source, base_dir, hardware, notes, training)
         note("deepspeed", "note", f"{ds!r}: ms-swift's swift/config/{ds}.json")
     else:
         if isinstance(ds, str) and ds.lstrip().startswith("{"):
@@ -263,7 +271,7 @@ def from_ms_swift(data: Mapping[str, Any], source: str = "ms-swift arguments",
                 ds = json.loads(ds)
             except ValueError:
                 raise ConfigImportError(source, "deepspeed", "not a ZeRO name, a path or JSON") from None
-        deepspeed_sharding(ds, source, base_dir, hardware, notes)
+        deepspeed_sharding(ds, source, base_dir, hardware, notes, training)
     fsdp = data.get("fsdp")
     if isinstance(fsdp, str) and fsdp in ("fsdp", "fsdp2", "fsdp2_offload", "fsdp_offload"):
         fsdp = "full_shard auto_wrap" + (" offload" if "offload" in fsdp else "")

@@ -8,13 +8,15 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from app.importers.common import ImportNote, NoteKind, is_unset
+from app.importers.common import ConfigImportError, ImportNote, NoteKind, is_unset, positive_int
 
 
 def deepspeed_sharding(ds: Any, source: str, base_dir: Path | None, hardware: dict[str, Any],
-                       notes: list[ImportNote]) -> None:
+                       notes: list[ImportNote], training: Mapping[str, Any]) -> None:
     """A ``deepspeed`` value (a config dict, or the path of its JSON) → ``hardware.sharding`` from the ZeRO stage
-    (``zero_optimization.stage``; from the file name, e.g. ``zero3.json``, when the file is not found)."""
+    (``zero_optimization.stage``; from the file name, e.g. ``zero3.json``, when the file is not found). Its
+    ``gradient_accumulation_steps`` is checked against the trainer's (``training``, already imported):
+    :func:`deepspeed_accumulation`."""
     def note(key: str, kind: NoteKind, message: str) -> None:
         notes.append(ImportNote(source, key, kind, message))
 
@@ -31,6 +33,7 @@ def deepspeed_sharding(ds: Any, source: str, base_dir: Path | None, hardware: di
                 break
     stage = None
     if isinstance(cfg, Mapping):
+        deepspeed_accumulation(cfg, source, training)
         zero = cfg.get("zero_optimization")
         zero = zero if isinstance(zero, Mapping) else {}
         stage = zero.get("stage")
@@ -64,6 +67,24 @@ def deepspeed_sharding(ds: Any, source: str, base_dir: Path | None, hardware: di
         hardware["sharding"] = sharding
         note("deepspeed", "note", f"sharding {sharding!r}; the GPU count comes from the launcher: "
              "set --num-gpus")
+
+
+def deepspeed_accumulation(cfg: Mapping[str, Any], source: str, training: Mapping[str, Any]) -> None:
+    """A DeepSpeed config's ``gradient_accumulation_steps`` as the HF Trainer treats it (transformers 5.24
+    ``integrations/deepspeed.py``, ``HfTrainerDeepSpeedConfig.trainer_config_process`` / ``fill_match``): "auto"
+    (or absent) takes the trainer's ``gradient_accumulation_steps``; an integer must equal it, or the Trainer stops
+    with "Please correct the following DeepSpeed config values that mismatch TrainingArguments values". Every trainer
+    imported here (HF Trainer, TRL, axolotl, LLaMA-Factory, ms-swift) hands DeepSpeed to the HF Trainer, so a
+    mismatch, or a value that is neither "auto" nor a positive integer, is refused naming the key."""
+    key = "deepspeed.gradient_accumulation_steps"
+    value = cfg.get("gradient_accumulation_steps")
+    if value is None or value == "auto":
+        return
+    steps = positive_int(value, source, key)
+    trainer = training.get("gradient_accumulation_steps", 1)
+    if steps != trainer:
+        raise ConfigImportError(source, key, f"{steps} differs from the trainer's gradient_accumulation_steps "
+                                f"{trainer}; the HF Trainer refuses the mismatch: set it to 'auto' or {trainer}")
 
 
 def fsdp_config_keys(fsdp_config: Any, source: str, training: dict[str, Any], notes: list[ImportNote],
