@@ -22,7 +22,7 @@ AUTH = {"Authorization": "Bearer t"}
 QLORA_CFG = dict(TINY_CONFIGS["llama"], hidden_size=128, intermediate_size=256)
 QLORA_BODY: dict[str, Any] = {"model": {"config": QLORA_CFG}, "method": "qlora",
                               "lora": {"r": 4, "target_modules": "all-linear"},
-                              "training": {"micro_batch_size": 2, "seq_len": 64}}
+                              "training": {"micro_batch_size": 2, "seq_len": 64, "gradient_accumulation_steps": 4}}
 LORA_BODY: dict[str, Any] = {"model": {"config": TINY_CONFIGS["llama"]}, "method": "lora", "lora": {"r": 4},
                              "training": {"micro_batch_size": 1, "seq_len": 32}}
 

@@ -4,8 +4,9 @@ The step is the trace engine's recipe (``app/trace/engine.py``) on real weights:
 from the config (or ``from_pretrained(model_dir)``), bitsandbytes 4-bit quantization through transformers'
 ``BitsAndBytesConfig`` for QLoRA/QDoRA, ``prepare_model_for_kbit_training``, ``get_peft_model``, non-reentrant
 gradient checkpointing, the optimizer as HF Trainer builds it, then ``warmup_steps`` + ``measure_steps``
-steps of forward (with labels, under autocast) → fp32 logits copy → backward → ``clip_grad_norm_`` → step →
-``zero_grad(set_to_none=True)``. Peak statistics are reset after the model and adapter are set up.
+steps of forward (with labels, under autocast) → fp32 logits copy → backward (two micro-batches per step when
+``gradient_accumulation_steps`` > 1) → ``clip_grad_norm_`` → step → ``zero_grad(set_to_none=True)``. Peak
+statistics are reset after the model and adapter are set up.
 
 On CPU the bytes come from :class:`app.trace.counter.LiveBytesCounter` with the trace engine's CUDA stand-ins
 (FlashAttention/SDPA allocations, bool dropout masks, bitsandbytes' dequantize fallback scratch) so the number
@@ -331,6 +332,9 @@ def _run_steps(req: PlanRequest, device: str, warmup_steps: int, measure_steps: 
                 counter.set_phase(name)
             phase.where = f"{label}, {name}"
 
+        # gradient accumulation: every micro-batch after the first holds the same accumulated gradients, so a step
+        # runs two of them (as the trace engine does) and its time covers both
+        micro_batches = min(tr.gradient_accumulation_steps, 2)
         measuring = False
         reserved_peak = [0]  # max_memory_reserved over the measured steps (peak stats are reset per phase)
         for step in range(total):
@@ -349,17 +353,18 @@ def _run_steps(req: PlanRequest, device: str, warmup_steps: int, measure_steps: 
                 start_evt, end_evt = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
                 start_evt.record()
             started = time.perf_counter()
-            mark("forward")
-            with autocast:
-                out = model(input_ids=input_ids, labels=input_ids)
-            if dt.compute != "fp32":
-                logits32 = out.logits.float()  # accelerate's convert_outputs_to_fp32 under HF Trainer
-                del logits32
-            loss = out.loss
-            del out
-            mark("backward")
-            loss.backward()
-            del loss
+            for _ in range(micro_batches):  # a later micro-batch runs beside the accumulated gradients
+                mark("forward")
+                with autocast:
+                    out = model(input_ids=input_ids, labels=input_ids)
+                if dt.compute != "fp32":
+                    logits32 = out.logits.float()  # accelerate's convert_outputs_to_fp32 under HF Trainer
+                    del logits32
+                loss = out.loss
+                del out
+                mark("backward")
+                loss.backward()
+                del loss
             mark("optimizer")
             torch.nn.utils.clip_grad_norm_(params, 1.0)
             optimizer.step()
@@ -383,7 +388,7 @@ def _run_steps(req: PlanRequest, device: str, warmup_steps: int, measure_steps: 
                 times.append(elapsed)
             del input_ids
         step_time = statistics.median(times)
-        tokens = tr.micro_batch_size * tr.seq_len
+        tokens = tr.micro_batch_size * tr.seq_len * micro_batches
         out_d: dict[str, Any] = {
             "trainable_params": trainable,
             "all_params": all_params,
