@@ -59,6 +59,7 @@ CASES: list[TorchtuneCase] = [
     TorchtuneCase(MHA, "full", optimizer_in_bwd=True),
     TorchtuneCase(GQA_TIED, "full", gradient_accumulation_steps=4),
     TorchtuneCase(MHA, "lora", seq_len=512, num_output_chunks=0, gradient_accumulation_steps=8),
+    TorchtuneCase(MHA, "lora", ALL, r=16, seq_len=512),
 ]
 # fmt: on
 

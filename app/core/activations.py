@@ -584,7 +584,9 @@ def activation_model(inv: Inventory, plan: AdapterPlan, req: PlanRequest, dt: Dt
     if loss == "torchtune":
         # moments of a layer's backward besides a linear's NF4 dequantization: the SwiGLU product's backward, and
         # under optimizer_in_bwd one parameter's gradient with its optimizer step
-        backward_transient = max(backward_transient, torchtune.swiglu_backward_bytes(t, arch.intermediate_size, x.a),
+        down_trained = x.full or any(m.leaf == "down_proj" for m in targets)
+        backward_transient = max(backward_transient,
+                                 torchtune.swiglu_backward_bytes(t, arch.intermediate_size, x.a, down_trained),
                                  torchtune.in_bwd_step_bytes(req, plan, dt, arch.tie_word_embeddings))
     return ActivationModel(
         saved_layers=saved_layers,

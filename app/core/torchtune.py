@@ -118,13 +118,17 @@ def packed_rope_bytes(tokens: int, head_dim: int) -> int:
     return 2 * 4 * tokens * head_dim
 
 
-def swiglu_backward_bytes(tokens: int, intermediate: int, act_bytes: int) -> int:
+def swiglu_backward_bytes(tokens: int, intermediate: int, act_bytes: int, product_saved: bool) -> int:
     """Bytes a layer's backward holds beyond one activation gradient while the SwiGLU product
     ``activation(w1(x)) * w3(x)`` (``feed_forward.py FeedForward.forward``) back-propagates: ``mul``'s backward
     returns the gradients of both factors (two T×I tensors) while the incoming gradient (T×I, the one activation
     gradient the planner counts) and the saved factors are alive. Found in the trace of torchtune's step
-    (bench/torchtune_grid.py), where the chunked loss leaves a layer's backward as the peak."""
-    return 2 * act_bytes * tokens * intermediate
+    (bench/torchtune_grid.py), where the chunked loss leaves a layer's backward as the peak.
+
+    ``product_saved``: w2 kept the product for a weight gradient (its LoRA's ``lora_a``, or w2 itself under full
+    fine-tuning). w2's backward, which runs before ``mul``'s, releases it: one T×I less than the layer's saved
+    bytes at that moment."""
+    return (1 if product_saved else 2) * act_bytes * tokens * intermediate
 
 
 def in_bwd_step_bytes(req: PlanRequest, plan: AdapterPlan, dt: Dtypes, tied: bool) -> int:
