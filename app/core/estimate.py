@@ -277,7 +277,8 @@ def _phases(static: dict[str, int], sm: StaticMemory, act: ActivationModel, work
     acc, acc_new = accumulated
     fwd = resident + saved + act.forward_transient + acc
     loss = resident + saved + act.loss_forward + acc
-    # lm_head's gradient (full fine-tuning, a modules_to_save copy) appears with the loss gradients
+    # lm_head's weight gradient (full fine-tuning, a modules_to_save copy): made in lm_head's backward, beside what
+    # is alive then (act.head_backward; the loss buffers when that is not modelled), kept through the layers'
     head_grads = sm.gradients.by_group.get("lm_head", 0) if static["gradients"] and act.head_grad_at_loss else 0
     # Without checkpointing, saved activations are freed layer by layer while gradients accumulate, so the
     # backward peak is at its start or at its end; with checkpointing a recomputed layer adds to either. With
