@@ -60,6 +60,20 @@ def _bad(*lines: str) -> CliError:
     return CliError(EXIT_BAD_INPUT, lines)
 
 
+def _bucket_size(text: str) -> int | str:
+    """A DeepSpeed bucket size flag: 'auto' or an element count, written as DeepSpeed configs do (5e8 allowed);
+    the range is the request's to check."""
+    if text.strip() == "auto":
+        return "auto"
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an element count or 'auto', got {text!r}") from None
+    if not value.is_integer():
+        raise argparse.ArgumentTypeError(f"expected a whole element count, got {text!r}")
+    return int(value)
+
+
 # ------------------------------------------------------------------------------------------- parser
 
 
@@ -112,6 +126,11 @@ def build_parser() -> argparse.ArgumentParser:
                           help="ZeRO-Offload / FSDP cpu_offload: optimizer states in host RAM (docs/switches.md)")
     hardware.add_argument("--offload-param", choices=("none", "cpu"),
                           help="ZeRO-3 offload_param / FSDP cpu_offload: parameters in host RAM")
+    for flag, text in (("reduce-bucket-size", "DeepSpeed zero_optimization.reduce_bucket_size"),
+                       ("stage3-prefetch-bucket-size", "DeepSpeed zero_optimization.stage3_prefetch_bucket_size")):
+        hardware.add_argument(f"--{flag}", type=_bucket_size, metavar="ELEMENTS|auto",
+                              help=f"{text} (default auto: the HF Trainer's fill; DeepSpeed's own default when a "
+                              "DeepSpeed config leaves it out)")
     hardware.add_argument("--alloc-conf", metavar="PYTORCH_CUDA_ALLOC_CONF",
                           help="the run's PYTORCH_CUDA_ALLOC_CONF, e.g. expandable_segments:True (default: torch's)")
     other = inputs.add_argument_group("output and server")
@@ -221,6 +240,8 @@ def build_body(args: argparse.Namespace) -> tuple[dict[str, Any], list[Any]]:
     put("hardware", "pytorch_cuda_alloc_conf", args.alloc_conf)
     put("hardware", "offload_optimizer", args.offload_optimizer)
     put("hardware", "offload_param", args.offload_param)
+    put("hardware", "reduce_bucket_size", args.reduce_bucket_size)
+    put("hardware", "stage3_prefetch_bucket_size", args.stage3_prefetch_bucket_size)
     for item in args.set:
         path, sep, raw = item.partition("=")
         if not sep or not path.strip():

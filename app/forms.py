@@ -17,7 +17,8 @@ DEFAULT_TARGETS = "all-linear"  # the page's default; the API's is PEFT's per-ar
 _BOOL = {"on": True, "true": True, "1": True, "yes": True, "off": False, "false": False, "0": False, "no": False}
 
 
-_INT_FIELDS = frozenset({"r", "micro_batch_size", "gradient_accumulation_steps", "seq_len", "blocksize", "num_gpus"})
+_INT_FIELDS = frozenset({"r", "micro_batch_size", "gradient_accumulation_steps", "seq_len", "blocksize", "num_gpus",
+                         "reduce_bucket_size", "stage3_prefetch_bucket_size"})
 _FLOAT_FIELDS = frozenset({"lora_alpha", "lora_dropout"})
 
 
@@ -58,7 +59,7 @@ def form_to_body(form: Mapping[str, str], config_text: str | None = None) -> dic
                      **flags("gradient_checkpointing", "use_liger_kernel", "activation_offloading", "packing",
                              "padding_free")},
         "hardware": pick("gpu", "num_gpus", "sharding", "pytorch_cuda_alloc_conf", "offload_optimizer",
-                         "offload_param"),
+                         "offload_param", "reduce_bucket_size", "stage3_prefetch_bucket_size"),
     }
     if config_text and config_text.strip():
         try:

@@ -74,6 +74,10 @@ def test_check_defaults_to_the_gpu_vram_and_json() -> None:
     (["--gradient-accumulation-steps", "0"], "error: training.gradient_accumulation_steps: Input should be greater "
                                               "than or equal to 1"),
     (["--gradient-accumulation-steps", "two"], "--gradient-accumulation-steps: invalid int value"),
+    (["--reduce-bucket-size", "5e8"], "error: hardware.reduce_bucket_size: is a DeepSpeed ZeRO setting"),
+    (["--reduce-bucket-size", "2.5"], "--reduce-bucket-size: expected a whole element count"),
+    (["--sharding", "zero3", "--num-gpus", "2", "--stage3-prefetch-bucket-size", "-1"],
+     "error: hardware.stage3_prefetch_bucket_size:"),
 ])
 def test_bad_input_exits_2_naming_the_field(args: list[str], field: str) -> None:
     out = run("check", *LLAMA_QLORA, *args)
@@ -146,6 +150,16 @@ def test_gradient_accumulation_steps_flag(tmp_path: Path) -> None:
         body, notes = cli.build_body(cli.build_parser().parse_args(["estimate", str(args), *LLAMA_QLORA, *flag]))
         assert body["training"]["gradient_accumulation_steps"] == steps
         assert "training.gradient_accumulation_steps" not in {n.field for n in notes if n.kind == "assumed"}
+
+
+def test_deepspeed_bucket_flags() -> None:
+    """--reduce-bucket-size / --stage3-prefetch-bucket-size take DeepSpeed's spelling (5e8) or 'auto' and are the
+    request's hardware fields."""
+    flags = ["--sharding", "zero3", "--num-gpus", "2", "--reduce-bucket-size", "5e8",
+             "--stage3-prefetch-bucket-size", "auto"]
+    body, _ = cli.build_body(cli.build_parser().parse_args(["estimate", *LLAMA_QLORA, *flags]))
+    assert body["hardware"]["reduce_bucket_size"] == 500_000_000
+    assert body["hardware"]["stage3_prefetch_bucket_size"] == "auto"
 
 
 def test_estimate_table() -> None:

@@ -351,8 +351,10 @@ def test_axolotl_sharding(tmp_path: Path) -> None:
     write(tmp_path / "ds" / "z2.json", {"zero_optimization": {"stage": 2, "offload_optimizer": {"device": "cpu"}}})
     cfg = "base_model: meta-llama/Llama-3.1-8B\nadapter: lora\nmicro_batch_size: 1\ndeepspeed: ds/z2.json\n"
     body, notes = load_plan_file(write(tmp_path / "a.yml", cfg))
-    # ZeRO-Offload of the optimizer: DeepSpeed's zero_optimization.offload_optimizer.device
-    assert body["hardware"] == {"sharding": "zero2", "offload_optimizer": "cpu"}
+    # ZeRO-Offload of the optimizer: DeepSpeed's zero_optimization.offload_optimizer.device; the file names no
+    # reduce_bucket_size, so DeepSpeed's default 5e8 (runtime/zero/config.py) applies: the HF Trainer fills "auto" only
+    assert body["hardware"] == {"sharding": "zero2", "offload_optimizer": "cpu", "reduce_bucket_size": 500_000_000}
+    assert "deepspeed.zero_optimization.reduce_bucket_size" in kinds(notes)["note"]
     assert "deepspeed.zero_optimization.offload_optimizer" in kinds(notes)["note"]
     body, _ = from_axolotl({"base_model": LLAMA, "adapter": "lora", "deepspeed": "deepspeed_configs/zero3_bf16.json"},
                            "b.yml")

@@ -151,7 +151,8 @@ def test_ms_swift_qlora_command() -> None:
 def test_ms_swift_padding_free_command_and_yaml() -> None:
     """examples/train/padding_free/sft.sh: NPROC_PER_NODE=4 → 4 GPUs, --deepspeed zero3, liger, padding-free,
     flash_attn, full fine-tuning in bf16 (ms-swift trains the loaded bf16 weights), --gradient_accumulation_steps 1.
-    examples/yaml/deepspeed/sft.yaml: the same arguments as YAML, ZeRO-2, gradient_accumulation_steps 8."""
+    examples/yaml/deepspeed/sft.yaml: the same arguments as YAML, ZeRO-2, gradient_accumulation_steps 8.
+    ms-swift's zero3.json writes its bucket sizes "auto" (the defaults here); zero2.json a reduce bucket of 2e8."""
     body = import_file(DATA / "ms-swift--train--padding_free--sft.sh").body
     assert body == {
         "model": "Qwen/Qwen2.5-7B", "method": "full",
@@ -161,7 +162,9 @@ def test_ms_swift_padding_free_command_and_yaml() -> None:
         "hardware": {"num_gpus": 4, "sharding": "zero3"},
     }
     yaml_body = import_file(DATA / "ms-swift--yaml--deepspeed--sft.yaml").body
-    assert yaml_body["hardware"] == {"sharding": "zero2"} and yaml_body["lora"]["lora_alpha"] == 32
+    # swift/config/zero2.json: "reduce_bucket_size": 2e8 (zero3.json: "auto", the default)
+    assert yaml_body["hardware"] == {"sharding": "zero2", "reduce_bucket_size": 200_000_000}
+    assert yaml_body["lora"]["lora_alpha"] == 32
     assert yaml_body["training"]["framework"] == "ms-swift"
     assert yaml_body["training"]["gradient_accumulation_steps"] == 8
 

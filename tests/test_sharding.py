@@ -53,13 +53,6 @@ NORM_PARAMS = 16 * 2 * 2048 + 2048
 A100_WORKSPACE = 2 * (2 * 4096 * 1024 + 8 * 16 * 1024)  # two cuBLAS handles on sm80 (8 MiB + 128 KiB each)
 
 
-def _gathered(res: object) -> int:
-    """The unsharded bytes an estimate adds at its peak: activations minus their breakdown and the workspace."""
-    by_key = {b.key: b.bytes for b in res.breakdown}  # type: ignore[attr-defined]
-    return (res.memory.activations - by_key[f"activations/{res.peak.phase}"]  # type: ignore[attr-defined]
-            - by_key["overhead/cublas_workspace"])
-
-
 def test_fsdp_optimizer_step_counts_the_local_shard() -> None:
     """torch AdamW (foreach) on FSDP's flat shard: exp_avg_sq.sqrt() of the shard, not of the model."""
     res = estimate(PlanRequest(model=MODEL, method="full", training={"optim": "adamw_torch"},
@@ -76,7 +69,11 @@ def test_fsdp_optimizer_step_counts_the_local_shard() -> None:
 def test_zero3_gathers_the_running_module_and_a_prefetch_bucket() -> None:
     """DeepSpeed fetch_sub_module + HF "auto": largest module (the embedding, bf16) + 0.9·hidden² elements."""
     res = estimate(PlanRequest(model=MODEL, method="full", hardware={"num_gpus": 2, "sharding": "zero3"}))
-    assert _gathered(res) == EMBEDDING_BYTES + 2 * int(0.9 * 2048 * 2048)
+    by_key = {b.key: b.bytes for b in res.breakdown}
+    assert by_key["sharding/gathered_parameters"] == EMBEDDING_BYTES + 2 * int(0.9 * 2048 * 2048)
+    # the rest of the activations field at the peak: the activations item, the workspace and ZeRO-3's buffers
+    assert res.memory.activations == (by_key[f"activations/{res.peak.phase}"] + by_key["overhead/cublas_workspace"]
+                                      + by_key["sharding/gathered_parameters"] + by_key["sharding/zero3_buffers"])
 
 
 def test_fsdp_qlora_needs_float_quant_storage_and_keeps_constants_whole() -> None:

@@ -166,3 +166,25 @@ LITGPT_GLOBAL_BATCH_SIZE = {
 }
 """``train.global_batch_size`` of litgpt 00af8b0d ``config_hub/finetune/*/full.yaml`` (llama-3.1-8b, llama-3.2-1B,
 llama-3.2-3B, phi-3, tiny-llama); every lora.yaml / qlora.yaml there sets 8, the Gemma ones 6."""
+
+
+# huggingface/peft examples/sft: run_peft_{deepspeed,fsdp,qlora_deepspeed_stage3,qlora_fsdp}.sh at 1715e06 / 1948110
+PEFT_EXAMPLES_LORA_DROPOUT = 0.1
+# DeepSpeed runtime/zero/config.py defaults: the examples' accelerate YAMLs (configs/deepspeed_config*.yaml) name no
+# DeepSpeed JSON, and accelerate's DeepSpeedPlugin then builds a config without bucket sizes
+DEEPSPEED_DEFAULT_BUCKETS = {"reduce_bucket_size": 500_000_000, "stage3_prefetch_bucket_size": 50_000_000}
+
+
+def peft_examples_settings(method: str, lora: dict[str, Any], training: dict[str, Any], hardware: dict[str, Any],
+                           notes: list[str]) -> None:
+    """The settings PEFT's ``examples/sft`` launch scripts pass beside those in the CSV: ``--lora_dropout 0.1``;
+    ``--use_reentrant True`` for the QLoRA scripts and ``False`` for the LoRA ones; under ZeRO-3 DeepSpeed's own
+    bucket sizes (accelerate YAML only, no DeepSpeed JSON with "auto")."""
+    lora["lora_dropout"] = PEFT_EXAMPLES_LORA_DROPOUT
+    training["gradient_checkpointing_kwargs"] = {"use_reentrant": method == "qlora"}
+    notes.append(f"peft examples/sft scripts: lora_dropout {PEFT_EXAMPLES_LORA_DROPOUT}, use_reentrant "
+                 f"{method == 'qlora'}")
+    if hardware.get("sharding") == "zero3":
+        hardware.update(DEEPSPEED_DEFAULT_BUCKETS)
+        notes.append("accelerate deepspeed_config YAML without a JSON: DeepSpeed's default reduce_bucket_size 5e8 and "
+                     "stage3_prefetch_bucket_size 5e7")

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, get_args
 
-from app.accuracy.recipes import litgpt_settings, torchtune_kind, torchtune_training
+from app.accuracy.recipes import litgpt_settings, peft_examples_settings, torchtune_kind, torchtune_training
 from app.accuracy.skip import Skip
 from app.core import EstimateResult, PlanRequest, estimate, model_configs
 from app.core.litgpt import LITGPT_FRAMEWORKS
@@ -433,6 +433,8 @@ def map_row(row: dict[str, str], stand_in: str | None = None) -> Mapped:
 
     if framework in LITGPT_FRAMEWORKS:
         litgpt_settings(row, method, lora, training, notes)
+    if row["source_id"] == "PEFT-docs-70B":
+        peft_examples_settings(method, lora, training, hardware, notes)
     versions: dict[str, Any] = {}
     if row["source_id"] == "QWEN-README":
         # README 'Profiling of Memory and Speed': "we use CUDA 11.8 and Pytorch 2.0"; finetune.py LoraArguments:

@@ -12,6 +12,8 @@ from app.core.adapters import AdapterPlan, plan_adapters
 from app.core.alloc_conf import parse_alloc_conf
 from app.core.architectures import ArchSpec, attention_for
 from app.core.catalog import gpu, gpus
+from app.core.deepspeed import ZERO_PARAM_BYTES, reduce_bucket_elements, zero3_buffers, zero3_gathered
+from app.core.deepspeed import check as deepspeed_check
 from app.core.errors import PlanError
 from app.core.fitted_activations import PeakFit, fit_note, fitted_phases, usable_fit
 from app.core.frameworks import assumption as framework_assumption
@@ -50,12 +52,6 @@ from app.core.torchtune import fsdp_gathered as torchtune_gathered
 from app.core.units import format_bytes
 from app.core.versions import MODELLED_VERSIONS
 
-# DeepSpeed ZeRO-3 with transformers' "auto" values: gathered parameters are bf16 (2 bytes), the
-# prefetch bucket is 0.9·hidden² elements, DeepSpeed's stage3_max_live_parameters default is 1e9 elements.
-ZERO_PARAM_BYTES = 2
-ZERO3_PREFETCH_FRACTION = 0.9
-ZERO3_MAX_LIVE_PARAMETERS = 10**9
-
 PLANNER_VERSION = "0.1.0"
 
 
@@ -83,6 +79,7 @@ def _check_request(req: PlanRequest, arch: ArchSpec) -> None:
     if hw.sharding == "none" and hw.num_gpus > 1:
         raise PlanError(("hardware", "sharding"), "num_gpus > 1 needs a sharding: ddp, zero1, zero2, zero3 or fsdp")
     torchtune_check(req)
+    deepspeed_check(req)
     # torchtune's NF4Tensor is itself an FSDP2-shardable parameter: no storage dtype to choose
     if (hw.sharding == "fsdp" and hw.num_gpus > 1 and req.quantized and req.training.framework != "torchtune"
             and not req.quantization.load_in_8bit
@@ -112,8 +109,10 @@ def _shard(sm: StaticMemory, req: PlanRequest, trainable_params: int, hidden_siz
       4Ψ + 16Ψ/N and ``estimate_zero3_model_states_mem_needs`` = 18Ψ/N + 4·largest layer): a trainable
       parameter keeps a bf16 copy and a bf16 gradient (stages 1–2: replicated; stage 3: the copy
       partitioned, gradients reduced straight into fp32 partitions) and, partitioned, an fp32 master, an
-      fp32 gradient and the optimizer's fp32 state. Frozen weights are partitioned in stage 3 only. Plus
-      one reduce bucket (HF "auto": hidden² elements in bf16).
+      fp32 gradient and the optimizer's fp32 state. Frozen weights are partitioned in stage 3 only. Stages 1–2
+      add one reduce bucket in backward and the step (``reduce_bucket_size`` 16-bit elements); stage 3 keeps its
+      reduce bucket and 16-bit gradient partitions for the whole run (``zero3_buffers``,
+      :func:`app.core.deepspeed.zero3_buffers`).
     - fsdp (accelerate full shard, params kept in their loaded dtype): weights, adapters, gradients and
       optimizer states divided by N; quantization constants are not parameters and stay whole.
 
@@ -123,7 +122,7 @@ def _shard(sm: StaticMemory, req: PlanRequest, trainable_params: int, hidden_siz
     n = req.hardware.num_gpus
     mode = req.hardware.sharding
     out = {"weights": sm.weights.total, "constants": sm.constants.total, "adapters": sm.adapters.total,
-           "gradients": sm.gradients.total, "optimizer": sm.optimizer.total, "comm_buffers": 0,
+           "gradients": sm.gradients.total, "optimizer": sm.optimizer.total, "comm_buffers": 0, "zero3_buffers": 0,
            "paged_optimizer": sm.paged_optimizer_bytes, "step_transient": sm.optimizer_step_transient}
 
     def part(x: int) -> int:
@@ -166,7 +165,10 @@ def _shard(sm: StaticMemory, req: PlanRequest, trainable_params: int, hidden_siz
             out["weights"] = part(out["weights"])  # quant_state constants are not partitioned (as FSDP)
         # the wrapped torch optimizer steps on this rank's flat fp32 partition of each parameter group
         out["step_transient"] = part(sm.optimizer_step_transient_fp32)
-        out["comm_buffers"] = 2 * hidden_size * hidden_size
+        if mode == "zero3":
+            out["zero3_buffers"] = zero3_buffers(req, trainable_params, hidden_size).gpu
+        else:
+            out["comm_buffers"] = ZERO_PARAM_BYTES * reduce_bucket_elements(req, hidden_size)
     return out
 
 
@@ -190,13 +192,7 @@ def _gathered(inv: Inventory, sm: StaticMemory, req: PlanRequest, dt: Dtypes) ->
       (embeddings, lm_head, final norm) is not resharded after forward (torch ``fsdp/_runtime_utils.py``:
       the root keeps its parameters for backward), so it stays gathered through the step. Quantized layers
       gather their packed 4-bit storage (``bnb_4bit_quant_storage`` dtype, same bytes).
-    - ZeRO-3 (DeepSpeed ``partitioned_param_coordinator.py``): ``fetch_sub_module`` gathers the running
-      module's parameters plus a prefetch bucket, ``stage3_prefetch_bucket_size`` = 0.9·hidden² elements
-      with HF's "auto" (transformers ``integrations/deepspeed.py: trainer_config_finalize``);
-      ``release_sub_module`` keeps parameters whose reuse distance is under ``stage3_max_reuse_distance``
-      (default 1e9 elements), so a checkpointed layer's parameters stay gathered from its recompute through
-      its backward: one decoder layer (or the largest module, e.g. the embedding) plus the bucket, in bf16,
-      capped by ``stage3_max_live_parameters`` (default 1e9 elements).
+    - ZeRO-3: :func:`app.core.deepspeed.zero3_gathered` (a layer or the largest module, plus the prefetch bucket).
     """
     offloaded = req.hardware.offload_param == "cpu"  # parameters gathered from host memory, even on one GPU
     if (req.hardware.num_gpus < 2 and not offloaded) or req.hardware.sharding not in ("zero3", "fsdp"):
@@ -210,21 +206,7 @@ def _gathered(inv: Inventory, sm: StaticMemory, req: PlanRequest, dt: Dtypes) ->
         if fsdp_mixed_precision(req):  # all-gathered in param_dtype: 16-bit copies of the fp32 shards
             root, layer = _half(root), _half(layer)
         return root + 2 * layer
-    names = set(quantized_modules(inv, req)) if req.quantized else set()
-    by_module: dict[str, int] = {}
-    by_layer: dict[int, int] = {}
-    for t in inv.unique_tensors():
-        if t.module in names and not t.is_bias:
-            nbytes = t.numel if req.quantization.load_in_8bit else nf4_bytes(t.numel).data
-        else:
-            nbytes = ZERO_PARAM_BYTES * t.numel
-        by_module[t.module] = by_module.get(t.module, 0) + nbytes
-        layer_index = inv.module_by_name[t.module].layer
-        if layer_index is not None:
-            by_layer[layer_index] = by_layer.get(layer_index, 0) + nbytes
-    largest = max((*by_module.values(), *by_layer.values()), default=0)
-    prefetch = int(ZERO3_PREFETCH_FRACTION * arch.hidden_size * arch.hidden_size) * ZERO_PARAM_BYTES
-    return min(largest + prefetch, ZERO3_MAX_LIVE_PARAMETERS * ZERO_PARAM_BYTES)
+    return zero3_gathered(inv, req)
 
 
 class Accumulated(NamedTuple):
@@ -272,7 +254,7 @@ def _phases(static: dict[str, int], sm: StaticMemory, act: ActivationModel, work
     backward phases are those of a later micro-batch: ``accumulated`` gradients alive throughout.
     """
     resident = static["weights"] + static["constants"] + static["adapters"] + static["optimizer"] + workspace
-    resident += gathered_layer
+    resident += gathered_layer + static["zero3_buffers"]
     saved = act.saved_layers + act.saved_head
     acc, acc_new = accumulated
     fwd = resident + saved + act.forward_transient + acc
@@ -299,7 +281,8 @@ def _phases(static: dict[str, int], sm: StaticMemory, act: ActivationModel, work
 
 
 def _breakdown(sm: StaticMemory, act: ActivationModel, peak_phase: str, activations: int,
-               context: int, reserve: AllocatorInfo, workspace: int) -> list[BreakdownItem]:
+               context: int, reserve: AllocatorInfo, workspace: int, gathered: int,
+               zero3: int) -> list[BreakdownItem]:
     items: list[BreakdownItem] = []
     for component, bucket in (("weights", sm.weights), ("quantization_constants", sm.constants),
                               ("adapter", sm.adapters), ("gradients", sm.gradients),
@@ -314,6 +297,13 @@ def _breakdown(sm: StaticMemory, act: ActivationModel, peak_phase: str, activati
     items.append(BreakdownItem(key=f"activations/{peak_phase}", bytes=activations,
                                note="optimizer.step() temporaries at the peak (activations are freed by then)"
                                if peak_phase == "optimizer" else "activations and temporaries at the peak"))
+    if gathered:
+        items.append(BreakdownItem(key="sharding/gathered_parameters", bytes=gathered,
+                                   note="inside peak: ZeRO-3/FSDP parameters gathered at the peak (unsharded)"))
+    if zero3:
+        items.append(BreakdownItem(key="sharding/zero3_buffers", bytes=zero3,
+                                   note="inside peak: DeepSpeed ZeRO-3's reduce bucket and 16-bit gradient "
+                                   "partitions, allocated for the whole run"))
     items.append(BreakdownItem(key="overhead/cublas_workspace", bytes=workspace, note="inside peak"))
     items.append(BreakdownItem(key="overhead/cuda_context", bytes=context,
                                note="outside peak (CUDA context; NCCL buffers when num_gpus > 1)"))
@@ -487,6 +477,7 @@ def estimate(req: PlanRequest) -> EstimateResult:
     dt = dtypes_for(req)
     static, host_states = offload_static(_shard(sm, req, plan.trainable_params, arch.hidden_size,
                                                 arch.num_hidden_layers), sm, req, plan.trainable_params)
+    host_states += zero3_buffers(req, plan.trainable_params, arch.hidden_size).host * req.hardware.num_gpus
     run_dt = compute_dtypes(req, dt)  # FSDP mixed precision computes on 16-bit copies of the fp32 shards
     act = activation_model(inv, plan, req, run_dt, sum(static[k] for k in ("weights", "constants", "adapters",
                                                                            "optimizer")))
@@ -554,7 +545,8 @@ def estimate(req: PlanRequest) -> EstimateResult:
         ),
         peak=PeakInfo(phase=top.name, phases=phases,
                       provisional=inv.generic_key is not None and not (isinstance(fit, PeakFit) and own_bucket)),
-        breakdown=_breakdown(sm, act, top.name, activations - workspace - gathered, context, allocator, workspace),
+        breakdown=_breakdown(sm, act, top.name, activations - workspace - gathered - static["zero3_buffers"],
+                             context, allocator, workspace, gathered, static["zero3_buffers"]),
         quantization=quant_report,
         fits=fits,
         allocator=allocator,

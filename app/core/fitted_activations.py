@@ -151,6 +151,7 @@ def fitted_phases(fit: PeakFit, req: PlanRequest, static: dict[str, int], worksp
     """The estimate's phases from the fitted remainders (see the module docstring); the optimizer phase (and
     every phase's gradient bytes) stay ``analytic``'s."""
     resident = static["weights"] + static["constants"] + static["adapters"] + static["optimizer"]
+    resident += static["zero3_buffers"]
     b, s = req.training.micro_batch_size, req.training.seq_len
     out = []
     for phase in analytic:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PlainValidator, field_validator
 
 from app.core.alloc_conf import MAX_CONF_CHARS, AllocConfError, parse_alloc_conf
 from app.core.architectures import LIMITS as CONFIG_LIMITS
@@ -47,6 +47,8 @@ MAX_LAYERS = CONFIG_LIMITS["num_hidden_layers"]
 """Most ``layers_to_transform`` entries, and largest index + 1 (the config limit on num_hidden_layers)."""
 MAX_ID_CHARS = 256
 """Longest catalog model or GPU id."""
+MAX_BUCKET_ELEMENTS = 10**12
+"""Largest DeepSpeed bucket size accepted (elements): 2 TB of 16-bit buffer, beyond any GPU."""
 
 
 def _valid_unicode(text: str) -> str:
@@ -240,6 +242,17 @@ class TrainingSpec(_Strict):
     )
 
 
+def _bucket_size(value: Any, least: int) -> int | str:
+    """A DeepSpeed bucket size: 'auto' or a JSON integer count of elements in [least, MAX_BUCKET_ELEMENTS]."""
+    if value == "auto":
+        return "auto"
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"must be 'auto' or a whole number of elements (a JSON integer), got {value!r}")
+    if not least <= value <= MAX_BUCKET_ELEMENTS:
+        raise ValueError(f"must be 'auto' or between {least} and {MAX_BUCKET_ELEMENTS} elements, got {value}")
+    return value
+
+
 class HardwareSpec(_Strict):
     gpu: Annotated[Text, Field(max_length=MAX_ID_CHARS)] = Field("nvidia-a100-80gb",
                                                                  description="id from GET /api/v1/gpus")
@@ -252,6 +265,19 @@ class HardwareSpec(_Strict):
     offload_param: OffloadDevice = Field(
         "none", description="DeepSpeed zero_optimization.offload_param.device (ZeRO-Infinity, zero3 only), or "
         "FSDP cpu_offload(offload_params=True): parameters held in host RAM between uses"
+    )
+    reduce_bucket_size: Annotated[int | Literal["auto"], PlainValidator(
+        lambda v: _bucket_size(v, 1), json_schema_input_type=int | Literal["auto"])] = Field(
+        "auto", description="DeepSpeed zero_optimization.reduce_bucket_size (elements, ZeRO only): the gradient "
+        "bucket (16-bit), kept for the whole run under ZeRO-3. 'auto' is the HF Trainer's fill, hidden_size²; a "
+        "DeepSpeed config without the key (accelerate's deepspeed_config YAML without a JSON file) runs with "
+        "DeepSpeed's default 500000000"
+    )
+    stage3_prefetch_bucket_size: Annotated[int | Literal["auto"], PlainValidator(
+        lambda v: _bucket_size(v, 0), json_schema_input_type=int | Literal["auto"])] = Field(
+        "auto", description="DeepSpeed zero_optimization.stage3_prefetch_bucket_size (elements, zero3 only): "
+        "parameters gathered ahead of use. 'auto' is the HF Trainer's fill, int(0.9·hidden_size²); without the key "
+        "DeepSpeed's default 50000000"
     )
     pytorch_cuda_alloc_conf: str | None = Field(
         None, max_length=MAX_CONF_CHARS,

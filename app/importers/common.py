@@ -173,6 +173,14 @@ def positive_int(value: Any, source: str, key: str) -> int:
     return value
 
 
+def non_negative_int(value: Any, source: str, key: str) -> int:
+    """An element count (DeepSpeed's bucket sizes, ``pp_int`` fields with ``ge=0``): a bool, a fraction, a string or
+    a negative number is refused naming the key."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ConfigImportError(source, key, f"expected a non-negative integer or 'auto', got {value!r}")
+    return value
+
+
 def use_reentrant(value: Any, source: str, key: str) -> bool | None:
     """``use_reentrant`` of a ``gradient_checkpointing_kwargs`` value (a mapping, or its JSON text as command lines
     give it); None when it does not say."""

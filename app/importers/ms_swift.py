@@ -62,6 +62,7 @@ SWIFT_MARKERS = frozenset({"tuner_type", "train_type", "quant_bits", "attn_impl"
                            "loss_scale"})
 SWIFT_DEEPSPEED = {"zero0": (0, False), "zero1": (1, False), "zero2": (2, False), "zero3": (3, False),
                    "zero2_offload": (2, True), "zero3_offload": (3, True)}
+SWIFT_REDUCE_BUCKET_SIZE = 200_000_000  # swift/config/zero0/1/2(_offload).json "reduce_bucket_size": 2e8
 ATTN_IMPL = {"sdpa": "sdpa", "eager": "eager", "flash_attn": "flash_attention_2",
              "flash_attention_2": "flash_attention_2", "flash_attention_3": "flash_attention_2"}
 TUNER_TYPES = ("lora", "full", "longlora", "adalora", "llamapro", "adapter", "vera", "boft", "fourierft", "reft",
@@ -258,7 +259,10 @@ def from_ms_swift(data: Mapping[str, Any], source: str = "ms-swift arguments",
     ds = data.get("deepspeed")
     if isinstance(ds, str) and ds in SWIFT_DEEPSPEED:
         stage, offload = SWIFT_DEEPSPEED[ds]
-        zero: dict[str, Any] = {"stage": stage}
+        # swift/config/zero{1,2}*.json: reduce_bucket_size 2e8; zero3*.json: "auto" (and the prefetch bucket)
+        buckets: dict[str, Any] = ({"reduce_bucket_size": "auto", "stage3_prefetch_bucket_size": "auto"}
+                                   if stage == 3 else {"reduce_bucket_size": SWIFT_REDUCE_BUCKET_SIZE})
+        zero: dict[str, Any] = {"stage": stage, **buckets}
         if offload:
             zero["offload_optimizer"] = {"device": "cpu"}
             if stage == 3:

@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from app.importers.common import ConfigImportError, ImportNote, NoteKind, is_unset, positive_int
+from app.importers.common import ConfigImportError, ImportNote, NoteKind, is_unset, non_negative_int, positive_int
 
 
 def deepspeed_sharding(ds: Any, source: str, base_dir: Path | None, hardware: dict[str, Any],
@@ -67,6 +67,34 @@ def deepspeed_sharding(ds: Any, source: str, base_dir: Path | None, hardware: di
         hardware["sharding"] = sharding
         note("deepspeed", "note", f"sharding {sharding!r}; the GPU count comes from the launcher: "
              "set --num-gpus")
+        if isinstance(cfg, Mapping) and sharding.startswith("zero"):
+            deepspeed_buckets(zero, sharding, source, hardware, notes)
+
+
+# DeepSpeed runtime/zero/config.py DeepSpeedZeroConfig defaults (elements), for keys a config leaves out
+DEEPSPEED_BUCKET_DEFAULTS = {"reduce_bucket_size": 500_000_000, "stage3_prefetch_bucket_size": 50_000_000}
+
+
+def deepspeed_buckets(zero: Mapping[str, Any], sharding: str, source: str, hardware: dict[str, Any],
+                      notes: list[ImportNote]) -> None:
+    """``zero_optimization.reduce_bucket_size`` (ZeRO) and ``stage3_prefetch_bucket_size`` (ZeRO-3) →
+    ``hardware``: "auto" stays "auto" (the HF Trainer fills it from hidden_size); a number is taken as an element
+    count (JSON writes them as 5e8); a key the config leaves out runs with DeepSpeed's default, which the HF Trainer
+    does not touch (transformers ``trainer_config_finalize`` fills "auto" keys only)."""
+    keys = ["reduce_bucket_size"] + (["stage3_prefetch_bucket_size"] if sharding == "zero3" else [])
+    for key in keys:
+        path = f"deepspeed.zero_optimization.{key}"
+        value = zero.get(key)
+        if value == "auto":
+            continue
+        if value is None:
+            hardware[key] = DEEPSPEED_BUCKET_DEFAULTS[key]
+            notes.append(ImportNote(source, path, "note", f"not set: DeepSpeed's default {hardware[key]:.0e} "
+                                    "elements (the HF Trainer fills only 'auto')"))
+            continue
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)
+        hardware[key] = non_negative_int(value, source, path)
 
 
 def deepspeed_accumulation(cfg: Mapping[str, Any], source: str, training: Mapping[str, Any]) -> None:
