@@ -232,16 +232,21 @@ def _accumulated(static: dict[str, int], sm: StaticMemory, req: PlanRequest) -> 
       calls FSDP's ``no_sync``) skip the reduce-scatter, so the whole model's gradients accumulate unsharded on
       every GPU (torch ``FullyShardedDataParallel.no_sync``: "FSDP will accumulate the full model gradients
       (instead of gradient shards)"; FSDP2's ``set_requires_gradient_sync(False)`` likewise). torchtune's
-      distributed recipes reduce-scatter every micro-batch: the sharded gradients.
+      distributed recipes reduce-scatter every micro-batch: the sharded gradients. With FSDP mixed precision the
+      unsharded gradients are those autograd computed on the 16-bit unsharded parameters (``_post_backward_hook``
+      returns under ``no_sync`` before any cast to the shards' dtype): half the fp32 shards' bytes.
     - Otherwise the gradients the step keeps: a replica's (one GPU, DDP), DeepSpeed ZeRO-1/2's bf16 gradients;
       ZeRO-3 reduces each micro-batch into the fp32 partitions it keeps anyway, and ZeRO-Offload's live on the host.
     """
     if req.training.gradient_accumulation_steps < 2:
         return NO_ACCUMULATION
     grads = static["gradients"]
+    new = sm.largest_gradient
     if req.hardware.sharding == "fsdp" and req.hardware.num_gpus > 1 and req.training.framework != "torchtune":
         grads = sm.gradients.total
-    return Accumulated(grads, sm.largest_gradient if grads else 0)
+        if fsdp_mixed_precision(req):  # accumulated on the 16-bit unsharded parameters
+            grads, new = _half(grads), _half(new)
+    return Accumulated(grads, new if grads else 0)
 
 
 def _phases(static: dict[str, int], sm: StaticMemory, act: ActivationModel, workspace: int,
