@@ -47,8 +47,11 @@ def _trainable(method: str = "full", lora: dict[str, Any] | None = None) -> int:
     ({"num_gpus": 4, "sharding": "fsdp", "precision": "bf16-mixed"}, "hf-trainer", lambda n: 2 * n),
     # torchtune's full_finetune_distributed reduce-scatters every micro-batch: this GPU's shard
     ({"num_gpus": 4, "sharding": "fsdp"}, "torchtune", lambda n: -(-2 * n // 4)),
-    # DeepSpeed ZeRO-2 (HF Trainer leaves accumulation to DeepSpeed): the bf16 gradients the planner keeps for it
-    ({"num_gpus": 4, "sharding": "zero2"}, "hf-trainer", lambda n: 2 * n),
+    # DeepSpeed ZeRO-2 (HF Trainer leaves accumulation to DeepSpeed): its bf16 gradient partition
+    # (stage_1_and_2.py averaged_gradients, accumulated with add_ between micro-batches)
+    ({"num_gpus": 4, "sharding": "zero2"}, "hf-trainer", lambda n: -(-2 * n // 4)),
+    # ZeRO-1 keeps every parameter's bf16 gradient
+    ({"num_gpus": 4, "sharding": "zero1"}, "hf-trainer", lambda n: 2 * n),
     # ZeRO-3 reduces into the fp32 partitions it holds in every micro-batch anyway: nothing more
     ({"num_gpus": 4, "sharding": "zero3"}, "hf-trainer", lambda n: 0),
 ])
