@@ -17,6 +17,8 @@ Formats, detected by content (JSON or YAML, whatever the file is called; :mod:`.
 - ``trl``: a TRL recipe (``trl sft --config recipe.yaml``: SFTConfig + ModelConfig keys, or the ``trl sft`` command)
   (:mod:`.trl`); framework 'trl'.
 - ``litgpt``: a litgpt fine-tuning config (``config_hub/finetune/*/*.yaml``) (:mod:`.litgpt`); framework 'litgpt'.
+- ``torchtune``: a torchtune recipe config (``recipes/configs/<family>/<name>.yaml``) (:mod:`.torchtune`); framework
+  'torchtune'.
 - ``model_config``: a model's ``config.json`` (becomes ``{"model": {"config": …}}``; a bitsandbytes
   ``quantization_config`` inside it is imported as ``bnb``) (:mod:`.model_config`).
 
@@ -57,6 +59,7 @@ from app.importers.model_config import from_model_config
 from app.importers.ms_swift import from_ms_swift
 from app.importers.optim import map_optimizer
 from app.importers.peft import from_peft
+from app.importers.torchtune import from_torchtune
 from app.importers.trl import from_trl
 
 
@@ -98,6 +101,7 @@ __all__ = [
     "from_model_config",
     "from_ms_swift",
     "from_peft",
+    "from_torchtune",
     "from_trl",
     "import_data",
     "import_file",

@@ -20,6 +20,7 @@ from app.importers.llama_factory import from_llama_factory
 from app.importers.model_config import from_model_config
 from app.importers.ms_swift import from_ms_swift
 from app.importers.peft import from_peft
+from app.importers.torchtune import from_torchtune
 from app.importers.trl import from_trl
 
 
@@ -51,6 +52,8 @@ def import_data(data: Any, source: str = "input", fmt: Format | None = None,
         body, notes = from_trl(data, source, base_dir)
     elif fmt == "litgpt":
         body, notes = from_litgpt(data, source, base_dir)
+    elif fmt == "torchtune":
+        body, notes = from_torchtune(data, source, base_dir)
     else:  # pragma: no cover - Literal exhausted
         raise ConfigImportError(source, None, f"unknown format {fmt!r}")
     return Imported(source, fmt, body, notes, detected or NAMES[fmt])
