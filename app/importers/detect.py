@@ -85,8 +85,8 @@ def detect(data: Any, source: str = "input") -> tuple[Format, str]:
     raise ConfigImportError(
         source, None,
         "not a PlanRequest body, PEFT adapter_config.json, BitsAndBytesConfig, axolotl YAML, HF TrainingArguments / "
-        "TRL SFTConfig, TRL recipe, LLaMA-Factory YAML, ms-swift arguments, litgpt config, torchtune config or config.json "
-        "(top-level keys: "
+        "TRL SFTConfig, TRL recipe, LLaMA-Factory YAML, ms-swift arguments, litgpt config, torchtune config or "
+        "config.json (top-level keys: "
         f"{_shown(keys, 12)})",
     )
 

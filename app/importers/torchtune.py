@@ -104,10 +104,10 @@ def _distributed(data: Mapping[str, Any], draft: Draft) -> bool:
     given = sorted(DISTRIBUTED_ONLY & set(data))
     if given or _CONFIG_NAME.search(stem):
         why = f"{', '.join(given)} (read only by the distributed recipes)" if given else f"the config name {stem!r}"
-        draft.note(given[0] if given else "", "note", f"a *_distributed recipe's config, from {why}: FSDP2 "
+        draft.note(given[0] if given else "recipe", "note", f"a *_distributed recipe's config, from {why}: FSDP2 "
                    "(hardware.sharding 'fsdp'); the GPU count comes from `tune run --nproc_per_node N`: set --num-gpus")
         return True
-    draft.note("", "note", "the file name does not say which recipe (torchtune names single-device configs "
+    draft.note("recipe", "note", "the file name does not say which recipe (torchtune names single-device configs "
                "*_single_device / *_low_memory): read as a single-device recipe's config; for a *_distributed recipe "
                "set --sharding fsdp --num-gpus N")
     return False
@@ -151,13 +151,18 @@ def _model(data: Mapping[str, Any], draft: Draft) -> None:
     targets = [ATTN_TARGETS[m] for m in ATTN_TARGETS if m in attn]  # the planner's order: q, k, v, o
     targets += list(MLP_NAMES) if values["apply_lora_to_mlp"] else []
     targets += ["lm_head"] if values["apply_lora_to_output"] else []
-    dora = "dora" if values["use_dora"] else "lora"
-    draft.body["method"] = f"q{dora}" if quantize else dora
+    method = ("qdora" if quantize else "dora") if values["use_dora"] else ("qlora" if quantize else "lora")
+    draft.body["method"] = method
     draft.lora.update(r=rank, lora_alpha=values["lora_alpha"], lora_dropout=values["lora_dropout"],
                       target_modules=targets)
-    for key in LORA_DEFAULTS:
+    fields = {"lora_rank": ("lora.r", rank), "lora_alpha": ("lora.lora_alpha", values["lora_alpha"]),
+              "lora_dropout": ("lora.lora_dropout", values["lora_dropout"]), "use_dora": ("method", method),
+              "apply_lora_to_mlp": ("lora.target_modules", targets),
+              "apply_lora_to_output": ("lora.target_modules", targets)}
+    for key, (field, value) in fields.items():
         if key not in model:
-            draft.note(f"model.{key}", "assumed", f"{name}'s default {LORA_DEFAULTS[key]!r}")
+            draft.notes.append(ImportNote(draft.source, f"model.{key}", "assumed", f"{name}'s default "
+                                          f"{key}={LORA_DEFAULTS[key]!r}", field=field, value=value))
     for key in model:
         if key not in LORA_DEFAULTS and key not in ("_component_", "lora_attn_modules", "quantize_base"):
             draft.note(f"model.{key}", "unknown", f"not an argument of {name}")
