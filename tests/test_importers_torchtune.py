@@ -24,9 +24,10 @@ LORA_8B = "torchtune--llama3_1--8B_lora_single_device.yaml"
 # What every one of the six files says the same way: `dataset.packed: False`, `compile: False`,
 # `enable_activation_checkpointing: True`, `enable_activation_offloading: False`, `dtype: bf16`,
 # `loss._component_: torchtune.modules.loss.CEWithChunkedOutputLoss` with no num_output_chunks (its __init__ default
-# 8), and `tokenizer.max_seq_len: null` (no truncation: the planner's default 2048, noted as assumed).
-COMMON = {"framework": "torchtune", "precision": "bf16", "packing": False, "seq_len": 2048,
-          "gradient_checkpointing": True, "activation_offloading": False, "torch_compile": False,
+# 8), and `tokenizer.max_seq_len: null` (no truncation: the planner's default 2048, noted as assumed). torchtune calls
+# scaled_dot_product_attention itself: attn_implementation sdpa.
+COMMON = {"framework": "torchtune", "attn_implementation": "sdpa", "precision": "bf16", "packing": False,
+          "seq_len": 2048, "gradient_checkpointing": True, "activation_offloading": False, "torch_compile": False,
           "num_output_chunks": 8}
 # lora_attn_modules ['q_proj', 'v_proj', 'output_proj'] (output_proj is HF's o_proj) + apply_lora_to_mlp True (w1, w3,
 # w2: gate/up/down_proj); apply_lora_to_output False; lora_dropout 0.0 in every LoRA file.

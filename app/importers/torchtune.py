@@ -239,7 +239,9 @@ def from_torchtune(data: Mapping[str, Any], source: str = "torchtune config",
                    base_dir: Path | None = None) -> tuple[dict[str, Any], list[ImportNote]]:
     """A torchtune recipe config → (body, notes); see the module docstring for each key."""
     del base_dir  # the model comes from its builder, never from a path
-    draft = Draft(source, training={"framework": "torchtune"})
+    # torchtune's MultiHeadAttention calls scaled_dot_product_attention itself (modules/attention_utils.py; flex
+    # attention for packed batches): never transformers' eager attention
+    draft = Draft(source, training={"framework": "torchtune", "attn_implementation": "sdpa"})
     for key in REQUIRED:
         if key not in data or (data[key] is None and key != "dtype"):
             raise ConfigImportError(source, key, f"torchtune's recipes read cfg.{key} without a default: the key "
