@@ -165,6 +165,29 @@ def test_loss_sequence_optimizer_and_recipe() -> None:
     assert by_key(imported.notes)["optimizer_in_bwd"][0].kind == "ignored"
 
 
+def test_unmodelled_stale_and_absent_keys() -> None:
+    """QAT's `quantizer` and knowledge distillation's `teacher_model` are unsupported; `fsdp: {cpu_offload}` (older
+    configs, e.g. llama3_1/405B_qlora.yaml at v0.4.0) is read by no v0.4.0 recipe; `dtype: null` is fp32
+    (training.get_dtype(None)); an absent `compile` and `enable_activation_checkpointing` take the recipes' cfg.get
+    default, false, noted as assumed."""
+    data = load()
+    data.update(quantizer={"_component_": "torchtune.training.quantization.Int8DynActInt4WeightQATQuantizer"},
+                teacher_model={"_component_": "torchtune.models.llama3_1.llama3_1_8b"}, fsdp={"cpu_offload": False},
+                dtype=None)
+    del data["compile"], data["enable_activation_checkpointing"], data["enable_activation_offloading"]
+    imported = import_data(data, LORA_8B)
+    training = imported.body["training"]
+    assert (training["precision"], training["torch_compile"], training["gradient_checkpointing"]) == ("fp32", False,
+                                                                                                      False)
+    notes = by_key(imported.notes)
+    assert [notes[k][0].kind for k in ("quantizer", "teacher_model", "fsdp")] == ["unsupported", "unsupported",
+                                                                                  "ignored"]
+    assert "fsdp_cpu_offload" in notes["fsdp"][0].message
+    assert [(notes[k][0].kind, notes[k][0].field) for k in ("compile", "enable_activation_checkpointing")] == [
+        ("assumed", "training.torch_compile"), ("assumed", "training.gradient_checkpointing")]
+    estimate(PlanRequest.model_validate(imported.body))
+
+
 def test_optimizer_in_bwd_with_accumulation_is_refused_by_the_estimate() -> None:
     """optimizer_in_bwd and gradient_accumulation_steps pass through as the file gives them; the estimate refuses the
     pair naming training.gradient_accumulation_steps, as full_finetune_single_device.py's __init__ does ("Gradient

@@ -14,9 +14,9 @@ models):
   ``custom_sharded_layers`` only in ``full_finetune_distributed``. ``training.get_dtype``
   (``training/precision.py``): ``dtype`` bf16 / fp32, null → fp32; fp16 is refused by every recipe.
 - which recipe a file is for: torchtune names a single-device recipe's config ``*_single_device`` or
-  ``*_low_memory``; ``*_full`` / ``*_lora`` / ``*_qlora`` / ``*_dora`` configs are the distributed recipes' (FSDP2,
-  ``tune run --nproc_per_node N``), as are files with a key only those read (``fsdp_cpu_offload``, …). A file named
-  otherwise is read as single-device, and said so.
+  ``*_low_memory``; ``<size>B_full`` / ``_lora`` / ``_qlora`` / ``_dora`` / ``_qat_full`` configs are the distributed
+  recipes' (FSDP2, ``tune run --nproc_per_node N``), as are files with a key only those read (``fsdp_cpu_offload``,
+  …). A file named otherwise is read as single-device, and said so.
 - the model: ``torchtune/models/{llama2,llama3,llama3_1,llama3_2}/_model_builders.py``: ``lora_<model>`` builders
   (``lora_attn_modules`` required, ``apply_lora_to_mlp`` / ``apply_lora_to_output`` false, ``lora_rank`` 8,
   ``lora_alpha`` 16, ``lora_dropout`` 0.0, ``use_dora`` false, ``quantize_base`` false), ``qlora_<model>`` =
@@ -81,10 +81,20 @@ IGNORED = frozenset({"checkpointer", "resume_from_checkpoint", "save_adapter_wei
                      "lr_scheduler", "epochs", "max_steps_per_epoch", "output_dir", "metric_logger",
                      "log_every_n_steps", "log_peak_memory_stats", "device", "profiler", "clip_grad_norm",
                      "collate_fn", "low_cpu_ram"})
+UNSUPPORTED = {
+    "quantizer": "quantization-aware training (qat_distributed: fake-quantized weights and activations) is not "
+                 "modelled",
+    "teacher_model": "knowledge distillation (knowledge_distillation_*: a frozen teacher model and its logits) is "
+                     "not modelled",
+    "teacher_checkpointer": "knowledge distillation is not modelled", "kd_loss": "knowledge distillation is not "
+    "modelled", "kd_ratio": "knowledge distillation is not modelled",
+}
+STALE = {"fsdp": "fsdp_cpu_offload", "memory_efficient_fsdp_wrap": "custom_sharded_layers"}
+"""Keys older configs still carry that v0.4.0's recipes no longer read → the key that took their place."""
 _HANDLED = frozenset({*REQUIRED, "tokenizer", "dataset", "enable_activation_checkpointing",
                       "enable_activation_offloading", "compile", "optimizer_in_bwd", "fsdp_cpu_offload",
                       "custom_sharded_layers"})
-_CONFIG_NAME = re.compile(r"\d+(\.\d+)?B_(q?lora|q?dora|full)(_[a-z0-9_]+)?$")
+_CONFIG_NAME = re.compile(r"\d+(\.\d+)?B_(q?lora|q?dora|full|qat_full)(_[a-z0-9_]+)?$")
 
 
 def _component(data: Mapping[str, Any], key: str, source: str) -> str:
@@ -275,7 +285,12 @@ def from_torchtune(data: Mapping[str, Any], source: str = "torchtune config",
         raise ConfigImportError(source, "enable_activation_offloading", "torchtune raises 'enable_activation_"
                                 "offloading should only be True when enable_activation_checkpointing is True'")
     tr["activation_offloading"] = offloading
-    tr["torch_compile"] = bool(bool_key(data, "compile", source))
+    compiled = bool_key(data, "compile", source)
+    if compiled is None:
+        draft.assumed("compile", "training.torch_compile", False, "the distributed recipes' default "
+                      "(cfg.get('compile', False)); the single-device recipes read cfg.compile and stop without it")
+    else:
+        tr["torch_compile"] = compiled
     in_bwd = bool_key(data, "optimizer_in_bwd", source)
     if full:
         # passed through: with gradient_accumulation_steps > 1 the estimate refuses it, as the recipes do
@@ -311,6 +326,10 @@ def from_torchtune(data: Mapping[str, Any], source: str = "torchtune config",
     for key in data:
         if key in IGNORED:
             draft.note(key, "ignored", "does not affect per-GPU training memory")
+        elif key in UNSUPPORTED:
+            draft.note(key, "unsupported", UNSUPPORTED[key])
+        elif key in STALE:
+            draft.note(key, "ignored", f"torchtune v0.4.0's recipes do not read it (they read {STALE[key]})")
         elif key not in _HANDLED and key not in DISTRIBUTED_ONLY:
             draft.note(key, "unknown", "not a key torchtune v0.4.0's recipes read")
     for name, section in (("lora", draft.lora), ("quantization", draft.quant), ("training", tr),
