@@ -81,13 +81,11 @@ IGNORED = frozenset({"checkpointer", "resume_from_checkpoint", "save_adapter_wei
                      "lr_scheduler", "epochs", "max_steps_per_epoch", "output_dir", "metric_logger",
                      "log_every_n_steps", "log_peak_memory_stats", "device", "profiler", "clip_grad_norm",
                      "collate_fn", "low_cpu_ram"})
+_KD = "knowledge distillation (knowledge_distillation_*: a frozen teacher model and its logits) is not modelled"
 UNSUPPORTED = {
     "quantizer": "quantization-aware training (qat_distributed: fake-quantized weights and activations) is not "
                  "modelled",
-    "teacher_model": "knowledge distillation (knowledge_distillation_*: a frozen teacher model and its logits) is "
-                     "not modelled",
-    "teacher_checkpointer": "knowledge distillation is not modelled", "kd_loss": "knowledge distillation is not "
-    "modelled", "kd_ratio": "knowledge distillation is not modelled",
+    "teacher_model": _KD, "teacher_checkpointer": _KD, "kd_loss": _KD, "kd_ratio": _KD,
 }
 STALE = {"fsdp": "fsdp_cpu_offload", "memory_efficient_fsdp_wrap": "custom_sharded_layers"}
 """Keys older configs still carry that v0.4.0's recipes no longer read → the key that took their place."""
