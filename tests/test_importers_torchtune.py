@@ -153,8 +153,9 @@ def test_loss_sequence_optimizer_and_recipe() -> None:
     notes = by_key(imported.notes)
     assert notes["optimizer._component_"][0].kind == "unsupported"
     assert "single-device" in notes["recipe"][0].message
+    data["loss"]["num_output_chunks"] = 16  # not an argument of torch's CrossEntropyLoss
+    assert by_key(import_data(data, "run.yaml").notes)["loss.num_output_chunks"][0].kind == "unknown"
     data["loss"]["_component_"] = "torchtune.modules.loss.CEWithChunkedOutputLoss"
-    data["loss"]["num_output_chunks"] = 16
     data["fsdp_cpu_offload"] = False
     body = import_data(data, "run.yaml").body
     assert body["training"]["num_output_chunks"] == 16 and body["hardware"] == {"sharding": "fsdp"}

@@ -241,6 +241,10 @@ def _loss(data: Mapping[str, Any], draft: Draft) -> None:
     else:
         raise ConfigImportError(draft.source, "loss._component_", f"{component!r}: the planner models {CHUNKED_LOSS} "
                                 f"and {PLAIN_LOSS}")
+    read = {"_component_", "ignore_index", "num_output_chunks" if component == CHUNKED_LOSS else "reduction"}
+    for key in data["loss"]:
+        if key not in read:
+            draft.note(f"loss.{key}", "unknown", f"not an argument the planner knows of {component}")
 
 
 def from_torchtune(data: Mapping[str, Any], source: str = "torchtune config",
