@@ -1,4 +1,4 @@
-"""torchtune recipe configs (six verbatim v0.4.0 files in tests/data/frameworks, sources in its SOURCES.md): detected,
+"""torchtune recipe configs (seven verbatim v0.4.0 files in tests/data/frameworks, sources in its SOURCES.md): detected,
 mapped to the body torchtune v0.4.0's recipes and builders imply (expectations derived by hand from each YAML and the
 defaults cited in app/importers/torchtune.py), estimated, bad values refused naming the key, and one CLI run."""
 
@@ -164,6 +164,41 @@ def test_loss_sequence_optimizer_and_recipe() -> None:
     imported = import_data(data, LORA_8B)
     assert "optimizer_in_bwd" not in imported.body["training"]
     assert by_key(imported.notes)["optimizer_in_bwd"][0].kind == "ignored"
+
+
+def test_readme_optimization_flags_qlora_command() -> None:
+    """torchtune's README 'Optimization flags' table (@1814feb17), row QLoRA (published 4.6 GiB peak active): its
+    command `tune run lora_finetune_single_device --config llama3_2/3B_qlora_single_device dataset.packed=True
+    compile=True loss=torchtune.modules.loss.CEWithChunkedOutputLoss enable_activation_checkpointing=True
+    optimizer_in_bwd=False enable_activation_offloading=True optimizer._component_=torch.optim.AdamW
+    tokenizer.max_seq_len=4096 gradient_accumulation_steps=1 epochs=1 batch_size=2` applied to the verbatim config
+    (`loss=<path>` is tune's shorthand for `loss._component_`; the file's `fused: True` stays). The imported body
+    estimates to the same peak as the published-rows check maps that row to by hand from the README
+    (app/accuracy/recipes.py, row 25 of published_peak_memory.csv): two independent readings of one run."""
+    from app.accuracy.rows import map_row, read_rows
+
+    name = "torchtune--llama3_2--3B_qlora_single_device.yaml"
+    data = load(name)
+    data["dataset"]["packed"] = True
+    data["loss"]["_component_"] = "torchtune.modules.loss.CEWithChunkedOutputLoss"
+    data["optimizer"]["_component_"] = "torch.optim.AdamW"
+    data["tokenizer"]["max_seq_len"] = 4096
+    data.update(compile=True, enable_activation_checkpointing=True, optimizer_in_bwd=False,
+                enable_activation_offloading=True, gradient_accumulation_steps=1, epochs=1, batch_size=2)
+    imported = import_data(data, name)
+    assert imported.body == {
+        "model": "meta-llama/Llama-3.2-3B", "method": "qlora",
+        # lora_rank 64, lora_alpha 128 in this config
+        "lora": {"r": 64, "lora_alpha": 128, "lora_dropout": 0.0, "target_modules": TARGETS},
+        "quantization": {"bnb_4bit_quant_type": "nf4", "bnb_4bit_use_double_quant": True, "prepare_kbit": False,
+                         "bnb_4bit_compute_dtype": "bfloat16"},
+        "training": {**COMMON, "packing": True, "seq_len": 4096, "activation_offloading": True, "torch_compile": True,
+                     "micro_batch_size": 2, "gradient_accumulation_steps": 1, "optim": "adamw_torch_fused"},
+    }
+    row = next(r for r in read_rows() if r["row_id"] == "25")
+    assert row["source_id"] == "TT-README-2024-11-flags" and row["method"] == "QLoRA" and row["value_gib"] == "4.6"
+    ours = estimate(PlanRequest.model_validate(imported.body)).memory.peak
+    assert ours == estimate(map_row(row).req).memory.peak
 
 
 def test_unmodelled_stale_and_absent_keys() -> None:
