@@ -32,6 +32,10 @@ COMMON = {"framework": "torchtune", "attn_implementation": "sdpa", "precision": 
 # lora_attn_modules ['q_proj', 'v_proj', 'output_proj'] (output_proj is HF's o_proj) + apply_lora_to_mlp True (w1, w3,
 # w2: gate/up/down_proj); apply_lora_to_output False; lora_dropout 0.0 in every LoRA file.
 TARGETS = ["q_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+# qlora_* builders: torchao NF4 (4-bit, block 64, int8 scalers double-quantized per 256), dequantized to the bf16
+# model dtype, no prepare_model_for_kbit_training
+NF4 = {"load_in_8bit": False, "bnb_4bit_quant_type": "nf4", "bnb_4bit_use_double_quant": True, "prepare_kbit": False,
+       "bnb_4bit_compute_dtype": "bfloat16"}
 EXPECTED: dict[str, tuple[dict[str, Any], int]] = {
     # batch_size 2, gradient_accumulation_steps 8, torch.optim.AdamW fused: True, lora_rank 8 / lora_alpha 16.
     # Llama-3.1-8B: 32 layers, hidden 4096, k/v 1024 wide, MLP 14336; r·(in + out) per adapted module:
@@ -46,8 +50,7 @@ EXPECTED: dict[str, tuple[dict[str, Any], int]] = {
     "torchtune--llama3_1--8B_qlora_single_device.yaml": ({
         "model": "meta-llama/Llama-3.1-8B", "method": "qlora",
         "lora": {"r": 8, "lora_alpha": 16, "lora_dropout": 0.0, "target_modules": TARGETS},
-        "quantization": {"bnb_4bit_quant_type": "nf4", "bnb_4bit_use_double_quant": True, "prepare_kbit": False,
-                         "bnb_4bit_compute_dtype": "bfloat16"},
+        "quantization": NF4,
         "training": {**COMMON, "micro_batch_size": 2, "gradient_accumulation_steps": 8, "optim": "adamw_torch_fused"},
     }, 32 * 8 * (2 * 8192 + 5120 + 3 * 18432)),
     # lora_finetune_distributed (no _single_device suffix): FSDP2; rank 16, alpha 32; accumulation 1.
@@ -166,39 +169,76 @@ def test_loss_sequence_optimizer_and_recipe() -> None:
     assert by_key(imported.notes)["optimizer_in_bwd"][0].kind == "ignored"
 
 
+QLORA_3B = "torchtune--llama3_2--3B_qlora_single_device.yaml"
+README_QLORA_OVERRIDES = ("dataset.packed=True", "compile=True", "loss=torchtune.modules.loss.CEWithChunkedOutputLoss",
+                          "enable_activation_checkpointing=True", "optimizer_in_bwd=False",
+                          "enable_activation_offloading=True", "optimizer._component_=torch.optim.AdamW",
+                          "tokenizer.max_seq_len=4096", "gradient_accumulation_steps=1", "epochs=1", "batch_size=2")
+"""torchtune's README 'Optimization flags' table (@1814feb17), row QLoRA (published 4.6 GiB peak active): the overrides
+of its command `tune run lora_finetune_single_device --config llama3_2/3B_qlora_single_device …`."""
+README_QLORA_BODY = {
+    "model": "meta-llama/Llama-3.2-3B", "method": "qlora",
+    # lora_rank 64, lora_alpha 128 in this config; its optimizer's `fused: True` stays (the command sets the component)
+    "lora": {"r": 64, "lora_alpha": 128, "lora_dropout": 0.0, "target_modules": TARGETS},
+    "quantization": NF4,
+    "training": {**COMMON, "packing": True, "seq_len": 4096, "activation_offloading": True, "torch_compile": True,
+                 "micro_batch_size": 2, "gradient_accumulation_steps": 1, "optim": "adamw_torch_fused"},
+}
+
+
 def test_readme_optimization_flags_qlora_command() -> None:
-    """torchtune's README 'Optimization flags' table (@1814feb17), row QLoRA (published 4.6 GiB peak active): its
-    command `tune run lora_finetune_single_device --config llama3_2/3B_qlora_single_device dataset.packed=True
-    compile=True loss=torchtune.modules.loss.CEWithChunkedOutputLoss enable_activation_checkpointing=True
-    optimizer_in_bwd=False enable_activation_offloading=True optimizer._component_=torch.optim.AdamW
-    tokenizer.max_seq_len=4096 gradient_accumulation_steps=1 epochs=1 batch_size=2` applied to the verbatim config
-    (`loss=<path>` is tune's shorthand for `loss._component_`; the file's `fused: True` stays). The imported body
-    estimates to the same peak as the published-rows check maps that row to by hand from the README
-    (app/accuracy/recipes.py, row 25 of published_peak_memory.csv): two independent readings of one run."""
+    """The README command's overrides written into the verbatim config by hand (`loss=<path>` is tune's shorthand for
+    `loss._component_`). The imported body estimates to the same peak as the published-rows check maps that row to
+    by hand from the README (app/accuracy/recipes.py, row 25 of published_peak_memory.csv): two independent readings
+    of one run."""
     from app.accuracy.rows import map_row, read_rows
 
-    name = "torchtune--llama3_2--3B_qlora_single_device.yaml"
-    data = load(name)
+    data = load(QLORA_3B)
     data["dataset"]["packed"] = True
     data["loss"]["_component_"] = "torchtune.modules.loss.CEWithChunkedOutputLoss"
     data["optimizer"]["_component_"] = "torch.optim.AdamW"
     data["tokenizer"]["max_seq_len"] = 4096
     data.update(compile=True, enable_activation_checkpointing=True, optimizer_in_bwd=False,
                 enable_activation_offloading=True, gradient_accumulation_steps=1, epochs=1, batch_size=2)
-    imported = import_data(data, name)
-    assert imported.body == {
-        "model": "meta-llama/Llama-3.2-3B", "method": "qlora",
-        # lora_rank 64, lora_alpha 128 in this config
-        "lora": {"r": 64, "lora_alpha": 128, "lora_dropout": 0.0, "target_modules": TARGETS},
-        "quantization": {"bnb_4bit_quant_type": "nf4", "bnb_4bit_use_double_quant": True, "prepare_kbit": False,
-                         "bnb_4bit_compute_dtype": "bfloat16"},
-        "training": {**COMMON, "packing": True, "seq_len": 4096, "activation_offloading": True, "torch_compile": True,
-                     "micro_batch_size": 2, "gradient_accumulation_steps": 1, "optim": "adamw_torch_fused"},
-    }
+    imported = import_data(data, QLORA_3B)
+    assert imported.body == README_QLORA_BODY
     row = next(r for r in read_rows() if r["row_id"] == "25")
     assert row["source_id"] == "TT-README-2024-11-flags" and row["method"] == "QLoRA" and row["value_gib"] == "4.6"
     ours = estimate(PlanRequest.model_validate(imported.body)).memory.peak
     assert ours == estimate(map_row(row).req).memory.peak
+
+
+def test_tune_run_commands(tmp_path: Path) -> None:
+    """A `tune run` command (torchtune/_cli/run.py) naming a config file beside it: the README's QLoRA command itself
+    gives the body above; torchrun's --nproc_per_node × --nnodes is the GPU count of a distributed recipe;
+    `key=value` overrides nested keys, `~key` removes one (config/_utils.py _merge_yaml_and_cli_args)."""
+    (tmp_path / "3B_qlora_single_device.yaml").write_text((DATA / QLORA_3B).read_text())
+    (tmp_path / "70B_lora.yaml").write_text((DATA / "torchtune--llama3_1--70B_lora.yaml").read_text())
+    readme = tmp_path / "readme.sh"
+    readme.write_text("# README 'Optimization flags', row QLoRA\ntune run lora_finetune_single_device --config "
+                      "3B_qlora_single_device \\\n" + " \\\n".join(README_QLORA_OVERRIDES) + "\n")
+    imported = import_file(readme)
+    assert imported.format == "torchtune" and imported.body == README_QLORA_BODY
+    dist = tmp_path / "dist.sh"
+    dist.write_text("tune run --nproc_per_node 4 --nnodes=2 lora_finetune_distributed --config 70B_lora.yaml "
+                    "model.lora_rank=8 ~seed && echo done\n")
+    imported = import_file(dist)
+    assert imported.body["hardware"] == {"num_gpus": 8, "sharding": "fsdp"}
+    assert imported.body["lora"]["r"] == 8 and "seed" not in by_key(imported.notes)
+    for command, key in [
+        ("tune run --nproc_per_node 2 lora_finetune_single_device --config 3B_qlora_single_device.yaml",
+         "--nproc_per_node"),  # tune run: 'Recipe … does not support distributed training.'
+        ("tune run lora_finetune_single_device --config llama3_2/3B_lora_single_device", "--config"),  # built-in
+        ("tune run lora_finetune_single_device 3B_qlora_single_device.yaml", "--config"),
+        ("tune run lora_finetune_single_device --config 3B_qlora_single_device.yaml batch_size", "batch_size"),
+        ("tune run lora_finetune_single_device --config 3B_qlora_single_device.yaml ~loss._component_",
+         "~loss._component_"),
+        ("tune run lora_finetune_single_device --config 3B_qlora_single_device.yaml batch_size=0", "batch_size"),
+    ]:
+        dist.write_text(command + "\n")
+        with pytest.raises(ConfigImportError) as err:
+            import_file(dist)
+        assert err.value.key == key, command
 
 
 def test_unmodelled_stale_and_absent_keys() -> None:

@@ -17,8 +17,8 @@ Formats, detected by content (JSON or YAML, whatever the file is called; :mod:`.
 - ``trl``: a TRL recipe (``trl sft --config recipe.yaml``: SFTConfig + ModelConfig keys, or the ``trl sft`` command)
   (:mod:`.trl`); framework 'trl'.
 - ``litgpt``: a litgpt fine-tuning config (``config_hub/finetune/*/*.yaml``) (:mod:`.litgpt`); framework 'litgpt'.
-- ``torchtune``: a torchtune recipe config (``recipes/configs/<family>/<name>.yaml``) (:mod:`.torchtune`); framework
-  'torchtune'.
+- ``torchtune``: a torchtune recipe config (``recipes/configs/<family>/<name>.yaml``), or a ``tune run`` command naming
+  one beside it, with its overrides (:mod:`.torchtune`, :mod:`.tune_run`); framework 'torchtune'.
 - ``model_config``: a model's ``config.json`` (becomes ``{"model": {"config": …}}``; a bitsandbytes
   ``quantization_config`` inside it is imported as ``bnb``) (:mod:`.model_config`).
 

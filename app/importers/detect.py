@@ -15,6 +15,7 @@ from app.importers.llama_factory import LF_MARKERS
 from app.importers.ms_swift import SWIFT_MARKERS
 from app.importers.torchtune import TORCHTUNE_MARKERS
 from app.importers.trl import TRL_MARKERS
+from app.importers.tune_run import TuneRun
 
 # Keys only HF TrainingArguments / TRL SFTConfig have (axolotl spells its own: `optimizer`, `micro_batch_size`,
 # `sequence_len`, …). A file with more of these than of axolotl-only keys is read as HF, never as axolotl.
@@ -41,6 +42,8 @@ def _shown(keys: set[str], limit: int = 3) -> str:
 def detect(data: Any, source: str = "input") -> tuple[Format, str]:
     """``(format, description)``: e.g. ``("hf_training", "TRL SFTConfig (max_length, packing, …)")``; the keys in
     brackets are the ones that decided. ConfigImportError when no format fits."""
+    if isinstance(data, TuneRun):
+        return "torchtune", f"torchtune `tune run {data.recipe}` command (--config {data.config})"
     if not isinstance(data, Mapping) or not data:
         kind = "an empty mapping" if isinstance(data, Mapping) else type(data).__name__
         raise ConfigImportError(source, None, f"expected a JSON/YAML mapping, got {kind}")

@@ -22,6 +22,7 @@ from app.importers.ms_swift import from_ms_swift
 from app.importers.peft import from_peft
 from app.importers.torchtune import from_torchtune
 from app.importers.trl import from_trl
+from app.importers.tune_run import parse_tune_run
 
 
 def import_data(data: Any, source: str = "input", fmt: Format | None = None,
@@ -60,10 +61,13 @@ def import_data(data: Any, source: str = "input", fmt: Format | None = None,
 
 
 def parse_text(text: str, source: str) -> Any:
-    """JSON when the text is JSON, the arguments of a ``swift sft`` / ``trl sft`` command line when it holds one
-    (:mod:`.cli_args`), else YAML (safe_load)."""
+    """JSON when the text is JSON, a ``tune run`` command (:mod:`.tune_run`) or the arguments of a ``swift sft`` /
+    ``trl sft`` command line when it holds one (:mod:`.cli_args`), else YAML (safe_load)."""
     stripped = text.lstrip()
     if not stripped.startswith(("{", "[")):
+        run = parse_tune_run(text, source)
+        if run is not None:
+            return run
         command = parse_command(text, source)
         if command is not None:
             return command

@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from app.importers.common import ConfigImportError, Draft, ImportNote, bool_key, positive_int
+from app.importers.tune_run import TuneRun, load_config
 from app.trace.torchtune import MLP_NAMES, TT_LORA_NAMES
 
 BUILDERS: dict[str, str] = {
@@ -102,6 +103,24 @@ def _component(data: Mapping[str, Any], key: str, source: str) -> str:
         raise ConfigImportError(source, f"{key}._component_", f"expected the dotted path of a torchtune component, "
                                 f"got {name!r}")
     return name.strip()
+
+
+def _launched(run: TuneRun, draft: Draft) -> bool:
+    """Whether a ``tune run`` command runs its recipe distributed: torchrun options (``--nproc_per_node`` ×
+    ``--nnodes`` processes → ``hardware.num_gpus``); a ``*_single_device`` recipe under them is refused, as
+    ``tune run`` does."""
+    if not run.distributed:
+        if run.recipe.endswith("_distributed"):
+            draft.note("--nproc_per_node", "note", f"{run.recipe} without torchrun options runs in one process: "
+                       "one GPU")
+        return False
+    if run.recipe.endswith("_single_device"):
+        raise ConfigImportError(draft.source, "--nproc_per_node", f"torchtune: 'Recipe {run.recipe} does not support "
+                                "distributed training.'")
+    draft.hardware["num_gpus"] = (run.nproc_per_node or 1) * (run.nnodes or 1)
+    draft.note("--nproc_per_node", "note", f"{draft.hardware['num_gpus']} processes (--nproc_per_node × --nnodes): "
+               "hardware.num_gpus; FSDP2 (hardware.sharding 'fsdp')")
+    return True
 
 
 def _distributed(data: Mapping[str, Any], draft: Draft) -> bool:
@@ -247,10 +266,14 @@ def _loss(data: Mapping[str, Any], draft: Draft) -> None:
             draft.note(f"loss.{key}", "unknown", f"not an argument the planner knows of {component}")
 
 
-def from_torchtune(data: Mapping[str, Any], source: str = "torchtune config",
+def from_torchtune(data: Mapping[str, Any] | TuneRun, source: str = "torchtune config",
                    base_dir: Path | None = None) -> tuple[dict[str, Any], list[ImportNote]]:
-    """A torchtune recipe config → (body, notes); see the module docstring for each key."""
-    del base_dir  # the model comes from its builder, never from a path
+    """A torchtune recipe config, or a ``tune run`` command naming one (:mod:`.tune_run`: the config read from
+    ``base_dir``, the command's overrides applied, its recipe and torchrun options deciding distribution) → (body,
+    notes); see the module docstring for each key."""
+    run = data if isinstance(data, TuneRun) else None
+    if run is not None:
+        data, path = load_config(run, source, base_dir)
     # torchtune's MultiHeadAttention calls scaled_dot_product_attention itself (modules/attention_utils.py; flex
     # attention for packed batches): never transformers' eager attention
     draft = Draft(source, training={"framework": "torchtune", "attn_implementation": "sdpa"})
@@ -258,7 +281,9 @@ def from_torchtune(data: Mapping[str, Any], source: str = "torchtune config",
         if key not in data or (data[key] is None and key != "dtype"):
             raise ConfigImportError(source, key, f"torchtune's recipes read cfg.{key} without a default: the key "
                                     "is required")
-    distributed = _distributed(data, draft)
+    if run is not None:
+        draft.note("--config", "note", f"{path} with the command's {len(run.overrides)} overrides")
+    distributed = _launched(run, draft) if run is not None else _distributed(data, draft)
     _model(data, draft)
     full = draft.body["method"] == "full"
     tr = draft.training
@@ -270,7 +295,8 @@ def from_torchtune(data: Mapping[str, Any], source: str = "torchtune config",
     if dtype is None:
         draft.note("dtype", "note", "null: training.get_dtype(None) is fp32")
     if draft.body["method"] in ("qlora", "qdora"):  # torchao NF4: double-quantized scalers, dequantized to the dtype
-        draft.quant.update(bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True, prepare_kbit=False,
+        draft.quant.update(load_in_8bit=False, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                           prepare_kbit=False,
                            bnb_4bit_compute_dtype="bfloat16" if tr["precision"] == "bf16" else "float32")
     tr["micro_batch_size"] = positive_int(data["batch_size"], source, "batch_size")
     tr["gradient_accumulation_steps"] = positive_int(data["gradient_accumulation_steps"], source,
