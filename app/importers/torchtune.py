@@ -266,6 +266,31 @@ def _loss(data: Mapping[str, Any], draft: Draft) -> None:
             draft.note(f"loss.{key}", "unknown", f"not an argument the planner knows of {component}")
 
 
+def _fsdp(data: Mapping[str, Any], draft: Draft, full: bool) -> None:
+    """A distributed recipe: FSDP2 (``training/_distributed.py shard_model``), ``fsdp_cpu_offload``,
+    ``custom_sharded_layers`` (full_finetune_distributed only), and the sharding switches the planner does not model."""
+    draft.hardware["sharding"] = "fsdp"
+    if bool_key(data, "fsdp_cpu_offload", draft.source):
+        # FSDP2 CPUOffloadPolicy (training/_distributed.py shard_model): parameters, gradients and the optimizer
+        # step on the CPU
+        draft.hardware.update(offload_param="cpu", offload_optimizer="cpu")
+    layers = data.get("custom_sharded_layers")
+    if layers and not full:
+        draft.note("custom_sharded_layers", "ignored", "lora_finetune_distributed does not read it")
+    elif layers:
+        if not isinstance(layers, list) or any(m not in ("tok_embeddings", "output") for m in layers):
+            raise ConfigImportError(draft.source, "custom_sharded_layers", f"the planner models 'tok_embeddings' and "
+                                    f"'output' as FSDP units of their own, got {layers!r}")
+        draft.training["custom_sharded_layers"] = list(dict.fromkeys(layers))
+    if data.get("fsdp_reshard_after_forward") is False:
+        draft.note("fsdp_reshard_after_forward", "unsupported", "layers kept gathered after forward are not "
+                   "modelled (reshard_after_forward=True is)")
+    for key in ("ac_mode", "ac_option"):
+        if data.get(key) is not None:
+            draft.note(key, "unsupported", f"selective activation checkpointing is not modelled (value "
+                       f"{data[key]!r})")
+
+
 def from_torchtune(data: Mapping[str, Any] | TuneRun, source: str = "torchtune config",
                    base_dir: Path | None = None) -> tuple[dict[str, Any], list[ImportNote]]:
     """A torchtune recipe config, or a ``tune run`` command naming one (:mod:`.tune_run`: the config read from
@@ -328,26 +353,7 @@ def from_torchtune(data: Mapping[str, Any] | TuneRun, source: str = "torchtune c
     _optimizer(data, draft)
     _loss(data, draft)
     if distributed:
-        draft.hardware["sharding"] = "fsdp"
-        if bool_key(data, "fsdp_cpu_offload", source):
-            # FSDP2 CPUOffloadPolicy (training/_distributed.py shard_model): parameters, gradients and the optimizer
-            # step on the CPU
-            draft.hardware.update(offload_param="cpu", offload_optimizer="cpu")
-        layers = data.get("custom_sharded_layers")
-        if layers and not full:
-            draft.note("custom_sharded_layers", "ignored", "lora_finetune_distributed does not read it")
-        elif layers:
-            if not isinstance(layers, list) or any(m not in ("tok_embeddings", "output") for m in layers):
-                raise ConfigImportError(source, "custom_sharded_layers", f"the planner models 'tok_embeddings' and "
-                                        f"'output' as FSDP units of their own, got {layers!r}")
-            tr["custom_sharded_layers"] = list(dict.fromkeys(layers))
-        if data.get("fsdp_reshard_after_forward") is False:
-            draft.note("fsdp_reshard_after_forward", "unsupported", "layers kept gathered after forward are not "
-                       "modelled (reshard_after_forward=True is)")
-        for key in ("ac_mode", "ac_option"):
-            if data.get(key) is not None:
-                draft.note(key, "unsupported", f"selective activation checkpointing is not modelled (value "
-                           f"{data[key]!r})")
+        _fsdp(data, draft, full)
     else:
         for key in sorted(DISTRIBUTED_ONLY & set(data)):
             draft.note(key, "ignored", "read only by the distributed recipes")
