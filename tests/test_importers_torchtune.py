@@ -15,7 +15,7 @@ import yaml
 
 from app.core import PlanRequest, estimate
 from app.core.errors import PlanError
-from app.importers import ConfigImportError, ImportNote, detect, import_data, import_file
+from app.importers import ConfigImportError, ImportNote, detect, import_data, import_file, parse_text
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT / "tests" / "data" / "frameworks"
@@ -239,6 +239,9 @@ def test_tune_run_commands(tmp_path: Path) -> None:
         with pytest.raises(ConfigImportError) as err:
             import_file(dist)
         assert err.value.key == key, command
+    # prose that mentions the command (not at a line's start) stays YAML
+    assert parse_text("description: use tune run to train\nbatch_size: 2\n", "r.yaml") == {
+        "description": "use tune run to train", "batch_size": 2}
 
 
 def test_unmodelled_stale_and_absent_keys() -> None:

@@ -44,7 +44,8 @@ class TuneRun:
 def parse_tune_run(text: str, source: str) -> TuneRun | None:
     """The first ``tune run`` command in ``text`` (comments and line continuations allowed), or None."""
     lines = "\n".join(line for line in text.splitlines() if not line.lstrip().startswith("#"))
-    if not re.search(r"(^|[\s/])tune\s+run\s", lines):  # torchtune's YAMLs name the command in comments only
+    # a command line starts with it (after NAME=value assignments); torchtune's YAMLs name it in comments only
+    if not re.search(r"^\s*([A-Za-z_]\w*=\S*\s+)*(\S*/)?tune\s+run\s", lines, re.MULTILINE):
         return None
     try:
         tokens = shlex.split(lines.replace("\\\n", " "), comments=True)
