@@ -80,6 +80,13 @@ CASES: list[tuple[str, str, dict[str, Any], dict[str, Any]]] = [
     # DoRA's identity matrix (in_features² of down_proj) in the checkpointed recompute sets the peak
     ("mistralai/Mistral-7B-v0.3", "dora", {}, {"micro_batch_size": 1, "seq_len": 1024}),
     ("mistralai/Mistral-7B-v0.3", "qdora", {"lora_dropout": 0.05}, {"micro_batch_size": 1, "seq_len": 1024}),
+    # weight-heavy steps (the resident states dwarf the activations): 70B/32B QLoRA, 8B LoRA and 7B full fine-tuning
+    # at short sequences; they anchor the allocator-reserve rule's static term (bench/allocator_grid.py)
+    ("meta-llama/Llama-2-70b-hf", "qlora", {"lora_dropout": 0.1}, {"micro_batch_size": 2, "seq_len": 2048}),
+    ("meta-llama/Llama-3.1-70B", "qlora", {}, {"micro_batch_size": 1, "seq_len": 4096}),
+    ("Qwen/Qwen2.5-32B", "qlora", {}, {"micro_batch_size": 1, "seq_len": 2048}),
+    ("meta-llama/Llama-3.1-8B", "lora", {}, {"micro_batch_size": 1, "seq_len": 512}),
+    ("mistralai/Mistral-7B-v0.3", "full", {}, {"micro_batch_size": 1, "seq_len": 512, "optim": "adamw_bnb_8bit"}),
 ]
 
 # The switches of issue 13 on real models, each next to the same run without it (training overrides only).

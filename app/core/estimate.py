@@ -105,14 +105,17 @@ def _shard(sm: StaticMemory, req: PlanRequest, trainable_params: int, hidden_siz
 
     - ddp: a full replica plus DDP's gradient buckets (``gradient_as_bucket_view=False``: one more copy
       of the gradients).
-    - zero1/2/3 (DeepSpeed with bf16; its estimators ``estimate_zero2_model_states_mem_needs`` =
-      4Ψ + 16Ψ/N and ``estimate_zero3_model_states_mem_needs`` = 18Ψ/N + 4·largest layer): a trainable
-      parameter keeps a bf16 copy and a bf16 gradient (stages 1–2: replicated; stage 3: the copy
-      partitioned, gradients reduced straight into fp32 partitions) and, partitioned, an fp32 master, an
-      fp32 gradient and the optimizer's fp32 state. Frozen weights are partitioned in stage 3 only. Stages 1–2
-      add one reduce bucket in backward and the step (``reduce_bucket_size`` 16-bit elements); stage 3 keeps its
-      reduce bucket and 16-bit gradient partitions for the whole run (``zero3_buffers``,
-      :func:`app.core.deepspeed.zero3_buffers`).
+    - zero1/2/3 (DeepSpeed with bf16, ``runtime/zero/stage_1_and_2.py`` and ``stage3.py`` at 38327e07f): a
+      trainable parameter keeps a bf16 copy (replicated in stages 1–2, partitioned in stage 3) and, partitioned,
+      an fp32 master, an fp32 gradient and the optimizer's fp32 state; frozen weights are partitioned in stage 3
+      only. Its bf16 gradient: stage 1 keeps every parameter's (replicated) and copies its partition's into
+      ``grads_in_partition`` when it reduces; stage 2 (``partition_gradients``) copies each gradient into the
+      reduce bucket, keeps only its partition's (``copy_grads_in_partition``) and drops the rest
+      (``clear_grad_attribute``): 2Ψ/N; stage 3 keeps its 16-bit gradient partitions and its reduce bucket for
+      the whole run (``zero3_buffers``, :func:`app.core.deepspeed.zero3_buffers`). Stages 1–2 add one reduce
+      bucket in backward and the step (``reduce_bucket_size`` 16-bit elements). DeepSpeed's estimators
+      (``estimate_zero2_model_states_mem_needs`` = 4Ψ + 16Ψ/N, ``estimate_zero3_…`` = 18Ψ/N) count stage 2's
+      bf16 gradients whole, which its code does not keep.
     - fsdp (accelerate full shard, params kept in their loaded dtype): weights, adapters, gradients and
       optimizer states divided by N; quantization constants are not parameters and stay whole.
 
@@ -160,7 +163,7 @@ def _shard(sm: StaticMemory, req: PlanRequest, trainable_params: int, hidden_siz
         bf16_trainable = 2 * trainable_params
         out["adapters"] = 0
         out["weights"] = sm.weights.total - sm.trainable_base_bytes + bf16_trainable
-        out["gradients"] = 0 if mode == "zero3" else bf16_trainable
+        out["gradients"] = {"zero1": bf16_trainable, "zero2": part(bf16_trainable)}.get(mode, 0)
         if mode == "zero3":
             out["weights"] = part(out["weights"])  # quant_state constants are not partitioned (as FSDP)
         # the wrapped torch optimizer steps on this rank's flat fp32 partition of each parameter group
@@ -169,6 +172,8 @@ def _shard(sm: StaticMemory, req: PlanRequest, trainable_params: int, hidden_siz
             out["zero3_buffers"] = zero3_buffers(req, trainable_params, hidden_size).gpu
         else:
             out["comm_buffers"] = ZERO_PARAM_BYTES * reduce_bucket_elements(req, hidden_size)
+            if mode == "zero1":  # the partition's copy in grads_in_partition, beside the replicated gradients
+                out["comm_buffers"] += part(bf16_trainable)
     return out
 
 
@@ -232,16 +237,21 @@ def _accumulated(static: dict[str, int], sm: StaticMemory, req: PlanRequest) -> 
       calls FSDP's ``no_sync``) skip the reduce-scatter, so the whole model's gradients accumulate unsharded on
       every GPU (torch ``FullyShardedDataParallel.no_sync``: "FSDP will accumulate the full model gradients
       (instead of gradient shards)"; FSDP2's ``set_requires_gradient_sync(False)`` likewise). torchtune's
-      distributed recipes reduce-scatter every micro-batch: the sharded gradients.
+      distributed recipes reduce-scatter every micro-batch: the sharded gradients. With FSDP mixed precision the
+      unsharded gradients are those autograd computed on the 16-bit unsharded parameters (``_post_backward_hook``
+      returns under ``no_sync`` before any cast to the shards' dtype): half the fp32 shards' bytes.
     - Otherwise the gradients the step keeps: a replica's (one GPU, DDP), DeepSpeed ZeRO-1/2's bf16 gradients;
       ZeRO-3 reduces each micro-batch into the fp32 partitions it keeps anyway, and ZeRO-Offload's live on the host.
     """
     if req.training.gradient_accumulation_steps < 2:
         return NO_ACCUMULATION
     grads = static["gradients"]
+    new = sm.largest_gradient
     if req.hardware.sharding == "fsdp" and req.hardware.num_gpus > 1 and req.training.framework != "torchtune":
         grads = sm.gradients.total
-    return Accumulated(grads, sm.largest_gradient if grads else 0)
+        if fsdp_mixed_precision(req):  # accumulated on the 16-bit unsharded parameters
+            grads, new = _half(grads), _half(new)
+    return Accumulated(grads, new if grads else 0)
 
 
 def _phases(static: dict[str, int], sm: StaticMemory, act: ActivationModel, workspace: int,

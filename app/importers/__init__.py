@@ -19,6 +19,8 @@ Formats, detected by content (JSON or YAML, whatever the file is called; :mod:`.
 - ``litgpt``: a litgpt fine-tuning config (``config_hub/finetune/*/*.yaml``) (:mod:`.litgpt`); framework 'litgpt'.
 - ``torchtune``: a torchtune recipe config (``recipes/configs/<family>/<name>.yaml``), or a ``tune run`` command naming
   one beside it, with its overrides (:mod:`.torchtune`, :mod:`.tune_run`); framework 'torchtune'.
+- ``accelerate``: an accelerate launch config (``accelerate launch --config_file x.yaml``): GPU count, DeepSpeed /
+  FSDP sharding and offload (:mod:`.accelerate`).
 - ``model_config``: a model's ``config.json`` (becomes ``{"model": {"config": …}}``; a bitsandbytes
   ``quantization_config`` inside it is imported as ``bnb``) (:mod:`.model_config`).
 
@@ -46,6 +48,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+from app.importers.accelerate import from_accelerate
 from app.importers.assumed import memory_fields, planner_defaults
 from app.importers.axolotl import from_axolotl
 from app.importers.bnb import compute_dtype, from_bnb
@@ -94,6 +97,7 @@ __all__ = [
     "compute_dtype",
     "detect",
     "detect_format",
+    "from_accelerate",
     "from_axolotl",
     "from_bnb",
     "from_hf_training",

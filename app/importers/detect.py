@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from app.importers.accelerate import ACCELERATE_MARKERS
 from app.importers.axolotl import AXOLOTL_KNOWN, AXOLOTL_MARKERS
 from app.importers.bnb import BNB_KEYS
 from app.importers.cli_args import CliArgs
@@ -25,7 +26,7 @@ NAMES: dict[str, str] = {
     "plan": "PlanRequest body", "peft": "PEFT adapter_config.json", "bnb": "transformers BitsAndBytesConfig",
     "axolotl": "axolotl config", "hf_training": "HF TrainingArguments", "model_config": "model config.json",
     "llama_factory": "LLaMA-Factory config", "ms_swift": "ms-swift arguments", "trl": "TRL recipe",
-    "litgpt": "litgpt finetune config", "torchtune": "torchtune recipe config",
+    "litgpt": "litgpt finetune config", "torchtune": "torchtune recipe config", "accelerate": "accelerate config",
 }
 
 
@@ -58,6 +59,9 @@ def detect(data: Any, source: str = "input") -> tuple[Format, str]:
         return "plan", f"{NAMES['plan']} ({_shown(keys)})"
     if "peft_type" in keys:
         return "peft", f"{NAMES['peft']} (peft_type {data['peft_type']!r})"
+    launch = keys & ACCELERATE_MARKERS
+    if "distributed_type" in keys or len(launch) >= 2:  # `accelerate config` writes these; no trainer spells them
+        return "accelerate", f"{NAMES['accelerate']} ({_shown(launch)})"
     # the trainers' own recipes: each has keys no other format spells (the most of them wins)
     marked: list[tuple[int, Format, set[str]]] = [
         (len(keys & LF_MARKERS), "llama_factory", keys & LF_MARKERS),
@@ -88,8 +92,8 @@ def detect(data: Any, source: str = "input") -> tuple[Format, str]:
     raise ConfigImportError(
         source, None,
         "not a PlanRequest body, PEFT adapter_config.json, BitsAndBytesConfig, axolotl YAML, HF TrainingArguments / "
-        "TRL SFTConfig, TRL recipe, LLaMA-Factory YAML, ms-swift arguments, litgpt config, torchtune config or "
-        "config.json (top-level keys: "
+        "TRL SFTConfig, TRL recipe, LLaMA-Factory YAML, ms-swift arguments, litgpt config, torchtune config, "
+        "accelerate config or config.json (top-level keys: "
         f"{_shown(keys, 12)})",
     )
 

@@ -9,6 +9,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from app.importers.accelerate import from_accelerate
 from app.importers.axolotl import from_axolotl
 from app.importers.bnb import from_bnb
 from app.importers.cli_args import parse_command
@@ -55,6 +56,8 @@ def import_data(data: Any, source: str = "input", fmt: Format | None = None,
         body, notes = from_litgpt(data, source, base_dir)
     elif fmt == "torchtune":
         body, notes = from_torchtune(data, source, base_dir)
+    elif fmt == "accelerate":
+        body, notes = from_accelerate(data, source, base_dir)
     else:  # pragma: no cover - Literal exhausted
         raise ConfigImportError(source, None, f"unknown format {fmt!r}")
     return Imported(source, fmt, body, notes, detected or NAMES[fmt])

@@ -65,8 +65,8 @@ def deepspeed_sharding(ds: Any, source: str, base_dir: Path | None, hardware: di
         note("deepspeed", "unsupported", f"cannot tell the ZeRO stage of {ds!r}; sharding not set")
     else:
         hardware["sharding"] = sharding
-        note("deepspeed", "note", f"sharding {sharding!r}; the GPU count comes from the launcher: "
-             "set --num-gpus")
+        launcher = "" if "num_gpus" in hardware else "; the GPU count comes from the launcher: set --num-gpus"
+        note("deepspeed", "note", f"sharding {sharding!r}{launcher}")
         if isinstance(cfg, Mapping) and sharding.startswith("zero"):
             deepspeed_buckets(zero, sharding, source, hardware, notes)
 
