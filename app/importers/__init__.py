@@ -17,6 +17,8 @@ Formats, detected by content (JSON or YAML, whatever the file is called; :mod:`.
 - ``trl``: a TRL recipe (``trl sft --config recipe.yaml``: SFTConfig + ModelConfig keys, or the ``trl sft`` command)
   (:mod:`.trl`); framework 'trl'.
 - ``litgpt``: a litgpt fine-tuning config (``config_hub/finetune/*/*.yaml``) (:mod:`.litgpt`); framework 'litgpt'.
+- ``torchtune``: a torchtune recipe config (``recipes/configs/<family>/<name>.yaml``), or a ``tune run`` command naming
+  one beside it, with its overrides (:mod:`.torchtune`, :mod:`.tune_run`); framework 'torchtune'.
 - ``accelerate``: an accelerate launch config (``accelerate launch --config_file x.yaml``): GPU count, DeepSpeed /
   FSDP sharding and offload (:mod:`.accelerate`).
 - ``model_config``: a model's ``config.json`` (becomes ``{"model": {"config": …}}``; a bitsandbytes
@@ -60,6 +62,7 @@ from app.importers.model_config import from_model_config
 from app.importers.ms_swift import from_ms_swift
 from app.importers.optim import map_optimizer
 from app.importers.peft import from_peft
+from app.importers.torchtune import from_torchtune
 from app.importers.trl import from_trl
 
 
@@ -102,6 +105,7 @@ __all__ = [
     "from_model_config",
     "from_ms_swift",
     "from_peft",
+    "from_torchtune",
     "from_trl",
     "import_data",
     "import_file",

@@ -14,7 +14,9 @@ from app.importers.hf_training import HF_TRAINING_FIELDS, LEGACY_FIELDS, is_sft_
 from app.importers.litgpt import LITGPT_MARKERS
 from app.importers.llama_factory import LF_MARKERS
 from app.importers.ms_swift import SWIFT_MARKERS
+from app.importers.torchtune import TORCHTUNE_MARKERS
 from app.importers.trl import TRL_MARKERS
+from app.importers.tune_run import TuneRun
 
 # Keys only HF TrainingArguments / TRL SFTConfig have (axolotl spells its own: `optimizer`, `micro_batch_size`,
 # `sequence_len`, …). A file with more of these than of axolotl-only keys is read as HF, never as axolotl.
@@ -24,7 +26,7 @@ NAMES: dict[str, str] = {
     "plan": "PlanRequest body", "peft": "PEFT adapter_config.json", "bnb": "transformers BitsAndBytesConfig",
     "axolotl": "axolotl config", "hf_training": "HF TrainingArguments", "model_config": "model config.json",
     "llama_factory": "LLaMA-Factory config", "ms_swift": "ms-swift arguments", "trl": "TRL recipe",
-    "litgpt": "litgpt finetune config", "accelerate": "accelerate config",
+    "litgpt": "litgpt finetune config", "torchtune": "torchtune recipe config", "accelerate": "accelerate config",
 }
 
 
@@ -41,6 +43,8 @@ def _shown(keys: set[str], limit: int = 3) -> str:
 def detect(data: Any, source: str = "input") -> tuple[Format, str]:
     """``(format, description)``: e.g. ``("hf_training", "TRL SFTConfig (max_length, packing, …)")``; the keys in
     brackets are the ones that decided. ConfigImportError when no format fits."""
+    if isinstance(data, TuneRun):
+        return "torchtune", f"torchtune `tune run {data.recipe}` command (--config {data.config})"
     if not isinstance(data, Mapping) or not data:
         kind = "an empty mapping" if isinstance(data, Mapping) else type(data).__name__
         raise ConfigImportError(source, None, f"expected a JSON/YAML mapping, got {kind}")
@@ -48,6 +52,9 @@ def detect(data: Any, source: str = "input") -> tuple[Format, str]:
         fmt: Format = "ms_swift" if data.fmt == "ms_swift" else "trl"
         return fmt, f"{NAMES[fmt]} (command {data.command!r})"
     keys = {str(k) for k in data}
+    model = data.get("model")
+    if isinstance(model, Mapping) and "_component_" in model:  # torchtune instantiates components by dotted path
+        return "torchtune", f"{NAMES['torchtune']} (model._component_ {model['_component_']!r})"
     if keys <= PLAN_KEYS:
         return "plan", f"{NAMES['plan']} ({_shown(keys)})"
     if "peft_type" in keys:
@@ -61,6 +68,7 @@ def detect(data: Any, source: str = "input") -> tuple[Format, str]:
         (len(keys & SWIFT_MARKERS), "ms_swift", keys & SWIFT_MARKERS),
         (len(keys & TRL_MARKERS), "trl", keys & TRL_MARKERS),
         (len(keys & LITGPT_MARKERS), "litgpt", keys & LITGPT_MARKERS),
+        (len(keys & TORCHTUNE_MARKERS), "torchtune", keys & TORCHTUNE_MARKERS),
     ]
     count, fmt, why = max(marked, key=lambda m: m[0])
     if count > len(keys & AXOLOTL_ONLY):
@@ -84,8 +92,8 @@ def detect(data: Any, source: str = "input") -> tuple[Format, str]:
     raise ConfigImportError(
         source, None,
         "not a PlanRequest body, PEFT adapter_config.json, BitsAndBytesConfig, axolotl YAML, HF TrainingArguments / "
-        "TRL SFTConfig, TRL recipe, LLaMA-Factory YAML, ms-swift arguments, litgpt config or config.json "
-        "(top-level keys: "
+        "TRL SFTConfig, TRL recipe, LLaMA-Factory YAML, ms-swift arguments, litgpt config, torchtune config, "
+        "accelerate config or config.json (top-level keys: "
         f"{_shown(keys, 12)})",
     )
 

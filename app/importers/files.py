@@ -21,7 +21,9 @@ from app.importers.llama_factory import from_llama_factory
 from app.importers.model_config import from_model_config
 from app.importers.ms_swift import from_ms_swift
 from app.importers.peft import from_peft
+from app.importers.torchtune import from_torchtune
 from app.importers.trl import from_trl
+from app.importers.tune_run import parse_tune_run
 
 
 def import_data(data: Any, source: str = "input", fmt: Format | None = None,
@@ -52,6 +54,8 @@ def import_data(data: Any, source: str = "input", fmt: Format | None = None,
         body, notes = from_trl(data, source, base_dir)
     elif fmt == "litgpt":
         body, notes = from_litgpt(data, source, base_dir)
+    elif fmt == "torchtune":
+        body, notes = from_torchtune(data, source, base_dir)
     elif fmt == "accelerate":
         body, notes = from_accelerate(data, source, base_dir)
     else:  # pragma: no cover - Literal exhausted
@@ -60,10 +64,13 @@ def import_data(data: Any, source: str = "input", fmt: Format | None = None,
 
 
 def parse_text(text: str, source: str) -> Any:
-    """JSON when the text is JSON, the arguments of a ``swift sft`` / ``trl sft`` command line when it holds one
-    (:mod:`.cli_args`), else YAML (safe_load)."""
+    """JSON when the text is JSON, a ``tune run`` command (:mod:`.tune_run`) or the arguments of a ``swift sft`` /
+    ``trl sft`` command line when it holds one (:mod:`.cli_args`), else YAML (safe_load)."""
     stripped = text.lstrip()
     if not stripped.startswith(("{", "[")):
+        run = parse_tune_run(text, source)
+        if run is not None:
+            return run
         command = parse_command(text, source)
         if command is not None:
             return command
