@@ -37,6 +37,11 @@ from app.core.quantization import QuantBytes
 from app.core.request import PlanRequest
 from app.core.units import DTYPE_BYTES, ceil_div
 
+TT_LORA_NAMES = {"q_proj": "q_proj", "k_proj": "k_proj", "v_proj": "v_proj", "o_proj": "output_proj"}
+"""transformers/PEFT module names → torchtune ``lora_attn_modules`` names."""
+MLP_NAMES = ("gate_proj", "up_proj", "down_proj")
+"""The MLP projections torchtune's ``apply_lora_to_mlp`` adapts together."""
+
 if TYPE_CHECKING:  # precision imports frameworks, which imports this module
     from app.core.adapters import AdapterPlan
     from app.core.precision import Dtypes

@@ -36,9 +36,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from app.core.torchtune import MLP_NAMES, TT_LORA_NAMES
 from app.importers.common import ConfigImportError, Draft, ImportNote, bool_key, positive_int
 from app.importers.tune_run import TuneRun, load_config
-from app.trace.torchtune import MLP_NAMES, TT_LORA_NAMES
 
 BUILDERS: dict[str, str] = {
     "llama2_7b": "meta-llama/Llama-2-7b-hf", "llama2_13b": "meta-llama/Llama-2-13b-hf",

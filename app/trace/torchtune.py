@@ -22,9 +22,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-TT_LORA_NAMES = {"q_proj": "q_proj", "k_proj": "k_proj", "v_proj": "v_proj", "o_proj": "output_proj"}
-"""transformers/PEFT module names → torchtune ``lora_attn_modules`` names."""
-MLP_NAMES = ("gate_proj", "up_proj", "down_proj")
+from app.core.torchtune import MLP_NAMES, TT_LORA_NAMES
 
 
 @dataclass(frozen=True)
