@@ -253,6 +253,13 @@ def _bucket_size(value: Any, least: int) -> int | str:
     return value
 
 
+# DeepSpeed's pp_int fields: reduce_bucket_size must hold a gradient (≥ 1), a prefetch bucket may be empty (≥ 0)
+BucketSize = Annotated[int | Literal["auto"], PlainValidator(lambda v: _bucket_size(v, 1),
+                                                             json_schema_input_type=int | Literal["auto"])]
+PrefetchSize = Annotated[int | Literal["auto"], PlainValidator(lambda v: _bucket_size(v, 0),
+                                                               json_schema_input_type=int | Literal["auto"])]
+
+
 class HardwareSpec(_Strict):
     gpu: Annotated[Text, Field(max_length=MAX_ID_CHARS)] = Field("nvidia-a100-80gb",
                                                                  description="id from GET /api/v1/gpus")
@@ -266,15 +273,13 @@ class HardwareSpec(_Strict):
         "none", description="DeepSpeed zero_optimization.offload_param.device (ZeRO-Infinity, zero3 only), or "
         "FSDP cpu_offload(offload_params=True): parameters held in host RAM between uses"
     )
-    reduce_bucket_size: Annotated[int | Literal["auto"], PlainValidator(
-        lambda v: _bucket_size(v, 1), json_schema_input_type=int | Literal["auto"])] = Field(
+    reduce_bucket_size: BucketSize = Field(
         "auto", description="DeepSpeed zero_optimization.reduce_bucket_size (elements, ZeRO only): the gradient "
         "bucket (16-bit), kept for the whole run under ZeRO-3. 'auto' is the HF Trainer's fill, hidden_size²; a "
         "DeepSpeed config without the key (accelerate's deepspeed_config YAML without a JSON file) runs with "
         "DeepSpeed's default 500000000"
     )
-    stage3_prefetch_bucket_size: Annotated[int | Literal["auto"], PlainValidator(
-        lambda v: _bucket_size(v, 0), json_schema_input_type=int | Literal["auto"])] = Field(
+    stage3_prefetch_bucket_size: PrefetchSize = Field(
         "auto", description="DeepSpeed zero_optimization.stage3_prefetch_bucket_size (elements, zero3 only): "
         "parameters gathered ahead of use. 'auto' is the HF Trainer's fill, int(0.9·hidden_size²); without the key "
         "DeepSpeed's default 50000000"
