@@ -160,3 +160,14 @@ def test_peft_example_rows_take_their_scripts_settings(row_id: str, reentrant: b
     assert req.training.gradient_checkpointing_kwargs.use_reentrant is reentrant
     expected = (500_000_000, 50_000_000) if buckets else ("auto", "auto")
     assert (req.hardware.reduce_bucket_size, req.hardware.stage3_prefetch_bucket_size) == expected
+
+
+def test_page_fields(client: TestClient) -> None:
+    """The planner page's GPU(s) fields: a ZeRO-3 plan with DeepSpeed's default bucket shows ZeRO-3's buffers; a
+    bucket without ZeRO is the page's 422 naming the field."""
+    base = {"model": MODEL, "method": "qlora", "sharding": "zero3", "num_gpus": "2"}
+    r = client.get("/", params={**base, "reduce_bucket_size": "500000000"})
+    assert r.status_code == 200 and "sharding/zero3_buffers" in r.text
+    assert 'name="reduce_bucket_size"' in r.text and 'value="500000000"' in r.text
+    r = client.get("/", params={"model": MODEL, "method": "qlora", "reduce_bucket_size": "500000000"})
+    assert r.status_code == 422 and "reduce_bucket_size" in r.text and "DeepSpeed ZeRO setting" in r.text
