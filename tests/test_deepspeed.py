@@ -171,3 +171,17 @@ def test_page_fields(client: TestClient) -> None:
     assert 'name="reduce_bucket_size"' in r.text and 'value="500000000"' in r.text
     r = client.get("/", params={"model": MODEL, "method": "qlora", "reduce_bucket_size": "500000000"})
     assert r.status_code == 422 and "reduce_bucket_size" in r.text and "DeepSpeed ZeRO setting" in r.text
+
+
+def test_the_fsdp_lever_leaves_deepspeeds_buckets_behind() -> None:
+    """An 8B full fine-tune that does not fit 2 × A100 under ZeRO-2 with ms-swift's 2e8 bucket: the "more cards"
+    levers keep the bucket for ZeRO-3 and reset it to "auto" for FSDP, where it would be a 422."""
+    from app.core.levers import levers
+
+    req = PlanRequest(model="meta-llama/Llama-3.1-8B", method="full", training={"optim": "adamw_torch"},
+                      hardware={"num_gpus": 2, "sharding": "zero2", "reduce_bucket_size": 200_000_000})
+    by_id = {lv.id: lv for lv in levers(req).levers}
+    assert by_id["zero3"].changes == {"hardware.num_gpus": 4, "hardware.sharding": "zero3"}
+    assert by_id["zero3"].request.hardware.reduce_bucket_size == 200_000_000
+    assert by_id["fsdp"].changes == {"hardware.num_gpus": 4, "hardware.sharding": "fsdp",
+                                     "hardware.reduce_bucket_size": "auto"}

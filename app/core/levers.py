@@ -257,8 +257,11 @@ def levers(req: PlanRequest, budget_bytes: int | None = None) -> LeversResult:
             g = catalog_gpu(req.hardware.gpu)
             price = f" at ${g.price_usd_per_hour:g}/GPU-h each" if g.price_usd_per_hour is not None else ""
             for sharding, name in (("zero3", "DeepSpeed ZeRO-3"), ("fsdp", "FSDP full shard")):
-                lv = b.lever(sharding, f"{n} × {g.name} with {name}",
-                             {"hardware.num_gpus": n, "hardware.sharding": sharding}, "money",
+                changes: dict[str, Any] = {"hardware.num_gpus": n, "hardware.sharding": sharding}
+                if sharding == "fsdp":  # DeepSpeed's bucket sizes do not apply to FSDP
+                    buckets = ("reduce_bucket_size", "stage3_prefetch_bucket_size")
+                    changes.update({f"hardware.{k}": "auto" for k in buckets if getattr(req.hardware, k) != "auto"})
+                lv = b.lever(sharding, f"{n} × {g.name} with {name}", changes, "money",
                              f"{n} cards{price} and inter-GPU traffic for the sharded states")
                 if sharding == "fsdp" and lv is not None and not lv.fits:
                     b.levers.remove(lv)  # FSDP needs more cards than ZeRO-3 here: the ZeRO-3 lever says enough
