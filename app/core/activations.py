@@ -49,7 +49,7 @@ class ActivationModel:
 
     saved_layers: int  # saved for backward by all decoder layers at the end of forward
     saved_head: int  # final norm + lm_head inputs + shared rotary tables, masks
-    head_weight_cast: int  # part of saved_head freed by lm_head's backward, before any layer's backward
+    head_weight_cast: int  # part of saved_head freed by the head's backward (lm_head; Liger's final norm) first
     loss_forward: int  # logits and loss buffers at the loss, beyond the saved tensors
     loss_backward: int  # gradient buffers at the start of backward, beyond the saved tensors
     forward_transient: int  # largest temporary inside one layer's forward
@@ -425,6 +425,29 @@ def _lora_cast_extra(inv: Inventory, x: _Ctx, targets: list[Module]) -> int:
     return best
 
 
+def eager_scores_grad(x: _Ctx, arch: ArchSpec, req: PlanRequest) -> int:
+    """Bytes of the gradient of eager attention's b×heads×s×s probabilities, alive in its backward (0 otherwise)."""
+    eager = arch.model_type != "gpt2" and attention_for(arch.model_type, req.training.attn_implementation) == "eager"
+    return max(x.lo, x.a) * x.b * arch.num_attention_heads * x.s * x.s if eager else 0
+
+
+def down_input_grad_sum(x: _Ctx, arch: ArchSpec, targets: list[Module], layer: int) -> int:
+    """Bytes alive in a layer's backward at the sum of its adapted down projection's two input gradients, beyond
+    the layer's other saved tensors (0 when ``down_proj`` is not adapted or the layer is an MoE block).
+
+    ``lora.Linear4bit.forward`` / ``lora.Linear.forward`` (PEFT 0.21.2 ``tuners/lora/bnb.py``,
+    ``tuners/lora/layer.py``) feed the MLP product ``x`` (``lo`` bytes) to both the base layer and ``lora_A``, so
+    autograd sums two T×I gradients of ``x`` into a third: the base layer's (for bitsandbytes 0.50.2
+    ``Linear4bit.forward``, MatMul4Bit's 16-bit gradient cast back through ``x.to(compute_dtype)`` to ``x``'s
+    dtype) and the adapter's (back through autocast's cast of ``x`` for ``lora_A``). By then down_proj's own
+    saved tensors (:func:`_adapter_saved`; bitsandbytes' MatMul4Bit saves no input for a frozen weight) are freed.
+    """
+    down = [m for m in targets if m.layer == layer and m.leaf == "down_proj"]
+    if not down or layer in arch.sparse_layers:
+        return 0
+    return 3 * x.lo * x.t * arch.intermediate_size - _adapter_saved(x, down, _shared_inputs(down, x.a * x.t))
+
+
 def _largest_linear(inv: Inventory) -> tuple[int, int]:
     best = (0, 0)
     for m in inv.modules:
@@ -523,8 +546,7 @@ def activation_model(inv: Inventory, plan: AdapterPlan, req: PlanRequest, dt: Dt
     loss_forward += softcap
     loss_backward = 12 * t * v + softcap
     logits_block = 4 * t * v
-    eager = arch.model_type != "gpt2" and attention_for(arch.model_type, req.training.attn_implementation) == "eager"
-    eager_grad = max(x.lo, x.a) * x.b * arch.num_attention_heads * x.s * x.s if eager else 0
+    eager_grad = eager_scores_grad(x, arch, req)
     loss = framework(req).loss
     if loss == "logits+argmax":
         loss_forward += 8 * t  # ms-swift _compute_acc: logits.argmax(-1), int64 (b, s)

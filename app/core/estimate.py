@@ -491,7 +491,7 @@ def estimate(req: PlanRequest) -> EstimateResult:
     run_dt = compute_dtypes(req, dt)  # FSDP mixed precision computes on 16-bit copies of the fp32 shards
     act = activation_model(inv, plan, req, run_dt, sum(static[k] for k in ("weights", "constants", "adapters",
                                                                            "optimizer")))
-    act = liger_activations(act, inv, req, run_dt)
+    act = liger_activations(act, inv, req, run_dt, plan.targets)
     act, host_activations = activation_offload(act, req, arch, run_dt)
     workspace = cublas_workspace_bytes(target_gpu.arch)
     gathered = _gathered(inv, sm, req, dt)

@@ -9,10 +9,17 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from app.core.activations import GEMMA_NORMS, QK_NORM, ActivationModel, _ctx
+from app.core.activations import (
+    GEMMA_NORMS,
+    QK_NORM,
+    ActivationModel,
+    _ctx,
+    down_input_grad_sum,
+    eager_scores_grad,
+)
 from app.core.architectures import ArchSpec, attention_for
 from app.core.errors import PlanError
-from app.core.inventory import Inventory
+from app.core.inventory import Inventory, Module
 from app.core.precision import Dtypes
 from app.core.request import PlanRequest
 from app.core.static_memory import StaticMemory
@@ -76,7 +83,8 @@ def _liger_layer_saving(arch: ArchSpec, req: PlanRequest, dt: Dtypes, layer: int
     return saving
 
 
-def liger_activations(act: ActivationModel, inv: Inventory, req: PlanRequest, dt: Dtypes) -> ActivationModel:
+def liger_activations(act: ActivationModel, inv: Inventory, req: PlanRequest, dt: Dtypes,
+                      targets: list[Module]) -> ActivationModel:
     """The activation terms with Liger's kernels (``use_liger_kernel``); unchanged for other model types.
 
     Fused linear cross-entropy (``ops/fused_linear_cross_entropy.py``) never materialises the logits: the
@@ -85,7 +93,15 @@ def liger_activations(act: ActivationModel, inv: Inventory, req: PlanRequest, dt
     ``grad_weight`` when lm_head trains), an fp32 loss per token, a bool mask, and per chunk the logits
     (``c·chunk·V``, overwritten by their gradient) and ``grad_logits @ W`` (``c·chunk·h``); lm_head's fp32
     weight is cast by autocast per chunk (not cached: it does not require grad). Backward returns the saved
-    gradients. The final norm saves its input (``a·T·h``) and rstd instead of an fp32 copy.
+    gradients. The final norm saves its input (``a·T·h``) and rstd instead of an fp32 copy; its backward frees
+    them before any layer's backward and writes the input's gradient into ``grad_input`` (``ops/rms_norm.py``,
+    ``in_place=True``), which is then the last layer's incoming gradient.
+
+    With gradient checkpointing a layer's backward peaks either while the recompute runs the down projection,
+    or (adapted ``down_proj``, ``targets``) at the sum of down_proj's two input gradients
+    (:func:`app.core.activations.down_input_grad_sum`), where the SwiGLU kernel's saved gate and up outputs are
+    still alive. The recomputed input norm saves a view of the layer's checkpointed input (``rms_norm.py``:
+    ``X.view(-1, dim)`` in ``save_for_backward``), which ``saved_layers`` already counts.
     """
     arch = inv.arch
     if not liger_applies(req, arch):
@@ -111,15 +127,24 @@ def liger_activations(act: ActivationModel, inv: Inventory, req: PlanRequest, dt
     mlp_transient = x.lo * t * inter
     if req.training.gradient_checkpointing:
         saved_layers = act.saved_layers
-        backward_layer = act.backward_layer - max(savings, default=0) + max(mlp_transient - a * t * inter, 0)
+        recompute = max(mlp_transient - a * t * inter, 0)
+        # - a·T·h: the recomputed input norm saves a view of the checkpointed layer input (in saved_layers)
+        backward_layer = act.backward_layer - max(savings, default=0) - a * t * h + recompute
+        # backward_layer counts one activation gradient (a·T·max(h, I)) and eager attention's score gradient, neither
+        # alive at down_proj's input-gradient sum: what that moment holds beyond them is a backward transient
+        down_sum = max(down_input_grad_sum(x, arch, targets, i) for i in range(arch.num_hidden_layers))
+        beyond = down_sum - a * t * max(h, arch.intermediate_size) - eager_scores_grad(x, arch, req)
+        backward_transient = max(act.backward_transient, beyond - recompute)
         forward_transient = act.forward_transient
     else:
         saved_layers = act.saved_layers - sum(savings)
         backward_layer = act.backward_layer
+        backward_transient = act.backward_transient
         forward_transient = max(act.forward_transient, mlp_transient)
-    return replace(act, saved_layers=saved_layers, saved_head=saved_head, head_weight_cast=0, loss_forward=loss,
-                   loss_backward=0, backward_layer=backward_layer, forward_transient=forward_transient,
-                   head_backward=None)
+    final_norm = a * t * h + 4 * t  # its saved input and rstd, freed by its backward
+    return replace(act, saved_layers=saved_layers, saved_head=saved_head, head_weight_cast=final_norm,
+                   loss_forward=loss, loss_backward=0, backward_layer=backward_layer,
+                   backward_transient=backward_transient, forward_transient=forward_transient, head_backward=None)
 
 
 def check_switches(req: PlanRequest, arch: ArchSpec) -> None:
