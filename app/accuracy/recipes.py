@@ -7,6 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 from app.accuracy.skip import Skip
+from app.core.deepspeed import DEEPSPEED_BUCKET_DEFAULTS
 
 
 def torchtune_kind(measures: str, notes: list[str]) -> str:
@@ -170,9 +171,6 @@ llama-3.2-3B, phi-3, tiny-llama); every lora.yaml / qlora.yaml there sets 8, the
 
 # huggingface/peft examples/sft: run_peft_{deepspeed,fsdp,qlora_deepspeed_stage3,qlora_fsdp}.sh at 1715e06 / 1948110
 PEFT_EXAMPLES_LORA_DROPOUT = 0.1
-# DeepSpeed runtime/zero/config.py defaults: the examples' accelerate YAMLs (configs/deepspeed_config*.yaml) name no
-# DeepSpeed JSON, and accelerate's DeepSpeedPlugin then builds a config without bucket sizes
-DEEPSPEED_DEFAULT_BUCKETS = {"reduce_bucket_size": 500_000_000, "stage3_prefetch_bucket_size": 50_000_000}
 
 
 def peft_examples_settings(method: str, lora: dict[str, Any], training: dict[str, Any], hardware: dict[str, Any],
@@ -185,6 +183,8 @@ def peft_examples_settings(method: str, lora: dict[str, Any], training: dict[str
     notes.append(f"peft examples/sft scripts: lora_dropout {PEFT_EXAMPLES_LORA_DROPOUT}, use_reentrant "
                  f"{method == 'qlora'}")
     if hardware.get("sharding") == "zero3":
-        hardware.update(DEEPSPEED_DEFAULT_BUCKETS)
+        # the examples' accelerate YAMLs (configs/deepspeed_config*.yaml) name no DeepSpeed JSON: accelerate's
+        # DeepSpeedPlugin builds a config without bucket sizes, so DeepSpeed's defaults apply
+        hardware.update(DEEPSPEED_BUCKET_DEFAULTS)
         notes.append("accelerate deepspeed_config YAML without a JSON: DeepSpeed's default reduce_bucket_size 5e8 and "
                      "stage3_prefetch_bucket_size 5e7")

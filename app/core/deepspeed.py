@@ -26,9 +26,9 @@ from app.core.quantization import nf4_bytes
 from app.core.request import PlanRequest
 from app.core.static_memory import quantized_modules
 
-# DeepSpeed runtime/zero/config.py DeepSpeedZeroConfig defaults (elements)
-DEEPSPEED_REDUCE_BUCKET_SIZE = 500_000_000
-DEEPSPEED_PREFETCH_BUCKET_SIZE = 50_000_000
+# DeepSpeed runtime/zero/config.py DeepSpeedZeroConfig defaults (elements): what a config that leaves the keys out
+# runs with (the HF Trainer fills "auto" keys only), keyed by the request's hardware field names
+DEEPSPEED_BUCKET_DEFAULTS = {"reduce_bucket_size": 500_000_000, "stage3_prefetch_bucket_size": 50_000_000}
 DEEPSPEED_MAX_LIVE_PARAMETERS = 1_000_000_000  # stage3_max_live_parameters
 # transformers trainer_config_finalize: "auto" prefetch bucket = int(0.9 · hidden_size²)
 HF_AUTO_PREFETCH_FRACTION = 0.9

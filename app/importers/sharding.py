@@ -8,6 +8,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from app.core.deepspeed import DEEPSPEED_BUCKET_DEFAULTS
 from app.importers.common import ConfigImportError, ImportNote, NoteKind, is_unset, non_negative_int, positive_int
 
 
@@ -69,10 +70,6 @@ def deepspeed_sharding(ds: Any, source: str, base_dir: Path | None, hardware: di
         note("deepspeed", "note", f"sharding {sharding!r}{launcher}")
         if isinstance(cfg, Mapping) and sharding.startswith("zero"):
             deepspeed_buckets(zero, sharding, source, hardware, notes)
-
-
-# DeepSpeed runtime/zero/config.py DeepSpeedZeroConfig defaults (elements), for keys a config leaves out
-DEEPSPEED_BUCKET_DEFAULTS = {"reduce_bucket_size": 500_000_000, "stage3_prefetch_bucket_size": 50_000_000}
 
 
 def deepspeed_buckets(zero: Mapping[str, Any], sharding: str, source: str, hardware: dict[str, Any],
