@@ -518,6 +518,8 @@ def activation_model(inv: Inventory, plan: AdapterPlan, req: PlanRequest, dt: Dt
     if framework(req).name == "unsloth" and unsloth_fast_lora(req) and arch.model_type in UNSLOTH_FAST_TYPES:
         per_layer = [unsloth_layer_saved(h, arch.intermediate_size, arch.q_dim, arch.kv_dim,
                                          arch.num_attention_heads, t, x.a)] * arch.num_hidden_layers
+    if req.training.framework == "torchtune" and not x.full and per_layer:
+        per_layer[0] -= torchtune.first_norm_unsaved_bytes(t, h)
     largest_layer = max(per_layer, default=0)
     # Shared across layers: rotary cos/sin in the residual dtype (b, s, head_dim), the final norm, and
     # (full fine-tuning) lm_head's input.
@@ -564,10 +566,11 @@ def activation_model(inv: Inventory, plan: AdapterPlan, req: PlanRequest, dt: Dt
         # cos/sin tensors; its loss replaces the HF logits terms (app/core/torchtune.py loss_path)
         head += 4 * (arch.max_position_embeddings or req.training.seq_len) * arch.head_dim - 2 * x.a * t * arch.head_dim
         tl = torchtune.loss_path(req, v, logits)
-        loss_forward, loss_backward, logits_block = tl.forward, tl.backward, 4 * tl.block
+        loss_forward, logits_block = tl.forward, 4 * tl.block
+        loss_backward = max(tl.backward, torchtune.final_norm_backward_bytes(t, h, x.a))
         if x.full:
-            loss_backward += torchtune.output_weight_grad_bytes(req, v * h * DTYPE_BYTES[dt.weights],
-                                                                arch.tie_word_embeddings)
+            loss_backward = max(loss_backward, torchtune.output_backward_bytes(
+                req, tl, v * h * DTYPE_BYTES[dt.weights], x.a * t * v, arch.tie_word_embeddings))
     elif loss == "unsloth-chunked":
         free = gpu(req.hardware.gpu).vram_bytes - outside_allocator_bytes(req.hardware.num_gpus) - resident_bytes
         lp = unsloth_loss_path(req, h, v, x.a, x.c if x.autocast else x.a, free - saved_layers - head)
@@ -580,6 +583,9 @@ def activation_model(inv: Inventory, plan: AdapterPlan, req: PlanRequest, dt: Dt
     if req.quantized and loss == "torchtune":
         # torchao LinearNF4 dequantizes the NF4 weight in its forward and again in its backward
         transient = dequant_backward = torchtune.nf4_dequant_transient(out_f, in_f, req.training.torch_compile)
+        if not x.checkpointed:
+            leaves = {m.leaf for m in plan.targets}
+            transient += torchtune.mlp_forward_locals(t, h, arch.intermediate_size, x.a, leaves)
     else:
         if req.quantized and t > BNB_FUSED_MAX_ROWS:
             transient = out_f * in_f * DTYPE_BYTES[dt.bnb_compute]  # bitsandbytes dequantize-then-matmul fallback
@@ -609,7 +615,7 @@ def activation_model(inv: Inventory, plan: AdapterPlan, req: PlanRequest, dt: Dt
         down_trained = x.full or any(m.leaf == "down_proj" for m in targets)
         backward_transient = max(backward_transient,
                                  torchtune.swiglu_backward_bytes(t, arch.intermediate_size, x.a, down_trained),
-                                 torchtune.in_bwd_step_bytes(req, plan, dt, arch.tie_word_embeddings))
+                                 torchtune.in_bwd_step_bytes(req, plan, dt, t, arch.intermediate_size, x.a))
     return ActivationModel(
         saved_layers=saved_layers,
         saved_head=head,

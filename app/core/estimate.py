@@ -49,6 +49,7 @@ from app.core.switches import (
 )
 from app.core.torchtune import check_request as torchtune_check
 from app.core.torchtune import fsdp_gathered as torchtune_gathered
+from app.core.torchtune import in_bwd_last_step_bytes
 from app.core.units import format_bytes
 from app.core.versions import MODELLED_VERSIONS
 
@@ -100,7 +101,7 @@ def _check_request(req: PlanRequest, arch: ArchSpec) -> None:
 
 
 def _shard(sm: StaticMemory, req: PlanRequest, trainable_params: int, hidden_size: int,
-           num_layers: int) -> dict[str, int]:
+           num_layers: int, in_bwd_last: int = 0) -> dict[str, int]:
     """Per-GPU static bytes under data parallelism, DeepSpeed ZeRO and FSDP (full shard), N = num_gpus.
 
     - ddp: a full replica plus DDP's gradient buckets (``gradient_as_bucket_view=False``: one more copy
@@ -135,9 +136,10 @@ def _shard(sm: StaticMemory, req: PlanRequest, trainable_params: int, hidden_siz
         # torchtune register_optim_in_bwd_hooks (training/memory.py): one optimizer per parameter, stepped and
         # zeroed in the parameter's post-accumulate-grad hook. No gradient set and no step phase: what stays is a
         # tied embedding's gradient (the output projection's part waits for the embedding's); one parameter's
-        # gradient and step temporary are a moment of a layer's backward (app/core/torchtune.py in_bwd_step_bytes)
+        # gradient and step temporary are a moment of a layer's backward (app/core/torchtune.py in_bwd_step_bytes);
+        # the step phase is the embedding's step at the end of backward (in_bwd_last_step_bytes)
         out["gradients"] = sm.tied_gradient
-        out["step_transient"] = 0
+        out["step_transient"] = in_bwd_last
     if mode == "ddp":
         out["comm_buffers"] = sm.gradients.total
     elif mode == "fsdp":
@@ -485,8 +487,9 @@ def estimate(req: PlanRequest) -> EstimateResult:
     check_switches(req, arch)
     target_gpu = gpu(req.hardware.gpu)
     dt = dtypes_for(req)
+    in_bwd_last = in_bwd_last_step_bytes(req, plan, dt, arch.tie_word_embeddings)
     static, host_states = offload_static(_shard(sm, req, plan.trainable_params, arch.hidden_size,
-                                                arch.num_hidden_layers), sm, req, plan.trainable_params)
+                                                arch.num_hidden_layers, in_bwd_last), sm, req, plan.trainable_params)
     host_states += zero3_buffers(req, plan.trainable_params, arch.hidden_size).host * req.hardware.num_gpus
     run_dt = compute_dtypes(req, dt)  # FSDP mixed precision computes on 16-bit copies of the fp32 shards
     act = activation_model(inv, plan, req, run_dt, sum(static[k] for k in ("weights", "constants", "adapters",

@@ -123,6 +123,38 @@ def packed_rope_bytes(tokens: int, head_dim: int) -> int:
     return 2 * 4 * tokens * head_dim
 
 
+def first_norm_unsaved_bytes(tokens: int, hidden: int) -> int:
+    """Bytes the first layer's attention norm does not save when the embedding is frozen (LoRA, QLoRA): nothing
+    before it requires grad (torchtune calls no ``enable_input_require_grads``), so autograd keeps neither its fp32
+    input copy (4·T·h) nor its fp32 rstd (4·T) (``rms_norm.py``); the layer's first adapter saves the norm's output.
+    Found in the trace of bench/torchtune_grid.py (the GQA LoRA/QLoRA cases without checkpointing hold one fp32 copy
+    fewer than norms)."""
+    return 4 * tokens * hidden + 4 * tokens
+
+
+def mlp_forward_locals(tokens: int, hidden: int, intermediate: int, act_bytes: int, adapted: set[str]) -> int:
+    """QLoRA without checkpointing: what the last layer's forward holds beside its saved tensors while its MLP
+    dequantizes an NF4 weight (the forward's widest moment), less the final norm's saved fp32 input copy and rstd,
+    which do not exist yet (the planner counts them among the saved head tensors).
+
+    ``TransformerSelfAttentionLayer.forward`` (``modules/transformer.py``) keeps its input ``x`` (also the caller's),
+    ``attn_out`` and ``h = attn_out + x`` as locals (3·a·T·h) while ``self.mlp(self.mlp_norm(h))`` runs;
+    ``FeedForward.forward`` holds the norm's output (saved anyway when gate or up carry LoRA) and, while ``w2``
+    dequantizes, the SwiGLU product (a·T·I; saved anyway when down_proj carries LoRA). Found in the trace of
+    bench/torchtune_grid.py (the QLoRA cases without checkpointing peak in forward)."""
+    norm_out = 0 if adapted & {"gate_proj", "up_proj"} else act_bytes * tokens * hidden
+    product = 0 if "down_proj" in adapted else act_bytes * tokens * intermediate
+    return 3 * act_bytes * tokens * hidden + norm_out + product - (4 * tokens * hidden + 4 * tokens)
+
+
+def final_norm_backward_bytes(tokens: int, hidden: int, act_bytes: int) -> int:
+    """Bytes the final RMSNorm's backward holds beyond the saved tensors, after the output projection's backward
+    has freed its saved input (a·T·h): five fp32 T×h temporaries at once (the gradient through ``x_fp32 * rstd``,
+    the product for rstd's gradient, ``mean``'s expanded gradient, ``pow``'s ``x`` and its product; 20·T·h).
+    Below the loss's backward wherever V ≫ h; the peak of small-vocabulary models (bench/torchtune_grid.py)."""
+    return 20 * tokens * hidden - act_bytes * tokens * hidden
+
+
 def swiglu_backward_bytes(tokens: int, intermediate: int, act_bytes: int, product_saved: bool) -> int:
     """Bytes a layer's backward holds beyond one activation gradient while the SwiGLU product
     ``activation(w1(x)) * w3(x)`` (``feed_forward.py FeedForward.forward``) back-propagates: ``mul``'s backward
@@ -136,19 +168,47 @@ def swiglu_backward_bytes(tokens: int, intermediate: int, act_bytes: int, produc
     return (1 if product_saved else 2) * act_bytes * tokens * intermediate
 
 
-def in_bwd_step_bytes(req: PlanRequest, plan: AdapterPlan, dt: Dtypes, tied: bool) -> int:
-    """Under ``optimizer_in_bwd`` the largest moment of one parameter's step inside backward: its gradient and the
-    step's temporary (``torch.optim.AdamW`` foreach on a one-tensor list: ``_foreach_sqrt`` of its second moment;
-    fused and bitsandbytes steps: none). A tied embedding's own step comes after the last layer (not a layer's
-    moment); 0 without ``optimizer_in_bwd``."""
+def in_bwd_step_bytes(req: PlanRequest, plan: AdapterPlan, dt: Dtypes, tokens: int, intermediate: int,
+                      act_bytes: int) -> int:
+    """Under ``optimizer_in_bwd`` the largest moment a decoder layer's parameter step adds to the layer's backward
+    (beyond its saved tensors and one activation gradient): the parameter's gradient and its step's temporary
+    (``torch.optim.AdamW`` foreach on a one-tensor list: ``_foreach_sqrt`` of its second moment; fused and
+    bitsandbytes steps: none). 0 without ``optimizer_in_bwd``.
+
+    The step runs in the parameter's post-accumulate-grad hook, after its backward node has released what it saved.
+    The down projection comes first in a layer's backward and holds the widest moment: inside its node the gradient
+    and the saved SwiGLU product (T×I) are alive together; in its hook the product is freed and the step's
+    temporary allocated, so the moment is the gradient plus ``max(0, temporary − T×I)``. The other layer
+    parameters step after more of the layer's saved tensors are freed (the product's factors, the attention's), so
+    the same bound covers them. Found in the trace of torchtune's step (bench/torchtune_grid.py, the ``in_bwd``
+    cases). The output projection's step comes at the start of backward (within the loss's backward moment, which
+    counts its gradient buffer) and the embedding's at the end (:func:`in_bwd_last_step_bytes`)."""
+    if not req.training.optimizer_in_bwd:
+        return 0
+    size = DTYPE_BYTES[dt.weights]
+    freed = act_bytes * tokens * intermediate
+    best = 0
+    for t in plan.trainable:
+        if t.group in ("embedding", "lm_head"):
+            continue
+        step = step_transient_bytes(req.training.optim, [[(t.shape, size)]])
+        best = max(best, t.numel * size + max(0, step - freed))
+    return best
+
+
+def in_bwd_last_step_bytes(req: PlanRequest, plan: AdapterPlan, dt: Dtypes, tied: bool) -> int:
+    """Under ``optimizer_in_bwd`` the end of backward, after every layer's activations are freed: the input
+    embedding is the last parameter whose gradient is ready, so its step runs alone (its gradient, unless tied,
+    where the gradient is counted as kept, and its step temporary); this is the step phase's moment. 0 without
+    ``optimizer_in_bwd``."""
     if not req.training.optimizer_in_bwd:
         return 0
     size = DTYPE_BYTES[dt.weights]
     best = 0
     for t in plan.trainable:
-        if tied and t.group == "embedding" and t.kind == "base":
-            continue
-        best = max(best, t.numel * size + step_transient_bytes(req.training.optim, [[(t.shape, size)]]))
+        if t.group == "embedding":
+            grad = 0 if tied else t.numel * size
+            best = max(best, grad + step_transient_bytes(req.training.optim, [[(t.shape, size)]]))
     return best
 
 
@@ -192,17 +252,32 @@ def loss_path(req: PlanRequest, vocab: int, act_bytes: int) -> TorchtuneLoss:
     return TorchtuneLoss(forward=max((a + 4) * tv, 8 * tv), backward=12 * tv, block=tv)
 
 
-def output_weight_grad_bytes(req: PlanRequest, weight_bytes: int, tied: bool) -> int:
-    """Full fine-tuning: the output projection's weight gradient at the start of backward beyond what the phases
-    count (an untied ``lm_head`` gradient). Autograd sums the gradients flowing into one ``AccumulateGrad`` node in
-    its input buffer: each of the n chunks' ``output(chunk)`` adds a V×h contribution to the buffer (the buffer and
-    the new contribution alive together); a tied weight's node waits for the embedding's contribution at the end of
-    backward, so its buffer stays too (``TiedLinear``, llama3_2 builders). Plain CrossEntropyLoss: the one
-    contribution comes after the loss's own backward has freed its fp32 buffers, so it adds nothing there (the trace
-    of bench/torchtune_grid.py shows both)."""
-    if not output_chunks(req):
-        return 0
-    return weight_bytes + (weight_bytes if tied else 0)  # a tied weight's sum is no lm_head gradient of the phases
+def output_backward_bytes(req: PlanRequest, loss: TorchtuneLoss, weight_bytes: int, logits_bytes: int,
+                          tied: bool) -> int:
+    """Full fine-tuning, the start of backward with the output projection's weight gradient (V×h, ``weight_bytes``),
+    beyond what the phases count (an untied ``lm_head`` gradient, except under ``optimizer_in_bwd``, which keeps no
+    gradient set).
+
+    - Plain CrossEntropyLoss: the one contribution comes after the loss's own backward has freed its fp32 buffers:
+      the loss's moment (``loss.backward``).
+    - Chunked, untied: every chunk's cross-entropy runs backward before any ``output(chunk)`` (recorded earlier in
+      forward), so no weight gradient exists at the loss's moment; then the chunks' logit gradients
+      (``logits_bytes`` in all, in the model dtype) wait while each ``output(chunk)`` adds a V×h contribution to its
+      ``AccumulateGrad`` input buffer out of place (torch ``autograd/input_buffer.cpp accumulate``: the transposed
+      weight-gradient products are not reused in place): buffer, contribution and sum alive together, 3·V×h, beside
+      the n−2 chunks' gradients still waiting.
+    - Chunked, tied: the tied weight's node waits for the embedding's contribution at the end of backward, so its
+      buffer stays beside the loss's moment (``TiedLinear``, llama3_2 builders): + 2·V×h.
+
+    The trace of bench/torchtune_grid.py shows each (the ``in_bwd`` cases: untied, vocabulary four times a layer's
+    largest linear; tied)."""
+    n = output_chunks(req)
+    if not n:
+        return loss.backward
+    if tied:  # a tied weight's sum is no lm_head gradient of the phases
+        return loss.backward + 2 * weight_bytes
+    counted = 0 if req.training.optimizer_in_bwd else weight_bytes
+    return max(loss.backward, 3 * weight_bytes - counted + logits_bytes * max(n - 2, 0) // n)
 
 
 CUSTOM_SHARDED_GROUPS = {"tok_embeddings": "embedding", "output": "lm_head"}
