@@ -68,6 +68,23 @@ def test_a_later_micro_batch_runs_beside_the_accumulated_gradients(hardware: dic
     assert many["optimizer"] == one["optimizer"]
 
 
+def test_zero2_later_backward_holds_two_gradient_partitions() -> None:
+    """DeepSpeed ZeRO-2 (stage_1_and_2.py): the accumulated partition stays as views into the first micro-batch's
+    ``grads_in_partition`` buffer, and a later micro-batch's first reduction allocates a whole new one (bf16,
+    ⌈2Ψ/4⌉ bytes on 4 GPUs) that lives through its backward. The layers' backward of a later micro-batch therefore
+    holds both; the step after the last epilogue holds one."""
+    hardware = {"num_gpus": 4, "sharding": "zero2"}
+    partition = -(-2 * _trainable() // 4)
+    one = _phases({"gradient_checkpointing": True}, hardware)
+    many = _phases({"gradient_checkpointing": True, "gradient_accumulation_steps": 4}, hardware)
+    # checkpointed Llama-3.2-1B at 1024 tokens: the backward peaks at its end (the tied embedding's two gradient
+    # parts and their sum beside the partition), where a later micro-batch adds the accumulated partition; no
+    # gradient is added in place (.grad is cleared by every epilogue: each new one is stolen by AccumulateGrad)
+    assert many["backward"] - one["backward"] == partition
+    assert many["forward"] - one["forward"] == partition
+    assert many["optimizer"] == one["optimizer"]
+
+
 def test_the_count_does_not_matter_beyond_two() -> None:
     """Every micro-batch after the first holds the same gradients (zero_grad runs only after the step)."""
     two = _phases({"gradient_accumulation_steps": 2})

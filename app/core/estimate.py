@@ -221,6 +221,7 @@ class Accumulated(NamedTuple):
 
     gradients: int  # the earlier micro-batches' gradients: alive through forward, loss and backward
     transient: int  # one tensor's new gradient, before it is added in place to the accumulated one
+    partition: int = 0  # ZeRO-2: the micro-batch's own gradient partition, beside the accumulated one in backward
 
 
 NO_ACCUMULATION = Accumulated(0, 0)
@@ -244,6 +245,11 @@ def _accumulated(static: dict[str, int], sm: StaticMemory, req: PlanRequest) -> 
       returns under ``no_sync`` before any cast to the shards' dtype): half the fp32 shards' bytes.
     - Otherwise the gradients the step keeps: a replica's (one GPU, DDP), DeepSpeed ZeRO-1/2's bf16 gradients;
       ZeRO-3 reduces each micro-batch into the fp32 partitions it keeps anyway, and ZeRO-Offload's live on the host.
+    - ZeRO-2 (``stage_1_and_2.py`` at 38327e07f): ``independent_gradient_partition_epilogue`` keeps the first
+      micro-batch's partition as views into its ``grads_in_partition`` buffer (``averaged_gradients``) and
+      ``_release_ipg_buffers`` drops only the attribute, so a later micro-batch's first reduction
+      (``copy_grads_in_partition``) allocates a whole new partition buffer (``torch.empty(total_size)``, bf16) that
+      lives through its backward until the epilogue adds it into the accumulated one: two partitions in backward.
     """
     if req.training.gradient_accumulation_steps < 2:
         return NO_ACCUMULATION
@@ -253,6 +259,9 @@ def _accumulated(static: dict[str, int], sm: StaticMemory, req: PlanRequest) -> 
         grads = sm.gradients.total
         if fsdp_mixed_precision(req):  # accumulated on the 16-bit unsharded parameters
             grads, new = _half(grads), _half(new)
+    if req.hardware.sharding == "zero2":
+        # the partition accumulates, not .grad: each later gradient is stolen by AccumulateGrad, none added in place
+        return Accumulated(grads, 0, grads if req.hardware.offload_optimizer == "none" else 0)
     return Accumulated(grads, new if grads else 0)
 
 
@@ -268,7 +277,7 @@ def _phases(static: dict[str, int], sm: StaticMemory, act: ActivationModel, work
     resident = static["weights"] + static["constants"] + static["adapters"] + static["optimizer"] + workspace
     resident += gathered_layer + static["zero3_buffers"]
     saved = act.saved_layers + act.saved_head
-    acc, acc_new = accumulated
+    acc, acc_new, acc_partition = accumulated
     fwd = resident + saved + act.forward_transient + acc
     loss = resident + saved + act.loss_forward + acc
     # lm_head's weight gradient (full fine-tuning, a modules_to_save copy): made in lm_head's backward, beside what
@@ -281,9 +290,9 @@ def _phases(static: dict[str, int], sm: StaticMemory, act: ActivationModel, work
     at_head = act.loss_backward if act.head_backward is None else act.head_backward
     layer = act.backward_layer + act.backward_transient - act.head_weight_cast
     start = saved + acc + max(act.loss_backward, head_grads + at_head, layer + (0 if acc else head_grads))
-    embedding_new = sm.gradients.by_group.get("embedding", 0) if acc else 0
-    end = max(static["gradients"], acc) + max(act.backward_layer + act.backward_transient,
-                                              act.tied_embedding_grad + embedding_new, acc_new)
+    embedding_new = sm.gradients.by_group.get("embedding", 0) if acc_new else 0
+    end = max(static["gradients"], acc) + acc_partition + max(act.backward_layer + act.backward_transient,
+                                                              act.tied_embedding_grad + embedding_new, acc_new)
     bwd = resident + static["comm_buffers"] + max(start, end)
     opt = resident + static["gradients"] + static["comm_buffers"] + static["step_transient"] + act.at_step
     bwd_grads = max(static["gradients"], acc) if end > start else acc + head_grads
