@@ -47,7 +47,7 @@ def torchtune_training(row: dict[str, str], training: dict[str, Any], hardware: 
         raise Skip("optimizer not stated", row["notes"][:70])
     training["optim"] = _torchtune_optim(opt)
     fused = row["source_id"] in TORCHTUNE_FUSED_ADAMW and not row["method"].startswith("FFT")
-    if training["optim"] == "adamw_torch" and fused:
+    if training["optim"] == "adamw_torch" and (fused or row["source_id"] in TORCHTUNE_FLAGS_STEP_WITHOUT_TEMPORARY):
         training["optim"] = "adamw_torch_fused"
     training["optimizer_in_bwd"] = "optimizer_in_bwd" in opt and "no optimizer_in_bwd" not in opt
     ckpt = row["grad_ckpt"]
@@ -88,6 +88,12 @@ TORCHTUNE_FUSED_ADAMW = ("TT-README-2024-09", "TT-README-2024-11-flags")
 405B_qlora}.yaml @30b8519e8, llama3_2/3B_{lora,qlora}_single_device.yaml @1814feb17, whose README command overrides
 only ``optimizer._component_``); their full fine-tuning configs name bitsandbytes optimizers (overridden to
 ``torch.optim.AdamW`` without ``fused`` in the flags table) or no ``fused`` (70B_full)."""
+TORCHTUNE_FLAGS_STEP_WITHOUT_TEMPORARY = ("TT-README-2024-11-flags",)
+"""The flags table's full fine-tunes (Llama-3.2-3B, ``torch.optim.AdamW``; the README gives no command for them, only
+for its QLoRA row) ran a step without a full-size temporary (fused, or the single-tensor loop): its '+ Activation
+Checkpointing' row peaks at 24.9 GiB, while its bf16 weights, gradients and AdamW's two bf16 states alone hold 8
+bytes per parameter (3,212,749,824 parameters: 23.94 GiB) and the foreach step's ``_foreach_sqrt`` of the second
+moments would add 2 bytes per parameter (5.98 GiB) at once: 29.9 GiB, above what was measured. Mapped as fused."""
 TORCHTUNE_CHUNKED_SOURCES = ("TT-README-2024-09",)
 """Sources whose configs name ``torchtune.modules.loss.CEWithChunkedOutputLoss`` (recipes/configs/llama3_1/{8B,70B}_*
 .yaml @30b8519e8; its 405B_qlora.yaml names ``torch.nn.CrossEntropyLoss``); the 2024-04/05 configs name
