@@ -65,6 +65,7 @@ CASES: list[TorchtuneCase] = [
     TorchtuneCase(MHA, "lora", ALL, r=16, seq_len=512),
     TorchtuneCase(MHA_WIDE_VOCAB, "full", optimizer_in_bwd=True),
     TorchtuneCase(MHA_WIDE_VOCAB, "full"),
+    TorchtuneCase(MHA_WIDE_VOCAB, "full", micro_batch_size=1, seq_len=64, num_output_chunks=0, optimizer_in_bwd=True),
     TorchtuneCase(MHA, "qlora", ALL, gradient_checkpointing=False),
 ]
 # fmt: on

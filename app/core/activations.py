@@ -32,6 +32,7 @@ from app.core.litgpt import head_terms as litgpt_head_terms
 from app.core.litgpt import is_litgpt, old_norm
 from app.core.litgpt import layer_saved as litgpt_layer_saved
 from app.core.litgpt import previous_step_inputs as litgpt_previous_inputs
+from app.core.optimizers import step_transient_bytes
 from app.core.overhead import outside_allocator_bytes
 from app.core.patterns import compile_target_regex
 from app.core.precision import Dtypes
@@ -569,8 +570,10 @@ def activation_model(inv: Inventory, plan: AdapterPlan, req: PlanRequest, dt: Dt
         loss_forward, logits_block = tl.forward, 4 * tl.block
         loss_backward = max(tl.backward, torchtune.final_norm_backward_bytes(t, h, x.a))
         if x.full:
+            head_step = (step_transient_bytes(req.training.optim, [[((v, h), DTYPE_BYTES[dt.weights])]])
+                         if req.training.optimizer_in_bwd else 0)
             loss_backward = max(loss_backward, torchtune.output_backward_bytes(
-                req, tl, v * h * DTYPE_BYTES[dt.weights], x.a * t * v, arch.tie_word_embeddings))
+                req, tl, v * h * DTYPE_BYTES[dt.weights], x.a * t * v, arch.tie_word_embeddings, head_step))
     elif loss == "unsloth-chunked":
         free = gpu(req.hardware.gpu).vram_bytes - outside_allocator_bytes(req.hardware.num_gpus) - resident_bytes
         lp = unsloth_loss_path(req, h, v, x.a, x.c if x.autocast else x.a, free - saved_layers - head)

@@ -253,13 +253,14 @@ def loss_path(req: PlanRequest, vocab: int, act_bytes: int) -> TorchtuneLoss:
 
 
 def output_backward_bytes(req: PlanRequest, loss: TorchtuneLoss, weight_bytes: int, logits_bytes: int,
-                          tied: bool) -> int:
+                          tied: bool, step_bytes: int = 0) -> int:
     """Full fine-tuning, the start of backward with the output projection's weight gradient (V×h, ``weight_bytes``),
     beyond what the phases count (an untied ``lm_head`` gradient, except under ``optimizer_in_bwd``, which keeps no
-    gradient set).
+    gradient set; ``step_bytes``: the output weight's step temporary there).
 
-    - Plain CrossEntropyLoss: the one contribution comes after the loss's own backward has freed its fp32 buffers:
-      the loss's moment (``loss.backward``).
+    - Plain CrossEntropyLoss: the one contribution comes after the loss's own backward has freed its fp32 buffers,
+      beside the logits' gradient in the model dtype (``logits_bytes``); under ``optimizer_in_bwd`` its hook then
+      steps it (gradient and step temporary), the logits' gradient freed.
     - Chunked, untied: every chunk's cross-entropy runs backward before any ``output(chunk)`` (recorded earlier in
       forward), so no weight gradient exists at the loss's moment; then the chunks' logit gradients
       (``logits_bytes`` in all, in the model dtype) wait while each ``output(chunk)`` adds a V×h contribution to its
@@ -273,7 +274,9 @@ def output_backward_bytes(req: PlanRequest, loss: TorchtuneLoss, weight_bytes: i
     largest linear; tied)."""
     n = output_chunks(req)
     if not n:
-        return loss.backward
+        if not req.training.optimizer_in_bwd or tied:
+            return loss.backward
+        return max(loss.backward, logits_bytes + weight_bytes, weight_bytes + step_bytes)
     if tied:  # a tied weight's sum is no lm_head gradient of the phases
         return loss.backward + 2 * weight_bytes
     counted = 0 if req.training.optimizer_in_bwd else weight_bytes
