@@ -32,12 +32,16 @@ CACHE = ROOT / "tests" / "data" / "torchtune_grid.json"
 
 GQA_TIED = {"model_type": "llama", "hidden_size": 512, "intermediate_size": 1536, "num_hidden_layers": 2,
             "num_attention_heads": 8, "num_key_value_heads": 2, "vocab_size": 4096, "tie_word_embeddings": True,
-            "max_position_embeddings": 2048}
+            "max_position_embeddings": 2048, "rope_scaling": {"rope_type": "llama3", "factor": 32.0}}
 """A Llama-3.2-shaped decoder (GQA 4:1, tied output: torchtune's llama3_2 builders), small enough for CPU."""
 MHA = {"model_type": "llama", "hidden_size": 768, "intermediate_size": 2048, "num_hidden_layers": 2,
        "num_attention_heads": 12, "num_key_value_heads": 12, "vocab_size": 2048, "tie_word_embeddings": False,
        "max_position_embeddings": 1024}
 """A Llama-2-shaped decoder (MHA, untied output: torchtune's llama2 builders)."""
+QWEN2_TIED = {"model_type": "qwen2", "hidden_size": 512, "intermediate_size": 1536, "num_hidden_layers": 2,
+              "num_attention_heads": 8, "num_key_value_heads": 2, "vocab_size": 4096, "tie_word_embeddings": True,
+              "max_position_embeddings": 2048}
+"""A Qwen2.5-0.5B–3B-shaped decoder (torchtune's qwen2 builders: q/k/v biases, its own RoPE, tied output)."""
 MHA_WIDE_VOCAB = {**MHA, "vocab_size": 8192}
 """The same with embedding and output four times a layer's largest linear: their steps under ``optimizer_in_bwd``
 come outside the layers' backward."""
@@ -67,6 +71,10 @@ CASES: list[TorchtuneCase] = [
     TorchtuneCase(MHA_WIDE_VOCAB, "full"),
     TorchtuneCase(MHA_WIDE_VOCAB, "full", micro_batch_size=1, seq_len=64, num_output_chunks=0, optimizer_in_bwd=True),
     TorchtuneCase(MHA, "qlora", ALL, gradient_checkpointing=False),
+    TorchtuneCase(QWEN2_TIED, "lora"),
+    TorchtuneCase(QWEN2_TIED, "qlora", ALL, gradient_checkpointing=False),
+    TorchtuneCase(QWEN2_TIED, "full"),
+    TorchtuneCase(QWEN2_TIED, "lora", ALL, r=16, seq_len=512, gradient_checkpointing=False, num_output_chunks=0),
 ]
 # fmt: on
 
@@ -86,13 +94,15 @@ def regenerate() -> list[dict[str, Any]]:
 
 def label(case: TorchtuneCase) -> str:
     shape = "gqa-tied" if case.config.get("tie_word_embeddings") else "mha"
+    if case.config.get("model_type") == "qwen2":
+        shape = "qwen2"
     targets = "all" if len(case.target_modules) == len(ALL) else ",".join(m.removesuffix("_proj")
                                                                            for m in case.target_modules)
     switches = [f"r{case.r} {targets}" if case.method != "full" else "",
                 "gc" if case.gradient_checkpointing else "no-gc",
                 f"chunks={case.num_output_chunks}", "in_bwd" if case.optimizer_in_bwd else "",
                 f"ga={case.gradient_accumulation_steps}" if case.gradient_accumulation_steps > 1 else ""]
-    if case.config["vocab_size"] != (GQA_TIED if shape == "gqa-tied" else MHA)["vocab_size"]:
+    if shape != "qwen2" and case.config["vocab_size"] != (GQA_TIED if shape == "gqa-tied" else MHA)["vocab_size"]:
         shape += f"-v{case.config['vocab_size'] // 1024}k"
     head = f"{shape:<12} {case.method:<6} b{case.micro_batch_size} s{case.seq_len:<5} "
     return head + " ".join(s for s in switches if s)

@@ -168,8 +168,8 @@ def test_compiled_layer_saves_what_compiled_layer_saving_says(full: bool) -> Non
 @pytest.mark.slow
 # lora+gc+chunked, qlora all, full+in_bwd (tied), qlora q,v without checkpointing (first norm), mha lora,
 # mha full+in_bwd (a layer's step), full+GA, full+in_bwd with a wide vocabulary (the output's accumulation; its
-# step with the plain loss), qlora all without checkpointing (forward)
-@pytest.mark.parametrize("index", [0, 2, 4, 6, 8, 13, 14, 17, 19, 20])
+# step with the plain loss), qlora all without checkpointing (forward), qwen2 lora and full (its builders)
+@pytest.mark.parametrize("index", [0, 2, 4, 6, 8, 13, 14, 17, 19, 20, 21, 23])
 def test_trace_of_torchtune_step_matches_analytic(index: int) -> None:
     pytest.importorskip("torchtune", reason=OVERLAY)
     from app.trace.torchtune import trace
@@ -224,6 +224,38 @@ def test_optimizer_in_bwd_keeps_only_the_tied_embedding_gradient() -> None:
     # Llama-3.2-1B ties the output to the embedding: that gradient waits for the embedding's backward
     assert on.memory.gradients == 128256 * 2048 * 2
     assert on.memory.peak < off.memory.peak
+
+
+@pytest.mark.parametrize(("model", "expected"), [
+    # Qwen2.5-7B (qwen2 builder: 28 cloned layers, each with a (131072, 2·128) fp32 cache)
+    ("Qwen/Qwen2.5-7B", 28 * 4 * 131072 * 2 * 128),
+    # Llama-3.1-8B (llama3_1 builder: one Llama3ScaledRoPE shared by the layers, (131072, 64, 2) fp32)
+    ("meta-llama/Llama-3.1-8B", 4 * 131072 * 64 * 2),
+    # Llama-2-7B (llama2 builder: 32 cloned layers, each (4096, 64, 2) fp32)
+    ("meta-llama/Llama-2-7b-hf", 32 * 4 * 4096 * 64 * 2),
+])
+def test_rope_cache_bytes_by_hand(model: str, expected: int) -> None:
+    from app.core.generic import model_inventory
+    from app.core.torchtune import rope_cache_bytes
+
+    arch = model_inventory(model)[1].arch
+    assert rope_cache_bytes(arch, arch.max_position_embeddings) == expected
+
+
+@pytest.mark.parametrize("config", ["QWEN2_TIED", "GQA_TIED", "MHA"])
+def test_rope_cache_bytes_equal_torchtune_buffers(config: str) -> None:
+    """The RoPE cache buffers torchtune's own builders register, counted by storage (a shared module once)."""
+    pytest.importorskip("torchtune", reason=OVERLAY)
+    import bench.torchtune_grid as grid
+    from app.core.architectures import parse_config
+    from app.core.torchtune import rope_cache_bytes
+    from app.trace.torchtune import TorchtuneCase, _build
+
+    cfg = getattr(grid, config)
+    model = _build(TorchtuneCase(cfg, "full"))
+    caches = {b.untyped_storage().data_ptr(): b.untyped_storage().nbytes()
+              for name, b in model.named_buffers(remove_duplicate=False) if name.endswith("cache")}
+    assert sum(caches.values()) == rope_cache_bytes(parse_config(cfg), cfg["max_position_embeddings"])
 
 
 def test_optimizer_in_bwd_moments_by_hand() -> None:

@@ -551,6 +551,7 @@ def activation_model(inv: Inventory, plan: AdapterPlan, req: PlanRequest, dt: Dt
     logits_block = 4 * t * v
     eager_grad = eager_scores_grad(x, arch, req)
     loss = framework(req).loss
+    buffers = 0  # model buffers counted with the saved head tensors that outlive the activations (the step)
     if loss == "logits+argmax":
         loss_forward += 8 * t  # ms-swift _compute_acc: logits.argmax(-1), int64 (b, s)
     elif loss == "trl-chunked":
@@ -563,9 +564,16 @@ def activation_model(inv: Inventory, plan: AdapterPlan, req: PlanRequest, dt: Dt
         head_cast = 0
         loss_forward, loss_backward = lp.forward, lp.backward
     elif loss == "torchtune":
-        # torchtune's RoPE keeps one fp32 cache buffer (max_seq_len, head_dim/2, 2) for all layers, no per-step
-        # cos/sin tensors; its loss replaces the HF logits terms (app/core/torchtune.py loss_path)
-        head += 4 * (arch.max_position_embeddings or req.training.seq_len) * arch.head_dim - 2 * x.a * t * arch.head_dim
+        # torchtune's RoPE keeps fp32 cache buffers (app/core/torchtune.py rope_cache_bytes), no per-step cos/sin
+        # tensors; its loss replaces the HF logits terms (loss_path)
+        rows = arch.max_position_embeddings or req.training.seq_len
+        buffers = torchtune.rope_cache_bytes(arch, rows)  # alive through the step too
+        head += buffers - 2 * x.a * t * arch.head_dim
+        if x.checkpointed:
+            # a recomputed layer's backward: the final norm's saved tensors are gone (its backward ran first), the
+            # gradient flowing down the residual stream (a·T·h) is alive beside the layer's own
+            head_cast += torchtune.final_norm_saved_bytes(t, h)
+            backward_layer += x.a * t * h
         tl = torchtune.loss_path(req, v, logits)
         loss_forward, logits_block = tl.forward, 4 * tl.block
         loss_backward = max(tl.backward, torchtune.final_norm_backward_bytes(t, h, x.a))
@@ -635,4 +643,5 @@ def activation_model(inv: Inventory, plan: AdapterPlan, req: PlanRequest, dt: Dt
         # the model's own loss: cross_entropy's fp32 buffers are freed before lm_head's backward computes its weight
         # gradient from the logits' gradient (in the logits' dtype) and its input
         head_backward=(logits * t * v + x.a * t * h) if loss in ("logits", "logits+argmax") else None,
+        at_step=buffers,
     )

@@ -148,6 +148,7 @@ class ArchSpec:
     max_position_embeddings: int = 0
     final_logit_softcapping: bool = False  # gemma2: logits = tanh(logits / cap) · cap (tanh output saved)
     attn_logit_softcapping: bool = False  # gemma2 eager attention: the same on the scores
+    rope_type: str = ""  # config.json rope_scaling / rope_parameters "rope_type" ("llama3": Llama-3.1/3.2)
 
     @property
     def q_dim(self) -> int:
@@ -288,7 +289,20 @@ def parse_config(cfg: dict[str, Any]) -> ArchSpec:
                                  else get_int("max_position_embeddings", cfg["max_position_embeddings"])),
         final_logit_softcapping=bool(merged.get("final_logit_softcapping")),
         attn_logit_softcapping=bool(merged.get("attn_logit_softcapping")),
+        rope_type=_rope_type(cfg),
     )
+
+
+def _rope_type(cfg: dict[str, Any]) -> str:
+    """The config's RoPE variant: ``rope_scaling`` (transformers 4.x) or ``rope_parameters`` (5.x) ``rope_type``
+    (older configs: ``type``); "" when unscaled."""
+    for key in ("rope_scaling", "rope_parameters"):
+        value = cfg.get(key)
+        if isinstance(value, dict):
+            kind = value.get("rope_type", value.get("type"))
+            if isinstance(kind, str):
+                return kind if kind != "default" else ""
+    return ""
 
 
 _UNSET = object()

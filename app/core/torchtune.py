@@ -31,6 +31,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from app.core.architectures import ArchSpec
 from app.core.errors import PlanError
 from app.core.optimizers import step_transient_bytes
 from app.core.quantization import QuantBytes
@@ -123,6 +124,20 @@ def packed_rope_bytes(tokens: int, head_dim: int) -> int:
     return 2 * 4 * tokens * head_dim
 
 
+def rope_cache_bytes(arch: ArchSpec, rows: int) -> int:
+    """Bytes of torchtune's RoPE cache buffers (fp32, ``rows`` = ``max_seq_len``: the config's
+    ``max_position_embeddings``, as the model builders set it). The llama3_1 / llama3_2 component builders build
+    their layers in a loop around one ``Llama3ScaledRoPE`` (configs with ``rope_type`` "llama3"): one cache
+    (max, head_dim/2, 2). The llama2, llama3, mistral and qwen2 builders hand one layer to ``TransformerDecoder``,
+    whose ``_get_clones`` deep-copies it, RoPE module included: one cache per layer; qwen2's
+    ``Qwen2RotaryPositionalEmbeddings`` keeps (max, 2·head_dim) (cos and sin of the doubled frequencies). Found in
+    the trace of bench/torchtune_grid.py; on Qwen2.5-7B (28 layers, 131,072 positions) 3.5 GiB."""
+    if arch.rope_type == "llama3":
+        return 4 * rows * arch.head_dim
+    per = 8 * rows * arch.head_dim if arch.model_type == "qwen2" else 4 * rows * arch.head_dim
+    return arch.num_hidden_layers * per
+
+
 def first_norm_unsaved_bytes(tokens: int, hidden: int) -> int:
     """Bytes the first layer's attention norm does not save when the embedding is frozen (LoRA, QLoRA): nothing
     before it requires grad (torchtune calls no ``enable_input_require_grads``), so autograd keeps neither its fp32
@@ -145,6 +160,13 @@ def mlp_forward_locals(tokens: int, hidden: int, intermediate: int, act_bytes: i
     norm_out = 0 if adapted & {"gate_proj", "up_proj"} else act_bytes * tokens * hidden
     product = 0 if "down_proj" in adapted else act_bytes * tokens * intermediate
     return 3 * act_bytes * tokens * hidden + norm_out + product - (4 * tokens * hidden + 4 * tokens)
+
+
+def final_norm_saved_bytes(tokens: int, hidden: int) -> int:
+    """The final RMSNorm's saved fp32 input copy and rstd (4·T·h + 4·T), freed by its backward before any layer's:
+    not alive in a recomputed layer's backward, where the residual stream's gradient (a·T·h) is instead (traced in
+    bench/torchtune_grid.py: the checkpointed cases, saved tensors checked with ``saved_tensors_hooks``)."""
+    return 4 * tokens * hidden + 4 * tokens
 
 
 def final_norm_backward_bytes(tokens: int, hidden: int, act_bytes: int) -> int:

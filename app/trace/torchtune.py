@@ -55,29 +55,39 @@ class TorchtuneCase:
 
 
 def _build(case: TorchtuneCase) -> Any:
-    """torchtune's decoder for the case, in bf16 (``training.set_default_dtype``): ``llama3_2`` (tied output) for a
-    tied config, else ``llama2``; the ``lora_*`` builder for LoRA/QLoRA (``quantize_base`` for QLoRA)."""
+    """torchtune's decoder for the case, in bf16 (``training.set_default_dtype``): for a ``qwen2`` config the qwen2
+    component builders (which the qwen2_5 model builders call: q/k/v biases, its own RoPE, ``tie_word_embeddings``),
+    else ``llama3_2`` (tied output) for a tied config and ``llama2`` otherwise; the ``lora_*`` builder for
+    LoRA/QLoRA (``quantize_base`` for QLoRA)."""
     import torch
     from torchtune import training
     from torchtune.models.llama2._component_builders import llama2, lora_llama2
     from torchtune.models.llama3_2._component_builders import llama3_2, lora_llama3_2
+    from torchtune.models.qwen2._component_builders import lora_qwen2, qwen2
 
     c = case.config
-    shape = dict(vocab_size=c["vocab_size"], num_layers=c["num_hidden_layers"], num_heads=c["num_attention_heads"],
-                 num_kv_heads=c.get("num_key_value_heads", c["num_attention_heads"]), embed_dim=c["hidden_size"],
-                 max_seq_len=c["max_position_embeddings"], intermediate_dim=c["intermediate_size"])
+    shape: dict[str, Any] = dict(
+        vocab_size=c["vocab_size"], num_layers=c["num_hidden_layers"], num_heads=c["num_attention_heads"],
+        num_kv_heads=c.get("num_key_value_heads", c["num_attention_heads"]), embed_dim=c["hidden_size"],
+        max_seq_len=c["max_position_embeddings"], intermediate_dim=c["intermediate_size"])
     tied = c.get("tie_word_embeddings", False)
+    if c.get("model_type") == "qwen2":
+        shape["tie_word_embeddings"] = tied
+        base, lora = qwen2, lora_qwen2
+    elif tied:  # Llama-3.2-shaped (its builders refuse an untied output)
+        base, lora = llama3_2, lora_llama3_2
+    else:
+        base, lora = llama2, lora_llama2
     with training.set_default_dtype(torch.bfloat16):
         if case.method == "full":
-            return (llama3_2 if tied else llama2)(**shape)
+            return base(**shape)
         mlp = [m for m in case.target_modules if m in MLP_NAMES]
         if mlp and len(mlp) != len(MLP_NAMES):
             raise ValueError("torchtune adapts the MLP as a whole (apply_lora_to_mlp): name all of "
                              f"{', '.join(MLP_NAMES)} or none")
         attn = [TT_LORA_NAMES[m] for m in case.target_modules if m in TT_LORA_NAMES]
-        builder = lora_llama3_2 if tied else lora_llama2
-        return builder(lora_attn_modules=attn, apply_lora_to_mlp=bool(mlp), apply_lora_to_output=False,
-                       lora_rank=case.r, lora_alpha=2 * case.r, quantize_base=case.method == "qlora", **shape)
+        return lora(lora_attn_modules=attn, apply_lora_to_mlp=bool(mlp), apply_lora_to_output=False,
+                    lora_rank=case.r, lora_alpha=2 * case.r, quantize_base=case.method == "qlora", **shape)
 
 
 def _counter() -> Any:
