@@ -1,4 +1,4 @@
-"""torchtune recipe configs (seven verbatim v0.4.0 files in tests/data/frameworks, sources in its SOURCES.md): detected,
+"""torchtune recipe configs (nine verbatim v0.4.0 files in tests/data/frameworks, sources in its SOURCES.md): detected,
 mapped to the body torchtune v0.4.0's recipes and builders imply (expectations derived by hand from each YAML and the
 defaults cited in app/importers/torchtune.py), estimated, bad values refused naming the key, and one CLI run."""
 
@@ -14,6 +14,7 @@ import pytest
 import yaml
 
 from app.core import PlanRequest, estimate
+from app.core.catalog import model_config
 from app.core.errors import PlanError
 from app.importers import ConfigImportError, ImportNote, detect, import_data, import_file, parse_text
 
@@ -85,6 +86,24 @@ EXPECTED: dict[str, tuple[dict[str, Any], int]] = {
                      "optim": "adamw_torch_fused", "custom_sharded_layers": ["tok_embeddings", "output"]},
         "hardware": {"sharding": "fsdp", "offload_param": "cpu", "offload_optimizer": "cpu"},
     }, 2 * 128256 * 8192 + 80 * (2 * 8192**2 + 2 * 8192 * 1024 + 3 * 8192 * 28672 + 2 * 8192) + 8192),
+    # qwen2_5_3b (tied output): full_finetune_single_device, optimizer_in_bwd True, bitsandbytes PagedAdamW (32-bit).
+    # Qwen2.5-3B: 151936·2048 embeddings + 36 layers of (q 2048² + its bias, k and v 2048·256 + biases, o 2048²,
+    # MLP 3·2048·11008, two norms) + the final norm.
+    "torchtune--qwen2_5--3B_full_single_device.yaml": ({
+        "model": "Qwen/Qwen2.5-3B", "method": "full",
+        "training": {**COMMON, "micro_batch_size": 2, "gradient_accumulation_steps": 1, "optimizer_in_bwd": True,
+                     "optim": "paged_adamw_32bit"},
+    }, 151936 * 2048 + 36 * (2048**2 + 2048 + 2 * (2048 * 256 + 256) + 2048**2 + 3 * 2048 * 11008 + 2 * 2048)
+       + 2048),
+    # lora_qwen2_5_14b_instruct: max_seq_len 32768 where the base checkpoint's config says 131072 (the rows of every
+    # layer's RoPE cache), so the body carries Qwen2.5-14B's config with that value. Qwen2.5-14B: 48 layers, hidden
+    # 5120, k/v 1024 wide, MLP 13824; r 8 on q, o (8·10240), v (8·6144), gate, up, down (8·18944).
+    "torchtune--qwen2_5--14B_lora_single_device.yaml": ({
+        "model": {"config": {**model_config("Qwen/Qwen2.5-14B"), "max_position_embeddings": 32768}},
+        "method": "lora",
+        "lora": {"r": 8, "lora_alpha": 16, "lora_dropout": 0.0, "target_modules": TARGETS},
+        "training": {**COMMON, "micro_batch_size": 2, "gradient_accumulation_steps": 8, "optim": "adamw_torch_fused"},
+    }, 48 * 8 * (2 * 10240 + 6144 + 3 * 18944)),
 }
 
 
@@ -299,7 +318,7 @@ _DELETE = object()
     ("batch_size", _DELETE, "batch_size"),
     ("gradient_accumulation_steps", "8", "gradient_accumulation_steps"),
     ("dtype", "fp16", "dtype"),
-    ("model._component_", "torchtune.models.qwen2_5.lora_qwen2_5_7b_base", "model._component_"),
+    ("model._component_", "torchtune.models.mistral.lora_mistral_7b", "model._component_"),
     ("model.lora_attn_modules", ["q_proj", "gate_proj"], "model.lora_attn_modules"),
     ("model.lora_attn_modules", [], "model.lora_attn_modules"),
     ("model.lora_rank", 0, "model.lora_rank"),
@@ -320,13 +339,22 @@ def test_bad_values_are_refused_naming_the_key(path: str, value: Any, key: str) 
 
 
 def test_builder_refusals() -> None:
-    """The llama3_2 builders refuse apply_lora_to_output (tied output); lora_llama3_1_405b has no use_dora;
+    """The llama3_2 and qwen2_5 0.5B–3B builders refuse apply_lora_to_output (tied output); lora_llama3_1_405b has no
+    use_dora; an unmapped family (gemma) is refused naming the key;
     full_finetune_distributed's custom_sharded_layers beyond tok_embeddings/output is not modelled."""
     data = load()
     data["model"].update(_component_="torchtune.models.llama3_2.lora_llama3_2_3b", apply_lora_to_output=True)
     with pytest.raises(ConfigImportError) as err:
         import_data(data, LORA_8B)
     assert err.value.key == "model.apply_lora_to_output"
+    data["model"]["_component_"] = "torchtune.models.qwen2_5.lora_qwen2_5_3b"
+    with pytest.raises(ConfigImportError) as err:
+        import_data(data, LORA_8B)
+    assert err.value.key == "model.apply_lora_to_output"
+    data["model"]["_component_"] = "torchtune.models.gemma.lora_gemma_2b"
+    with pytest.raises(ConfigImportError) as err:
+        import_data(data, LORA_8B)
+    assert err.value.key == "model._component_" and "Qwen2.5" in err.value.message
     data["model"].update(_component_="torchtune.models.llama3_1.lora_llama3_1_405b", apply_lora_to_output=False,
                          use_dora=True)
     with pytest.raises(ConfigImportError) as err:

@@ -17,11 +17,12 @@ models):
   ``*_low_memory``; ``<size>B_full`` / ``_lora`` / ``_qlora`` / ``_dora`` / ``_qat_full`` configs are the distributed
   recipes' (FSDP2, ``tune run --nproc_per_node N``), as are files with a key only those read (``fsdp_cpu_offload``,
   …). A file named otherwise is read as single-device, and said so.
-- the model: ``torchtune/models/{llama2,llama3,llama3_1,llama3_2}/_model_builders.py``: ``lora_<model>`` builders
-  (``lora_attn_modules`` required, ``apply_lora_to_mlp`` / ``apply_lora_to_output`` false, ``lora_rank`` 8,
+- the model: ``torchtune/models/{llama2,llama3,llama3_1,llama3_2,qwen2_5}/_model_builders.py``: ``lora_<model>``
+  builders (``lora_attn_modules`` required, ``apply_lora_to_mlp`` / ``apply_lora_to_output`` false, ``lora_rank`` 8,
   ``lora_alpha`` 16, ``lora_dropout`` 0.0, ``use_dora`` false, ``quantize_base`` false), ``qlora_<model>`` =
-  ``partial(lora_<model>, quantize_base=True)``; the llama3_2 1B/3B builders refuse ``apply_lora_to_output`` (tied
-  output, ``_component_builders.py``) and ``lora_llama3_1_405b`` has no ``use_dora``.
+  ``partial(lora_<model>, quantize_base=True)`` (qwen2_5 has none: ``quantize_base: True``); the llama3_2 1B/3B and
+  qwen2_5 0.5B–3B builders refuse ``apply_lora_to_output`` (tied output, ``_component_builders.py``) and
+  ``lora_llama3_1_405b`` has no ``use_dora``.
 - the loss: ``CEWithChunkedOutputLoss(num_output_chunks=8)`` (``modules/loss/ce_chunked_output_loss.py``; the recipe
   calls ``model.set_num_output_chunks`` with it) or ``torch.nn.CrossEntropyLoss`` (``num_output_chunks`` 0).
 - the sequence: ``tokenizer.max_seq_len`` truncates each sample; packed datasets (``datasets/_packed.py``) fill rows
@@ -46,11 +47,24 @@ BUILDERS: dict[str, str] = {
     "llama3_70b": "meta-llama/Meta-Llama-3-70B", "llama3_1_8b": "meta-llama/Llama-3.1-8B",
     "llama3_1_70b": "meta-llama/Llama-3.1-70B", "llama3_1_405b": "meta-llama/Llama-3.1-405B",
     "llama3_2_1b": "meta-llama/Llama-3.2-1B", "llama3_2_3b": "meta-llama/Llama-3.2-3B",
+    "qwen2_5_0_5b": "Qwen/Qwen2.5-0.5B", "qwen2_5_1_5b_base": "Qwen/Qwen2.5-1.5B",
+    "qwen2_5_1_5b_instruct": "Qwen/Qwen2.5-1.5B", "qwen2_5_3b": "Qwen/Qwen2.5-3B",
+    "qwen2_5_7b_base": "Qwen/Qwen2.5-7B", "qwen2_5_7b_instruct": "Qwen/Qwen2.5-7B-Instruct",
+    "qwen2_5_14b_base": "Qwen/Qwen2.5-14B", "qwen2_5_14b_instruct": "Qwen/Qwen2.5-14B",
+    "qwen2_5_32b_base": "Qwen/Qwen2.5-32B", "qwen2_5_32b_instruct": "Qwen/Qwen2.5-32B",
+    "qwen2_5_72b_base": "Qwen/Qwen2.5-72B", "qwen2_5_72b_instruct": "Qwen/Qwen2.5-72B",
 }
-"""torchtune's Llama builders (``torchtune.models.<family>.<builder>``) → the Hub id of the same architecture (the
-configs load the Instruct checkpoints, whose shapes are the base model's). Other families (qwen2, gemma, mistral,
-phi3, …) run torchtune modules the planner does not model."""
-TIED = ("llama3_2_1b", "llama3_2_3b")
+"""torchtune's Llama and Qwen2.5 builders (``torchtune.models.<family>.<builder>``) → the Hub id of the same
+architecture (the Llama configs load the Instruct checkpoints, whose shapes are the base model's). Other families
+(qwen2, gemma, mistral, phi3, …) are not mapped: their builders are not traced here (bench/torchtune_grid.py)."""
+MAX_SEQ_LEN: dict[str, int] = {
+    "qwen2_5_1_5b_instruct": 32768, "qwen2_5_14b_instruct": 32768, "qwen2_5_32b_instruct": 32768,
+    "qwen2_5_72b_instruct": 32768,
+}
+"""Builders whose ``max_seq_len`` (the rows of every layer's RoPE cache, app/core/torchtune.py rope_cache_bytes)
+differs from the mapped Hub config's ``max_position_embeddings`` (131072 for the base checkpoints):
+``torchtune/models/qwen2_5/_model_builders.py``. The body then carries that config with the builder's value."""
+TIED = ("llama3_2_1b", "llama3_2_3b", "qwen2_5_0_5b", "qwen2_5_1_5b_base", "qwen2_5_1_5b_instruct", "qwen2_5_3b")
 NO_DORA = ("llama3_1_405b",)
 ATTN_TARGETS = {tt: hf for hf, tt in TT_LORA_NAMES.items()}  # torchtune lora_attn_modules → HF module names
 LORA_DEFAULTS: dict[str, Any] = {"apply_lora_to_mlp": False, "apply_lora_to_output": False, "lora_rank": 8,
@@ -148,9 +162,17 @@ def _model(data: Mapping[str, Any], draft: Draft) -> None:
     base = name.split("_", 1)[1] if adapter else name
     if not component.startswith("torchtune.models.") or base not in BUILDERS:
         raise ConfigImportError(draft.source, "model._component_", f"{component!r}: the planner models torchtune's "
-                                f"Llama builders only ({', '.join(BUILDERS)}, and their lora_ / qlora_ variants)")
+                                f"Llama and Qwen2.5 builders only ({', '.join(BUILDERS)}, and their lora_ / qlora_ "
+                                "variants)")
     model = data["model"]
     draft.model(BUILDERS[base], "model._component_", None)
+    if base in MAX_SEQ_LEN:
+        from app.core.catalog import model_config  # lazy: keeps `--help` light
+
+        rows = MAX_SEQ_LEN[base]
+        draft.body["model"] = {"config": {**model_config(BUILDERS[base]), "max_position_embeddings": rows}}
+        draft.note("model._component_", "note", f"{name} builds max_seq_len {rows}: {BUILDERS[base]}'s config with "
+                   f"max_position_embeddings {rows} (every layer's RoPE cache has that many rows)")
     if not adapter:
         draft.body["method"] = "full"
         for key in model:
@@ -164,7 +186,7 @@ def _model(data: Mapping[str, Any], draft: Draft) -> None:
             raise ConfigImportError(draft.source, f"model.{key}", f"expected true or false, got {values[key]!r}")
     if values["apply_lora_to_output"] and base in TIED:
         raise ConfigImportError(draft.source, "model.apply_lora_to_output", f"{name}'s output is tied to the "
-                                "embeddings: torchtune's llama3_2 builder refuses apply_lora_to_output")
+                                "embeddings: torchtune's builder refuses apply_lora_to_output")
     if values["use_dora"] and base in NO_DORA:
         raise ConfigImportError(draft.source, "model.use_dora", f"{name} takes no use_dora argument")
     attn = model.get("lora_attn_modules")
