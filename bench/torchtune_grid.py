@@ -42,6 +42,10 @@ QWEN2_TIED = {"model_type": "qwen2", "hidden_size": 512, "intermediate_size": 15
               "num_attention_heads": 8, "num_key_value_heads": 2, "vocab_size": 4096, "tie_word_embeddings": True,
               "max_position_embeddings": 2048}
 """A Qwen2.5-0.5B–3B-shaped decoder (torchtune's qwen2 builders: q/k/v biases, its own RoPE, tied output)."""
+MISTRAL = {"model_type": "mistral", "hidden_size": 512, "intermediate_size": 1792, "num_hidden_layers": 2,
+           "num_attention_heads": 8, "num_key_value_heads": 2, "vocab_size": 2048, "tie_word_embeddings": False,
+           "max_position_embeddings": 2048}
+"""A Mistral-7B-shaped decoder (torchtune's mistral builders: GQA, untied, cloned layers)."""
 MHA_WIDE_VOCAB = {**MHA, "vocab_size": 8192}
 """The same with embedding and output four times a layer's largest linear: their steps under ``optimizer_in_bwd``
 come outside the layers' backward."""
@@ -75,6 +79,8 @@ CASES: list[TorchtuneCase] = [
     TorchtuneCase(QWEN2_TIED, "qlora", ALL, gradient_checkpointing=False),
     TorchtuneCase(QWEN2_TIED, "full"),
     TorchtuneCase(QWEN2_TIED, "lora", ALL, r=16, seq_len=512, gradient_checkpointing=False, num_output_chunks=0),
+    TorchtuneCase(MISTRAL, "lora", ALL),
+    TorchtuneCase(MISTRAL, "qlora", ALL, seq_len=512),
 ]
 # fmt: on
 
@@ -94,15 +100,16 @@ def regenerate() -> list[dict[str, Any]]:
 
 def label(case: TorchtuneCase) -> str:
     shape = "gqa-tied" if case.config.get("tie_word_embeddings") else "mha"
-    if case.config.get("model_type") == "qwen2":
-        shape = "qwen2"
+    if case.config.get("model_type") in ("qwen2", "mistral"):
+        shape = case.config["model_type"]
     targets = "all" if len(case.target_modules) == len(ALL) else ",".join(m.removesuffix("_proj")
                                                                            for m in case.target_modules)
     switches = [f"r{case.r} {targets}" if case.method != "full" else "",
                 "gc" if case.gradient_checkpointing else "no-gc",
                 f"chunks={case.num_output_chunks}", "in_bwd" if case.optimizer_in_bwd else "",
                 f"ga={case.gradient_accumulation_steps}" if case.gradient_accumulation_steps > 1 else ""]
-    if shape != "qwen2" and case.config["vocab_size"] != (GQA_TIED if shape == "gqa-tied" else MHA)["vocab_size"]:
+    reference = {"gqa-tied": GQA_TIED, "mha": MHA}.get(shape)
+    if reference and case.config["vocab_size"] != reference["vocab_size"]:
         shape += f"-v{case.config['vocab_size'] // 1024}k"
     head = f"{shape:<12} {case.method:<6} b{case.micro_batch_size} s{case.seq_len:<5} "
     return head + " ".join(s for s in switches if s)

@@ -149,6 +149,8 @@ def test_builder_variants() -> None:
     assert body["lora"]["target_modules"] == ["k_proj", "o_proj", "gate_proj", "up_proj", "down_proj", "lm_head"]
     data["model"]["_component_"] = "torchtune.models.llama3_1.qlora_llama3_1_8b"
     assert import_data(data, LORA_8B).body["method"] == "qdora"
+    data["model"]["_component_"] = "torchtune.models.mistral.qlora_mistral_7b"  # mistral_7b: Mistral-7B-v0.1's shapes
+    assert import_data(data, LORA_8B).body["model"] == "mistralai/Mistral-7B-v0.1"
     data = load()
     del data["model"]["lora_rank"], data["model"]["apply_lora_to_mlp"]
     imported = import_data(data, LORA_8B)
@@ -318,7 +320,7 @@ _DELETE = object()
     ("batch_size", _DELETE, "batch_size"),
     ("gradient_accumulation_steps", "8", "gradient_accumulation_steps"),
     ("dtype", "fp16", "dtype"),
-    ("model._component_", "torchtune.models.mistral.lora_mistral_7b", "model._component_"),
+    ("model._component_", "torchtune.models.phi3.lora_phi3_mini", "model._component_"),
     ("model.lora_attn_modules", ["q_proj", "gate_proj"], "model.lora_attn_modules"),
     ("model.lora_attn_modules", [], "model.lora_attn_modules"),
     ("model.lora_rank", 0, "model.lora_rank"),
@@ -354,7 +356,7 @@ def test_builder_refusals() -> None:
     data["model"]["_component_"] = "torchtune.models.gemma.lora_gemma_2b"
     with pytest.raises(ConfigImportError) as err:
         import_data(data, LORA_8B)
-    assert err.value.key == "model._component_" and "Qwen2.5" in err.value.message
+    assert err.value.key == "model._component_" and "Llama, Qwen2.5 and Mistral builders" in err.value.message
     data["model"].update(_component_="torchtune.models.llama3_1.lora_llama3_1_405b", apply_lora_to_output=False,
                          use_dora=True)
     with pytest.raises(ConfigImportError) as err:

@@ -17,7 +17,7 @@ models):
   ``*_low_memory``; ``<size>B_full`` / ``_lora`` / ``_qlora`` / ``_dora`` / ``_qat_full`` configs are the distributed
   recipes' (FSDP2, ``tune run --nproc_per_node N``), as are files with a key only those read (``fsdp_cpu_offload``,
   …). A file named otherwise is read as single-device, and said so.
-- the model: ``torchtune/models/{llama2,llama3,llama3_1,llama3_2,qwen2_5}/_model_builders.py``: ``lora_<model>``
+- the model: ``torchtune/models/{llama2,llama3,llama3_1,llama3_2,qwen2_5,mistral}/_model_builders.py``: ``lora_<model>``
   builders (``lora_attn_modules`` required, ``apply_lora_to_mlp`` / ``apply_lora_to_output`` false, ``lora_rank`` 8,
   ``lora_alpha`` 16, ``lora_dropout`` 0.0, ``use_dora`` false, ``quantize_base`` false), ``qlora_<model>`` =
   ``partial(lora_<model>, quantize_base=True)`` (qwen2_5 has none: ``quantize_base: True``); the llama3_2 1B/3B and
@@ -53,10 +53,12 @@ BUILDERS: dict[str, str] = {
     "qwen2_5_14b_base": "Qwen/Qwen2.5-14B", "qwen2_5_14b_instruct": "Qwen/Qwen2.5-14B",
     "qwen2_5_32b_base": "Qwen/Qwen2.5-32B", "qwen2_5_32b_instruct": "Qwen/Qwen2.5-32B",
     "qwen2_5_72b_base": "Qwen/Qwen2.5-72B", "qwen2_5_72b_instruct": "Qwen/Qwen2.5-72B",
+    "mistral_7b": "mistralai/Mistral-7B-v0.1",
 }
-"""torchtune's Llama and Qwen2.5 builders (``torchtune.models.<family>.<builder>``) → the Hub id of the same
-architecture (the Llama configs load the Instruct checkpoints, whose shapes are the base model's). Other families
-(qwen2, gemma, mistral, phi3, …) are not mapped: their builders are not traced here (bench/torchtune_grid.py)."""
+"""torchtune's Llama, Qwen2.5 and Mistral builders (``torchtune.models.<family>.<builder>``) → the Hub id of the same
+architecture (the Llama configs load the Instruct checkpoints, whose shapes are the base model's; ``mistral_7b``'s
+32000-token vocabulary and 32768 positions are Mistral-7B-v0.1's). Other families (qwen2, gemma, phi3, code_llama2,
+…) are not mapped: their builders are not traced here (bench/torchtune_grid.py)."""
 MAX_SEQ_LEN: dict[str, int] = {
     "qwen2_5_1_5b_instruct": 32768, "qwen2_5_14b_instruct": 32768, "qwen2_5_32b_instruct": 32768,
     "qwen2_5_72b_instruct": 32768,
@@ -162,8 +164,8 @@ def _model(data: Mapping[str, Any], draft: Draft) -> None:
     base = name.split("_", 1)[1] if adapter else name
     if not component.startswith("torchtune.models.") or base not in BUILDERS:
         raise ConfigImportError(draft.source, "model._component_", f"{component!r}: the planner models torchtune's "
-                                f"Llama and Qwen2.5 builders only ({', '.join(BUILDERS)}, and their lora_ / qlora_ "
-                                "variants)")
+                                f"Llama, Qwen2.5 and Mistral builders only ({', '.join(BUILDERS)}, and their lora_ / "
+                                "qlora_ variants)")
     model = data["model"]
     draft.model(BUILDERS[base], "model._component_", None)
     if base in MAX_SEQ_LEN:

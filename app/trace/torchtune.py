@@ -57,12 +57,13 @@ class TorchtuneCase:
 def _build(case: TorchtuneCase) -> Any:
     """torchtune's decoder for the case, in bf16 (``training.set_default_dtype``): for a ``qwen2`` config the qwen2
     component builders (which the qwen2_5 model builders call: q/k/v biases, its own RoPE, ``tie_word_embeddings``),
-    else ``llama3_2`` (tied output) for a tied config and ``llama2`` otherwise; the ``lora_*`` builder for
-    LoRA/QLoRA (``quantize_base`` for QLoRA)."""
+    for a ``mistral`` config the mistral ones, else ``llama3_2`` (tied output) for a tied config and ``llama2``
+    otherwise; the ``lora_*`` builder for LoRA/QLoRA (``quantize_base`` for QLoRA)."""
     import torch
     from torchtune import training
     from torchtune.models.llama2._component_builders import llama2, lora_llama2
     from torchtune.models.llama3_2._component_builders import llama3_2, lora_llama3_2
+    from torchtune.models.mistral._component_builders import lora_mistral, mistral
     from torchtune.models.qwen2._component_builders import lora_qwen2, qwen2
 
     c = case.config
@@ -74,6 +75,8 @@ def _build(case: TorchtuneCase) -> Any:
     if c.get("model_type") == "qwen2":
         shape["tie_word_embeddings"] = tied
         base, lora = qwen2, lora_qwen2
+    elif c.get("model_type") == "mistral":
+        base, lora = mistral, lora_mistral
     elif tied:  # Llama-3.2-shaped (its builders refuse an untied output)
         base, lora = llama3_2, lora_llama3_2
     else:
