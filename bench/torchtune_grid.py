@@ -46,6 +46,11 @@ MISTRAL = {"model_type": "mistral", "hidden_size": 512, "intermediate_size": 179
            "num_attention_heads": 8, "num_key_value_heads": 2, "vocab_size": 2048, "tie_word_embeddings": False,
            "max_position_embeddings": 2048}
 """A Mistral-7B-shaped decoder (torchtune's mistral builders: GQA, untied, cloned layers)."""
+GEMMA = {"model_type": "gemma", "hidden_size": 512, "intermediate_size": 1536, "num_hidden_layers": 2,
+         "num_attention_heads": 8, "num_key_value_heads": 1, "head_dim": 64, "vocab_size": 4096,
+         "tie_word_embeddings": True, "max_position_embeddings": 2048}
+"""A Gemma-2B-shaped decoder (torchtune's gemma builders: MQA, GELU-tanh MLP, (1 + scale) norms, scaled and tied
+embeddings)."""
 MHA_WIDE_VOCAB = {**MHA, "vocab_size": 8192}
 """The same with embedding and output four times a layer's largest linear: their steps under ``optimizer_in_bwd``
 come outside the layers' backward."""
@@ -81,6 +86,9 @@ CASES: list[TorchtuneCase] = [
     TorchtuneCase(QWEN2_TIED, "lora", ALL, r=16, seq_len=512, gradient_checkpointing=False, num_output_chunks=0),
     TorchtuneCase(MISTRAL, "lora", ALL),
     TorchtuneCase(MISTRAL, "qlora", ALL, seq_len=512),
+    TorchtuneCase(GEMMA, "lora"),
+    TorchtuneCase(GEMMA, "full"),
+    TorchtuneCase(GEMMA, "qlora", ALL, gradient_checkpointing=False),
 ]
 # fmt: on
 
@@ -100,7 +108,7 @@ def regenerate() -> list[dict[str, Any]]:
 
 def label(case: TorchtuneCase) -> str:
     shape = "gqa-tied" if case.config.get("tie_word_embeddings") else "mha"
-    if case.config.get("model_type") in ("qwen2", "mistral"):
+    if case.config.get("model_type") in ("qwen2", "mistral", "gemma"):
         shape = case.config["model_type"]
     targets = "all" if len(case.target_modules) == len(ALL) else ",".join(m.removesuffix("_proj")
                                                                            for m in case.target_modules)

@@ -151,6 +151,9 @@ def test_builder_variants() -> None:
     assert import_data(data, LORA_8B).body["method"] == "qdora"
     data["model"]["_component_"] = "torchtune.models.mistral.qlora_mistral_7b"  # mistral_7b: Mistral-7B-v0.1's shapes
     assert import_data(data, LORA_8B).body["model"] == "mistralai/Mistral-7B-v0.1"
+    data["model"].update(_component_="torchtune.models.gemma.qlora_gemma_2b", apply_lora_to_output=False)
+    gemma = import_data(data, LORA_8B).body
+    assert (gemma["model"], gemma["method"]) == ("google/gemma-2b", "qdora")
     data = load()
     del data["model"]["lora_rank"], data["model"]["apply_lora_to_mlp"]
     imported = import_data(data, LORA_8B)
@@ -341,22 +344,20 @@ def test_bad_values_are_refused_naming_the_key(path: str, value: Any, key: str) 
 
 
 def test_builder_refusals() -> None:
-    """The llama3_2 and qwen2_5 0.5B–3B builders refuse apply_lora_to_output (tied output); lora_llama3_1_405b has no
-    use_dora; an unmapped family (gemma) is refused naming the key;
+    """The llama3_2 and qwen2_5 0.5B–3B builders refuse apply_lora_to_output (tied output) and gemma's take no such
+    argument; lora_llama3_1_405b has no use_dora; an unmapped family (gemma2) is refused naming the key;
     full_finetune_distributed's custom_sharded_layers beyond tok_embeddings/output is not modelled."""
     data = load()
-    data["model"].update(_component_="torchtune.models.llama3_2.lora_llama3_2_3b", apply_lora_to_output=True)
+    data["model"]["apply_lora_to_output"] = True
+    for builder in ("llama3_2.lora_llama3_2_3b", "qwen2_5.lora_qwen2_5_3b", "gemma.lora_gemma_2b"):
+        data["model"]["_component_"] = f"torchtune.models.{builder}"
+        with pytest.raises(ConfigImportError) as err:
+            import_data(data, LORA_8B)
+        assert err.value.key == "model.apply_lora_to_output"
+    data["model"]["_component_"] = "torchtune.models.gemma2.lora_gemma2_2b"
     with pytest.raises(ConfigImportError) as err:
         import_data(data, LORA_8B)
-    assert err.value.key == "model.apply_lora_to_output"
-    data["model"]["_component_"] = "torchtune.models.qwen2_5.lora_qwen2_5_3b"
-    with pytest.raises(ConfigImportError) as err:
-        import_data(data, LORA_8B)
-    assert err.value.key == "model.apply_lora_to_output"
-    data["model"]["_component_"] = "torchtune.models.gemma.lora_gemma_2b"
-    with pytest.raises(ConfigImportError) as err:
-        import_data(data, LORA_8B)
-    assert err.value.key == "model._component_" and "Llama, Qwen2.5 and Mistral builders" in err.value.message
+    assert err.value.key == "model._component_" and "Llama, Qwen2.5, Mistral and Gemma builders" in err.value.message
     data["model"].update(_component_="torchtune.models.llama3_1.lora_llama3_1_405b", apply_lora_to_output=False,
                          use_dora=True)
     with pytest.raises(ConfigImportError) as err:

@@ -168,8 +168,9 @@ def test_compiled_layer_saves_what_compiled_layer_saving_says(full: bool) -> Non
 @pytest.mark.slow
 # lora+gc+chunked, qlora all, full+in_bwd (tied), qlora q,v without checkpointing (first norm), mha lora,
 # mha full+in_bwd (a layer's step), full+GA, full+in_bwd with a wide vocabulary (the output's accumulation; its
-# step with the plain loss), qlora all without checkpointing (forward), qwen2 lora and full, mistral qlora
-@pytest.mark.parametrize("index", [0, 2, 4, 6, 8, 13, 14, 17, 19, 20, 21, 23, 26])
+# step with the plain loss), qlora all without checkpointing (forward), qwen2 lora and full, mistral qlora, gemma
+# lora and qlora (MQA: no k/v expansion copy)
+@pytest.mark.parametrize("index", [0, 2, 4, 6, 8, 13, 14, 17, 19, 20, 21, 23, 26, 27, 29])
 def test_trace_of_torchtune_step_matches_analytic(index: int) -> None:
     pytest.importorskip("torchtune", reason=OVERLAY)
     from app.trace.torchtune import trace
@@ -242,7 +243,7 @@ def test_rope_cache_bytes_by_hand(model: str, expected: int) -> None:
     assert rope_cache_bytes(arch, arch.max_position_embeddings) == expected
 
 
-@pytest.mark.parametrize("config", ["QWEN2_TIED", "GQA_TIED", "MHA", "MISTRAL"])
+@pytest.mark.parametrize("config", ["QWEN2_TIED", "GQA_TIED", "MHA", "MISTRAL", "GEMMA"])
 def test_rope_cache_bytes_equal_torchtune_buffers(config: str) -> None:
     """The RoPE cache buffers torchtune's own builders register, counted by storage (a shared module once)."""
     pytest.importorskip("torchtune", reason=OVERLAY)

@@ -226,7 +226,7 @@ def _layer_saved(inv: Inventory, plan_targets: list[Module], param_targets: list
     # attention does not apply (check_request refuses 'eager')
     impl = "sdpa" if tt else attention_for(arch.model_type, req.training.attn_implementation)
     if tt:
-        total += torchtune.gqa_expansion_bytes(t, q, kv, q_rot)
+        total += torchtune.gqa_expansion_bytes(t, q, kv, q_rot, arch.num_key_value_heads)
         if req.training.packing:
             total += torchtune.packed_rope_bytes(t, arch.head_dim)
     if impl == "eager":

@@ -111,11 +111,13 @@ def output_chunks(req: PlanRequest) -> int:
     return DEFAULT_OUTPUT_CHUNKS if n is None else n
 
 
-def gqa_expansion_bytes(tokens: int, q_dim: int, kv_dim: int, act_bytes: int) -> int:
+def gqa_expansion_bytes(tokens: int, q_dim: int, kv_dim: int, act_bytes: int, kv_heads: int) -> int:
     """Bytes a layer saves beyond transformers' attention because torchtune's ``MultiHeadAttention.forward``
     expands ``k`` and ``v`` to every query head (a copy each, ``q_dim`` wide instead of ``kv_dim``) before
-    ``scaled_dot_product_attention``, which saves them; 0 without GQA (the expand is skipped)."""
-    return 2 * act_bytes * tokens * (q_dim - kv_dim) if q_dim != kv_dim else 0
+    ``scaled_dot_product_attention``, which saves them; 0 without GQA (the expand is skipped) and with one key/value
+    head (MQA, Gemma-2B): ``flatten(1, 2)`` of (b, 1, q_per_kv, s, d) merges a size-1 dim with the expanded one, a
+    view (the gemma case of bench/torchtune_grid.py keeps no copy)."""
+    return 2 * act_bytes * tokens * (q_dim - kv_dim) if q_dim != kv_dim and kv_heads > 1 else 0
 
 
 def packed_rope_bytes(tokens: int, head_dim: int) -> int:

@@ -17,12 +17,12 @@ models):
   ``*_low_memory``; ``<size>B_full`` / ``_lora`` / ``_qlora`` / ``_dora`` / ``_qat_full`` configs are the distributed
   recipes' (FSDP2, ``tune run --nproc_per_node N``), as are files with a key only those read (``fsdp_cpu_offload``,
   …). A file named otherwise is read as single-device, and said so.
-- the model: ``torchtune/models/{llama2,llama3,llama3_1,llama3_2,qwen2_5,mistral}/_model_builders.py``: ``lora_<model>``
-  builders (``lora_attn_modules`` required, ``apply_lora_to_mlp`` / ``apply_lora_to_output`` false, ``lora_rank`` 8,
-  ``lora_alpha`` 16, ``lora_dropout`` 0.0, ``use_dora`` false, ``quantize_base`` false), ``qlora_<model>`` =
-  ``partial(lora_<model>, quantize_base=True)`` (qwen2_5 has none: ``quantize_base: True``); the llama3_2 1B/3B and
-  qwen2_5 0.5B–3B builders refuse ``apply_lora_to_output`` (tied output, ``_component_builders.py``) and
-  ``lora_llama3_1_405b`` has no ``use_dora``.
+- the model: ``torchtune/models/{llama2,llama3,llama3_1,llama3_2,qwen2_5,mistral,gemma}/_model_builders.py``:
+  ``lora_<model>`` builders (``lora_attn_modules`` required, ``apply_lora_to_mlp`` / ``apply_lora_to_output``
+  false, ``lora_rank`` 8, ``lora_alpha`` 16, ``lora_dropout`` 0.0, ``use_dora`` false, ``quantize_base`` false),
+  ``qlora_<model>`` = ``partial(lora_<model>, quantize_base=True)`` (qwen2_5 has none: ``quantize_base: True``); the
+  llama3_2 1B/3B and qwen2_5 0.5B–3B builders refuse ``apply_lora_to_output`` (tied output,
+  ``_component_builders.py``), gemma's take no such argument, and ``lora_llama3_1_405b`` has no ``use_dora``.
 - the loss: ``CEWithChunkedOutputLoss(num_output_chunks=8)`` (``modules/loss/ce_chunked_output_loss.py``; the recipe
   calls ``model.set_num_output_chunks`` with it) or ``torch.nn.CrossEntropyLoss`` (``num_output_chunks`` 0).
 - the sequence: ``tokenizer.max_seq_len`` truncates each sample; packed datasets (``datasets/_packed.py``) fill rows
@@ -53,11 +53,11 @@ BUILDERS: dict[str, str] = {
     "qwen2_5_14b_base": "Qwen/Qwen2.5-14B", "qwen2_5_14b_instruct": "Qwen/Qwen2.5-14B",
     "qwen2_5_32b_base": "Qwen/Qwen2.5-32B", "qwen2_5_32b_instruct": "Qwen/Qwen2.5-32B",
     "qwen2_5_72b_base": "Qwen/Qwen2.5-72B", "qwen2_5_72b_instruct": "Qwen/Qwen2.5-72B",
-    "mistral_7b": "mistralai/Mistral-7B-v0.1",
+    "mistral_7b": "mistralai/Mistral-7B-v0.1", "gemma_2b": "google/gemma-2b", "gemma_7b": "google/gemma-7b",
 }
-"""torchtune's Llama, Qwen2.5 and Mistral builders (``torchtune.models.<family>.<builder>``) → the Hub id of the same
-architecture (the Llama configs load the Instruct checkpoints, whose shapes are the base model's; ``mistral_7b``'s
-32000-token vocabulary and 32768 positions are Mistral-7B-v0.1's). Other families (qwen2, gemma, phi3, code_llama2,
+"""torchtune's Llama, Qwen2.5, Mistral and Gemma builders (``torchtune.models.<family>.<builder>``) → the Hub id of the
+same architecture (the Llama configs load the Instruct checkpoints, whose shapes are the base model's; ``mistral_7b``'s
+32000-token vocabulary and 32768 positions are Mistral-7B-v0.1's). Other families (qwen2, gemma2, phi3, code_llama2,
 …) are not mapped: their builders are not traced here (bench/torchtune_grid.py)."""
 MAX_SEQ_LEN: dict[str, int] = {
     "qwen2_5_1_5b_instruct": 32768, "qwen2_5_14b_instruct": 32768, "qwen2_5_32b_instruct": 32768,
@@ -66,7 +66,10 @@ MAX_SEQ_LEN: dict[str, int] = {
 """Builders whose ``max_seq_len`` (the rows of every layer's RoPE cache, app/core/torchtune.py rope_cache_bytes)
 differs from the mapped Hub config's ``max_position_embeddings`` (131072 for the base checkpoints):
 ``torchtune/models/qwen2_5/_model_builders.py``. The body then carries that config with the builder's value."""
-TIED = ("llama3_2_1b", "llama3_2_3b", "qwen2_5_0_5b", "qwen2_5_1_5b_base", "qwen2_5_1_5b_instruct", "qwen2_5_3b")
+TIED = ("llama3_2_1b", "llama3_2_3b", "qwen2_5_0_5b", "qwen2_5_1_5b_base", "qwen2_5_1_5b_instruct", "qwen2_5_3b",
+        "gemma_2b", "gemma_7b")
+"""Builders with a tied output: the llama3_2 and qwen2_5 ones refuse ``apply_lora_to_output``, gemma's take no such
+argument."""
 NO_DORA = ("llama3_1_405b",)
 ATTN_TARGETS = {tt: hf for hf, tt in TT_LORA_NAMES.items()}  # torchtune lora_attn_modules → HF module names
 LORA_DEFAULTS: dict[str, Any] = {"apply_lora_to_mlp": False, "apply_lora_to_output": False, "lora_rank": 8,
@@ -164,8 +167,8 @@ def _model(data: Mapping[str, Any], draft: Draft) -> None:
     base = name.split("_", 1)[1] if adapter else name
     if not component.startswith("torchtune.models.") or base not in BUILDERS:
         raise ConfigImportError(draft.source, "model._component_", f"{component!r}: the planner models torchtune's "
-                                f"Llama, Qwen2.5 and Mistral builders only ({', '.join(BUILDERS)}, and their lora_ / "
-                                "qlora_ variants)")
+                                f"Llama, Qwen2.5, Mistral and Gemma builders only ({', '.join(BUILDERS)}, and their "
+                                "lora_ / qlora_ variants)")
     model = data["model"]
     draft.model(BUILDERS[base], "model._component_", None)
     if base in MAX_SEQ_LEN:

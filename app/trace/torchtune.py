@@ -61,6 +61,7 @@ def _build(case: TorchtuneCase) -> Any:
     otherwise; the ``lora_*`` builder for LoRA/QLoRA (``quantize_base`` for QLoRA)."""
     import torch
     from torchtune import training
+    from torchtune.models.gemma._component_builders import gemma, lora_gemma
     from torchtune.models.llama2._component_builders import llama2, lora_llama2
     from torchtune.models.llama3_2._component_builders import llama3_2, lora_llama3_2
     from torchtune.models.mistral._component_builders import lora_mistral, mistral
@@ -77,6 +78,9 @@ def _build(case: TorchtuneCase) -> Any:
         base, lora = qwen2, lora_qwen2
     elif c.get("model_type") == "mistral":
         base, lora = mistral, lora_mistral
+    elif c.get("model_type") == "gemma":
+        shape["head_dim"] = c["head_dim"]
+        base, lora = gemma, lora_gemma
     elif tied:  # Llama-3.2-shaped (its builders refuse an untied output)
         base, lora = llama3_2, lora_llama3_2
     else:
@@ -89,8 +93,9 @@ def _build(case: TorchtuneCase) -> Any:
             raise ValueError("torchtune adapts the MLP as a whole (apply_lora_to_mlp): name all of "
                              f"{', '.join(MLP_NAMES)} or none")
         attn = [TT_LORA_NAMES[m] for m in case.target_modules if m in TT_LORA_NAMES]
-        return lora(lora_attn_modules=attn, apply_lora_to_mlp=bool(mlp), apply_lora_to_output=False,
-                    lora_rank=case.r, lora_alpha=2 * case.r, quantize_base=case.method == "qlora", **shape)
+        output = {} if base is gemma else {"apply_lora_to_output": False}  # lora_gemma has no such argument
+        return lora(lora_attn_modules=attn, apply_lora_to_mlp=bool(mlp), lora_rank=case.r, lora_alpha=2 * case.r,
+                    quantize_base=case.method == "qlora", **output, **shape)
 
 
 def _counter() -> Any:
