@@ -38,13 +38,48 @@ CASES: list[tuple[str, str, str, dict[str, Any], dict[str, Any]]] = [
     ("trl", "qwen3", "dora", {}, {"gradient_checkpointing": False}),
     ("trl", "phi3", "qlora", {}, {}),
     ("trl", "qwen2", "qdora", {}, {}),
+    ("trl", "llama", "full", {}, {"gradient_accumulation_steps": 3}),
+    # the replayed frameworks, each over families × methods × switches
     ("axolotl", "llama", "qlora", {}, {}),
+    ("axolotl", "llama", "lora", {}, {"gradient_checkpointing": False}),
+    ("axolotl", "llama", "full", {}, {"optim": "adamw_bnb_8bit"}),
+    ("axolotl", "qwen2", "qlora", {"lora_dropout": 0.05}, {"gradient_checkpointing": False}),
+    ("axolotl", "qwen2", "dora", {}, {}),
+    ("axolotl", "mistral", "qdora", {}, {}),
+    ("axolotl", "mistral", "lora", {}, {"attn_implementation": "flash_attention_2"}),
+    ("axolotl", "gemma2", "qlora", {}, {}),
+    ("axolotl", "qwen3", "full", {}, {"precision": "bf16-mixed"}),
+    ("axolotl", "phi3", "lora", {"lora_dropout": 0.05}, {}),
+    ("axolotl", "gemma", "qlora", {}, {"micro_batch_size": 4, "seq_len": 96}),
+    ("axolotl", "llama", "qlora", {}, {"gradient_accumulation_steps": 3}),
     ("llama-factory", "qwen2", "qlora", {}, {}),
     ("llama-factory", "llama", "full", {}, {}),
     ("llama-factory", "qwen2", "qdora", {}, {"gradient_checkpointing": False}),
+    ("llama-factory", "llama", "lora", {"lora_dropout": 0.05}, {}),
+    ("llama-factory", "llama", "dora", {}, {"gradient_checkpointing": False}),
+    ("llama-factory", "mistral", "qlora", {"lora_dropout": 0.05}, {"gradient_checkpointing": False}),
+    ("llama-factory", "mistral", "full", {}, {"optim": "adamw_bnb_8bit"}),
+    ("llama-factory", "gemma2", "lora", {}, {}),
+    ("llama-factory", "qwen3", "qlora", {}, {"attn_implementation": "flash_attention_2"}),
+    ("llama-factory", "phi3", "qlora", {}, {}),
+    ("llama-factory", "qwen2", "full", {}, {"precision": "bf16-mixed"}),
+    ("llama-factory", "gemma", "lora", {}, {"gradient_accumulation_steps": 3}),
     ("ms-swift", "mistral", "lora", {}, {}),
-    ("trl", "llama", "full", {}, {"gradient_accumulation_steps": 3}),
+    ("ms-swift", "llama", "qlora", {}, {}),
+    ("ms-swift", "llama", "full", {}, {"gradient_checkpointing": False}),
+    ("ms-swift", "llama", "dora", {"lora_dropout": 0.05}, {}),
+    ("ms-swift", "qwen2", "qdora", {}, {}),
+    ("ms-swift", "qwen2", "lora", {}, {"attn_implementation": "flash_attention_2"}),
+    ("ms-swift", "qwen2", "full", {}, {"precision": "bf16-mixed"}),
+    ("ms-swift", "mistral", "qlora", {"lora_dropout": 0.05}, {"gradient_checkpointing": False}),
+    ("ms-swift", "gemma2", "qlora", {}, {}),
+    ("ms-swift", "qwen3", "lora", {}, {"optim": "adamw_bnb_8bit"}),
+    ("ms-swift", "phi3", "full", {}, {}),
+    ("ms-swift", "gemma", "qlora", {}, {"gradient_accumulation_steps": 3}),
 ]
+
+# the frameworks whose preparation and step run on CPU (TRL's own code; the others replayed from source)
+CPU_FRAMEWORKS = ("trl", "axolotl", "llama-factory", "ms-swift")
 
 
 def _body(framework: str, family: str, method: str, lora: dict[str, Any], training: dict[str, Any]) -> dict[str, Any]:
@@ -60,11 +95,14 @@ def _analytic(body: dict[str, Any]) -> int:
 
 
 def test_grid_covers_frameworks_methods_and_switches() -> None:
-    assert len(CASES) >= 12
-    trl = [c for c in CASES if c[0] == "trl"]
-    assert len(trl) >= 12 and {c[2] for c in trl} == {"lora", "qlora", "full", "dora", "qdora"}
-    assert len({c[1] for c in trl}) >= 5
-    assert {c[0] for c in CASES} == {"trl", "axolotl", "llama-factory", "ms-swift"}
+    """Each CPU-runnable framework: ≥ 12 cases over ≥ 5 model families, every method, and switches."""
+    assert {c[0] for c in CASES} == set(CPU_FRAMEWORKS)
+    for framework in CPU_FRAMEWORKS:
+        cases = [c for c in CASES if c[0] == framework]
+        assert len(cases) >= 12, framework
+        assert {c[2] for c in cases} == {"lora", "qlora", "full", "dora", "qdora"}, framework
+        assert len({c[1] for c in cases}) >= 5, framework
+        assert sum(bool(c[3] or c[4]) for c in cases) >= 6, framework
 
 
 @pytest.mark.slow
