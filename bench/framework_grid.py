@@ -81,6 +81,7 @@ CASES: list[tuple[str, str, str, dict[str, Any], dict[str, Any]]] = [
     ("ms-swift", "google/gemma-2-2b", "lora", {}, {"micro_batch_size": 1, "seq_len": 4096}),
     ("ms-swift", "Qwen/Qwen3-0.6B", "qlora", {"lora_dropout": 0.05}, {"micro_batch_size": 4, "seq_len": 2048, "gradient_checkpointing": False}),
     ("ms-swift", "Qwen/Qwen3-0.6B", "lora", {}, {"micro_batch_size": 2, "seq_len": 2048, "optim": "adamw_bnb_8bit", "gradient_accumulation_steps": 4}),
+    ("ms-swift", "HuggingFaceTB/SmolLM2-135M", "dora", {"lora_dropout": 0.05}, {"micro_batch_size": 2, "seq_len": 1024, "gradient_checkpointing": False}),
 ]
 # fmt: on
 

@@ -42,12 +42,12 @@ CASES: list[tuple[str, str, str, dict[str, Any], dict[str, Any]]] = [
     # the replayed frameworks, each over families × methods × switches
     ("axolotl", "llama", "qlora", {}, {}),
     ("axolotl", "llama", "lora", {}, {"gradient_checkpointing": False}),
-    ("axolotl", "llama", "full", {}, {"optim": "adamw_bnb_8bit"}),
-    ("axolotl", "qwen2", "qlora", {"lora_dropout": 0.05}, {"gradient_checkpointing": False}),
-    ("axolotl", "qwen2", "dora", {}, {}),
+    ("axolotl", "llama", "full", {}, {"gradient_checkpointing": False}),
+    ("axolotl", "qwen2", "qlora", {}, {"optim": "paged_adamw_8bit"}),
+    ("axolotl", "qwen2", "dora", {}, {"gradient_checkpointing": False}),
     ("axolotl", "mistral", "qdora", {}, {}),
     ("axolotl", "mistral", "lora", {}, {"attn_implementation": "flash_attention_2"}),
-    ("axolotl", "gemma2", "qlora", {}, {}),
+    ("axolotl", "gemma2", "lora", {}, {}),
     ("axolotl", "qwen3", "full", {}, {"precision": "bf16-mixed"}),
     ("axolotl", "phi3", "lora", {"lora_dropout": 0.05}, {}),
     ("axolotl", "gemma", "qlora", {}, {"micro_batch_size": 4, "seq_len": 96}),
@@ -57,8 +57,8 @@ CASES: list[tuple[str, str, str, dict[str, Any], dict[str, Any]]] = [
     ("llama-factory", "qwen2", "qdora", {}, {"gradient_checkpointing": False}),
     ("llama-factory", "llama", "lora", {"lora_dropout": 0.05}, {}),
     ("llama-factory", "llama", "dora", {}, {"gradient_checkpointing": False}),
-    ("llama-factory", "mistral", "qlora", {"lora_dropout": 0.05}, {"gradient_checkpointing": False}),
-    ("llama-factory", "mistral", "full", {}, {"optim": "adamw_bnb_8bit"}),
+    ("llama-factory", "mistral", "qlora", {}, {}),
+    ("llama-factory", "mistral", "full", {}, {"gradient_checkpointing": False}),
     ("llama-factory", "gemma2", "lora", {}, {}),
     ("llama-factory", "qwen3", "qlora", {}, {"attn_implementation": "flash_attention_2"}),
     ("llama-factory", "phi3", "qlora", {}, {}),
@@ -67,12 +67,12 @@ CASES: list[tuple[str, str, str, dict[str, Any], dict[str, Any]]] = [
     ("ms-swift", "mistral", "lora", {}, {}),
     ("ms-swift", "llama", "qlora", {}, {}),
     ("ms-swift", "llama", "full", {}, {"gradient_checkpointing": False}),
-    ("ms-swift", "llama", "dora", {"lora_dropout": 0.05}, {}),
+    ("ms-swift", "llama", "dora", {"lora_dropout": 0.05}, {"gradient_checkpointing": False}),
     ("ms-swift", "qwen2", "qdora", {}, {}),
     ("ms-swift", "qwen2", "lora", {}, {"attn_implementation": "flash_attention_2"}),
     ("ms-swift", "qwen2", "full", {}, {"precision": "bf16-mixed"}),
-    ("ms-swift", "mistral", "qlora", {"lora_dropout": 0.05}, {"gradient_checkpointing": False}),
-    ("ms-swift", "gemma2", "qlora", {}, {}),
+    ("ms-swift", "mistral", "qlora", {}, {"micro_batch_size": 4, "seq_len": 96}),
+    ("ms-swift", "gemma2", "lora", {}, {}),
     ("ms-swift", "qwen3", "lora", {}, {"optim": "adamw_bnb_8bit"}),
     ("ms-swift", "phi3", "full", {}, {}),
     ("ms-swift", "gemma", "qlora", {}, {"gradient_accumulation_steps": 3}),
@@ -171,12 +171,18 @@ def test_framework_in_assumptions_and_versions() -> None:
     assert trl.versions["models_framework"] == "trl: TRL 1.16.0"
 
 def test_bench_cache_is_current() -> None:
-    """bench/framework_grid.py's cache holds a trace of every case it lists (re-run it with --regen): ≥12 TRL
-    cases (models × methods × switches) and the replayed frameworks."""
+    """bench/framework_grid.py's cache holds a trace of every case it lists (re-run it with --regen): for each
+    CPU-runnable framework ≥ 12 real-size cases over ≥ 4 models, every method, and switches."""
     requests = [row["request"] for row in json.loads(CACHE.read_text())]
     assert requests == bodies()
-    trl = [r for r in requests if r["training"]["framework"] == "trl"]
-    assert len(trl) >= 12 and {r["method"] for r in trl} == {"lora", "qlora", "full", "dora", "qdora"}
+    for framework in CPU_FRAMEWORKS:
+        cases = [r for r in requests if r["training"]["framework"] == framework]
+        assert len(cases) >= 12, framework
+        assert {r["method"] for r in cases} == {"lora", "qlora", "full", "dora", "qdora"}, framework
+        assert len({r["model"] for r in cases}) >= 4, framework
+        switches = [r for r in cases if r["lora"].get("lora_dropout") or set(r["training"]) - {
+            "framework", "micro_batch_size", "seq_len"}]
+        assert len(switches) >= 6, framework
 
 
 def _bench_rows() -> list[Any]:
@@ -222,3 +228,27 @@ def test_unknown_framework_is_a_422_naming_the_field() -> None:
                                                          "training": {"framework": "deepspeed-chat"}})
     assert response.status_code == 422
     assert any(d["loc"][-2:] == ["training", "framework"] for d in response.json()["detail"])
+
+
+def test_autocast_cast_cache_of_fp32_trainable_weights() -> None:
+    """LLaMA-Factory full fine-tuning keeps trainable parameters fp32, so under bf16 autocast every decoder linear's
+    bf16 cast is cached until the forward (and the loss inside it) ends. Llama-3.2-1B: 16 layers × (q, o: 2048²;
+    k, v: 2048×512; gate, up, down: 2048×8192) = 16 × 60,817,408 weights × 2 bytes = 1,946,157,056 bytes. The
+    checkpointed step's loss phase holds them; without checkpointing the linears save them (per layer), and bf16
+    weights (TRL's full fine-tuning at bf16) have no casts to cache. The real-size trace of this step is in
+    bench/framework_grid.py (16.21 GiB at the loss; −5.3% before the cache was counted)."""
+    from app.core.activations import activation_model
+    from app.core.adapters import plan_adapters
+    from app.core.estimate import resolve_inventory
+    from app.core.precision import dtypes_for
+
+    def cache(framework: str, **training: Any) -> int:
+        req = PlanRequest.model_validate({"model": "meta-llama/Llama-3.2-1B", "method": "full", "training": {
+            "framework": framework, "micro_batch_size": 1, "seq_len": 4096, "optim": "adamw_bnb_8bit", **training}})
+        _, inv = resolve_inventory(req)
+        return activation_model(inv, plan_adapters(inv, req.lora, method=req.method), req, dtypes_for(req)).cast_cache
+
+    assert cache("llama-factory") == 16 * (2 * 2048 * 2048 + 2 * 2048 * 512 + 3 * 2048 * 8192) * 2 == 1_946_157_056
+    assert cache("llama-factory", gradient_checkpointing=False) == 0
+    assert cache("trl") == 0
+    assert cache("trl", precision="bf16-mixed") == 1_946_157_056

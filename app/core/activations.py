@@ -64,6 +64,9 @@ class ActivationModel:
     # live at lm_head's own backward beside its new weight gradient, once the loss's buffers are freed (the logits'
     # gradient and lm_head's input gradient); None: the weight gradient is counted on top of ``loss_backward``
     head_backward: int | None = None
+    # autocast's cached casts of trainable fp32 layer weights that nothing saves (checkpointed layers): alive from
+    # their layer's forward until the autocast region exits, after the loss (:func:`autocast_cast_cache`)
+    cast_cache: int = 0
 
 
 @dataclass(frozen=True)
@@ -502,6 +505,29 @@ def _litgpt_model(inv: Inventory, plan: AdapterPlan, req: PlanRequest, dt: Dtype
     )
 
 
+def autocast_cast_cache(inv: Inventory, plan: AdapterPlan, x: _Ctx, dt: Dtypes) -> int:
+    """Bytes of the compute-dtype copies autocast caches for the decoder layers' trainable fp32 linear weights,
+    when gradient checkpointing keeps none of them saved.
+
+    torch ``aten/src/ATen/autocast_mode.cpp`` ``cached_cast``: a cast of an fp32 leaf tensor that requires grad is
+    cached for the rest of the autocast region, whether or not autograd saves it; ``torch.autocast.__exit__``
+    clears the cache (``clear_autocast_cache``). accelerate's autocast wraps ``model.forward``, inside which
+    transformers computes the loss, so the forward's end and the loss hold every layer's copy: full fine-tuning
+    of fp32 weights (``bf16-mixed``; LLaMA-Factory's fp32 trainable parameters) and fp32 LoRA A/B. Without
+    checkpointing the linears save these copies anyway (counted per layer); lm_head's copy is ``head_cast``."""
+    if not (x.autocast and x.checkpointed):
+        return 0
+    if x.full:
+        if dt.weights != "fp32":
+            return 0
+        return x.c * sum(m.in_features * m.out_features for m in inv.modules
+                         if m.layer is not None and m.kind in (LINEAR, CONV1D))
+    if x.la != 4:
+        return 0
+    return x.c * x.r * sum(m.in_features + m.out_features for m in plan.targets
+                           if m.layer is not None and m.kind != EMBEDDING)
+
+
 def activation_model(inv: Inventory, plan: AdapterPlan, req: PlanRequest, dt: Dtypes,
                      resident_bytes: int = 0) -> ActivationModel:
     """``resident_bytes``: static bytes on the GPU (weights, constants, adapters, optimizer states); Unsloth sizes
@@ -644,4 +670,5 @@ def activation_model(inv: Inventory, plan: AdapterPlan, req: PlanRequest, dt: Dt
         # gradient from the logits' gradient (in the logits' dtype) and its input
         head_backward=(logits * t * v + x.a * t * h) if loss in ("logits", "logits+argmax") else None,
         at_step=buffers,
+        cast_cache=autocast_cast_cache(inv, plan, x, dt),
     )

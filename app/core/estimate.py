@@ -278,8 +278,8 @@ def _phases(static: dict[str, int], sm: StaticMemory, act: ActivationModel, work
     resident += gathered_layer + static["zero3_buffers"]
     saved = act.saved_layers + act.saved_head
     acc, acc_new, acc_partition = accumulated
-    fwd = resident + saved + act.forward_transient + acc
-    loss = resident + saved + act.loss_forward + acc
+    fwd = resident + saved + act.cast_cache + act.forward_transient + acc
+    loss = resident + saved + act.cast_cache + act.loss_forward + acc
     # lm_head's weight gradient (full fine-tuning, a modules_to_save copy): made in lm_head's backward, beside what
     # is alive then (act.head_backward; the loss buffers when that is not modelled), kept through the layers'
     head_grads = sm.gradients.by_group.get("lm_head", 0) if static["gradients"] and act.head_grad_at_loss else 0
