@@ -1,4 +1,4 @@
-"""torchtune recipe configs (nine verbatim v0.4.0 files in tests/data/frameworks, sources in its SOURCES.md): detected,
+"""torchtune recipe configs (ten verbatim v0.4.0 files in tests/data/frameworks, sources in its SOURCES.md): detected,
 mapped to the body torchtune v0.4.0's recipes and builders imply (expectations derived by hand from each YAML and the
 defaults cited in app/importers/torchtune.py), estimated, bad values refused naming the key, and one CLI run."""
 
@@ -104,6 +104,21 @@ EXPECTED: dict[str, tuple[dict[str, Any], int]] = {
         "lora": {"r": 8, "lora_alpha": 16, "lora_dropout": 0.0, "target_modules": TARGETS},
         "training": {**COMMON, "micro_batch_size": 2, "gradient_accumulation_steps": 8, "optim": "adamw_torch_fused"},
     }, 48 * 8 * (2 * 10240 + 6144 + 3 * 18944)),
+    # qlora_code_llama2_7b: torchtune's llama2 builder with Code Llama 7B's arguments (models/code_llama2/
+    # _model_builders.py: vocab 32,016, 32 layers of hidden 4096 with 32 heads and 32 key/value heads, MLP 11008,
+    # max_seq_len 16384, rope_base 1e6), as a Llama config.json (the catalog has no Code Llama). q, v, o 8·8192;
+    # gate, up, down 8·15104.
+    "torchtune--code_llama2--7B_qlora_single_device.yaml": ({
+        "model": {"config": {
+            "_name_or_path": "codellama/CodeLlama-7b-hf", "architectures": ["LlamaForCausalLM"], "model_type": "llama",
+            "hidden_act": "silu", "hidden_size": 4096, "intermediate_size": 11008, "max_position_embeddings": 16384,
+            "num_attention_heads": 32, "num_hidden_layers": 32, "num_key_value_heads": 32, "rms_norm_eps": 1e-05,
+            "rope_theta": 1000000.0, "tie_word_embeddings": False, "torch_dtype": "bfloat16", "vocab_size": 32016}},
+        "method": "qlora",
+        "lora": {"r": 8, "lora_alpha": 16, "lora_dropout": 0.0, "target_modules": TARGETS},
+        "quantization": NF4,
+        "training": {**COMMON, "micro_batch_size": 2, "gradient_accumulation_steps": 8, "optim": "adamw_torch_fused"},
+    }, 32 * 8 * (3 * 8192 + 3 * 15104)),
 }
 
 

@@ -243,6 +243,17 @@ def test_rope_cache_bytes_by_hand(model: str, expected: int) -> None:
     assert rope_cache_bytes(arch, arch.max_position_embeddings) == expected
 
 
+def test_code_llama2_builder_rope_caches_by_hand() -> None:
+    """torchtune's code_llama2_7b is the llama2 builder (32 cloned layers) with max_seq_len 16384: each layer keeps a
+    (16384, 64, 2) fp32 cache, 32 · 8 MiB = 256 MiB, where Llama-2-7B's 4096 rows give 64 MiB."""
+    from app.core.architectures import parse_config
+    from app.core.torchtune import rope_cache_bytes
+    from app.importers.torchtune import code_llama2_config
+
+    arch = parse_config(code_llama2_config("code_llama2_7b"))
+    assert rope_cache_bytes(arch, arch.max_position_embeddings) == 32 * 4 * 16384 * 64 * 2 == 256 * 2**20
+
+
 @pytest.mark.parametrize("config", ["QWEN2_TIED", "GQA_TIED", "MHA", "MISTRAL", "GEMMA"])
 def test_rope_cache_bytes_equal_torchtune_buffers(config: str) -> None:
     """The RoPE cache buffers torchtune's own builders register, counted by storage (a shared module once)."""

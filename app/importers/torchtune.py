@@ -57,8 +57,29 @@ BUILDERS: dict[str, str] = {
 }
 """torchtune's Llama, Qwen2.5, Mistral and Gemma builders (``torchtune.models.<family>.<builder>``) → the Hub id of the
 same architecture (the Llama configs load the Instruct checkpoints, whose shapes are the base model's; ``mistral_7b``'s
-32000-token vocabulary and 32768 positions are Mistral-7B-v0.1's). Other families (qwen2, gemma2, phi3, code_llama2,
-…) are not mapped: their builders are not traced here (bench/torchtune_grid.py)."""
+32000-token vocabulary and 32768 positions are Mistral-7B-v0.1's). Code Llama's are in :data:`CODE_LLAMA2`. Other
+families (qwen2, phi3, llama3_2_vision, …) are not mapped: their builders are not traced here
+(bench/torchtune_grid.py); torchtune 0.4.0 has no gemma2 builders."""
+CODE_LLAMA2: dict[str, tuple[str, int, int, int, int, int]] = {
+    # builder: (Hub id of the same shapes, hidden, layers, heads, key/value heads, intermediate)
+    "code_llama2_7b": ("codellama/CodeLlama-7b-hf", 4096, 32, 32, 32, 11008),
+    "code_llama2_13b": ("codellama/CodeLlama-13b-hf", 5120, 40, 40, 40, 13824),
+    "code_llama2_70b": ("codellama/CodeLlama-70b-hf", 8192, 80, 64, 8, 28672),
+}
+"""torchtune 0.4.0 ``models/code_llama2/_model_builders.py``: the ``llama2`` / ``lora_llama2`` component builders
+with a 32,016-token vocabulary, ``max_seq_len`` 16384 (each of the cloned layers' RoPE caches has that many rows)
+and the shapes above (the LoRA builders leave ``intermediate_dim`` to ``scale_hidden_dim_for_mlp``, which gives the
+same 11008 for 7B). The planner gets a Llama ``config.json`` with these numbers (the catalog has no Code Llama)."""
+
+
+def code_llama2_config(builder: str) -> dict[str, Any]:
+    """The HF Llama ``config.json`` of a torchtune Code Llama builder (:data:`CODE_LLAMA2`)."""
+    hub_id, hidden, layers, heads, kv_heads, intermediate = CODE_LLAMA2[builder]
+    return {"_name_or_path": hub_id, "architectures": ["LlamaForCausalLM"], "model_type": "llama",
+            "hidden_act": "silu", "hidden_size": hidden, "intermediate_size": intermediate,
+            "max_position_embeddings": 16384, "num_attention_heads": heads, "num_hidden_layers": layers,
+            "num_key_value_heads": kv_heads, "rms_norm_eps": 1e-05, "rope_theta": 1000000.0,
+            "tie_word_embeddings": False, "torch_dtype": "bfloat16", "vocab_size": 32016}
 MAX_SEQ_LEN: dict[str, int] = {
     "qwen2_5_1_5b_instruct": 32768, "qwen2_5_14b_instruct": 32768, "qwen2_5_32b_instruct": 32768,
     "qwen2_5_72b_instruct": 32768,
@@ -165,12 +186,17 @@ def _model(data: Mapping[str, Any], draft: Draft) -> None:
     name = component.rsplit(".", 1)[-1]
     adapter, quantize = name.startswith(("lora_", "qlora_")), name.startswith("qlora_")
     base = name.split("_", 1)[1] if adapter else name
-    if not component.startswith("torchtune.models.") or base not in BUILDERS:
+    if not component.startswith("torchtune.models.") or base not in {**BUILDERS, **CODE_LLAMA2}:
         raise ConfigImportError(draft.source, "model._component_", f"{component!r}: the planner models torchtune's "
-                                f"Llama, Qwen2.5, Mistral and Gemma builders only ({', '.join(BUILDERS)}, and their "
-                                "lora_ / qlora_ variants)")
+                                f"Llama, Code Llama, Qwen2.5, Mistral and Gemma builders only "
+                                f"({', '.join([*BUILDERS, *CODE_LLAMA2])}, and their lora_ / qlora_ variants)")
     model = data["model"]
-    draft.model(BUILDERS[base], "model._component_", None)
+    if base in CODE_LLAMA2:
+        draft.body["model"] = {"config": code_llama2_config(base)}
+        draft.note("model._component_", "note", f"{name}: torchtune's llama2 builder with Code Llama's shapes "
+                   f"({CODE_LLAMA2[base][0]}: 32,016-token vocabulary, max_seq_len 16384)")
+    else:
+        draft.model(BUILDERS[base], "model._component_", None)
     if base in MAX_SEQ_LEN:
         from app.core.catalog import model_config  # lazy: keeps `--help` light
 
