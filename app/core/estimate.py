@@ -121,7 +121,9 @@ def _shard(sm: StaticMemory, req: PlanRequest, trainable_params: int, hidden_siz
       optimizer states divided by N; quantization constants are not parameters and stay whole.
 
     Under FSDP and ZeRO the optimizer's step temporaries are those of the local shard (ZeRO: of the fp32
-    partition); ``comm_buffers`` are gradient buckets alive in backward and the step.
+    partition); ``comm_buffers`` are gradient buckets alive in backward, and in the step too
+    (``step_comm_buffers``) where they persist: DDP's buckets and ZeRO's reduce bucket do, FSDP's unsharded
+    gradients are freed by their reduce-scatter.
     """
     n = req.hardware.num_gpus
     mode = req.hardware.sharding
@@ -159,6 +161,7 @@ def _shard(sm: StaticMemory, req: PlanRequest, trainable_params: int, hidden_siz
         out["comm_buffers"] = _layer_bytes(sm.gradients, num_layers)
         if fsdp_mixed_precision(req):
             out["comm_buffers"] = _half(out["comm_buffers"])
+        out["step_comm_buffers"] = 0
     elif mode.startswith("zero"):
         out["optimizer"] = part(8 * trainable_params + sm.optimizer_fp32_master_bytes)
         out["paged_optimizer"] = 0  # DeepSpeed keeps its own (fp32 master) optimizer states, counted above
@@ -176,6 +179,7 @@ def _shard(sm: StaticMemory, req: PlanRequest, trainable_params: int, hidden_siz
             out["comm_buffers"] = ZERO_PARAM_BYTES * reduce_bucket_elements(req, hidden_size)
             if mode == "zero1":  # the partition's copy in grads_in_partition, beside the replicated gradients
                 out["comm_buffers"] += part(bf16_trainable)
+    out.setdefault("step_comm_buffers", out["comm_buffers"])
     return out
 
 
@@ -191,29 +195,59 @@ def _layer_bytes(bucket: Bucket, num_layers: int) -> int:
     return (bucket.total - outside) // max(num_layers, 1)
 
 
-def _gathered(inv: Inventory, sm: StaticMemory, req: PlanRequest, dt: Dtypes) -> int:
+class Gathered(NamedTuple):
+    """Unsharded parameter bytes alive on a GPU (ZeRO-3 / FSDP, or parameters offloaded to the host) at each moment
+    of the step (:func:`_phases`)."""
+
+    forward: int
+    loss: int
+    backward_start: int  # the loss's gradient buffers and lm_head's backward, before any layer's
+    backward: int  # a decoder layer's recompute and backward
+    optimizer: int
+
+    @classmethod
+    def constant(cls, nbytes: int) -> Gathered:
+        return cls(nbytes, nbytes, nbytes, nbytes, nbytes)
+
+    def at(self, phase: str) -> int:
+        """The bytes of ``phase`` (the backward phase: its layer moments, the most)."""
+        return {"forward": self.forward, "loss": self.loss, "backward": max(self.backward_start, self.backward),
+                "optimizer": self.optimizer}[phase]
+
+
+NONE_GATHERED = Gathered.constant(0)
+
+
+def _gathered(inv: Inventory, sm: StaticMemory, req: PlanRequest, dt: Dtypes) -> Gathered:
     """Unsharded parameter bytes alive at once on a GPU under ZeRO-3 or FSDP (num_gpus > 1).
 
-    - FSDP (accelerate FULL_SHARD, transformer-layer auto wrap, BACKWARD_PRE prefetch, limit_all_gathers):
-      the current and the prefetched decoder layer (their weights, as stored, and adapters); the root unit
-      (embeddings, lm_head, final norm) is not resharded after forward (torch ``fsdp/_runtime_utils.py``:
-      the root keeps its parameters for backward), so it stays gathered through the step. Quantized layers
-      gather their packed 4-bit storage (``bnb_4bit_quant_storage`` dtype, same bytes).
-    - ZeRO-3: :func:`app.core.deepspeed.zero3_gathered` (a layer or the largest module, plus the prefetch bucket).
+    - FSDP (accelerate FULL_SHARD, transformer-layer auto wrap, BACKWARD_PRE prefetch, limit_all_gathers; torch
+      ``fsdp/_runtime_utils.py``): the root unit (embeddings, lm_head, final norm) is unsharded in the root's
+      pre-forward and not resharded after forward (the root keeps its parameters for backward); a decoder layer is
+      unsharded for its forward and resharded after it (no forward prefetch); at the loss only the root is; the
+      root's pre-backward hook prefetches the last layer, so the loss's gradients meet the root and one layer; from
+      then on a layer's backward (and its recompute) runs beside the prefetched next one: two layers; the final
+      callback reshards everything before ``optimizer.step()``. Each unit's weights as stored and adapters;
+      quantized layers gather their packed 4-bit storage (``bnb_4bit_quant_storage`` dtype, same bytes). Checked by
+      running FSDP1 itself on CPU against a fake process group (bench/fsdp_trace.py).
+    - torchtune's FSDP2 (:func:`app.core.torchtune.fsdp_gathered`) and ZeRO-3
+      (:func:`app.core.deepspeed.zero3_gathered`: a layer or the largest module, plus the prefetch bucket): the same
+      bytes throughout the step.
     """
     offloaded = req.hardware.offload_param == "cpu"  # parameters gathered from host memory, even on one GPU
     if (req.hardware.num_gpus < 2 and not offloaded) or req.hardware.sharding not in ("zero3", "fsdp"):
-        return 0
+        return NONE_GATHERED
     arch = inv.arch
     if req.hardware.sharding == "fsdp":
         root = sm.weights.by_group.get("embedding", 0) + sm.weights.by_group.get("lm_head", 0)
         layer = _layer_bytes(sm.weights, arch.num_hidden_layers) + sm.adapters.total // max(arch.num_hidden_layers, 1)
         if req.training.framework == "torchtune":
-            return torchtune_gathered(req, sm.weights.by_group, layer)
+            return Gathered.constant(torchtune_gathered(req, sm.weights.by_group, layer))
         if fsdp_mixed_precision(req):  # all-gathered in param_dtype: 16-bit copies of the fp32 shards
             root, layer = _half(root), _half(layer)
-        return root + 2 * layer
-    return zero3_gathered(inv, req)
+        return Gathered(forward=root + layer, loss=root, backward_start=root + layer, backward=root + 2 * layer,
+                        optimizer=0)
+    return Gathered.constant(zero3_gathered(inv, req))
 
 
 class Accumulated(NamedTuple):
@@ -266,7 +300,7 @@ def _accumulated(static: dict[str, int], sm: StaticMemory, req: PlanRequest) -> 
 
 
 def _phases(static: dict[str, int], sm: StaticMemory, act: ActivationModel, workspace: int,
-            gathered_layer: int, accumulated: Accumulated = NO_ACCUMULATION) -> list[Phase]:
+            gathered: Gathered, accumulated: Accumulated = NO_ACCUMULATION) -> list[Phase]:
     """Allocated bytes at each phase's high-water mark (steady step: optimizer states resident).
 
     forward: saved activations + the largest in-layer temporary; loss: + logits and loss buffers;
@@ -275,11 +309,11 @@ def _phases(static: dict[str, int], sm: StaticMemory, act: ActivationModel, work
     backward phases are those of a later micro-batch: ``accumulated`` gradients alive throughout.
     """
     resident = static["weights"] + static["constants"] + static["adapters"] + static["optimizer"] + workspace
-    resident += gathered_layer + static["zero3_buffers"]
+    resident += static["zero3_buffers"]
     saved = act.saved_layers + act.saved_head
     acc, acc_new, acc_partition = accumulated
-    fwd = resident + saved + act.cast_cache + act.forward_transient + acc
-    loss = resident + saved + act.cast_cache + act.loss_forward + acc
+    fwd = resident + gathered.forward + saved + act.cast_cache + act.forward_transient + acc
+    loss = resident + gathered.loss + saved + act.cast_cache + act.loss_forward + acc
     # lm_head's weight gradient (full fine-tuning, a modules_to_save copy): made in lm_head's backward, beside what
     # is alive then (act.head_backward; the loss buffers when that is not modelled), kept through the layers'
     head_grads = sm.gradients.by_group.get("lm_head", 0) if static["gradients"] and act.head_grad_at_loss else 0
@@ -289,12 +323,14 @@ def _phases(static: dict[str, int], sm: StaticMemory, act: ActivationModel, work
     # (lm_head's at the start; at the end the embedding's, beside a tied embedding's two parts and their sum).
     at_head = act.loss_backward if act.head_backward is None else act.head_backward
     layer = act.backward_layer + act.backward_transient - act.head_weight_cast
-    start = saved + acc + max(act.loss_backward, head_grads + at_head, layer + (0 if acc else head_grads))
+    start = saved + acc + max(max(act.loss_backward, head_grads + at_head) + gathered.backward_start,
+                              layer + (0 if acc else head_grads) + gathered.backward)
     embedding_new = sm.gradients.by_group.get("embedding", 0) if acc_new else 0
     end = max(static["gradients"], acc) + acc_partition + max(act.backward_layer + act.backward_transient,
                                                               act.tied_embedding_grad + embedding_new, acc_new)
-    bwd = resident + static["comm_buffers"] + max(start, end)
-    opt = resident + static["gradients"] + static["comm_buffers"] + static["step_transient"] + act.at_step
+    bwd = resident + static["comm_buffers"] + max(start, end + gathered.backward)
+    opt = (resident + gathered.optimizer + static["gradients"] + static["step_comm_buffers"]
+           + static["step_transient"] + act.at_step)
     bwd_grads = max(static["gradients"], acc) if end > start else acc + head_grads
     return [Phase(name="forward", bytes=fwd, gradient_bytes=acc), Phase(name="loss", bytes=loss, gradient_bytes=acc),
             Phase(name="backward", bytes=bwd, gradient_bytes=bwd_grads),
@@ -510,7 +546,7 @@ def estimate(req: PlanRequest) -> EstimateResult:
     single = phases = _phases(static, sm, act, workspace, gathered)
     fit, own_bucket = usable_fit(inv.generic_key, req)
     if isinstance(fit, PeakFit):  # a model outside the rules whose activations were fitted from traces
-        phases = fitted_phases(fit, req, static, workspace, gathered, single)
+        phases = fitted_phases(fit, req, static, workspace, gathered.at, single)
     accumulated = _accumulated(static, sm, req)
     if accumulated.gradients:
         # a later micro-batch's phases: what the accumulated gradients add to each single-batch phase
@@ -567,8 +603,9 @@ def estimate(req: PlanRequest) -> EstimateResult:
         ),
         peak=PeakInfo(phase=top.name, phases=phases,
                       provisional=inv.generic_key is not None and not (isinstance(fit, PeakFit) and own_bucket)),
-        breakdown=_breakdown(sm, act, top.name, activations - workspace - gathered - static["zero3_buffers"],
-                             context, allocator, workspace, gathered, static["zero3_buffers"]),
+        breakdown=_breakdown(sm, act, top.name,
+                             activations - workspace - gathered.at(top.name) - static["zero3_buffers"],
+                             context, allocator, workspace, gathered.at(top.name), static["zero3_buffers"]),
         quantization=quant_report,
         fits=fits,
         allocator=allocator,

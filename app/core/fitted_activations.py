@@ -26,6 +26,7 @@ the loss's backward to the layers'), so a fit at one rank does not carry to anot
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -146,10 +147,10 @@ def fit_note(fit: PeakFit | str | None, own_bucket: bool) -> str:
     return f"{made}, and from traced lengths of another range to this one: provisional until a request of this length"
 
 
-def fitted_phases(fit: PeakFit, req: PlanRequest, static: dict[str, int], workspace: int, gathered: int,
-                  analytic: list[Phase]) -> list[Phase]:
+def fitted_phases(fit: PeakFit, req: PlanRequest, static: dict[str, int], workspace: int,
+                  gathered: Callable[[str], int], analytic: list[Phase]) -> list[Phase]:
     """The estimate's phases from the fitted remainders (see the module docstring); the optimizer phase (and
-    every phase's gradient bytes) stay ``analytic``'s."""
+    every phase's gradient bytes) stay ``analytic``'s. ``gathered``: a phase's gathered ZeRO-3/FSDP bytes."""
     resident = static["weights"] + static["constants"] + static["adapters"] + static["optimizer"]
     resident += static["zero3_buffers"]
     b, s = req.training.micro_batch_size, req.training.seq_len
@@ -159,6 +160,6 @@ def fitted_phases(fit: PeakFit, req: PlanRequest, static: dict[str, int], worksp
             out.append(phase)
             continue
         comm = static["comm_buffers"] if phase.name == "backward" else 0
-        nbytes = resident + workspace + gathered + comm + fit.remainder(phase.name, b, s)
+        nbytes = resident + workspace + gathered(phase.name) + comm + fit.remainder(phase.name, b, s)
         out.append(Phase(name=phase.name, bytes=nbytes, gradient_bytes=phase.gradient_bytes))
     return out
