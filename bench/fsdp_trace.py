@@ -9,7 +9,7 @@ re-allocates an unsharded flat parameter by resizing its storage (``torch.distri
 ``_alloc_storage``), which the engine's counter (it sees tensors, not storage resizes) is told of here. The 4-bit
 weights are packed in bf16 (``bnb_4bit_quant_storage``), as FSDP-QLoRA needs: one dtype per flat parameter.
 
-    .venv/bin/python bench/fsdp_trace.py            # QLoRA, LoRA and full fine-tuning, ~1 min
+    .venv/bin/python bench/fsdp_trace.py            # QLoRA, LoRA and full fine-tuning, six cases, ~2 min
 
 Written to test whether FSDP's own allocations explain PEFT's 70B FSDP-QLoRA screenshots, 3.4-5.2 GiB per GPU above
 the estimate (bench/published_check.py rows 56-58): they do not (docs/accuracy.md).
@@ -38,6 +38,9 @@ CASES: list[dict[str, Any]] = [
      "training": {"gradient_checkpointing_kwargs": {"use_reentrant": True}}},
     {"method": "lora", "training": {}},
     {"method": "full", "training": {"precision": "bf16-mixed"}},
+    {"method": "lora", "training": {"gradient_checkpointing": False}},
+    {"method": "full", "training": {"precision": "bf16"}},
+    {"method": "lora", "training": {"precision": "bf16-mixed"}},
 ]
 
 
@@ -157,14 +160,16 @@ def main() -> None:
     if "--json" in sys.argv:
         print(json.dumps(rows, indent=1))
         return
-    print(f"tiny Llama ({json.dumps(CONFIG)}), b2 s256, checkpointing; FSDP over {WORLD} GPUs (fake process group)")
-    print(f"{'method':7} {'1 GPU trace':>12} {'analytic':>10} {'err %':>6}   {'FSDP trace':>11} {'analytic':>10} "
-          f"{'err %':>6}  peak phase")
-    for r in rows:
+    print(f"tiny Llama ({json.dumps(CONFIG)}), b2 s256 (checkpointing unless switched off); "
+          f"FSDP over {WORLD} GPUs (fake process group)")
+    print(f"{'method':7} {'switches':34} {'1 GPU trace':>12} {'analytic':>10} {'err %':>6}   {'FSDP trace':>11} "
+          f"{'analytic':>10} {'err %':>6}  peak phase")
+    for case, r in zip(CASES, rows, strict=True):
         e1 = 100 * (r["analytic_1gpu"] - r["trace_1gpu"]) / r["trace_1gpu"]
         e2 = 100 * (r["analytic_fsdp"] - r["trace_fsdp"]) / r["trace_fsdp"]
-        print(f"{r['method']:7} {r['trace_1gpu']:12,} {r['analytic_1gpu']:10,} {e1:+6.2f}   {r['trace_fsdp']:11,} "
-              f"{r['analytic_fsdp']:10,} {e2:+6.2f}  {r['trace_fsdp_phase']}")
+        switches = json.dumps(case["training"])[1:-1].replace('"', "")
+        print(f"{r['method']:7} {switches[:34]:34} {r['trace_1gpu']:12,} {r['analytic_1gpu']:10,} {e1:+6.2f}   "
+              f"{r['trace_fsdp']:11,} {r['analytic_fsdp']:10,} {e2:+6.2f}  {r['trace_fsdp_phase']}")
 
 
 if __name__ == "__main__":

@@ -131,11 +131,12 @@ def test_fsdp_mixed_precision_computes_on_bf16_copies_of_fp32_shards() -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("case", CASES, ids=[c["method"] for c in CASES])
+@pytest.mark.parametrize("case", CASES, ids=[f"{c['method']}-{i}" for i, c in enumerate(CASES)])
 def test_fsdp_step_equals_fsdp_itself_on_cpu(case: dict[str, Any]) -> None:
     """torch's FSDP1 wraps and runs the step on CPU against a fake process group (world size 2), as accelerate and
     PEFT configure it (bench/fsdp_trace.py): one GPU's peak equals the analytic estimate within 2%, for QLoRA (packed
-    bf16 storage, reentrant checkpointing), LoRA and mixed-precision full fine-tuning."""
+    bf16 storage, reentrant checkpointing), LoRA with and without checkpointing, with fp32 weights, and full
+    fine-tuning of bf16 and of fp32 weights."""
     row = compare(case)
     assert row["analytic_fsdp"] == pytest.approx(row["trace_fsdp"], rel=0.02)
     assert row["analytic_1gpu"] == pytest.approx(row["trace_1gpu"], rel=0.02)

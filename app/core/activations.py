@@ -142,6 +142,14 @@ def _tokens(x: _Ctx, m: Module) -> int:
     return -(-x.t * x.top_k // x.experts) if x.experts and ".experts." in m.name else x.t
 
 
+def _adapter_copies_input(x: _Ctx) -> bool:
+    """Whether each adapter saves a new copy of its input: autocast's cast of an input not in the compute dtype, or
+    (non-quantized layers, which cast ``x`` to lora_A's dtype: PEFT ``_cast_input_dtype``) of PEFT's copy in an
+    adapter dtype that is not the compute dtype. Under FSDP's 16-bit ``param_dtype`` the adapters compute in it:
+    no copy."""
+    return x.autocast and (x.a != x.c or (not x.quantized and x.la != x.c))
+
+
 def _adapter_saved(x: _Ctx, targets: list[Module], shared_inputs: int) -> int:
     """LoRA/DoRA tensors saved per layer: input copies, A·x, cached weight casts, dropout masks, DoRA results.
 
@@ -149,7 +157,7 @@ def _adapter_saved(x: _Ctx, targets: list[Module], shared_inputs: int) -> int:
     """
     total = 0
     lora_c = x.c if x.autocast else x.la
-    copies_per_linear = x.autocast and (not x.quantized or x.a != x.c)
+    copies_per_linear = _adapter_copies_input(x)
     for m in targets:
         k, n, t = m.in_features, m.out_features, _tokens(x, m)
         if copies_per_linear:
@@ -355,7 +363,7 @@ def _dora_extra(inv: Inventory, x: _Ctx, dt: Dtypes, targets: list[Module], *, g
             present += la * t * k + t * k
         later = _adapter_saved(x, [m, *rest], 0)
         if m.name == last_linear.get(m.layer):
-            if x.dropout or (x.autocast and (not x.quantized or x.a != x.c)):  # the adapter copies its input
+            if x.dropout or _adapter_copies_input(x):
                 present += x.lo * t * k
         elif m.layer not in arch.sparse_layers:
             later += mlp_acts

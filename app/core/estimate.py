@@ -23,7 +23,7 @@ from app.core.inventory import Inventory, build_inventory
 from app.core.litgpt import check as litgpt_check
 from app.core.litgpt import is_litgpt
 from app.core.overhead import cublas_workspace_bytes, outside_allocator_bytes
-from app.core.precision import Dtypes, compute_dtypes, dtypes_for, fsdp_mixed_precision
+from app.core.precision import Dtypes, compute_dtypes, dtypes_for, fsdp_mixed_precision, fsdp_param_dtype
 from app.core.quantization import constants_bits_per_param, nf4_bytes
 from app.core.request import HardwareSpec, PlanRequest
 from app.core.reserved import allocator_reserve, expandable_variant, reserve_features
@@ -201,8 +201,8 @@ class Gathered(NamedTuple):
 
     forward: int
     loss: int
-    backward_start: int  # the loss's gradient buffers and lm_head's backward, before any layer's
-    backward: int  # a decoder layer's recompute and backward
+    backward_edge: int  # the loss's gradient buffers and lm_head's backward; the first layer's, the last to run
+    backward: int  # any other decoder layer's recompute and backward
     optimizer: int
 
     @classmethod
@@ -211,7 +211,7 @@ class Gathered(NamedTuple):
 
     def at(self, phase: str) -> int:
         """The bytes of ``phase`` (the backward phase: its layer moments, the most)."""
-        return {"forward": self.forward, "loss": self.loss, "backward": max(self.backward_start, self.backward),
+        return {"forward": self.forward, "loss": self.loss, "backward": max(self.backward_edge, self.backward),
                 "optimizer": self.optimizer}[phase]
 
 
@@ -226,8 +226,9 @@ def _gathered(inv: Inventory, sm: StaticMemory, req: PlanRequest, dt: Dtypes) ->
       pre-forward and not resharded after forward (the root keeps its parameters for backward); a decoder layer is
       unsharded for its forward and resharded after it (no forward prefetch); at the loss only the root is; the
       root's pre-backward hook prefetches the last layer, so the loss's gradients meet the root and one layer; from
-      then on a layer's backward (and its recompute) runs beside the prefetched next one: two layers; the final
-      callback reshards everything before ``optimizer.step()``. Each unit's weights as stored and adapters;
+      then on a layer's backward (and its recompute) runs beside the prefetched next one: two layers, except the
+      first layer's, the last to run, with nothing left to prefetch; the final callback reshards everything before
+      ``optimizer.step()``. Each unit's weights as stored and adapters;
       quantized layers gather their packed 4-bit storage (``bnb_4bit_quant_storage`` dtype, same bytes). Checked by
       running FSDP1 itself on CPU against a fake process group (bench/fsdp_trace.py).
     - torchtune's FSDP2 (:func:`app.core.torchtune.fsdp_gathered`) and ZeRO-3
@@ -245,7 +246,7 @@ def _gathered(inv: Inventory, sm: StaticMemory, req: PlanRequest, dt: Dtypes) ->
             return Gathered.constant(torchtune_gathered(req, sm.weights.by_group, layer))
         if fsdp_mixed_precision(req):  # all-gathered in param_dtype: 16-bit copies of the fp32 shards
             root, layer = _half(root), _half(layer)
-        return Gathered(forward=root + layer, loss=root, backward_start=root + layer, backward=root + 2 * layer,
+        return Gathered(forward=root + layer, loss=root, backward_edge=root + layer, backward=root + 2 * layer,
                         optimizer=0)
     return Gathered.constant(zero3_gathered(inv, req))
 
@@ -323,12 +324,12 @@ def _phases(static: dict[str, int], sm: StaticMemory, act: ActivationModel, work
     # (lm_head's at the start; at the end the embedding's, beside a tied embedding's two parts and their sum).
     at_head = act.loss_backward if act.head_backward is None else act.head_backward
     layer = act.backward_layer + act.backward_transient - act.head_weight_cast
-    start = saved + acc + max(max(act.loss_backward, head_grads + at_head) + gathered.backward_start,
+    start = saved + acc + max(max(act.loss_backward, head_grads + at_head) + gathered.backward_edge,
                               layer + (0 if acc else head_grads) + gathered.backward)
     embedding_new = sm.gradients.by_group.get("embedding", 0) if acc_new else 0
     end = max(static["gradients"], acc) + acc_partition + max(act.backward_layer + act.backward_transient,
                                                               act.tied_embedding_grad + embedding_new, acc_new)
-    bwd = resident + static["comm_buffers"] + max(start, end + gathered.backward)
+    bwd = resident + static["comm_buffers"] + max(start, end + gathered.backward_edge)
     opt = (resident + gathered.optimizer + static["gradients"] + static["step_comm_buffers"]
            + static["step_transient"] + act.at_step)
     bwd_grads = max(static["gradients"], acc) if end > start else acc + head_grads
@@ -456,6 +457,9 @@ def _assumptions(req: PlanRequest, dt: Dtypes, plan: AdapterPlan, inv: Inventory
     if fsdp_mixed_precision(req):
         out.append(f"FSDP mixed precision (accelerate: MixedPrecision(param_dtype={dt.compute}, reduce_dtype="
                    f"{dt.compute})): forward and backward run on {dt.compute} copies of the fp32 shards.")
+    elif fsdp_param_dtype(req):
+        out.append(f"FSDP (accelerate: MixedPrecision(param_dtype={dt.compute})): fp32 adapters and fp32 "
+                   f"non-quantized parameters are gathered and computed as {dt.compute} copies.")
     return out + switch_assumptions(req, inv.arch)
 
 

@@ -78,10 +78,24 @@ def fsdp_mixed_precision(req: PlanRequest) -> bool:
             and not req.quantized and framework(req).name not in ("torchtune", "litgpt", "lit-gpt"))
 
 
+def fsdp_param_dtype(req: PlanRequest) -> bool:
+    """Whether accelerate's FSDP plugin all-gathers parameters in a 16-bit ``param_dtype``: 16-bit training
+    (``bf16`` too: the HF Trainer's ``bf16=True`` sets accelerate's ``mixed_precision``, whose
+    ``MixedPrecision(param_dtype=…)`` covers every flat parameter, fp32 LoRA adapters and fp32 norms included) under
+    FSDP on several GPUs, with an accelerate-based trainer."""
+    hw = req.hardware
+    return (hw.sharding == "fsdp" and hw.num_gpus > 1 and req.training.precision != "fp32"
+            and framework(req).name not in ("torchtune", "litgpt", "lit-gpt"))
+
+
 def compute_dtypes(req: PlanRequest, dt: Dtypes) -> Dtypes:
-    """The dtypes the forward and backward run with: ``dt``, or under FSDP mixed precision
-    (:func:`fsdp_mixed_precision`) the 16-bit copies of every parameter (the activations of the 16-bit recipe)."""
-    if not fsdp_mixed_precision(req):
-        return dt
+    """The dtypes the forward and backward run with: ``dt``, or under accelerate's FSDP with a 16-bit
+    ``param_dtype`` (:func:`fsdp_param_dtype`) the 16-bit copies of every parameter (the activations of the 16-bit
+    recipe): fp32 shards (:func:`fsdp_mixed_precision`), fp32 adapters and fp32 non-quantized parameters alike;
+    the packed 4-bit weights keep their storage dtype. Checked against FSDP1 run on CPU (bench/fsdp_trace.py)."""
     half = dt.compute
-    return replace(dt, weights=half, unquantized=half, adapters=half, magnitude=half)
+    if fsdp_mixed_precision(req):
+        return replace(dt, weights=half, unquantized=half, adapters=half, magnitude=half)
+    if fsdp_param_dtype(req):
+        return replace(dt, unquantized=half, adapters=half, magnitude=half)
+    return dt
