@@ -4,12 +4,13 @@ torch's FSDP1 runs on CPU against a fake process group (``torch.testing._interna
 2, this process rank 0; collectives produce their outputs without communicating), so its own sharding, all-gathers,
 resharding and the wrapping accelerate and PEFT use (``FULL_SHARD``, PEFT's ``fsdp_auto_wrap_policy``: decoder layers
 plus each trainable LoRA leaf, ``use_orig_params=False``, bf16 ``MixedPrecision``, ``BACKWARD_PRE`` prefetch,
-``limit_all_gathers``) can be counted by the trace engine on real CPU tensors of a small Llama. FSDP frees and
+``limit_all_gathers``; with gradient accumulation accelerate's ``no_sync`` on all micro-batches but the last) can be
+counted by the trace engine on real CPU tensors of a small Llama. FSDP frees and
 re-allocates an unsharded flat parameter by resizing its storage (``torch.distributed.utils._free_storage`` /
 ``_alloc_storage``), which the engine's counter (it sees tensors, not storage resizes) is told of here. The 4-bit
 weights are packed in bf16 (``bnb_4bit_quant_storage``), as FSDP-QLoRA needs: one dtype per flat parameter.
 
-    .venv/bin/python bench/fsdp_trace.py            # QLoRA, LoRA and full fine-tuning, six cases, ~2 min
+    .venv/bin/python bench/fsdp_trace.py            # QLoRA, LoRA and full fine-tuning, eight cases, ~3 min
 
 Written to test whether FSDP's own allocations explain PEFT's 70B FSDP-QLoRA screenshots, 3.4-5.2 GiB per GPU above
 the estimate (bench/published_check.py rows 56-58): they do not (docs/accuracy.md).
@@ -41,6 +42,8 @@ CASES: list[dict[str, Any]] = [
     {"method": "lora", "training": {"gradient_checkpointing": False}},
     {"method": "full", "training": {"precision": "bf16"}},
     {"method": "lora", "training": {"precision": "bf16-mixed"}},
+    {"method": "lora", "training": {"gradient_accumulation_steps": 2}},
+    {"method": "full", "training": {"precision": "bf16", "gradient_accumulation_steps": 2}},
 ]
 
 
@@ -114,6 +117,19 @@ def fsdp_wrapped() -> Iterator[None]:
                     mixed_precision=MixedPrecision(param_dtype=bf16, reduce_dtype=bf16, buffer_dtype=bf16),
                     backward_prefetch=BackwardPrefetch.BACKWARD_PRE, limit_all_gathers=True)
 
+    micro_batches = [0]
+
+    def loss(model: Any, inputs: dict[str, torch.Tensor], req: Any) -> torch.Tensor:
+        # accelerate's accumulate(): every micro-batch of the window but the last runs under FSDP's no_sync, which
+        # sets each FSDP state's _sync_gradients to False for its forward and backward (the engine runs two
+        # micro-batches a step for any gradient_accumulation_steps > 1)
+        window = min(req.training.gradient_accumulation_steps, 2)
+        sync = micro_batches[0] % window == window - 1
+        micro_batches[0] += 1
+        for state in FSDP.fsdp_modules(model):
+            state._sync_gradients = sync
+        return recipe.loss(model, inputs, req)
+
     def quantize_bf16(w: torch.Tensor, **kwargs: Any) -> Any:
         return quantize(w, **{**kwargs, "quant_storage": torch.bfloat16})
 
@@ -121,7 +137,7 @@ def fsdp_wrapped() -> Iterator[None]:
         raise RuntimeError("a process group is already initialized: the fake one would not be this bench's")
     dist.init_process_group("fake", rank=0, world_size=WORLD, store=FakeStore())
     counter_mod.LiveBytesCounter.__init__ = counter_init  # type: ignore[method-assign]
-    frameworks.RECIPES["hf-trainer"] = frameworks.Recipe(recipe.before_adapters, adapt, recipe.loss)
+    frameworks.RECIPES["hf-trainer"] = frameworks.Recipe(recipe.before_adapters, adapt, loss)
     flat_param._free_storage, flat_param._alloc_storage = free_storage, alloc_storage
     bnb.functional.quantize_4bit = quantize_bf16
     try:

@@ -136,7 +136,8 @@ def test_fsdp_step_equals_fsdp_itself_on_cpu(case: dict[str, Any]) -> None:
     """torch's FSDP1 wraps and runs the step on CPU against a fake process group (world size 2), as accelerate and
     PEFT configure it (bench/fsdp_trace.py): one GPU's peak equals the analytic estimate within 2%, for QLoRA (packed
     bf16 storage, reentrant checkpointing), LoRA with and without checkpointing, with fp32 weights, and full
-    fine-tuning of bf16 and of fp32 weights."""
+    fine-tuning of bf16 and of fp32 weights; with gradient accumulation under accelerate's no_sync, whose unsharded
+    gradients accumulate on every GPU."""
     row = compare(case)
     assert row["analytic_fsdp"] == pytest.approx(row["trace_fsdp"], rel=0.02)
     assert row["analytic_1gpu"] == pytest.approx(row["trace_1gpu"], rel=0.02)

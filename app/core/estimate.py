@@ -257,6 +257,9 @@ class Accumulated(NamedTuple):
     gradients: int  # the earlier micro-batches' gradients: alive through forward, loss and backward
     transient: int  # one tensor's new gradient, before it is added in place to the accumulated one
     partition: int = 0  # ZeRO-2: the micro-batch's own gradient partition, beside the accumulated one in backward
+    # FSDP no_sync: the accumulated unsharded gradients are what each layer's reduce-scatter reads (then frees), so
+    # the layer's unsharded-gradient buffer (``comm_buffers``) is not one more
+    unsharded: bool = False
 
 
 NO_ACCUMULATION = Accumulated(0, 0)
@@ -290,14 +293,15 @@ def _accumulated(static: dict[str, int], sm: StaticMemory, req: PlanRequest) -> 
         return NO_ACCUMULATION
     grads = static["gradients"]
     new = sm.largest_gradient
-    if req.hardware.sharding == "fsdp" and req.hardware.num_gpus > 1 and req.training.framework != "torchtune":
+    unsharded = req.hardware.sharding == "fsdp" and req.hardware.num_gpus > 1 and req.training.framework != "torchtune"
+    if unsharded:
         grads = sm.gradients.total
         if fsdp_mixed_precision(req):  # accumulated on the 16-bit unsharded parameters
             grads, new = _half(grads), _half(new)
     if req.hardware.sharding == "zero2":
         # the partition accumulates, not .grad: each later gradient is stolen by AccumulateGrad, none added in place
         return Accumulated(grads, 0, grads if req.hardware.offload_optimizer == "none" else 0)
-    return Accumulated(grads, new if grads else 0)
+    return Accumulated(grads, new if grads else 0, unsharded=unsharded)
 
 
 def _phases(static: dict[str, int], sm: StaticMemory, act: ActivationModel, workspace: int,
@@ -312,7 +316,8 @@ def _phases(static: dict[str, int], sm: StaticMemory, act: ActivationModel, work
     resident = static["weights"] + static["constants"] + static["adapters"] + static["optimizer"] + workspace
     resident += static["zero3_buffers"]
     saved = act.saved_layers + act.saved_head
-    acc, acc_new, acc_partition = accumulated
+    acc, acc_new, acc_partition, acc_unsharded = accumulated
+    comm = 0 if acc_unsharded else static["comm_buffers"]
     fwd = resident + gathered.forward + saved + act.cast_cache + act.forward_transient + acc
     loss = resident + gathered.loss + saved + act.cast_cache + act.loss_forward + acc
     # lm_head's weight gradient (full fine-tuning, a modules_to_save copy): made in lm_head's backward, beside what
@@ -329,7 +334,7 @@ def _phases(static: dict[str, int], sm: StaticMemory, act: ActivationModel, work
     embedding_new = sm.gradients.by_group.get("embedding", 0) if acc_new else 0
     end = max(static["gradients"], acc) + acc_partition + max(act.backward_layer + act.backward_transient,
                                                               act.tied_embedding_grad + embedding_new, acc_new)
-    bwd = resident + static["comm_buffers"] + max(start, end + gathered.backward_edge)
+    bwd = resident + comm + max(start, end + gathered.backward_edge)
     opt = (resident + gathered.optimizer + static["gradients"] + static["step_comm_buffers"]
            + static["step_transient"] + act.at_step)
     bwd_grads = max(static["gradients"], acc) if end > start else acc + head_grads
