@@ -2,10 +2,9 @@
 
 Each term is a tensor the real step keeps (found in the trace engine's live-storage listings of
 transformers 5.24 / PEFT 0.21.2 / bitsandbytes 0.50.2 steps and in ``shared/docs/memory-internals.md``).
-Notation: ``T`` tokens per micro-batch (b·s), ``h`` hidden size, ``I`` MLP width, ``V`` vocabulary,
-``c`` bytes of the autocast compute dtype (4 without autocast), ``a`` bytes of the residual stream
-(fp32 when the weights are fp32, or for QLoRA after ``prepare_model_for_kbit_training``), ``lo`` bytes of
-a projection's output (``c``; for a bitsandbytes 4-bit layer the dtype of its input, ``a``).
+Notation: ``T`` tokens per micro-batch (b·s), ``h`` hidden size, ``I`` MLP width, ``V`` vocabulary; the bytes
+per element ``c``, ``a``, ``lo``, ``la`` are :class:`app.core.step_shape.StepShape`'s. The adapters' own terms
+(LoRA/DoRA branches) are in :mod:`app.core.adapter_activations`.
 """
 
 from __future__ import annotations
@@ -13,8 +12,15 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 from app.core import torchtune
+from app.core.adapter_activations import (
+    adapter_saved,
+    dora_backward_extra,
+    dora_extra,
+    lora_cast_extra,
+    shared_inputs,
+)
 from app.core.adapters import AdapterPlan
-from app.core.architectures import PEFT_DEFAULT_TARGET_MODULES, ArchSpec, attention_for
+from app.core.architectures import ArchSpec, attention_for
 from app.core.catalog import gpu
 from app.core.frameworks import (
     UNSLOTH_FAST_TYPES,
@@ -34,9 +40,9 @@ from app.core.litgpt import layer_saved as litgpt_layer_saved
 from app.core.litgpt import previous_step_inputs as litgpt_previous_inputs
 from app.core.optimizers import step_transient_bytes
 from app.core.overhead import outside_allocator_bytes
-from app.core.patterns import compile_target_regex
 from app.core.precision import Dtypes
 from app.core.request import PlanRequest
+from app.core.step_shape import StepShape, step_shape
 from app.core.units import DTYPE_BYTES
 
 GEMMA_NORMS = ("gemma", "gemma2", "gemma3_text")
@@ -69,131 +75,7 @@ class ActivationModel:
     cast_cache: int = 0
 
 
-@dataclass(frozen=True)
-class _Ctx:
-    t: int
-    b: int
-    s: int
-    c: int  # autocast compute bytes (4 when no autocast)
-    a: int  # residual stream bytes
-    a_first: int  # bytes of the first decoder layer's input (the embedding output; ``a`` unless QDoRA promotes)
-    lo: int  # projection output bytes
-    la: int  # LoRA A/B bytes (fp32; bf16 under TRL with a k-bit base)
-    autocast: bool
-    quantized: bool
-    full: bool
-    dropout: bool
-    dora: bool
-    r: int
-    checkpointed: bool
-    top_k: int  # MoE experts per token (0 for dense models)
-    experts: int  # MoE experts per block
-
-
-def _ctx(req: PlanRequest, dt: Dtypes, arch: ArchSpec) -> _Ctx:
-    tr = req.training
-    autocast = dt.autocast and dt.compute != "fp32"
-    c = DTYPE_BYTES[dt.compute]
-    a = DTYPE_BYTES[dt.unquantized if req.quantized else dt.weights]
-    if req.method == "full" or not req.quantized:
-        a = DTYPE_BYTES[dt.weights]
-    lo = a if req.quantized else (c if autocast else DTYPE_BYTES[dt.weights])
-    a_first = a
-    if req.quantized and req.uses_dora and autocast and DTYPE_BYTES[dt.magnitude] > lo:
-        # PEFT 0.21.2 tuners/lora/bnb.py Linear4bit.forward converts the adapter's result back to the base
-        # result's dtype only when autocast is off (``requires_conversion``); DoRA's combination with the fp32
-        # magnitude (tuners/lora/dora.py DoraLinearLayer.forward) is fp32, so under autocast every QDoRA
-        # projection returns fp32, and once an adapted output projection (o_proj, down_proj) adds into it,
-        # so does the residual stream.
-        lo = DTYPE_BYTES[dt.magnitude]
-        if _adapts_output_projection(req, arch):
-            a = lo
-    return _Ctx(t=tr.micro_batch_size * tr.seq_len, b=tr.micro_batch_size, s=tr.seq_len, c=c, a=a, a_first=a_first,
-                lo=lo,
-                la=DTYPE_BYTES[dt.adapters],
-                autocast=autocast, quantized=req.quantized, full=req.method == "full",
-                dropout=req.uses_adapter and req.lora.lora_dropout > 0, dora=req.uses_dora, r=req.lora.r,
-                checkpointed=tr.gradient_checkpointing, top_k=arch.num_experts_per_tok, experts=arch.num_experts)
-
-
-OUTPUT_PROJECTIONS = ("o_proj", "down_proj", "out_proj", "dense", "c_proj", "wo", "w2", "fc2", "dense_4h_to_h")
-"""Leaf names of the linears whose output is added to the residual stream (attention output, MLP down)."""
-
-
-def _adapts_output_projection(req: PlanRequest, arch: ArchSpec) -> bool:
-    """Whether ``lora.target_modules`` adapts an output projection: 'all-linear' does; a list by leaf name; a
-    regex as PEFT matches it (``re.fullmatch`` on the module name) on the Llama names of the attention and MLP
-    output projections; unset: PEFT's default targets for the model type."""
-    targets = req.lora.target_modules
-    if targets is None:
-        targets = PEFT_DEFAULT_TARGET_MODULES.get(arch.model_type) or []
-    if targets == "all-linear":
-        return True
-    if isinstance(targets, str):
-        regex = compile_target_regex(targets)
-        names = ("model.layers.0.self_attn.o_proj", "model.layers.0.mlp.down_proj")
-        return any(regex.fullmatch(name) for name in names)
-    return any(name.split(".")[-1] in OUTPUT_PROJECTIONS for name in targets)
-
-
-def _tokens(x: _Ctx, m: Module) -> int:
-    """Rows a linear sees: all tokens, or for one expert of a transformers 4.x MoE block (an nn.Linear per
-    expert, run on the tokens routed to it) the average share T·top_k/E."""
-    return -(-x.t * x.top_k // x.experts) if x.experts and ".experts." in m.name else x.t
-
-
-def _adapter_copies_input(x: _Ctx) -> bool:
-    """Whether each adapter saves a new copy of its input: autocast's cast of an input not in the compute dtype, or
-    (non-quantized layers, which cast ``x`` to lora_A's dtype: PEFT ``_cast_input_dtype``) of PEFT's copy in an
-    adapter dtype that is not the compute dtype. Under FSDP's 16-bit ``param_dtype`` the adapters compute in it:
-    no copy."""
-    return x.autocast and (x.a != x.c or (not x.quantized and x.la != x.c))
-
-
-def _adapter_saved(x: _Ctx, targets: list[Module], shared_inputs: int) -> int:
-    """LoRA/DoRA tensors saved per layer: input copies, A·x, cached weight casts, dropout masks, DoRA results.
-
-    ``shared_inputs`` is the number of distinct inputs the adapted linears read (q/k/v share one).
-    """
-    total = 0
-    lora_c = x.c if x.autocast else x.la
-    copies_per_linear = _adapter_copies_input(x)
-    for m in targets:
-        k, n, t = m.in_features, m.out_features, _tokens(x, m)
-        if copies_per_linear:
-            total += lora_c * t * k  # autocast's cast of x for lora_A (a new tensor per adapter)
-        elif x.dropout:
-            total += lora_c * t * k  # the dropout output lora_A saves
-        if x.dropout:
-            total += t * k  # CUDA native_dropout keeps a bool mask
-        total += lora_c * t * x.r  # lora_A output, saved by lora_B
-        if x.autocast and x.la != x.c:
-            total += x.c * x.r * (k + n)  # autocast's cached bf16 copies of lora_A / lora_B weights
-        if x.dora:
-            # DoRA keeps base_result and lora_result; with dropout > 0 it recomputes base_result as
-            # F.linear(dropout(x), W) (autocast dtype) and saves W (under autocast its cast)
-            total += t * n * ((lora_c if x.dropout else x.lo) + lora_c)
-            if x.dropout:
-                total += n * k * lora_c
-    if not copies_per_linear and not x.dropout:
-        total += shared_inputs  # lora_A saves its input itself, shared by adapters reading the same tensor
-    return total
-
-
-_INPUT_GROUPS = {"q_proj": "qkv", "k_proj": "qkv", "v_proj": "qkv", "qkv_proj": "qkv", "c_attn": "qkv",
-                 "gate_proj": "mlp_in", "up_proj": "mlp_in", "gate_up_proj": "mlp_in", "c_fc": "mlp_in"}
-
-
-def _shared_inputs(targets: list[Module], bytes_per_feature: int) -> int:
-    """Bytes of the distinct inputs adapted linears read when lora_A saves its input without copying it.
-
-    q/k/v read one tensor, gate/up another; o_proj reads the attention output, which attention already keeps.
-    """
-    groups = {_INPUT_GROUPS.get(m.leaf, m.leaf): m.in_features for m in targets}
-    return sum(bytes_per_feature * k for g, k in groups.items() if g != "o_proj")
-
-
-def _param_wrapper_saved(arch: ArchSpec, targets: list[Tensor], x: _Ctx, layer: int) -> int:
+def _param_wrapper_saved(arch: ArchSpec, targets: list[Tensor], x: StepShape, layer: int) -> int:
     """PEFT ``ParamWrapper`` (target_parameters) merges W + B·A into a dense weight every forward; the merged
     weight is saved, and the grouped matmul then also keeps its input (the weight now needs a gradient)."""
     prefix = f"model.layers.{layer}."
@@ -212,7 +94,7 @@ def _param_wrapper_saved(arch: ArchSpec, targets: list[Tensor], x: _Ctx, layer: 
     return total
 
 
-def _layer_saved(inv: Inventory, plan_targets: list[Module], param_targets: list[Tensor], x: _Ctx,
+def _layer_saved(inv: Inventory, plan_targets: list[Module], param_targets: list[Tensor], x: StepShape,
                  req: PlanRequest, dt: Dtypes, layer: int) -> int:
     arch = inv.arch
     t, h, a, c, lo = x.t, arch.hidden_size, x.a, x.c, x.lo
@@ -272,14 +154,14 @@ def _layer_saved(inv: Inventory, plan_targets: list[Module], param_targets: list
         total += 2 * sum(m.in_features * m.out_features for m in inv.modules
                          if m.layer == layer and m.kind in (LINEAR, CONV1D))
     layer_targets = [m for m in plan_targets if m.layer == layer and m.kind != EMBEDDING]
-    total += _adapter_saved(x, layer_targets, _shared_inputs(layer_targets, a * t))
+    total += adapter_saved(x, layer_targets, shared_inputs(layer_targets, a * t))
     total += _param_wrapper_saved(arch, param_targets, x, layer)
     if tt and req.training.torch_compile:
         total -= torchtune.compiled_layer_saving(t, h, arch.intermediate_size, a, x.full)
     return total
 
 
-def _gpt2_layer_saved(inv: Inventory, plan_targets: list[Module], x: _Ctx, layer: int) -> int:
+def _gpt2_layer_saved(inv: Inventory, plan_targets: list[Module], x: StepShape, layer: int) -> int:
     """GPT-2: LayerNorm (input, mean, rstd), fused c_attn output, attention, gelu_new's four saved tensors,
     the dropout masks of the attention and MLP residual branches (resid_pdrop 0.1 by default)."""
     arch = inv.arch
@@ -291,159 +173,17 @@ def _gpt2_layer_saved(inv: Inventory, plan_targets: list[Module], x: _Ctx, layer
     if x.full:
         total += 2 * lo * t * h + lo * t * arch.intermediate_size
     layer_targets = [m for m in plan_targets if m.layer == layer]
-    total += _adapter_saved(x, layer_targets, _shared_inputs(layer_targets, a * t))
+    total += adapter_saved(x, layer_targets, shared_inputs(layer_targets, a * t))
     return total
 
 
-def _dora_transient(x: _Ctx, dt: Dtypes, m: Module, *, grad_enabled: bool) -> int:
-    """Peak bytes of the temporaries DoRA builds in one adapted linear's forward (K in, N out features).
-
-    PEFT 0.21.2 ``tuners/lora/dora.py`` ``DoraLinearLayer.forward``, with ``x`` already cast to the adapter
-    dtype by ``lora.Linear.forward`` (``_cast_input_dtype``):
-
-    1. ``get_lora_weight``: ``x_eye = torch.eye(K)`` in lora_A's dtype, autocast's K×K cast of it for
-       ``lora_A``, then ``lora_B``'s K×N output (autocast dtype), all alive together;
-    2. ``get_weight_norm``: ``lora_weight.to(x.dtype)`` (N×K in the adapter dtype), the base weight cast to
-       ``x.dtype`` (a copy unless it is already that dtype; a bitsandbytes weight is dequantized first),
-       ``scaling * lora_weight`` and ``weight + ...``. With autograd on (a forward without checkpointing,
-       or the checkpointed recompute) the K×K cast is still alive: lora_A's backward saved it, and the
-       graph lives as long as ``lora_weight``.
-
-    Both stages checked against the trace engine (bench/trace_grid.py DoRA cases).
-    """
-    k, n = m.in_features, m.out_features
-    la = DTYPE_BYTES[dt.adapters]
-    cast = x.c * k * k if x.autocast else 0
-    out = x.c if x.autocast else la
-    weight_casts = x.c * x.r * (k + n) if x.autocast else 0  # autocast's cached lora_A/lora_B casts
-    stage1 = la * k * k + cast + out * k * (n + x.r) + weight_casts
-    weight_copy = x.quantized or DTYPE_BYTES[dt.weights] != la
-    # lora_weight's graph: lora_A saved its input (the eye's autocast cast, or the eye itself) and output
-    graph = (cast or la * k * k) + out * k * x.r if grad_enabled else 0
-    stage2 = graph + weight_casts + la * k * n * (3 + weight_copy)
-    return max(stage1, stage2)
-
-
-def _by_layer(targets: list[Module]) -> dict[int | None, list[Module]]:
-    """The targets grouped by decoder layer, each group in registration order."""
-    groups: dict[int | None, list[Module]] = {}
-    for m in targets:
-        groups.setdefault(m.layer, []).append(m)
-    return groups
-
-
-def _with_later_in_layer(targets: list[Module]) -> list[tuple[Module, list[Module]]]:
-    """Each target with the targets registered after it in its layer (one pass per layer, not per target)."""
-    return [(m, group[j + 1:]) for group in _by_layer(targets).values() for j, m in enumerate(group)]
-
-
-def _dora_extra(inv: Inventory, x: _Ctx, dt: Dtypes, targets: list[Module], *, grad_enabled: bool) -> int:
-    """The largest DoRA transient of a layer beyond the layer's saved bytes (which count the finished layer).
-
-    While module ``m`` (K in, N out) builds its weight norm, ``lora.Linear.forward`` has already made
-    ``m``'s input in the adapter dtype (a copy unless the input has that dtype), the dropout output and
-    mask, and the base layer's result (N wide); its input is alive (for the layer's last linear not a
-    tensor the layer keeps when the adapter saves its own copy). What ``m`` saves later (autocast's cast of
-    the input, lora_A's output, DoRA's lora_result, the weight saved under dropout) and what the adapted
-    linears after it save (registration order: attention, then the MLP's gate/up and down; the execution
-    order except Phi-3, which registers o_proj before qkv_proj) do not exist yet, nor (before the layer's
-    last linear) the dense MLP's activation outputs (``3·lo·T·I``; GPT-2 ``4·lo·T·I``). Attention internals
-    are left in, so for attention projections this is an upper bound; in a decoder the widest K (the MLP
-    down projection) is the last.
-    """
-    arch = inv.arch
-    last_linear = _last_linears(inv)
-    la = DTYPE_BYTES[dt.adapters]
-    mlp_acts = (4 if arch.model_type == "gpt2" else 3) * x.lo * x.t * arch.intermediate_size
-    best = 0
-    for m, rest in _with_later_in_layer(targets):
-        k, n, t = m.in_features, m.out_features, _tokens(x, m)
-        present = t * n * x.lo + (la * t * k if x.a != la or not x.quantized else 0)
-        if x.dropout:
-            present += la * t * k + t * k
-        later = _adapter_saved(x, [m, *rest], 0)
-        if m.name == last_linear.get(m.layer):
-            if x.dropout or _adapter_copies_input(x):
-                present += x.lo * t * k
-        elif m.layer not in arch.sparse_layers:
-            later += mlp_acts
-        best = max(best, _dora_transient(x, dt, m, grad_enabled=grad_enabled) + present - later)
-        # The combination ``(mag_norm_scale - 1) * base_result + mag_norm_scale * lora_result * scaling``: the fp32
-        # magnitude promotes each product to fp32 (T×N); three are alive at once (the second product, its scaled
-        # copy and the first), after m's own tensors are saved (base_result is one of them).
-        combine = 3 * max(DTYPE_BYTES[dt.magnitude], x.lo) * t * n
-        best = max(best, combine + present - t * n * x.lo - (later - _adapter_saved(x, [m], 0)))
-    return best
-
-
-def _dora_backward_extra(inv: Inventory, x: _Ctx, dt: Dtypes, targets: list[Module]) -> int:
-    """Bytes the backward of a gated MLP's DoRA input projection (gate_proj / up_proj, N = I out features) holds
-    beyond the layer's saved bytes and the one activation gradient ``backward_layer`` counts.
-
-    DoRA's output ``result.to(bf16)`` of ``result + (s - 1)·base + s·lora·scaling`` (PEFT 0.21.2
-    ``tuners/lora/layer.py`` ``Linear.forward``, ``tuners/lora/dora.py`` ``DoraLinearLayer.forward``; ``s`` the
-    fp32 magnitude scale) back-propagates through a chain of magnitude-dtype T×N tensors alive together: the
-    gradient's cast (when the output was 16-bit), the ``scaling`` product, the lora_result gradient and the
-    product reduced into the magnitude's gradient; the base result's gradient is cast back to its dtype beside
-    them. Up_proj runs first (autograd runs the later-created node first); by then the product's backward
-    freed the activation and up outputs (two of the MLP's three saved T×I tensors) and down_proj's saved
-    tensors are gone. Found in the trace (bench/framework_grid.py TRL DoRA 8k case)."""
-    arch = inv.arch
-    if arch.model_type == "gpt2":
-        return 0
-    mb = DTYPE_BYTES[dt.magnitude]
-    best = 0
-    for layer, group in _by_layer(targets).items():
-        mlp_in = [m for m in group if _INPUT_GROUPS.get(m.leaf) == "mlp_in"]
-        if layer is None or layer in arch.sparse_layers or not mlp_in:
-            continue
-        n = max(m.out_features for m in mlp_in)
-        t = x.t
-        converted = x.lo != mb  # the output was cast back to the base dtype: its gradient is cast up, and the
-        chain = (4 if converted else 3) * mb * t * n  # base result's gradient cast back down
-        base_grad = x.lo * t * n if converted else 0
-        freed = 2 * x.lo * t * arch.intermediate_size
-        down = [m for m in group if m.leaf == "down_proj"]
-        freed += _adapter_saved(x, down, 0)
-        best = max(best, chain + base_grad - freed)
-    return best
-
-
-def _last_linears(inv: Inventory) -> dict[int, str]:
-    """Each decoder layer's last linear in registration order (the MLP's down projection)."""
-    last: dict[int, str] = {}
-    for mod in inv.modules:
-        if mod.layer is not None and mod.kind in (LINEAR, CONV1D):
-            last[mod.layer] = mod.name
-    return last
-
-
-def _lora_cast_extra(inv: Inventory, x: _Ctx, targets: list[Module]) -> int:
-    """Bytes alive while the layer's last adapted linear (the MLP down projection, K = I) runs its LoRA branch,
-    beyond what the finished layer saves: PEFT ``lora.Linear.forward`` (0.21.2 ``tuners/lora/layer.py``) casts
-    its input to lora_A's dtype (``_cast_input_dtype``): under autocast with fp32 adapters and a 16-bit input, an
-    fp32 copy (la·T·K, and with dropout the fp32 dropout output) lives until the forward returns, beside the base
-    layer's result (lo·T·N) and the input itself, which nothing saves (the MLP product). Found in the trace of TRL
-    steps, whose fused LM head leaves a layer's recompute as the peak; 0 for DoRA (:func:`_dora_extra`) and for
-    bitsandbytes layers, which skip the cast under autocast (``tuners/lora/bnb.py`` ``requires_conversion``)."""
-    if not x.autocast or x.dora or x.quantized or x.la == x.lo:
-        return 0
-    last = _last_linears(inv)
-    best = 0
-    for m in targets:
-        if m.name == last.get(m.layer):
-            k, n, t = m.in_features, m.out_features, _tokens(x, m)
-            best = max(best, (x.la * (1 + x.dropout) + x.lo) * t * k + x.lo * t * n)
-    return best
-
-
-def eager_scores_grad(x: _Ctx, arch: ArchSpec, req: PlanRequest) -> int:
+def eager_scores_grad(x: StepShape, arch: ArchSpec, req: PlanRequest) -> int:
     """Bytes of the gradient of eager attention's b×heads×s×s probabilities, alive in its backward (0 otherwise)."""
     eager = arch.model_type != "gpt2" and attention_for(arch.model_type, req.training.attn_implementation) == "eager"
     return max(x.lo, x.a) * x.b * arch.num_attention_heads * x.s * x.s if eager else 0
 
 
-def down_input_grad_sum(x: _Ctx, arch: ArchSpec, targets: list[Module], layer: int) -> int:
+def down_input_grad_sum(x: StepShape, arch: ArchSpec, targets: list[Module], layer: int) -> int:
     """Bytes alive in a layer's backward at the sum of its adapted down projection's two input gradients, beyond
     the layer's other saved tensors (0 when ``down_proj`` is not adapted or the layer is an MoE block).
 
@@ -452,12 +192,12 @@ def down_input_grad_sum(x: _Ctx, arch: ArchSpec, targets: list[Module], layer: i
     autograd sums two T×I gradients of ``x`` into a third: the base layer's (for bitsandbytes 0.50.2
     ``Linear4bit.forward``, MatMul4Bit's 16-bit gradient cast back through ``x.to(compute_dtype)`` to ``x``'s
     dtype) and the adapter's (back through autocast's cast of ``x`` for ``lora_A``). By then down_proj's own
-    saved tensors (:func:`_adapter_saved`; bitsandbytes' MatMul4Bit saves no input for a frozen weight) are freed.
+    saved tensors (:func:`adapter_saved`; bitsandbytes' MatMul4Bit saves no input for a frozen weight) are freed.
     """
     down = [m for m in targets if m.layer == layer and m.leaf == "down_proj"]
     if not down or layer in arch.sparse_layers:
         return 0
-    return 3 * x.lo * x.t * arch.intermediate_size - _adapter_saved(x, down, _shared_inputs(down, x.a * x.t))
+    return 3 * x.lo * x.t * arch.intermediate_size - adapter_saved(x, down, shared_inputs(down, x.a * x.t))
 
 
 def _largest_linear(inv: Inventory) -> tuple[int, int]:
@@ -513,7 +253,7 @@ def _litgpt_model(inv: Inventory, plan: AdapterPlan, req: PlanRequest, dt: Dtype
     )
 
 
-def autocast_cast_cache(inv: Inventory, plan: AdapterPlan, x: _Ctx, dt: Dtypes) -> int:
+def autocast_cast_cache(inv: Inventory, plan: AdapterPlan, x: StepShape, dt: Dtypes) -> int:
     """Bytes of the compute-dtype copies autocast caches for the decoder layers' trainable fp32 linear weights,
     when gradient checkpointing keeps none of them saved.
 
@@ -543,7 +283,7 @@ def activation_model(inv: Inventory, plan: AdapterPlan, req: PlanRequest, dt: Dt
     if is_litgpt(req):
         return _litgpt_model(inv, plan, req, dt)
     arch = inv.arch
-    x = _ctx(req, dt, arch)
+    x = step_shape(req, dt, arch)
     t, h, v = x.t, arch.hidden_size, arch.vocab_size
     per_layer = [
         _gpt2_layer_saved(inv, plan.targets, x, i) if arch.model_type == "gpt2"
@@ -639,21 +379,21 @@ def activation_model(inv: Inventory, plan: AdapterPlan, req: PlanRequest, dt: Dt
     targets = [m for m in plan.targets if m.kind != EMBEDDING]
     # Unsloth's fused LoRA kernels do not copy their input to the adapter dtype
     unsloth = framework(req).name == "unsloth" and unsloth_fast_lora(req) and arch.model_type in UNSLOTH_FAST_TYPES
-    cast = 0 if unsloth else _lora_cast_extra(inv, x, targets)
+    cast = 0 if unsloth else lora_cast_extra(inv, x, targets)
     transient = max(transient, cast)
     if x.checkpointed:
         # the recompute runs with only the incoming gradient (h wide) alive, where backward_layer counts the
         # widest activation gradient
         backward_transient = max(backward_transient, cast - x.a * t * (max(h, arch.intermediate_size) - h))
     if req.uses_dora:
-        transient = max(transient, _dora_extra(inv, x, dt, targets, grad_enabled=not x.checkpointed))
+        transient = max(transient, dora_extra(inv, x, dt, targets, grad_enabled=not x.checkpointed))
         if x.checkpointed:
             # the recompute of a layer runs with autograd on; only the incoming gradient (h wide) is alive
             # then, where backward_layer counts the widest activation gradient
-            recompute = _dora_extra(inv, x, dt, targets, grad_enabled=True)
+            recompute = dora_extra(inv, x, dt, targets, grad_enabled=True)
             recompute -= x.a * t * (max(h, arch.intermediate_size) - h)
             backward_transient = max(backward_transient, recompute)
-        backward_transient = max(backward_transient, _dora_backward_extra(inv, x, dt, targets))
+        backward_transient = max(backward_transient, dora_backward_extra(inv, x, dt, targets))
     if loss == "torchtune":
         # moments of a layer's backward besides a linear's NF4 dequantization: the SwiGLU product's backward, and
         # under optimizer_in_bwd one parameter's gradient with its optimizer step

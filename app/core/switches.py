@@ -13,7 +13,6 @@ from app.core.activations import (
     GEMMA_NORMS,
     QK_NORM,
     ActivationModel,
-    _ctx,
     down_input_grad_sum,
     eager_scores_grad,
 )
@@ -23,6 +22,7 @@ from app.core.inventory import Inventory, Module
 from app.core.precision import Dtypes
 from app.core.request import PlanRequest
 from app.core.static_memory import StaticMemory
+from app.core.step_shape import step_shape
 from app.core.units import DTYPE_BYTES
 
 LIGER_MODEL_TYPES = ("llama", "mistral", "mixtral", "qwen2", "qwen3", "qwen3_moe", "gemma", "gemma2",
@@ -70,7 +70,7 @@ def _liger_layer_saving(arch: ArchSpec, req: PlanRequest, dt: Dtypes, layer: int
     - The gated MLP (``ops/swiglu.py``, ``ops/geglu.py``) saves the gate and up outputs and recomputes the
       activation: one ``lo·T·I`` tensor less than transformers' act/mul. MoE expert layers are not patched.
     """
-    x = _ctx(req, dt, arch)
+    x = step_shape(req, dt, arch)
     t, h, a, lo = x.t, arch.hidden_size, x.a, x.lo
     norms = 4 if arch.model_type in ("gemma2", "gemma3_text") else 2
     normed = (4 if arch.model_type in GEMMA_NORMS else a) * t * h if x.full else 0
@@ -106,7 +106,7 @@ def liger_activations(act: ActivationModel, inv: Inventory, req: PlanRequest, dt
     arch = inv.arch
     if not liger_applies(req, arch):
         return act
-    x = _ctx(req, dt, arch)
+    x = step_shape(req, dt, arch)
     t, h, v, a, c = x.t, arch.hidden_size, arch.vocab_size, x.a, x.c
     savings = [_liger_layer_saving(arch, req, dt, i) for i in range(arch.num_hidden_layers)]
     head_dtype = dt.unquantized if req.quantized else dt.weights
@@ -185,7 +185,7 @@ def offload_static(static: dict[str, int], sm: StaticMemory, req: PlanRequest,
       the fp32 optimizer state (DeepSpeed's ``estimate_zero2_model_states_mem_needs`` multiplies its host
       figure by a 1.5 buffer factor; the exact states are given here).
     - DeepSpeed ``offload_param`` (ZeRO-Infinity, stage 3): the bf16 parameter partitions live in host memory;
-      a GPU holds only the gathered modules (the live/prefetch set of ``_gathered``).
+      a GPU holds only the gathered modules (the live/prefetch set of :func:`app.core.sharding.gathered_bytes`).
     - FSDP ``cpu_offload`` (torch ``CPUOffload(offload_params=True)``): parameters, gradients and optimizer
       states of every shard live in host memory, the optimizer steps there; the GPU holds the gathered units
       and one layer's unsharded gradients before their reduce-scatter. bitsandbytes' quantization constants
@@ -228,7 +228,7 @@ def activation_offload(act: ActivationModel, req: PlanRequest, arch: ArchSpec,
     """
     if not req.training.activation_offloading:
         return act, 0
-    x = _ctx(req, dt, arch)
+    x = step_shape(req, dt, arch)
     t, h = x.t, arch.hidden_size
     layers = max(arch.num_hidden_layers, 1)
     if req.training.gradient_checkpointing:
