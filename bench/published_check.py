@@ -10,7 +10,10 @@ planner must say the run does not fit.
 
 Prints the table (published, ours, error, counter), the terms of our figure, median |error| / share within 10% /
 OOM verdicts per source, per framework, per counter and overall, the seq-len sweeps, and the skipped rows grouped
-by reason. Deterministic, CPU only, imports only ``app.core`` and ``app.accuracy``:
+by reason. Deterministic, CPU only. Rows of a model outside the hand-written rules (given by its config.json)
+go through the generic path first, as the served table does: transformers builds it on the meta device and its
+activations are fitted from traces of small variants (a worker process; seconds per setting, stored in the generic
+store, so a second run reads them):
 
     .venv/bin/python bench/published_check.py [--csv PATH] [--stand-in hf-trainer]
 """
@@ -28,6 +31,7 @@ if str(ROOT) not in sys.path:
 
 from app.accuracy.rows import COUNTER, CSV_PATH, FRAMEWORKS, Mapped, Skip, read_rows, settings_text  # noqa: E402
 from app.accuracy.table import Summary, compare, summarise  # noqa: E402
+from app.core.request import PlanRequest  # noqa: E402
 
 
 def method_label(mp: Mapped) -> str:
@@ -161,6 +165,14 @@ def print_skipped(skipped: list[tuple[dict[str, str], Skip]]) -> None:
             print(f"      … {len(details) - 8} more")
 
 
+def prepare(req: PlanRequest) -> PlanRequest:
+    """The generic path's build and traced fit, waited for (:data:`app.accuracy.table.Prepare`)."""
+    from app.models.resolve import resolve_request
+    from app.settings import get_settings
+
+    return resolve_request(req, fit_wait_s=get_settings().generic_peak_fit_timeout_s)[0]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--csv", type=Path, default=CSV_PATH)
@@ -170,7 +182,7 @@ def main() -> None:
     args = ap.parse_args()
 
     rows = read_rows(args.csv)
-    mapped, skipped = compare(rows)
+    mapped, skipped = compare(rows, prepare=prepare)
     print(f"{args.csv.name}: {len(rows)} rows; compared {len(mapped)}; skipped {len(skipped)}")
     print_table("== published rows whose settings can be known ==", mapped)
     print_terms("terms", [mp for mp in mapped if not mp.oom])
@@ -181,7 +193,7 @@ def main() -> None:
     print_summaries("per framework (training.framework):", grouped(mapped, "framework"))
     print_summaries("overall:", [summarise("overall", mapped)])
     if args.stand_in:
-        stood = [mp for mp in compare(rows, stand_in=args.stand_in)[0]
+        stood = [mp for mp in compare(rows, stand_in=args.stand_in, prepare=prepare)[0]
                  if FRAMEWORKS[mp.row["framework"]][0] != mp.req.training.framework]
         print_table(f"== rows of trainers without a training.framework value, estimated as {args.stand_in!r} "
                     "(not in the medians above) ==", stood)

@@ -11,10 +11,11 @@ import pytest
 from fastapi.testclient import TestClient
 
 from app.accuracy.rows import CSV_PATH, read_rows
-from app.accuracy.table import build_table, published_table
+from app.accuracy.table import build_table, compare, published_table
 from app.calibration.store import JobStore
 from app.core import PlanRequest, estimate
 from app.main import create_app
+from app.models.resolve import resolve_request
 from app.settings import Settings, get_settings
 
 from .conftest import TINY_CONFIGS
@@ -137,3 +138,29 @@ def test_oom_rows_and_skips(tmp_path: Path) -> None:
     assert table.compared[0].predicted_fits is False and table.compared[0].error_percent is None
     assert table.overall.oom_rows == 1 and table.overall.oom_predicted_not_fitting == 1
     assert [(s.row_id, s.reason) for s in table.skipped] == [(901, "framework's recipe cannot be known")]
+
+
+def test_rows_of_a_model_outside_the_rules_go_through_the_generic_path() -> None:
+    """PEFT's README bloomz-7b1 rows: bloom has no hand-written rules, so the table's ``prepare`` builds it with
+    transformers' own BloomForCausalLM (meta device, a worker) before the core answers. By hand: word embeddings
+    250880·4096 = 1,027,604,480, their LayerNorm 8,192, per layer 2 LayerNorms 16,384 + query_key_value
+    4096·12288 + 12288 = 50,343,936 + dense 4096² + 4096 = 16,781,312 + dense_h_to_4h 4096·16384 + 16384 =
+    67,125,248 + dense_4h_to_h 16384·4096 + 4096 = 67,112,960 (201,379,840; × 30 = 6,041,395,200), ln_f 8,192,
+    lm_head tied: 7,069,016,064 parameters. PEFT's default bloom target query_key_value at r 8: 30·8·(4096 + 12288)
+    = 3,932,160 trainable. The script's settings: 8 × 64 tokens, fp32, dropout 0.1, no checkpointing; TorchTracemalloc
+    read max_memory_allocated (→ peak). Full fine-tuning in fp32 (7.07e9 × 16 B ≈ 105 GiB) cannot fit the 80 GB card;
+    the fp32 ZeRO-3 row is refused, naming the field."""
+    rows = [r for r in read_rows(CSV_PATH) if r["row_id"] in ("46", "47", "48")]
+    mapped, skipped = compare(rows, prepare=lambda req: resolve_request(req)[0])
+    by_id = {mp.row["row_id"]: mp for mp in mapped}
+    assert sorted(by_id) == ["46", "47"]
+    lora = by_id["47"]
+    assert lora.result is not None
+    assert (lora.result.parameters.total, lora.result.parameters.trainable) == (7_069_016_064, 3_932_160)
+    tr = lora.req.training
+    assert (tr.micro_batch_size, tr.seq_len, tr.precision, tr.gradient_checkpointing) == (8, 64, "fp32", False)
+    assert lora.req.lora.lora_dropout == 0.1 and lora.kind == "allocated" and lora.error is not None
+    assert by_id["46"].predicted_fits is False
+    assert [(r["row_id"], sk.reason, sk.detail.split(":")[0]) for r, sk in skipped] == [
+        ("48", "planner rejected the request", "training.precision")]
+

@@ -96,9 +96,28 @@ def test_bucket_sizes_outside_deepspeed_are_refused(hardware: dict[str, Any], fi
     assert info.value.loc == ("hardware", field)
 
 
+@pytest.mark.parametrize("sharding", ["zero1", "zero2", "zero3"])
+def test_fp32_zero_is_refused_and_16_bit_modes_are_not(sharding: str) -> None:
+    """DeepSpeed without a bf16/fp16 section trains fp32 parameters; the ZeRO rules count 16-bit ones, so fp32 is a
+    422 on training.precision, while every 16-bit precision answers."""
+    hw = {"num_gpus": 2, "sharding": sharding}
+    with pytest.raises(PlanError) as info:
+        estimate(PlanRequest(model=MODEL, method="lora", training={"precision": "fp32"}, hardware=hw))
+    assert info.value.loc == ("training", "precision")
+    for precision in ("bf16", "bf16-mixed", "fp16-mixed"):
+        assert estimate(PlanRequest(model=MODEL, method="lora", training={"precision": precision}, hardware=hw))
+
+
 @pytest.fixture(scope="module")
 def client() -> TestClient:
     return TestClient(create_app())
+
+
+def test_fp32_zero_is_a_422_naming_the_field(client: TestClient) -> None:
+    r = client.post("/api/v1/estimate", json={"model": MODEL, "training": {"precision": "fp32"},
+                                              "hardware": {"num_gpus": 2, "sharding": "zero3"}})
+    assert r.status_code == 422, r.text
+    assert any(d["loc"][-2:] == ["training", "precision"] and "fp32" in d["msg"] for d in r.json()["detail"]), r.text
 
 
 @pytest.mark.parametrize(("value", "field"), [

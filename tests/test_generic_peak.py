@@ -129,3 +129,15 @@ def test_a_fit_past_the_wait_finishes_in_the_background(monkeypatch: pytest.Monk
     assert peak_fit.BUILDS["fits"] == fits + 1 and not provisional
     traced = run_trace(req).peak_bytes
     assert abs(ours - traced) <= 0.03 * traced, (ours, traced)
+
+
+def test_an_explicit_wait_outlasts_the_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``fit_wait_s`` (the served accuracy table and bench/published_check.py, which cache what they get) waits for
+    the fit even where the default wait is 0: the first answer is already the fitted, non-provisional peak."""
+    monkeypatch.setenv("PEFT_PLANNER_GENERIC_PEAK_FIT_WAIT_S", "0")
+    get_settings.cache_clear()
+    req = _request(GPT_OSS, seq_len=600)
+    req = req.model_copy(update={"lora": req.lora.model_copy(update={"r": 12})})  # settings no other test fits
+    fits = peak_fit.BUILDS["fits"]
+    result = estimate(resolve_request(req, fit_wait_s=600)[0])
+    assert peak_fit.BUILDS["fits"] == fits + 1 and not result.peak.provisional

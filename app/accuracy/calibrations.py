@@ -10,7 +10,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from app.accuracy.table import PublishedTable, Summary, published_table, summary_of
+from app.accuracy.table import Prepare, PublishedTable, Summary, published_table, summary_of
 from app.calibration.service import comparison
 from app.jobs import LEARN_FROM_JOBS, recent_jobs
 from app.settings import Settings
@@ -78,9 +78,11 @@ class AccuracyReport(BaseModel):
     calibration_summary: Summary
 
 
-def accuracy_report(settings: Settings, check: Callable[[], None] | None = None) -> AccuracyReport:
-    """The published table (computed once per planner version, :func:`published_table`) and the store's finished
-    CUDA calibrations (read on every call: a few hundred rows of the job store)."""
+def accuracy_report(settings: Settings, check: Callable[[], None] | None = None,
+                    prepare: Prepare | None = None) -> AccuracyReport:
+    """The published table (computed once per planner version, :func:`published_table`; ``prepare``: see
+    :data:`app.accuracy.table.Prepare`) and the store's finished CUDA calibrations (read on every call: a few
+    hundred rows of the job store)."""
     rows = gpu_calibrations(settings)
-    return AccuracyReport(published=published_table(check), calibrations=rows,
+    return AccuracyReport(published=published_table(check, prepare=prepare), calibrations=rows,
                           calibration_summary=calibration_summary(rows))

@@ -194,3 +194,27 @@ def peft_examples_settings(method: str, lora: dict[str, Any], training: dict[str
         hardware.update(DEEPSPEED_BUCKET_DEFAULTS)
         notes.append("accelerate deepspeed_config YAML without a JSON: DeepSpeed's default reduce_bucket_size 5e8 and "
                      "stage3_prefetch_bucket_size 5e7")
+
+
+PEFT_README_CLM_SCRIPT = "examples/causal_language_modeling/peft_lora_clm_accelerate_ds_zero3_offload.py"
+PEFT_README_MAX_LENGTH = 64
+"""The causal-LM script behind the bloomz-7b1 rows of PEFT's README table (:data:`PEFT_README_CLM_SCRIPT`, first
+as ``pet_lora_clm_accelerate_ds_zero3_offload.py``): ``preprocess_function`` left-pads every sample with the pad
+token, or truncates it, to ``max_length = 64`` tokens, so every batch is 8 × 64 whatever the tweets' lengths."""
+PEFT_README_LORA_DROPOUT = 0.1
+"""The same script's ``LoraConfig(task_type=CAUSAL_LM, r=8, lora_alpha=32, lora_dropout=0.1)`` (PEFT's default
+targets: ``query_key_value`` for bloom); ``torch.optim.AdamW``, no gradient checkpointing, the model loaded by
+``AutoModelForCausalLM.from_pretrained`` without ``torch_dtype`` (fp32), and TorchTracemalloc's 'GPU Total Peak'
+is ``torch.cuda.max_memory_allocated``."""
+
+
+def peft_readme_seq_len(row: dict[str, str], notes: list[str]) -> int | None:
+    """The sequence length of a causal-LM row of PEFT's README table (the CSV leaves it empty: 'short tweets'), from
+    the script that produced it; None for every other row."""
+    if row["source_id"] != "PEFT-README" or "bloom" not in row["model"].lower():
+        return None
+    notes.append(f"PEFT README bloomz rows: {PEFT_README_CLM_SCRIPT} pads/truncates every sample to max_length "
+                 f"{PEFT_README_MAX_LENGTH} (8 × {PEFT_README_MAX_LENGTH} tokens a batch), lora_dropout "
+                 f"{PEFT_README_LORA_DROPOUT}, fp32 weights, no gradient checkpointing")
+    return PEFT_README_MAX_LENGTH
+

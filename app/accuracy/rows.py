@@ -28,7 +28,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, get_args
 
-from app.accuracy.recipes import litgpt_settings, peft_examples_settings, torchtune_kind, torchtune_training
+from app.accuracy.recipes import (
+    PEFT_README_LORA_DROPOUT,
+    litgpt_settings,
+    peft_examples_settings,
+    peft_readme_seq_len,
+    torchtune_kind,
+    torchtune_training,
+)
 from app.accuracy.skip import Skip
 from app.core import EstimateResult, PlanRequest, estimate, model_configs
 from app.core.litgpt import LITGPT_FRAMEWORKS
@@ -82,7 +89,25 @@ CONFIGS: dict[str, tuple[dict[str, Any], str]] = {
              num_attention_heads=32, num_key_value_heads=4, vocab_size=32000, tie_word_embeddings=False),
         "TinyLlama/TinyLlama-1.1B-intermediate-step-1431k-3T config.json (a llama)",
     ),
+    # outside the hand-written rules: estimated through the generic path (transformers' own BloomForCausalLM,
+    # PEFT's default targets, activations fitted from traces; app/models/generic.py, app/models/peak_fit.py)
+    "bigscience/bloomz-7b1": (
+        dict(architectures=["BloomForCausalLM"], model_type="bloom", hidden_size=4096, n_layer=30, n_head=32,
+             vocab_size=250880, layer_norm_epsilon=1e-5, hidden_dropout=0.0, attention_dropout=0.0,
+             apply_residual_connection_post_layernorm=False, pretraining_tp=1, slow_but_exact=False,
+             bos_token_id=1, eos_token_id=2, pad_token_id=3, unk_token_id=0),
+        "bigscience/bloomz-7b1 config.json (bloom: 30 layers, h 4096, 32 heads, vocab 250880, tied lm_head; "
+        "7,069,016,064 params), outside the hand-written rules: the generic path (transformers' BloomForCausalLM, "
+        "activations fitted from traces of small variants)",
+    ),
 }
+
+NOT_DECODER_ONLY = {
+    "bigscience/T0_3B": "bigscience/T0_3B: T5 encoder-decoder (seq2seq)",
+    "bigscience/mt0-xxl": "bigscience/mt0-xxl: mT5 encoder-decoder (seq2seq)",
+    "bert-large-uncased": "bert-large-uncased: BERT encoder, sequence classification",
+}
+"""Published models whose training step is not a causal LM's (the rows stay listed, with this reason)."""
 
 # Qwen (v1) config.json values (hub Qwen/Qwen-*/config.json) as a qwen2 config: MHA, ffn = intermediate/2.
 QWEN1: dict[str, dict[str, Any]] = {
@@ -198,6 +223,8 @@ def _resolve_model(name: str) -> tuple[str, str]:
         return by_name[_short_name(base)], ""
     if base in EQUIVALENTS:
         return EQUIVALENTS[base]
+    if base in NOT_DECODER_ONLY:
+        raise Skip("not a decoder-only causal LM: the planner models causal-LM fine-tuning", NOT_DECODER_ONLY[base])
     raise Skip("model not in the catalog and no equivalent architecture", base)
 
 
@@ -396,7 +423,8 @@ def map_row(row: dict[str, str], stand_in: str | None = None) -> Mapped:
     attn = row["attn"].lower()  # not stated: transformers' default for the model (sdpa; eager for gemma2)
     if not row["grad_ckpt"]:
         notes.append("gradient checkpointing not given: off assumed")
-    if not row["seq_len"].strip() and not init_only:
+    script_seq = peft_readme_seq_len(row, notes)
+    if not row["seq_len"].strip() and not init_only and script_seq is None:
         raise Skip("sequence length not stated", row["seq_note"][:80])
     training: dict[str, Any] = {
         "framework": framework,
@@ -404,7 +432,7 @@ def map_row(row: dict[str, str], stand_in: str | None = None) -> Mapped:
         "optim": _optim(row["optimizer"]),
         # memory after model init does not depend on the batch (a placeholder batch of 1 × 2048 tokens)
         "micro_batch_size": 1 if init_only else _first_int(row["micro_batch"], "micro_batch"),
-        "seq_len": 2048 if init_only else _seq_len(row["seq_len"]),
+        "seq_len": 2048 if init_only else script_seq or _seq_len(row["seq_len"]),
         "gradient_checkpointing": row["grad_ckpt"] == "on",
         "attn_implementation": ("flash_attention_2" if "flash" in attn else "eager" if "eager" in attn
                                 else "sdpa" if "sdpa" in attn else None),
@@ -416,7 +444,7 @@ def map_row(row: dict[str, str], stand_in: str | None = None) -> Mapped:
     training["gradient_accumulation_steps"] = _grad_accum(row, training["micro_batch_size"])
     if framework == "torchtune":
         torchtune_training(row, training, hardware, init_only, notes)
-    if not row["seq_len"].strip().isdigit() and not init_only:
+    if not row["seq_len"].strip().isdigit() and not init_only and script_seq is None:
         notes.append(f"seq_len {row['seq_len']!r}: upper bound used ({row['seq_note']})")
 
     if published is not None:
@@ -435,6 +463,8 @@ def map_row(row: dict[str, str], stand_in: str | None = None) -> Mapped:
         litgpt_settings(row, method, lora, training, notes)
     if row["source_id"] == "PEFT-docs-70B":
         peft_examples_settings(method, lora, training, hardware, notes)
+    if script_seq is not None and method != "full":
+        lora["lora_dropout"] = PEFT_README_LORA_DROPOUT
     versions: dict[str, Any] = {}
     if row["source_id"] == "QWEN-README":
         # README 'Profiling of Memory and Speed': "we use CUDA 11.8 and Pytorch 2.0"; finetune.py LoraArguments:
@@ -498,6 +528,9 @@ def run(mp: Mapped) -> None:
     if mp.oom:
         fit = next((f for f in res.fits if f.gpu == mp.req.hardware.gpu), None)
         mp.predicted_fits = fit.fits if fit is not None else None
+    if res.peak.provisional:
+        mp.notes.append("peak.provisional: no traced activation fit for this model and these settings (the generic "
+                        "path's fit is off, failed or still running): its analytic peak is compared")
     if mp.via_config:
         mp.notes.append(f"{mp.model_label}: our parameter count {res.parameters.total / 1e9:.2f}B "
                         f"(CSV params_b {float(mp.row['params_b'] or 0):.2f}B)")

@@ -21,6 +21,7 @@ from pydantic import BaseModel, Field
 
 from app.accuracy.rows import COUNTER, CSV_PATH, NOT_A_STEP, Mapped, Skip, map_row, read_rows, run, settings_text
 from app.core.errors import PlanError
+from app.core.request import PlanRequest
 from app.core.versions import MODELLED_VERSIONS
 
 WITHIN = 0.10
@@ -95,10 +96,18 @@ def cache_key(path: Path = CSV_PATH) -> str:
 Skipped = list[tuple[dict[str, str], Skip]]
 
 
+Prepare = Callable[[PlanRequest], PlanRequest]
+"""Makes a row's request answerable by the core before it is estimated: for a model outside the hand-written rules
+(the rows given by their ``config.json``), the build and the activation fit of the generic path
+(:func:`app.models.resolve.resolve_request`, waiting for the fit). Injected by the callers (the accuracy router,
+bench/published_check.py), so this module stays pure."""
+
+
 def compare(rows: Iterable[dict[str, str]], check: Callable[[], None] | None = None,
-            stand_in: str | None = None) -> tuple[list[Mapped], Skipped]:
+            stand_in: str | None = None, prepare: Prepare | None = None) -> tuple[list[Mapped], Skipped]:
     """Map and estimate every row: (compared, skipped with the reason). ``check`` is called between rows (the
-    pool's cancellation hook); ``stand_in``: see :func:`app.accuracy.rows.map_row`."""
+    pool's cancellation hook); ``stand_in``: see :func:`app.accuracy.rows.map_row`; ``prepare``: see
+    :data:`Prepare` (without it, a row of a model outside the rules is skipped as the core refuses it)."""
     mapped: list[Mapped] = []
     skipped: Skipped = []
     for row in rows:
@@ -106,6 +115,8 @@ def compare(rows: Iterable[dict[str, str]], check: Callable[[], None] | None = N
             check()
         try:
             mp = map_row(row, stand_in)
+            if prepare is not None and mp.via_config:
+                mp.req = prepare(mp.req)
             run(mp)
         except Skip as sk:
             skipped.append((row, sk))
@@ -157,9 +168,10 @@ def _row(mp: Mapped) -> ComparedRow:
     )
 
 
-def build_table(path: Path = CSV_PATH, check: Callable[[], None] | None = None) -> PublishedTable:
+def build_table(path: Path = CSV_PATH, check: Callable[[], None] | None = None,
+                prepare: Prepare | None = None) -> PublishedTable:
     rows = read_rows(path)
-    mapped, skipped = compare(rows, check)
+    mapped, skipped = compare(rows, check, prepare=prepare)
     return PublishedTable(
         csv=path.name, rows_total=len(rows), compared=[_row(mp) for mp in mapped],
         skipped=[SkippedRow(row_id=int(r["row_id"]), model=r["model"], method=r["method"],
@@ -177,12 +189,13 @@ _cache: dict[str, PublishedTable] = {}
 _lock = threading.Lock()
 
 
-def published_table(check: Callable[[], None] | None = None, path: Path = CSV_PATH) -> PublishedTable:
+def published_table(check: Callable[[], None] | None = None, path: Path = CSV_PATH,
+                    prepare: Prepare | None = None) -> PublishedTable:
     """The table for this process's planner version, computed on the first call (one computation at a time; the
     others wait for it and read the cache)."""
     key = cache_key(path)
     with _lock:
         if key not in _cache:
             _cache.clear()
-            _cache[key] = build_table(path, check)
+            _cache[key] = build_table(path, check, prepare)
         return _cache[key]

@@ -49,8 +49,21 @@ def prefetch_bucket_elements(req: PlanRequest, hidden_size: int) -> int:
 
 
 def check(req: PlanRequest) -> None:
-    """The DeepSpeed bucket sizes mean something only under DeepSpeed ZeRO (the prefetch bucket: stage 3)."""
+    """The DeepSpeed bucket sizes mean something only under DeepSpeed ZeRO (the prefetch bucket: stage 3); ZeRO is
+    modelled in its bf16/fp16 modes only.
+
+    Without a ``bf16``/``fp16`` section (HF ``TrainingArguments`` with neither ``bf16`` nor ``fp16``: precision
+    'fp32') DeepSpeed trains fp32 parameters: 4-byte gathered modules, buckets and gradient partitions beside a
+    cloned fp32 master partition (``stage_1_and_2.py`` ``single_partition_of_fp32_groups``, ``stage3.py``
+    ``fp32_partitioned_groups_flat``). The rules here count those 16-bit, and the one published fp32 ZeRO-3 row
+    (PEFT's README, bloomz-7b1 + ZeRO-3 CPU offload: 18.1 GiB) is far above them, so the planner refuses instead of
+    answering low."""
     hw = req.hardware
+    if hw.sharding.startswith("zero") and req.training.precision == "fp32":
+        raise PlanError(("training", "precision"),
+                        "DeepSpeed ZeRO is modelled in its bf16/fp16 modes (precision bf16, bf16-mixed or "
+                        "fp16-mixed); 'fp32' (DeepSpeed without a bf16/fp16 section: fp32 parameters, buckets and "
+                        "gathered modules) is not modelled")
     if hw.reduce_bucket_size != "auto" and not hw.sharding.startswith("zero"):
         raise PlanError(("hardware", "reduce_bucket_size"),
                         "is a DeepSpeed ZeRO setting: set hardware.sharding to zero1, zero2 or zero3, or leave it "

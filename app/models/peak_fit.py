@@ -42,8 +42,11 @@ def _register(key: str, settings: str, bucket: int, data: dict) -> None:
     register_fit(key, settings, bucket, PeakFit.from_data(data) if "phases" in data else str(data["error"]))
 
 
-def ensure_peak_fit(req: PlanRequest) -> None:
-    """Register the fitted activation terms of ``req``'s model and settings (see the module docstring)."""
+def ensure_peak_fit(req: PlanRequest, wait_s: float | None = None) -> None:
+    """Register the fitted activation terms of ``req``'s model and settings (see the module docstring).
+
+    ``wait_s``: how long to wait for the fit, whether this call starts it or another one already runs it (None:
+    ``generic_peak_fit_wait_s`` for the call that starts it, no wait otherwise)."""
     cfg = request_config(req)
     if not isinstance(cfg, dict) or uses_rules(cfg) or not isinstance(cfg.get("model_type"), str):
         return
@@ -62,7 +65,9 @@ def ensure_peak_fit(req: PlanRequest) -> None:
             done = _RUNNING[job] = threading.Event()
             threading.Thread(target=_fit, args=(job, cfg, req.model_dump_json(), done), name="peak-fit",
                              daemon=True).start()
-    done.wait(settings_.generic_peak_fit_wait_s if starts else 0)
+    if wait_s is None:
+        wait_s = settings_.generic_peak_fit_wait_s if starts else 0
+    done.wait(wait_s)
 
 
 def _fit(job: tuple[str, str, int], cfg: dict, request_json: str, done: threading.Event) -> None:

@@ -33,12 +33,13 @@ def _catalog_id(text: str) -> str | None:
     return {k.lower(): k for k in configs}.get(text.strip().lower())
 
 
-def resolve_request(req: PlanRequest, *, fit_peak: bool = True) -> tuple[PlanRequest, ModelSource]:
+def resolve_request(req: PlanRequest, *, fit_peak: bool = True,
+                    fit_wait_s: float | None = None) -> tuple[PlanRequest, ModelSource]:
     """The request the core can answer (a Hub id replaced by its config) and the config's :class:`ModelSource`;
     a model_type outside the hand-written rules is built once from the real libraries
     (:func:`app.models.generic.ensure_generic`), and its activations fitted once per setting from traces of small
-    variants (:func:`app.models.peak_fit.ensure_peak_fit`; not with ``fit_peak=False``, e.g. before a full trace),
-    before the core is asked.
+    variants (:func:`app.models.peak_fit.ensure_peak_fit`; not with ``fit_peak=False``, e.g. before a full trace;
+    ``fit_wait_s``: how long to wait for that fit, see there), before the core is asked.
 
     Raises :class:`PlanError` on ``("model", …)`` (→ 422) when the Hub cannot give the config, the config
     needs remote code, or transformers/PEFT refuse it. An unknown id that is not ``org/name`` is left to the
@@ -47,7 +48,7 @@ def resolve_request(req: PlanRequest, *, fit_peak: bool = True) -> tuple[PlanReq
     resolved, source = _resolve(req)
     ensure_generic(resolved)
     if fit_peak:
-        ensure_peak_fit(resolved)
+        ensure_peak_fit(resolved, fit_wait_s)
     return resolved, source
 
 
