@@ -27,6 +27,8 @@ from app.core.levers import levers
 from app.core.request import LoraSpec, QuantizationSpec, TrainingSpec
 from app.core.throughput import DEFAULT_SLOWDOWN, DEFAULT_TOKENS
 from app.deps import EstimatePoolDep, SettingsDep
+from app.exporters import framework_config
+from app.exporters.hf import curl_snippet, python_snippet
 from app.forms import DEFAULT_MODEL, form_to_body, parse_cost_options, parse_form
 from app.jobs.learning import data_version, measured_mfus, measured_slowdowns
 from app.models.resolve import resolve_request, with_source
@@ -38,7 +40,6 @@ from app.views import (
     bar_segments,
     build_compare,
     compare_data,
-    curl_snippet,
     format_flops,
     format_hours,
     format_tokens,
@@ -48,7 +49,6 @@ from app.views import (
     paged_verdict,
     price_dates,
     price_source,
-    python_snippet,
     short_gpu,
     source_text,
     view_globals,
@@ -137,6 +137,7 @@ def _context(request: Request, form: dict[str, str], config_text: str | None,
         "tab_query": {m: _query(form, method=m) for m, _, _ in METHODS},
         "curl": curl_snippet(req, base_url) if req is not None else "",
         "python": python_snippet(req) if req is not None else "",
+        "framework_config": framework_config(req) if req is not None else None,
         "estimate_json": json.dumps(result.model_dump(mode="json"), indent=2) if result else "",
         "levers": lever_result,
         "lever_links": lever_links,
@@ -195,7 +196,8 @@ def compare_json(request: Request, settings: SettingsDep) -> JSONResponse:
         "errors": ctx["errors"],
         **(compare_data(view) if view else {"methods": {}}),
         "fragments": fragments,
-        "snippets": {"curl": ctx["curl"], "python": ctx["python"]},
+        "snippets": {"curl": ctx["curl"], "python": ctx["python"],
+                     "framework": ctx["framework_config"].text() if ctx["framework_config"] else None},
         "download": f"/estimate.json?{ctx['query']}",
     }
     return JSONResponse(content, status_code=422 if view is None else 200)

@@ -1,0 +1,54 @@
+"""A plan as the configuration its trainer reads: the inverse of :mod:`app.importers`, one module per format.
+
+Each exporter returns the config as data plus the plan's settings the format cannot carry (shown as comments), and
+tests/test_exporters.py reads every export back through the matching importer and gets the plan's request again.
+:func:`framework_config` picks the one for ``training.framework`` (None for the frameworks without one yet: the page
+then shows only the HF Trainer snippet). Pure Python (app.core and yaml).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from app.core.request import PlanRequest
+
+
+@dataclass(frozen=True)
+class Export:
+    """A config in a trainer's format: ``data`` (YAML-able), how to run it, and what it cannot say."""
+
+    title: str  # e.g. "TRL recipe: trl sft --config recipe.yaml"
+    filename: str
+    data: dict[str, Any]
+    unexpressed: list[str] = field(default_factory=list)  # plan settings this format has no key for
+
+    def text(self) -> str:
+        """The YAML, headed by a comment per setting the format cannot carry."""
+        import yaml  # lazy: only rendering needs it
+
+        head = "".join(f"# not expressible here: {line}\n" for line in self.unexpressed)
+        return head + yaml.safe_dump(self.data, sort_keys=False, default_flow_style=None, width=100)
+
+
+def set_given(data: dict[str, Any], pairs: list[tuple[str, Any]]) -> None:
+    """Write each ``(key, value)`` whose value is given (not None, False or empty): the format's default is the
+    plan's otherwise."""
+    for key, value in pairs:
+        if value:
+            data[key] = value
+
+
+def model_name(req: PlanRequest) -> str:
+    """The model as the trainer loads it: the Hub/catalog id, or a placeholder for a pasted config.json."""
+    return req.model if isinstance(req.model, str) else "path/to/your-model"
+
+
+def framework_config(req: PlanRequest) -> Export | None:
+    """The config of the plan's ``training.framework``, where an exporter exists."""
+    from app.exporters.axolotl import axolotl_config
+    from app.exporters.trl import trl_recipe
+
+    exporters = {"trl": trl_recipe, "axolotl": axolotl_config}
+    fn = exporters.get(req.training.framework)
+    return fn(req) if fn is not None else None

@@ -1,0 +1,104 @@
+"""A plan as its trainer's config (app/exporters): every export, read back through the importer of that format
+(app/importers, the same code the CLI and the API use), gives the plan's request again, field for field; what a
+format cannot carry is listed, never silently dropped. The page shows the config of the plan's framework."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+import yaml
+from fastapi.testclient import TestClient
+
+from app.core import PlanRequest
+from app.exporters import Export, framework_config
+from app.exporters.axolotl import axolotl_config
+from app.exporters.hf import python_snippet
+from app.exporters.trl import trl_recipe
+from app.importers.axolotl import from_axolotl
+from app.importers.trl import from_trl
+from app.main import create_app
+
+MODEL = "meta-llama/Llama-3.1-8B"
+PLANS: list[dict[str, Any]] = [
+    {"method": "lora"},
+    {"method": "qlora", "lora": {"r": 16, "lora_alpha": 32, "lora_dropout": 0.05, "target_modules": "all-linear"},
+     "training": {"micro_batch_size": 2, "seq_len": 4096, "packing": True, "attn_implementation": "flash_attention_2",
+                  "use_liger_kernel": True}},
+    {"method": "full", "training": {"optim": "adamw_bnb_8bit", "gradient_accumulation_steps": 4,
+                                    "activation_offloading": True},
+     "hardware": {"num_gpus": 4, "sharding": "fsdp", "offload_param": "cpu", "offload_optimizer": "cpu"}},
+    {"method": "qdora", "lora": {"r": 8, "target_modules": ["q_proj", "v_proj"], "use_rslora": True},
+     "quantization": {"bnb_4bit_use_double_quant": False, "bnb_4bit_quant_storage": "bfloat16"},
+     "training": {"gradient_checkpointing_kwargs": {"use_reentrant": True}},
+     "hardware": {"num_gpus": 2, "sharding": "zero3", "offload_optimizer": "cpu", "reduce_bucket_size": 200_000_000}},
+    {"method": "dora", "training": {"precision": "fp32", "gradient_checkpointing": False, "torch_compile": True,
+                                    "attn_implementation": "sdpa"}, "hardware": {"num_gpus": 2, "sharding": "ddp"}},
+    {"method": "qlora", "quantization": {"load_in_8bit": True}, "training": {"optim": "paged_adamw_8bit"}},
+    {"method": "lora", "training": {"gradient_accumulation_steps": 8},
+     "hardware": {"num_gpus": 8, "sharding": "zero2"}},
+]
+FORMATS: dict[str, tuple[Callable[[PlanRequest], Export], Callable[..., tuple[dict[str, Any], Any]]]] = {
+    "trl": (trl_recipe, from_trl),
+    "axolotl": (axolotl_config, from_axolotl),
+}
+
+
+def _plan(framework: str, spec: dict[str, Any]) -> PlanRequest:
+    body = {"model": MODEL, **spec}
+    body["training"] = {**spec.get("training", {}), "framework": framework}
+    return PlanRequest.model_validate(body)
+
+
+@pytest.mark.parametrize("framework", sorted(FORMATS))
+@pytest.mark.parametrize("spec", PLANS, ids=[f"{p['method']}-{i}" for i, p in enumerate(PLANS)])
+def test_export_reads_back_as_the_same_plan(framework: str, spec: dict[str, Any]) -> None:
+    export, read = FORMATS[framework]
+    req = _plan(framework, spec)
+    out = export(req)
+    assert out.unexpressed == []  # every setting of these plans has a key in both formats
+    body, _ = read(yaml.safe_load(out.text()))  # the text a user copies, parsed as the trainer would
+    # the launcher gives the GPU count (the file cannot); DDP is the launcher's too
+    hardware = {**body.get("hardware", {}), "num_gpus": req.hardware.num_gpus, "gpu": req.hardware.gpu}
+    if req.hardware.sharding == "ddp":
+        hardware["sharding"] = "ddp"
+    back = PlanRequest.model_validate({**body, "hardware": hardware})
+    assert back.model_dump(mode="json") == req.model_dump(mode="json")
+    assert (f"--num_processes {req.hardware.num_gpus}" in out.title) == (req.hardware.num_gpus > 1)
+
+
+@pytest.mark.parametrize(("framework", "spec", "phrase"), [
+    ("axolotl", {"method": "lora", "training": {"precision": "bf16-mixed"}}, "precision 'bf16-mixed'"),
+    ("axolotl", {"method": "lora", "training": {"padding_free": True, "attn_implementation": "flash_attention_2"}},
+     "padding_free"),
+    ("trl", {"method": "qlora", "training": {"precision": "bf16-mixed"}}, "bnb_4bit_compute_dtype bfloat16"),
+    ("trl", {"method": "lora", "lora": {"bias": "all"}}, "lora.bias 'all'"),
+    ("trl", {"method": "lora", "transformers_version": "4.57"}, "transformers 4.57"),
+])
+def test_what_a_format_cannot_carry_is_listed(framework: str, spec: dict[str, Any], phrase: str) -> None:
+    body = {"model": MODEL, **spec, "training": {**spec.get("training", {}), "framework": framework}}
+    out = FORMATS[framework][0](PlanRequest.model_validate(body))
+    assert any(phrase in line for line in out.unexpressed), out.unexpressed
+    assert out.text().startswith("# not expressible here: ")
+
+
+def test_framework_config_follows_the_plan() -> None:
+    assert framework_config(_plan("hf-trainer", {"method": "lora"})) is None
+    assert framework_config(_plan("trl", {"method": "lora"})).filename == "recipe.yaml"
+    assert framework_config(_plan("axolotl", {"method": "lora"})).filename == "config.yml"
+    # the HF snippet of another framework's plan says what it is
+    assert python_snippet(_plan("trl", {"method": "lora"})).startswith("# The HF Trainer equivalent")
+    assert python_snippet(_plan("hf-trainer", {"method": "lora"})).startswith("import torch")
+
+
+def test_page_shows_the_frameworks_config() -> None:
+    client = TestClient(create_app())
+    page = client.get("/", params={"model": MODEL, "method": "qlora", "framework": "axolotl"})
+    assert page.status_code == 200
+    assert "axolotl config: axolotl train config.yml" in page.text and "adapter: qlora" in page.text
+    data = client.get("/compare.json", params={"model": MODEL, "method": "lora", "framework": "trl"}).json()
+    recipe = yaml.safe_load(data["snippets"]["framework"])
+    assert recipe["use_peft"] is True and recipe["model_name_or_path"] == MODEL
+    plain = client.get("/compare.json", params={"model": MODEL, "method": "lora"}).json()
+    assert plain["snippets"]["framework"] is None
