@@ -12,36 +12,47 @@ import yaml
 from fastapi.testclient import TestClient
 
 from app.core import PlanRequest
+from app.core.frameworks import FRAMEWORKS
 from app.exporters import Export, framework_config
 from app.exporters.axolotl import axolotl_config
 from app.exporters.hf import python_snippet
+from app.exporters.llama_factory import llama_factory_config
 from app.exporters.trl import trl_recipe
 from app.importers.axolotl import from_axolotl
+from app.importers.llama_factory import from_llama_factory
 from app.importers.trl import from_trl
 from app.main import create_app
 
 MODEL = "meta-llama/Llama-3.1-8B"
+# Plans every format can carry (LLaMA-Factory: explicit LoRA targets and use_reentrant, LoRA bases in bf16)
 PLANS: list[dict[str, Any]] = [
-    {"method": "lora"},
+    {"method": "lora", "lora": {"target_modules": ["q_proj", "v_proj"]},
+     "training": {"gradient_checkpointing_kwargs": {"use_reentrant": False}}},
     {"method": "qlora", "lora": {"r": 16, "lora_alpha": 32, "lora_dropout": 0.05, "target_modules": "all-linear"},
      "training": {"micro_batch_size": 2, "seq_len": 4096, "packing": True, "attn_implementation": "flash_attention_2",
-                  "use_liger_kernel": True}},
-    {"method": "full", "training": {"optim": "adamw_bnb_8bit", "gradient_accumulation_steps": 4,
+                  "use_liger_kernel": True, "gradient_checkpointing_kwargs": {"use_reentrant": True}}},
+    {"method": "full", "training": {"precision": "bf16", "optim": "adamw_bnb_8bit",
+                                    "gradient_accumulation_steps": 4, "gradient_checkpointing": False,
                                     "activation_offloading": True},
      "hardware": {"num_gpus": 4, "sharding": "fsdp", "offload_param": "cpu", "offload_optimizer": "cpu"}},
     {"method": "qdora", "lora": {"r": 8, "target_modules": ["q_proj", "v_proj"], "use_rslora": True},
-     "quantization": {"bnb_4bit_use_double_quant": False, "bnb_4bit_quant_storage": "bfloat16"},
+     "quantization": {"bnb_4bit_use_double_quant": False},
      "training": {"gradient_checkpointing_kwargs": {"use_reentrant": True}},
      "hardware": {"num_gpus": 2, "sharding": "zero3", "offload_optimizer": "cpu", "reduce_bucket_size": 200_000_000}},
-    {"method": "dora", "training": {"precision": "fp32", "gradient_checkpointing": False, "torch_compile": True,
+    {"method": "full", "training": {"precision": "fp32", "gradient_checkpointing": False,
                                     "attn_implementation": "sdpa"}, "hardware": {"num_gpus": 2, "sharding": "ddp"}},
-    {"method": "qlora", "quantization": {"load_in_8bit": True}, "training": {"optim": "paged_adamw_8bit"}},
-    {"method": "lora", "training": {"gradient_accumulation_steps": 8},
+    {"method": "dora", "lora": {"target_modules": "all-linear", "modules_to_save": ["lm_head"]},
+     "training": {"gradient_checkpointing": False, "attn_implementation": "eager"}},
+    {"method": "qlora", "quantization": {"load_in_8bit": True}, "lora": {"target_modules": "all-linear"},
+     "training": {"optim": "paged_adamw_8bit", "gradient_checkpointing": False}},
+    {"method": "lora", "lora": {"target_modules": "all-linear"},
+     "training": {"gradient_accumulation_steps": 8, "gradient_checkpointing": False},
      "hardware": {"num_gpus": 8, "sharding": "zero2"}},
 ]
 FORMATS: dict[str, tuple[Callable[[PlanRequest], Export], Callable[..., tuple[dict[str, Any], Any]]]] = {
     "trl": (trl_recipe, from_trl),
     "axolotl": (axolotl_config, from_axolotl),
+    "llama-factory": (llama_factory_config, from_llama_factory),
 }
 
 
@@ -57,15 +68,32 @@ def test_export_reads_back_as_the_same_plan(framework: str, spec: dict[str, Any]
     export, read = FORMATS[framework]
     req = _plan(framework, spec)
     out = export(req)
-    assert out.unexpressed == []  # every setting of these plans has a key in both formats
+    assert out.unexpressed == []  # every setting of these plans has a key in each format
     body, _ = read(yaml.safe_load(out.text()))  # the text a user copies, parsed as the trainer would
     # the launcher gives the GPU count (the file cannot); DDP is the launcher's too
     hardware = {**body.get("hardware", {}), "num_gpus": req.hardware.num_gpus, "gpu": req.hardware.gpu}
     if req.hardware.sharding == "ddp":
         hardware["sharding"] = "ddp"
     back = PlanRequest.model_validate({**body, "hardware": hardware})
-    assert back.model_dump(mode="json") == req.model_dump(mode="json")
-    assert (f"--num_processes {req.hardware.num_gpus}" in out.title) == (req.hardware.num_gpus > 1)
+    expected = req.model_dump(mode="json")
+    # none of these frameworks calls PEFT's prepare_model_for_kbit_training on the plan's say-so (app/core/frameworks.py
+    # kbit_upcast is not "request"): quantization.prepare_kbit has no key in their files and no effect on the plan
+    assert FRAMEWORKS[framework].kbit_upcast != "request"
+    expected["quantization"]["prepare_kbit"] = back.quantization.prepare_kbit
+    assert back.model_dump(mode="json") == expected
+    assert str(req.hardware.num_gpus) in out.title if req.hardware.num_gpus > 1 else "--num_processes" not in out.title
+
+
+@pytest.mark.parametrize("framework", ["trl", "llama-factory"])
+@pytest.mark.parametrize("precision", ["bf16-mixed", "fp16-mixed"])
+def test_mixed_precision_full_fine_tuning_reads_back(framework: str, precision: str) -> None:
+    """fp32 master weights with autocast: TRL loads float32 and sets bf16/fp16; LLaMA-Factory casts the trainable
+    parameters to fp32 with bf16/fp16 (axolotl has no such mode: listed as not expressible, below)."""
+    export, read = FORMATS[framework]
+    req = _plan(framework, {"method": "full", "training": {"precision": precision, "gradient_checkpointing": False}})
+    out = export(req)
+    body, _ = read(yaml.safe_load(out.text()))
+    assert out.unexpressed == [] and body["training"]["precision"] == precision
 
 
 @pytest.mark.parametrize(("framework", "spec", "phrase"), [
@@ -75,6 +103,9 @@ def test_export_reads_back_as_the_same_plan(framework: str, spec: dict[str, Any]
     ("trl", {"method": "qlora", "training": {"precision": "bf16-mixed"}}, "bnb_4bit_compute_dtype bfloat16"),
     ("trl", {"method": "lora", "lora": {"bias": "all"}}, "lora.bias 'all'"),
     ("trl", {"method": "lora", "transformers_version": "4.57"}, "transformers 4.57"),
+    ("llama-factory", {"method": "lora"}, "lora.target_modules None"),
+    ("llama-factory", {"method": "lora", "training": {"precision": "fp32"}}, "precision 'fp32'"),
+    ("llama-factory", {"method": "lora", "training": {"torch_compile": True}}, "training.torch_compile"),
 ])
 def test_what_a_format_cannot_carry_is_listed(framework: str, spec: dict[str, Any], phrase: str) -> None:
     body = {"model": MODEL, **spec, "training": {**spec.get("training", {}), "framework": framework}}
@@ -87,6 +118,8 @@ def test_framework_config_follows_the_plan() -> None:
     assert framework_config(_plan("hf-trainer", {"method": "lora"})) is None
     assert framework_config(_plan("trl", {"method": "lora"})).filename == "recipe.yaml"
     assert framework_config(_plan("axolotl", {"method": "lora"})).filename == "config.yml"
+    assert framework_config(_plan("llama-factory", {"method": "lora"})).filename == "config.yaml"
+    assert framework_config(_plan("ms-swift", {"method": "lora"})) is None
     # the HF snippet of another framework's plan says what it is
     assert python_snippet(_plan("trl", {"method": "lora"})).startswith("# The HF Trainer equivalent")
     assert python_snippet(_plan("hf-trainer", {"method": "lora"})).startswith("import torch")

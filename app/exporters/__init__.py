@@ -47,8 +47,9 @@ def model_name(req: PlanRequest) -> str:
 def framework_config(req: PlanRequest) -> Export | None:
     """The config of the plan's ``training.framework``, where an exporter exists."""
     from app.exporters.axolotl import axolotl_config
+    from app.exporters.llama_factory import llama_factory_config
     from app.exporters.trl import trl_recipe
 
-    exporters = {"trl": trl_recipe, "axolotl": axolotl_config}
+    exporters = {"trl": trl_recipe, "axolotl": axolotl_config, "llama-factory": llama_factory_config}
     fn = exporters.get(req.training.framework)
     return fn(req) if fn is not None else None
