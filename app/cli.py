@@ -5,6 +5,7 @@ Commands (inputs: config FILEs and/or flags; flags override files)::
     peft-planner estimate [FILE ...] [flags] [--json]      parameters, memory breakdown, peak phase
     peft-planner fit      [FILE ...] [flags] [--budget 24GiB]  largest micro-batch / seq_len / r that fit, GPU plan
     peft-planner check    [FILE ...] [flags] [--budget 24GiB]  exit 0 if memory.total <= budget, else 1
+    peft-planner export   [FILE ...] [flags] [--format trl]    the plan as a TRL / axolotl / LLaMA-Factory config
 
 FILEs are PlanRequest bodies, PEFT adapter_config.json (or the adapter directory), BitsAndBytesConfig
 dicts, axolotl YAMLs, HF TrainingArguments / TRL SFTConfig JSON or YAML, or model config.json files, merged in
@@ -30,6 +31,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+from app.cli_export import add_export_parser, export_text, print_lines
 from app.cli_output import gib, render_estimate, render_fit
 
 EXIT_OK, EXIT_NO_FIT, EXIT_BAD_INPUT, EXIT_SERVER = 0, 1, 2, 3
@@ -168,6 +170,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--budget", help="per-GPU budget: 24GiB, 80 GiB, 512MiB, 24GB (decimal) or bytes; "
                                     "default: the --gpu's VRAM")
     p.set_defaults(func=cmd_check)
+    add_export_parser(sub, inputs)
     sub.add_parser("worker", add_help=False, help="run calibration jobs of a shared database on this node's GPUs "
                    "(docs/deployment.md; `peft-planner worker --help`)")
     return parser
@@ -472,6 +475,17 @@ def cmd_check(args: argparse.Namespace) -> int:
             print(f"does not fit: {head}; short by {gib(total - budget)} ({total - budget:,} bytes)")
         print(f"peak {gib(res['memory']['peak'])} in the {res['peak']['phase']} phase")
     return EXIT_OK if fits else EXIT_NO_FIT
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    body, _ = _prepare(args)
+    try:
+        text, notes = export_text(_validate(body), args.format, args.exact)
+    except ValueError as exc:
+        raise _bad(str(exc)) from None
+    print_lines(notes, args.quiet)
+    print(text, end="")
+    return EXIT_OK
 
 
 def main(argv: Sequence[str] | None = None) -> int:

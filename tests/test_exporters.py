@@ -5,6 +5,7 @@ format cannot carry is listed, never silently dropped. The page shows the config
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -135,3 +136,41 @@ def test_page_shows_the_frameworks_config() -> None:
     assert recipe["use_peft"] is True and recipe["model_name_or_path"] == MODEL
     plain = client.get("/compare.json", params={"model": MODEL, "method": "lora"}).json()
     assert plain["snippets"]["framework"] is None
+
+
+def test_api_exports_and_converts() -> None:
+    """POST /api/v1/export: the plan's own framework by default, another with ``format`` (a conversion: the
+    recipe reads back as the same plan under that framework), 422 naming ``format`` where none exists."""
+    client = TestClient(create_app())
+    body = {"model": MODEL, "method": "qlora", "lora": {"target_modules": "all-linear"},
+            "training": {"framework": "axolotl", "seq_len": 4096}}
+    own = client.post("/api/v1/export", json=body).json()
+    assert own["format"] == "axolotl" and own["filename"] == "config.yml" and own["unexpressed"] == []
+    assert yaml.safe_load(own["text"])["lora_target_linear"] is True
+    trl = client.post("/api/v1/export", params={"format": "trl"}, json=body).json()
+    back, _ = from_trl(yaml.safe_load(trl["text"]))
+    assert back["training"]["seq_len"] == 4096 and back["method"] == "qlora" and back["training"]["framework"] == "trl"
+    refused = client.post("/api/v1/export", json={**body, "training": {"framework": "ms-swift"}})
+    assert refused.status_code == 422 and refused.json()["detail"][0]["loc"] == ["query", "format"]
+    bad = client.post("/api/v1/export", params={"format": "swift"}, json=body)
+    assert bad.status_code == 422 and any(d["loc"][-1] == "format" for d in bad.json()["detail"])
+
+
+def test_cli_export_converts_an_axolotl_config(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """``peft-planner export`` reads a config like ``estimate`` does and prints another trainer's: an axolotl YAML
+    to a LLaMA-Factory YAML that reads back to the same run; ``--exact`` refuses what the target cannot carry."""
+    from app.cli import main
+
+    src = tmp_path / "axolotl.yml"
+    src.write_text(yaml.safe_dump({"base_model": MODEL, "adapter": "qlora", "load_in_4bit": True, "lora_r": 32,
+                                   "lora_alpha": 16, "lora_target_linear": True, "sequence_len": 2048,
+                                   "micro_batch_size": 2, "gradient_checkpointing": True, "optimizer": "adamw_torch",
+                                   "bf16": True, "flash_attention": True}))
+    assert main(["export", str(src), "--format", "llama-factory", "-q"]) == 0
+    out = yaml.safe_load(capsys.readouterr().out)
+    assert (out["lora_rank"], out["lora_target"], out["cutoff_len"], out["quantization_bit"]) == (32, "all", 2048, 4)
+    body, _ = from_llama_factory(out)
+    assert body["method"] == "qlora" and body["training"]["micro_batch_size"] == 2
+    assert main(["export", str(src), "--format", "llama-factory", "--exact",
+                 "--precision", "bf16-mixed", "-q"]) == 2
+    assert "cannot carry: precision 'bf16-mixed'" in capsys.readouterr().err

@@ -3,13 +3,16 @@
 Each exporter returns the config as data plus the plan's settings the format cannot carry (shown as comments), and
 tests/test_exporters.py reads every export back through the matching importer and gets the plan's request again.
 :func:`framework_config` picks the one for ``training.framework`` (None for the frameworks without one yet: the page
-then shows only the HF Trainer snippet). Pure Python (app.core and yaml).
+then shows only the HF Trainer snippet). Pure Python (app.core, pydantic and yaml).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
+
+from pydantic import BaseModel, Field
 
 from app.core.request import PlanRequest
 
@@ -28,7 +31,7 @@ class Export:
         import yaml  # lazy: only rendering needs it
 
         head = "".join(f"# not expressible here: {line}\n" for line in self.unexpressed)
-        return head + yaml.safe_dump(self.data, sort_keys=False, default_flow_style=None, width=100)
+        return head + yaml.safe_dump(self.data, sort_keys=False, default_flow_style=False, width=100)
 
 
 def set_given(data: dict[str, Any], pairs: list[tuple[str, Any]]) -> None:
@@ -46,10 +49,36 @@ def model_name(req: PlanRequest) -> str:
 
 def framework_config(req: PlanRequest) -> Export | None:
     """The config of the plan's ``training.framework``, where an exporter exists."""
-    from app.exporters.axolotl import axolotl_config
-    from app.exporters.llama_factory import llama_factory_config
-    from app.exporters.trl import trl_recipe
-
-    exporters = {"trl": trl_recipe, "axolotl": axolotl_config, "llama-factory": llama_factory_config}
-    fn = exporters.get(req.training.framework)
+    fn = EXPORTERS.get(req.training.framework)
     return fn(req) if fn is not None else None
+
+
+from app.exporters.axolotl import axolotl_config  # noqa: E402  (they import Export from here)
+from app.exporters.llama_factory import llama_factory_config  # noqa: E402
+from app.exporters.trl import trl_recipe  # noqa: E402
+
+EXPORTERS: dict[str, Callable[[PlanRequest], Export]] = {
+    "trl": trl_recipe, "axolotl": axolotl_config, "llama-factory": llama_factory_config}
+"""The exporter of each ``training.framework`` that has one."""
+
+
+class ExportResult(BaseModel):
+    """POST /api/v1/export: the plan as a trainer's config."""
+
+    format: str = Field(description="the trainer: trl, axolotl or llama-factory")
+    title: str = Field(description="what the file is and the command that runs it")
+    filename: str
+    text: str = Field(description="the config (YAML), headed by a comment per setting it cannot carry")
+    unexpressed: list[str] = Field(description="the plan's settings this format has no key for")
+
+
+def export_result(req: PlanRequest, fmt: str | None = None) -> ExportResult:
+    """``req`` as the config of ``fmt`` (None: its ``training.framework``); the plan's framework becomes ``fmt``.
+    Raises KeyError when that framework has no exporter."""
+    target = fmt or req.training.framework
+    fn = EXPORTERS[target]
+    if target != req.training.framework:
+        req = req.model_copy(update={"training": req.training.model_copy(update={"framework": target})})
+    out = fn(req)
+    return ExportResult(format=target, title=out.title, filename=out.filename, text=out.text(),
+                        unexpressed=out.unexpressed)
