@@ -20,7 +20,7 @@ from __future__ import annotations
 from typing import Any
 
 from app.core.request import PlanRequest
-from app.exporters import Export, model_name, set_given
+from app.exporters import Export, model_name, set_given, unsupported_switches
 from app.exporters.trl import sharding_keys, version_notes
 
 FLASH_ATTN = {"flash_attention_2": "fa2", "sdpa": "sdpa", "eager": "disabled"}
@@ -77,9 +77,7 @@ def llama_factory_config(req: PlanRequest) -> Export:
     if tr.attn_implementation:
         data["flash_attn"] = FLASH_ATTN[tr.attn_implementation]
     data["optim"] = tr.optim
-    for name in ("padding_free", "torch_compile"):
-        if getattr(tr, name):
-            unexpressed.append(f"training.{name} (not a LLaMA-Factory argument, or not modelled under it)")
+    unexpressed += unsupported_switches(req, ("padding_free", "torch_compile"), "a LLaMA-Factory")
     data |= sharding_keys(req)
     unexpressed += version_notes(req)
     n = req.hardware.num_gpus
