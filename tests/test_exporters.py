@@ -14,8 +14,9 @@ from fastapi.testclient import TestClient
 
 from app.core import PlanRequest
 from app.core.frameworks import FRAMEWORKS
-from app.exporters import Export, framework_config
+from app.exporters import framework_config
 from app.exporters.axolotl import axolotl_config
+from app.exporters.base import Export
 from app.exporters.hf import python_snippet
 from app.exporters.llama_factory import llama_factory_config
 from app.exporters.ms_swift import ms_swift_command

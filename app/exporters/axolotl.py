@@ -20,7 +20,7 @@ from __future__ import annotations
 from typing import Any
 
 from app.core.request import PlanRequest
-from app.exporters import Export, model_name, set_given
+from app.exporters.base import Export, model_name, set_given
 from app.exporters.trl import deepspeed_inline, version_notes
 
 ATTENTION_KEYS = {"flash_attention_2": "flash_attention", "sdpa": "sdp_attention", "eager": "eager_attention"}

@@ -20,7 +20,7 @@ from __future__ import annotations
 from typing import Any
 
 from app.core.request import PlanRequest
-from app.exporters import Export, model_name, set_given, unsupported_switches
+from app.exporters.base import Export, model_name, set_given, unsupported_switches
 from app.exporters.trl import sharding_keys, version_notes
 
 FLASH_ATTN = {"flash_attention_2": "fa2", "sdpa": "sdpa", "eager": "disabled"}

@@ -19,7 +19,7 @@ from __future__ import annotations
 from typing import Any
 
 from app.core.request import PlanRequest
-from app.exporters import Export, model_name, set_given, unsupported_switches
+from app.exporters.base import Export, model_name, set_given, unsupported_switches
 from app.exporters.trl import deepspeed_inline, version_notes
 from app.importers.ms_swift import SWIFT_REDUCE_BUCKET_SIZE
 

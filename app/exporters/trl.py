@@ -18,7 +18,7 @@ from __future__ import annotations
 from typing import Any
 
 from app.core.request import PlanRequest
-from app.exporters import Export, model_name, set_given
+from app.exporters.base import Export, model_name, set_given
 
 LOAD_DTYPE = {"bf16": "bfloat16", "bf16-mixed": "float32", "fp16-mixed": "float32", "fp32": "float32"}
 """``ModelConfig.dtype`` per precision: only 'bf16' loads 16-bit weights; the mixed precisions keep fp32 masters."""
