@@ -1,5 +1,6 @@
-"""Display helpers for the Jinja pages: byte formatting, stacked-bar geometry, the compare view's cells and
-the copyable snippets. No arithmetic of the plan: every number comes from ``estimate`` or ``throughput``."""
+"""The compare view of the Jinja pages: one column per method, the stacked-bar geometry, the page's globals and
+its JSON. No arithmetic of the plan: every number comes from ``estimate`` or ``throughput``. Text formats are in
+``app.formatting``, the GPU × method table in ``app.gpu_table``."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from app.core.request import Method, PlanRequest
 from app.core.result import EstimateResult, GpuFit, ModelSource
 from app.core.throughput import CLASS_MFU, DEFAULT_SLOWDOWN, GpuCost, ThroughputReport, throughput
 from app.core.units import GiB, MiB, format_bytes
+from app.formatting import format_flops, format_hours, format_tokens, format_usd, short_gpu
 from app.forms import CostOptions
 from app.models.generic import ensure_generic
 from app.models.resolve import with_source
@@ -77,57 +79,6 @@ def bar_segments(result: EstimateResult, scale_bytes: int, width: float = 100.0)
         out.append(Segment(key, label, colour, nbytes, x, w))
         x += w
     return out
-
-
-# ------------------------------------------------------------------------------------------- formatting
-
-
-def format_hours(h: float) -> str:
-    """'45 min', '3.2 h', '41 h', '3.5 d' (1 d = 24 h)."""
-    if h < 1:
-        return f"{max(h * 60, 0.1):.0f} min" if h * 60 >= 1 else f"{h * 3600:.0f} s"
-    if h < 10:
-        return f"{h:.1f} h"
-    if h < 72:
-        return f"{h:.0f} h"
-    return f"{h / 24:.1f} d" if h < 240 else f"{h / 24:.0f} d"
-
-
-def format_gib(n: int) -> str:
-    """A compact size for dense tables: '61 GiB', '5.3 GiB', '412 MiB'."""
-    if n >= 10 * GiB:
-        return f"{n / GiB:.0f} GiB"
-    if n >= GiB:
-        return f"{n / GiB:.1f} GiB"
-    return f"{n / MiB:.0f} MiB"
-
-
-def format_usd(x: float | None) -> str:
-    if x is None:
-        return "no price"
-    if x < 10:
-        return f"${x:,.2f}"
-    return f"${x:,.0f}"
-
-
-def format_flops(x: float) -> str:
-    """FLOPs with an SI prefix: '61.1 GFLOP'."""
-    for unit, f in (("PFLOP", 1e15), ("TFLOP", 1e12), ("GFLOP", 1e9), ("MFLOP", 1e6)):
-        if x >= f:
-            return f"{x / f:.1f} {unit}"
-    return f"{x:.0f} FLOP"
-
-
-def format_tokens(n: int) -> str:
-    for unit, f in (("T", 10**12), ("B", 10**9), ("M", 10**6), ("k", 10**3)):
-        if n >= f:
-            v = n / f
-            return f"{v:.0f}{unit}" if v == int(v) else f"{v:.3g}{unit}"
-    return str(n)
-
-
-def short_gpu(name: str) -> str:
-    return name.replace("NVIDIA GeForce ", "").replace("NVIDIA ", "")
 
 
 # ---------------------------------------------------------------------------------------- compare view
@@ -465,59 +416,3 @@ def paged_verdict(result: EstimateResult, vram_bytes: int) -> str:
              "and each optimizer step waits for it")
     return (f"Plus {format_bytes(paged)} of paged optimizer state in CUDA unified memory, not in this total: "
             f"{where}.")
-
-
-@dataclass(frozen=True)
-class CostCell:
-    text: str
-    cls: str  # "fits", "no" or "refused"
-    title: str = ""
-
-
-@dataclass(frozen=True)
-class GpuRow:
-    gpu: Gpu
-    price: str
-    selected: bool
-    cells: list[CostCell]
-
-
-def price_source(gpu_id: str) -> str:
-    """Where the catalog's purchase price of ``gpu_id`` comes from."""
-    return gpus()[gpu_id].purchase_price_source or ""
-
-
-def price_dates() -> str:
-    """The months the catalog's prices were read, e.g. '2026-11'."""
-    return ", ".join(sorted({g.price_date for g in gpus().values() if g.price_usd_per_hour is not None}))
-
-
-def gpu_rows(view: CompareView) -> list[GpuRow]:
-    """Every catalog GPU × method: time and cost where the run fits, the shortfall where it does not."""
-    rows: list[GpuRow] = []
-    overrides = {**view.options.prices,
-                 **({view.gpu.id: view.options.price} if view.options.price is not None else {})}
-    for g in gpus().values():
-        cells: list[CostCell] = []
-        for c in view.columns:
-            fit, cost = c.fit_on(g.id), c.cost_on(g.id)
-            if fit is None:
-                cells.append(CostCell("—", "refused", c.error or ""))
-            elif not fit.fits or cost is None:
-                cells.append(CostCell(f"short {format_gib(-fit.headroom_bytes)}", "no",
-                                      f"needs {format_bytes(fit.vram_bytes - fit.headroom_bytes)} per GPU, "
-                                      f"{format_bytes(-fit.headroom_bytes)} more than the card has"))
-            else:
-                text = format_hours(cost.hours) + (f" · {format_usd(cost.cost_usd)}" if cost.cost_usd is not None
-                                                   else "")
-                cells.append(CostCell(text, "fits", f"{format_bytes(fit.headroom_bytes)} spare; "
-                                      f"{cost.tokens_per_second:,.0f} tokens/s at MFU {cost.mfu:.2f} "
-                                      f"({cost.mfu_source})"))
-        if g.id in overrides:
-            price = f"${overrides[g.id]:g} (yours)"
-        elif g.price_usd_per_hour is not None:
-            price = f"${g.price_usd_per_hour:g}"
-        else:
-            price = "—"
-        rows.append(GpuRow(g, price, g.id == view.gpu.id, cells))
-    return rows

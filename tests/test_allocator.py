@@ -14,8 +14,9 @@ import random
 import pytest
 
 from app.core.alloc_conf import AllocConfError, parse_alloc_conf
+from app.core.alloc_sizes import round_size
 from app.core.alloc_snapshot import SnapshotError, load_snapshot
-from app.core.allocator import FREE, CachingAllocator, replay, round_size
+from app.core.allocator import FREE, CachingAllocator, replay
 from app.core.units import GiB, KiB, MiB
 
 DEFAULT = parse_alloc_conf(None)

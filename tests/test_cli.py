@@ -13,7 +13,7 @@ from typing import Any, get_args
 
 import pytest
 
-from app import cli
+from app import cli, cli_flags
 from app.core import PlanRequest, estimate
 from app.core import request as core_request
 from app.models.resolve import resolve_request, with_source
@@ -233,12 +233,12 @@ def test_axolotl_yaml_and_stdin(tmp_path: Path) -> None:
 
 
 def test_choices_match_the_request_model() -> None:
-    assert get_args(core_request.Method) == cli.METHODS
-    assert get_args(core_request.Precision) == cli.PRECISIONS
-    assert get_args(core_request.Optim) == cli.OPTIMS
-    assert get_args(core_request.Sharding) == cli.SHARDINGS
-    assert get_args(core_request.AttnImpl) == cli.ATTN_IMPLS
-    assert get_args(core_request.Framework) == cli.FRAMEWORKS
+    assert get_args(core_request.Method) == cli_flags.METHODS
+    assert get_args(core_request.Precision) == cli_flags.PRECISIONS
+    assert get_args(core_request.Optim) == cli_flags.OPTIMS
+    assert get_args(core_request.Sharding) == cli_flags.SHARDINGS
+    assert get_args(core_request.AttnImpl) == cli_flags.ATTN_IMPLS
+    assert get_args(core_request.Framework) == cli_flags.FRAMEWORKS
 
 
 def test_help_is_light_and_estimate_never_loads_torch() -> None:

@@ -29,7 +29,9 @@ from collections.abc import Callable
 from contextlib import ExitStack, nullcontext
 from typing import Any
 
+from app.calibration.alloc_replay import replay_snapshot, replay_stream
 from app.calibration.devices import measured_device
+from app.calibration.microbench import matmul_microbench
 from app.core.architectures import attention_for
 from app.core.precision import dtypes_for
 from app.core.request import PlanRequest
@@ -217,41 +219,6 @@ def _linear_shapes(model: Any, top: int = 3) -> list[tuple[int, int]]:
     return sorted(shapes, key=lambda s: s[0] * s[1], reverse=True)[:top]
 
 
-def replay_snapshot(snapshot: dict[str, Any], device_index: int) -> dict[str, Any]:
-    """A CUDA run's recorded allocator history replayed through the simulator with the process's
-    PYTORCH_CUDA_ALLOC_CONF: the recorded and the simulated max_memory_reserved (bytes) of the whole run."""
-    import os
-
-    from app.core.alloc_conf import AllocConfError, parse_alloc_conf
-    from app.core.alloc_snapshot import SnapshotError, load_snapshot
-    from app.core.allocator import replay
-
-    conf = os.environ.get("PYTORCH_CUDA_ALLOC_CONF")
-    try:
-        recorded = load_snapshot(snapshot, device_index)
-        stats = replay(recorded.events, parse_alloc_conf(conf))
-    except (SnapshotError, AllocConfError) as exc:
-        return {"error": str(exc), "pytorch_cuda_alloc_conf": conf}
-    return {"pytorch_cuda_alloc_conf": conf, "events": len(recorded.events),
-            "recorded_max_reserved_bytes": recorded.max_reserved,
-            "simulated_max_reserved_bytes": stats.max_reserved,
-            "recorded_segment_actions": recorded.segment_actions,
-            "simulated_cuda_malloc_calls": stats.cuda_malloc_calls,
-            "exact": recorded.max_reserved == stats.max_reserved}
-
-
-def replay_stream(counter: Any) -> dict[str, Any]:
-    """The CPU twin of :func:`replay_snapshot`: the counted storages' stream replayed through the simulator
-    (simulated max_memory_reserved of the whole run, bytes; nothing recorded to compare with on CPU)."""
-    from app.core.allocator import replay
-
-    stream = counter.stream
-    stats = replay(stream.events())
-    return {"pytorch_cuda_alloc_conf": None, "events": len(stream), "recorded_max_reserved_bytes": None,
-            "simulated_max_reserved_bytes": stats.max_reserved, "simulated_cuda_malloc_calls": stats.cuda_malloc_calls,
-            "exact": None}
-
-
 def _run_steps(req: PlanRequest, device: str, warmup_steps: int, measure_steps: int, model_dir: str | None,
                progress: Progress, phase: _Phase, span: tuple[float, float]) -> dict[str, Any]:
     """Build, set up and step one configuration; the bytes and times of its measured steps."""
@@ -432,58 +399,6 @@ def _run_steps(req: PlanRequest, device: str, warmup_steps: int, measure_steps: 
     return out_d
 
 
-def matmul_microbench(req: PlanRequest, device: str, shapes: list[tuple[int, int]], iters: int = 5) -> list[dict]:
-    """4-bit ``bnb.matmul_4bit`` vs 16-bit ``F.linear`` for the model's largest layers at M = batch·seq rows."""
-    import bitsandbytes as bnb
-    import torch
-    import torch.nn.functional as F
-
-    from app.trace.engine import COMPUTE_DTYPES
-
-    q = req.quantization
-    dtype = COMPUTE_DTYPES[q.bnb_4bit_compute_dtype]
-    m = req.training.micro_batch_size * req.training.seq_len
-    cuda = device.startswith("cuda")
-    out = []
-
-    def timed(fn: Callable[[], Any]) -> float:
-        fn()  # warm-up
-        if cuda:
-            torch.cuda.synchronize()
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            for _ in range(iters):
-                fn()
-            end.record()
-            torch.cuda.synchronize()
-            return start.elapsed_time(end) / 1000 / iters
-        started = time.perf_counter()
-        for _ in range(iters):
-            fn()
-        return (time.perf_counter() - started) / iters
-
-    for n, k in shapes:
-        row: dict[str, Any] = {"m": m, "n": n, "k": k, "dtype": str(dtype).removeprefix("torch."),
-                               "device": "CUDA" if cuda else "CPU", "quant_type": q.bnb_4bit_quant_type}
-        try:
-            with torch.no_grad():
-                a = torch.randn(m, k, dtype=dtype, device=device)
-                w = torch.randn(n, k, dtype=dtype, device=device) * 0.02
-                packed, state = bnb.functional.quantize_4bit(
-                    w, blocksize=q.blocksize, compress_statistics=q.bnb_4bit_use_double_quant,
-                    quant_type=q.bnb_4bit_quant_type)
-                t16 = timed(lambda a=a, w=w: F.linear(a, w))
-                t4 = timed(lambda a=a, p=packed, s=state: bnb.matmul_4bit(a, p.t(), quant_state=s))
-            row.update(linear_16bit_s=round(t16, 7), matmul_4bit_s=round(t4, 7),
-                       ratio=round(t4 / t16, 3) if t16 > 0 else None)
-            del a, w, packed, state
-        except Exception as exc:  # a kernel that does not support this shape on this device
-            row["error"] = f"{type(exc).__name__}: {exc}"[:300]
-        out.append(row)
-    _free(device)
-    return out
-
-
 def calibrate(req: PlanRequest, device: str, warmup_steps: int, measure_steps: int, model_dir: str | None,
               progress: Progress | None = None) -> dict[str, Any]:
     """Run the real step of ``req`` on ``device`` and return what was measured (plain JSON-able data).
@@ -541,6 +456,7 @@ def calibrate(req: PlanRequest, device: str, warmup_steps: int, measure_steps: i
             result["otf_dequant_slowdown"] = None
         report(88.0, "4-bit vs 16-bit matmul microbenchmark")
         result["matmul_microbench"] = matmul_microbench(req, device, [tuple(s) for s in main["linear_shapes"]])
+        _free(device)
     if result["kind"] == "cpu":
         result["notes"].append("CPU: step times include the live-storage counter's Python overhead; the slowdown "
                                "and the matmul microbenchmark are CPU kernels, not a GPU prediction")

@@ -2,7 +2,7 @@
 
 A model of ``DeviceCachingAllocator`` in ``c10/cuda/CUDACachingAllocator.cpp`` (torch 2.x, the version
 the planner models is 2.13) for one device and one stream (a training step runs on the default stream).
-It follows these functions of that file, in order of use:
+It follows these functions of that file, in order of use (the size rules are in :mod:`app.core.alloc_sizes`):
 
 - ``malloc``: ``round_size`` → ``get_pool`` (small pool for ≤ ``kSmallSize`` = 1 MiB) →
   ``get_allocation_size`` → ``get_free_block``; on a miss ``garbage_collect_cached_blocks`` (only with
@@ -42,48 +42,19 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from app.core.alloc_conf import K_LARGE_BUFFER, AllocatorConfig
-from app.core.units import MiB
+from app.core.alloc_sizes import (
+    K_MIN_BLOCK_SIZE,
+    K_ROUND_LARGE,
+    K_SMALL_BUFFER,
+    K_SMALL_SIZE,
+    allocation_size,
+    round_size,
+)
 
-K_MIN_BLOCK_SIZE = 512  # kMinBlockSize: every size is rounded to at least 512 bytes
-K_SMALL_SIZE = 1 * MiB  # kSmallSize: the largest "small" request
-K_SMALL_BUFFER = 2 * MiB  # kSmallBuffer: small requests are packed into 2 MiB segments
-K_MIN_LARGE_ALLOC = 10 * MiB  # kMinLargeAlloc: requests of 1–10 MiB use a kLargeBuffer segment
-K_ROUND_LARGE = 2 * MiB  # kRoundLarge: larger segments are rounded up to 2 MiB
 FREE = -1
 """The size field of a free event: ``(id, FREE)``; ``(id, nbytes)`` allocates."""
 UNBOUNDED_ADDRESS_SPACE = 1 << 46
 """Address space of an expandable segment when no capacity is given (the real one is 1⅛ of the device)."""
-
-
-def round_size(size: int, config: AllocatorConfig) -> int:
-    """``round_size``: the block size torch hands out for a request of ``size`` bytes."""
-    if size < K_MIN_BLOCK_SIZE:
-        return K_MIN_BLOCK_SIZE
-    divisions = config.divisions_for(size)
-    if divisions > 1 and size > K_MIN_BLOCK_SIZE * divisions:
-        return _roundup_power2_next_division(size, divisions)
-    return -(-size // K_MIN_BLOCK_SIZE) * K_MIN_BLOCK_SIZE
-
-
-def _roundup_power2_next_division(size: int, divisions: int) -> int:
-    """``roundup_power2_next_division``: e.g. 1200 with 4 divisions → 1280 (of 1024, 1280, 1536, 1792)."""
-    if size & (size - 1) == 0:
-        return size
-    floor = 1 << (size.bit_length() - 1)
-    step = floor >> (divisions.bit_length() - 1)
-    if step == 0:
-        return floor << 1
-    rounded = size & ~(step - 1)
-    return size if rounded == size else rounded + step
-
-
-def allocation_size(size: int) -> int:
-    """``get_allocation_size``: the cudaMalloc size when no cached block fits a rounded request."""
-    if size <= K_SMALL_SIZE:
-        return K_SMALL_BUFFER
-    if size < K_MIN_LARGE_ALLOC:
-        return K_LARGE_BUFFER
-    return -(-size // K_ROUND_LARGE) * K_ROUND_LARGE
 
 
 class _Segment:

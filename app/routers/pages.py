@@ -29,7 +29,9 @@ from app.core.throughput import DEFAULT_SLOWDOWN, DEFAULT_TOKENS
 from app.deps import EstimatePoolDep, SettingsDep
 from app.exporters import framework_config
 from app.exporters.hf import curl_snippet, python_snippet
+from app.formatting import format_flops, format_hours, format_tokens, format_usd, short_gpu
 from app.forms import DEFAULT_MODEL, form_to_body, parse_cost_options, parse_form
+from app.gpu_table import gpu_rows, price_dates, price_source
 from app.jobs.learning import data_version, measured_mfus, measured_slowdowns
 from app.models.resolve import resolve_request, with_source
 from app.settings import Settings
@@ -40,16 +42,8 @@ from app.views import (
     bar_segments,
     build_compare,
     compare_data,
-    format_flops,
-    format_hours,
-    format_tokens,
-    format_usd,
-    gpu_rows,
     lever_fields,
     paged_verdict,
-    price_dates,
-    price_source,
-    short_gpu,
     source_text,
     view_globals,
 )
