@@ -12,17 +12,19 @@ import pytest
 import yaml
 from fastapi.testclient import TestClient
 
-from app.core import PlanRequest
+from app.core import PlanRequest, estimate
 from app.core.frameworks import FRAMEWORKS
 from app.exporters import framework_config
 from app.exporters.axolotl import axolotl_config
 from app.exporters.base import Export
 from app.exporters.hf import python_snippet
+from app.exporters.litgpt import litgpt_config
 from app.exporters.llama_factory import llama_factory_config
 from app.exporters.ms_swift import ms_swift_command
 from app.exporters.trl import trl_recipe
 from app.importers.axolotl import from_axolotl
 from app.importers.cli_args import parse_command
+from app.importers.litgpt import from_litgpt
 from app.importers.llama_factory import from_llama_factory
 from app.importers.ms_swift import from_ms_swift
 from app.importers.trl import from_trl
@@ -134,6 +136,79 @@ def test_what_a_format_cannot_carry_is_listed(framework: str, spec: dict[str, An
     assert out.text().startswith("# not expressible here: ")
 
 
+SEVEN = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+LITGPT_PLANS: list[dict[str, Any]] = [
+    {"method": "lora", "lora": {"target_modules": ["q_proj", "v_proj"]}},
+    {"method": "qlora", "lora": {"r": 16, "lora_alpha": 32, "lora_dropout": 0.05,
+                                 "target_modules": [*SEVEN, "lm_head"]},
+     "training": {"micro_batch_size": 2, "seq_len": 512}},
+    {"method": "qlora", "quantization": {"bnb_4bit_quant_type": "fp4", "bnb_4bit_use_double_quant": False},
+     "lora": {"target_modules": ["q_proj", "k_proj", "v_proj"]}},
+    {"method": "full", "training": {"precision": "bf16", "micro_batch_size": 4, "gradient_accumulation_steps": 8}},
+    {"method": "full", "training": {"precision": "bf16-mixed", "seq_len": 1024}},
+    {"method": "lora", "lora": {"r": 64, "lora_dropout": 0.0, "target_modules": ["o_proj", "lm_head"]},
+     "training": {"precision": "fp32"}},
+]
+"""litgpt's own plans (its loop has no gradient checkpointing; targets in its flags' order: the importer lists them
+so)."""
+
+
+def _litgpt_plan(spec: dict[str, Any]) -> PlanRequest:
+    return _plan("litgpt", {**spec, "training": {"gradient_checkpointing": False, **spec.get("training", {})}})
+
+
+@pytest.mark.parametrize("spec", LITGPT_PLANS, ids=[f"{p['method']}-{i}" for i, p in enumerate(LITGPT_PLANS)])
+def test_litgpt_export_reads_back_as_the_same_plan(spec: dict[str, Any]) -> None:
+    """The litgpt config reads back through from_litgpt (the importer of ``litgpt finetune_* --config``) as the same
+    request, field for field; ``global_batch_size`` carries the accumulation (÷ one device ÷ micro-batch)."""
+    req = _litgpt_plan(spec)
+    out = litgpt_config(req)
+    assert out.unexpressed == []
+    data = yaml.safe_load(out.text())
+    tr = req.training
+    assert data["train"]["global_batch_size"] == tr.micro_batch_size * tr.gradient_accumulation_steps
+    assert ("lora_r" in data) == (req.method != "full") and out.title.startswith(
+        "litgpt config: litgpt finetune_" + ("full" if req.method == "full" else "lora"))
+    body, _ = from_litgpt(data)
+    back = PlanRequest.model_validate({**body, "hardware": req.hardware.model_dump(mode="json")})
+    assert back.model_dump(mode="json") == req.model_dump(mode="json")
+
+
+def test_litgpt_all_linear_reads_back_as_its_seven_modules() -> None:
+    """PEFT's 'all-linear' is litgpt's five flags without lora_head: it comes back as the seven module names, and the
+    planner counts the same trainable parameters for both (Llama-3.1-8B, r 8: 32 layers × 8 × (q 4096+4096, k and v
+    4096+1024 each, o 4096+4096, gate and up 4096+14336 each, down 14336+4096) = 20,971,520)."""
+    req = _litgpt_plan({"method": "qlora", "lora": {"target_modules": "all-linear"}})
+    data = yaml.safe_load(litgpt_config(req).text())
+    assert [k for k in data if k.startswith("lora_") and data[k] is True] == [
+        "lora_query", "lora_key", "lora_value", "lora_projection", "lora_mlp"]
+    body, _ = from_litgpt(data)
+    assert body["lora"]["target_modules"] == SEVEN
+    back = PlanRequest.model_validate(body)
+    assert estimate(back).parameters.trainable == estimate(req).parameters.trainable == 32 * 8 * (
+        2 * 8192 + 2 * 5120 + 3 * 18432)
+
+
+@pytest.mark.parametrize(("spec", "phrase"), [
+    ({"method": "dora"}, "method 'dora' (litgpt has no DoRA)"),
+    ({"method": "lora", "training": {"gradient_checkpointing": True}}, "training.gradient_checkpointing"),
+    ({"method": "lora", "training": {"precision": "fp16-mixed"}}, "precision 'fp16-mixed'"),
+    ({"method": "lora", "lora": {"target_modules": ["q_proj", "down_proj"]}}, "without gate_proj, up_proj"),
+    ({"method": "lora", "lora": {"target_modules": ["q_proj", "embed_tokens"]}}, "embed_tokens (no litgpt flag)"),
+    ({"method": "qlora", "quantization": {"load_in_8bit": True}}, "quantization.load_in_8bit"),
+    ({"method": "lora", "lora": {"lora_alpha": 2.5}}, "lora.lora_alpha 2.5 (litgpt takes an integer)"),
+    ({"method": "full", "training": {"optim": "adamw_bnb_8bit"}}, "optim 'adamw_bnb_8bit'"),
+    ({"method": "lora", "hardware": {"num_gpus": 2, "sharding": "fsdp"}}, "2 GPUs, sharding 'fsdp'"),
+    ({"method": "lora", "training": {"packing": True, "attn_implementation": "flash_attention_2"}}, "training.packing"),
+])
+def test_what_litgpt_cannot_carry_is_listed(spec: dict[str, Any], phrase: str) -> None:
+    body = {"model": MODEL, **spec, "training": {"gradient_checkpointing": False, **spec.get("training", {}),
+                                                 "framework": "hf-trainer"}}
+    out = litgpt_config(PlanRequest.model_validate(body))
+    assert any(phrase in line for line in out.unexpressed), out.unexpressed
+    assert out.text().startswith("# not expressible here: ")
+
+
 def test_the_cli_and_the_api_offer_every_exporter() -> None:
     from typing import get_args, get_type_hints
 
@@ -150,6 +225,7 @@ def test_framework_config_follows_the_plan() -> None:
     assert framework_config(_plan("axolotl", {"method": "lora"})).filename == "config.yml"
     assert framework_config(_plan("llama-factory", {"method": "lora"})).filename == "config.yaml"
     assert framework_config(_plan("ms-swift", {"method": "lora"})).filename == "train.sh"
+    assert framework_config(_plan("litgpt", {"method": "lora"})).title.startswith("litgpt config: litgpt finetune_lora")
     assert framework_config(_plan("torchtune", {"method": "lora"})) is None
     # the HF snippet of another framework's plan says what it is
     assert python_snippet(_plan("trl", {"method": "lora"})).startswith("# The HF Trainer equivalent")
@@ -164,6 +240,10 @@ def test_page_shows_the_frameworks_config() -> None:
     data = client.get("/compare.json", params={"model": MODEL, "method": "lora", "framework": "trl"}).json()
     recipe = yaml.safe_load(data["snippets"]["framework"])
     assert recipe["use_peft"] is True and recipe["model_name_or_path"] == MODEL
+    page = client.get("/", params={"model": MODEL, "method": "qlora", "framework": "litgpt",
+                                   "gradient_checkpointing": "off"})
+    assert "litgpt config: litgpt finetune_lora --config config.yaml" in page.text
+    assert "quantize: bnb.nf4-dq" in page.text
     plain = client.get("/compare.json", params={"model": MODEL, "method": "lora"}).json()
     assert plain["snippets"]["framework"] is None
 

@@ -15,13 +15,14 @@ from pydantic import BaseModel, Field
 from app.core.request import PlanRequest
 from app.exporters.axolotl import axolotl_config
 from app.exporters.base import Export
+from app.exporters.litgpt import litgpt_config
 from app.exporters.llama_factory import llama_factory_config
 from app.exporters.ms_swift import ms_swift_command
 from app.exporters.trl import trl_recipe
 
 EXPORTERS: dict[str, Callable[[PlanRequest], Export]] = {
     "trl": trl_recipe, "axolotl": axolotl_config, "llama-factory": llama_factory_config,
-    "ms-swift": ms_swift_command}
+    "ms-swift": ms_swift_command, "litgpt": litgpt_config}
 """The exporter of each ``training.framework`` that has one."""
 
 
@@ -34,7 +35,7 @@ def framework_config(req: PlanRequest) -> Export | None:
 class ExportResult(BaseModel):
     """POST /api/v1/export: the plan as a trainer's config."""
 
-    format: str = Field(description="the trainer: trl, axolotl, llama-factory or ms-swift")
+    format: str = Field(description="the trainer: trl, axolotl, llama-factory, ms-swift or litgpt")
     title: str = Field(description="what the file is and the command that runs it")
     filename: str
     text: str = Field(description="the config (YAML, or ms-swift's shell command), headed by a comment per setting "

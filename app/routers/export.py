@@ -15,8 +15,8 @@ router = APIRouter(prefix="/api/v1", tags=["v1"])
 
 @router.post("/export", response_model=ExportResult, responses=error_responses(413, 422))
 def post_export(req: PlanRequest,
-                format: Literal["trl", "axolotl", "llama-factory", "ms-swift"] | None = None) -> ExportResult:
-    """The plan as a TRL recipe, an axolotl or a LLaMA-Factory YAML, or an ms-swift command (``format``; default:
+                format: Literal["trl", "axolotl", "llama-factory", "ms-swift", "litgpt"] | None = None) -> ExportResult:
+    """The plan as a TRL recipe, an axolotl, LLaMA-Factory or litgpt YAML, or an ms-swift command (``format``; default:
     the plan's ``training.framework``), the inverse of the config importers; ``unexpressed`` lists what that
     format cannot carry (also the text's leading comments). Another ``format`` than the plan's framework converts
     the plan to that trainer, whose estimate may differ."""
