@@ -21,13 +21,16 @@ from app.exporters.hf import python_snippet
 from app.exporters.litgpt import litgpt_config
 from app.exporters.llama_factory import llama_factory_config
 from app.exporters.ms_swift import ms_swift_command
+from app.exporters.torchtune import torchtune_config
 from app.exporters.trl import trl_recipe
 from app.importers.axolotl import from_axolotl
 from app.importers.cli_args import parse_command
 from app.importers.litgpt import from_litgpt
 from app.importers.llama_factory import from_llama_factory
 from app.importers.ms_swift import from_ms_swift
+from app.importers.torchtune import from_torchtune
 from app.importers.trl import from_trl
+from app.importers.tune_run import parse_tune_run
 from app.main import create_app
 
 MODEL = "meta-llama/Llama-3.1-8B"
@@ -209,6 +212,130 @@ def test_what_litgpt_cannot_carry_is_listed(spec: dict[str, Any], phrase: str) -
     assert out.text().startswith("# not expressible here: ")
 
 
+TORCHTUNE_PLANS: list[dict[str, Any]] = [
+    {"method": "lora", "lora": {"target_modules": ["q_proj", "v_proj"]}, "training": {"num_output_chunks": 8}},
+    {"method": "qlora", "lora": {"r": 16, "lora_alpha": 32.0, "target_modules": [*SEVEN, "lm_head"]},
+     "training": {"micro_batch_size": 2, "seq_len": 4096, "packing": True, "activation_offloading": True,
+                  "num_output_chunks": 16}},
+    {"method": "full", "training": {"optim": "paged_adamw_8bit", "optimizer_in_bwd": True, "num_output_chunks": 0,
+                                    "torch_compile": True}},
+    {"method": "full", "training": {"precision": "fp32", "optim": "adamw_torch_fused", "gradient_accumulation_steps": 4,
+                                    "gradient_checkpointing": False, "num_output_chunks": 8,
+                                    "custom_sharded_layers": ["tok_embeddings", "output"]},
+     "hardware": {"num_gpus": 4, "sharding": "fsdp"}},
+    {"method": "dora", "lora": {"target_modules": ["q_proj", "k_proj", "v_proj", "o_proj"], "lora_dropout": 0.05},
+     "training": {"num_output_chunks": 8},
+     "hardware": {"num_gpus": 2, "sharding": "fsdp", "offload_param": "cpu", "offload_optimizer": "cpu"}},
+    {"method": "qdora", "lora": {"target_modules": SEVEN}, "training": {"precision": "fp32", "num_output_chunks": 4},
+     "quantization": {"bnb_4bit_compute_dtype": "float32"}},
+    {"method": "full", "training": {"optim": "sgd", "momentum": 0.9, "num_output_chunks": 8}},
+]
+"""torchtune's own plans (targets in the importer's order: q, k, v, o, the MLP, lm_head)."""
+
+
+def _tune_plan(spec: dict[str, Any], model: Any = MODEL) -> PlanRequest:
+    body = {"model": model, **spec}
+    # torchtune's attention is always torch SDPA (the importer says so); its NF4 computes in the training dtype
+    body["training"] = {"attn_implementation": "sdpa", **spec.get("training", {}), "framework": "torchtune"}
+    return PlanRequest.model_validate(body)
+
+
+def _tune_read_back(out: Export, tmp_path: Path) -> dict[str, Any]:
+    """The export as a user runs it: its YAML saved as config.yaml, read through the ``tune run`` command of its
+    title (the recipe and ``--nproc_per_node`` decide single-device or FSDP, as torchtune's CLI does)."""
+    (tmp_path / "config.yaml").write_text(out.text())
+    run = parse_tune_run(out.title.split(": ", 1)[1].split(" (", 1)[0], "run.sh")
+    assert run is not None
+    return from_torchtune(run, "run.sh", tmp_path)[0]
+
+
+@pytest.mark.parametrize("spec", TORCHTUNE_PLANS, ids=[f"{p['method']}-{i}" for i, p in enumerate(TORCHTUNE_PLANS)])
+def test_torchtune_export_reads_back_as_the_same_plan(spec: dict[str, Any], tmp_path: Path) -> None:
+    """The config, launched by its ``tune run`` command, reads back through from_torchtune as the same request,
+    field for field (torchtune never runs PEFT's prepare_model_for_kbit_training: prepare_kbit has no key)."""
+    req = _tune_plan(spec)
+    out = torchtune_config(req)
+    assert out.unexpressed == []
+    body = _tune_read_back(out, tmp_path)
+    back = PlanRequest.model_validate({**body, "hardware": {**body.get("hardware", {}), "gpu": req.hardware.gpu}})
+    expected = req.model_dump(mode="json")
+    assert FRAMEWORKS["torchtune"].kbit_upcast != "request"
+    expected["quantization"]["prepare_kbit"] = back.quantization.prepare_kbit
+    assert back.model_dump(mode="json") == expected
+    data = yaml.safe_load(out.text())
+    assert data["model"]["_component_"].startswith("torchtune.models.llama3_1.")
+    distributed = req.hardware.sharding == "fsdp"
+    assert ("--nproc_per_node" in out.title) == distributed == ("fsdp_cpu_offload" in data)
+
+
+@pytest.mark.parametrize(("model", "method", "component"), [
+    ("Qwen/Qwen2.5-0.5B", "qlora", "torchtune.models.qwen2_5.lora_qwen2_5_0_5b"),  # no qlora_ builder
+    ("meta-llama/Llama-3.2-1B", "lora", "torchtune.models.llama3_2.lora_llama3_2_1b"),
+    ("google/gemma-2b", "full", "torchtune.models.gemma.gemma_2b"),
+])
+def test_torchtune_builders_of_other_families(model: str, method: str, component: str, tmp_path: Path) -> None:
+    """Qwen2.5 QLoRA is its lora_ builder with quantize_base; tied outputs (Llama 3.2, Qwen2.5, Gemma) write no
+    apply_lora_to_output; the plan still reads back."""
+    req = _tune_plan({"method": method, "lora": {"target_modules": ["q_proj", "v_proj"]},
+                      "training": {"num_output_chunks": 8}}, model)
+    out = torchtune_config(req)
+    data = yaml.safe_load(out.text())
+    assert data["model"]["_component_"] == component and out.unexpressed == []
+    assert "apply_lora_to_output" not in data["model"]
+    assert data["model"].get("quantize_base") is (True if method == "qlora" else None)
+    body = _tune_read_back(out, tmp_path)
+    assert (body["model"], body["method"]) == (model, method)
+
+
+def test_torchtune_code_llama_is_its_builder(tmp_path: Path) -> None:
+    """A Code Llama plan (the importer's config.json of the builder's shapes) exports to code_llama2 builders."""
+    from app.importers.torchtune import code_llama2_config
+
+    req = _tune_plan({"method": "qlora", "lora": {"target_modules": ["q_proj", "v_proj"]},
+                      "training": {"num_output_chunks": 8}}, {"config": code_llama2_config("code_llama2_7b")})
+    out = torchtune_config(req)
+    assert yaml.safe_load(out.text())["model"]["_component_"] == "torchtune.models.code_llama2.qlora_code_llama2_7b"
+    assert yaml.safe_load(out.text())["tokenizer"]["_component_"] == "torchtune.models.llama2.llama2_tokenizer"
+    assert _tune_read_back(out, tmp_path)["model"] == {"config": code_llama2_config("code_llama2_7b")}
+
+
+@pytest.mark.parametrize(("spec", "phrase"), [
+    ({"method": "lora", "lora": {"target_modules": ["q_proj", "lm_head"]}, "model": "meta-llama/Llama-3.2-1B"},
+     "tied to the embeddings"),
+    ({"method": "lora", "lora": {"target_modules": ["gate_proj", "up_proj", "down_proj"]}}, "lora_attn_modules must"),
+    ({"method": "lora", "lora": {"target_modules": ["q_proj", "up_proj"]}}, "without down_proj, gate_proj"),
+    ({"method": "lora", "training": {"precision": "bf16-mixed"}}, "precision 'bf16-mixed'"),
+    ({"method": "qlora", "quantization": {"bnb_4bit_quant_type": "fp4"}}, "bitsandbytes fp4"),
+    ({"method": "qlora", "quantization": {"load_in_8bit": True}}, "quantization.load_in_8bit"),
+    ({"method": "full", "training": {"optim": "lion_8bit"}}, "optim 'lion_8bit'"),
+    ({"method": "lora", "hardware": {"num_gpus": 2, "sharding": "zero3"}}, "2 GPUs, sharding 'zero3'"),
+    ({"method": "lora", "training": {"attn_implementation": "eager"}}, "attn_implementation 'eager'"),
+    ({"method": "lora", "training": {"use_liger_kernel": True}}, "training.use_liger_kernel"),
+    ({"method": "lora", "training": {"activation_offloading": True, "gradient_checkpointing": False}},
+     "activation offloading without checkpointing"),
+])
+def test_what_torchtune_cannot_carry_is_listed(spec: dict[str, Any], phrase: str) -> None:
+    model = spec.pop("model", MODEL)
+    out = torchtune_config(_tune_plan(spec, model))
+    assert any(phrase in line for line in out.unexpressed), out.unexpressed
+    assert out.text().startswith("# not expressible here: ")
+
+
+def test_torchtune_export_of_a_model_without_a_builder_is_refused(capsys: pytest.CaptureFixture[str]) -> None:
+    """No torchtune builder builds Qwen3: the API answers 422 naming ``model``, the CLI exits 2, and the page shows
+    no framework config (the HF snippet only)."""
+    from app.cli import main
+
+    body = {"model": "Qwen/Qwen3-0.6B", "method": "lora", "training": {"framework": "torchtune"}}
+    client = TestClient(create_app())
+    r = client.post("/api/v1/export", json=body)
+    assert r.status_code == 422 and r.json()["detail"][0]["loc"][-1] == "model", r.json()
+    assert "torchtune builds its own models" in r.json()["detail"][0]["msg"]
+    assert main(["export", "--model", "Qwen/Qwen3-0.6B", "--format", "torchtune", "-q"]) == 2
+    assert "torchtune builds its own models" in capsys.readouterr().err
+    assert framework_config(PlanRequest.model_validate(body)) is None
+
+
 def test_the_cli_and_the_api_offer_every_exporter() -> None:
     from typing import get_args, get_type_hints
 
@@ -226,7 +353,8 @@ def test_framework_config_follows_the_plan() -> None:
     assert framework_config(_plan("llama-factory", {"method": "lora"})).filename == "config.yaml"
     assert framework_config(_plan("ms-swift", {"method": "lora"})).filename == "train.sh"
     assert framework_config(_plan("litgpt", {"method": "lora"})).title.startswith("litgpt config: litgpt finetune_lora")
-    assert framework_config(_plan("torchtune", {"method": "lora"})) is None
+    assert framework_config(_plan("torchtune", {"method": "lora"})).title.startswith(
+        "torchtune config: tune run lora_finetune_single_device")
     # the HF snippet of another framework's plan says what it is
     assert python_snippet(_plan("trl", {"method": "lora"})).startswith("# The HF Trainer equivalent")
     assert python_snippet(_plan("hf-trainer", {"method": "lora"})).startswith("import torch")

@@ -136,6 +136,19 @@ _HANDLED = frozenset({*REQUIRED, "tokenizer", "dataset", "enable_activation_chec
 _CONFIG_NAME = re.compile(r"\d+(\.\d+)?B_(q?lora|q?dora|full|qat_full)(_[a-z0-9_]+)?$")
 
 
+def builder_config(base: str) -> dict[str, Any] | None:
+    """The ``config.json`` the planner gets for torchtune builder ``base`` when its Hub id alone does not carry the
+    builder's shapes (Code Llama: :data:`CODE_LLAMA2`; a different ``max_seq_len``: :data:`MAX_SEQ_LEN`), else None
+    (the Hub id of :data:`BUILDERS`)."""
+    if base in CODE_LLAMA2:
+        return code_llama2_config(base)
+    if base in MAX_SEQ_LEN:
+        from app.core.catalog import model_config  # lazy: keeps `--help` light
+
+        return {**model_config(BUILDERS[base]), "max_position_embeddings": MAX_SEQ_LEN[base]}
+    return None
+
+
 def _component(data: Mapping[str, Any], key: str, source: str) -> str:
     section = data.get(key)
     name = section.get("_component_") if isinstance(section, Mapping) else None
@@ -191,17 +204,16 @@ def _model(data: Mapping[str, Any], draft: Draft) -> None:
                                 f"Llama, Code Llama, Qwen2.5, Mistral and Gemma builders only "
                                 f"({', '.join([*BUILDERS, *CODE_LLAMA2])}, and their lora_ / qlora_ variants)")
     model = data["model"]
+    config = builder_config(base)
+    if config is None:
+        draft.model(BUILDERS[base], "model._component_", None)
+    else:
+        draft.body["model"] = {"config": config}
     if base in CODE_LLAMA2:
-        draft.body["model"] = {"config": code_llama2_config(base)}
         draft.note("model._component_", "note", f"{name}: torchtune's llama2 builder with Code Llama's shapes "
                    f"({CODE_LLAMA2[base][0]}: 32,016-token vocabulary, max_seq_len 16384)")
-    else:
-        draft.model(BUILDERS[base], "model._component_", None)
     if base in MAX_SEQ_LEN:
-        from app.core.catalog import model_config  # lazy: keeps `--help` light
-
         rows = MAX_SEQ_LEN[base]
-        draft.body["model"] = {"config": {**model_config(BUILDERS[base]), "max_position_embeddings": rows}}
         draft.note("model._component_", "note", f"{name} builds max_seq_len {rows}: {BUILDERS[base]}'s config with "
                    f"max_position_embeddings {rows} (every layer's RoPE cache has that many rows)")
     if not adapter:
