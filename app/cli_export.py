@@ -1,6 +1,6 @@
 """``peft-planner export``: the plan (from config files and flags, as ``estimate`` reads them) as a trainer's own
-config on stdout — a TRL recipe, an axolotl, LLaMA-Factory, litgpt or torchtune YAML, an ms-swift command
-(:mod:`app.exporters`).
+config on stdout — a TRL recipe, an axolotl, LLaMA-Factory, litgpt or torchtune YAML, an ms-swift command, an
+Unsloth script (:mod:`app.exporters`).
 With ``--format`` other than the inputs' framework it converts between trainers; the settings the target format
 cannot carry are leading comments and, with ``--exact``, exit 2."""
 
@@ -10,7 +10,7 @@ import argparse
 import sys
 from typing import Any
 
-EXPORT_FORMATS = ("trl", "axolotl", "llama-factory", "ms-swift", "litgpt", "torchtune")
+EXPORT_FORMATS = ("trl", "axolotl", "llama-factory", "ms-swift", "litgpt", "torchtune", "unsloth")
 """app.exporters.EXPORTERS' keys, spelled out so that ``--help`` imports nothing (a test checks they agree)."""
 
 
@@ -19,10 +19,10 @@ def add_export_parser(sub: Any, inputs: argparse.ArgumentParser) -> None:
 
     p = sub.add_parser("export", parents=[inputs],
                        help="the plan as a TRL recipe, an axolotl, LLaMA-Factory, litgpt or torchtune YAML, an "
-                            "ms-swift command",
+                            "ms-swift command or an Unsloth script",
                        description="Print the plan as its trainer's config (the inverse of the importers): "
-                                   "--format trl, axolotl, llama-factory, ms-swift, litgpt or torchtune (default: the "
-                                   "plan's training.framework).")
+                                   "--format trl, axolotl, llama-factory, ms-swift, litgpt, torchtune or unsloth "
+                                   "(default: the plan's training.framework).")
     p.add_argument("--format", choices=EXPORT_FORMATS, help="the trainer to write for (default: the plan's)")
     p.add_argument("--exact", action="store_true", help="exit 2 when the format cannot carry a setting of the plan "
                                                          "(instead of a comment in the YAML)")

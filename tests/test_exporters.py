@@ -23,6 +23,8 @@ from app.exporters.llama_factory import llama_factory_config
 from app.exporters.ms_swift import ms_swift_command
 from app.exporters.torchtune import torchtune_config
 from app.exporters.trl import trl_recipe
+from app.exporters.unsloth import unsloth_script
+from app.importers import import_data, parse_text
 from app.importers.axolotl import from_axolotl
 from app.importers.cli_args import parse_command
 from app.importers.litgpt import from_litgpt
@@ -336,6 +338,68 @@ def test_torchtune_export_of_a_model_without_a_builder_is_refused(capsys: pytest
     assert framework_config(PlanRequest.model_validate(body)) is None
 
 
+UNSLOTH_PLANS: list[dict[str, Any]] = [
+    {"method": "lora", "lora": {"target_modules": SEVEN}},
+    {"method": "qlora", "lora": {"r": 16, "lora_alpha": 32, "target_modules": ["q_proj", "v_proj"],
+                                 "modules_to_save": ["lm_head"], "use_rslora": True},
+     "training": {"micro_batch_size": 4, "seq_len": 1024, "gradient_accumulation_steps": 8,
+                  "optim": "paged_adamw_8bit"}},
+    {"method": "qlora", "quantization": {"load_in_8bit": True}, "lora": {"target_modules": SEVEN, "lora_dropout": 0.05},
+     "training": {"gradient_checkpointing": False}},
+    {"method": "full", "training": {"precision": "bf16", "gradient_checkpointing": False, "optim": "adamw_bnb_8bit"}},
+    {"method": "full", "training": {"precision": "fp32", "seq_len": 512}},
+    {"method": "qlora", "lora": {"target_modules": SEVEN}, "training": {"precision": "fp32"},
+     "quantization": {"bnb_4bit_compute_dtype": "float32"}},
+]
+"""Unsloth's own plans (one GPU, its attention kernels: no attn_implementation)."""
+
+
+def _unsloth_back(out: Export) -> dict[str, Any]:
+    """The script as a user saves it (train.py), read back by the CLI's own file reader (never run)."""
+    imported = import_data(parse_text(out.text(), "train.py"), "train.py")
+    assert imported.format == "unsloth"
+    return imported.body
+
+
+@pytest.mark.parametrize("spec", UNSLOTH_PLANS, ids=[f"{p['method']}-{i}" for i, p in enumerate(UNSLOTH_PLANS)])
+def test_unsloth_export_reads_back_as_the_same_plan(spec: dict[str, Any]) -> None:
+    """The Unsloth script reads back through the Unsloth importer (ast, not executed) as the same request, field
+    for field (Unsloth never runs PEFT's prepare_model_for_kbit_training: prepare_kbit has no argument)."""
+    req = _plan("unsloth", spec)
+    out = unsloth_script(req)
+    assert out.unexpressed == [] and out.filename == "train.py"
+    compile(out.text(), "train.py", "exec")  # valid Python
+    back = PlanRequest.model_validate(_unsloth_back(out))
+    expected = req.model_dump(mode="json")
+    assert FRAMEWORKS["unsloth"].kbit_upcast != "request"
+    expected["quantization"]["prepare_kbit"] = back.quantization.prepare_kbit
+    assert back.model_dump(mode="json") == expected
+
+
+def test_unsloth_all_linear_is_its_seven_projections() -> None:
+    req = _plan("unsloth", {"method": "qlora", "lora": {"target_modules": "all-linear"}})
+    back = PlanRequest.model_validate(_unsloth_back(unsloth_script(req)))
+    assert back.lora.target_modules == SEVEN
+    assert estimate(back).parameters.trainable == estimate(req).parameters.trainable == 32 * 8 * (
+        2 * 8192 + 2 * 5120 + 3 * 18432)
+
+
+@pytest.mark.parametrize(("spec", "phrase"), [
+    ({"method": "dora"}, "method 'dora' (no DoRA argument"),
+    ({"method": "lora", "lora": {"target_modules": ["q_proj", "lm_head"]}}, "lora.target_modules lm_head"),
+    ({"method": "lora", "training": {"precision": "bf16-mixed"}}, "precision 'bf16-mixed'"),
+    ({"method": "qlora", "quantization": {"bnb_4bit_quant_type": "fp4"}}, "bitsandbytes fp4"),
+    ({"method": "lora", "training": {"attn_implementation": "sdpa"}}, "attn_implementation 'sdpa'"),
+    ({"method": "lora", "training": {"use_liger_kernel": True}}, "training.use_liger_kernel"),
+    ({"method": "lora", "hardware": {"num_gpus": 2, "sharding": "ddp"}}, "2 GPUs, sharding 'ddp'"),
+])
+def test_what_unsloth_cannot_carry_is_listed(spec: dict[str, Any], phrase: str) -> None:
+    out = unsloth_script(_plan("unsloth", spec))
+    assert any(phrase in line for line in out.unexpressed), out.unexpressed
+    assert out.text().startswith("# not expressible here: ")
+    compile(out.text(), "train.py", "exec")
+
+
 def test_the_cli_and_the_api_offer_every_exporter() -> None:
     from typing import get_args, get_type_hints
 
@@ -353,6 +417,7 @@ def test_framework_config_follows_the_plan() -> None:
     assert framework_config(_plan("llama-factory", {"method": "lora"})).filename == "config.yaml"
     assert framework_config(_plan("ms-swift", {"method": "lora"})).filename == "train.sh"
     assert framework_config(_plan("litgpt", {"method": "lora"})).title.startswith("litgpt config: litgpt finetune_lora")
+    assert framework_config(_plan("unsloth", {"method": "lora"})).filename == "train.py"
     assert framework_config(_plan("torchtune", {"method": "lora"})).title.startswith(
         "torchtune config: tune run lora_finetune_single_device")
     # the HF snippet of another framework's plan says what it is
@@ -388,7 +453,7 @@ def test_api_exports_and_converts() -> None:
     trl = client.post("/api/v1/export", params={"format": "trl"}, json=body).json()
     back, _ = from_trl(yaml.safe_load(trl["text"]))
     assert back["training"]["seq_len"] == 4096 and back["method"] == "qlora" and back["training"]["framework"] == "trl"
-    refused = client.post("/api/v1/export", json={**body, "training": {"framework": "unsloth"}})
+    refused = client.post("/api/v1/export", json={**body, "training": {"framework": "lit-gpt"}})
     assert refused.status_code == 422 and refused.json()["detail"][0]["loc"] == ["query", "format"]
     bad = client.post("/api/v1/export", params={"format": "swift"}, json=body)
     assert bad.status_code == 422 and any(d["loc"][-1] == "format" for d in bad.json()["detail"])

@@ -21,10 +21,12 @@ from app.exporters.llama_factory import llama_factory_config
 from app.exporters.ms_swift import ms_swift_command
 from app.exporters.torchtune import torchtune_config
 from app.exporters.trl import trl_recipe
+from app.exporters.unsloth import unsloth_script
 
 EXPORTERS: dict[str, Callable[[PlanRequest], Export]] = {
     "trl": trl_recipe, "axolotl": axolotl_config, "llama-factory": llama_factory_config,
-    "ms-swift": ms_swift_command, "litgpt": litgpt_config, "torchtune": torchtune_config}
+    "ms-swift": ms_swift_command, "litgpt": litgpt_config, "torchtune": torchtune_config,
+    "unsloth": unsloth_script}
 """The exporter of each ``training.framework`` that has one."""
 
 
@@ -41,10 +43,11 @@ def framework_config(req: PlanRequest) -> Export | None:
 class ExportResult(BaseModel):
     """POST /api/v1/export: the plan as a trainer's config."""
 
-    format: str = Field(description="the trainer: trl, axolotl, llama-factory, ms-swift, litgpt or torchtune")
+    format: str = Field(description="the trainer: trl, axolotl, llama-factory, ms-swift, litgpt, torchtune or unsloth")
     title: str = Field(description="what the file is and the command that runs it")
     filename: str
-    text: str = Field(description="the config (YAML, or ms-swift's shell command), headed by a comment per setting "
+    text: str = Field(description="the config (YAML, ms-swift's shell command, Unsloth's Python script), headed by a "
+                                  "comment per setting "
                                   "it cannot carry")
     unexpressed: list[str] = Field(description="the plan's settings this format has no key for")
 

@@ -19,10 +19,13 @@ class Export:
     unexpressed: list[str] = field(default_factory=list)  # plan settings this format has no key for
     command: str | None = None  # a launch command ("swift sft") whose --key value arguments are ``data``
     env: dict[str, str] = field(default_factory=dict)  # NAME=value before the command (NPROC_PER_NODE)
+    script: str | None = None  # a Python script (Unsloth), in place of ``data``
 
     def text(self) -> str:
-        """The YAML (or the shell command), headed by a comment per setting the format cannot carry."""
+        """The YAML (the shell command, the script), headed by a comment per setting the format cannot carry."""
         head = "".join(f"# not expressible here: {line}\n" for line in self.unexpressed)
+        if self.script is not None:
+            return head + self.script
         if self.command is not None:
             return head + shell_command(self.command, self.data, self.env)
         import yaml  # lazy: only rendering needs it

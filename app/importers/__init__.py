@@ -19,6 +19,8 @@ Formats, detected by content (JSON or YAML, whatever the file is called; :mod:`.
 - ``litgpt``: a litgpt fine-tuning config (``config_hub/finetune/*/*.yaml``) (:mod:`.litgpt`); framework 'litgpt'.
 - ``torchtune``: a torchtune recipe config (``recipes/configs/<family>/<name>.yaml``), or a ``tune run`` command naming
   one beside it, with its overrides (:mod:`.torchtune`, :mod:`.tune_run`); framework 'torchtune'.
+- ``unsloth``: an Unsloth training script or a saved notebook's code cells, read with ``ast`` and never run
+  (:mod:`.unsloth`); framework 'unsloth'.
 - ``accelerate``: an accelerate launch config (``accelerate launch --config_file x.yaml``): GPU count, DeepSpeed /
   FSDP sharding and offload (:mod:`.accelerate`).
 - ``model_config``: a model's ``config.json`` (becomes ``{"model": {"config": …}}``; a bitsandbytes

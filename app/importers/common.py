@@ -14,7 +14,7 @@ from typing import Any, Literal
 # a file was read as.
 NoteKind = Literal["unknown", "unsupported", "ignored", "note", "assumed", "detected"]
 Format = Literal["plan", "peft", "bnb", "axolotl", "hf_training", "model_config", "llama_factory", "ms_swift", "trl",
-                 "litgpt", "torchtune", "accelerate"]
+                 "litgpt", "torchtune", "accelerate", "unsloth"]
 
 PLAN_KEYS = frozenset({"model", "method", "lora", "quantization", "training", "hardware"})
 SECTIONS = ("lora", "quantization", "training", "hardware")

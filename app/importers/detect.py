@@ -17,6 +17,7 @@ from app.importers.ms_swift import SWIFT_MARKERS
 from app.importers.torchtune import TORCHTUNE_MARKERS
 from app.importers.trl import TRL_MARKERS
 from app.importers.tune_run import TuneRun
+from app.importers.unsloth import UnslothScript
 
 # Keys only HF TrainingArguments / TRL SFTConfig have (axolotl spells its own: `optimizer`, `micro_batch_size`,
 # `sequence_len`, …). A file with more of these than of axolotl-only keys is read as HF, never as axolotl.
@@ -27,6 +28,7 @@ NAMES: dict[str, str] = {
     "axolotl": "axolotl config", "hf_training": "HF TrainingArguments", "model_config": "model config.json",
     "llama_factory": "LLaMA-Factory config", "ms_swift": "ms-swift arguments", "trl": "TRL recipe",
     "litgpt": "litgpt finetune config", "torchtune": "torchtune recipe config", "accelerate": "accelerate config",
+    "unsloth": "Unsloth script",
 }
 
 
@@ -43,6 +45,10 @@ def _shown(keys: set[str], limit: int = 3) -> str:
 def detect(data: Any, source: str = "input") -> tuple[Format, str]:
     """``(format, description)``: e.g. ``("hf_training", "TRL SFTConfig (max_length, packing, …)")``; the keys in
     brackets are the ones that decided. ConfigImportError when no format fits."""
+    if isinstance(data, UnslothScript):
+        calls = ", ".join(["from_pretrained", *(["get_peft_model"] if "get_peft_model" in data else []),
+                           *([data.args_class] if data.args_class else [])])
+        return "unsloth", f"{NAMES['unsloth']} ({calls})"
     if isinstance(data, TuneRun):
         return "torchtune", f"torchtune `tune run {data.recipe}` command (--config {data.config})"
     if not isinstance(data, Mapping) or not data:

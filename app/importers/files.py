@@ -24,6 +24,7 @@ from app.importers.peft import from_peft
 from app.importers.torchtune import from_torchtune
 from app.importers.trl import from_trl
 from app.importers.tune_run import parse_tune_run
+from app.importers.unsloth import from_unsloth, notebook_code, parse_unsloth_script
 
 
 def import_data(data: Any, source: str = "input", fmt: Format | None = None,
@@ -58,15 +59,22 @@ def import_data(data: Any, source: str = "input", fmt: Format | None = None,
         body, notes = from_torchtune(data, source, base_dir)
     elif fmt == "accelerate":
         body, notes = from_accelerate(data, source, base_dir)
+    elif fmt == "unsloth":
+        body, notes = from_unsloth(data, source, base_dir)
     else:  # pragma: no cover - Literal exhausted
         raise ConfigImportError(source, None, f"unknown format {fmt!r}")
     return Imported(source, fmt, body, notes, detected or NAMES[fmt])
 
 
 def parse_text(text: str, source: str) -> Any:
-    """JSON when the text is JSON, a ``tune run`` command (:mod:`.tune_run`) or the arguments of a ``swift sft`` /
-    ``trl sft`` command line when it holds one (:mod:`.cli_args`), else YAML (safe_load)."""
+    """JSON when the text is JSON (a Jupyter notebook: its code cells read as below), an Unsloth script's calls
+    (:mod:`.unsloth`), a ``tune run`` command (:mod:`.tune_run`) or the arguments of a ``swift sft`` / ``trl sft``
+    command line when it holds one (:mod:`.cli_args`), else YAML (safe_load)."""
     stripped = text.lstrip()
+    code = notebook_code(text) if stripped.startswith("{") else None
+    script = parse_unsloth_script(text if code is None else code, source)
+    if script is not None:
+        return script
     if not stripped.startswith(("{", "[")):
         run = parse_tune_run(text, source)
         if run is not None:
