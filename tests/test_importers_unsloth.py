@@ -82,10 +82,11 @@ def test_notebook_code_cells_are_read(tmp_path: Path) -> None:
 
 def test_defaults_full_fine_tuning_and_8bit(tmp_path: Path) -> None:
     """Unsloth's defaults where the script is silent: load_in_4bit true, r 16, alpha 16, the seven projections,
-    max_seq_length 2048; no get_peft_model with full_finetuning → full (its checkpointing from from_pretrained);
+    max_seq_length 2048 (the model given as the first positional argument, as get_peft_model's r and targets);
+    no get_peft_model with full_finetuning → full (its checkpointing from from_pretrained);
     load_in_8bit → an 8-bit base; dtype torch.float32 → fp32."""
     body, _, _ = _read(tmp_path, "a.py", f'from unsloth import FastLanguageModel\nm, t = FastLanguageModel.'
-                           f'from_pretrained("x", model_name="{MODEL}")\nm = FastLanguageModel.get_peft_model(m)\n')
+                           f'from_pretrained("{MODEL}")\nm = FastLanguageModel.get_peft_model(m)\n')
     assert (body["method"], body["lora"]["r"], body["lora"]["lora_alpha"], body["training"]["seq_len"]) == (
         "qlora", 16, 16, 2048)
     assert body["lora"]["target_modules"] == EXPECTED["lora"]["target_modules"]
@@ -96,9 +97,10 @@ def test_defaults_full_fine_tuning_and_8bit(tmp_path: Path) -> None:
         "full", "fp32", False)
     body, _, _ = _read(tmp_path, "c.py", f'from unsloth import FastLanguageModel\nm, t = FastLanguageModel.'
                        f'from_pretrained(model_name="{MODEL}", load_in_4bit=False, load_in_8bit=True)\n'
-                       'm = FastLanguageModel.get_peft_model(m, r=8, target_modules=["q_proj", "v_proj"])\n')
-    assert (body["method"], body["quantization"]["load_in_8bit"], body["lora"]["target_modules"]) == (
-        "qlora", True, ["q_proj", "v_proj"])
+                       'm = FastLanguageModel.get_peft_model(m, 8, ["q_proj", "v_proj"])\n')
+    lora = body["lora"]
+    assert (body["method"], body["quantization"]["load_in_8bit"], lora["target_modules"], lora["r"]) == (
+        "qlora", True, ["q_proj", "v_proj"], 8)
 
 
 def test_computed_arguments_are_reported_not_guessed(tmp_path: Path) -> None:

@@ -40,6 +40,10 @@ from app.importers.hf_training import from_hf_training
 LOADERS = ("FastLanguageModel", "FastModel")
 TRAINER_ARGS = ("SFTConfig", "TrainingArguments", "UnslothTrainingArguments")
 _SCRIPT = re.compile(r"\bFast(Language)?Model\s*\.\s*from_pretrained\s*\(")
+POSITIONAL: dict[str, tuple[str | None, ...]] = {
+    "from_pretrained": ("model_name", "max_seq_length", "dtype", "load_in_4bit"),
+    "get_peft_model": (None, "r", "target_modules", "lora_alpha", "lora_dropout", "bias"), "args": ()}
+"""The leading parameters of each call, in their signatures' order (``get_peft_model``'s first is the model)."""
 MAX_SCRIPT_CHARS = 1_000_000
 """The longest script read (Unsloth's notebooks export to ~20k characters)."""
 SEVEN = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
@@ -137,7 +141,9 @@ def parse_unsloth_script(text: str, source: str) -> UnslothScript | None:
                "args" if func.rsplit(".", 1)[-1] in TRAINER_ARGS else None)
         if key is None or key in calls:
             continue
-        calls[key] = {kw.arg: _value(kw.value, names) for kw in node.keywords if kw.arg is not None}
+        calls[key] = {name: _value(arg, names) for name, arg in zip(POSITIONAL[key], node.args, strict=False)
+                      if name is not None}
+        calls[key] |= {kw.arg: _value(kw.value, names) for kw in node.keywords if kw.arg is not None}
         if key == "args":
             args_class = func.rsplit(".", 1)[-1]
     return UnslothScript(calls, args_class)
