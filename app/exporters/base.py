@@ -68,6 +68,21 @@ def unsupported_switches(req: PlanRequest, names: tuple[str, ...], trainer: str)
             if getattr(req.training, name)]
 
 
+def fixed_nf4(req: PlanRequest, precision: str, trainer: str) -> list[str]:
+    """The ``unexpressed`` lines of a 4-bit plan for a trainer that always quantizes to NF4 with double
+    quantization, computed in its training dtype (``precision`` as written: fp32, else bf16), packed its own way."""
+    q = req.quantization
+    compute = "float32" if precision == "fp32" else "bfloat16"
+    out = []
+    if q.bnb_4bit_quant_type != "nf4" or not q.bnb_4bit_use_double_quant or q.bnb_4bit_compute_dtype != compute:
+        out.append(f"bitsandbytes {q.bnb_4bit_quant_type}, double quant {q.bnb_4bit_use_double_quant}, compute "
+                   f"{q.bnb_4bit_compute_dtype} ({trainer} quantizes to NF4 with double quantization, computed in the "
+                   f"training dtype, {compute})")
+    if q.bnb_4bit_quant_storage != "uint8":
+        out.append(f"bnb_4bit_quant_storage {q.bnb_4bit_quant_storage!r} ({trainer} packs the 4-bit weights itself)")
+    return out
+
+
 def model_name(req: PlanRequest) -> str:
     """The model as the trainer loads it: the Hub/catalog id, or a placeholder for a pasted config.json."""
     return req.model if isinstance(req.model, str) else "path/to/your-model"

@@ -26,7 +26,7 @@ from typing import Any
 from app.core.errors import PlanError
 from app.core.request import PlanRequest
 from app.core.torchtune import MLP_NAMES, TT_LORA_NAMES
-from app.exporters.base import Export, unsupported_switches
+from app.exporters.base import Export, fixed_nf4, unsupported_switches
 from app.exporters.trl import version_notes
 from app.importers.torchtune import (
     BUILDERS,
@@ -114,13 +114,7 @@ def _quantization(req: PlanRequest, unexpressed: list[str]) -> None:
     if q.load_in_8bit:
         unexpressed.append("quantization.load_in_8bit (torchtune quantizes to NF4 only): written as NF4")
         return
-    compute = "bfloat16" if req.training.precision == "bf16" else "float32"
-    if q.bnb_4bit_quant_type != "nf4" or not q.bnb_4bit_use_double_quant or q.bnb_4bit_compute_dtype != compute:
-        unexpressed.append(f"bitsandbytes {q.bnb_4bit_quant_type}, double quant {q.bnb_4bit_use_double_quant}, "
-                           f"compute {q.bnb_4bit_compute_dtype} (torchtune's NF4 is double-quantized and computes in "
-                           f"the training dtype, {compute})")
-    if q.bnb_4bit_quant_storage != "uint8":
-        unexpressed.append(f"bnb_4bit_quant_storage {q.bnb_4bit_quant_storage!r} (torchao NF4 packs its own)")
+    unexpressed.extend(fixed_nf4(req, req.training.precision, "torchtune (torchao NF4)"))
 
 
 def torchtune_config(req: PlanRequest) -> Export:

@@ -18,7 +18,7 @@ plan sets beyond these is listed.
 from __future__ import annotations
 
 from app.core.request import PlanRequest
-from app.exporters.base import Export, model_name, unsupported_switches
+from app.exporters.base import Export, fixed_nf4, model_name, unsupported_switches
 from app.exporters.trl import version_notes
 from app.importers.unsloth import SEVEN
 
@@ -57,11 +57,7 @@ def unsloth_script(req: PlanRequest) -> Export:
     if full:
         load.append(f"    use_gradient_checkpointing={checkpointing},")
     if req.quantized and not eight:
-        compute = "float32" if tr.precision == "fp32" else "bfloat16"
-        if q.bnb_4bit_quant_type != "nf4" or not q.bnb_4bit_use_double_quant or q.bnb_4bit_compute_dtype != compute:
-            unexpressed.append(f"bitsandbytes {q.bnb_4bit_quant_type}, double quant {q.bnb_4bit_use_double_quant}, "
-                               f"compute {q.bnb_4bit_compute_dtype} (Unsloth loads NF4 with double quantization, "
-                               f"computed in the model's dtype, {compute})")
+        unexpressed += fixed_nf4(req, tr.precision, "Unsloth")
     lines = ["from unsloth import FastLanguageModel  # first: Unsloth patches transformers and TRL", "import torch",
              "from datasets import load_dataset", "from trl import SFTConfig, SFTTrainer", "",
              f"max_seq_length = {tr.seq_len}", "",
