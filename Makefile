@@ -8,6 +8,8 @@ STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
 # packages (a .pth) and adds only the 'torchtune' extra (docs/frameworks.md)
 TT_VENV := .venv-torchtune
 TT_STAMP := $(TT_VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
+# pytest-xdist workers (whole test files per worker: module fixtures build once); CI's machine has 2 cores
+TEST_WORKERS ?= 2
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
@@ -50,8 +52,8 @@ postgres:
 	ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq postgresql)
 
 test: $(STAMP) $(TT_STAMP) lint browser postgres
-	$(BIN)/python -m pytest
-	$(TT_VENV)/bin/python -m pytest tests/test_torchtune.py
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile
+	$(TT_VENV)/bin/python -m pytest -n $(TEST_WORKERS) tests/test_torchtune.py
 
 bench: $(STAMP)
 	$(BIN)/python bench/estimate_latency.py
