@@ -33,7 +33,8 @@ class CalibrationRow(BaseModel):
     total_error_percent: float | None
 
 
-def _row(job: dict[str, Any]) -> CalibrationRow | None:
+def calibration_row(job: dict[str, Any]) -> CalibrationRow | None:
+    """A finished job (request, stored estimate, result) as a row; None unless it finished."""
     cmp = comparison(job)
     if cmp is None:
         return None
@@ -58,7 +59,7 @@ def gpu_calibrations(settings: Settings, limit: int = LEARN_FROM_JOBS) -> list[C
     for job in recent_jobs(settings, limit):
         if job.get("status") != "done" or (job.get("result") or {}).get("kind") != "cuda":
             continue
-        row = _row(job)
+        row = calibration_row(job)
         if row is not None:
             out.append(row)
     return out
@@ -76,6 +77,10 @@ class AccuracyReport(BaseModel):
     published: PublishedTable
     calibrations: list[CalibrationRow]
     calibration_summary: Summary
+    gpu_runs: list[CalibrationRow] = Field(description="the project's own GPU runs (app/accuracy/data) against "
+                                           "today's estimates")
+    gpu_runs_summary: Summary
+    gpu_runs_environment: dict[str, Any] = Field(description="the card, driver, CUDA and library versions they ran on")
 
 
 def accuracy_report(settings: Settings, check: Callable[[], None] | None = None,
@@ -83,6 +88,10 @@ def accuracy_report(settings: Settings, check: Callable[[], None] | None = None,
     """The published table (computed once per planner version, :func:`published_table`; ``prepare``: see
     :data:`app.accuracy.table.Prepare`) and the store's finished CUDA calibrations (read on every call: a few
     hundred rows of the job store)."""
+    from app.accuracy.gpu_runs import gpu_run_rows, gpu_runs_file, gpu_runs_summary
+
     rows = gpu_calibrations(settings)
+    runs = gpu_run_rows()
     return AccuracyReport(published=published_table(check, prepare=prepare), calibrations=rows,
-                          calibration_summary=calibration_summary(rows))
+                          calibration_summary=calibration_summary(rows), gpu_runs=list(runs),
+                          gpu_runs_summary=gpu_runs_summary(runs), gpu_runs_environment=gpu_runs_file()["environment"])
