@@ -139,17 +139,22 @@ def _bnb_config(req: PlanRequest) -> Any:
     )
 
 
+def _random_model(config: Any, device: str, torch_dtype: Any) -> Any:
+    """A model with random weights from ``config``, initialised on ``device`` (no download)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    with torch.device(device):
+        return AutoModelForCausalLM.from_config(config, dtype=torch_dtype)
+
+
 def _source_checkpoint(config: Any, device: str, torch_dtype: Any, directory: str) -> None:
     """Save random weights from ``config`` to ``directory``, for QLoRA/QDoRA to load quantized as users do.
 
     The weights are initialised on ``device`` (on a GPU this takes seconds where the CPU takes minutes for a
     7B) and freed before the measured load begins.
     """
-    import torch
-    from transformers import AutoModelForCausalLM
-
-    with torch.device(device):
-        source = AutoModelForCausalLM.from_config(config, dtype=torch_dtype)
+    source = _random_model(config, device, torch_dtype)
     source.save_pretrained(directory)
     del source
     _free(device)
@@ -158,7 +163,6 @@ def _source_checkpoint(config: Any, device: str, torch_dtype: Any, directory: st
 def _build_model(req: PlanRequest, config: Any, device: str, torch_dtype: Any, model_dir: str | None) -> Any:
     """``from_pretrained(model_dir)`` (quantized through ``BitsAndBytesConfig`` for QLoRA/QDoRA, the path users
     take), or random weights from the config built on ``device`` when there is no checkpoint."""
-    import torch
     from transformers import AutoModelForCausalLM
 
     if model_dir is not None:
@@ -168,8 +172,7 @@ def _build_model(req: PlanRequest, config: Any, device: str, torch_dtype: Any, m
             kwargs["quantization_config"] = _bnb_config(req)
         model = AutoModelForCausalLM.from_pretrained(model_dir, **kwargs)
     else:
-        with torch.device(device):
-            model = AutoModelForCausalLM.from_config(config, dtype=torch_dtype)
+        model = _random_model(config, device, torch_dtype)
     model.config.use_cache = False
     return model
 
