@@ -23,6 +23,7 @@ The analytic side needs nothing but app.core; the grid's models are litgpt confi
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import sys
 import time
@@ -37,9 +38,31 @@ if str(ROOT) not in sys.path:
 GIB = 2**30
 
 
+def neox_config(cfg: Any) -> dict[str, Any]:
+    """The HF phi / gpt_neox / falcon config.json of a litgpt ``GptNeoxMLP`` + ``LayerNorm`` config (phi-*,
+    stablelm-base-alpha-* and pythia-*, falcon-*), built by transformers through the generic path."""
+    common = {"hidden_size": cfg.n_embd, "num_hidden_layers": cfg.n_layer, "num_attention_heads": cfg.n_head,
+              "vocab_size": cfg.padded_vocab_size, "tie_word_embeddings": False, "layer_norm_eps": cfg.norm_eps,
+              "max_position_embeddings": cfg.block_size}
+    if cfg.name.startswith("phi"):
+        return {"model_type": "phi", "architectures": ["PhiForCausalLM"], **common,
+                "intermediate_size": cfg.intermediate_size, "num_key_value_heads": cfg.n_query_groups,
+                "partial_rotary_factor": cfg.rotary_percentage, "hidden_act": "gelu_new"}
+    if cfg.name.startswith("falcon"):
+        mqa = cfg.n_query_groups == 1
+        return {"model_type": "falcon", "architectures": ["FalconForCausalLM"], **common,
+                "ffn_hidden_size": cfg.intermediate_size, "multi_query": mqa, "new_decoder_architecture": not mqa,
+                "num_kv_heads": cfg.n_query_groups, "parallel_attn": cfg.parallel_residual, "bias": cfg.bias}
+    return {"model_type": "gpt_neox", "architectures": ["GPTNeoXForCausalLM"], **common,
+            "intermediate_size": cfg.intermediate_size, "rotary_pct": cfg.rotary_percentage,
+            "use_parallel_residual": cfg.parallel_residual, "hidden_act": "gelu"}
+
+
 def hf_config(cfg: Any) -> dict[str, Any]:
     """The HF llama/mistral/phi3/gemma config.json with the shapes of a litgpt ``Config``."""
     mlp = getattr(cfg, "mlp_class_name", None) or cfg._mlp_class
+    if mlp == "GptNeoxMLP":
+        return neox_config(cfg)
     model_type = {"LLaMAMLP": "llama", "GemmaMLP": "gemma"}[mlp]
     if getattr(cfg, "sliding_window_size", None) and model_type == "llama":
         model_type = "mistral"  # the HF type whose litgpt configs use a sliding window
@@ -64,8 +87,10 @@ def hf_config(cfg: Any) -> dict[str, Any]:
 
 def trace(src: str, name: str, method: str, mb: int, seq: int, r: int = 8, alpha: int = 16, dropout: float = 0.05,
           targets: tuple[str, ...] = ("query", "value"), n_layer: int | None = None, double_quant: bool = False,
-          steps: int = 2, dump: bool = False) -> dict[str, Any]:
-    """Trace ``steps`` steps of litgpt's loop; the last step's peak (bytes) and phase."""
+          steps: int = 2, dump: bool = False, mixed: bool = False) -> dict[str, Any]:
+    """Trace ``steps`` steps of litgpt's loop; the last step's peak (bytes) and phase. ``mixed``: Fabric
+    ``bf16-mixed`` (fp32 parameters, the forward under bf16 autocast — CPU autocast here, which like CUDA's runs
+    litgpt's LayerNorm in fp32 on its fp32 residual input — and ``MixedPrecision.convert_output`` to fp32)."""
     import torch
     from torch._subclasses.fake_tensor import FakeTensorMode
 
@@ -104,7 +129,8 @@ def trace(src: str, name: str, method: str, mb: int, seq: int, r: int = 8, alpha
     with ExitStack() as stack:
         import bitsandbytes as bnb
 
-        torch.set_default_dtype(torch.bfloat16)  # Fabric bf16-true init_module: parameters created in bf16
+        # Fabric bf16-true init_module: parameters created in bf16 (bf16-mixed: fp32)
+        torch.set_default_dtype(torch.float32 if mixed else torch.bfloat16)
         with torch.device("meta"):
             model = L.GPT(config)
         torch.set_default_dtype(torch.float32)
@@ -142,9 +168,11 @@ def trace(src: str, name: str, method: str, mb: int, seq: int, r: int = 8, alpha
         # QLoRA: torch AdamW with its states made fp32 stands in for bnb PagedAdamW (32-bit states; those of
         # tensors with >= 1e5 elements are paged, outside the allocator, and excluded below)
         optimizer = torch.optim.AdamW(params, lr=1e-4, foreach=True)
-        from lightning.fabric.plugins.precision import HalfPrecision
+        from lightning.fabric.plugins.precision import HalfPrecision, MixedPrecision
 
-        fabric_precision = HalfPrecision("bf16-true")
+        fabric_precision = MixedPrecision("bf16-mixed", "cpu") if mixed else HalfPrecision("bf16-true")
+        # _FabricModule.forward: the module under precision.forward_context(), then convert_output
+        context = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if mixed else contextlib.nullcontext
         logits = None
         for step in range(steps):
             gc.collect()
@@ -156,10 +184,16 @@ def trace(src: str, name: str, method: str, mb: int, seq: int, r: int = 8, alpha
             # Fabric's _FabricModule.forward: the output goes through precision.convert_output (lightning's own
             # HalfPrecision for bf16-true; BitsandbytesPrecision does the same) before the loop gets it
             if method == "full":  # finetune/full.py: whole logits, the loss chunked over a shifted copy
-                logits = fabric_precision.convert_output(model(x))
+                with context():
+                    out = model(x)
+                logits = fabric_precision.convert_output(out)
+                del out
                 loss = chunked_cross_entropy(logits[..., :-1, :], y[..., 1:])
             else:  # finetune/lora.py
-                logits = fabric_precision.convert_output(model(x, lm_head_chunk_size=128))
+                with context():
+                    out = model(x, lm_head_chunk_size=128)
+                logits = fabric_precision.convert_output(out)
+                del out
                 logits[-1] = logits[-1][..., :-1, :]
                 loss = chunked_cross_entropy(logits, y[..., 1:])
             counter.set_phase("backward")
@@ -243,20 +277,35 @@ def convert(model: Any, bnb: Any, double_quant: bool) -> None:
             convert(child, bnb, double_quant)
 
 
-def analytic(req: Any, method: str, mb: int, seq: int, r: int, alpha: int, dropout: float,
-             targets: tuple[str, ...]) -> int:
-    from app.core import PlanRequest, estimate
+HF_TARGETS: dict[str, dict[str, list[str]]] = {
+    "llama": {"query": ["q_proj"], "key": ["k_proj"], "value": ["v_proj"], "projection": ["o_proj"],
+              "mlp": ["gate_proj", "up_proj", "down_proj"], "head": ["lm_head"]},
+    "phi": {"query": ["q_proj"], "key": ["k_proj"], "value": ["v_proj"], "projection": ["dense"],
+            "mlp": ["fc1", "fc2"], "head": ["lm_head"]},
+    # one fused query_key_value: any of litgpt's query/key/value flags adapts it whole under PEFT
+    "gpt_neox": {"query": ["query_key_value"], "key": ["query_key_value"], "value": ["query_key_value"],
+                 "projection": ["dense"], "mlp": ["dense_h_to_4h", "dense_4h_to_h"], "head": ["embed_out"]},
+    "falcon": {"query": ["query_key_value"], "key": ["query_key_value"], "value": ["query_key_value"],
+               "projection": ["dense"], "mlp": ["dense_h_to_4h", "dense_4h_to_h"], "head": ["lm_head"]},
+}
+"""litgpt's LoRA flags as the HF module names of each model type."""
 
-    hf_targets = {"query": ["q_proj"], "key": ["k_proj"], "value": ["v_proj"], "projection": ["o_proj"],
-                  "mlp": ["gate_proj", "up_proj", "down_proj"], "head": ["lm_head"]}
+
+def analytic(req: Any, method: str, mb: int, seq: int, r: int, alpha: int, dropout: float,
+             targets: tuple[str, ...], precision: str = "bf16") -> int:
+    from app.core import PlanRequest, estimate
+    from app.models.resolve import resolve_request
+
+    hf_targets = HF_TARGETS.get(req.model.config["model_type"], HF_TARGETS["llama"])
     body = req.model_dump(exclude_unset=True)
     body["method"] = method
     body["training"] = {"framework": req.training.framework, "micro_batch_size": mb, "seq_len": seq,
-                        "precision": "bf16", "gradient_checkpointing": False}
+                        "precision": precision, "gradient_checkpointing": False}
     if method != "full":
         body["lora"] = {"r": r, "lora_alpha": alpha, "lora_dropout": dropout,
-                        "target_modules": [m for t in targets for m in hf_targets[t]]}
-    return estimate(PlanRequest(**body)).memory.peak
+                        "target_modules": list(dict.fromkeys(m for t in targets for m in hf_targets[t]))}
+    # phi, GPT-NeoX and Falcon have no hand-written rules: their inventory is built by transformers (a worker)
+    return estimate(resolve_request(PlanRequest(**body), fit_peak=False)[0]).memory.peak
 
 
 GRID = [
@@ -276,6 +325,22 @@ GRID = [
     ("Llama-2-7b-hf", "qlora", 2, 512, 32, 0.05, ("query", "value"), 8),
     ("Gemma-2b", "lora", 2, 512, 8, 0.1, ("query", "key", "value", "projection", "mlp", "head"), 2),
     ("Gemma-2-2b", "lora", 2, 512, 8, 0.1, ("query", "key", "value", "projection", "mlp", "head"), 2),
+    # LayerNorm + GptNeoxMLP, parallel residual (phi and Falcon-7B share norm_1; GPT-NeoX and Falcon-40B do not)
+    ("phi-1_5", "lora", 1, 1044, 8, 0.05, ("query", "value"), 2),
+    ("phi-2", "lora", 4, 512, 8, 0.05, ("query", "key", "value", "projection", "mlp", "head"), 2),
+    ("phi-2", "qlora", 4, 512, 8, 0.05, ("query", "value"), 2),
+    ("phi-2", "full", 2, 512, 8, 0.0, (), 2),
+    ("stablelm-base-alpha-3b", "lora", 2, 1034, 8, 0.05, ("query", "key", "value"), 2),
+    ("stablelm-base-alpha-3b", "qlora", 1, 1034, 8, 0.05, ("query", "key", "value", "projection", "mlp"), 2),
+    ("falcon-7b", "lora", 1, 512, 32, 0.05, ("query", "key", "value"), 2),
+    ("falcon-7b", "qlora", 1, 512, 32, 0.05, ("query", "key", "value", "mlp", "head"), 2),
+    ("falcon-40b", "lora", 1, 512, 8, 0.05, ("query", "key", "value", "projection"), 2),
+]
+MIXED_GRID = [
+    # Fabric bf16-mixed (lit-gpt 8641822's default): fp32 weights cast per use, lm_head once per chunk
+    ("stablelm-base-alpha-3b", "lora", 1, 1034, 8, 0.05, ("query", "key", "value"), 2),
+    ("Llama-2-7b-hf", "lora", 1, 512, 8, 0.05, ("query", "value"), 2),
+    ("phi-1_5", "full", 1, 512, 8, 0.0, (), 2),
 ]
 
 
@@ -291,28 +356,32 @@ def main() -> None:
     ap.add_argument("--dropout", type=float, default=0.05)
     ap.add_argument("--targets", default="query,value")
     ap.add_argument("--layers", type=int, default=None)
+    ap.add_argument("--precision", default="bf16-true", choices=["bf16-true", "bf16-mixed"])
     ap.add_argument("--dump", action="store_true", help="list the live step tensors when the final norm starts")
     args = ap.parse_args()
-    cases = GRID if args.grid else [(args.model, args.method, args.mb, args.seq, args.r, args.dropout,
-                                     tuple(args.targets.split(",")), args.layers)]
+    cases = ([(*c, "bf16-true") for c in GRID] + [(*c, "bf16-mixed") for c in MIXED_GRID] if args.grid else
+             [(args.model, args.method, args.mb, args.seq, args.r, args.dropout, tuple(args.targets.split(",")),
+               args.layers, args.precision)])
     print(f"{'model':<18} {'method':<6} {'mb':>3} {'seq':>5} {'r':>3} {'drop':>5} {'targets':<28} {'L':>3} "
           f"{'trace GiB':>10} {'analytic':>9} {'err %':>7}  phase")
     errs = []
-    for name, method, mb, seq, r, dropout, targets, n_layer in cases:
+    for name, method, mb, seq, r, dropout, targets, n_layer, precision in cases:
         t0 = time.perf_counter()
+        mixed = precision == "bf16-mixed"
         try:
             res = trace(args.src, name, method, mb, seq, r=r, dropout=dropout, targets=targets, n_layer=n_layer,
-                        dump=args.dump)
+                        dump=args.dump, mixed=mixed)
         except KeyError:
             print(f"{name:<18} not a config of this litgpt source")
             continue
         try:
-            ours = analytic(res["req"], method, mb, seq, r, 16, dropout, targets)
+            ours = analytic(res["req"], method, mb, seq, r, 16, dropout, targets, "bf16-mixed" if mixed else "bf16")
         except KeyError:
             ours = 0
         err = 100 * (ours - res["peak"]) / res["peak"]
         errs.append(abs(err))
-        print(f"{name:<18} {method:<6} {mb:>3} {seq:>5} {r:>3} {dropout:>5} {','.join(targets)[:28]:<28} "
+        label = method + ("*" if mixed else "")
+        print(f"{name:<18} {label:<6} {mb:>3} {seq:>5} {r:>3} {dropout:>5} {','.join(targets)[:28]:<28} "
               f"{n_layer or '-':>3} {res['peak'] / GIB:10.3f} {ours / GIB:9.3f} {err:+7.2f}  {res['phase']} "
               f"({time.perf_counter() - t0:.0f}s)")
         if not args.grid:

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from app.accuracy.rows import CSV_PATH, read_rows
+from app.accuracy.rows import BELOW_FLOOR, CSV_PATH, map_row, persistent_bytes, read_rows
 from app.accuracy.table import build_table, compare, published_table
 from app.calibration.store import JobStore
 from app.core import PlanRequest, estimate
@@ -164,3 +164,18 @@ def test_rows_of_a_model_outside_the_rules_go_through_the_generic_path() -> None
     assert [(r["row_id"], sk.reason, sk.detail.split(":")[0]) for r, sk in skipped] == [
         ("48", "planner rejected the request", "training.precision")]
 
+
+
+def test_rows_below_their_own_persistent_state_are_listed_not_compared() -> None:
+    """litgpt's config hub lists full fine-tuning of Llama-3.2-1B, Llama-3.2-3B and Phi-3-mini on one A10G below
+    what those settings hold before any activation. By hand for Llama-3.2-1B: litgpt never ties lm_head, so
+    1,235,814,400 + 128256·2048 = 1,498,482,688 parameters, in bf16-true with torch AdamW 2 (weight) + 2 (gradient)
+    + 2·2 (exp_avg, exp_avg_sq in the parameter dtype) = 8 bytes each: 11,987,861,504 bytes, above the published
+    8.70 GB. TinyLlama's row (14.10 GB; 1,100,048,384 untied parameters · 8 bytes = 8.80 GB) stays compared."""
+    rows = [r for r in read_rows(CSV_PATH) if r["row_id"] in ("128", "131", "140", "145")]
+    mapped, skipped = compare(rows)
+    assert [mp.row["row_id"] for mp in mapped] == ["145"]
+    assert mapped[0].result is not None and persistent_bytes(mapped[0].result) == 8 * 1_100_048_384
+    assert [(r["row_id"], sk.reason) for r, sk in skipped] == [(i, BELOW_FLOOR) for i in ("128", "131", "140")]
+    row128 = next(r for r in rows if r["row_id"] == "128")
+    assert persistent_bytes(estimate(map_row(row128).req)) == 8 * 1_498_482_688

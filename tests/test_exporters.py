@@ -153,6 +153,9 @@ LITGPT_PLANS: list[dict[str, Any]] = [
     {"method": "full", "training": {"precision": "bf16-mixed", "seq_len": 1024}},
     {"method": "lora", "lora": {"r": 64, "lora_dropout": 0.0, "target_modules": ["o_proj", "lm_head"]},
      "training": {"precision": "fp32"}},
+    # phi's own names: dense (attention output), fc1/fc2 (litgpt's lora_mlp)
+    {"model": "microsoft/phi-2", "method": "lora",
+     "lora": {"target_modules": ["q_proj", "k_proj", "v_proj", "dense", "fc1", "fc2", "lm_head"]}},
 ]
 """litgpt's own plans (its loop has no gradient checkpointing; targets in its flags' order: the importer lists them
 so)."""

@@ -7,13 +7,25 @@ commit, 23 of 24 within 2%), which needs a litgpt source tree and is not run her
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from app.accuracy.rows import Skip, map_row, read_rows
 from app.core import PlanRequest, estimate
-from app.core.architectures import parse_config
+from app.core.architectures import ArchSpec, parse_config
 from app.core.errors import PlanError
-from app.core.litgpt import Shape, Targets, head_terms, layer_saved, previous_step_inputs
+from app.core.litgpt import (
+    Block,
+    Shape,
+    Targets,
+    block_of,
+    head_terms,
+    hf_target_names,
+    keeps_first_layer_input,
+    layer_saved,
+    previous_step_inputs,
+)
 from app.core.quantization import nf4_bytes
 
 # A tiny MHA llama: h 64, MLP 160, 4 heads of 16 (q = kv = 64), vocab 256.
@@ -67,7 +79,7 @@ def test_previous_steps_4bit_inputs_by_hand() -> None:
     previous graph: per layer norm_1's output, the attention output, norm_2's output, the MLP product
     a·T·(h + q + h + I) = 2·16·352 = 11264, two layers 22528 (the first layer's norm_1 output is not kept, the final
     norm's output is: same size)."""
-    assert previous_step_inputs(parse_config(TINY), Shape(2, 8, 2, 2, True, True, False)) == 22528
+    assert previous_step_inputs(parse_config(TINY), Shape(2, 8, 2, 2, True, True, False), QV) == 22528
 
 
 def _req(**training: object) -> PlanRequest:
@@ -164,6 +176,13 @@ def test_litgpt_config_importer(tmp_path: object) -> None:
                     "train:\n  micro_batch_size: 4\n  max_seq_length: 512\n")
     body, _ = load_plan_files([full])
     assert body["method"] == "full" and "lora" not in body
+    # config_hub/finetune/phi-2/lora.yaml's flags in phi's module names (dense: the attention output; fc1/fc2)
+    phi = base / "phi.yaml"
+    phi.write_text("checkpoint_dir: checkpoints/microsoft/phi-2\nprecision: bf16-true\nlora_r: 8\nlora_query: true\n"
+                   "lora_key: true\nlora_value: true\nlora_projection: true\nlora_mlp: true\nlora_head: true\n"
+                   "train:\n  micro_batch_size: 4\n  max_seq_length: 512\n")
+    body, _ = load_plan_files([phi])
+    assert body["lora"]["target_modules"] == ["q_proj", "k_proj", "v_proj", "dense", "fc1", "fc2", "lm_head"]
 
 
 def test_cli_framework_litgpt() -> None:
@@ -191,3 +210,123 @@ def test_full_fine_tuning_loss_by_hand() -> None:
     lp = head_terms(parse_config(TINY), full, Targets(False, False, False, False, False, False), old=False,
                     head_quantized=False)
     assert (lp.saved, lp.loss_forward, lp.loss_backward) == (10304, 47104, 49152)
+
+
+# A tiny phi-like parallel block (LayerNorm + GptNeoxMLP): h 64, fc 160, 4 heads of 16 (MHA), vocab 256.
+PHI = ArchSpec(model_type="phi", vocab_size=256, hidden_size=64, intermediate_size=160, num_hidden_layers=2,
+               num_attention_heads=4, num_key_value_heads=4, head_dim=16, tie_word_embeddings=False)
+SHARED = Block(layer_norm=True, gelu_mlp=True, parallel=True, shared_norm=True, kv_dim=64)
+NEOX = Block(layer_norm=True, gelu_mlp=True, parallel=True, shared_norm=False, kv_dim=64)
+
+
+def test_parallel_block_by_hand() -> None:
+    """litgpt ``Block`` with ``parallel_residual`` (phi, Falcon-7B: ``shared_attention_norm``), a middle layer, T = 16,
+    a = 2, LoRA r 2 on q and v with dropout: norm_1 (``native_layer_norm``: its input a·T·h = 2048 and fp32 mean
+    and rstd 8·T = 128) 2176; LoRAQKVLinear as in the llama block: dropout output 2048 + mask 1024 + after_A 128 +
+    zero_pad's conv output a·T·(q+kv) 4096; MHA attention 6144 + 4096; flash output 2048 + logsumexp 256; GptNeoxMLP:
+    gelu keeps fc's output a·T·I = 5120 (proj is frozen: nothing else). Total 27136. The first layer's input needs
+    no gradient, nor then does the MLP's (it reads norm_1's output): no norm (2176), no mask (1024), no gelu input
+    (5120): 18816. GPT-NeoX's own norm_2 reads the same block input, adding only its mean and rstd (128): 27264."""
+    assert layer_saved(PHI, X, QV, old=False, layer=1, block=SHARED) == 27136
+    assert layer_saved(PHI, X, QV, old=False, layer=0, block=SHARED) == 18816
+    assert layer_saved(PHI, X, QV, old=True, layer=1, block=SHARED) == 27136  # LayerNorm: the same at 8641822
+    assert layer_saved(PHI, X, QV, old=False, layer=1, block=NEOX) == 27264
+    assert layer_saved(PHI, X, QV, old=False, layer=0, block=NEOX) == 18816
+
+
+def test_parallel_block_4bit_inputs_and_head_by_hand() -> None:
+    """bitsandbytes ≤ 0.42 inputs kept per parallel shared-norm layer: norm_1's output (read by qkv and fc),
+    the attention output and gelu's a·T·(h + q + I) = 2·16·288 = 9216, two layers 18432, less the first layer's
+    frozen MLP output (a·T·I = 5120): 13312. The final LayerNorm keeps a·T·h + 8·T = 2176."""
+    x = Shape(2, 8, 2, 2, True, True, False)
+    assert previous_step_inputs(PHI, x, QV, SHARED) == 13312
+    assert head_terms(PHI, X, QV, old=False, head_quantized=False, block=SHARED).saved == 2176
+
+
+def test_block_of_a_config() -> None:
+    """phi and Falcon-7B share norm_1 (one norm per HF layer); GPT-NeoX and Falcon-40B have two; a GPT-NeoX
+    config with ``use_parallel_residual`` false is sequential; llama-family configs keep litgpt's RMSNorm blocks."""
+    assert block_of(PHI, {}, 1, 64) == SHARED
+    neox = replace(PHI, model_type="gpt_neox")
+    assert block_of(neox, {"use_parallel_residual": True}, 2, 64) == NEOX
+    assert block_of(neox, {"use_parallel_residual": False}, 2, 64).parallel is False
+    assert block_of(parse_config(TINY), {}, 2, 64) == Block()
+
+
+def test_first_layer_inputs_without_gradient() -> None:
+    """The first layer's frozen linears on the frozen embedding's normed output keep nothing for backward (under
+    bf16-mixed: no weight cast): q/k/v always; in a parallel block the MLP too, whose output needs a gradient only
+    through LoRA on fc (traced under autocast: StableLM-alpha and Llama-2 within 0.35%, bench/litgpt_trace.py)."""
+    mlp = Targets(True, False, True, False, True, False)
+    assert [keeps_first_layer_input(n, Block(), QV) for n in ("q_proj", "o_proj", "gate_proj", "down_proj")] == [
+        False, True, True, True]
+    assert [keeps_first_layer_input(n, NEOX, QV) for n in ("query_key_value", "dense", "dense_h_to_4h",
+                                                           "dense_4h_to_h")] == [False, True, False, False]
+    assert [keeps_first_layer_input(n, SHARED, mlp) for n in ("fc1", "fc2")] == [False, True]
+
+
+def test_parallel_block_models_through_the_generic_path() -> None:
+    """Falcon-7B (tiiuae/falcon-7b config.json) under litgpt: transformers' FalconForCausalLM gives the inventory.
+    By hand: word embeddings 65024·4544 = 295,469,056; per layer input_layernorm 2·4544 = 9,088, query_key_value
+    4544·(4544 + 2·64) = 21,229,568 (71 query heads, one key/value head), dense 4544² = 20,647,936,
+    dense_h_to_4h and dense_4h_to_h 2·4544·18176 = 165,183,488: 207,070,080, × 32 = 6,626,242,560; ln_f 9,088.
+    transformers ties lm_head (6,921,720,704); litgpt's GPT does not: + 295,469,056 = 7,217,189,760. litgpt's
+    lora_query/lora_value on the fused linear (PEFT adapts it whole): 32·32·(4544 + 4672) = 9,437,184 trainable."""
+    from app.accuracy.models import CONFIGS
+    from app.models.resolve import resolve_request
+
+    body = {"model": {"config": CONFIGS["falcon-7b"][0]}, "method": "lora",
+            "lora": {"r": 32, "target_modules": hf_target_names("falcon", ["q_proj", "v_proj"])},
+            "training": {"framework": "litgpt", "micro_batch_size": 1, "seq_len": 512}}
+    assert body["lora"]["target_modules"] == ["query_key_value"]
+    res = estimate(resolve_request(PlanRequest.model_validate(body), fit_peak=False)[0])
+    assert (res.parameters.total, res.parameters.trainable) == (7_217_189_760, 9_437_184)
+    assert res.peak.provisional is False
+    assert any("litgpt's own GPT" in a for a in res.assumptions)
+
+
+def test_published_parallel_block_rows() -> None:
+    """The lit-gpt resource tables' phi-1.5 and StableLM-alpha-3B rows and the config hub's phi-2 and Falcon-7B
+    rows are compared (their models built through the generic path; litgpt's flags in each model's own names);
+    Falcon-40B LoRA on one 40 GB A100 (~84 GB of bf16 weights alone) is predicted not to fit, as it ran out of
+    memory."""
+    from app.accuracy.table import compare
+    from app.models.resolve import resolve_request
+
+    ids = ("59", "64", "78", "111", "138")
+    mapped, skipped = compare([r for r in read_rows() if r["row_id"] in ids],
+                              prepare=lambda req: resolve_request(req, fit_peak=False)[0])
+    assert not skipped
+    by_id = {mp.row["row_id"]: mp for mp in mapped}
+    assert by_id["59"].req.lora.target_modules == ["q_proj", "v_proj"]
+    assert by_id["64"].req.lora.target_modules == ["query_key_value"]
+    assert by_id["138"].req.lora.target_modules == ["q_proj", "k_proj", "v_proj", "dense", "fc1", "fc2", "lm_head"]
+    assert by_id["78"].predicted_fits is False
+    for rid in ("59", "64", "111", "138"):
+        assert by_id[rid].error is not None and abs(by_id[rid].error) < 0.05, (rid, by_id[rid].error)
+
+
+def test_bf16_mixed_casts_lm_head_per_chunk() -> None:
+    """Fabric ``bf16-mixed``: fp32 weights under bf16 autocast. Autocast caches the cast of a weight that requires
+    grad, not a frozen one, so LoRA's chunked head casts the V×h lm_head again for every 128-position chunk, each
+    kept by that chunk's mm: 300 tokens → 3 chunks × 2 bytes × 256 × 64 = 98304 bytes beyond bf16-true's head;
+    and the norms read the fp32 residual stream (the fp32 embedding's output): ln_f keeps 4·T·h + 4·T (old RMSNorm,
+    lit-gpt) instead of 2·T·h + 2·T, T = 600: 2·600·64 + 2·600 = 78000 more. Full fine-tuning casts lm_head once
+    (cached): 32768, and the trainable norm weight's x_normed is fp32 too (2·600·64 more). The real lit-gpt 8641822
+    step of StableLM-alpha-3B traced under autocast is 25.126 GiB, published 25.071 GiB (bench/litgpt_trace.py
+    --precision bf16-mixed)."""
+    from app.core.activations import activation_model
+    from app.core.adapters import plan_adapters
+    from app.core.estimate import resolve_inventory
+    from app.core.precision import dtypes_for
+
+    def saved_head(precision: str, method: str = "lora") -> int:
+        req = PlanRequest.model_validate({
+            "model": {"config": TINY}, "method": method, "lora": {"r": 2, "target_modules": ["q_proj", "v_proj"]},
+            "training": {"framework": "lit-gpt", "micro_batch_size": 2, "seq_len": 300, "precision": precision}})
+        _, inv = resolve_inventory(req)
+        return activation_model(inv, plan_adapters(inv, req.lora, method=req.method), req, dtypes_for(req)).saved_head
+
+    assert saved_head("bf16-mixed") - saved_head("bf16") == 3 * 2 * 256 * 64 + 78000
+    # full: one cached cast; ln_f's fp32 input and rsqrt, and the fp32 x_normed its trainable weight keeps
+    assert saved_head("bf16-mixed", "full") - saved_head("bf16", "full") == 2 * 256 * 64 + 78000 + 2 * 600 * 64

@@ -20,6 +20,7 @@ EQUIVALENTS: dict[str, tuple[str, str]] = {
     ),
     # litgpt config names (litgpt/config.py) → the Hub checkpoints they convert (config_hub checkpoint_dir)
     "Mistral-7B": ("mistralai/Mistral-7B-v0.1", "litgpt Mistral-7B = mistralai/Mistral-7B-v0.1"),
+    "phi-1.5": ("microsoft/phi-1_5", "litgpt phi-1_5 = microsoft/phi-1_5"),
     "Mistral-7B-v0.2": (
         "mistralai/Mistral-7B-Instruct-v0.2",
         "litgpt Mistral-7B-v0.2 (base) = Mistral-7B-Instruct-v0.2 shapes (32L, h4096, ffn 14336, 32/8 heads, "
@@ -33,6 +34,30 @@ CONFIGS: dict[str, tuple[dict[str, Any], str]] = {
         dict(model_type="llama", hidden_size=2048, intermediate_size=5632, num_hidden_layers=22,
              num_attention_heads=32, num_key_value_heads=4, vocab_size=32000, tie_word_embeddings=False),
         "TinyLlama/TinyLlama-1.1B-intermediate-step-1431k-3T config.json (a llama)",
+    ),
+    # litgpt's LayerNorm + GptNeoxMLP parallel blocks (app/core/litgpt.py); the weights' inventory from the generic
+    # path (transformers' GPTNeoXForCausalLM / FalconForCausalLM on the meta device)
+    "StableLM-base-alpha-3B": (
+        dict(architectures=["GPTNeoXForCausalLM"], model_type="gpt_neox", hidden_size=4096, intermediate_size=16384,
+             num_hidden_layers=16, num_attention_heads=32, vocab_size=50688, rotary_pct=0.25,
+             use_parallel_residual=True, hidden_act="gelu", layer_norm_eps=1e-5, max_position_embeddings=4096,
+             tie_word_embeddings=False),
+        "stabilityai/stablelm-base-alpha-3b config.json (gpt_neox: 16 layers, h 4096, 32 heads, ffn 16384, vocab "
+        "50688, rotary_pct 0.25, parallel residual, untied embed_out)",
+    ),
+    "falcon-7b": (
+        dict(architectures=["FalconForCausalLM"], model_type="falcon", hidden_size=4544, num_hidden_layers=32,
+             num_attention_heads=71, vocab_size=65024, multi_query=True, new_decoder_architecture=False,
+             parallel_attn=True, bias=False, alibi=False, layer_norm_epsilon=1e-5),
+        "tiiuae/falcon-7b config.json (falcon: 32 layers, h 4544, 71 query heads and one key/value head, ffn 18176, "
+        "vocab 65024, parallel attention; litgpt unties lm_head from the embedding)",
+    ),
+    "Falcon-40B": (
+        dict(architectures=["FalconForCausalLM"], model_type="falcon", hidden_size=8192, num_hidden_layers=60,
+             num_attention_heads=128, num_kv_heads=8, vocab_size=65024, new_decoder_architecture=True,
+             parallel_attn=True, bias=False, alibi=False, layer_norm_epsilon=1e-5),
+        "tiiuae/falcon-40b config.json (falcon new decoder: 60 layers, h 8192, 128 query / 8 key-value heads, "
+        "ln_attn + ln_mlp, vocab 65024)",
     ),
     # outside the hand-written rules: estimated through the generic path (transformers' own BloomForCausalLM,
     # PEFT's default targets, activations fitted from traces; app/models/generic.py, app/models/peak_fit.py)

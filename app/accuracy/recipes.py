@@ -8,6 +8,7 @@ from typing import Any
 
 from app.accuracy.skip import Skip
 from app.core.deepspeed import DEEPSPEED_BUCKET_DEFAULTS
+from app.core.litgpt import hf_target_names
 
 
 def torchtune_kind(measures: str, notes: list[str]) -> str:
@@ -135,7 +136,7 @@ def _torchtune_output_chunks(row: dict[str, str]) -> int:
 
 
 def litgpt_settings(row: dict[str, str], method: str, lora: dict[str, Any], training: dict[str, Any],
-                     notes: list[str]) -> None:
+                     notes: list[str], model_type: str) -> None:
     """The settings of litgpt's scripts the CSV states in its own words (lit-gpt 8641822 ``finetune/lora.py``;
     litgpt 00af8b0d ``config_hub/finetune/*/*.yaml``): Fabric precision, bnb PagedAdamW for QLoRA, checkpointing
     under FSDP (``activation_checkpointing_policy={Block}``), LoRA dropout > 0 (0.05; Gemma's configs 0.1: the
@@ -153,10 +154,8 @@ def litgpt_settings(row: dict[str, str], method: str, lora: dict[str, Any], trai
     if method != "full":
         lora["lora_dropout"] = 0.05
         tm = lora.get("target_modules")
-        if "Phi-3" in row["model"] and isinstance(tm, list):  # transformers' phi3 fuses qkv_proj and gate_up_proj
-            fused = {"q_proj": "qkv_proj", "k_proj": "qkv_proj", "v_proj": "qkv_proj", "gate_proj": "gate_up_proj",
-                     "up_proj": "gate_up_proj"}
-            lora["target_modules"] = list(dict.fromkeys(fused.get(m, m) for m in tm))
+        if isinstance(tm, list):  # litgpt's flags as the model's own module names (phi3, phi, GPT-NeoX, Falcon)
+            lora["target_modules"] = hf_target_names(model_type, tm)
     notes.append("litgpt: LoRA dropout 0.05 (litgpt default; Gemma configs 0.1, same bytes)")
     if row["source_id"] == "LITGPT-config-hub":
         # litgpt/args.py TrainArgs.gradient_accumulation_iters: global_batch_size // devices // micro_batch_size,

@@ -40,6 +40,7 @@ from app.accuracy.recipes import (
 )
 from app.accuracy.skip import Skip
 from app.core import EstimateResult, PlanRequest, estimate
+from app.core.catalog import model_config
 from app.core.litgpt import LITGPT_FRAMEWORKS
 from app.core.request import Framework
 
@@ -368,7 +369,9 @@ def map_row(row: dict[str, str], stand_in: str | None = None) -> Mapped:
                 notes.append(f"99th-percentile step reserved {pct.group(1)} GiB (max includes eval generation)")
 
     if framework in LITGPT_FRAMEWORKS:
-        litgpt_settings(row, method, lora, training, notes)
+        model_type = (model["config"]["model_type"] if isinstance(model, dict)
+                      else model_config(model)["model_type"])
+        litgpt_settings(row, method, lora, training, notes, model_type)
     if row["source_id"] == "PEFT-docs-70B":
         peft_examples_settings(method, lora, training, hardware, notes)
     if script_seq is not None and method != "full":
@@ -408,11 +411,33 @@ def _weights_row(row: dict[str, str], model: Any, label: str, quant: str, gpu_id
 # ----------------------------------------------------------------------------------------------- running
 
 
+STEP_COUNTERS = ("allocated", "reserved", "nvidia-smi", "unstated")
+"""Counters read during training steps (not after model init, not a weights-only footprint)."""
+BELOW_FLOOR = ("published figure below the stated settings' own weights, gradients and optimizer states (a run "
+               "of these settings cannot have measured it)")
+
+
+def persistent_bytes(res: EstimateResult) -> int:
+    """Bytes alive together at every ``optimizer.step()`` of the stated run, whatever its activations: weights,
+    quantization constants, adapters, gradients and optimizer states (per GPU, as the result reports them). Exact
+    counts, so a published step figure below them is not of the stated settings: litgpt's config hub lists
+    Llama-3.2-1B full fine-tuning on one A10G at 8.70 GB, but litgpt's untied 1,498,482,688 parameters in
+    ``bf16-true`` with torch AdamW hold 2 + 2 + 2·2 = 8 bytes each, 11.99 GB, before any activation."""
+    mem = res.memory
+    return (mem.weights + mem.quantization_constants + mem.adapter_weights + mem.gradients
+            + mem.optimizer_states)
+
+
 def run(mp: Mapped) -> None:
     """Estimate the row's request; fill ``ours`` (GiB) and, for OOM rows, ``predicted_fits``."""
     res = estimate(mp.req)
     mp.result = res
     mem = res.memory
+    if mp.kind in STEP_COUNTERS and mp.published_gib is not None:
+        floor = persistent_bytes(res)
+        if mp.published_gib * GIB < floor:
+            raise Skip(BELOW_FLOOR, f"{mp.published_gib:.2f} GiB published < {floor / GIB:.2f} GiB of weights, "
+                       "gradients and optimizer states for these settings")
     by_key = {b.key: b.bytes for b in res.breakdown}
     rsv = by_key.get("overhead/allocator_reserve", 0)
     match = {"allocated": mem.peak, "reserved": mem.peak + rsv, "nvidia-smi": mem.total, "unstated": mem.total,

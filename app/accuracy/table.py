@@ -115,7 +115,7 @@ def compare(rows: Iterable[dict[str, str]], check: Callable[[], None] | None = N
             check()
         try:
             mp = map_row(row, stand_in)
-            if prepare is not None and mp.via_config:
+            if prepare is not None:  # a catalog model outside the rules (phi) is built as a pasted one
                 mp.req = prepare(mp.req)
             run(mp)
         except Skip as sk:

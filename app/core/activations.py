@@ -21,7 +21,7 @@ from app.core.adapter_activations import (
 )
 from app.core.adapters import AdapterPlan
 from app.core.architectures import ArchSpec, attention_for
-from app.core.catalog import gpu
+from app.core.catalog import gpu, model_config
 from app.core.frameworks import (
     UNSLOTH_FAST_TYPES,
     UNSLOTH_GPU_BUFFERS,
@@ -31,17 +31,21 @@ from app.core.frameworks import (
     unsloth_layer_saved,
     unsloth_loss_path,
 )
-from app.core.inventory import CONV1D, EMBEDDING, LINEAR, Inventory, Module, Tensor
+from app.core.inventory import CONV1D, EMBEDDING, LINEAR, NORM, Inventory, Module, Tensor
+from app.core.litgpt import LM_HEAD_CHUNK as LITGPT_HEAD_CHUNK
+from app.core.litgpt import Block as LitBlock
 from app.core.litgpt import Shape as LitShape
 from app.core.litgpt import Targets as LitTargets
+from app.core.litgpt import block_of as litgpt_block_of
 from app.core.litgpt import head_terms as litgpt_head_terms
 from app.core.litgpt import is_litgpt, old_norm
+from app.core.litgpt import keeps_first_layer_input as litgpt_keeps_first_input
 from app.core.litgpt import layer_saved as litgpt_layer_saved
 from app.core.litgpt import previous_step_inputs as litgpt_previous_inputs
 from app.core.optimizers import step_transient_bytes
 from app.core.overhead import outside_allocator_bytes
 from app.core.precision import Dtypes
-from app.core.request import PlanRequest
+from app.core.request import ModelConfig, PlanRequest
 from app.core.step_shape import StepShape, step_shape
 from app.core.units import DTYPE_BYTES
 
@@ -208,6 +212,18 @@ def _largest_linear(inv: Inventory) -> tuple[int, int]:
     return best
 
 
+def _litgpt_block(inv: Inventory, req: PlanRequest) -> LitBlock:
+    """The litgpt block of the request's model, from its config.json and its first layer's modules (how many
+    norms; the keys' width from ``k_proj`` or the fused ``query_key_value``: q + 2·kv)."""
+    cfg = req.model.config if isinstance(req.model, ModelConfig) else model_config(req.model)
+    first = [m for m in inv.modules if m.layer == 0]
+    kv = next((m.out_features for m in first if m.leaf == "k_proj"), None)
+    fused = next((m.out_features for m in first if m.leaf == "query_key_value"), None)
+    if kv is None:
+        kv = (fused - inv.arch.q_dim) // 2 if fused is not None else inv.arch.kv_dim
+    return litgpt_block_of(inv.arch, cfg, sum(m.kind == NORM for m in first), kv)
+
+
 def _litgpt_model(inv: Inventory, plan: AdapterPlan, req: PlanRequest, dt: Dtypes) -> ActivationModel:
     """litgpt's own GPT and loop (app/core/litgpt.py): per-layer saved bytes, the chunked loss path. Its one-GPU
     fine-tuning has no activation checkpointing (``finetune/*.py`` set ``activation_checkpointing_policy`` only
@@ -220,25 +236,32 @@ def _litgpt_model(inv: Inventory, plan: AdapterPlan, req: PlanRequest, dt: Dtype
     a = DTYPE_BYTES[dt.compute]
     x = LitShape(b=tr.micro_batch_size, s=tr.seq_len, a=a, r=req.lora.r,
                  dropout=req.uses_adapter and req.lora.lora_dropout > 0, quantized=req.quantized,
-                 full=req.method == "full")
+                 full=req.method == "full", stream=DTYPE_BYTES[dt.weights])
     tg = LitTargets.from_names({m.leaf for m in plan.targets} if req.uses_adapter else set())
     old = old_norm(req)
-    per_layer = [litgpt_layer_saved(arch, x, tg, old=old, layer=i) for i in range(arch.num_hidden_layers)]
+    block = _litgpt_block(inv, req)
+    per_layer = [litgpt_layer_saved(arch, x, tg, old=old, layer=i, block=block)
+                 for i in range(arch.num_hidden_layers)]
+    t, h = x.t, arch.hidden_size
+    head_casts = 0
     if dt.weights == "fp32" and dt.compute != "fp32" and not req.quantized:
         casts = {}
         for m in inv.modules:
-            if m.layer is not None and m.kind == LINEAR:
+            if m.layer is not None and m.kind == LINEAR and (
+                    x.full or m.layer > 0 or litgpt_keeps_first_input(m.leaf, block, tg)):
                 casts[m.layer] = casts.get(m.layer, 0) + a * m.in_features * m.out_features
         per_layer = [p + casts.get(i, 0) for i, p in enumerate(per_layer)]
+        # lm_head's too: autocast caches the cast of a weight that requires grad (full: one), not of a frozen one,
+        # which LoRA's chunked head casts again for every 128-position chunk, each kept by that chunk's mm
+        head_casts = (1 if x.full else -(-x.s // LITGPT_HEAD_CHUNK)) * a * arch.vocab_size * h
     head_quantized = req.quantized
-    head = litgpt_head_terms(arch, x, tg, old=old, head_quantized=head_quantized)
-    t, h = x.t, arch.hidden_size
+    head = litgpt_head_terms(arch, x, tg, old=old, head_quantized=head_quantized, block=block)
     out_f, in_f = _largest_linear(inv)
     dequant = out_f * in_f * a if req.quantized else 0
-    previous = litgpt_previous_inputs(arch, x) if req.quantized else 0  # alive until the new loss exists
+    previous = litgpt_previous_inputs(arch, x, tg, block) if req.quantized else 0  # alive until the new loss exists
     return ActivationModel(
         saved_layers=sum(per_layer),
-        saved_head=head.saved,
+        saved_head=head.saved + head_casts,
         head_weight_cast=0,
         loss_forward=head.loss_forward + previous,
         loss_backward=head.loss_backward,

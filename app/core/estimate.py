@@ -56,6 +56,8 @@ from app.core.versions import MODELLED_VERSIONS
 PLANNER_VERSION = "0.1.0"
 
 
+LITGPT_FIT = "activations from litgpt's own GPT and loop (app/core/litgpt.py), not a fit of the HF model"
+"""What prices a litgpt run's activations when its weights come from the generic path (phi, GPT-NeoX, Falcon)."""
 # transformers releases whose module trees the planner builds (PlanRequest.transformers_version)
 TRANSFORMERS_RELEASES = {"5.24": "5.24.0", "4.57": "4.57"}
 # torch releases whose optimizer step the planner models (PlanRequest.torch_version)
@@ -70,8 +72,13 @@ def resolve_inventory(req: PlanRequest) -> tuple[str | None, Inventory]:
     ``transformer.wte.weight`` into ``lm_head.weight`` when a checkpoint has none (Gemma, Llama 3.2), so both are
     separate tensors in training."""
     model_id, inv = model_inventory(req.model, legacy_moe=req.transformers_version == "4.57")
-    if is_litgpt(req) and inv.arch.tie_word_embeddings and inv.quantizable is None:
-        inv = build_inventory(replace(inv.arch, tie_word_embeddings=False))
+    if is_litgpt(req) and inv.arch.tie_word_embeddings:
+        untied = replace(inv.arch, tie_word_embeddings=False)
+        if inv.quantizable is None:
+            return model_id, build_inventory(untied)
+        # an inventory built from the real model: its tied lm_head weight becomes a tensor of its own
+        inv = replace(inv, arch=untied, tensors=[replace(t, tied=False) if t.module in ("lm_head", "embed_out")
+                                                 else t for t in inv.tensors])
     return model_id, inv
 
 
@@ -349,7 +356,8 @@ def estimate(req: PlanRequest) -> EstimateResult:
     workspace = cublas_workspace_bytes(target_gpu.arch)
     gathered = gathered_bytes(inv, sm, req, dt)
     single = phases = _phases(static, sm, act, workspace, gathered)
-    fit, own_bucket = usable_fit(inv.generic_key, req)
+    # litgpt trains its own GPT, modelled analytically whichever inventory gave the weights
+    fit, own_bucket = (LITGPT_FIT, True) if is_litgpt(req) else usable_fit(inv.generic_key, req)
     if isinstance(fit, PeakFit):  # a model outside the rules whose activations were fitted from traces
         phases = fitted_phases(fit, req, static, workspace, gathered.at, single)
     accumulated = accumulated_bytes(static, sm, req)
@@ -407,14 +415,15 @@ def estimate(req: PlanRequest) -> EstimateResult:
             total=peak + context + reserve,
         ),
         peak=PeakInfo(phase=top.name, phases=phases,
-                      provisional=inv.generic_key is not None and not (isinstance(fit, PeakFit) and own_bucket)),
+                      provisional=inv.generic_key is not None and not (isinstance(fit, PeakFit) and own_bucket)
+                      and fit != LITGPT_FIT),
         breakdown=_breakdown(sm, act, top.name,
                              activations - workspace - gathered.at(top.name) - static["zero3_buffers"],
                              context, allocator, workspace, gathered.at(top.name), static["zero3_buffers"]),
         quantization=quant_report,
         fits=fits,
         allocator=allocator,
-        assumptions=_assumptions(req, dt, plan, inv, fit_note(fit, own_bucket)),
+        assumptions=_assumptions(req, dt, plan, inv, LITGPT_FIT if fit == LITGPT_FIT else fit_note(fit, own_bucket)),
         versions={"planner": PLANNER_VERSION, **{f"models_{k}": v for k, v in MODELLED_VERSIONS.items()},
                   "models_transformers": TRANSFORMERS_RELEASES[req.transformers_version],
                   "models_torch": TORCH_RELEASES[req.torch_version],

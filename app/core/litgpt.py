@@ -62,8 +62,76 @@ def is_litgpt(req: PlanRequest) -> bool:
     return req.training.framework in LITGPT_FRAMEWORKS
 
 
-SUPPORTED_TYPES = ("llama", "mistral", "gemma", "gemma2", "phi3")
-"""HF model types whose litgpt configs use ``RMSNorm`` + ``LLaMAMLP``/``GemmaMLP`` (the blocks modelled here)."""
+SUPPORTED_TYPES = ("llama", "mistral", "gemma", "gemma2", "phi3", "phi", "gpt_neox", "falcon")
+"""HF model types whose litgpt configs use the blocks modelled here: ``RMSNorm`` + ``LLaMAMLP``/``GemmaMLP``, or
+(:data:`NEOX_TYPES`) ``LayerNorm`` + ``GptNeoxMLP`` with a parallel residual."""
+NEOX_TYPES = ("phi", "gpt_neox", "falcon")
+"""litgpt configs of these checkpoints (``litgpt/config.py``: phi-1_5, phi-2, stablelm-base-alpha-*, pythia-*,
+falcon-*) set ``norm_class_name="LayerNorm"``, ``mlp_class_name="GptNeoxMLP"`` and ``parallel_residual=True``;
+``shared_attention_norm`` where the HF layer has one norm (phi, Falcon-7B) — Falcon-40B/180B and GPT-NeoX have
+two."""
+
+
+LLAMA_NAMES_AS: dict[str, dict[str, str]] = {
+    "phi3": {"q_proj": "qkv_proj", "k_proj": "qkv_proj", "v_proj": "qkv_proj", "gate_proj": "gate_up_proj",
+             "up_proj": "gate_up_proj"},
+    "phi": {"o_proj": "dense", "gate_proj": "fc1", "up_proj": "fc1", "down_proj": "fc2"},
+    "gpt_neox": {"q_proj": "query_key_value", "k_proj": "query_key_value", "v_proj": "query_key_value",
+                 "o_proj": "dense", "gate_proj": "dense_h_to_4h", "up_proj": "dense_h_to_4h",
+                 "down_proj": "dense_4h_to_h", "lm_head": "embed_out"},
+    "falcon": {"q_proj": "query_key_value", "k_proj": "query_key_value", "v_proj": "query_key_value",
+               "o_proj": "dense", "gate_proj": "dense_h_to_4h", "up_proj": "dense_h_to_4h",
+               "down_proj": "dense_4h_to_h"},
+}
+"""litgpt's LoRA flags spelled as llama module names (``lora_query`` → q_proj, ``lora_mlp`` → gate/up/down_proj,
+``lora_head`` → lm_head) → the HF module names of models that name or fuse them otherwise. A fused q/k/v linear
+is adapted whole: PEFT's ``target_modules`` cannot name a part of it, while litgpt's ``LoRAQKVLinear`` adapts only
+the enabled parts (``lora_query`` + ``lora_value`` on StableLM-alpha-3B: the trace keeps 2.6% more than the whole
+fused linear adapted, bench/litgpt_trace.py)."""
+
+
+def hf_target_names(model_type: str, names: list[str]) -> list[str]:
+    """``names`` (llama module names of litgpt's flags) as ``model_type``'s own, in order, without repeats."""
+    renamed = LLAMA_NAMES_AS.get(model_type, {})
+    return list(dict.fromkeys(renamed.get(n, n) for n in names))
+
+
+def llama_names(model_type: str, names: list[str]) -> list[str]:
+    """The inverse of :func:`hf_target_names`: ``model_type``'s module names as the llama names of litgpt's
+    flags (a fused q/k/v linear stands for all three, phi's fc1 for fc_1 and fc_2)."""
+    renamed = LLAMA_NAMES_AS.get(model_type, {})
+    back: dict[str, list[str]] = {}
+    for llama, own in renamed.items():
+        back.setdefault(own, []).append(llama)
+    return list(dict.fromkeys(m for n in names for m in back.get(n, [n])))
+
+
+@dataclass(frozen=True)
+class Block:
+    """What a litgpt ``Block`` is made of (``litgpt/model.py`` ``Block``, ``GptNeoxMLP``; ``Config``'s
+    ``norm_class_name``, ``mlp_class_name``, ``parallel_residual``, ``shared_attention_norm``)."""
+
+    layer_norm: bool = False  # torch.nn.LayerNorm (else litgpt's RMSNorm)
+    gelu_mlp: bool = False  # GptNeoxMLP: fc → gelu → proj (else LLaMAMLP/GemmaMLP: act(fc_1)·fc_2 → proj)
+    parallel: bool = False  # x + attn(norm_1(x)) + mlp(norm_2(x) or norm_1's output)
+    shared_norm: bool = False  # the MLP reads norm_1's output (no norm_2)
+    kv_dim: int | None = None  # keys' width per token (None: the ArchSpec's); MQA Falcon-7B: one 64-wide group
+
+
+LLAMA_BLOCK = Block()
+
+
+def block_of(arch: ArchSpec, cfg: dict[str, object], norms_per_layer: int, kv_dim: int) -> Block:
+    """The litgpt block of an HF config: :data:`NEOX_TYPES` are LayerNorm + GptNeoxMLP blocks, parallel unless
+    the config says otherwise (GPT-NeoX ``use_parallel_residual``, Falcon ``parallel_attn``), sharing norm_1 when
+    the HF layer has a single norm (``norms_per_layer``); ``kv_dim``: the keys' width from the model's own
+    projections (Falcon-7B's config keeps ``num_kv_heads`` = 71 while its ``multi_query`` layer makes one)."""
+    if arch.model_type not in NEOX_TYPES:
+        return LLAMA_BLOCK
+    parallel = bool({"gpt_neox": cfg.get("use_parallel_residual", True),
+                     "falcon": cfg.get("parallel_attn", True)}.get(arch.model_type, True))
+    return Block(layer_norm=True, gelu_mlp=True, parallel=parallel, shared_norm=parallel and norms_per_layer == 1,
+                 kv_dim=kv_dim)
 
 
 def check(req: PlanRequest, arch: ArchSpec) -> None:
@@ -73,7 +141,8 @@ def check(req: PlanRequest, arch: ArchSpec) -> None:
     fw = req.training.framework
     if arch.model_type not in SUPPORTED_TYPES:
         raise PlanError(("training", "framework"), f"{fw} is modelled for {', '.join(SUPPORTED_TYPES)} models "
-                        f"(RMSNorm + LLaMA/Gemma MLP blocks), not {arch.model_type!r}")
+                        f"(RMSNorm + LLaMA/Gemma MLP blocks, LayerNorm + GPT-NeoX MLP blocks), not "
+                        f"{arch.model_type!r}")
     if req.uses_dora or req.quantization.load_in_8bit:
         raise PlanError(("method",), f"{fw} is modelled for full, lora and qlora (bnb nf4/fp4), not DoRA or 8-bit")
     tr = req.training
@@ -109,10 +178,12 @@ class Targets:
 
     @classmethod
     def from_names(cls, names: set[str]) -> Targets:
-        """HF leaf names (Phi-3's fused ``qkv_proj`` / ``gate_up_proj`` stand for all of q, k, v / the MLP)."""
-        qkv = "qkv_proj" in names
-        return cls("q_proj" in names or qkv, "k_proj" in names or qkv, "v_proj" in names or qkv, "o_proj" in names,
-                   bool(names & {"gate_proj", "up_proj", "down_proj", "gate_up_proj"}), "lm_head" in names)
+        """HF leaf names (a fused ``qkv_proj`` (Phi-3) / ``query_key_value`` (GPT-NeoX, Falcon) stands for all of
+        q, k, v; ``dense`` is phi's, GPT-NeoX's and Falcon's attention output projection)."""
+        qkv = bool(names & {"qkv_proj", "query_key_value"})
+        mlp = {"gate_proj", "up_proj", "down_proj", "gate_up_proj", "fc1", "fc2", "dense_h_to_4h", "dense_4h_to_h"}
+        return cls("q_proj" in names or qkv, "k_proj" in names or qkv, "v_proj" in names or qkv,
+                   bool(names & {"o_proj", "dense"}), bool(names & mlp), bool(names & {"lm_head", "embed_out"}))
 
 
 @dataclass(frozen=True)
@@ -127,6 +198,7 @@ class Shape:
     dropout: bool
     quantized: bool  # bitsandbytes 4-bit base (MatMul4Bit keeps its input)
     full: bool  # every parameter trainable
+    stream: int = 0  # bytes per element of the residual stream (0: ``a``); ``*-mixed``: fp32, as the fp32 embedding
 
     @property
     def t(self) -> int:
@@ -141,19 +213,55 @@ def _adapter(x: Shape, in_features: int, parts: int = 1) -> tuple[int, bool]:
     return own + a * t * x.r * parts, not x.dropout
 
 
-def layer_saved(arch: ArchSpec, x: Shape, tg: Targets, *, old: bool, layer: int) -> int:
-    """Bytes one litgpt ``Block`` keeps for backward (module docstring for the source of each term)."""
-    t, a, b, s = x.t, x.a, x.b, x.s
-    h, inter, q, kv, nh = arch.hidden_size, arch.intermediate_size, arch.q_dim, arch.kv_dim, arch.num_attention_heads
-    norms = 4 if arch.model_type == "gemma2" else 2  # Gemma-2: post_attention_norm, post_mlp_norm
+QKV_LEAVES = frozenset({"q_proj", "k_proj", "v_proj", "qkv_proj", "query_key_value"})
+MLP_IN_LEAVES = frozenset({"gate_proj", "up_proj", "gate_up_proj", "fc1", "dense_h_to_4h"})
+MLP_OUT_LEAVES = frozenset({"down_proj", "fc2", "dense_4h_to_h"})
+
+
+def keeps_first_layer_input(leaf: str, block: Block, tg: Targets) -> bool:
+    """Whether a frozen linear of the first layer gets an input that needs a gradient (so that its ``mm`` keeps
+    the weight, or under autocast the weight's cast, for backward)."""
+    if leaf in QKV_LEAVES:
+        return False  # norm_1's output of the frozen embedding
+    if block.parallel and leaf in MLP_IN_LEAVES:
+        return False  # norm_1's (or norm_2's) output of the same block input
+    if block.parallel and leaf in MLP_OUT_LEAVES:
+        return tg.mlp  # gelu's output needs a gradient only through LoRA on fc
+    return True
+
+
+def _norm_saved(x: Shape, h: int, block: Block, *, old: bool) -> int:
+    """Bytes one norm keeps for backward, its input included. ``LayerNorm`` (``native_layer_norm``): the input
+    and fp32 mean and rstd per row, for the weight's gradient too. ``RMSNorm``: see the module docstring (plus
+    ``x_normed`` for a trainable weight)."""
+    t, a = x.t, x.stream or x.a  # a norm reads the residual stream (fp32 under autocast, which runs it in fp32)
+    if block.layer_norm:
+        return a * t * h + 8 * t
     norm = (a * t * h + a * t) if old else (4 * t * h + 4 * t)
     if x.full:  # weight * x_normed keeps x_normed for the weight's gradient
         norm += (a if old else 4) * t * h
-    total = norms * norm
-    # the first layer's input (a frozen embedding's output) needs no gradient: norm_1 keeps nothing, and the
-    # dropout before lora_A has no backward (no mask); its output is still lora_A's saved input
+    return norm
+
+
+def layer_saved(arch: ArchSpec, x: Shape, tg: Targets, *, old: bool, layer: int, block: Block = LLAMA_BLOCK) -> int:
+    """Bytes one litgpt ``Block`` keeps for backward (module docstring for the source of each term).
+
+    A parallel block's norm_2 reads the block input that norm_1 already keeps (its fp32 mean and rstd are its own),
+    or is norm_1 itself (``shared_attention_norm``); either way the first layer's MLP input, like its attention
+    input, needs no gradient, so its LoRA dropouts keep no mask."""
+    t, a, b, s = x.t, x.a, x.b, x.s
+    h, inter, q, nh = arch.hidden_size, arch.intermediate_size, arch.q_dim, arch.num_attention_heads
+    kv = arch.kv_dim if block.kv_dim is None else block.kv_dim
+    norm = _norm_saved(x, h, block, old=old)
+    # the first layer's input (a frozen embedding's output) needs no gradient: its norms keep nothing, and the
+    # dropouts before lora_A have no backward (no mask); their outputs are still lora_A's saved inputs
     first = layer == 0 and not x.full
-    total -= norm if first else 0
+    if block.parallel:
+        total = 0 if first else norm + (0 if block.shared_norm else 8 * t)
+    else:
+        norms = 4 if arch.model_type == "gemma2" else 2  # Gemma-2: post_attention_norm, post_mlp_norm
+        total = norms * norm - (norm if first else 0)
+    mlp_first = first and block.parallel  # the parallel MLP's input is norm_1's (or norm_2's) of the block input
     base_keeps_input = x.full or x.quantized
     # fused qkv linear
     parts = [q] * tg.query + [kv] * tg.key + [kv] * tg.value
@@ -164,7 +272,6 @@ def layer_saved(arch: ArchSpec, x: Shape, tg: Targets, *, old: bool, layer: int)
         keep_n1 = keep_n1 or keeps
         if len(parts) < 3:
             total += a * t * sum(parts)  # the conv output, zero_pad's index_copy source
-    total += a * t * h if keep_n1 else 0
     # attention: q and k after RoPE (cat), v; MHA: the fused output kept by the v view
     gqa = kv != q
     total += 3 * a * t * q if gqa else a * t * (q + 2 * kv) + 2 * a * t * q
@@ -184,29 +291,41 @@ def layer_saved(arch: ArchSpec, x: Shape, tg: Targets, *, old: bool, layer: int)
         total += own
         keep_y = keep_y or keeps
     total += a * t * q if keep_y and eager else 0
-    # MLP: fc_1 and fc_2 read norm_2's output; proj reads the product
+    if mlp_first and not tg.mlp:  # a frozen MLP on an input that needs no gradient: nothing to keep
+        return total + a * t * h * keep_n1
+    # MLP: LLaMAMLP's fc_1 and fc_2 (GptNeoxMLP's fc) read norm_2's output; proj reads the product (the gelu output)
     keep_n2, keep_prod = base_keeps_input, base_keeps_input
     if tg.mlp:
         own, keeps = _adapter(x, h)
-        total += 2 * own
+        total += (1 if block.gelu_mlp else 2) * (own - (t * h if mlp_first and x.dropout else 0))
         keep_n2 = keep_n2 or keeps
         own, keeps = _adapter(x, inter)
         total += own
         keep_prod = keep_prod or keeps
-    total += a * t * h * keep_n2 + a * t * inter * keep_prod
-    total += 3 * a * t * inter  # fc_1 output, activation output, fc_2 output
+    if block.shared_norm:  # one tensor read by qkv and fc
+        total += a * t * h * (keep_n1 or keep_n2)
+    else:
+        total += a * t * h * keep_n1 + a * t * h * keep_n2
+    total += a * t * inter * keep_prod
+    # LLaMAMLP: fc_1 output, activation output, fc_2 output; GptNeoxMLP: fc's output (gelu's input)
+    total += a * t * inter * (1 if block.gelu_mlp else 3)
     return total
 
 
-def previous_step_inputs(arch: ArchSpec, x: Shape) -> int:
+def previous_step_inputs(arch: ArchSpec, x: Shape, tg: Targets, block: Block = LLAMA_BLOCK) -> int:
     """QLoRA with bitsandbytes ≤ 0.42: ``MatMul4Bit.forward`` keeps its input as a ctx attribute
     (``ctx.tensors = (A, B)``), which backward never releases, so the inputs live as long as the graph; litgpt's
     loop keeps the graph through its ``loss`` variable until the next step's ``chunked_cross_entropy`` returns.
     Through the next forward and loss, the previous step's 4-bit inputs that needed a gradient are alive: per layer
     norm_1's output, the attention output, norm_2's output and the MLP product; and the final norm's output
-    (lm_head's input) — as many bytes as the first layer's norm_1 output, which needs no gradient and is not kept."""
-    t, a, h = x.t, x.a, arch.hidden_size
-    return arch.num_hidden_layers * a * t * (h + arch.q_dim + h + arch.intermediate_size)
+    (lm_head's input) — as many bytes as the first layer's norm_1 output, which needs no gradient and is not kept.
+    A parallel block: norm_1's output (also the MLP's with a shared norm), the attention output, norm_2's output
+    and gelu's; in the first layer the MLP's input needs no gradient, nor, without LoRA on the MLP, its output."""
+    t, a, h, inter = x.t, x.a, arch.hidden_size, arch.intermediate_size
+    n2 = 0 if block.shared_norm else h
+    per_layer = a * t * (h + arch.q_dim + n2 + inter)
+    first = a * t * ((n2 if block.parallel else 0) + (inter if block.parallel and not tg.mlp else 0))
+    return arch.num_hidden_layers * per_layer - first
 
 
 @dataclass(frozen=True)
@@ -220,7 +339,8 @@ class LitgptHead:
     at_step: int  # the loop's ``logits`` variable, alive through ``optimizer.step()``
 
 
-def head_terms(arch: ArchSpec, x: Shape, tg: Targets, *, old: bool, head_quantized: bool) -> LitgptHead:
+def head_terms(arch: ArchSpec, x: Shape, tg: Targets, *, old: bool, head_quantized: bool,
+               block: Block = LLAMA_BLOCK) -> LitgptHead:
     """``ln_f`` → ``lm_head`` (per 128-position chunk for LoRA, whole for full fine-tuning) → Fabric's output
     conversion → ``chunked_cross_entropy``.
 
@@ -239,10 +359,8 @@ def head_terms(arch: ArchSpec, x: Shape, tg: Targets, *, old: bool, head_quantiz
     before lm_head's backward, so lm_head's weight gradient does not exist yet (``head_grad_at_loss`` False).
     """
     t, a, b, h, v = x.t, x.a, x.b, arch.hidden_size, arch.vocab_size
-    saved = (a * t * h + a * t) if old else (4 * t * h + 4 * t)
+    saved = _norm_saved(x, h, block, old=old)
     keep_input = x.full or head_quantized
-    if x.full:
-        saved += (a if old else 4) * t * h
     if tg.head:
         own, keeps = _adapter(x, h)
         saved += own

@@ -22,6 +22,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from app.core.catalog import model_config
+from app.core.litgpt import llama_names
 from app.core.request import PlanRequest
 from app.exporters.base import Export, model_name, unsupported_switches
 from app.exporters.trl import version_notes
@@ -55,6 +57,14 @@ def _flags(targets: list[str] | str | None, unexpressed: list[str]) -> dict[str,
     return flags
 
 
+def _as_llama_names(req: PlanRequest, targets: list[str] | str | None) -> list[str] | str | None:
+    """A phi / GPT-NeoX / Falcon / Phi-3 plan's own module names as the llama names :data:`FLAGS` reads."""
+    if not isinstance(targets, list):
+        return targets
+    cfg = req.model.config if not isinstance(req.model, str) else model_config(req.model)
+    return llama_names(str(cfg.get("model_type", "")), targets)
+
+
 def litgpt_config(req: PlanRequest) -> Export:
     """The plan as a litgpt finetune config (module docstring); settings litgpt has no key for are listed."""
     tr, lo, q, hw = req.training, req.lora, req.quantization, req.hardware
@@ -83,7 +93,7 @@ def litgpt_config(req: PlanRequest) -> Export:
         if alpha != lo.lora_alpha:
             unexpressed.append(f"lora.lora_alpha {lo.lora_alpha:g} (litgpt takes an integer): written as {alpha}")
         data |= {"lora_r": lo.r, "lora_alpha": alpha, "lora_dropout": lo.lora_dropout,
-                 **_flags(lo.target_modules, unexpressed)}
+                 **_flags(_as_llama_names(req, lo.target_modules), unexpressed)}
         for name in ("use_rslora", "modules_to_save", "target_parameters", "layers_to_transform"):
             if getattr(lo, name):
                 unexpressed.append(f"lora.{name} (no litgpt argument)")

@@ -29,6 +29,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from app.core.litgpt import hf_target_names
 from app.importers.common import ConfigImportError, ImportNote, NoteKind, positive_int, resolve_model
 
 LORA_DEFAULTS: dict[str, Any] = {"lora_r": 8, "lora_alpha": 16, "lora_dropout": 0.05, "lora_query": True,
@@ -47,6 +48,13 @@ IGNORED = frozenset({"out_dir", "num_nodes", "data", "eval", "logger_name", "see
 TRAIN_IGNORED = frozenset({"save_interval", "log_interval", "lr_warmup_steps",
                            "lr_warmup_fraction", "epochs", "max_tokens", "max_steps", "max_norm", "min_lr",
                            "learning_rate", "weight_decay", "beta1", "beta2"})
+
+
+def _model_type(model: str | dict[str, Any]) -> str:
+    from app.core.catalog import model_config  # lazy: keeps `--help` light
+
+    cfg = model.get("config", {}) if isinstance(model, dict) else model_config(model)
+    return str(cfg.get("model_type", ""))
 
 
 GLOBAL_BATCH_SIZE = 16
@@ -124,6 +132,8 @@ def from_litgpt(data: Mapping[str, Any], source: str = "litgpt config",
         body["method"] = "qlora" if quantize else "lora"
         values = {k: data.get(k, v) for k, v in LORA_DEFAULTS.items()}
         targets = [m for k, mods in TARGETS.items() if values[k] for m in mods]
+        if isinstance(body.get("model"), str | dict):  # the model's own names for fused or renamed linears
+            targets = hf_target_names(_model_type(body["model"]), targets)
         if not targets:
             raise ConfigImportError(source, "lora_query", "every lora_* target flag is false")
         body["lora"] = {"r": values["lora_r"], "lora_alpha": values["lora_alpha"],

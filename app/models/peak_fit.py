@@ -28,6 +28,7 @@ import threading
 from app.core.errors import PlanError
 from app.core.fitted_activations import PeakFit, fit_key, length_bucket, register_fit, registered_fit
 from app.core.generic import config_key, uses_rules
+from app.core.litgpt import is_litgpt
 from app.core.request import PlanRequest
 from app.models.generic import LOCK, request_config, run_in_worker, store
 from app.settings import get_settings
@@ -52,7 +53,7 @@ def ensure_peak_fit(req: PlanRequest, wait_s: float | None = None) -> None:
         return
     hw = req.hardware
     settings_ = get_settings()
-    if (req.transformers_version != "5.24" or not settings_.generic_peak_fit
+    if (req.transformers_version != "5.24" or not settings_.generic_peak_fit or is_litgpt(req)
             or (hw.num_gpus > 1 and hw.sharding not in ("none", "ddp"))):  # the fit would not be used
         return
     job = config_key(cfg), fit_key(req), length_bucket(req)
