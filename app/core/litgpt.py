@@ -178,12 +178,12 @@ class Targets:
 
     @classmethod
     def from_names(cls, names: set[str]) -> Targets:
-        """HF leaf names (a fused ``qkv_proj`` (Phi-3) / ``query_key_value`` (GPT-NeoX, Falcon) stands for all of
-        q, k, v; ``dense`` is phi's, GPT-NeoX's and Falcon's attention output projection)."""
-        qkv = bool(names & {"qkv_proj", "query_key_value"})
-        mlp = {"gate_proj", "up_proj", "down_proj", "gate_up_proj", "fc1", "fc2", "dense_h_to_4h", "dense_4h_to_h"}
-        return cls("q_proj" in names or qkv, "k_proj" in names or qkv, "v_proj" in names or qkv,
-                   bool(names & {"o_proj", "dense"}), bool(names & mlp), bool(names & {"lm_head", "embed_out"}))
+        """HF leaf names of any modelled type, read back as litgpt's flags (:func:`llama_names`: a fused
+        ``qkv_proj`` / ``query_key_value`` stands for all of q, k, v; ``dense`` is phi's, GPT-NeoX's and Falcon's
+        attention output projection)."""
+        llama = set(names).union(*(llama_names(t, sorted(names)) for t in LLAMA_NAMES_AS))
+        return cls("q_proj" in llama, "k_proj" in llama, "v_proj" in llama, "o_proj" in llama,
+                   bool(llama & {"gate_proj", "up_proj", "down_proj"}), "lm_head" in llama)
 
 
 @dataclass(frozen=True)
