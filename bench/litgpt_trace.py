@@ -11,13 +11,17 @@ does), and runs the loop of ``finetune/lora.py``: ``model(x, lm_head_chunk_size=
 ``backward``, ``optimizer.step``. It runs under the trace engine's :class:`app.trace.counter.LiveBytesCounter`
 with the engine's CUDA stand-ins (flash attention, ``native_dropout``) and bitsandbytes 0.42's ``MatMul4Bit``
 replayed, and prints the traced peak and its phase next to the planner's analytic ``memory.peak`` for the same
-request (``training.framework`` ``litgpt``, or ``lit-gpt`` for the 8641822 tree).
+request (``training.framework`` ``litgpt``, or ``lit-gpt`` for the 8641822 tree). ``--precision bf16-mixed``
+runs Fabric's ``bf16-mixed`` instead: fp32 parameters, the forward under bf16 autocast, ``MixedPrecision``'s
+``convert_output``.
 
     PYTHONPATH=/tmp/litgpt-site .venv/bin/python bench/litgpt_trace.py --src /tmp/litgpt-8641822 --grid
     .venv/bin/python bench/litgpt_trace.py --src PATH --model Llama-2-7b-hf --method lora --mb 1 --seq 1304
+    .venv/bin/python bench/litgpt_trace.py --src PATH --model stablelm-base-alpha-3b --precision bf16-mixed
 
-The analytic side needs nothing but app.core; the grid's models are litgpt configs the planner also knows
-(an HF ``config.json`` of the same shapes is built from the litgpt ``Config``).
+The grid's models are litgpt configs the planner also knows: an HF ``config.json`` of the same shapes is built
+from the litgpt ``Config`` (llama, mistral, gemma, gemma2; phi, gpt_neox and falcon for litgpt's LayerNorm +
+``GptNeoxMLP`` parallel blocks, whose inventory the generic path builds with transformers in a worker).
 """
 
 from __future__ import annotations
