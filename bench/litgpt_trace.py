@@ -10,8 +10,11 @@ does), and runs the loop of ``finetune/lora.py``: ``model(x, lm_head_chunk_size=
 ``convert_output`` (lightning's own ``HalfPrecision``), the last chunk shifted, ``chunked_cross_entropy``,
 ``backward``, ``optimizer.step``. It runs under the trace engine's :class:`app.trace.counter.LiveBytesCounter`
 with the engine's CUDA stand-ins (flash attention, ``native_dropout``) and bitsandbytes 0.42's ``MatMul4Bit``
-replayed, and prints the traced peak and its phase next to the planner's analytic ``memory.peak`` for the same
-request (``training.framework`` ``litgpt``, or ``lit-gpt`` for the 8641822 tree). ``--precision bf16-mixed``
+replayed, and prints the traced peak and its phase next to the planner's analytic ``memory.peak`` (less the cuBLAS
+workspaces, which the trace's tensors do not include) for the same request (``training.framework`` ``litgpt``, or
+``lit-gpt`` for the 8641822 tree), and litgpt's model's trainable parameter count beside ``parameters.trainable``
+(litgpt's flags as :func:`app.core.litgpt.lora_targets` spells them: a fused q/k/v linear's parts as
+``lora.enable_lora``). ``--precision bf16-mixed``
 runs Fabric's ``bf16-mixed`` instead: fp32 parameters, the forward under bf16 autocast, ``MixedPrecision``'s
 ``convert_output``.
 
@@ -68,9 +71,11 @@ def hf_config(cfg: Any) -> dict[str, Any]:
     if mlp == "GptNeoxMLP":
         return neox_config(cfg)
     model_type = {"LLaMAMLP": "llama", "GemmaMLP": "gemma"}[mlp]
-    if getattr(cfg, "sliding_window_size", None) and model_type == "llama":
-        model_type = "mistral"  # the HF type whose litgpt configs use a sliding window
     extra: dict[str, Any] = {}
+    if cfg.name.startswith("Phi-3"):  # HF Phi-3 fuses qkv_proj and gate_up_proj (litgpt splits fc_1 / fc_2)
+        model_type, extra = "phi3", {"sliding_window": cfg.sliding_window_size}
+    elif getattr(cfg, "sliding_window_size", None) and model_type == "llama":
+        model_type = "mistral"  # the HF type whose litgpt configs use a sliding window
     if getattr(cfg, "attention_logit_softcapping", None):  # Gemma-2: soft-capped (eager) attention
         model_type = "gemma2"
         extra = {"attn_logit_softcapping": cfg.attention_logit_softcapping,
@@ -126,7 +131,8 @@ def trace(src: str, name: str, method: str, mb: int, seq: int, r: int = 8, alpha
     def sdpa(q: Any, k: Any, v: Any, attn_mask: Any = None, dropout_p: float = 0.0, is_causal: bool = False,
              scale: Any = None, **_: Any) -> Any:
         # torch's CUDA SDPA: flash for bf16 without a mask (out in (b, s, h, d) memory, returned as (b, h, s, d))
-        return _FlashAttention.apply(q, k, v, 1 if attn_mask is None else 32).transpose(1, 2)
+        # with a mask (litgpt's sliding window): the memory-efficient kernel, which saves the mask for backward
+        return _FlashAttention.apply(q, k, v, 1 if attn_mask is None else 32, attn_mask).transpose(1, 2)
 
     counter = LiveBytesCounter(transient_rules() if quant else None)
     torch.manual_seed(0)
@@ -140,6 +146,7 @@ def trace(src: str, name: str, method: str, mb: int, seq: int, r: int = 8, alpha
         torch.set_default_dtype(torch.float32)
         if method != "full":
             L.mark_only_lora_as_trainable(model)
+        trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
         if quant:
             convert(model, bnb, double_quant)
         stack.enter_context(FakeTensorMode(allow_non_fake_inputs=True))
@@ -212,7 +219,7 @@ def trace(src: str, name: str, method: str, mb: int, seq: int, r: int = 8, alpha
         del logits, loss
     sys.path.remove(src)
     return {"peak": counter.peak, "phase": counter.snapshot.phase, "req": req, "static": static_live,
-            "largest": counter.snapshot.largest}
+            "largest": counter.snapshot.largest, "trainable": trainable}
 
 
 class _MatMul4Bit042:
@@ -281,35 +288,35 @@ def convert(model: Any, bnb: Any, double_quant: bool) -> None:
             convert(child, bnb, double_quant)
 
 
-HF_TARGETS: dict[str, dict[str, list[str]]] = {
-    "llama": {"query": ["q_proj"], "key": ["k_proj"], "value": ["v_proj"], "projection": ["o_proj"],
-              "mlp": ["gate_proj", "up_proj", "down_proj"], "head": ["lm_head"]},
-    "phi": {"query": ["q_proj"], "key": ["k_proj"], "value": ["v_proj"], "projection": ["dense"],
-            "mlp": ["fc1", "fc2"], "head": ["lm_head"]},
-    # one fused query_key_value: any of litgpt's query/key/value flags adapts it whole under PEFT
-    "gpt_neox": {"query": ["query_key_value"], "key": ["query_key_value"], "value": ["query_key_value"],
-                 "projection": ["dense"], "mlp": ["dense_h_to_4h", "dense_4h_to_h"], "head": ["embed_out"]},
-    "falcon": {"query": ["query_key_value"], "key": ["query_key_value"], "value": ["query_key_value"],
-               "projection": ["dense"], "mlp": ["dense_h_to_4h", "dense_4h_to_h"], "head": ["lm_head"]},
-}
-"""litgpt's LoRA flags as the HF module names of each model type."""
+FLAG_NAMES: dict[str, list[str]] = {
+    "query": ["q_proj"], "key": ["k_proj"], "value": ["v_proj"], "projection": ["o_proj"],
+    "mlp": ["gate_proj", "up_proj", "down_proj"], "head": ["lm_head"]}
+"""litgpt's LoRA flags as llama module names (the importer's ``TARGETS``); :func:`app.core.litgpt.lora_targets`
+spells them in each model's own names, with ``enable_lora`` for a fused q/k/v linear adapted in part."""
 
 
 def analytic(req: Any, method: str, mb: int, seq: int, r: int, alpha: int, dropout: float,
-             targets: tuple[str, ...], precision: str = "bf16") -> int:
+             targets: tuple[str, ...], precision: str = "bf16") -> tuple[int, int]:
+    """The planner's (memory.peak without the cuBLAS workspaces, which the trace's tensors do not include — as
+    bench/trace_grid.py compares — and parameters.trainable) for the traced run."""
     from app.core import PlanRequest, estimate
+    from app.core.catalog import gpu
+    from app.core.litgpt import lora_targets
+    from app.core.overhead import cublas_workspace_bytes
     from app.models.resolve import resolve_request
 
-    hf_targets = HF_TARGETS.get(req.model.config["model_type"], HF_TARGETS["llama"])
     body = req.model_dump(exclude_unset=True)
     body["method"] = method
     body["training"] = {"framework": req.training.framework, "micro_batch_size": mb, "seq_len": seq,
                         "precision": precision, "gradient_checkpointing": False}
     if method != "full":
-        body["lora"] = {"r": r, "lora_alpha": alpha, "lora_dropout": dropout,
-                        "target_modules": list(dict.fromkeys(m for t in targets for m in hf_targets[t]))}
+        names, enable = lora_targets(req.model.config["model_type"], [m for t in targets for m in FLAG_NAMES[t]])
+        body["lora"] = {"r": r, "lora_alpha": alpha, "lora_dropout": dropout, "target_modules": names,
+                        "enable_lora": enable}
     # phi, GPT-NeoX and Falcon have no hand-written rules: their inventory is built by transformers (a worker)
-    return estimate(resolve_request(PlanRequest(**body), fit_peak=False)[0]).memory.peak
+    request = resolve_request(PlanRequest(**body), fit_peak=False)[0]
+    res = estimate(request)
+    return res.memory.peak - cublas_workspace_bytes(gpu(request.hardware.gpu).arch), res.parameters.trainable
 
 
 GRID = [
@@ -339,6 +346,13 @@ GRID = [
     ("falcon-7b", "lora", 1, 512, 32, 0.05, ("query", "key", "value"), 2),
     ("falcon-7b", "qlora", 1, 512, 32, 0.05, ("query", "key", "value", "mlp", "head"), 2),
     ("falcon-40b", "lora", 1, 512, 8, 0.05, ("query", "key", "value", "projection"), 2),
+    # a fused q/k/v linear adapted in part (LoRAQKVLinear enable_lora; Phi-3's gate_up_proj as fc_1 and fc_2)
+    ("stablelm-base-alpha-3b", "lora", 2, 1034, 8, 0.05, ("query", "value"), 2),
+    ("falcon-7b", "lora", 1, 512, 32, 0.05, ("query", "value"), 2),
+    ("falcon-7b", "qlora", 1, 512, 32, 0.05, ("query", "value"), 2),
+    ("falcon-40b", "lora", 1, 512, 8, 0.05, ("query", "key"), 2),
+    ("Phi-3-mini-4k-instruct", "lora", 2, 512, 8, 0.05, ("query", "value", "mlp"), 2),
+    ("Phi-3-mini-4k-instruct", "qlora", 1, 1024, 8, 0.05, ("key", "projection", "mlp", "head"), 2),
 ]
 MIXED_GRID = [
     # Fabric bf16-mixed (lit-gpt 8641822's default): fp32 weights cast per use, lm_head once per chunk
@@ -367,8 +381,9 @@ def main() -> None:
              [(args.model, args.method, args.mb, args.seq, args.r, args.dropout, tuple(args.targets.split(",")),
                args.layers, args.precision)])
     print(f"{'model':<18} {'method':<6} {'mb':>3} {'seq':>5} {'r':>3} {'drop':>5} {'targets':<28} {'L':>3} "
-          f"{'trace GiB':>10} {'analytic':>9} {'err %':>7}  phase")
-    errs = []
+          f"{'trace GiB':>10} {'analytic':>9} {'err %':>7}  {'trainable':>12} ours  phase")
+    errs: list[float] = []
+    params_equal = 0
     for name, method, mb, seq, r, dropout, targets, n_layer, precision in cases:
         t0 = time.perf_counter()
         mixed = precision == "bf16-mixed"
@@ -378,23 +393,23 @@ def main() -> None:
         except KeyError:
             print(f"{name:<18} not a config of this litgpt source")
             continue
-        try:
-            ours = analytic(res["req"], method, mb, seq, r, 16, dropout, targets, "bf16-mixed" if mixed else "bf16")
-        except KeyError:
-            ours = 0
+        ours, trainable = analytic(res["req"], method, mb, seq, r, 16, dropout, targets,
+                                   "bf16-mixed" if mixed else "bf16")
         err = 100 * (ours - res["peak"]) / res["peak"]
         errs.append(abs(err))
+        params_equal += trainable == res["trainable"]
         label = method + ("*" if mixed else "")
         print(f"{name:<18} {label:<6} {mb:>3} {seq:>5} {r:>3} {dropout:>5} {','.join(targets)[:28]:<28} "
-              f"{n_layer or '-':>3} {res['peak'] / GIB:10.3f} {ours / GIB:9.3f} {err:+7.2f}  {res['phase']} "
-              f"({time.perf_counter() - t0:.0f}s)")
+              f"{n_layer or '-':>3} {res['peak'] / GIB:10.3f} {ours / GIB:9.3f} {err:+7.2f}  "
+              f"{res['trainable']:>12,} {'=' if trainable == res['trainable'] else f'!= {trainable:,}'}  "
+              f"{res['phase']} ({time.perf_counter() - t0:.0f}s)")
         if not args.grid:
             print("    static bytes (weights, constants, adapters, buffers):", res["static"])
             for t in res["largest"]:
                 print("   ", t)
     errs.sort()
     print(f"\n{len(errs)} cases: median |error| {errs[len(errs) // 2]:.2f}%, max {errs[-1]:.2f}%, "
-          f"within 2%: {sum(e <= 2 for e in errs)}")
+          f"within 2%: {sum(e <= 2 for e in errs)}; trainable parameters equal to litgpt's model: {params_equal}")
 
 
 if __name__ == "__main__":

@@ -156,6 +156,9 @@ LITGPT_PLANS: list[dict[str, Any]] = [
     # phi's own names: dense (attention output), fc1/fc2 (litgpt's lora_mlp)
     {"model": "microsoft/phi-2", "method": "lora",
      "lora": {"target_modules": ["q_proj", "k_proj", "v_proj", "dense", "fc1", "fc2", "lm_head"]}},
+    # Phi-3's fused qkv_proj adapted in q and v only (lora_key false: LoRAQKVLinear's enable_lora)
+    {"model": "microsoft/Phi-3-mini-4k-instruct", "method": "qlora",
+     "lora": {"target_modules": ["qkv_proj", "gate_up_proj", "down_proj"], "enable_lora": [True, False, True]}},
 ]
 """litgpt's own plans (its loop has no gradient checkpointing; targets in its flags' order: the importer lists them
 so)."""

@@ -1,8 +1,9 @@
 """training.framework litgpt / lit-gpt: litgpt's own GPT model and loop, analytic (app/core/litgpt.py).
 
 Expected figures are derived by hand from litgpt's source (cited in app/core/litgpt.py) in the comments; the same
-formulas were checked against litgpt's real code traced on fake tensors (bench/litgpt_trace.py: 12 cases per
-commit, 23 of 24 within 2%), which needs a litgpt source tree and is not run here.
+formulas were checked against litgpt's real code traced on fake tensors (bench/litgpt_trace.py: 33 cases at
+00af8b0d and 22 at 8641822, all within 2%, each with the trainable parameter count of litgpt's own model), which
+needs a litgpt source tree and is not run here.
 """
 
 from __future__ import annotations
@@ -21,9 +22,9 @@ from app.core.litgpt import (
     Targets,
     block_of,
     head_terms,
-    hf_target_names,
     keeps_first_layer_input,
     layer_saved,
+    lora_targets,
     previous_step_inputs,
 )
 from app.core.quantization import nf4_bytes
@@ -271,18 +272,79 @@ def test_parallel_block_models_through_the_generic_path() -> None:
     4544·(4544 + 2·64) = 21,229,568 (71 query heads, one key/value head), dense 4544² = 20,647,936,
     dense_h_to_4h and dense_4h_to_h 2·4544·18176 = 165,183,488: 207,070,080, × 32 = 6,626,242,560; ln_f 9,088.
     transformers ties lm_head (6,921,720,704); litgpt's GPT does not: + 295,469,056 = 7,217,189,760. litgpt's
-    lora_query/lora_value on the fused linear (PEFT adapts it whole): 32·32·(4544 + 4672) = 9,437,184 trainable."""
+    lora_query/lora_value on the fused linear (``LoRAQKVLinear``, enable_lora (q, v)): lora_A (2·32, 4544) =
+    290,816 and lora_B ((4544 + 64), 32) = 147,456 per layer, × 32 = 14,024,704 trainable (litgpt's own GPT built
+    from its falcon-7b config counts the same: bench/litgpt_trace.py). enable_lora null is all three parts:
+    lora_A (3·32, 4544) + lora_B (4672, 32) = 585,728 per layer, 18,743,296 — where PEFT, adapting the linear
+    whole, would add 32·32·(4544 + 4672) = 9,437,184."""
     from app.accuracy.models import CONFIGS
     from app.models.resolve import resolve_request
 
+    names, enable = lora_targets("falcon", ["q_proj", "v_proj"])
+    assert (names, enable) == (["query_key_value"], [True, False, True])
     body = {"model": {"config": CONFIGS["falcon-7b"][0]}, "method": "lora",
-            "lora": {"r": 32, "target_modules": hf_target_names("falcon", ["q_proj", "v_proj"])},
+            "lora": {"r": 32, "target_modules": names, "enable_lora": enable},
             "training": {"framework": "litgpt", "micro_batch_size": 1, "seq_len": 512}}
-    assert body["lora"]["target_modules"] == ["query_key_value"]
     res = estimate(resolve_request(PlanRequest.model_validate(body), fit_peak=False)[0])
-    assert (res.parameters.total, res.parameters.trainable) == (7_217_189_760, 9_437_184)
+    assert (res.parameters.total, res.parameters.trainable) == (7_217_189_760, 14_024_704)
     assert res.peak.provisional is False
     assert any("litgpt's own GPT" in a for a in res.assumptions)
+    body["lora"]["enable_lora"] = None
+    whole = estimate(resolve_request(PlanRequest.model_validate(body), fit_peak=False)[0])
+    assert whole.parameters.trainable == 18_743_296
+
+
+def test_fused_qkv_parts_by_hand() -> None:
+    """litgpt's ``LoRAQKVLinear`` on a fused q/k/v linear adapts the enabled parts only; Phi-3's ``gate_up_proj``
+    is litgpt's fc_1 and fc_2, one ``LoRALinear`` each (``litgpt/lora.py``). Phi-3-mini (h 3072, MLP 8192, 32
+    layers, 32 heads: q = k = v = 3072), r 8, lora_query + lora_value + lora_mlp, per layer: qkv lora_A (16, 3072)
+    = 49,152 and lora_B (6144, 8) = 49,152; fc_1 and fc_2 8·3072 + 8192·8 = 90,112 each; proj 8·8192 + 3072·8 =
+    90,112; 368,640 × 32 = 11,796,480 (litgpt's GPT of its Phi-3-mini-4k-instruct config: the same). PEFT on
+    qkv_proj, gate_up_proj and down_proj adapts 11,010,048 (one lora_A for gate and up: 32 · 8·3072 fewer)."""
+    names, enable = lora_targets("phi3", ["q_proj", "v_proj", "gate_proj", "up_proj", "down_proj"])
+    assert (names, enable) == (["qkv_proj", "gate_up_proj", "down_proj"], [True, False, True])
+    body = {"model": "microsoft/Phi-3-mini-4k-instruct", "method": "lora",
+            "lora": {"r": 8, "target_modules": names, "enable_lora": enable}, "training": {"framework": "litgpt"}}
+    assert estimate(PlanRequest.model_validate(body)).parameters.trainable == 11_796_480
+    body["training"] = {"framework": "hf-trainer"}
+    body["lora"]["enable_lora"] = None
+    assert estimate(PlanRequest.model_validate(body)).parameters.trainable == 11_010_048
+    # all three of q, k, v on the fused linear: enable_lora left null (its default: every part)
+    assert lora_targets("gpt_neox", ["q_proj", "k_proj", "v_proj"]) == (["query_key_value"], None)
+    assert lora_targets("llama", ["q_proj", "v_proj"]) == (["q_proj", "v_proj"], None)
+
+
+@pytest.mark.parametrize(("framework", "model", "enable", "says"), [
+    ("hf-trainer", "microsoft/Phi-3-mini-4k-instruct", [True, False, True], "LoRAQKVLinear"),
+    ("litgpt", "microsoft/Phi-3-mini-4k-instruct", [False, False, False], "enables none"),
+    ("litgpt", "meta-llama/Llama-3.2-1B", [True, False, True], "q_proj / k_proj / v_proj"),
+])
+def test_enable_lora_refused(framework: str, model: str, enable: list[bool], says: str) -> None:
+    """``lora.enable_lora`` is litgpt's: a PEFT recipe adapts a linear whole, some part must be enabled, and a
+    model with separate q/k/v_proj names its parts in target_modules."""
+    tm = ["qkv_proj"] if "Phi-3" in model else ["q_proj"]
+    body = {"model": model, "method": "lora", "lora": {"target_modules": tm, "enable_lora": enable},
+            "training": {"framework": framework}}
+    with pytest.raises(PlanError) as exc:
+        estimate(PlanRequest.model_validate(body))
+    assert exc.value.loc == ("lora", "enable_lora") and says in exc.value.message
+
+
+def test_fused_qkv_parts_keep_zero_pads_source() -> None:
+    """StableLM-alpha-3B (GPT-NeoX: one fused query_key_value, MHA h 4096), lora_query + lora_value, r 8, b 1, s 512
+    (T 512), bf16, dropout: against all three parts, each of the 15 layers after the first keeps 2·512·8 = 8 KiB
+    less of lora_A's output (``after_A``, T·r per part) and zero_pad's index_copy source (T·(q + v) = 512·8192
+    elements, 8 MiB); the first layer the same. 16 · (8 MiB − 8 KiB) = 16 · 8,380,416 bytes more."""
+    from app.accuracy.models import CONFIGS
+    from app.models.resolve import resolve_request
+
+    base = {"model": {"config": CONFIGS["StableLM-base-alpha-3B"][0]}, "method": "lora",
+            "lora": {"r": 8, "lora_dropout": 0.05, "target_modules": ["query_key_value"]},
+            "training": {"framework": "litgpt", "micro_batch_size": 1, "seq_len": 512}}
+    whole = estimate(resolve_request(PlanRequest.model_validate(base), fit_peak=False)[0])
+    base["lora"]["enable_lora"] = [True, False, True]
+    parts = estimate(resolve_request(PlanRequest.model_validate(base), fit_peak=False)[0])
+    assert parts.memory.activations - whole.memory.activations == 16 * (2 * 512 * 8192 - 2 * 512 * 8)
 
 
 def test_published_parallel_block_rows() -> None:

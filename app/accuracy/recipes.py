@@ -8,7 +8,7 @@ from typing import Any
 
 from app.accuracy.skip import Skip
 from app.core.deepspeed import DEEPSPEED_BUCKET_DEFAULTS
-from app.core.litgpt import hf_target_names
+from app.core.litgpt import lora_targets
 
 
 def torchtune_kind(measures: str, notes: list[str]) -> str:
@@ -155,7 +155,9 @@ def litgpt_settings(row: dict[str, str], method: str, lora: dict[str, Any], trai
         lora["lora_dropout"] = 0.05
         tm = lora.get("target_modules")
         if isinstance(tm, list):  # litgpt's flags as the model's own module names (phi3, phi, GPT-NeoX, Falcon)
-            lora["target_modules"] = hf_target_names(model_type, tm)
+            lora["target_modules"], enable = lora_targets(model_type, tm)
+            if enable is not None:
+                lora["enable_lora"] = enable
     notes.append("litgpt: LoRA dropout 0.05 (litgpt default; Gemma configs 0.1, same bytes)")
     if row["source_id"] == "LITGPT-config-hub":
         # litgpt/args.py TrainArgs.gradient_accumulation_iters: global_batch_size // devices // micro_batch_size,

@@ -237,7 +237,7 @@ def _litgpt_model(inv: Inventory, plan: AdapterPlan, req: PlanRequest, dt: Dtype
     x = LitShape(b=tr.micro_batch_size, s=tr.seq_len, a=a, r=req.lora.r,
                  dropout=req.uses_adapter and req.lora.lora_dropout > 0, quantized=req.quantized,
                  full=req.method == "full", stream=DTYPE_BYTES[dt.weights])
-    tg = LitTargets.from_names({m.leaf for m in plan.targets} if req.uses_adapter else set())
+    tg = LitTargets.of_request(req, {m.leaf for m in plan.targets})
     old = old_norm(req)
     block = _litgpt_block(inv, req)
     per_layer = [litgpt_layer_saved(arch, x, tg, old=old, layer=i, block=block)

@@ -21,7 +21,7 @@ from app.core.frameworks import framework
 from app.core.generic import generic_key, model_inventory
 from app.core.inventory import Inventory, build_inventory
 from app.core.litgpt import check as litgpt_check
-from app.core.litgpt import is_litgpt
+from app.core.litgpt import is_litgpt, litgpt_plan
 from app.core.overhead import cublas_workspace_bytes, outside_allocator_bytes
 from app.core.precision import Dtypes, compute_dtypes, dtypes_for, fsdp_mixed_precision, fsdp_param_dtype
 from app.core.quantization import constants_bits_per_param, nf4_bytes
@@ -291,6 +291,8 @@ class _Static(NamedTuple):
 def _static_parts_uncached(req: PlanRequest) -> _Static:
     model_id, inv = resolve_inventory(req)
     plan = plan_adapters(inv, req.lora, method=req.method)
+    if is_litgpt(req):
+        plan = litgpt_plan(plan, inv.arch, req)
     sm = static_memory(inv, plan, req, dtypes_for(req))
     return _Static(model_id, inv, plan, sm, _quant_report(inv, req, sm))
 

@@ -44,8 +44,9 @@ every published litgpt recipe).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
+from app.core.adapters import AdapterPlan, TrainableTensor
 from app.core.architectures import ArchSpec
 from app.core.errors import PlanError
 from app.core.request import PlanRequest
@@ -84,16 +85,29 @@ LLAMA_NAMES_AS: dict[str, dict[str, str]] = {
                "down_proj": "dense_4h_to_h"},
 }
 """litgpt's LoRA flags spelled as llama module names (``lora_query`` → q_proj, ``lora_mlp`` → gate/up/down_proj,
-``lora_head`` → lm_head) → the HF module names of models that name or fuse them otherwise. A fused q/k/v linear
-is adapted whole: PEFT's ``target_modules`` cannot name a part of it, while litgpt's ``LoRAQKVLinear`` adapts only
-the enabled parts (``lora_query`` + ``lora_value`` on StableLM-alpha-3B: the trace keeps 2.6% more than the whole
-fused linear adapted, bench/litgpt_trace.py)."""
+``lora_head`` → lm_head) → the HF module names of models that name or fuse them otherwise. Which parts of a fused
+q/k/v linear litgpt's ``LoRAQKVLinear`` adapts is ``lora.enable_lora`` (:func:`lora_targets`): PEFT's
+``target_modules`` cannot name a part of a linear."""
+FUSED_QKV = frozenset({"qkv_proj", "query_key_value"})
+"""HF leaf names of a fused q/k/v linear (Phi-3; GPT-NeoX, Falcon). litgpt fuses q, k, v into one ``attn`` linear in
+every model; where the HF model keeps them apart (llama, …) the adapted parts are the q/k/v_proj targets."""
+FUSED_GATE_UP = "gate_up_proj"
+"""Phi-3's fused MLP input linear, which litgpt's conversion splits into ``LLaMAMLP``'s fc_1 and fc_2."""
 
 
 def hf_target_names(model_type: str, names: list[str]) -> list[str]:
     """``names`` (llama module names of litgpt's flags) as ``model_type``'s own, in order, without repeats."""
     renamed = LLAMA_NAMES_AS.get(model_type, {})
     return list(dict.fromkeys(renamed.get(n, n) for n in names))
+
+
+def lora_targets(model_type: str, names: list[str]) -> tuple[list[str], list[bool] | None]:
+    """litgpt's flags (``names``: their llama module names) as a request's ``(target_modules, enable_lora)``:
+    the model's own names, and which of q, k, v are adapted where ``model_type`` fuses them into one linear and
+    not all three are (else None: all three, or the model's separate q/k/v_proj name them)."""
+    own = hf_target_names(model_type, names)
+    qkv = [n in names for n in ("q_proj", "k_proj", "v_proj")]
+    return own, (qkv if FUSED_QKV & set(own) and not all(qkv) else None)
 
 
 def llama_names(model_type: str, names: list[str]) -> list[str]:
@@ -135,7 +149,16 @@ def block_of(arch: ArchSpec, cfg: dict[str, object], norms_per_layer: int, kv_di
 
 
 def check(req: PlanRequest, arch: ArchSpec) -> None:
-    """422 for what the litgpt model here does not cover: other block types, DoRA, HF-Trainer switches, sharding."""
+    """422 for what the litgpt model here does not cover: other block types, DoRA, HF-Trainer switches, sharding;
+    and for ``lora.enable_lora`` outside litgpt (PEFT adapts a linear whole) or enabling none of q, k, v."""
+    enable = req.lora.enable_lora
+    if enable is not None and req.uses_adapter:
+        if not is_litgpt(req):
+            raise PlanError(("lora", "enable_lora"), "is litgpt's LoRAQKVLinear argument (training.framework litgpt "
+                            "or lit-gpt); PEFT adapts a linear whole: leave it null")
+        if not any(enable):
+            raise PlanError(("lora", "enable_lora"), "enables none of q, k, v: name the fused q/k/v linear's parts "
+                            "to adapt ([q, k, v] booleans), or leave it out of target_modules")
     if not is_litgpt(req):
         return
     fw = req.training.framework
@@ -184,6 +207,46 @@ class Targets:
         llama = set(names).union(*(llama_names(t, sorted(names)) for t in LLAMA_NAMES_AS))
         return cls("q_proj" in llama, "k_proj" in llama, "v_proj" in llama, "o_proj" in llama,
                    bool(llama & {"gate_proj", "up_proj", "down_proj"}), "lm_head" in llama)
+
+    @classmethod
+    def of_request(cls, req: PlanRequest, leaves: set[str]) -> Targets:
+        """The flags of a request whose adapted modules have these HF leaf names: :meth:`from_names`, with
+        ``lora.enable_lora`` choosing the parts of a fused q/k/v linear."""
+        tg = cls.from_names(leaves if req.uses_adapter else set())
+        enable = req.lora.enable_lora
+        if enable is None or not req.uses_adapter:
+            return tg
+        return replace(tg, query=enable[0], key=enable[1], value=enable[2])
+
+
+def litgpt_plan(plan: AdapterPlan, arch: ArchSpec, req: PlanRequest) -> AdapterPlan:
+    """The trainable tensors of litgpt's LoRA layers on the HF modules PEFT's rules matched (``litgpt/lora.py`` at
+    both commits): a fused q/k/v linear is a ``LoRAQKVLinear`` — ``lora_A`` (r·n, in) and ``lora_B`` (Σ widths, r)
+    over the n enabled parts (``lora.enable_lora``; query n_head·head_size wide, key and value
+    n_query_groups·head_size each: the fused width less the query's, halved); Phi-3's ``gate_up_proj`` is
+    ``LLaMAMLP``'s fc_1 and fc_2, a ``LoRALinear`` each. Every other target is one ``LoRALinear``, as PEFT's."""
+    enable = req.lora.enable_lora if req.uses_adapter else None
+    fused = [m for m in plan.targets if m.leaf in FUSED_QKV]
+    if enable is not None and not fused:
+        raise PlanError(("lora", "enable_lora"), "chooses parts of a fused q/k/v linear (query_key_value, qkv_proj) "
+                        f"and this {arch.model_type} model's targets have none: name q_proj / k_proj / v_proj in "
+                        "target_modules instead")
+    parts = {m.name: [w for w, on in zip((arch.q_dim, *[(m.out_features - arch.q_dim) // 2] * 2),
+                                         enable or (True,) * 3, strict=True) if on] for m in fused}
+    halves = {m.name for m in plan.targets if m.leaf == FUSED_GATE_UP}
+    trainable: list[TrainableTensor] = []
+    for t in plan.trainable:
+        module, _, kind = t.name.rpartition(".")
+        if t.kind == "lora" and module in parts:
+            rows = parts[module]
+            shape = (t.shape[0] * len(rows), t.shape[1]) if kind == "lora_A" else (sum(rows), t.shape[1])
+            trainable.append(replace(t, shape=shape))
+        elif t.kind == "lora" and module in halves:
+            shape = t.shape if kind == "lora_A" else (t.shape[0] // 2, t.shape[1])
+            trainable += [replace(t, name=t.name.replace(FUSED_GATE_UP, fc), shape=shape) for fc in ("fc_1", "fc_2")]
+        else:
+            trainable.append(t)
+    return replace(plan, trainable=trainable)
 
 
 @dataclass(frozen=True)

@@ -135,6 +135,11 @@ class LoraSpec(_Strict):
     bias: Literal["none", "all", "lora_only"] = "none"
     modules_to_save: Names | None = None
     use_rslora: bool = False
+    enable_lora: Annotated[list[bool], Field(min_length=3, max_length=3)] | None = Field(
+        None, description="training.framework litgpt / lit-gpt only: which of q, k, v the LoRA of a fused q/k/v "
+        "linear (target_modules query_key_value or qkv_proj) adapts, as litgpt's LoRAQKVLinear enable_lora "
+        "(its lora_query, lora_key, lora_value flags); null: all three. PEFT adapts a linear whole"
+    )
 
     @field_validator("target_modules")
     @classmethod

@@ -6,7 +6,8 @@
 - Precision: ``precision`` 'bf16-true' (every parameter bf16), 'bf16-mixed' or '32-true'; litgpt has no fp16-mixed
   run the planner models.
 - Method: LoRA flags ``lora_query`` / ``lora_key`` / ``lora_value`` / ``lora_projection`` / ``lora_mlp`` /
-  ``lora_head`` from the target modules (q/k/v_proj, o_proj, all three MLP projections together, lm_head;
+  ``lora_head`` from the target modules (q/k/v_proj — a fused q/k/v linear's parts from ``lora.enable_lora`` —,
+  o_proj, all three MLP projections together, lm_head;
   'all-linear' is every flag but the head), ``lora_r``, ``lora_alpha``, ``lora_dropout``; QLoRA ``quantize``
   'bnb.nf4' / 'bnb.fp4' (+ '-dq' for double quantization). Full fine-tuning writes no ``lora_*`` key (what the
   importer reads as ``finetune_full``'s config).
@@ -58,11 +59,17 @@ def _flags(targets: list[str] | str | None, unexpressed: list[str]) -> dict[str,
 
 
 def _as_llama_names(req: PlanRequest, targets: list[str] | str | None) -> list[str] | str | None:
-    """A phi / GPT-NeoX / Falcon / Phi-3 plan's own module names as the llama names :data:`FLAGS` reads."""
+    """A phi / GPT-NeoX / Falcon / Phi-3 plan's own module names as the llama names :data:`FLAGS` reads; a fused
+    q/k/v linear as the parts ``lora.enable_lora`` enables."""
     if not isinstance(targets, list):
         return targets
     cfg = req.model.config if not isinstance(req.model, str) else model_config(req.model)
-    return llama_names(str(cfg.get("model_type", "")), targets)
+    names = llama_names(str(cfg.get("model_type", "")), targets)
+    enable = req.lora.enable_lora
+    if enable is None:
+        return names
+    off = {n for n, on in zip(("q_proj", "k_proj", "v_proj"), enable, strict=True) if not on}
+    return [n for n in names if n not in off]
 
 
 def litgpt_config(req: PlanRequest) -> Export:

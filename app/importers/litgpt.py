@@ -11,8 +11,10 @@ true, ``lora_key`` false, ``lora_value`` true, ``lora_projection`` / ``lora_mlp`
   default: bf16-true where the GPU supports it, ``get_default_supported_precision``);
 - ``quantize`` 'bnb.nf4' / 'bnb.nf4-dq' / 'bnb.fp4' / 'bnb.fp4-dq' → qlora (bitsandbytes quant type, double quant);
   litgpt then trains with ``bnb.optim.PagedAdamW`` whatever ``optimizer`` says;
-- the six ``lora_*`` flags → HF target modules (q/k/v_proj, o_proj, gate/up/down_proj, lm_head); a file without
-  any ``lora_*`` key is ``finetune_full``'s → full fine-tuning;
+- the six ``lora_*`` flags → HF target modules (q/k/v_proj, o_proj, gate/up/down_proj, lm_head, in the model's
+  own names); where the model fuses q, k, v into one linear and not all three flags are on, ``lora.enable_lora``
+  says which parts ``LoRAQKVLinear`` adapts; a file without any ``lora_*`` key is ``finetune_full``'s → full
+  fine-tuning;
 - ``train.micro_batch_size``; ``train.max_seq_length`` → ``seq_len`` (batches are padded to their longest sample,
   truncated at max_seq_length);
 - ``gradient_accumulation_steps`` is derived, as ``TrainArgs.gradient_accumulation_iters(devices)`` does
@@ -29,7 +31,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from app.core.litgpt import hf_target_names
+from app.core.litgpt import lora_targets
 from app.importers.common import ConfigImportError, ImportNote, NoteKind, positive_int, resolve_model
 
 LORA_DEFAULTS: dict[str, Any] = {"lora_r": 8, "lora_alpha": 16, "lora_dropout": 0.05, "lora_query": True,
@@ -132,12 +134,15 @@ def from_litgpt(data: Mapping[str, Any], source: str = "litgpt config",
         body["method"] = "qlora" if quantize else "lora"
         values = {k: data.get(k, v) for k, v in LORA_DEFAULTS.items()}
         targets = [m for k, mods in TARGETS.items() if values[k] for m in mods]
+        enable = None
         if isinstance(body.get("model"), str | dict):  # the model's own names for fused or renamed linears
-            targets = hf_target_names(_model_type(body["model"]), targets)
+            targets, enable = lora_targets(_model_type(body["model"]), targets)
         if not targets:
             raise ConfigImportError(source, "lora_query", "every lora_* target flag is false")
         body["lora"] = {"r": values["lora_r"], "lora_alpha": values["lora_alpha"],
                         "lora_dropout": values["lora_dropout"], "target_modules": targets}
+        if enable is not None:  # LoRAQKVLinear's enable_lora on a fused q/k/v linear
+            body["lora"]["enable_lora"] = enable
         for key in LORA_DEFAULTS:
             if key not in data:
                 note(key, "assumed", f"finetune_lora's default {key} {LORA_DEFAULTS[key]!r}")

@@ -34,19 +34,21 @@ def _round_up(x: int, m: int) -> int:
 
 class _FlashAttention(torch.autograd.Function):
     @staticmethod
-    def forward(ctx: Any, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lse_round: int) -> torch.Tensor:
+    def forward(ctx: Any, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lse_round: int,
+                bias: torch.Tensor | None = None) -> torch.Tensor:
         # q, k: (b, heads, s, d); v: (b, kv_heads, s, dv) (dv < d for multi-head latent attention). Output in
-        # flash layout (b, s, heads, dv).
+        # flash layout (b, s, heads, dv). ``bias``: the memory-efficient kernel's attn_bias (an additive mask),
+        # which its backward reads, so it is saved (derivatives.yaml _scaled_dot_product_efficient_attention)
         b, h, s, _d = q.shape
         out = torch.empty((b, s, h, v.shape[-1]), dtype=q.dtype, device=q.device)
         lse = torch.empty((b, h, _round_up(s, lse_round)), dtype=torch.float32, device=q.device)
-        ctx.save_for_backward(q, k, v, out, lse)
+        ctx.save_for_backward(q, k, v, out, lse, *([] if bias is None else [bias]))
         ctx.lse_round = lse_round
         return out
 
     @staticmethod
-    def backward(ctx: Any, grad_out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, None]:
-        q, k, v, _out, _lse = ctx.saved_tensors
+    def backward(ctx: Any, grad_out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, None, None]:
+        q, k, v, _out, _lse, *_bias = ctx.saved_tensors
         b, h, s, d = q.shape
         dq = torch.empty_like(q)
         dk = torch.empty_like(k)
@@ -58,7 +60,7 @@ class _FlashAttention(torch.autograd.Function):
         if k.shape[1] != h:
             scratch += [torch.empty((b, s, h, d), dtype=q.dtype, device=q.device) for _ in range(2)]
         del scratch
-        return dq, dk, dv, None
+        return dq, dk, dv, None, None
 
 
 def _flash_attention_2(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
