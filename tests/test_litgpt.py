@@ -392,3 +392,28 @@ def test_bf16_mixed_casts_lm_head_per_chunk() -> None:
     assert saved_head("bf16-mixed") - saved_head("bf16") == 3 * 2 * 256 * 64 + 78000
     # full: one cached cast; ln_f's fp32 input and rsqrt, and the fp32 x_normed its trainable weight keeps
     assert saved_head("bf16-mixed", "full") - saved_head("bf16", "full") == 2 * 256 * 64 + 78000 + 2 * 600 * 64
+
+
+def test_default_targets_are_finetune_loras() -> None:
+    """Without target_modules a litgpt run adapts what ``litgpt finetune_lora`` does by default (lora_query,
+    lora_value), not PEFT's default for the architecture. Phi-3-mini (32 layers, h 3072, MHA), r 8: the fused qkv
+    with q and v enabled, 16·3072 + 6144·8 = 98,304 per layer, 3,145,728 (PEFT has no Phi-3 default: 422 under the
+    HF recipe). StableLM-alpha-3B (16 layers, h 4096): 16·4096 + 8192·8 = 131,072 per layer, 2,097,152 (PEFT's
+    default, the whole query_key_value, would be litgpt's three parts: 3,145,728). Llama-3.2-1B: q_proj and
+    v_proj either way."""
+    from app.accuracy.models import CONFIGS
+    from app.models.resolve import resolve_request
+
+    phi3 = {"model": "microsoft/Phi-3-mini-4k-instruct", "method": "lora", "training": {"framework": "litgpt"}}
+    assert estimate(PlanRequest.model_validate(phi3)).parameters.trainable == 3_145_728
+    with pytest.raises(PlanError) as exc:
+        estimate(PlanRequest.model_validate({**phi3, "training": {"framework": "hf-trainer"}}))
+    assert exc.value.loc == ("lora", "target_modules")
+    neox = {"model": {"config": CONFIGS["StableLM-base-alpha-3B"][0]}, "method": "lora",
+            "training": {"framework": "litgpt"}}
+    req = resolve_request(PlanRequest.model_validate(neox), fit_peak=False)[0]
+    assert (req.lora.target_modules, req.lora.enable_lora) == (["query_key_value"], [True, False, True])
+    assert estimate(req).parameters.trainable == 2_097_152
+    llama = {"model": "meta-llama/Llama-3.2-1B", "method": "lora"}
+    assert (estimate(PlanRequest.model_validate({**llama, "training": {"framework": "litgpt"}})).parameters.trainable
+            == estimate(PlanRequest.model_validate(llama)).parameters.trainable)

@@ -21,7 +21,7 @@ from app.core.frameworks import framework
 from app.core.generic import generic_key, model_inventory
 from app.core.inventory import Inventory, build_inventory
 from app.core.litgpt import check as litgpt_check
-from app.core.litgpt import is_litgpt, litgpt_plan
+from app.core.litgpt import is_litgpt, litgpt_plan, with_default_targets
 from app.core.overhead import cublas_workspace_bytes, outside_allocator_bytes
 from app.core.precision import Dtypes, compute_dtypes, dtypes_for, fsdp_mixed_precision, fsdp_param_dtype
 from app.core.quantization import constants_bits_per_param, nf4_bytes
@@ -340,6 +340,7 @@ def _allocator_info(req: PlanRequest, vocab_size: int, act: ActivationModel, act
 
 def estimate(req: PlanRequest) -> EstimateResult:
     """The full answer for one run. Raises :class:`PlanError` for input the planner cannot answer."""
+    req = with_default_targets(req)  # litgpt's own default targets where none are given
     model_id, inv, plan, sm, quant_report = _static_parts(req)
     arch = inv.arch
     _check_request(req, arch)

@@ -48,8 +48,9 @@ from dataclasses import dataclass, replace
 
 from app.core.adapters import AdapterPlan, TrainableTensor
 from app.core.architectures import ArchSpec
+from app.core.catalog import model_config
 from app.core.errors import PlanError
-from app.core.request import PlanRequest
+from app.core.request import ModelConfig, PlanRequest
 
 LITGPT_FRAMEWORKS = ("litgpt", "lit-gpt")
 LM_HEAD_CHUNK = 128
@@ -108,6 +109,26 @@ def lora_targets(model_type: str, names: list[str]) -> tuple[list[str], list[boo
     own = hf_target_names(model_type, names)
     qkv = [n in names for n in ("q_proj", "k_proj", "v_proj")]
     return own, (qkv if FUSED_QKV & set(own) and not all(qkv) else None)
+
+
+FINETUNE_LORA_TARGETS = ["q_proj", "v_proj"]
+"""``litgpt finetune_lora``'s default flags, ``lora_query`` and ``lora_value`` (``finetune/lora.py`` ``setup()`` at
+both commits), as llama names."""
+
+
+def with_default_targets(req: PlanRequest) -> PlanRequest:
+    """A litgpt request without ``target_modules`` (nor ``target_parameters``) adapts what ``litgpt finetune_lora``
+    adapts by default, :data:`FINETUNE_LORA_TARGETS` in the model's own names (:func:`lora_targets`), instead of
+    PEFT's default for the architecture (the same q_proj, v_proj for llama, mistral and gemma; the whole fused
+    query_key_value for GPT-NeoX and Falcon; none for Phi-3). Other requests are returned as they are."""
+    lo = req.lora
+    if not is_litgpt(req) or not req.uses_adapter or lo.target_modules is not None or lo.target_parameters:
+        return req
+    cfg = req.model.config if isinstance(req.model, ModelConfig) else model_config(req.model)
+    names, enable = lora_targets(str(cfg.get("model_type", "")), FINETUNE_LORA_TARGETS)
+    lora = lo.model_copy(update={"target_modules": names,
+                                 "enable_lora": enable if lo.enable_lora is None else lo.enable_lora})
+    return req.model_copy(update={"lora": lora})
 
 
 def llama_names(model_type: str, names: list[str]) -> list[str]:

@@ -125,7 +125,8 @@ class LoraSpec(_Strict):
     target_modules: list[str] | str | None = Field(
         None,
         description="module names (suffix match), a regex (full match; RE2 syntax subset, see docs/limits.md), "
-        "'all-linear', or null for PEFT's default for the architecture",
+        "'all-linear', or null for PEFT's default for the architecture (training.framework litgpt / lit-gpt: "
+        "litgpt finetune_lora's default lora_query and lora_value)",
     )
     target_parameters: Names | None = Field(
         None, description="nn.Parameter names to adapt directly, e.g. fused MoE experts 'mlp.experts.gate_up_proj'"

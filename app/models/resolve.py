@@ -18,6 +18,7 @@ from pydantic import ValidationError
 
 from app.core.catalog import model_config, model_configs, model_source
 from app.core.errors import PlanError
+from app.core.litgpt import with_default_targets
 from app.core.model_types import checkpoint_quantization_note, remote_code_reason
 from app.core.request import ModelConfig, PlanRequest
 from app.core.result import EstimateResult, ModelSource
@@ -46,6 +47,7 @@ def resolve_request(req: PlanRequest, *, fit_peak: bool = True,
     core, which says so.
     """
     resolved, source = _resolve(req)
+    resolved = with_default_targets(resolved)  # as the core does: PEFT resolves litgpt's own default targets
     ensure_generic(resolved)
     if fit_peak:
         ensure_peak_fit(resolved, fit_wait_s)
