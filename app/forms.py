@@ -18,8 +18,8 @@ _BOOL = {"on": True, "true": True, "1": True, "yes": True, "off": False, "false"
 
 
 _INT_FIELDS = frozenset({"r", "micro_batch_size", "gradient_accumulation_steps", "seq_len", "blocksize", "num_gpus",
-                         "reduce_bucket_size", "stage3_prefetch_bucket_size"})
-_FLOAT_FIELDS = frozenset({"lora_alpha", "lora_dropout"})
+                         "reduce_bucket_size", "stage3_prefetch_bucket_size", "num_output_chunks"})
+_FLOAT_FIELDS = frozenset({"lora_alpha", "lora_dropout", "momentum"})
 
 
 def _typed(key: str, text: str) -> Any:
@@ -36,28 +36,54 @@ def _typed(key: str, text: str) -> Any:
     return text
 
 
+def _items(text: str) -> list[str]:
+    """A comma-separated form field as its non-empty, stripped items."""
+    return [t.strip() for t in text.split(",") if t.strip()]
+
+
+def _flag(text: str) -> Any:
+    """'on'/'off' (true/false, 1/0, yes/no) as a bool; other text stays text, so the validation error names it."""
+    return _BOOL.get(text.strip().lower(), text)
+
+
 def form_to_body(form: Mapping[str, str], config_text: str | None = None) -> dict[str, Any]:
     """A JSON body for /api/v1/estimate from the page's flat form fields (unknown fields are ignored)."""
     def pick(*keys: str) -> dict[str, Any]:
         return {k: _typed(k, form[k]) for k in keys if form.get(k, "") != ""}
 
     def flags(*keys: str) -> dict[str, Any]:
-        return {k: _BOOL.get(form[k].lower(), form[k]) for k in keys if form.get(k, "") != ""}
+        return {k: _flag(form[k]) for k in keys if form.get(k, "") != ""}
 
-    lora: dict[str, Any] = pick("r", "lora_alpha", "lora_dropout", "bias")
+    def lists(*keys: str, item: Any = str) -> dict[str, Any]:
+        """Comma-separated fields as lists; an empty field is left out (the API's null)."""
+        return {k: [item(t) for t in _items(form[k])] for k in keys if _items(form.get(k, ""))}
+
+    def whole(text: str) -> Any:
+        """A list item that should be a whole number; other text stays text for the validation error."""
+        return int(text) if text.lstrip("-").isdigit() else text
+
+    lora: dict[str, Any] = {**pick("r", "lora_alpha", "lora_dropout", "bias"), **flags("use_rslora"),
+                            **lists("modules_to_save", "target_parameters"),
+                            **lists("layers_to_transform", item=whole), **lists("enable_lora", item=_flag)}
     lora["target_modules"] = parse_target_modules(form.get("target_modules", DEFAULT_TARGETS))
-    if form.get("modules_to_save", "").strip():
-        lora["modules_to_save"] = [m.strip() for m in form["modules_to_save"].split(",") if m.strip()]
+    training: dict[str, Any] = {
+        **pick("precision", "optim", "momentum", "micro_batch_size", "gradient_accumulation_steps", "seq_len",
+               "attn_implementation", "framework", "num_output_chunks"),
+        **flags("gradient_checkpointing", "use_liger_kernel", "activation_offloading", "packing", "padding_free",
+                "torch_compile", "optimizer_in_bwd"),
+        **lists("custom_sharded_layers"),
+    }
+    if form.get("use_reentrant", "") != "":  # empty: what transformers passes by default
+        training["gradient_checkpointing_kwargs"] = {"use_reentrant": _flag(form["use_reentrant"])}
     body: dict[str, Any] = {
         "model": form.get("model") or DEFAULT_MODEL,
+        **pick("transformers_version", "torch_version"),
         "method": form.get("method") or "lora",
         "lora": lora,
-        "quantization": {**pick("bnb_4bit_quant_type", "bnb_4bit_compute_dtype", "blocksize"),
+        "quantization": {**pick("bnb_4bit_quant_type", "bnb_4bit_compute_dtype", "bnb_4bit_quant_storage",
+                                "blocksize"),
                          **flags("bnb_4bit_use_double_quant", "prepare_kbit", "load_in_8bit")},
-        "training": {**pick("precision", "optim", "micro_batch_size", "gradient_accumulation_steps", "seq_len",
-                            "attn_implementation", "framework"),
-                     **flags("gradient_checkpointing", "use_liger_kernel", "activation_offloading", "packing",
-                             "padding_free")},
+        "training": training,
         "hardware": pick("gpu", "num_gpus", "sharding", "pytorch_cuda_alloc_conf", "offload_optimizer",
                          "offload_param", "reduce_bucket_size", "stage3_prefetch_bucket_size"),
     }

@@ -64,7 +64,8 @@ MAX_UPLOAD_BYTES = 256 * 1024
 NOT_IN_URL = ("config", "config_file")
 # empty means "default" for these, so links leave them out (not target_modules: empty there = PEFT's default)
 DROP_EMPTY = ("tokens", "mfu", "price", "qlora_slowdown", "dora_slowdown", "modules_to_save", "attn_implementation",
-              "usd_per_kwh", "buy_price")
+              "usd_per_kwh", "buy_price", "target_parameters", "layers_to_transform", "enable_lora", "use_reentrant",
+              "momentum", "num_output_chunks", "custom_sharded_layers")
 
 router = APIRouter(include_in_schema=False)
 
