@@ -19,6 +19,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, Field
 
+from app.accuracy.residuals import RESIDUALS
 from app.accuracy.rows import COUNTER, CSV_PATH, NOT_A_STEP, Mapped, Skip, map_row, read_rows, run, settings_text
 from app.core.errors import PlanError
 from app.core.request import PlanRequest
@@ -48,6 +49,8 @@ class ComparedRow(BaseModel):
                                         "false)")
     in_medians: bool = Field(description="false for weights-only rows (not a training step)")
     notes: list[str]
+    residual: str | None = Field(None, description="rows more than 10% off: what is known about the difference (the "
+                                 "cause, or what was ruled out); app/accuracy/residuals.py")
 
 
 class SkippedRow(BaseModel):
@@ -165,6 +168,7 @@ def _row(mp: Mapped) -> ComparedRow:
         ours_gib=round(mp.ours["match"], 3) if mp.ours else None,
         error_percent=None if mp.error is None else round(100 * mp.error, 2),
         predicted_fits=mp.predicted_fits, in_medians=not weights and not mp.oom, notes=mp.notes,
+        residual=RESIDUALS.get(int(r["row_id"])),
     )
 
 
