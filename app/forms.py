@@ -95,6 +95,45 @@ def form_to_body(form: Mapping[str, str], config_text: str | None = None) -> dic
     return body
 
 
+_NESTED = {("training", "gradient_checkpointing_kwargs"): {"use_reentrant": "use_reentrant"}}
+"""Request objects inside a section whose fields are flat page fields (section, field) → {key: page field}."""
+
+
+def _text(value: Any) -> str:
+    """A request value as the page's form text: booleans 'on'/'off', lists comma-separated, null empty."""
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if isinstance(value, list):
+        return ",".join(_text(v) for v in value)
+    return "" if value is None else str(value)
+
+
+def body_to_form(body: Mapping[str, Any]) -> tuple[dict[str, str], str | None]:
+    """The page's flat form for a request body, the inverse of :func:`form_to_body` (an imported config shown on
+    the page), and the config.json text when the model is given by its config (not part of a URL). A section field
+    the body leaves out is left out, except ``target_modules``: absent, it is PEFT's default (the empty field)."""
+    form: dict[str, str] = {}
+    config_text = None
+    model = body.get("model")
+    if isinstance(model, Mapping):
+        config_text = json.dumps(model.get("config"), indent=2)
+    elif model is not None:
+        form["model"] = _text(model)
+    for key in ("method", "transformers_version", "torch_version"):
+        if key in body:
+            form[key] = _text(body[key])
+    for section in ("lora", "quantization", "training", "hardware"):
+        fields = body.get(section)
+        for name, value in (fields.items() if isinstance(fields, Mapping) else ()):
+            nested = _NESTED.get((section, name))
+            if nested is not None and isinstance(value, Mapping):
+                form.update({nested[k]: _text(v) for k, v in value.items() if k in nested})
+            else:
+                form[name] = _text(value)
+    form.setdefault("target_modules", "")
+    return form, config_text
+
+
 def parse_form(form: Mapping[str, str], config_text: str | None = None) -> tuple[PlanRequest | None, list[str]]:
     """The request, or None and readable errors naming each field."""
     body = form_to_body(form, config_text)

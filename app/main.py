@@ -18,7 +18,7 @@ from app.core.errors import PlanError
 from app.errors import as_detail
 from app.jobs.pg import StoreUnavailable
 from app.pool import ClientGone, watch_exit_signals
-from app.routers import accuracy, api_v1, apidocs, calibrate, export, pages, trace, workers
+from app.routers import accuracy, api_v1, apidocs, calibrate, export, imports, pages, trace, workers
 from app.settings import get_settings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -186,6 +186,7 @@ def create_app() -> FastAPI:
     app.include_router(workers.router)
     app.include_router(accuracy.router)
     app.include_router(export.router)
+    app.include_router(imports.router)
     app.include_router(pages.router)
     app.include_router(apidocs.router)
     app.mount("/static/apidocs", StaticFiles(directory=apidocs.ASSETS), name="apidocs")

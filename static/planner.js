@@ -9,10 +9,11 @@
   if (!form || !results || !window.fetch || !window.URLSearchParams) return;
   var status = document.getElementById("status");
   var errorsBox = document.getElementById("errors");
-  var SKIP = { config: 1, config_file: 1 };
+  var SKIP = { config: 1, config_file: 1, train_config: 1, train_files: 1 };
   // empty means "default" for these, so the shared URL can leave them out (not target_modules: empty = PEFT's default)
   var DROP_EMPTY = { tokens: 1, mfu: 1, price: 1, qlora_slowdown: 1, dora_slowdown: 1, modules_to_save: 1,
-    attn_implementation: 1, usd_per_kwh: 1, buy_price: 1 };
+    attn_implementation: 1, usd_per_kwh: 1, buy_price: 1, target_parameters: 1, layers_to_transform: 1,
+    enable_lora: 1, use_reentrant: 1, momentum: 1, num_output_chunks: 1, custom_sharded_layers: 1 };
   var timer = null;
   var seq = 0;
 

@@ -46,7 +46,7 @@ Pure Python: imports neither torch nor FastAPI (PyYAML for YAML; ``app.core.cata
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -54,7 +54,15 @@ from app.importers.accelerate import from_accelerate
 from app.importers.assumed import memory_fields, planner_defaults
 from app.importers.axolotl import from_axolotl
 from app.importers.bnb import compute_dtype, from_bnb
-from app.importers.common import ConfigImportError, Format, Imported, ImportNote, NoteKind, resolve_model
+from app.importers.common import (
+    ConfigImportError,
+    Format,
+    Imported,
+    ImportNote,
+    NoteKind,
+    resolve_model,
+    without_local_files,
+)
 from app.importers.detect import detect, detect_format
 from app.importers.files import import_data, import_file, load_plan_file, parse_text
 from app.importers.hf_training import from_hf_training
@@ -71,7 +79,18 @@ from app.importers.trl import from_trl
 def load_plan_files(paths: Iterable[str | Path]) -> tuple[dict[str, Any], list[ImportNote]]:
     """Several files, each imported (format auto-detected) and then merged in order → (body, notes). The first
     note of each file (kind ``detected``) says what it was read as."""
-    imported = [import_file(p) for p in paths]
+    return combine([import_file(p) for p in paths])
+
+
+def import_texts(files: Sequence[tuple[str, str]]) -> tuple[dict[str, Any], list[ImportNote]]:
+    """Uploaded files as ``(name, text)``, imported and merged as :func:`load_plan_files` does, reading no file a
+    config names (:func:`without_local_files`): POST /api/v1/import and the page's import."""
+    with without_local_files():
+        return combine([import_data(parse_text(text, name), name) for name, text in files])
+
+
+def combine(imported: Sequence[Imported]) -> tuple[dict[str, Any], list[ImportNote]]:
+    """Imported files merged in order → (body, notes), each file's notes after its ``detected`` note."""
     body, merge_notes = merge([i.body for i in imported], [i.source for i in imported])
     later: set[str] = set()  # request fields set by the files after the one being read
     per_file: list[list[ImportNote]] = []
@@ -111,6 +130,7 @@ __all__ = [
     "from_trl",
     "import_data",
     "import_file",
+    "import_texts",
     "load_plan_file",
     "load_plan_files",
     "map_optimizer",
@@ -119,4 +139,5 @@ __all__ = [
     "parse_text",
     "planner_defaults",
     "resolve_model",
+    "without_local_files",
 ]

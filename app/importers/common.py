@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
+
+from app.core.hub_ids import parse_hub_id
 
 # unknown / unsupported / ignored / note: see app/importers/__init__.py; assumed: a memory-relevant request
 # field that no input gave, filled with a default (``field`` and ``value`` say which); detected: the format
@@ -18,6 +22,30 @@ Format = Literal["plan", "peft", "bnb", "axolotl", "hf_training", "model_config"
 
 PLAN_KEYS = frozenset({"model", "method", "lora", "quantization", "training", "hardware"})
 SECTIONS = ("lora", "quantization", "training", "hardware")
+
+
+_READ_LOCAL_FILES: ContextVar[bool] = ContextVar("importers_read_local_files", default=True)
+
+
+@contextmanager
+def without_local_files() -> Iterator[None]:
+    """Within it, importers read no file a config names (a model directory, a DeepSpeed JSON, a ``tune run``
+    config): on the server (POST /api/v1/import) such a path is on the user's machine, not the server's disk. What
+    would have been read is noted instead, saying to upload that file too."""
+    token = _READ_LOCAL_FILES.set(False)
+    try:
+        yield
+    finally:
+        _READ_LOCAL_FILES.reset(token)
+
+
+def local_files() -> bool:
+    """Whether importers may read the files a config names (the CLI: yes; the server: :func:`without_local_files`)."""
+    return _READ_LOCAL_FILES.get()
+
+
+UPLOAD_IT = "the server reads no file a config names"
+"""Said where :func:`without_local_files` kept an importer from reading a file the config names."""
 
 
 @dataclass(frozen=True)
@@ -217,6 +245,18 @@ def resolve_model(value: Any, source: str, key: str, base_dir: Path | None = Non
         found = by_lower[bare.lower()]
         notes.append(ImportNote(source, key, "note", f"{text!r} read as the catalog model {found!r}"))
         return found, notes
+    if not local_files():
+        if parse_hub_id(bare) is not None:
+            notes.append(ImportNote(source, key, "note", f"{text!r} read as a Hub id: the planner fetches its "
+                                    "config.json (never the weights)"))
+            return bare, notes
+        notes.append(ImportNote(
+            source, key, "unsupported",
+            f"{text!r} is not a catalog model ({len(ids)} ids, GET /api/v1/models);{did_you_mean(suggest_models(text))}"
+            f" if it is a Hub id, set it as the model; if it is a directory, {UPLOAD_IT}: upload its config.json "
+            "with this file",
+        ))
+        return None, notes
     candidates = [Path(text).expanduser()]
     if base_dir is not None and not Path(text).is_absolute():
         candidates.insert(0, base_dir / text)

@@ -9,7 +9,16 @@ from pathlib import Path
 from typing import Any
 
 from app.core.deepspeed import DEEPSPEED_BUCKET_DEFAULTS
-from app.importers.common import ConfigImportError, ImportNote, NoteKind, is_unset, non_negative_int, positive_int
+from app.importers.common import (
+    UPLOAD_IT,
+    ConfigImportError,
+    ImportNote,
+    NoteKind,
+    is_unset,
+    local_files,
+    non_negative_int,
+    positive_int,
+)
 
 
 def deepspeed_sharding(ds: Any, source: str, base_dir: Path | None, hardware: dict[str, Any],
@@ -24,7 +33,9 @@ def deepspeed_sharding(ds: Any, source: str, base_dir: Path | None, hardware: di
     if is_unset(ds):
         return
     cfg: Any = ds if isinstance(ds, Mapping) else None
-    if isinstance(ds, str):
+    if isinstance(ds, str) and not local_files():
+        note("deepspeed", "unsupported", f"{ds!r} not read: {UPLOAD_IT}; set hardware.sharding if its name misleads")
+    elif isinstance(ds, str):
         for path in ([base_dir / ds] if base_dir else []) + [Path(ds)]:
             if path.is_file():
                 try:

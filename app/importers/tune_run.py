@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from app.importers.common import ConfigImportError, positive_int
+from app.importers.common import UPLOAD_IT, ConfigImportError, local_files, positive_int
 
 _SEPARATORS = ("&&", "||", ";", "|", "&")
 _FLAGS = frozenset({"--standalone", "--no-python", "--no_python", "--run-path", "--run_path", "--module", "-m"})
@@ -97,6 +97,8 @@ def load_config(run: TuneRun, source: str, base_dir: Path | None) -> tuple[dict[
     A built-in config name (``llama3_2/3B_qlora_single_device``) is not shipped here: refused, saying how to copy it."""
     import yaml
 
+    if not local_files():
+        raise ConfigImportError(source, "--config", f"{run.config!r} not read: {UPLOAD_IT}; upload the YAML itself")
     name = Path(run.config).expanduser()
     candidates = [name] if name.is_absolute() else [(base_dir or Path.cwd()) / name, Path.cwd() / name]
     path = next((p for c in candidates for p in (c, c.with_name(c.name + ".yaml")) if p.is_file()), None)

@@ -33,19 +33,8 @@ from app.core.catalog import did_you_mean, suggest_models
 from app.core.errors import PlanError
 from app.settings import Settings, get_settings
 
-# huggingface_hub's REPO_ID rules (utils/_validators.py): namespace/name of [\w.-], at most 96 characters;
-# "@revision" (branch, tag or commit) is this planner's spelling of hf_hub_download's ``revision``.
-HUB_ID = re.compile(r"(?P<repo>[A-Za-z0-9][\w.-]{0,95}/[A-Za-z0-9][\w.-]{0,95})(?:@(?P<rev>[\w./-]{1,128}))?")
 COMMIT_SHA = re.compile(r"[0-9a-f]{40}")
 PASTE = 'or paste the model\'s config.json ({"model": {"config": {...}}}, or the page\'s config field)'
-
-
-def parse_hub_id(text: str) -> tuple[str, str | None] | None:
-    """``'org/name'`` or ``'org/name@revision'`` → (repo id, revision or None); None when it is not a Hub id."""
-    match = HUB_ID.fullmatch(text.strip())
-    if match is None or ".." in match["repo"] or match["repo"].endswith((".", "-")):
-        return None
-    return match["repo"], match["rev"]
 
 
 @dataclass(frozen=True)

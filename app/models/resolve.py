@@ -18,12 +18,13 @@ from pydantic import ValidationError
 
 from app.core.catalog import model_config, model_configs, model_source
 from app.core.errors import PlanError
+from app.core.hub_ids import parse_hub_id
 from app.core.litgpt import with_default_targets
 from app.core.model_types import checkpoint_quantization_note, remote_code_reason
 from app.core.request import ModelConfig, PlanRequest
 from app.core.result import EstimateResult, ModelSource
 from app.models.generic import ensure_generic
-from app.models.hub import hub_config, hub_error, parse_hub_id
+from app.models.hub import hub_config, hub_error
 from app.models.peak_fit import ensure_peak_fit
 
 

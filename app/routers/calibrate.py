@@ -194,8 +194,8 @@ def _plan_json(body: dict[str, Any]) -> str:
 async def calibrate_this_plan(request: Request, settings: SettingsDep) -> HTMLResponse:
     """'Calibrate this plan' from the planner: its form fields (a pasted config.json included) → the calibrate
     form holding that plan as JSON, to be sent with the token. Starts nothing."""
-    data = await request.form()
-    form = {k: v for k, v in data.items() if isinstance(v, str)}
+    async with request.form() as data:  # closes the uploads' spooled files
+        form = {k: v for k, v in data.items() if isinstance(v, str)}
     config_text = form.pop("config", "") or None
     return _form(request, settings, _plan_json(form_to_body(form, config_text)), {}, status=200, from_plan=True)
 

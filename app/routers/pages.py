@@ -10,15 +10,17 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
-from fastapi import APIRouter, Request, UploadFile
+from fastapi import APIRouter, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi.templating import Jinja2Templates
+from starlette.datastructures import UploadFile  # what request.form() holds (FastAPI's is a subclass)
 
 from app.cache import ResponseCache
 from app.core import PlanError, estimate, format_bytes
@@ -32,6 +34,7 @@ from app.exporters.hf import curl_snippet, python_snippet
 from app.formatting import format_flops, format_hours, format_tokens, format_usd, short_gpu
 from app.forms import DEFAULT_MODEL, form_to_body, parse_cost_options, parse_form
 from app.gpu_table import gpu_rows, price_dates, price_source
+from app.importers import ImportNote
 from app.jobs.learning import data_version, measured_mfus, measured_slowdowns
 from app.models.resolve import resolve_request, with_source
 from app.settings import Settings
@@ -61,7 +64,7 @@ templates.env.globals.update(view_globals=view_globals, bar_label=bar_label, gpu
                              price_dates=price_dates, price_source=price_source, source_text=source_text)
 
 MAX_UPLOAD_BYTES = 256 * 1024
-NOT_IN_URL = ("config", "config_file")
+NOT_IN_URL = ("config", "config_file", "train_config", "train_files")
 # empty means "default" for these, so links leave them out (not target_modules: empty there = PEFT's default)
 DROP_EMPTY = ("tokens", "mfu", "price", "qlora_slowdown", "dora_slowdown", "modules_to_save", "attn_implementation",
               "usd_per_kwh", "buy_price", "target_parameters", "layers_to_transform", "enable_lora", "use_reentrant",
@@ -77,11 +80,11 @@ def _query(form: dict[str, str], **changes: str) -> str:
     return urlencode(merged)
 
 
-def _context(request: Request, form: dict[str, str], config_text: str | None,
-             settings: Settings) -> dict[str, Any]:
+def _context(request: Request, form: dict[str, str], config_text: str | None, settings: Settings,
+             import_errors: Sequence[str] = (), import_notes: Sequence[ImportNote] = ()) -> dict[str, Any]:
     req, errors = parse_form(form, config_text)
     options, option_errors = parse_cost_options(form)
-    errors = errors + option_errors
+    errors = [*import_errors, *errors, *option_errors]
     if req is not None and isinstance(req.model, str):
         # measured QLoRA slowdowns from this server's GPU calibrations replace the default (not the user's)
         measured = measured_slowdowns(settings, req.model)
@@ -137,11 +140,15 @@ def _context(request: Request, form: dict[str, str], config_text: str | None,
         "levers": lever_result,
         "lever_links": lever_links,
         "paged_note": paged_verdict(result, view.gpu.vram_bytes) if result and view else "",
+        "import_notes": [n for n in import_notes if n.kind != "ignored"],
     }
 
 
-def _render(request: Request, form: dict[str, str], config_text: str | None, settings: Settings) -> HTMLResponse:
-    context = _context(request, form, config_text, settings)  # may fetch a Hub config: runs in a worker thread
+def render_page(request: Request, form: dict[str, str], config_text: str | None, settings: Settings,
+                import_errors: Sequence[str] = (), import_notes: Sequence[ImportNote] = ()) -> HTMLResponse:
+    """The planner page for ``form`` (and a pasted config.json); ``import_errors`` / ``import_notes``: what POST
+    /import says about the uploaded configs. May fetch a Hub config: runs in a worker thread."""
+    context = _context(request, form, config_text, settings, import_errors, import_notes)
     return templates.TemplateResponse(request, "index.html", context, status_code=422 if context["errors"] else 200)
 
 
@@ -155,7 +162,7 @@ async def planner(request: Request, settings: SettingsDep, pool: EstimatePoolDep
     cached = PAGES.get(key)
     if cached is None:
         form = dict(request.query_params)
-        page = await pool.run(request, lambda check: _render(request, form, None, settings))
+        page = await pool.run(request, lambda check: render_page(request, form, None, settings))
         cached = page.status_code.to_bytes(2, "big") + bytes(page.body)
         PAGES.put(key, cached)
     return HTMLResponse(cached[2:], status_code=int.from_bytes(cached[:2], "big"))
@@ -164,16 +171,16 @@ async def planner(request: Request, settings: SettingsDep, pool: EstimatePoolDep
 @router.post("/", response_class=HTMLResponse)
 async def planner_with_config(request: Request, settings: SettingsDep) -> HTMLResponse:
     """Same page for a pasted or uploaded config.json (multipart or urlencoded form)."""
-    data = await request.form()
-    form = {k: v for k, v in data.items() if isinstance(v, str)}
-    config_text = form.pop("config", "") or None
-    upload = data.get("config_file")
-    if isinstance(upload, UploadFile) and upload.filename:
-        raw = await upload.read(MAX_UPLOAD_BYTES + 1)
-        config_text = raw[:MAX_UPLOAD_BYTES].decode("utf-8", errors="replace") if len(raw) <= MAX_UPLOAD_BYTES \
-            else '"config_file over 256 KiB"'
+    async with request.form() as data:  # closes the uploads' spooled files
+        form = {k: v for k, v in data.items() if isinstance(v, str)}
+        config_text = form.pop("config", "") or None
+        upload = data.get("config_file")
+        if isinstance(upload, UploadFile) and upload.filename:
+            raw = await upload.read(MAX_UPLOAD_BYTES + 1)
+            config_text = raw[:MAX_UPLOAD_BYTES].decode("utf-8", errors="replace") if len(raw) <= MAX_UPLOAD_BYTES \
+                else '"config_file over 256 KiB"'
     # a pasted model_type outside the hand-written rules is built in a worker: keep the event loop free
-    return await run_in_threadpool(_render, request, form, config_text, settings)
+    return await run_in_threadpool(render_page, request, form, config_text, settings)
 
 
 @router.get("/compare.json")
