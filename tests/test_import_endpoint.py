@@ -15,8 +15,9 @@ from fastapi.testclient import TestClient
 from app.core import PlanRequest, estimate, format_bytes
 from app.forms import body_to_form, form_to_body, parse_form
 from app.importers import import_file
+from app.limits import MAX_IMPORT_FILE_BYTES as MAX_FILE_BYTES
+from app.limits import MAX_IMPORT_FILES as MAX_FILES
 from app.main import create_app
-from app.routers.imports import MAX_FILE_BYTES, MAX_FILES
 from tests.test_page_fields import BASE, CASES
 from tests.test_pages import Page
 
@@ -119,6 +120,9 @@ def test_bad_uploads_name_the_file(client: TestClient) -> None:
     status, detail = post_text("foo: 1\n")
     assert status == 422 and detail["loc"] == ["body", "x.yaml"] and "top-level keys: foo" in str(detail["msg"])
     assert post_text("")[0] == 422
+    # the bounds, as GET /api/v1/limits serves them: 8 files of 256 KiB, 50,000 JSON values
+    assert client.get("/api/v1/limits").json()["import"] == {"max_files": 8, "max_file_bytes": 262_144,
+                                                             "max_values": 50_000}
     assert post_text("a: " + "x" * MAX_FILE_BYTES)[0] == 413
     many = [("f", (f"{i}.yaml", AXOLOTL)) for i in range(MAX_FILES + 1)]
     assert client.post("/api/v1/import", files=many).status_code == 413

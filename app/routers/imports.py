@@ -22,20 +22,11 @@ from app.deps import SettingsDep
 from app.errors import api_error, error_responses
 from app.forms import body_to_form
 from app.importers import ConfigImportError, ImportNote, import_texts, planner_defaults
+from app.limits import MAX_IMPORT_FILE_BYTES, MAX_IMPORT_FILES, MAX_IMPORT_VALUES
 from app.routers.pages import render_page
 from app.settings import Settings
 
 router = APIRouter()
-
-MAX_FILE_BYTES = 256 * 1024
-"""Largest uploaded file (bytes): real trainer configs are a few KiB; the page's config.json upload has the same
-limit."""
-MAX_FILES = 8
-"""Most files in one import (a trainer config, its accelerate/DeepSpeed launcher, an adapter_config.json, a
-BitsAndBytesConfig, a model config.json, …)."""
-MAX_BODY_VALUES = 50_000
-"""Most JSON values in the imported body: YAML anchors let a small file stand for a huge tree."""
-
 
 class Note(BaseModel):
     source: str = Field(description="the file, as uploaded (or 'planner' for a planner default)")
@@ -77,14 +68,14 @@ def run_import(files: list[tuple[str, str]]) -> tuple[dict[str, Any], list[Impor
     except ConfigImportError as exc:
         loc: list[str | int] = ["body", exc.source, *([exc.key] if exc.key else [])]
         raise api_error(422, loc, exc.message, "import_error") from None
-    if _count_values(body, MAX_BODY_VALUES) > MAX_BODY_VALUES:
-        raise api_error(413, ["body"], f"the imported plan has more than {MAX_BODY_VALUES} JSON values", "too_large")
+    if _count_values(body, MAX_IMPORT_VALUES) > MAX_IMPORT_VALUES:
+        raise api_error(413, ["body"], f"the imported plan has more than {MAX_IMPORT_VALUES} JSON values", "too_large")
     return body, notes + planner_defaults(body)
 
 
 def _decoded(name: str, raw: bytes) -> tuple[str, str]:
-    if len(raw) > MAX_FILE_BYTES:
-        raise api_error(413, ["body", name], f"over {MAX_FILE_BYTES // 1024} KiB", "too_large")
+    if len(raw) > MAX_IMPORT_FILE_BYTES:
+        raise api_error(413, ["body", name], f"over {MAX_IMPORT_FILE_BYTES // 1024} KiB", "too_large")
     try:
         return name, raw.decode("utf-8")
     except UnicodeDecodeError:
@@ -96,10 +87,10 @@ async def _uploads(form: FormData, text_fields: Iterable[str] = ()) -> list[tupl
     """(name, text) of each uploaded file part with a file name, then each non-empty pasted text field."""
     out: list[tuple[str, str]] = []
     parts = [v for _, v in form.multi_items() if isinstance(v, UploadFile) and v.filename]
-    if len(parts) > MAX_FILES:
-        raise api_error(413, ["body"], f"at most {MAX_FILES} files in one import", "too_many_files")
+    if len(parts) > MAX_IMPORT_FILES:
+        raise api_error(413, ["body"], f"at most {MAX_IMPORT_FILES} files in one import", "too_many_files")
     for part in parts:
-        out.append(_decoded(part.filename or "upload", await part.read(MAX_FILE_BYTES + 1)))
+        out.append(_decoded(part.filename or "upload", await part.read(MAX_IMPORT_FILE_BYTES + 1)))
     for field in text_fields:
         text = form.get(field)
         if isinstance(text, str) and text.strip():
@@ -121,7 +112,7 @@ async def post_import(request: Request, filename: str = "upload") -> ImportResul
     config.json, a PlanRequest (docs/cli.md). A path inside a config (a model directory, a DeepSpeed JSON) is not
     read: set that field, or upload the model's config.json with the config."""
     if request.headers.get("content-type", "").startswith("multipart/form-data"):
-        async with request.form(max_files=MAX_FILES + 1) as form:  # closes the uploads' spooled files
+        async with request.form(max_files=MAX_IMPORT_FILES + 1) as form:  # closes the uploads' spooled files
             files = await _uploads(form)
     else:
         raw = await request.body()
@@ -134,7 +125,7 @@ async def post_import(request: Request, filename: str = "upload") -> ImportResul
 async def import_page(request: Request, settings: SettingsDep) -> HTMLResponse:
     """The planner form's "Import" button: the planner page with the imported plan in its form and the notes above
     the results; an import error is shown as the page's error (422), naming the file."""
-    async with request.form(max_files=MAX_FILES + 1) as form:  # closes the uploads' spooled files
+    async with request.form(max_files=MAX_IMPORT_FILES + 1) as form:  # closes the uploads' spooled files
         fields = {k: v for k, v in form.items() if isinstance(v, str)}
         try:
             files = await _uploads(form, ("train_config",))
