@@ -14,7 +14,7 @@ from fastapi.testclient import TestClient
 
 from app.core import PlanRequest, estimate, format_bytes
 from app.forms import body_to_form, form_to_body, parse_form
-from app.importers import import_file
+from app.importers import ConfigImportError, import_data, import_file
 from app.limits import MAX_IMPORT_FILE_BYTES as MAX_FILE_BYTES
 from app.limits import MAX_IMPORT_FILES as MAX_FILES
 from app.main import create_app
@@ -108,6 +108,38 @@ def test_files_merge_in_order(client: TestClient) -> None:
     assert out["request"]["model"] == {"config": TINY_LLAMA} and out["request"]["lora"]["r"] == 16
     assert out["page"] is None  # a config.json is not part of a URL
     assert [n["source"] for n in out["notes"] if n["kind"] == "detected"] == ["qlora.yaml", "config.json"]
+
+
+def test_a_deepspeed_json_uploaded_with_its_trainer_config(client: TestClient) -> None:
+    """The YAML names deepspeed_configs/zero3.json; the uploaded DeepSpeed file says stage 2 with the optimizer in
+    host RAM and a 5e8-element reduce bucket: merged after the YAML, the file's settings win over its name."""
+    ds = {"zero_optimization": {"stage": 2, "offload_optimizer": {"device": "cpu"}, "reduce_bucket_size": 5e8},
+          "train_micro_batch_size_per_gpu": "auto", "gradient_accumulation_steps": "auto", "bf16": {"enabled": "auto"},
+          "optimizer": {"type": "AdamW", "params": {"lr": "auto"}}, "scheduler": {"type": "WarmupLR"},
+          "activation_checkpointing": {"partition_activations": True}}
+    out = client.post("/api/v1/import", files=[("f", ("qlora.yaml", AXOLOTL)),
+                                               ("f", ("zero2.json", json.dumps(ds)))]).json()
+    hw = out["request"]["hardware"]
+    assert (hw["sharding"], hw["offload_optimizer"], hw["reduce_bucket_size"]) == ("zero2", "cpu", 500_000_000)
+    assert out["request"]["training"]["micro_batch_size"] == 2  # "auto": the YAML's
+    notes = {(n["source"], n["key"]): n["kind"] for n in out["notes"]}
+    assert notes[("zero2.json", "")] == "detected"
+    assert notes[("zero2.json", "activation_checkpointing")] == "unsupported"
+    assert notes[("zero2.json", "optimizer")] == notes[("zero2.json", "scheduler")] == "ignored"
+    assert any(n["message"].startswith("detected DeepSpeed config") for n in out["notes"])
+
+
+def test_deepspeed_batch_keys_and_defaults() -> None:
+    """Integer batch keys fix the training fields; a ZeRO-3 config without bucket sizes runs with DeepSpeed's own
+    defaults (runtime/zero/config.py: reduce_bucket_size 5e8, stage3_prefetch_bucket_size 5e7 elements)."""
+    data = {"zero_optimization": {"stage": 3}, "train_micro_batch_size_per_gpu": 4, "gradient_accumulation_steps": 2}
+    body = import_data(data, "ds.json").body
+    assert body == {"training": {"micro_batch_size": 4, "gradient_accumulation_steps": 2},
+                    "hardware": {"sharding": "zero3", "reduce_bucket_size": 500_000_000,
+                                 "stage3_prefetch_bucket_size": 50_000_000}}
+    with pytest.raises(ConfigImportError) as info:
+        import_data({**data, "train_micro_batch_size_per_gpu": 0}, "ds.json")
+    assert info.value.key == "train_micro_batch_size_per_gpu"
 
 
 def test_bad_uploads_name_the_file(client: TestClient) -> None:

@@ -23,6 +23,8 @@ Formats, detected by content (JSON or YAML, whatever the file is called; :mod:`.
   (:mod:`.unsloth`); framework 'unsloth'.
 - ``accelerate``: an accelerate launch config (``accelerate launch --config_file x.yaml``): GPU count, DeepSpeed /
   FSDP sharding and offload (:mod:`.accelerate`).
+- ``deepspeed``: a DeepSpeed config JSON on its own (the file a trainer config's ``deepspeed:`` names): ZeRO stage,
+  CPU offload, bucket sizes, integer batch keys (:mod:`.deepspeed`).
 - ``model_config``: a model's ``config.json`` (becomes ``{"model": {"config": …}}``; a bitsandbytes
   ``quantization_config`` inside it is imported as ``bnb``) (:mod:`.model_config`).
 

@@ -18,7 +18,7 @@ from app.core.hub_ids import parse_hub_id
 # a file was read as.
 NoteKind = Literal["unknown", "unsupported", "ignored", "note", "assumed", "detected"]
 Format = Literal["plan", "peft", "bnb", "axolotl", "hf_training", "model_config", "llama_factory", "ms_swift", "trl",
-                 "litgpt", "torchtune", "accelerate", "unsloth"]
+                 "litgpt", "torchtune", "accelerate", "unsloth", "deepspeed"]
 
 PLAN_KEYS = frozenset({"model", "method", "lora", "quantization", "training", "hardware"})
 SECTIONS = ("lora", "quantization", "training", "hardware")

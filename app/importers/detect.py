@@ -10,6 +10,7 @@ from app.importers.axolotl import AXOLOTL_KNOWN, AXOLOTL_MARKERS
 from app.importers.bnb import BNB_KEYS
 from app.importers.cli_args import CliArgs
 from app.importers.common import PLAN_KEYS, ConfigImportError, Format
+from app.importers.deepspeed import DEEPSPEED_MARKERS
 from app.importers.hf_training import HF_TRAINING_FIELDS, LEGACY_FIELDS, is_sft_config
 from app.importers.litgpt import LITGPT_MARKERS
 from app.importers.llama_factory import LF_MARKERS
@@ -28,7 +29,7 @@ NAMES: dict[str, str] = {
     "axolotl": "axolotl config", "hf_training": "HF TrainingArguments", "model_config": "model config.json",
     "llama_factory": "LLaMA-Factory config", "ms_swift": "ms-swift arguments", "trl": "TRL recipe",
     "litgpt": "litgpt finetune config", "torchtune": "torchtune recipe config", "accelerate": "accelerate config",
-    "unsloth": "Unsloth script",
+    "unsloth": "Unsloth script", "deepspeed": "DeepSpeed config",
 }
 
 
@@ -65,6 +66,8 @@ def detect(data: Any, source: str = "input") -> tuple[Format, str]:
         return "plan", f"{NAMES['plan']} ({_shown(keys)})"
     if "peft_type" in keys:
         return "peft", f"{NAMES['peft']} (peft_type {data['peft_type']!r})"
+    if "zero_optimization" in keys or len(keys & DEEPSPEED_MARKERS) >= 2:
+        return "deepspeed", f"{NAMES['deepspeed']} ({_shown(keys & DEEPSPEED_MARKERS)})"
     launch = keys & ACCELERATE_MARKERS
     if "distributed_type" in keys or len(launch) >= 2:  # `accelerate config` writes these; no trainer spells them
         return "accelerate", f"{NAMES['accelerate']} ({_shown(launch)})"
@@ -99,7 +102,7 @@ def detect(data: Any, source: str = "input") -> tuple[Format, str]:
         source, None,
         "not a PlanRequest body, PEFT adapter_config.json, BitsAndBytesConfig, axolotl YAML, HF TrainingArguments / "
         "TRL SFTConfig, TRL recipe, LLaMA-Factory YAML, ms-swift arguments, litgpt config, torchtune config, "
-        "accelerate config or config.json (top-level keys: "
+        "accelerate config, DeepSpeed config or config.json (top-level keys: "
         f"{_shown(keys, 12)})",
     )
 

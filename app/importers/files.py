@@ -14,6 +14,7 @@ from app.importers.axolotl import from_axolotl
 from app.importers.bnb import from_bnb
 from app.importers.cli_args import parse_command
 from app.importers.common import ConfigImportError, Format, Imported, ImportNote
+from app.importers.deepspeed import from_deepspeed
 from app.importers.detect import NAMES, detect
 from app.importers.hf_training import from_hf_training
 from app.importers.litgpt import from_litgpt
@@ -61,6 +62,8 @@ def import_data(data: Any, source: str = "input", fmt: Format | None = None,
         body, notes = from_accelerate(data, source, base_dir)
     elif fmt == "unsloth":
         body, notes = from_unsloth(data, source, base_dir)
+    elif fmt == "deepspeed":
+        body, notes = from_deepspeed(data, source)
     else:  # pragma: no cover - Literal exhausted
         raise ConfigImportError(source, None, f"unknown format {fmt!r}")
     return Imported(source, fmt, body, notes, detected or NAMES[fmt])

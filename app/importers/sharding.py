@@ -34,7 +34,7 @@ def deepspeed_sharding(ds: Any, source: str, base_dir: Path | None, hardware: di
         return
     cfg: Any = ds if isinstance(ds, Mapping) else None
     if isinstance(ds, str) and not local_files():
-        note("deepspeed", "unsupported", f"{ds!r} not read: {UPLOAD_IT}; set hardware.sharding if its name misleads")
+        note("deepspeed", "unsupported", f"{ds!r} not read: {UPLOAD_IT}; upload it after this file")
     elif isinstance(ds, str):
         for path in ([base_dir / ds] if base_dir else []) + [Path(ds)]:
             if path.is_file():

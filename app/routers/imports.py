@@ -109,8 +109,8 @@ async def post_import(request: Request, filename: str = "upload") -> ImportResul
     later files winning, as the CLI merges its FILEs), or send one file as the body with ``filename`` naming it.
     Formats: axolotl, TRL, LLaMA-Factory, ms-swift, litgpt and torchtune YAML (or their command lines), Unsloth
     scripts, HF TrainingArguments, accelerate configs, PEFT adapter_config.json, BitsAndBytesConfig, a model's
-    config.json, a PlanRequest (docs/cli.md). A path inside a config (a model directory, a DeepSpeed JSON) is not
-    read: set that field, or upload the model's config.json with the config."""
+    config.json, a DeepSpeed config, a PlanRequest (docs/cli.md). A path inside a config (a model directory, a
+    DeepSpeed JSON) is not read: upload that file with the config."""
     if request.headers.get("content-type", "").startswith("multipart/form-data"):
         async with request.form(max_files=MAX_IMPORT_FILES + 1) as form:  # closes the uploads' spooled files
             files = await _uploads(form)
