@@ -167,15 +167,18 @@ def test_bad_uploads_name_the_file(client: TestClient) -> None:
 
 
 def test_the_page_imports_into_its_form(client: TestClient) -> None:
-    r = client.post("/import", files={"train_files": ("qlora.yaml", AXOLOTL)}, data={"model": "ignored/by-import"})
+    r = client.post("/import", files={"train_files": ("qlora.yaml", AXOLOTL)},
+                    data={"model": "ignored/by-import", "gpu": "nvidia-rtx-4090", "r": "64"})
     assert r.status_code == 200, r.text[:2000]
     page = Page(r.text)
-    for key, value in {"model": "meta-llama/Llama-3.1-8B", "method": "qlora", "r": "16", "seq_len": "4096",
-                       "micro_batch_size": "2", "gradient_accumulation_steps": "4", "optim": "adamw_bnb_8bit",
-                       "framework": "axolotl", "sharding": "zero3",
+    # the config's fields replace the form's; the card, which no trainer config names, stays the form's
+    for key, value in {"gpu": "nvidia-rtx-4090", "model": "meta-llama/Llama-3.1-8B", "method": "qlora", "r": "16",
+                       "seq_len": "4096", "micro_batch_size": "2", "gradient_accumulation_steps": "4",
+                       "optim": "adamw_bnb_8bit", "framework": "axolotl", "sharding": "zero3",
                        "attn_implementation": "flash_attention_2"}.items():
         assert page.fields[key] == value, key
     assert "Imported: what each file was read as" in r.text and "not read: the server reads no file" in r.text
+    assert "hardware.gpu</code>: default" not in r.text and "hardware.num_gpus</code>: default" in r.text
     req, errors = parse_form(page.fields)
     assert errors == [] and req is not None
     assert page.cell("qlora", "total") == format_bytes(estimate(req).memory.total)

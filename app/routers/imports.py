@@ -28,6 +28,11 @@ from app.settings import Settings
 
 router = APIRouter()
 
+KEPT_FROM_PAGE = ("gpu", "tokens", "mfu", "price", "qlora_slowdown", "dora_slowdown", "usd_per_kwh", "buy_price")
+"""Page fields a trainer config does not say (the card, and the time and cost inputs): an import keeps what the
+form held."""
+
+
 class Note(BaseModel):
     source: str = Field(description="the file, as uploaded (or 'planner' for a planner default)")
     key: str = Field(description="the key inside the file, e.g. 'fsdp_config.offload_params'")
@@ -135,8 +140,10 @@ async def import_page(request: Request, settings: SettingsDep) -> HTMLResponse:
         body, notes = await run_in_threadpool(run_import, files)
     except HTTPException as exc:
         return await _failed_import(request, fields, settings, exc)
-    fields, config_text = body_to_form(body)
-    return await run_in_threadpool(render_page, request, fields, config_text, settings, [], notes)
+    imported, config_text = body_to_form(body)
+    kept = {k: fields[k] for k in KEPT_FROM_PAGE if fields.get(k) and k not in imported}
+    notes = [n for n in notes if not (n.kind == "assumed" and n.field == "hardware.gpu" and "gpu" in kept)]
+    return await run_in_threadpool(render_page, request, {**kept, **imported}, config_text, settings, [], notes)
 
 
 async def _failed_import(request: Request, fields: dict[str, str], settings: Settings,
