@@ -152,6 +152,14 @@ def test_bad_uploads_name_the_file(client: TestClient) -> None:
     status, detail = post_text("foo: 1\n")
     assert status == 422 and detail["loc"] == ["body", "x.yaml"] and "top-level keys: foo" in str(detail["msg"])
     assert post_text("")[0] == 422
+    # escapes that no JSON answer can carry: a lone surrogate (JSON or YAML), NaN, binary data
+    assert post_text('{"lora": {"r": 8}, "x\\ud800": 1}') == (
+        422, {"loc": ["body", "x.yaml"], "type": "import_error",
+              "msg": "'x\\ud800' holds a lone surrogate, which is not valid Unicode text"})
+    assert post_text('base_model: "\\ud800"\nadapter: lora\n')[0] == 422
+    for value in (".nan", "!!binary /w==", "2024-01-01"):
+        status, detail = post_text(f"model: meta-llama/Llama-3.1-8B\nlora: {{r: {value}}}\n")
+        assert (status, detail["type"]) == (422, "not_json"), value
     # the bounds, as GET /api/v1/limits serves them: 8 files of 256 KiB, 50,000 JSON values
     assert client.get("/api/v1/limits").json()["import"] == {"max_files": 8, "max_file_bytes": 262_144,
                                                              "max_values": 50_000}

@@ -87,19 +87,39 @@ def parse_text(text: str, source: str) -> Any:
             return command
     if stripped.startswith(("{", "[")):
         try:
-            return json.loads(text)
+            return valid_unicode(json.loads(text), source)
         except json.JSONDecodeError as exc:
             if source.endswith(".json"):
                 raise ConfigImportError(source, None, f"invalid JSON: {exc.msg} at line {exc.lineno}") from None
     import yaml  # lazy: only files need it
 
     try:
-        return yaml.safe_load(text)
+        return valid_unicode(yaml.safe_load(text), source)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark is not None else ""
         problem = getattr(exc, "problem", None) or str(exc)
         raise ConfigImportError(source, None, f"invalid YAML/JSON: {problem}{where}") from None
+
+
+def valid_unicode(data: Any, source: str) -> Any:
+    """``data`` when each of its strings, keys included, is valid Unicode: JSON's and YAML's escapes can spell a lone
+    surrogate (``"\\ud800"``) that no UTF-8 output (a note, an API answer) can carry. Shared nodes (YAML anchors) are
+    walked once."""
+    seen: set[int] = set()
+    stack = [data]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            try:
+                item.encode("utf-8")
+            except UnicodeEncodeError:
+                raise ConfigImportError(source, None, f"{ascii(item)[:60]} holds a lone surrogate, which is not "
+                                        "valid Unicode text") from None
+        elif isinstance(item, (dict, list)) and id(item) not in seen:
+            seen.add(id(item))
+            stack.extend([*item.keys(), *item.values()] if isinstance(item, dict) else item)
+    return data
 
 
 def import_file(path: str | Path, fmt: Format | None = None) -> Imported:

@@ -8,6 +8,7 @@ such a path is on the user's machine (:func:`app.importers.without_local_files`)
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable
 from typing import Any
 from urllib.parse import urlencode
@@ -75,6 +76,11 @@ def run_import(files: list[tuple[str, str]]) -> tuple[dict[str, Any], list[Impor
         raise api_error(422, loc, exc.message, "import_error") from None
     if _count_values(body, MAX_IMPORT_VALUES) > MAX_IMPORT_VALUES:
         raise api_error(413, ["body"], f"the imported plan has more than {MAX_IMPORT_VALUES} JSON values", "too_large")
+    try:
+        json.dumps(body, allow_nan=False)
+    except (TypeError, ValueError):
+        raise api_error(422, ["body"], "the imported plan holds a value JSON cannot carry (NaN, Infinity, binary "
+                        "data, a date, a set): write it as a number or a string", "not_json") from None
     return body, notes + planner_defaults(body)
 
 
