@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from fastapi.testclient import TestClient
@@ -73,3 +74,30 @@ def test_page_never_500(query: dict[str, str]) -> None:
     for path in ("/", "/compare.json", "/api/v1/fit"):
         r = CLIENT.get(path, params=query)
         assert r.status_code in (200, 422), (path, query, r.text[:300])
+
+
+# Trainer-config keys of several formats (axolotl, PEFT, DeepSpeed, TRL, LLaMA-Factory, a plan body), each given a
+# hostile value: wrong types, NaN/Infinity (json.dumps writes them; json.loads reads them back), lone surrogates
+# (in a value, and a key that holds one).
+IMPORT_KEYS = ["base_model", "adapter", "lora_r", "lora_alpha", "lora_target_modules", "sequence_len",
+               "micro_batch_size", "deepspeed", "peft_type", "r", "target_modules", "zero_optimization",
+               "train_micro_batch_size_per_gpu", "model_name_or_path", "per_device_train_batch_size", "max_length",
+               "stage", "finetuning_type", "cutoff_len", "lora", "training", "model", "load_in_4bit", "model_type",
+               "x\ud800"]
+HOSTILE = st.recursive(
+    st.one_of(NUM, st.just(float("nan")), st.just(float("inf")), st.booleans(),
+              st.sampled_from(["meta-llama/Llama-3.1-8B", "lora", "qlora", "auto", "\ud800", "LORA", "sft", "llama",
+                               "zero3.json", "all-linear"])),
+    lambda inner: st.one_of(st.lists(inner, max_size=3), st.dictionaries(st.sampled_from(IMPORT_KEYS),
+                                                                         inner, max_size=3)),
+    max_leaves=6)
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.dictionaries(st.sampled_from(IMPORT_KEYS), HOSTILE, min_size=1, max_size=6))
+def test_import_never_500(doc: dict[str, Any]) -> None:
+    text = json.dumps(doc)  # NaN, Infinity and "\ud800" escapes included
+    r = CLIENT.post("/api/v1/import?filename=x.json", content=text.encode(), headers={"content-type": "text/plain"})
+    assert r.status_code < 500, (doc, r.text[:500])
+    page = CLIENT.post("/import", data={"train_config": text})
+    assert page.status_code < 500, (doc, page.text[:500])
