@@ -4,6 +4,7 @@ skipped rows with reasons, and this server's finished CUDA calibrations from a r
 from __future__ import annotations
 
 import csv
+import html as html_lib
 from pathlib import Path
 from typing import Any
 
@@ -103,6 +104,10 @@ def test_every_row_more_than_ten_percent_off_says_what_is_known(client: TestClie
     assert row57["error_percent"] < -10 and "NCCL" in row57["residual"] and "cpu_offload" in row57["residual"]
     html = client.get("/accuracy").text
     assert html.count('class="residual"') == len(RESIDUALS)
+    # and every row's mapping notes (the assumptions it was estimated under) are on the page
+    row148 = next(r for r in compared if r["row_id"] == 148)
+    assert row148["notes"] and all(n in html_lib.unescape(html) for n in row148["notes"])
+    assert html.count('class="row-notes"') == sum(1 for r in compared if r["notes"])
 
 
 def test_calibrations_beside_the_table(client: TestClient, store_with_cuda_job: tuple[Path, str, int]) -> None:

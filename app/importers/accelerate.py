@@ -27,7 +27,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from app.importers.common import ConfigImportError, Draft, ImportNote, is_unset, positive_int
+from app.importers.common import SET_GPU_COUNT, ConfigImportError, Draft, ImportNote, is_unset, positive_int
 from app.importers.sharding import deepspeed_sharding, fsdp_config_keys
 
 ACCELERATE_MARKERS = frozenset({
@@ -67,7 +67,7 @@ def from_accelerate(data: Mapping[str, Any], source: str = "accelerate config",
     if processes is not None and processes != -1:
         hw["num_gpus"] = positive_int(processes, source, "num_processes")
     elif kind != "NO":
-        draft.note("num_processes", "note", "not given: the launcher's count; set --num-gpus")
+        draft.note("num_processes", "note", f"not given: the launcher's count; {SET_GPU_COUNT}")
     if data.get("use_cpu") is True:
         draft.note("use_cpu", "unsupported", "training on the CPU: the planner answers GPU memory")
     if kind == "MULTI_GPU":

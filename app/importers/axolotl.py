@@ -11,6 +11,7 @@ from typing import Any
 
 from app.importers.bnb import bnb_keys
 from app.importers.common import (
+    FROM_LAUNCHER,
     ConfigImportError,
     ImportNote,
     NoteKind,
@@ -129,8 +130,8 @@ AXOLOTL_UNSUPPORTED: dict[str, str] = {
     "sequence_parallel_degree": "sequence/context parallelism is not modelled (the whole sequence is counted)",
     "context_parallel_size": "sequence/context parallelism is not modelled (the whole sequence is counted)",
     "tensor_parallel_size": "tensor parallelism is not modelled",
-    "dp_shard_size": "set --num-gpus and --sharding instead",
-    "dp_replicate_size": "set --num-gpus and --sharding instead",
+    "dp_shard_size": "set hardware.num_gpus and hardware.sharding (--num-gpus, --sharding) instead",
+    "dp_replicate_size": "set hardware.num_gpus and hardware.sharding (--num-gpus, --sharding) instead",
     "pose_split_on_token_ids": "PoSE is not modelled",
     "pose_max_context_len": "PoSE is not modelled",
     "pose_num_chunks": "PoSE is not modelled",
@@ -414,7 +415,7 @@ def _axolotl_sharding(data: Mapping[str, Any], source: str, base_dir: Path | Non
             note("fsdp", "unsupported", "deepspeed and fsdp are both set; keeping the deepspeed sharding")
         else:
             hardware["sharding"] = "fsdp"
-            note("fsdp", "note", "sharding 'fsdp' (full shard); the GPU count comes from the launcher: set --num-gpus")
+            note("fsdp", "note", f"sharding 'fsdp' (full shard); {FROM_LAUNCHER}")
     fsdp_config_keys(fsdp_config, source, training, notes, hardware)
     if data.get("fsdp_version") is not None:
         note("fsdp_version", "ignored", "FSDP1 and FSDP2 are modelled alike")

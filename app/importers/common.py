@@ -44,6 +44,9 @@ def local_files() -> bool:
     return _READ_LOCAL_FILES.get()
 
 
+SET_GPU_COUNT = "set hardware.num_gpus (--num-gpus)"
+"""What a note says where the GPU count comes from a launcher the config does not hold (the page and the CLI)."""
+FROM_LAUNCHER = f"the GPU count comes from the launcher: {SET_GPU_COUNT}"
 UPLOAD_IT = "the server reads no file a config names"
 """Said where :func:`without_local_files` kept an importer from reading a file the config names."""
 

@@ -31,7 +31,15 @@ from pathlib import Path
 from typing import Any
 
 from app.importers.bnb import compute_dtype, from_bnb
-from app.importers.common import ImportNote, NoteKind, is_unset, positive_int, use_reentrant, varlen_attention
+from app.importers.common import (
+    FROM_LAUNCHER,
+    ImportNote,
+    NoteKind,
+    is_unset,
+    positive_int,
+    use_reentrant,
+    varlen_attention,
+)
 from app.importers.optim import map_optimizer
 from app.importers.sharding import deepspeed_sharding, fsdp_config_keys
 
@@ -165,14 +173,13 @@ def fsdp_sharding(data: Mapping[str, Any], source: str, training: dict[str, Any]
     if "shard_grad_op" in options:
         hardware["sharding"] = "zero2"
         notes.append(ImportNote(source, "fsdp", "note", "shard_grad_op shards gradients and optimizer states like "
-                                "ZeRO-2: sharding 'zero2'; the GPU count comes from the launcher: set --num-gpus"))
+                                f"ZeRO-2: sharding 'zero2'; {FROM_LAUNCHER}"))
     elif "no_shard" in options:
         hardware["sharding"] = "ddp"
         notes.append(ImportNote(source, "fsdp", "note", "no_shard replicates like DDP: sharding 'ddp'"))
     else:
         hardware["sharding"] = "fsdp"
-        notes.append(ImportNote(source, "fsdp", "note", "sharding 'fsdp' (full shard); the GPU count comes from the "
-                                "launcher: set --num-gpus"))
+        notes.append(ImportNote(source, "fsdp", "note", f"sharding 'fsdp' (full shard); {FROM_LAUNCHER}"))
     if "offload" in options:
         hardware["offload_optimizer"] = hardware["offload_param"] = "cpu"
         notes.append(ImportNote(source, "fsdp", "note", "offload: FSDP CPUOffload(offload_params=True) holds the "
@@ -284,7 +291,8 @@ def from_hf_training(data: Mapping[str, Any], source: str = "training_args.json"
                 note(key, "unsupported", "the Trainer halves the batch after an OOM; the estimate is for the batch "
                      "size given")
             elif key == "parallelism_config" and not is_unset(value):
-                note(key, "unsupported", "context/tensor parallelism is not modelled; set --num-gpus and --sharding")
+                note(key, "unsupported", "context/tensor parallelism is not modelled; set hardware.num_gpus and "
+                     "hardware.sharding (--num-gpus, --sharding)")
             continue
         if key in HF_TRAINING_FIELDS or key in LEGACY_IGNORED:
             note(key, "ignored", "does not affect memory")

@@ -10,6 +10,7 @@ from typing import Any
 
 from app.core.deepspeed import DEEPSPEED_BUCKET_DEFAULTS
 from app.importers.common import (
+    FROM_LAUNCHER,
     UPLOAD_IT,
     ConfigImportError,
     ImportNote,
@@ -77,7 +78,7 @@ def deepspeed_sharding(ds: Any, source: str, base_dir: Path | None, hardware: di
         note("deepspeed", "unsupported", f"cannot tell the ZeRO stage of {ds!r}; sharding not set")
     else:
         hardware["sharding"] = sharding
-        launcher = "" if "num_gpus" in hardware else "; the GPU count comes from the launcher: set --num-gpus"
+        launcher = "" if "num_gpus" in hardware else f"; {FROM_LAUNCHER}"
         note("deepspeed", "note", f"sharding {sharding!r}{launcher}")
         if isinstance(cfg, Mapping) and sharding.startswith("zero"):
             deepspeed_buckets(zero, sharding, source, hardware, notes)

@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from app.core.torchtune import MLP_NAMES, TT_LORA_NAMES
-from app.importers.common import ConfigImportError, Draft, ImportNote, bool_key, positive_int
+from app.importers.common import SET_GPU_COUNT, ConfigImportError, Draft, ImportNote, bool_key, positive_int
 from app.importers.tune_run import TuneRun, load_config
 
 BUILDERS: dict[str, str] = {
@@ -185,11 +185,12 @@ def _distributed(data: Mapping[str, Any], draft: Draft) -> bool:
     if given or _CONFIG_NAME.search(stem):
         why = f"{', '.join(given)} (read only by the distributed recipes)" if given else f"the config name {stem!r}"
         draft.note(given[0] if given else "recipe", "note", f"a *_distributed recipe's config, from {why}: FSDP2 "
-                   "(hardware.sharding 'fsdp'); the GPU count comes from `tune run --nproc_per_node N`: set --num-gpus")
+                   "(hardware.sharding 'fsdp'); the GPU count comes from `tune run --nproc_per_node N`: "
+                   f"{SET_GPU_COUNT}")
         return True
     draft.note("recipe", "note", "the file name does not say which recipe (torchtune names single-device configs "
                "*_single_device / *_low_memory): read as a single-device recipe's config; for a *_distributed recipe "
-               "set --sharding fsdp --num-gpus N")
+               "set hardware.sharding fsdp and hardware.num_gpus N (--sharding fsdp --num-gpus N)")
     return False
 
 
