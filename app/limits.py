@@ -27,9 +27,8 @@ MAX_LIST_LIMIT = 500
 MAX_IMPORT_FILES = 8
 """Most files in one import (POST /api/v1/import, the page's import): a trainer config, its accelerate launcher,
 an adapter_config.json, a BitsAndBytesConfig, a model config.json, …"""
-MAX_IMPORT_FILE_BYTES = 256 * 1024
-"""Largest imported file (bytes): real trainer configs are a few KiB; the page's config.json upload has the same
-limit."""
+MAX_UPLOAD_BYTES = 256 * 1024
+"""Largest uploaded file (bytes), imported configs and the page's config.json alike: real ones are a few KiB."""
 MAX_IMPORT_VALUES = 50_000
 """Most JSON values in an imported plan: YAML anchors let a small file stand for a huge tree."""
 
@@ -62,7 +61,7 @@ def limits(settings: Settings) -> dict[str, Any]:
         },
         "training": {name: _bounds(TrainingSpec, name) for name in ("micro_batch_size", "seq_len", "momentum")},
         "hardware": {"num_gpus": _bounds(HardwareSpec, "num_gpus")},
-        "import": {"max_files": MAX_IMPORT_FILES, "max_file_bytes": MAX_IMPORT_FILE_BYTES,
+        "import": {"max_files": MAX_IMPORT_FILES, "max_file_bytes": MAX_UPLOAD_BYTES,
                    "max_values": MAX_IMPORT_VALUES},
         "estimate": {"workers": settings.estimate_workers, "queue": settings.estimate_queue},
         "fit": {"workers": settings.fit_workers, "queue": settings.fit_queue, "timeout_s": settings.fit_timeout_s},

@@ -15,8 +15,8 @@ from fastapi.testclient import TestClient
 from app.core import PlanRequest, estimate, format_bytes
 from app.forms import body_to_form, form_to_body, parse_form
 from app.importers import ConfigImportError, import_data, import_file
-from app.limits import MAX_IMPORT_FILE_BYTES as MAX_FILE_BYTES
 from app.limits import MAX_IMPORT_FILES as MAX_FILES
+from app.limits import MAX_UPLOAD_BYTES as MAX_FILE_BYTES
 from app.main import create_app
 from tests.test_page_fields import BASE, CASES
 from tests.test_pages import Page

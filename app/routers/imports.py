@@ -23,7 +23,7 @@ from app.deps import SettingsDep
 from app.errors import api_error, error_responses
 from app.forms import body_to_form
 from app.importers import ConfigImportError, ImportNote, import_texts, planner_defaults
-from app.limits import MAX_IMPORT_FILE_BYTES, MAX_IMPORT_FILES, MAX_IMPORT_VALUES
+from app.limits import MAX_IMPORT_FILES, MAX_IMPORT_VALUES, MAX_UPLOAD_BYTES
 from app.routers.pages import render_page
 from app.settings import Settings
 
@@ -85,8 +85,8 @@ def run_import(files: list[tuple[str, str]]) -> tuple[dict[str, Any], list[Impor
 
 
 def _decoded(name: str, raw: bytes) -> tuple[str, str]:
-    if len(raw) > MAX_IMPORT_FILE_BYTES:
-        raise api_error(413, ["body", name], f"over {MAX_IMPORT_FILE_BYTES // 1024} KiB", "too_large")
+    if len(raw) > MAX_UPLOAD_BYTES:
+        raise api_error(413, ["body", name], f"over {MAX_UPLOAD_BYTES // 1024} KiB", "too_large")
     try:
         return name, raw.decode("utf-8")
     except UnicodeDecodeError:
@@ -101,7 +101,7 @@ async def _uploads(form: FormData, text_fields: Iterable[str] = ()) -> list[tupl
     if len(parts) > MAX_IMPORT_FILES:
         raise api_error(413, ["body"], f"at most {MAX_IMPORT_FILES} files in one import", "too_many_files")
     for part in parts:
-        out.append(_decoded(part.filename or "upload", await part.read(MAX_IMPORT_FILE_BYTES + 1)))
+        out.append(_decoded(part.filename or "upload", await part.read(MAX_UPLOAD_BYTES + 1)))
     for field in text_fields:
         text = form.get(field)
         if isinstance(text, str) and text.strip():

@@ -36,6 +36,7 @@ from app.forms import DEFAULT_MODEL, form_to_body, parse_cost_options, parse_for
 from app.gpu_table import gpu_rows, price_dates, price_source
 from app.importers import ImportNote
 from app.jobs.learning import data_version, measured_mfus, measured_slowdowns
+from app.limits import MAX_UPLOAD_BYTES
 from app.models.resolve import resolve_request, with_source
 from app.settings import Settings
 from app.views import (
@@ -63,7 +64,6 @@ templates.env.filters["short_gpu"] = short_gpu
 templates.env.globals.update(view_globals=view_globals, bar_label=bar_label, gpu_rows=gpu_rows,
                              price_dates=price_dates, price_source=price_source, source_text=source_text)
 
-MAX_UPLOAD_BYTES = 256 * 1024
 NOT_IN_URL = ("config", "config_file", "train_config", "train_files")
 # empty means "default" for these, so links leave them out (not target_modules: empty there = PEFT's default)
 DROP_EMPTY = ("tokens", "mfu", "price", "qlora_slowdown", "dora_slowdown", "modules_to_save", "attn_implementation",
