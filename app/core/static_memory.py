@@ -6,6 +6,7 @@ Every figure is exact tensor bytes (``numel · itemsize``, or bitsandbytes' stor
 
 from __future__ import annotations
 
+import threading
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from math import prod
@@ -88,6 +89,8 @@ _WEIGHTS_CACHE_SIZE = 64
 """The base weights' buckets per (inventory, quantization and dtype settings): they do not depend on the rank,
 targets, method within quantized/not or optimizer, so a later request for the same model skips the per-tensor
 loop (thousands of tensors for a 27B model). The inventory is kept with its entry so its id stays its own."""
+_WEIGHTS_LOCK = threading.Lock()
+"""Guards the cache's eviction and insertion: the estimate and fit pools run estimates in several threads."""
 
 
 def _weights_key(req: PlanRequest, dt: Dtypes) -> str:
@@ -133,9 +136,10 @@ def _base_weights(inv: Inventory, req: PlanRequest, dt: Dtypes) -> tuple[Bucket,
             dtype = dt.unquantized_for(t.name) if req.quantized else dt.weights
             weights.add(t.group, t.numel * DTYPE_BYTES[dtype], t.numel, dtype)
     out = (weights, constants, quantized_params, largest_shape)
-    if len(_WEIGHTS_CACHE) >= _WEIGHTS_CACHE_SIZE:
-        _WEIGHTS_CACHE.pop(next(iter(_WEIGHTS_CACHE)))
-    _WEIGHTS_CACHE[key] = (inv, out)
+    with _WEIGHTS_LOCK:
+        while len(_WEIGHTS_CACHE) >= _WEIGHTS_CACHE_SIZE:
+            _WEIGHTS_CACHE.pop(next(iter(_WEIGHTS_CACHE)))
+        _WEIGHTS_CACHE[key] = (inv, out)
     return out
 
 
