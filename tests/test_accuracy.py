@@ -200,3 +200,38 @@ def test_rows_below_their_own_persistent_state_are_listed_not_compared() -> None
     assert [(r["row_id"], sk.reason) for r, sk in skipped] == [(i, BELOW_FLOOR) for i in ("128", "131", "140")]
     row128 = next(r for r in rows if r["row_id"] == "128")
     assert persistent_bytes(estimate(map_row(row128).req)) == 8 * 1_498_482_688
+
+
+def test_starcoder_rows_through_the_generic_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The personal-copilot blog's StarCoder rows (gpt_bigcode, no hand-written rules: transformers' own
+    GPTBigCodeForCausalLM on the meta device). By hand from bigcode/starcoder's config.json: wte 49152·6144 =
+    301,989,888, wpe 8192·6144 = 50,331,648, per layer ln_1 and ln_2 2·12,288, c_attn (multi-query: 6144 + 2·128
+    outputs) 6144·6400 + 6400 = 39,328,000, attn.c_proj 6144² + 6144 = 37,754,880, c_fc 6144·24576 + 24576 =
+    151,019,520, mlp.c_proj 24576·6144 + 6144 = 151,001,088 (379,128,064; × 40 = 15,165,122,560), ln_f 12,288, lm_head
+    tied: 15,517,456,384. The blog's print_trainable_parameters gave 110,428,160 for its c_proj, c_attn, q_attn, c_fc
+    targets (q_attn exists only for cross-attention): 40·32·(6144 + 6400 + 6144 + 6144 + 6144 + 24576 + 24576 + 6144)
+    at r 32. The FSDP full fine-tune loads fp32 (train.py @797a0af passes no torch_dtype) under bf16 mixed precision:
+    fp32 shards of 15,517,456,384·4/8 bytes per GPU."""
+    rows = [r for r in read_rows(CSV_PATH) if r["row_id"] in ("343", "344")]
+    monkeypatch.setenv("PEFT_PLANNER_GENERIC_PEAK_FIT", "true")  # tests/conftest.py turns it off
+    get_settings.cache_clear()
+    try:
+        wait = get_settings().generic_peak_fit_timeout_s  # the traced fit, waited for as the served table does
+        mapped, skipped = compare(rows, prepare=lambda req: resolve_request(req, fit_wait_s=wait)[0])
+    finally:
+        monkeypatch.undo()
+        get_settings.cache_clear()
+    assert not skipped
+    qlora, full = mapped
+    assert qlora.result is not None and full.result is not None
+    assert (qlora.result.parameters.total, qlora.result.parameters.trainable) == (15_517_456_384, 110_428_160)
+    tr = qlora.req.training
+    assert (tr.micro_batch_size, tr.seq_len, tr.gradient_checkpointing, tr.attn_implementation) == (
+        4, 2048, True, "flash_attention_2")
+    assert qlora.req.quantization.prepare_kbit and qlora.kind == "unstated"
+    # the blog's 26 GB on one A100 40GB (counter unstated → total), with the traced activation fit: within 5%
+    assert not qlora.result.peak.provisional
+    assert qlora.error is not None and abs(qlora.error) < 0.05
+    assert full.req.training.precision == "bf16-mixed" and full.req.hardware.num_gpus == 8
+    assert full.result.memory.weights == full.result.memory.gradients == 15_517_456_384 * 4 // 8
+    assert full.row["row_id"] in {str(i) for i in RESIDUALS}

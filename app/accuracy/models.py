@@ -70,6 +70,16 @@ CONFIGS: dict[str, tuple[dict[str, Any], str]] = {
         "7,069,016,064 params), outside the hand-written rules: the generic path (transformers' BloomForCausalLM, "
         "activations fitted from traces of small variants)",
     ),
+    "bigcode/starcoder": (
+        dict(architectures=["GPTBigCodeForCausalLM"], model_type="gpt_bigcode", n_embd=6144, n_layer=40, n_head=48,
+             n_inner=24576, n_positions=8192, vocab_size=49152, multi_query=True,
+             activation_function="gelu_pytorch_tanh", layer_norm_epsilon=1e-5, attn_pdrop=0.1, embd_pdrop=0.1,
+             resid_pdrop=0.1, scale_attn_weights=True, attention_softmax_in_fp32=True,
+             scale_attention_softmax_in_fp32=True, bos_token_id=0, eos_token_id=0),
+        "bigcode/starcoder config.json (gpt_bigcode: 40 layers, h 6144, 48 query heads and one key/value head, ffn "
+        "24576, vocab 49152, 8192 learned positions, dropout 0.1, tied lm_head; 15,517,456,384 params), outside the "
+        "hand-written rules: the generic path (transformers' GPTBigCodeForCausalLM)",
+    ),
 }
 
 NOT_DECODER_ONLY = {

@@ -219,3 +219,27 @@ def peft_readme_seq_len(row: dict[str, str], notes: list[str]) -> int | None:
                  f"{PEFT_README_LORA_DROPOUT}, fp32 weights, no gradient checkpointing")
     return PEFT_README_MAX_LENGTH
 
+
+
+PERSONAL_COPILOT_SOURCE = "HF-blog-personal-copilot"
+PERSONAL_COPILOT_SCRIPT = "pacman100/DHS-LLM-Workshop personal_copilot/training/train.py @797a0af"
+"""The script behind the blog's StarCoder figures (run_peft.sh and run_fsdp.sh at the same commit, 2023-10-20; the
+blog's 'monkey patch of Flash Attention V2' is the earlier 0ac1fef, which loads and casts the model the same way)."""
+
+
+def personal_copilot_settings(method: str, training: dict[str, Any], notes: list[str]) -> None:
+    """The settings of the personal-copilot ``train.py`` beside those in the CSV. It loads the model without
+    ``torch_dtype`` (fp32; ``torch_dtype`` came in 973b448, 2023-11-06), so its FSDP full fine-tune keeps fp32
+    shards under accelerate's ``mixed_precision: 'bf16'`` (bf16-mixed), and its QLoRA run's non-quantized
+    parameters are fp32 before and after ``prepare_model_for_kbit_training``. After building the Trainer it casts
+    every ``LoraLayer`` and the ``wte`` / ``wpe`` embeddings to bf16, which no request field expresses: the estimate
+    keeps them fp32, about 1.5 GiB more for StarCoder's 110M adapter parameters (their gradients and AdamW states)
+    and 352M embedding parameters. accelerate's FSDP plugin of the time left ``limit_all_gathers`` False (its
+    dataclass default, no config key), with ``fsdp_forward_prefetch: true``."""
+    if method == "full":
+        training["precision"] = "bf16-mixed"
+        notes.append(f"{PERSONAL_COPILOT_SCRIPT}: fp32 load (no torch_dtype) under FSDP mixed_precision bf16 -> "
+                     "bf16-mixed; accelerate's FSDP plugin then: limit_all_gathers False, forward_prefetch true")
+    else:
+        notes.append(f"{PERSONAL_COPILOT_SCRIPT}: fp32 load, prepare_model_for_kbit_training, then LoRA layers and "
+                     "wte/wpe cast to bf16 after Trainer init (kept fp32 here: about 1.5 GiB more)")

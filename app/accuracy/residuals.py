@@ -35,6 +35,16 @@ _QWEN_72B = (
     "are modelled from partitioned_param_coordinator.py; NCCL and DeepSpeed's own allocations on 4 GPUs are not."
 )
 
+_FSDP_RUN_AHEAD = (
+    "Likely FSDP all-gathers run ahead of compute: accelerate's FSDP plugin of 2023-08 left limit_all_gathers False "
+    "(its dataclass default; no config key) and the run set fsdp_forward_prefetch, so the CPU thread could issue "
+    "the all-gathers of many layers (0.71 GiB of bf16 each) before their compute freed the earlier ones. Blocks "
+    "freed across streams wait for their events, so reserved memory grows toward the card (80 GB) with cudaMalloc "
+    "retries: the published 70–77.6 GB is near capacity. The planner models the rate-limited default of later "
+    "releases (analytic peak 54.4 GiB, fp32 shards, 28.9 GiB of unsharded bf16 gradients under no_sync); against the "
+    "range's lower end 70 the estimate is −14%. A run with limit_all_gathers on and off would settle it."
+)
+
 RESIDUALS: dict[int, str] = {
     15: "torchtune's 405B_qlora config sets batch_size 1; the README's table says 2, which this row uses. With batch "
         "1 the estimate is 47.39 GiB, +5.8%. docs/frameworks.md, torchtune.",
@@ -54,5 +64,6 @@ RESIDUALS: dict[int, str] = {
     211: _QWEN_72B,
     212: _QWEN_72B,
     213: _QWEN_72B,
+    344: _FSDP_RUN_AHEAD,
 }
 """Published row id → what is known about its difference from the planner (rows off by more than 10%)."""

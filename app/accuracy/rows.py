@@ -32,9 +32,11 @@ from typing import Any, get_args
 from app.accuracy.models import row_model
 from app.accuracy.recipes import (
     PEFT_README_LORA_DROPOUT,
+    PERSONAL_COPILOT_SOURCE,
     litgpt_settings,
     peft_examples_settings,
     peft_readme_seq_len,
+    personal_copilot_settings,
     torchtune_kind,
     torchtune_training,
 )
@@ -193,9 +195,12 @@ def _targets(text: str) -> list[str] | str | None:
     for tok in re.split(r"[,\s+]+", re.sub(r"\(.*?\)", "", t).replace("output head", "head")):
         if not tok:
             continue
-        if tok.lower() not in TARGET_TOKENS:
+        if tok.lower() in TARGET_TOKENS:
+            out += [name for name in TARGET_TOKENS[tok.lower()] if name not in out]
+        elif "_" in tok:  # the model's own module name (gpt_bigcode's c_attn, c_fc), as PEFT's target_modules
+            out += [tok] if tok not in out else []
+        else:
             raise Skip("LoRA targets not mappable", t)
-        out += [name for name in TARGET_TOKENS[tok.lower()] if name not in out]
     return out
 
 
@@ -374,6 +379,8 @@ def map_row(row: dict[str, str], stand_in: str | None = None) -> Mapped:
         litgpt_settings(row, method, lora, training, notes, model_type)
     if row["source_id"] == "PEFT-docs-70B":
         peft_examples_settings(method, lora, training, hardware, notes)
+    if row["source_id"] == PERSONAL_COPILOT_SOURCE:
+        personal_copilot_settings(method, training, notes)
     if script_seq is not None and method != "full":
         lora["lora_dropout"] = PEFT_README_LORA_DROPOUT
     versions: dict[str, Any] = {}
