@@ -234,8 +234,8 @@ def personal_copilot_settings(method: str, training: dict[str, Any], notes: list
     parameters are fp32 before and after ``prepare_model_for_kbit_training``. After building the Trainer it casts
     every ``LoraLayer`` and the ``wte`` / ``wpe`` embeddings to bf16, which no request field expresses: the estimate
     keeps them fp32, about 1.5 GiB more for StarCoder's 110M adapter parameters (their gradients and AdamW states)
-    and 352M embedding parameters. accelerate's FSDP plugin of the time left ``limit_all_gathers`` False (its
-    dataclass default, no config key), with ``fsdp_forward_prefetch: true``."""
+    and 352M embedding parameters. accelerate's FSDP plugin of the time (before 0.26, huggingface/accelerate#2288) left
+    ``limit_all_gathers`` False (its dataclass default, no config key), with ``fsdp_forward_prefetch: true``."""
     if method == "full":
         training["precision"] = "bf16-mixed"
         notes.append(f"{PERSONAL_COPILOT_SCRIPT}: fp32 load (no torch_dtype) under FSDP mixed_precision bf16 -> "

@@ -36,8 +36,9 @@ _QWEN_72B = (
 )
 
 _FSDP_RUN_AHEAD = (
-    "Likely FSDP all-gathers run ahead of compute: accelerate's FSDP plugin of 2023-08 left limit_all_gathers False "
-    "(its dataclass default; no config key) and the run set fsdp_forward_prefetch, so the CPU thread could issue "
+    "Likely FSDP all-gathers run ahead of compute: accelerate before 0.26 left limit_all_gathers False (its FSDP "
+    "plugin's default, no config key; True since huggingface/accelerate#2288) and the run set "
+    "fsdp_forward_prefetch, so the CPU thread could issue "
     "the all-gathers of many layers (0.71 GiB of bf16 each) before their compute freed the earlier ones. Blocks "
     "freed across streams wait for their events, so reserved memory grows toward the card (80 GB) with cudaMalloc "
     "retries: the published 70–77.6 GB is near capacity. The planner models the rate-limited default of later "
