@@ -204,3 +204,20 @@ def test_the_fsdp_lever_leaves_deepspeeds_buckets_behind() -> None:
     assert by_id["zero3"].request.hardware.reduce_bucket_size == 200_000_000
     assert by_id["fsdp"].changes == {"hardware.num_gpus": 4, "hardware.sharding": "fsdp",
                                      "hardware.reduce_bucket_size": "auto"}
+
+
+def test_zero3_gathers_a_module_above_max_live_parameters_whole() -> None:
+    """DeepSpeed's ``fetch_sub_module`` (runtime/zero/partitioned_param_coordinator.py) gathers the running module
+    whatever its size; ``stage3_max_live_parameters`` (1e9) bounds only the prefetch: ``max_params_to_prefetch =
+    min(max_live − available, prefetch_bucket)``. By hand for Llama-3.1-70B (config.json: hidden 8192, ffn 28672,
+    8 key/value heads of 128, vocab 128256, untied): a layer holds 2·8192² + 2·8192·1024 + 3·8192·28672 + 2·8192 =
+    855,654,400 elements, lm_head (and the embedding) 128256·8192 = 1,050,673,152, above 1e9: gathered whole in bf16,
+    2,101,346,304 bytes, with nothing prefetched beside it (the old cap said 2e9 bytes). Llama-3.1-405B's layers
+    (16384 hidden, 53248 ffn, 8 key/value heads of 128): 2·16384² + 2·16384·1024 + 3·16384·53248 + 2·16384 =
+    3,187,703,808 elements each, 6,375,407,616 bytes gathered."""
+    for model, largest in (("meta-llama/Llama-3.1-70B", 128256 * 8192),
+                           ("meta-llama/Llama-3.1-405B", 2 * 16384**2 + 2 * 16384 * 1024 + 3 * 16384 * 53248
+                            + 2 * 16384)):
+        res = estimate(PlanRequest(model=model, method="lora", hardware={"num_gpus": 8, "sharding": "zero3"}))
+        assert _items(res)["sharding/gathered_parameters"] == 2 * largest
+    assert 2 * 128256 * 8192 == 2_101_346_304

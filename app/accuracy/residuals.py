@@ -30,9 +30,10 @@ _QWEN_1_8B = (
 )
 _QWEN_72B = (
     "Not explained. Counter and unit unstated; 4 GPUs under DeepSpeed ZeRO-3 with Qwen's ds_config_zero3.json. "
-    "The gap is about 7 GiB per GPU at 256 tokens and shrinks with length (−8.5% at 2048, +1.7% at 8192), so it "
-    "is a fixed per-GPU cost: ZeRO-3's gathered layers, prefetch and reduce buckets and 16-bit gradient partitions "
-    "are modelled from partitioned_param_coordinator.py; NCCL and DeepSpeed's own allocations on 4 GPUs are not."
+    "The gap is about 6.9 GiB per GPU at 256 tokens and shrinks with length (−7.5% at 2048, +2.4% at 8192), so it "
+    "is a fixed per-GPU cost: ZeRO-3's gathered layers (here the 1.25e9-element lm_head, gathered whole), prefetch "
+    "and reduce buckets and 16-bit gradient partitions are modelled from partitioned_param_coordinator.py; NCCL and "
+    "DeepSpeed's own allocations on 4 GPUs are not."
 )
 
 _FSDP_RUN_AHEAD = (

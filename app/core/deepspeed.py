@@ -99,7 +99,10 @@ def zero3_gathered(inv: Inventory, req: PlanRequest) -> int:
     (``stage3_prefetch_bucket_size`` elements); ``release_sub_module`` keeps parameters whose reuse distance is under
     ``stage3_max_reuse_distance`` (default 1e9 elements), so a checkpointed layer's parameters stay gathered from its
     recompute through its backward: one decoder layer (or the largest module, e.g. the embedding) plus the bucket,
-    16-bit (4-bit weights as their packed storage), capped by ``stage3_max_live_parameters`` (default 1e9)."""
+    16-bit (4-bit weights as their packed storage). ``stage3_max_live_parameters`` (default 1e9) bounds only the
+    prefetch (``max_params_to_prefetch = min(max_live − available, prefetch_bucket)``); the running module is gathered
+    whatever its size, so a layer or an lm_head above 1e9 elements (Llama-3's 70B lm_head 1.05e9, Qwen-72B's 1.25e9,
+    a 405B layer 3.2e9) is gathered whole, with no prefetch beside it."""
     arch = inv.arch
     names = set(quantized_modules(inv, req)) if req.quantized else set()
     by_module: dict[str, int] = {}
@@ -115,4 +118,4 @@ def zero3_gathered(inv: Inventory, req: PlanRequest) -> int:
             by_layer[layer_index] = by_layer.get(layer_index, 0) + nbytes
     largest = max((*by_module.values(), *by_layer.values()), default=0)
     prefetch = ZERO_PARAM_BYTES * prefetch_bucket_elements(req, arch.hidden_size)
-    return min(largest + prefetch, ZERO_PARAM_BYTES * DEEPSPEED_MAX_LIVE_PARAMETERS)
+    return max(largest, min(largest + prefetch, ZERO_PARAM_BYTES * DEEPSPEED_MAX_LIVE_PARAMETERS))
