@@ -220,7 +220,6 @@ def peft_readme_seq_len(row: dict[str, str], notes: list[str]) -> int | None:
     return PEFT_README_MAX_LENGTH
 
 
-
 PERSONAL_COPILOT_SOURCE = "HF-blog-personal-copilot"
 PERSONAL_COPILOT_SCRIPT = "pacman100/DHS-LLM-Workshop personal_copilot/training/train.py @797a0af"
 """The script behind the blog's StarCoder figures (run_peft.sh and run_fsdp.sh at the same commit, 2023-10-20; the
